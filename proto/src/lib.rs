@@ -1,0 +1,16 @@
+//! Remedy's wire protocol, generated from `proto/remedy/v1/*.proto`.
+//!
+//! Nothing here carries behaviour: conversions to the domain types live at
+//! the edges of the binaries, so the protocol can evolve without touching
+//! the domain.
+
+/// Package `remedy.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+    tonic::include_proto!("remedy.v1");
+}
+
+/// Largest gRPC message either side accepts, bytes. A finding batch above
+/// it is refused with RESOURCE_EXHAUSTED, so one runaway agent cannot make
+/// the coordinator buffer without bound.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,271 @@
+//! Findings: what agents (and the coordinator) observe.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// How bad a finding is. The order matters: under pressure the lowest goes
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth recording, never worth waking anyone.
+    Info,
+    /// Degradation that automation should look at.
+    Warning,
+    /// Service is impaired; remediation should start now.
+    Critical,
+}
+
+impl Severity {
+    /// The lowercase name used in configuration and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a finding reports a condition that holds or one that ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingState {
+    /// The condition holds.
+    Active,
+    /// The condition ended.
+    Cleared,
+}
+
+macro_rules! finding_kinds {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )*) => {
+        /// The closed catalogue of things Remedy knows how to observe.
+        ///
+        /// A closed set on purpose: a typo in an agent or a rule must be
+        /// refused, not open an incident nobody's runbook matches.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum FindingKind {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl FindingKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [FindingKind] = &[$(FindingKind::$variant),*];
+
+            /// The snake_case name used on the wire and in runbooks.
+            pub fn as_str(self) -> &'static str {
+                match self { $(FindingKind::$variant => $name,)* }
+            }
+        }
+
+        impl FromStr for FindingKind {
+            type Err = UnknownKind;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok(FindingKind::$variant),)*
+                    _ => Err(UnknownKind(s.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+finding_kinds! {
+    /// Node CPU use above its threshold.
+    NodeCpuHigh => "node_cpu_high",
+    /// Node memory use above its threshold.
+    NodeMemoryHigh => "node_memory_high",
+    /// Load average per core above its threshold.
+    NodeLoadHigh => "node_load_high",
+    /// A filesystem fuller than its threshold.
+    DiskUsageHigh => "disk_usage_high",
+    /// An agent stopped sending heartbeats (raised by the coordinator).
+    AgentStale => "agent_stale",
+    /// A local probe or node tool reported a failure.
+    ProbeFailed => "probe_failed",
+    /// Error lines above their rate, by category.
+    HighErrorRate => "high_error_rate",
+    /// Authentication failures from one source above their rate.
+    BruteForce => "brute_force",
+    /// A container restarting in a crash loop.
+    PodCrashLoop => "pod_crash_loop",
+    /// A container killed for exceeding its memory.
+    PodOomKilled => "pod_oom_killed",
+    /// A pod in phase Failed.
+    PodFailed => "pod_failed",
+    /// A process above its memory or CPU threshold.
+    ProcessHot => "process_hot",
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A finding kind that is not in the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown finding kind `{0}`")]
+pub struct UnknownKind(pub String);
+
+/// Something observed that may need action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What was observed.
+    pub kind: FindingKind,
+    /// How bad it is.
+    pub severity: Severity,
+    /// Whether it holds or ended.
+    pub state: FindingState,
+    /// What it is about, "<type>/<name>".
+    pub target: String,
+    /// Labels for runbook matchers.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Measured values behind it.
+    #[serde(default)]
+    pub evidence: BTreeMap<String, String>,
+    /// One line for humans.
+    #[serde(default)]
+    pub summary: String,
+    /// First seen.
+    pub first_seen: Timestamp,
+    /// Last confirmed.
+    pub last_seen: Timestamp,
+    /// When an unrefreshed active finding counts as cleared.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Why a finding was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidFinding {
+    /// The target is empty; every finding must say what it is about.
+    #[error("finding target must not be empty")]
+    EmptyTarget,
+    /// The target is longer than [`MAX_TARGET_LEN`].
+    #[error("finding target is longer than {MAX_TARGET_LEN} bytes")]
+    TargetTooLong,
+    /// Last seen precedes first seen.
+    #[error("finding last_seen is before first_seen")]
+    TimeReversed,
+    /// More labels or evidence entries than allowed.
+    #[error("finding has more than {MAX_MAP_ENTRIES} labels or evidence entries")]
+    TooManyEntries,
+}
+
+/// Longest accepted target, bytes.
+pub const MAX_TARGET_LEN: usize = 512;
+/// Most labels, and most evidence entries, on one finding.
+pub const MAX_MAP_ENTRIES: usize = 64;
+
+impl Finding {
+    /// Checks the invariants every stored finding satisfies.
+    pub fn validate(&self) -> Result<(), InvalidFinding> {
+        if self.target.trim().is_empty() {
+            return Err(InvalidFinding::EmptyTarget);
+        }
+        if self.target.len() > MAX_TARGET_LEN {
+            return Err(InvalidFinding::TargetTooLong);
+        }
+        if self.last_seen < self.first_seen {
+            return Err(InvalidFinding::TimeReversed);
+        }
+        if self.labels.len() > MAX_MAP_ENTRIES || self.evidence.len() > MAX_MAP_ENTRIES {
+            return Err(InvalidFinding::TooManyEntries);
+        }
+        Ok(())
+    }
+
+    /// The key that groups findings describing the same condition.
+    pub fn condition_key(&self) -> ConditionKey {
+        ConditionKey { kind: self.kind, target: self.target.clone() }
+    }
+
+    /// Whether the finding still describes a holding condition at `now`.
+    pub fn holds_at(&self, now: Timestamp) -> bool {
+        self.state == FindingState::Active && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// Findings with the same kind and target describe one condition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConditionKey {
+    /// The kind.
+    pub kind: FindingKind,
+    /// The target.
+    pub target: String,
+}
+
+impl fmt::Display for ConditionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {}", self.kind, self.target)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn finding(kind: FindingKind, target: &str, at: i64) -> Finding {
+        Finding {
+            kind,
+            severity: Severity::Warning,
+            state: FindingState::Active,
+            target: target.to_owned(),
+            labels: BTreeMap::new(),
+            evidence: BTreeMap::new(),
+            summary: String::new(),
+            first_seen: Timestamp::from_millis(at),
+            last_seen: Timestamp::from_millis(at),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_name() {
+        for kind in FindingKind::ALL {
+            assert_eq!(kind.as_str().parse::<FindingKind>(), Ok(*kind));
+        }
+        assert_eq!("node_cpu_hgh".parse::<FindingKind>(), Err(UnknownKind("node_cpu_hgh".into())));
+    }
+
+    #[test]
+    fn severities_order_from_info_to_critical() {
+        assert!(Severity::Info < Severity::Warning && Severity::Warning < Severity::Critical);
+    }
+
+    #[test]
+    fn validation_refuses_empty_target_and_reversed_time() {
+        let mut f = finding(FindingKind::NodeCpuHigh, "  ", 10);
+        assert_eq!(f.validate(), Err(InvalidFinding::EmptyTarget));
+        f.target = "node/a".into();
+        f.last_seen = Timestamp::from_millis(5);
+        assert_eq!(f.validate(), Err(InvalidFinding::TimeReversed));
+        f.last_seen = Timestamp::from_millis(10);
+        assert_eq!(f.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_expired_active_finding_no_longer_holds() {
+        let mut f = finding(FindingKind::NodeCpuHigh, "node/a", 10);
+        f.expires_at = Some(Timestamp::from_millis(100));
+        assert!(f.holds_at(Timestamp::from_millis(99)));
+        assert!(!f.holds_at(Timestamp::from_millis(100)));
+        f.expires_at = None;
+        f.state = FindingState::Cleared;
+        assert!(!f.holds_at(Timestamp::from_millis(50)));
+    }
+}

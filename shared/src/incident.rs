@@ -1,0 +1,395 @@
+//! Incidents: findings about one condition, grouped, with their record.
+//!
+//! The grouping rule is pure: given the open incident for a condition (if
+//! any), who reported and what, it returns the incident after the finding
+//! and the timeline entries to append. The store persists both in one
+//! transaction.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{ConditionKey, Finding, FindingState, Severity};
+use crate::time::Timestamp;
+
+/// An incident's id: a number shown as `INC-000042`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IncidentId(pub u64);
+
+impl fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "INC-{:06}", self.0)
+    }
+}
+
+impl FromStr for IncidentId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("INC-").unwrap_or(s);
+        digits
+            .parse::<u64>()
+            .map(IncidentId)
+            .map_err(|_| format!("`{s}` is not an incident id (expected INC-<number>)"))
+    }
+}
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    /// Opened; nobody and nothing has taken it yet.
+    Triggered,
+    /// A person acknowledged it.
+    Acknowledged,
+    /// Remediation is running.
+    Mitigating,
+    /// Over.
+    Resolved,
+    /// Handed to people.
+    Escalated,
+}
+
+impl IncidentState {
+    /// Whether the incident is over.
+    pub fn is_closed(self) -> bool {
+        self == IncidentState::Resolved
+    }
+}
+
+/// One line of an incident's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// When it happened.
+    pub at: Timestamp,
+    /// What kind of entry.
+    pub kind: EntryKind,
+    /// One line for humans.
+    pub message: String,
+    /// Structured details.
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+}
+
+/// Kinds of timeline entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// The incident was opened by a finding.
+    Opened,
+    /// Another source reported the condition, or its severity rose.
+    Finding,
+    /// One source reported the condition cleared.
+    Cleared,
+    /// A source's finding expired without a refresh.
+    Expired,
+    /// The incident was resolved.
+    Resolved,
+}
+
+impl EntryKind {
+    /// The snake_case name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Opened => "opened",
+            EntryKind::Finding => "finding",
+            EntryKind::Cleared => "cleared",
+            EntryKind::Expired => "expired",
+            EntryKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// Findings about one condition, grouped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Its id.
+    pub id: IncidentId,
+    /// The condition.
+    pub key: ConditionKey,
+    /// Highest severity seen.
+    pub severity: Severity,
+    /// Where it stands.
+    pub state: IncidentState,
+    /// Latest summary.
+    pub summary: String,
+    /// Opened.
+    pub opened_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+    /// Resolved, if it is.
+    pub resolved_at: Option<Timestamp>,
+    /// Findings that joined it.
+    pub finding_count: u64,
+    /// Sources whose latest finding says the condition holds, with when that
+    /// finding expires (`None`: never).
+    pub active_sources: BTreeMap<String, Option<Timestamp>>,
+}
+
+/// The result of applying a finding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The incident, new or changed, and the entries to append to its timeline
+    /// (possibly none, for a plain refresh).
+    Changed {
+        /// The incident after the finding.
+        incident: Incident,
+        /// Entries to append.
+        entries: Vec<TimelineEntry>,
+        /// Whether the incident was opened by this finding.
+        opened: bool,
+    },
+    /// A cleared finding with no open incident: nothing to record.
+    Ignored,
+}
+
+/// Applies a finding from `source` to the open incident for its condition.
+/// `next_id` is used only if a new incident must be opened.
+pub fn apply_finding(
+    open: Option<&Incident>,
+    source: &str,
+    finding: &Finding,
+    next_id: IncidentId,
+    now: Timestamp,
+) -> Outcome {
+    let source_detail = |extra: &[(&str, String)]| {
+        let mut details = BTreeMap::from([("source".to_owned(), source.to_owned())]);
+        for (k, v) in extra {
+            details.insert((*k).to_owned(), v.clone());
+        }
+        for (k, v) in &finding.evidence {
+            details.entry(format!("evidence.{k}")).or_insert_with(|| v.clone());
+        }
+        details
+    };
+    match (open, finding.state) {
+        (None, FindingState::Cleared) => Outcome::Ignored,
+        (None, FindingState::Active) => {
+            let incident = Incident {
+                id: next_id,
+                key: finding.condition_key(),
+                severity: finding.severity,
+                state: IncidentState::Triggered,
+                summary: finding.summary.clone(),
+                opened_at: now,
+                updated_at: now,
+                resolved_at: None,
+                finding_count: 1,
+                active_sources: BTreeMap::from([(source.to_owned(), finding.expires_at)]),
+            };
+            let entry = TimelineEntry {
+                at: now,
+                kind: EntryKind::Opened,
+                message: format!("{} ({}) reported by {source}", finding.key_line(), finding.severity),
+                details: source_detail(&[("severity", finding.severity.to_string())]),
+            };
+            Outcome::Changed { incident, entries: vec![entry], opened: true }
+        }
+        (Some(current), FindingState::Active) => {
+            let mut incident = current.clone();
+            incident.finding_count += 1;
+            incident.updated_at = now;
+            if !finding.summary.is_empty() {
+                incident.summary = finding.summary.clone();
+            }
+            let new_source = !incident.active_sources.contains_key(source);
+            let escalated = finding.severity > incident.severity;
+            incident.severity = incident.severity.max(finding.severity);
+            incident.active_sources.insert(source.to_owned(), finding.expires_at);
+            let entries = if new_source || escalated {
+                let why = if escalated { "severity rose to" } else { "also reported at" };
+                vec![TimelineEntry {
+                    at: now,
+                    kind: EntryKind::Finding,
+                    message: format!("{} {why} {} by {source}", finding.key_line(), finding.severity),
+                    details: source_detail(&[("severity", finding.severity.to_string())]),
+                }]
+            } else {
+                Vec::new()
+            };
+            Outcome::Changed { incident, entries, opened: false }
+        }
+        (Some(current), FindingState::Cleared) => {
+            let mut incident = current.clone();
+            incident.finding_count += 1;
+            incident.updated_at = now;
+            incident.active_sources.remove(source);
+            let mut entries = vec![TimelineEntry {
+                at: now,
+                kind: EntryKind::Cleared,
+                message: format!("{} cleared by {source}", finding.key_line()),
+                details: source_detail(&[]),
+            }];
+            entries.extend(resolve_if_quiet(&mut incident, now));
+            Outcome::Changed { incident, entries, opened: false }
+        }
+    }
+}
+
+/// Drops sources whose findings expired by `now` without a refresh; resolves
+/// the incident when none is left. Returns `None` when nothing expired.
+pub fn expire_sources(open: &Incident, now: Timestamp) -> Option<(Incident, Vec<TimelineEntry>)> {
+    let expired: Vec<String> = open
+        .active_sources
+        .iter()
+        .filter(|(_, at)| at.is_some_and(|at| at <= now))
+        .map(|(source, _)| source.clone())
+        .collect();
+    if expired.is_empty() {
+        return None;
+    }
+    let mut incident = open.clone();
+    incident.updated_at = now;
+    let mut entries = Vec::new();
+    for source in expired {
+        incident.active_sources.remove(&source);
+        entries.push(TimelineEntry {
+            at: now,
+            kind: EntryKind::Expired,
+            message: format!("{} from {source} expired without a refresh", incident.key),
+            details: BTreeMap::from([("source".to_owned(), source)]),
+        });
+    }
+    entries.extend(resolve_if_quiet(&mut incident, now));
+    Some((incident, entries))
+}
+
+/// The earliest instant at which some source of `incident` expires.
+pub fn next_expiry(incident: &Incident) -> Option<Timestamp> {
+    incident.active_sources.values().flatten().min().copied()
+}
+
+fn resolve_if_quiet(incident: &mut Incident, now: Timestamp) -> Option<TimelineEntry> {
+    if !incident.active_sources.is_empty() || incident.state.is_closed() {
+        return None;
+    }
+    incident.state = IncidentState::Resolved;
+    incident.resolved_at = Some(now);
+    Some(TimelineEntry {
+        at: now,
+        kind: EntryKind::Resolved,
+        message: "resolved: the condition cleared on every source".to_owned(),
+        details: BTreeMap::new(),
+    })
+}
+
+impl Finding {
+    fn key_line(&self) -> String {
+        format!("{} on {}", self.kind, self.target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::FindingKind;
+    use crate::finding::tests::finding;
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn opened(f: &Finding, source: &str) -> Incident {
+        match apply_finding(None, source, f, IncidentId(1), ts(100)) {
+            Outcome::Changed { incident, opened: true, .. } => incident,
+            other => panic!("expected an opened incident, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_active_finding_opens_an_incident() {
+        let f = finding(FindingKind::DiskUsageHigh, "mount/n1:/var", 100);
+        let Outcome::Changed { incident, entries, opened } = apply_finding(None, "agent-a", &f, IncidentId(7), ts(100))
+        else {
+            panic!("expected a change")
+        };
+        assert!(opened);
+        assert_eq!(incident.id.to_string(), "INC-000007");
+        assert_eq!(incident.state, IncidentState::Triggered);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].kind, EntryKind::Opened);
+    }
+
+    #[test]
+    fn a_refresh_from_the_same_source_adds_no_timeline_entry() {
+        let f = finding(FindingKind::DiskUsageHigh, "mount/n1:/var", 100);
+        let inc = opened(&f, "agent-a");
+        let Outcome::Changed { incident, entries, .. } =
+            apply_finding(Some(&inc), "agent-a", &f, IncidentId(9), ts(200))
+        else {
+            panic!("expected a change")
+        };
+        assert!(entries.is_empty());
+        assert_eq!(incident.finding_count, 2);
+        assert_eq!(incident.id, IncidentId(1));
+    }
+
+    #[test]
+    fn resolves_only_when_every_source_has_cleared() {
+        let f = finding(FindingKind::ProbeFailed, "service/api", 100);
+        let inc = opened(&f, "a");
+        let Outcome::Changed { incident: inc, .. } = apply_finding(Some(&inc), "b", &f, IncidentId(9), ts(110)) else {
+            panic!()
+        };
+        let mut cleared = f.clone();
+        cleared.state = FindingState::Cleared;
+        let Outcome::Changed { incident: inc, entries, .. } =
+            apply_finding(Some(&inc), "a", &cleared, IncidentId(9), ts(120))
+        else {
+            panic!()
+        };
+        assert_eq!(inc.state, IncidentState::Triggered);
+        assert_eq!(entries.len(), 1);
+        let Outcome::Changed { incident: inc, entries, .. } =
+            apply_finding(Some(&inc), "b", &cleared, IncidentId(9), ts(130))
+        else {
+            panic!()
+        };
+        assert_eq!(inc.state, IncidentState::Resolved);
+        assert_eq!(inc.resolved_at, Some(ts(130)));
+        assert_eq!(entries.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EntryKind::Cleared, EntryKind::Resolved]);
+    }
+
+    #[test]
+    fn a_clear_without_an_open_incident_is_ignored() {
+        let mut f = finding(FindingKind::ProbeFailed, "service/api", 100);
+        f.state = FindingState::Cleared;
+        assert_eq!(apply_finding(None, "a", &f, IncidentId(1), ts(1)), Outcome::Ignored);
+    }
+
+    #[test]
+    fn expiry_resolves_an_incident_whose_sources_went_silent() {
+        let mut f = finding(FindingKind::NodeCpuHigh, "node/n1", 100);
+        f.expires_at = Some(ts(1_000));
+        let inc = opened(&f, "a");
+        assert_eq!(next_expiry(&inc), Some(ts(1_000)));
+        assert!(expire_sources(&inc, ts(999)).is_none());
+        let (inc, entries) = expire_sources(&inc, ts(1_000)).expect("expired");
+        assert_eq!(inc.state, IncidentState::Resolved);
+        assert_eq!(entries.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EntryKind::Expired, EntryKind::Resolved]);
+    }
+
+    #[test]
+    fn severity_rise_is_recorded() {
+        let f = finding(FindingKind::NodeMemoryHigh, "node/n1", 100);
+        let inc = opened(&f, "a");
+        let mut worse = f.clone();
+        worse.severity = Severity::Critical;
+        let Outcome::Changed { incident, entries, .. } = apply_finding(Some(&inc), "a", &worse, IncidentId(2), ts(200))
+        else {
+            panic!()
+        };
+        assert_eq!(incident.severity, Severity::Critical);
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].message.contains("severity rose"));
+    }
+
+    #[test]
+    fn incident_ids_parse_with_or_without_prefix() {
+        assert_eq!("INC-000042".parse::<IncidentId>(), Ok(IncidentId(42)));
+        assert_eq!("42".parse::<IncidentId>(), Ok(IncidentId(42)));
+        assert!("INC-x".parse::<IncidentId>().is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! Remedy's domain.
+//!
+//! Everything here decides and nothing here does I/O: no network, no clock,
+//! no files. Callers pass the current time and the inputs; functions return
+//! what should happen. That keeps every decision testable without a
+//! cluster, and keeps protobuf and Kubernetes types out of the core.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod detector;
+pub mod finding;
+pub mod incident;
+pub mod sequence;
+pub mod spool;
+pub mod time;
+
+pub use finding::{Finding, FindingKind, FindingState, Severity};
+pub use time::Timestamp;

@@ -1,0 +1,76 @@
+//! Instants as Unix milliseconds.
+//!
+//! The domain never reads a clock: callers pass `now`. Milliseconds since the
+//! Unix epoch survive restarts and travel on the wire unchanged, which an
+//! `Instant` cannot do.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// An instant, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The Unix epoch; also used for "never" in optional wire fields.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// An instant from Unix milliseconds.
+    pub const fn from_millis(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Unix milliseconds.
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// This instant moved forward by `d`, saturating instead of overflowing.
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(duration_millis(d)))
+    }
+
+    /// Time elapsed from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+}
+
+fn duration_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(1000);
+        let millis = self.0.rem_euclid(1000);
+        match u64::try_from(secs) {
+            Ok(secs) => {
+                let t = std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis as u64);
+                write!(f, "{}", humantime::format_rfc3339_millis(t))
+            }
+            Err(_) => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_never_goes_negative() {
+        let a = Timestamp::from_millis(1_000);
+        let b = Timestamp::from_millis(4_500);
+        assert_eq!(b.since(a), Duration::from_millis(3_500));
+        assert_eq!(a.since(b), Duration::ZERO);
+    }
+
+    #[test]
+    fn displays_as_rfc3339() {
+        assert_eq!(Timestamp::from_millis(1_700_000_000_123).to_string(), "2023-11-14T22:13:20.123Z");
+    }
+}

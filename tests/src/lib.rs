@@ -1,0 +1,7 @@
+//! Support for tests that start real processes: Remedy's own binaries and
+//! a real Kubernetes control plane.
+
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod procs;
