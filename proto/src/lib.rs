@@ -10,6 +10,8 @@ pub mod v1 {
     tonic::include_proto!("remedy.v1");
 }
 
+pub mod convert;
+
 /// Largest gRPC message either side accepts, bytes. A finding batch above
 /// it is refused with RESOURCE_EXHAUSTED, so one runaway agent cannot make
 /// the coordinator buffer without bound.

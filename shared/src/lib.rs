@@ -13,6 +13,7 @@ pub mod detector;
 pub mod finding;
 pub mod incident;
 pub mod sequence;
+pub mod signals;
 pub mod spool;
 pub mod time;
 

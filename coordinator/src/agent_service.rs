@@ -1,0 +1,255 @@
+//! `AgentService`: one long-lived stream per agent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use remedy_proto::convert;
+use remedy_proto::v1 as pb;
+use remedy_proto::v1::agent_message::Body as AgentBody;
+use remedy_proto::v1::coordinator_message::Body as CoordinatorBody;
+use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::recorder::{AgentHello, RecordError, Recorder, now};
+use crate::registry::{Registry, Session};
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest agent id or node name accepted.
+const MAX_NAME_LEN: usize = 253;
+
+/// Shared by every stream.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    /// This replica's identity.
+    pub coordinator_id: String,
+    /// The writer.
+    pub recorder: Recorder,
+    /// Live view of agents.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Expected heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Most findings in one batch.
+    pub max_batch_findings: usize,
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+fn message(body: CoordinatorBody) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage { body: Some(body) }
+}
+
+/// Validates a hello; the error is sent as INVALID_ARGUMENT.
+fn validate_hello(hello: pb::Hello) -> Result<AgentHello, Status> {
+    for (field, value) in [("agent_id", &hello.agent_id), ("node_name", &hello.node_name)] {
+        if value.trim().is_empty() {
+            return Err(Status::invalid_argument(format!("hello.{field} must not be empty")));
+        }
+        if value.len() > MAX_NAME_LEN {
+            return Err(Status::invalid_argument(format!("hello.{field} is longer than {MAX_NAME_LEN} bytes")));
+        }
+    }
+    Ok(AgentHello {
+        agent_id: hello.agent_id,
+        node_name: hello.node_name,
+        version: hello.version,
+        capabilities: hello.capabilities,
+        labels: convert::sorted(hello.labels),
+    })
+}
+
+/// The status an agent sees for a failed write.
+fn record_status(e: RecordError) -> Status {
+    match e {
+        RecordError::Sequence(_) | RecordError::UnknownAgent(_) => Status::invalid_argument(e.to_string()),
+        RecordError::Store(_) => Status::unavailable(format!("cannot persist findings now, keep them and retry: {e}")),
+        RecordError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Errors from reading the inbound stream, as the agent should see them.
+fn inbound_status(status: Status) -> Status {
+    // tonic reports an oversized message as OUT_OF_RANGE; gRPC's convention
+    // (and what clients retry on) is RESOURCE_EXHAUSTED.
+    if status.code() == Code::OutOfRange { Status::resource_exhausted(status.message().to_owned()) } else { status }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentService {
+    type ConnectStream = Outbound;
+
+    async fn connect(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Outbound>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10s of opening the stream"))?
+            .map_err(inbound_status)?;
+        let hello = match first.and_then(|m| m.body) {
+            Some(AgentBody::Hello(hello)) => validate_hello(hello)?,
+            Some(_) => return Err(Status::failed_precondition("the first message of a stream must be a hello")),
+            None => return Err(Status::failed_precondition("the stream ended before a hello")),
+        };
+        let acked = self.recorder.hello(hello.clone()).await.map_err(record_status)?;
+        let (session, was_stale) = self.registry.connect(&hello.agent_id, &hello.node_name, now());
+        if was_stale {
+            self.raise_stale(&hello.agent_id, &hello.node_name, FindingState::Cleared).await;
+        }
+        tracing::info!(agent = %hello.agent_id, node = %hello.node_name, acked, "agent connected");
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = pb::Welcome {
+            coordinator_id: self.coordinator_id.clone(),
+            acked_sequence: acked,
+            heartbeat_interval_ms: u64::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+        };
+        // The channel is new and empty: this send cannot wait.
+        let _ = tx.send(Ok(message(CoordinatorBody::Welcome(welcome)))).await;
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.metrics.agent_streams.inc();
+            let node = hello.node_name.clone();
+            if let Err(status) = service.serve(&session, &node, &mut inbound, &tx).await {
+                tracing::warn!(agent = %session.agent_id, code = ?status.code(), message = status.message(), "agent stream ended with an error");
+                let _ = tx.send(Err(status)).await;
+            }
+            service.registry.disconnect(&session);
+            service.metrics.agent_streams.dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl AgentService {
+    async fn serve(
+        &self,
+        session: &Session,
+        node: &str,
+        inbound: &mut Streaming<pb::AgentMessage>,
+        tx: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    ) -> Result<(), Status> {
+        loop {
+            let next = tokio::select! {
+                next = inbound.message() => next.map_err(inbound_status)?,
+                () = session.replaced.notified() => {
+                    return Err(Status::aborted("a newer stream from the same agent took over"));
+                }
+            };
+            let Some(msg) = next else { return Ok(()) };
+            if self.registry.touch(session, now()) {
+                self.raise_stale(&session.agent_id, node, FindingState::Cleared).await;
+            }
+            match msg.body {
+                Some(AgentBody::Heartbeat(hb)) => {
+                    self.registry.heartbeat(
+                        session,
+                        hb.snapshot.map(convert::snapshot_from_proto),
+                        hb.spool_depth,
+                        hb.spool_dropped_total,
+                    );
+                }
+                Some(AgentBody::Findings(batch)) => {
+                    let acked = self.record(session, batch).await?;
+                    let ack = message(CoordinatorBody::Ack(pb::Ack { acked_sequence: acked }));
+                    if tx.send(Ok(ack)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(AgentBody::ActionResult(result)) => {
+                    tracing::info!(agent = %session.agent_id, directive = %result.directive_id, outcome = result.outcome, "action result");
+                }
+                Some(AgentBody::Hello(_)) => {
+                    return Err(Status::failed_precondition("hello may only be the first message of a stream"));
+                }
+                None => return Err(Status::invalid_argument("empty agent message")),
+            }
+        }
+    }
+
+    async fn record(&self, session: &Session, batch: pb::FindingBatch) -> Result<u64, Status> {
+        if batch.findings.len() > self.max_batch_findings {
+            self.metrics.findings_rejected.inc();
+            return Err(Status::invalid_argument(format!(
+                "batch of {} findings is over the limit of {}",
+                batch.findings.len(),
+                self.max_batch_findings
+            )));
+        }
+        let mut findings = Vec::with_capacity(batch.findings.len());
+        for item in batch.findings {
+            let sequence = item.sequence;
+            let decoded = item
+                .finding
+                .ok_or_else(|| Status::invalid_argument(format!("finding {sequence} has no body")))
+                .and_then(|f| {
+                    convert::finding_from_proto(f)
+                        .map_err(|e| Status::invalid_argument(format!("finding {sequence}: {e}")))
+                });
+            match decoded {
+                Ok(f) => findings.push((sequence, f)),
+                Err(status) => {
+                    self.metrics.findings_rejected.inc();
+                    return Err(status);
+                }
+            }
+        }
+        let receipt =
+            self.recorder.findings(session.agent_id.clone(), findings, batch.oldest_retained_sequence).await.map_err(
+                |e| {
+                    if matches!(e, RecordError::Sequence(_) | RecordError::UnknownAgent(_)) {
+                        self.metrics.findings_rejected.inc();
+                    }
+                    record_status(e)
+                },
+            )?;
+        Ok(receipt.acked)
+    }
+
+    /// Raises or clears the finding that says an agent went silent.
+    pub async fn raise_stale(&self, agent_id: &str, node: &str, state: FindingState) {
+        self.recorder.raise(vec![stale_finding(agent_id, node, state)], node.to_owned()).await;
+    }
+}
+
+/// The coordinator's own finding about a silent agent.
+pub fn stale_finding(agent_id: &str, node: &str, state: FindingState) -> Finding {
+    let at = now();
+    Finding {
+        kind: FindingKind::AgentStale,
+        severity: Severity::Warning,
+        state,
+        target: format!("agent/{agent_id}"),
+        labels: [("node".to_owned(), node.to_owned()), ("agent_id".to_owned(), agent_id.to_owned())].into(),
+        evidence: Default::default(),
+        summary: match state {
+            FindingState::Active => format!("agent {agent_id} on {node} missed its heartbeats"),
+            FindingState::Cleared => format!("agent {agent_id} on {node} is back"),
+        },
+        first_seen: at,
+        last_seen: at,
+        expires_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellos_without_names_are_refused_naming_the_field() {
+        let status = validate_hello(pb::Hello { agent_id: "a".into(), ..Default::default() }).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "hello.node_name must not be empty");
+    }
+
+    #[test]
+    fn oversized_messages_are_reported_as_resource_exhausted() {
+        assert_eq!(inbound_status(Status::out_of_range("too big")).code(), Code::ResourceExhausted);
+        assert_eq!(inbound_status(Status::cancelled("gone")).code(), Code::Cancelled);
+    }
+}

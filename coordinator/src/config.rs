@@ -1,0 +1,199 @@
+//! The coordinator's configuration: a YAML file, overridden by flags and
+//! environment, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use remedy_shared::config::{self, ConfigError};
+use serde::Deserialize;
+
+/// Command line of `remedy-coordinator`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "remedy-coordinator",
+    version,
+    about = "Remedy's coordinator: takes findings and alerts, keeps incidents"
+)]
+pub struct Cli {
+    /// YAML configuration file.
+    #[arg(long, env = "REMEDY_COORDINATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded store.
+    #[arg(long, env = "REMEDY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (agents and remedyctl).
+    #[arg(long, env = "REMEDY_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+    /// HTTP listen address (/healthz, /metrics).
+    #[arg(long, env = "REMEDY_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Identity of this replica in logs and welcomes.
+    #[arg(long, env = "REMEDY_COORDINATOR_ID")]
+    pub id: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "REMEDY_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// The file's shape. Every field is optional; defaults are in [`Config`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<String>,
+    data_dir: Option<PathBuf>,
+    grpc_listen: Option<String>,
+    http_listen: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    stale_after: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    expiry_sweep_interval: Option<Duration>,
+    max_batch_findings: Option<usize>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(de)?
+            .map(|t| remedy_shared::config::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Replica identity.
+    pub id: String,
+    /// Where the embedded store lives.
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP address.
+    pub http_listen: SocketAddr,
+    /// How often agents must send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence after which an agent is stale.
+    pub stale_after: Duration,
+    /// How often expired findings are looked for.
+    pub expiry_sweep_interval: Duration,
+    /// Most findings accepted in one batch.
+    pub max_batch_findings: usize,
+}
+
+impl Config {
+    /// Reads the file named on the command line (if any) and applies flags.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let (source, file) = match &cli.config {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&name, "", format!("cannot read the file: {e}")))?;
+                (name.clone(), config::parse_yaml::<FileConfig>(&name, &text)?)
+            }
+            None => ("defaults".to_owned(), FileConfig::default()),
+        };
+        Self::resolve(cli, &source, file)
+    }
+
+    fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigError> {
+        let from_flag = |flag: &Option<String>| flag.as_ref().map(|v| ("flags", v.clone()));
+        let id = cli.id.clone().or(file.id).unwrap_or_else(default_id);
+        let data_dir = cli.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".remedy/coordinator"));
+        let grpc_listen = parse_addr(
+            from_flag(&cli.grpc_listen).or(file.grpc_listen.map(|v| (source, v))),
+            "grpc_listen",
+            "127.0.0.1:7070",
+        )?;
+        let http_listen = parse_addr(
+            from_flag(&cli.http_listen).or(file.http_listen.map(|v| (source, v))),
+            "http_listen",
+            "127.0.0.1:7071",
+        )?;
+        let heartbeat_interval = file.heartbeat_interval.unwrap_or(Duration::from_secs(10));
+        let stale_after = file.stale_after.unwrap_or(heartbeat_interval * 3);
+        if heartbeat_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(source, "heartbeat_interval", "must be at least 100ms"));
+        }
+        if stale_after < heartbeat_interval * 2 {
+            return Err(ConfigError::new(
+                source,
+                "stale_after",
+                "must be at least twice heartbeat_interval, or every late heartbeat marks an agent stale",
+            ));
+        }
+        let max_batch_findings = file.max_batch_findings.unwrap_or(1_000);
+        if max_batch_findings == 0 {
+            return Err(ConfigError::new(source, "max_batch_findings", "must be greater than zero"));
+        }
+        if id.trim().is_empty() {
+            return Err(ConfigError::new(source, "id", "must not be empty"));
+        }
+        Ok(Config {
+            id,
+            data_dir: absolute(&data_dir),
+            grpc_listen,
+            http_listen,
+            heartbeat_interval,
+            stale_after,
+            expiry_sweep_interval: file.expiry_sweep_interval.unwrap_or(Duration::from_secs(5)),
+            max_batch_findings,
+        })
+    }
+}
+
+fn parse_addr(value: Option<(&str, String)>, field: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let (source, text) = value.unwrap_or(("defaults", default.to_owned()));
+    text.parse().map_err(|_| ConfigError::new(source, field, format!("`{text}` is not an address like 127.0.0.1:7070")))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn default_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli() -> Cli {
+        Cli::parse_from(["remedy-coordinator"])
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ports() {
+        let c = Config::resolve(&cli(), "defaults", FileConfig::default()).unwrap();
+        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:7071");
+        assert_eq!(c.stale_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_addresses_name_the_field() {
+        let file: FileConfig = config::parse_yaml("c.yaml", "grpc_listen: 0.0.0.0:1\n").unwrap();
+        let mut flags = cli();
+        flags.grpc_listen = Some("nonsense".into());
+        let err = Config::resolve(&flags, "c.yaml", file).unwrap_err();
+        assert_eq!((err.file.as_str(), err.field.as_str()), ("flags", "grpc_listen"));
+    }
+
+    #[test]
+    fn stale_after_must_leave_room_for_a_late_heartbeat() {
+        let file: FileConfig = config::parse_yaml("c.yaml", "heartbeat_interval: 10s\nstale_after: 15s\n").unwrap();
+        let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
+        assert_eq!(err.field, "stale_after");
+    }
+}

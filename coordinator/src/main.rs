@@ -1,0 +1,192 @@
+//! `remedy-coordinator`: takes findings from agents, keeps incidents, and
+//! serves the admin API.
+
+#![forbid(unsafe_code)]
+
+mod admin_service;
+mod agent_service;
+mod config;
+mod http;
+mod metrics;
+mod recorder;
+mod registry;
+mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use remedy_proto::MAX_MESSAGE_BYTES;
+use remedy_proto::v1::admin_service_server::AdminServiceServer;
+use remedy_proto::v1::agent_service_server::AgentServiceServer;
+use remedy_shared::config::EXIT_BAD_CONFIG;
+use remedy_shared::finding::FindingState;
+use tokio::sync::watch;
+
+use crate::config::{Cli, Config};
+use crate::metrics::Metrics;
+use crate::recorder::{Recorder, now};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("remedy-coordinator: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("remedy-coordinator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remedy-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REMEDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&config.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    );
+    let registry = Arc::new(Registry::default());
+    let start = now();
+    for agent in store.list_agents().context("cannot read agents from the store")? {
+        registry.seed(&agent.agent_id, &agent.node_name, start);
+    }
+    let recorder = Recorder::start(store.clone(), metrics.clone()).context("cannot start the writer")?;
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    tracing::info!(
+        id = %config.id,
+        grpc = %grpc_listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        "coordinator started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let agent_service = agent_service::AgentService {
+        coordinator_id: config.id.clone(),
+        recorder: recorder.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        max_batch_findings: config.max_batch_findings,
+    };
+    let admin_service =
+        admin_service::AdminService { store: store.clone(), registry: registry.clone(), recorder: recorder.clone() };
+
+    tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));
+    tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            AgentServiceServer::new(agent_service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(AdminServiceServer::new(admin_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped());
+    let http = http::serve(http_listener, metrics.clone(), stopped());
+
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(http);
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    grpc_task.await.context("gRPC server task failed")?.context("gRPC server failed")?;
+    http_task.await.context("HTTP server task failed")?.context("HTTP server failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Marks agents stale when they miss their heartbeats, which is itself a
+/// finding: a silent node is an incident until it is back.
+async fn watch_staleness(service: agent_service::AgentService, config: Config, stopped: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stopped => return,
+        }
+        for (agent_id, node) in service.registry.mark_stale(now(), config.stale_after) {
+            tracing::warn!(agent = %agent_id, node = %node, "agent missed its heartbeats");
+            service.raise_stale(&agent_id, &node, FindingState::Active).await;
+        }
+        let (streams, stale) = service.registry.counts();
+        service.metrics.stale_agents.set(stale as i64);
+        tracing::trace!(streams, stale, "staleness check");
+    }
+}
+
+async fn sweep_expired(recorder: Recorder, every: std::time::Duration, stopped: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(every);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => recorder.sweep().await,
+            () = &mut stopped => return,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The coordinator's Prometheus metrics. Each one has a reason to exist:
+//! the help text says which question it answers.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Handles to every metric; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Findings persisted (each counted once).
+    pub findings_persisted: Counter,
+    /// Findings received again after they were persisted.
+    pub findings_duplicate: Counter,
+    /// Findings or batches refused as invalid.
+    pub findings_rejected: Counter,
+    /// Store transactions committed or attempted.
+    pub store_commits: Counter,
+    /// Store transactions that failed.
+    pub store_commit_errors: Counter,
+    /// Incidents opened.
+    pub incidents_opened: Counter,
+    /// Incidents open now.
+    pub open_incidents: Gauge,
+    /// Agent streams open now.
+    pub agent_streams: Gauge,
+    /// Agents marked stale now.
+    pub stale_agents: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric under the `remedy_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("remedy");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            findings_persisted: Counter::default(),
+            findings_duplicate: Counter::default(),
+            findings_rejected: Counter::default(),
+            store_commits: Counter::default(),
+            store_commit_errors: Counter::default(),
+            incidents_opened: Counter::default(),
+            open_incidents: Gauge::default(),
+            agent_streams: Gauge::default(),
+            stale_agents: Gauge::default(),
+        };
+        registry.register("findings_persisted", "Findings persisted, each counted once", m.findings_persisted.clone());
+        registry.register(
+            "findings_duplicate",
+            "Findings received again after being persisted (resends after reconnects); not stored twice",
+            m.findings_duplicate.clone(),
+        );
+        registry.register("findings_rejected", "Findings or batches refused as invalid", m.findings_rejected.clone());
+        registry.register("store_commits", "Store transactions attempted", m.store_commits.clone());
+        registry.register(
+            "store_commit_errors",
+            "Store transactions that failed; while this grows nothing is acknowledged",
+            m.store_commit_errors.clone(),
+        );
+        registry.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
+        registry.register("open_incidents", "Incidents not yet resolved", m.open_incidents.clone());
+        registry.register("agent_streams", "Agent streams open now", m.agent_streams.clone());
+        registry.register("stale_agents", "Agents that missed their heartbeats", m.stale_agents.clone());
+        Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

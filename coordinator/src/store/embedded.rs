@@ -1,0 +1,274 @@
+//! The embedded store: one redb file in the data directory.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use remedy_shared::incident::{Incident, IncidentId, TimelineEntry};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{AgentRecord, Counters, FindingQuery, Loaded, Store, StoreError, StoredFinding, WriteBatch};
+
+const FINDINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("findings");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const INCIDENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("incidents");
+/// Keyed by (incident, entry number); entry numbers come from one global
+/// counter so appends never need to read the table first.
+const TIMELINE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("timeline");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const NEXT_INCIDENT: &str = "next_incident";
+const NEXT_OWN_SEQUENCE: &str = "next_own_sequence";
+const NEXT_ENTRY: &str = "next_timeline_entry";
+
+/// A redb-backed [`Store`].
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/coordinator.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("coordinator.redb");
+        let db = Database::create(&path).map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            txn.open_table(FINDINGS).map_err(backend)?;
+            txn.open_table(AGENTS).map_err(backend)?;
+            txn.open_table(INCIDENTS).map_err(backend)?;
+            txn.open_table(TIMELINE).map_err(backend)?;
+            txn.open_table(META).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(EmbeddedStore { db })
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain data structs to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, message: e.to_string() })
+}
+
+impl Store for EmbeddedStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let get = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key).map_err(backend)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let counters =
+            Counters { next_incident: get(NEXT_INCIDENT)?.max(1), next_own_sequence: get(NEXT_OWN_SEQUENCE)?.max(1) };
+        let agents = self.list_agents()?;
+        let incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+        let mut open_incidents = Vec::new();
+        for row in incidents.iter().map_err(backend)? {
+            let (_, value) = row.map_err(backend)?;
+            let incident: Incident = decode("incidents", value.value())?;
+            if !incident.state.is_closed() {
+                open_incidents.push(incident);
+            }
+        }
+        Ok(Loaded { agents, open_incidents, counters })
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate).map_err(backend)?;
+        {
+            let mut findings = txn.open_table(FINDINGS).map_err(backend)?;
+            for f in &batch.findings {
+                findings.insert((f.agent_id.as_str(), f.sequence), encode(f).as_slice()).map_err(backend)?;
+            }
+            let mut agents = txn.open_table(AGENTS).map_err(backend)?;
+            for a in &batch.agents {
+                agents.insert(a.agent_id.as_str(), encode(a).as_slice()).map_err(backend)?;
+            }
+            let mut incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+            for i in &batch.incidents {
+                incidents.insert(i.id.0, encode(i).as_slice()).map_err(backend)?;
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            if !batch.timeline.is_empty() {
+                let mut next = meta.get(NEXT_ENTRY).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+                let mut timeline = txn.open_table(TIMELINE).map_err(backend)?;
+                for (id, entry) in &batch.timeline {
+                    timeline.insert((id.0, next), encode(entry).as_slice()).map_err(backend)?;
+                    next += 1;
+                }
+                meta.insert(NEXT_ENTRY, next).map_err(backend)?;
+            }
+            if let Some(c) = batch.counters {
+                meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
+                meta.insert(NEXT_OWN_SEQUENCE, c.next_own_sequence).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(FINDINGS).map_err(backend)?;
+        let mut out = Vec::new();
+        let start: (&str, u64) = match (&query.after, &query.agent_id) {
+            (Some((agent, seq)), _) => (agent.as_str(), seq.saturating_add(1)),
+            (None, Some(agent)) => (agent.as_str(), 0),
+            (None, None) => ("", 0),
+        };
+        for row in table.range(start..).map_err(backend)? {
+            let (key, value) = row.map_err(backend)?;
+            let (agent, _) = key.value();
+            if query.agent_id.as_deref().is_some_and(|a| a != agent) {
+                break;
+            }
+            let f: StoredFinding = decode("findings", value.value())?;
+            if query.kind.is_some_and(|k| k != f.finding.kind) {
+                continue;
+            }
+            out.push(f);
+            if out.len() >= query.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(FINDINGS).map_err(backend)?;
+        table.get((agent_id, sequence)).map_err(backend)?.map(|v| decode("findings", v.value())).transpose()
+    }
+
+    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(INCIDENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(backend)?.rev() {
+            let (_, value) = row.map_err(backend)?;
+            let incident: Incident = decode("incidents", value.value())?;
+            if include_resolved || !incident.state.is_closed() {
+                out.push(incident);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_incident(&self, id: IncidentId) -> Result<Option<(Incident, Vec<TimelineEntry>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+        let Some(value) = incidents.get(id.0).map_err(backend)? else {
+            return Ok(None);
+        };
+        let incident: Incident = decode("incidents", value.value())?;
+        let timeline = txn.open_table(TIMELINE).map_err(backend)?;
+        let mut entries = Vec::new();
+        for row in timeline.range((id.0, 0)..=(id.0, u64::MAX)).map_err(backend)? {
+            let (_, value) = row.map_err(backend)?;
+            entries.push(decode("timeline", value.value())?);
+        }
+        Ok(Some((incident, entries)))
+    }
+
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(AGENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(backend)? {
+            let (_, value) = row.map_err(backend)?;
+            out.push(decode("agents", value.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use remedy_shared::Timestamp;
+    use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
+    use remedy_shared::incident::{self, Outcome};
+    use remedy_shared::sequence::SequenceTracker;
+
+    use super::*;
+
+    fn finding(target: &str) -> Finding {
+        Finding {
+            kind: FindingKind::DiskUsageHigh,
+            severity: Severity::Warning,
+            state: FindingState::Active,
+            target: target.into(),
+            labels: BTreeMap::new(),
+            evidence: BTreeMap::new(),
+            summary: "disk".into(),
+            first_seen: Timestamp::from_millis(1),
+            last_seen: Timestamp::from_millis(1),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_committed_batch_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = finding("mount/n1:/var");
+        let Outcome::Changed { incident, entries, .. } =
+            incident::apply_finding(None, "a1", &f, IncidentId(1), Timestamp::from_millis(5))
+        else {
+            panic!("expected an incident")
+        };
+        let mut tracker = SequenceTracker::default();
+        tracker.record(1).unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let batch = WriteBatch {
+                findings: vec![StoredFinding {
+                    agent_id: "a1".into(),
+                    sequence: 1,
+                    node_name: "n1".into(),
+                    received_at: Timestamp::from_millis(5),
+                    incident_id: Some(IncidentId(1)),
+                    finding: f,
+                }],
+                agents: vec![AgentRecord {
+                    agent_id: "a1".into(),
+                    node_name: "n1".into(),
+                    version: "0".into(),
+                    capabilities: vec![],
+                    labels: BTreeMap::new(),
+                    tracker,
+                    first_seen: Timestamp::from_millis(1),
+                    last_hello: Timestamp::from_millis(1),
+                }],
+                incidents: vec![incident.clone()],
+                timeline: entries.into_iter().map(|e| (IncidentId(1), e)).collect(),
+                counters: Some(Counters { next_incident: 2, next_own_sequence: 1 }),
+            };
+            store.commit(&batch).unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.counters.next_incident, 2);
+        assert_eq!(loaded.open_incidents, vec![incident]);
+        assert_eq!(loaded.agents[0].tracker.contiguous(), 1);
+        let (_, timeline) = store.get_incident(IncidentId(1)).unwrap().unwrap();
+        assert_eq!(timeline.len(), 1);
+        let page = store.list_findings(&FindingQuery { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(store.get_finding("a1", 2).unwrap().is_none());
+    }
+}

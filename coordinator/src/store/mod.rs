@@ -1,0 +1,156 @@
+//! Where the coordinator keeps what it knows.
+//!
+//! The [`Store`] trait is the seam between the coordinator and its storage:
+//! the embedded default is a redb file ([`embedded::EmbeddedStore`]); a
+//! cluster-backed store implements the same trait. Writes arrive as one
+//! [`WriteBatch`] that is applied atomically, so findings, the sequence
+//! bookkeeping that acknowledges them and the incidents they changed can
+//! never disagree after a crash.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+
+use remedy_shared::Timestamp;
+use remedy_shared::finding::Finding;
+use remedy_shared::incident::{Incident, IncidentId, TimelineEntry};
+use remedy_shared::sequence::SequenceTracker;
+use serde::{Deserialize, Serialize};
+
+/// A finding as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredFinding {
+    /// Sender (an agent id, or [`COORDINATOR_SOURCE`]).
+    pub agent_id: String,
+    /// Its sequence in the sender's stream.
+    pub sequence: u64,
+    /// Node it came from.
+    pub node_name: String,
+    /// When it was persisted.
+    pub received_at: Timestamp,
+    /// The incident it joined, if any.
+    pub incident_id: Option<IncidentId>,
+    /// The finding.
+    pub finding: Finding,
+}
+
+/// The sender name of findings the coordinator raises itself.
+pub const COORDINATOR_SOURCE: &str = "coordinator";
+
+/// What the coordinator remembers of an agent across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Identity from its hello.
+    pub agent_id: String,
+    /// Its node.
+    pub node_name: String,
+    /// Version from its latest hello.
+    pub version: String,
+    /// Local actions it can run.
+    pub capabilities: Vec<String>,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Which of its sequences are persisted.
+    pub tracker: SequenceTracker,
+    /// First hello.
+    pub first_seen: Timestamp,
+    /// Latest hello.
+    pub last_hello: Timestamp,
+}
+
+/// Counters the store owns so they survive restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Next incident number.
+    pub next_incident: u64,
+    /// Next sequence for the coordinator's own findings.
+    pub next_own_sequence: u64,
+}
+
+/// Everything the coordinator needs in memory at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Known agents.
+    pub agents: Vec<AgentRecord>,
+    /// Incidents not yet resolved.
+    pub open_incidents: Vec<Incident>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// One atomic write.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Findings to add.
+    pub findings: Vec<StoredFinding>,
+    /// Agents to create or update (tracker included).
+    pub agents: Vec<AgentRecord>,
+    /// Incidents to create or update.
+    pub incidents: Vec<Incident>,
+    /// Timeline entries to append, per incident, in order.
+    pub timeline: Vec<(IncidentId, TimelineEntry)>,
+    /// New counters, when they moved.
+    pub counters: Option<Counters>,
+}
+
+impl WriteBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.findings.is_empty()
+            && self.agents.is_empty()
+            && self.incidents.is_empty()
+            && self.timeline.is_empty()
+            && self.counters.is_none()
+    }
+}
+
+/// Filter and page of a findings listing.
+#[derive(Debug, Clone, Default)]
+pub struct FindingQuery {
+    /// Only this agent.
+    pub agent_id: Option<String>,
+    /// Only this kind.
+    pub kind: Option<remedy_shared::FindingKind>,
+    /// Start strictly after this (agent id, sequence).
+    pub after: Option<(String, u64)>,
+    /// Most results.
+    pub limit: usize,
+}
+
+/// A store failure. The coordinator answers UNAVAILABLE and does not
+/// acknowledge: the agent keeps the findings and sends them again.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (disk full, I/O error, corruption).
+    #[error("store failure: {0}")]
+    Backend(String),
+    /// A persisted record could not be decoded.
+    #[error("corrupt record in {table}: {message}")]
+    Corrupt {
+        /// The table holding it.
+        table: &'static str,
+        /// The decoder's complaint.
+        message: String,
+    },
+}
+
+/// Storage for findings, agents and incidents.
+///
+/// Synchronous on purpose: callers run it on a blocking thread, and the
+/// writer is a single thread that groups many batches in one commit.
+pub trait Store: Send + Sync + 'static {
+    /// Reads what the coordinator keeps in memory.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Applies `batch` atomically and durably.
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Findings in (agent id, sequence) order.
+    fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError>;
+    /// One finding.
+    fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError>;
+    /// Incidents, newest first.
+    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError>;
+    /// One incident and its timeline.
+    fn get_incident(&self, id: IncidentId) -> Result<Option<(Incident, Vec<TimelineEntry>)>, StoreError>;
+    /// Every known agent.
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+}

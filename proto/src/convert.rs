@@ -1,0 +1,239 @@
+//! Conversions between the wire types and the domain, in one place.
+//!
+//! Decoding is where untrusted input meets the domain, so every conversion
+//! from the wire validates and names what is wrong.
+
+use std::collections::BTreeMap;
+
+use remedy_shared::Timestamp;
+use remedy_shared::finding::{Finding, FindingKind, FindingState, InvalidFinding, Severity, UnknownKind};
+use remedy_shared::incident::{EntryKind, Incident, IncidentState, TimelineEntry};
+use remedy_shared::signals::{DiskUsage, ProcessUsage, ResourceSnapshot};
+
+use crate::v1 as pb;
+
+/// A wire message that does not make a valid domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The kind is not in the catalogue.
+    #[error(transparent)]
+    UnknownKind(#[from] UnknownKind),
+    /// A required enum was left unspecified.
+    #[error("finding {0} is unspecified")]
+    Unspecified(&'static str),
+    /// The finding breaks a domain invariant.
+    #[error(transparent)]
+    Invalid(#[from] InvalidFinding),
+}
+
+/// Severity to the wire.
+pub fn severity_to_proto(s: Severity) -> pb::Severity {
+    match s {
+        Severity::Info => pb::Severity::Info,
+        Severity::Warning => pb::Severity::Warning,
+        Severity::Critical => pb::Severity::Critical,
+    }
+}
+
+/// Severity from the wire; `None` when unspecified or unknown.
+pub fn severity_from_proto(value: i32) -> Option<Severity> {
+    match pb::Severity::try_from(value).ok()? {
+        pb::Severity::Info => Some(Severity::Info),
+        pb::Severity::Warning => Some(Severity::Warning),
+        pb::Severity::Critical => Some(Severity::Critical),
+        pb::Severity::Unspecified => None,
+    }
+}
+
+fn millis_opt(ms: i64) -> Option<Timestamp> {
+    (ms != 0).then(|| Timestamp::from_millis(ms))
+}
+
+/// A finding from the wire, validated.
+pub fn finding_from_proto(f: pb::Finding) -> Result<Finding, DecodeError> {
+    let kind: FindingKind = f.kind.parse()?;
+    let severity = severity_from_proto(f.severity).ok_or(DecodeError::Unspecified("severity"))?;
+    let state = match pb::FindingState::try_from(f.state) {
+        Ok(pb::FindingState::Active) => FindingState::Active,
+        Ok(pb::FindingState::Cleared) => FindingState::Cleared,
+        _ => return Err(DecodeError::Unspecified("state")),
+    };
+    let finding = Finding {
+        kind,
+        severity,
+        state,
+        target: f.target,
+        labels: f.labels.into_iter().collect(),
+        evidence: f.evidence.into_iter().collect(),
+        summary: f.summary,
+        first_seen: Timestamp::from_millis(f.first_seen_ms),
+        last_seen: Timestamp::from_millis(f.last_seen_ms),
+        expires_at: millis_opt(f.expires_at_ms),
+    };
+    finding.validate()?;
+    Ok(finding)
+}
+
+/// A finding to the wire.
+pub fn finding_to_proto(f: &Finding) -> pb::Finding {
+    pb::Finding {
+        kind: f.kind.as_str().to_owned(),
+        severity: severity_to_proto(f.severity) as i32,
+        state: match f.state {
+            FindingState::Active => pb::FindingState::Active,
+            FindingState::Cleared => pb::FindingState::Cleared,
+        } as i32,
+        target: f.target.clone(),
+        labels: f.labels.clone().into_iter().collect(),
+        evidence: f.evidence.clone().into_iter().collect(),
+        summary: f.summary.clone(),
+        first_seen_ms: f.first_seen.as_millis(),
+        last_seen_ms: f.last_seen.as_millis(),
+        expires_at_ms: f.expires_at.map_or(0, Timestamp::as_millis),
+    }
+}
+
+/// A snapshot to the wire.
+pub fn snapshot_to_proto(s: &ResourceSnapshot) -> pb::ResourceSnapshot {
+    pb::ResourceSnapshot {
+        taken_at_ms: s.taken_at.as_millis(),
+        cpu_percent: s.cpu_percent,
+        memory_used_bytes: s.memory_used_bytes,
+        memory_total_bytes: s.memory_total_bytes,
+        load1: s.load[0],
+        load5: s.load[1],
+        load15: s.load[2],
+        disks: s
+            .disks
+            .iter()
+            .map(|d| pb::DiskUsage {
+                mount_point: d.mount_point.clone(),
+                total_bytes: d.total_bytes,
+                available_bytes: d.available_bytes,
+            })
+            .collect(),
+        top_processes: s
+            .top_processes
+            .iter()
+            .map(|p| pb::ProcessUsage {
+                pid: p.pid,
+                name: p.name.clone(),
+                cpu_percent: p.cpu_percent,
+                memory_bytes: p.memory_bytes,
+            })
+            .collect(),
+    }
+}
+
+/// A snapshot from the wire. Nothing in it can break an invariant.
+pub fn snapshot_from_proto(s: pb::ResourceSnapshot) -> ResourceSnapshot {
+    ResourceSnapshot {
+        taken_at: Timestamp::from_millis(s.taken_at_ms),
+        cpu_percent: s.cpu_percent,
+        memory_used_bytes: s.memory_used_bytes,
+        memory_total_bytes: s.memory_total_bytes,
+        load: [s.load1, s.load5, s.load15],
+        disks: s
+            .disks
+            .into_iter()
+            .map(|d| DiskUsage {
+                mount_point: d.mount_point,
+                total_bytes: d.total_bytes,
+                available_bytes: d.available_bytes,
+            })
+            .collect(),
+        top_processes: s
+            .top_processes
+            .into_iter()
+            .map(|p| ProcessUsage {
+                pid: p.pid,
+                name: p.name,
+                cpu_percent: p.cpu_percent,
+                memory_bytes: p.memory_bytes,
+            })
+            .collect(),
+    }
+}
+
+/// An incident state to the wire.
+pub fn incident_state_to_proto(s: IncidentState) -> pb::IncidentState {
+    match s {
+        IncidentState::Triggered => pb::IncidentState::Triggered,
+        IncidentState::Acknowledged => pb::IncidentState::Acknowledged,
+        IncidentState::Mitigating => pb::IncidentState::Mitigating,
+        IncidentState::Resolved => pb::IncidentState::Resolved,
+        IncidentState::Escalated => pb::IncidentState::Escalated,
+    }
+}
+
+/// An incident to the wire, with the given timeline (empty in listings).
+pub fn incident_to_proto(i: &Incident, timeline: &[TimelineEntry]) -> pb::Incident {
+    pb::Incident {
+        id: i.id.to_string(),
+        kind: i.key.kind.as_str().to_owned(),
+        target: i.key.target.clone(),
+        severity: severity_to_proto(i.severity) as i32,
+        state: incident_state_to_proto(i.state) as i32,
+        summary: i.summary.clone(),
+        opened_at_ms: i.opened_at.as_millis(),
+        updated_at_ms: i.updated_at.as_millis(),
+        resolved_at_ms: i.resolved_at.map_or(0, Timestamp::as_millis),
+        finding_count: i.finding_count,
+        timeline: timeline.iter().map(entry_to_proto).collect(),
+    }
+}
+
+fn entry_to_proto(e: &TimelineEntry) -> pb::TimelineEntry {
+    pb::TimelineEntry {
+        at_ms: e.at.as_millis(),
+        kind: EntryKind::as_str(e.kind).to_owned(),
+        message: e.message.clone(),
+        details: e.details.clone().into_iter().collect(),
+    }
+}
+
+/// Labels or evidence from the wire, sorted.
+pub fn sorted(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire() -> pb::Finding {
+        pb::Finding {
+            kind: "disk_usage_high".into(),
+            severity: pb::Severity::Critical as i32,
+            state: pb::FindingState::Active as i32,
+            target: "mount/n1:/var".into(),
+            first_seen_ms: 10,
+            last_seen_ms: 20,
+            expires_at_ms: 30,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_finding_round_trips() {
+        let f = finding_from_proto(wire()).unwrap();
+        assert_eq!(f.expires_at, Some(Timestamp::from_millis(30)));
+        assert_eq!(finding_to_proto(&f), wire());
+    }
+
+    #[test]
+    fn unknown_kinds_and_unspecified_enums_are_refused_by_name() {
+        let mut w = wire();
+        w.kind = "disk_usage_hgh".into();
+        assert_eq!(finding_from_proto(w).unwrap_err().to_string(), "unknown finding kind `disk_usage_hgh`");
+        let mut w = wire();
+        w.severity = 0;
+        assert_eq!(finding_from_proto(w).unwrap_err(), DecodeError::Unspecified("severity"));
+        let mut w = wire();
+        w.state = 9;
+        assert_eq!(finding_from_proto(w).unwrap_err(), DecodeError::Unspecified("state"));
+        let mut w = wire();
+        w.target.clear();
+        assert_eq!(finding_from_proto(w).unwrap_err(), DecodeError::Invalid(InvalidFinding::EmptyTarget));
+    }
+}
