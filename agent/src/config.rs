@@ -1,0 +1,313 @@
+//! The agent's configuration: a YAML file, overridden by flags and
+//! environment, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use remedy_shared::Severity;
+use remedy_shared::config::{self, ConfigError};
+use remedy_shared::detector::ThresholdRule;
+use serde::Deserialize;
+
+/// Command line of `remedy-agent`.
+#[derive(Debug, Parser)]
+#[command(name = "remedy-agent", version, about = "Remedy's node agent: watches the node and reports findings")]
+pub struct Cli {
+    /// YAML configuration file.
+    #[arg(long, env = "REMEDY_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Coordinator gRPC URL.
+    #[arg(long, env = "REMEDY_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// The node this agent watches (the DaemonSet sets NODE_NAME).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Agent identity; by default generated once and kept in the state directory.
+    #[arg(long, env = "REMEDY_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// Directory for the spool and the agent's identity.
+    #[arg(long, env = "REMEDY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Diagnostics endpoint address.
+    #[arg(long, env = "REMEDY_DIAGNOSTICS_LISTEN")]
+    pub diagnostics_listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "REMEDY_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    agent_id: Option<String>,
+    node_name: Option<String>,
+    coordinator: Option<String>,
+    state_dir: Option<PathBuf>,
+    diagnostics_listen: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    sample_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    heartbeat_interval: Option<Duration>,
+    top_processes: Option<usize>,
+    spool_capacity: Option<usize>,
+    #[serde(default)]
+    reconnect: ReconnectFile,
+    #[serde(default)]
+    detectors: DetectorsFile,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconnectFile {
+    #[serde(default, with = "opt_duration")]
+    initial: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    max: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorsFile {
+    node_cpu_high: Option<DetectorFile>,
+    node_memory_high: Option<DetectorFile>,
+    node_load_high: Option<DetectorFile>,
+    disk_usage_high: Option<DetectorFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorFile {
+    enabled: Option<bool>,
+    threshold: Option<f64>,
+    clear_below: Option<f64>,
+    #[serde(default, rename = "for", with = "opt_duration")]
+    for_duration: Option<Duration>,
+    severity: Option<Severity>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(de)?
+            .map(|t| remedy_shared::config::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// One threshold detector, validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectorConfig {
+    /// When it raises and clears.
+    pub rule: ThresholdRule,
+    /// Severity of its findings.
+    pub severity: Severity,
+}
+
+/// The node-level detectors; `None` is disabled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detectors {
+    /// Node CPU percent.
+    pub node_cpu_high: Option<DetectorConfig>,
+    /// Node memory percent.
+    pub node_memory_high: Option<DetectorConfig>,
+    /// One-minute load per core.
+    pub node_load_high: Option<DetectorConfig>,
+    /// Filesystem use percent, per mount.
+    pub disk_usage_high: Option<DetectorConfig>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Explicit identity, if configured.
+    pub agent_id: Option<String>,
+    /// Node name.
+    pub node_name: String,
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Diagnostics address.
+    pub diagnostics_listen: SocketAddr,
+    /// Resource sampling interval.
+    pub sample_interval: Duration,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Processes listed per snapshot (by CPU and by memory).
+    pub top_processes: usize,
+    /// Most unacknowledged findings kept.
+    pub spool_capacity: usize,
+    /// First reconnection delay.
+    pub reconnect_initial: Duration,
+    /// Longest reconnection delay.
+    pub reconnect_max: Duration,
+    /// Detectors.
+    pub detectors: Detectors,
+    /// Node labels announced in the hello.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads the file named on the command line (if any) and applies flags.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let (source, file) = match &cli.config {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&name, "", format!("cannot read the file: {e}")))?;
+                (name.clone(), config::parse_yaml::<FileConfig>(&name, &text)?)
+            }
+            None => ("defaults".to_owned(), FileConfig::default()),
+        };
+        resolve(cli, &source, file)
+    }
+}
+
+fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigError> {
+    let err = |field: &str, message: String| ConfigError::new(source, field, message);
+    let node_name = cli.node_name.clone().or(file.node_name).or_else(hostname).unwrap_or_default();
+    if node_name.trim().is_empty() {
+        return Err(err("node_name", "must be set (flag --node-name, NODE_NAME or the file)".into()));
+    }
+    let coordinator = cli.coordinator.clone().or(file.coordinator).unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
+        return Err(err("coordinator", format!("`{coordinator}` is not a URL like http://127.0.0.1:7070")));
+    }
+    let listen_text =
+        cli.diagnostics_listen.clone().or(file.diagnostics_listen).unwrap_or_else(|| "127.0.0.1:7072".into());
+    let diagnostics_listen = listen_text
+        .parse()
+        .map_err(|_| err("diagnostics_listen", format!("`{listen_text}` is not an address like 127.0.0.1:7072")))?;
+    let sample_interval = file.sample_interval.unwrap_or(Duration::from_secs(10));
+    if sample_interval < Duration::from_millis(100) {
+        return Err(err("sample_interval", "must be at least 100ms".into()));
+    }
+    let heartbeat_interval = file.heartbeat_interval.unwrap_or(Duration::from_secs(10));
+    if heartbeat_interval < Duration::from_millis(100) {
+        return Err(err("heartbeat_interval", "must be at least 100ms".into()));
+    }
+    let spool_capacity = file.spool_capacity.unwrap_or(100_000);
+    if spool_capacity == 0 {
+        return Err(err("spool_capacity", "must be greater than zero".into()));
+    }
+    let reconnect_initial = file.reconnect.initial.unwrap_or(Duration::from_millis(500));
+    let reconnect_max = file.reconnect.max.unwrap_or(Duration::from_secs(30));
+    if reconnect_initial.is_zero() || reconnect_max < reconnect_initial {
+        return Err(err("reconnect.max", "must be at least reconnect.initial, which must be above zero".into()));
+    }
+    let refresh = sample_interval.max(Duration::from_secs(60));
+    let d = file.detectors;
+    let detectors = Detectors {
+        node_cpu_high: detector(source, "node_cpu_high", d.node_cpu_high, (90.0, 80.0, 120), refresh)?,
+        node_memory_high: detector(source, "node_memory_high", d.node_memory_high, (90.0, 85.0, 120), refresh)?,
+        node_load_high: detector(source, "node_load_high", d.node_load_high, (2.0, 1.5, 300), refresh)?,
+        disk_usage_high: detector(source, "disk_usage_high", d.disk_usage_high, (85.0, 80.0, 60), refresh)?,
+    };
+    Ok(Config {
+        agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
+        node_name,
+        coordinator,
+        state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from(".remedy/agent")),
+        diagnostics_listen,
+        sample_interval,
+        heartbeat_interval,
+        top_processes: file.top_processes.unwrap_or(5),
+        spool_capacity,
+        reconnect_initial,
+        reconnect_max,
+        detectors,
+        labels: file.labels,
+    })
+}
+
+fn detector(
+    source: &str,
+    name: &str,
+    file: Option<DetectorFile>,
+    (threshold, clear_below, for_secs): (f64, f64, u64),
+    refresh_every: Duration,
+) -> Result<Option<DetectorConfig>, ConfigError> {
+    let file = file.unwrap_or_default();
+    if file.enabled == Some(false) {
+        return Ok(None);
+    }
+    let threshold = file.threshold.unwrap_or(threshold);
+    let clear_below = file.clear_below.unwrap_or(clear_below.min(threshold));
+    if !threshold.is_finite() || threshold < 0.0 {
+        return Err(ConfigError::new(source, format!("detectors.{name}.threshold"), "must be a non-negative number"));
+    }
+    if !(clear_below.is_finite() && clear_below <= threshold) {
+        return Err(ConfigError::new(
+            source,
+            format!("detectors.{name}.clear_below"),
+            format!("must not be above the threshold ({threshold})"),
+        ));
+    }
+    Ok(Some(DetectorConfig {
+        rule: ThresholdRule {
+            threshold,
+            clear_below,
+            for_duration: file.for_duration.unwrap_or(Duration::from_secs(for_secs)),
+            refresh_every,
+        },
+        severity: file.severity.unwrap_or(Severity::Warning),
+    }))
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli() -> Cli {
+        Cli::parse_from(["remedy-agent", "--node-name", "n1"])
+    }
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        resolve(&cli(), "agent.yaml", config::parse_yaml("agent.yaml", yaml)?)
+    }
+
+    #[test]
+    fn defaults_follow_the_documented_ports_and_thresholds() {
+        let c = load("{}").unwrap();
+        assert_eq!(c.diagnostics_listen.to_string(), "127.0.0.1:7072");
+        assert_eq!(c.coordinator, "http://127.0.0.1:7070");
+        assert_eq!(c.detectors.disk_usage_high.unwrap().rule.threshold, 85.0);
+    }
+
+    #[test]
+    fn a_detector_can_be_tuned_or_disabled() {
+        let c = load("detectors:\n  node_cpu_high: {threshold: 75, for: 30s, severity: critical}\n  node_load_high: {enabled: false}\n")
+            .unwrap();
+        let cpu = c.detectors.node_cpu_high.unwrap();
+        assert_eq!((cpu.rule.threshold, cpu.rule.clear_below), (75.0, 75.0));
+        assert_eq!(cpu.rule.for_duration, Duration::from_secs(30));
+        assert_eq!(cpu.severity, Severity::Critical);
+        assert!(c.detectors.node_load_high.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(
+            load("detectors:\n  disk_usage_high: {threshold: 50, clear_below: 60}\n").unwrap_err().field,
+            "detectors.disk_usage_high.clear_below"
+        );
+        assert_eq!(
+            load("detectors:\n  disk_usage_high: {for: later}\n").unwrap_err().field,
+            "detectors.disk_usage_high.for"
+        );
+        assert_eq!(load("coordinator: 127.0.0.1:7070\n").unwrap_err().field, "coordinator");
+        assert_eq!(load("spool_capacity: 0\n").unwrap_err().field, "spool_capacity");
+        assert_eq!(load("detectors:\n  gpu_hot: {}\n").unwrap_err().field, "detectors.gpu_hot");
+    }
+}

@@ -1,0 +1,181 @@
+//! The agent's local diagnostics endpoint.
+//!
+//! Read-only routes answer anyone who can reach the address (loopback by
+//! default). The one route that changes state, `POST /v1/findings`, lets
+//! node-local tools report findings through the agent's spool; it answers
+//! only to loopback peers, whatever address the endpoint is bound to.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now;
+use crate::state::{ConnectionState, Shared, SpoolFigures, Status};
+
+/// Largest request body accepted, bytes.
+const MAX_BODY: usize = 1024 * 1024;
+/// Most findings in one request.
+const MAX_SUBMIT: usize = 1_000;
+
+/// Serves the endpoint until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(shared);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/state", get(debug_state))
+        .route("/v1/findings", post(submit))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let connection = shared.status().connection.clone();
+    if connection.state == ConnectionState::Connected {
+        (StatusCode::OK, "ready: connected to the coordinator\n").into_response()
+    } else {
+        let why = connection.last_error.unwrap_or_else(|| "not connected yet".into());
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.render())
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct DebugState {
+    agent_id: String,
+    node_name: String,
+    version: &'static str,
+    #[serde(flatten)]
+    status: Status,
+    spool: SpoolFigures,
+}
+
+async fn debug_state(State(shared): State<Arc<Shared>>) -> Json<DebugState> {
+    let status = shared.status().clone();
+    Json(DebugState {
+        agent_id: shared.agent_id.clone(),
+        node_name: shared.node_name.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        status,
+        spool: shared.spool_figures(),
+    })
+}
+
+/// A finding reported by a node-local tool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submitted {
+    kind: String,
+    severity: Severity,
+    #[serde(default = "active")]
+    state: FindingState,
+    target: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    evidence: BTreeMap<String, String>,
+    #[serde(default)]
+    summary: String,
+    /// Seconds until an unrefreshed active finding stops counting.
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+fn active() -> FindingState {
+    FindingState::Active
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    stored: usize,
+    dropped: usize,
+    first_sequence: u64,
+    last_sequence: u64,
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn submit(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": "findings are accepted from this node only" })),
+        )
+            .into_response();
+    }
+    let submitted: Vec<Submitted> = match serde_json::from_slice(&body) {
+        Ok(list) => list,
+        Err(e) => return bad_request(format!("body must be a JSON array of findings: {e}")),
+    };
+    if submitted.len() > MAX_SUBMIT {
+        return bad_request(format!("at most {MAX_SUBMIT} findings per request"));
+    }
+    let at = now();
+    let mut findings = Vec::with_capacity(submitted.len());
+    for (i, s) in submitted.into_iter().enumerate() {
+        let kind: FindingKind = match s.kind.parse() {
+            Ok(k) => k,
+            Err(e) => return bad_request(format!("finding {i}: {e}")),
+        };
+        let finding = Finding {
+            kind,
+            severity: s.severity,
+            state: s.state,
+            target: s.target,
+            labels: s.labels,
+            evidence: s.evidence,
+            summary: s.summary,
+            first_seen: at,
+            last_seen: at,
+            expires_at: s.ttl_seconds.map(|t| at.plus(std::time::Duration::from_secs(t))),
+        };
+        if let Err(e) = finding.validate() {
+            return bad_request(format!("finding {i}: {e}"));
+        }
+        findings.push(finding);
+    }
+    match shared.submit(findings).await {
+        Ok(r) => (
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                stored: r.stored,
+                dropped: r.dropped,
+                first_sequence: r.first_sequence,
+                last_sequence: r.last_sequence,
+            }),
+        )
+            .into_response(),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `remedy-agent`: watches one node, reports findings to the coordinator,
+//! and serves a local diagnostics endpoint.
+
+#![forbid(unsafe_code)]
+
+mod clock;
+mod config;
+mod detectors;
+mod diagnostics;
+mod identity;
+mod metrics;
+mod signals;
+mod spool;
+mod state;
+mod stream;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use remedy_shared::config::EXIT_BAD_CONFIG;
+use tokio::sync::watch;
+
+use crate::clock::now;
+use crate::config::{Cli, Config};
+use crate::state::Shared;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("remedy-agent: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    // Two worker threads: the agent must stay small on a busy node.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("remedy-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remedy-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REMEDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let agent_id = identity::agent_id(config.agent_id.as_deref(), &config.state_dir, &config.node_name)
+        .with_context(|| format!("cannot read or create the agent id in {}", config.state_dir.display()))?;
+    let spool = spool::Spool::open(&config.state_dir, config.spool_capacity).context("cannot open the spool")?;
+    let metrics = metrics::Metrics::new();
+    let shared =
+        Shared::new(agent_id.clone(), config.node_name.clone(), config.coordinator.clone(), spool, metrics, now());
+
+    let listener = tokio::net::TcpListener::bind(config.diagnostics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.diagnostics_listen))?;
+    tracing::info!(
+        agent = %agent_id,
+        node = %config.node_name,
+        coordinator = %config.coordinator,
+        diagnostics = %listener.local_addr()?,
+        "agent started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let stream_config = stream::StreamConfig {
+        coordinator: config.coordinator.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        reconnect_initial: config.reconnect_initial,
+        reconnect_max: config.reconnect_max,
+        labels: config.labels.clone(),
+    };
+    let stream_task = tokio::spawn(stream::run(shared.clone(), stream_config, stop_rx.clone()));
+    let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
+    let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
+    let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
+
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = stream_task.await;
+    let _ = sampler_task.await;
+    diagnostics_task.await.context("diagnostics task failed")?.context("diagnostics endpoint failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Samples resources, runs the detectors and spools what they raise.
+async fn sample_loop(
+    shared: Arc<Shared>,
+    mut sampler: signals::Sampler,
+    config: Config,
+    stopped: impl Future<Output = ()>,
+) {
+    let mut detectors = detectors::NodeDetectors::new(config.detectors, config.node_name.clone(), sampler.cores());
+    let mut tick = tokio::time::interval(config.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stopped => return,
+        }
+        let at = now();
+        let snapshot = sampler.sample(at);
+        shared.metrics.samples.inc();
+        let findings = detectors.observe(&snapshot, at);
+        {
+            let mut status = shared.status();
+            status.snapshot = Some(snapshot);
+            status.active_findings = detectors.raised().cloned().collect();
+        }
+        if let Err(e) = shared.submit(findings).await {
+            tracing::error!(error = %e, "cannot spool findings");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The agent's Prometheus metrics.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Handles to every metric; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Findings raised (spooled or dropped).
+    pub findings_raised: Counter,
+    /// Findings acknowledged by the coordinator.
+    pub findings_acked: Counter,
+    /// Findings dropped because the spool was full.
+    pub spool_dropped: Counter,
+    /// Findings in the spool.
+    pub spool_depth: Gauge,
+    /// 1 while a stream to the coordinator is open.
+    pub connected: Gauge,
+    /// Connection attempts that failed or streams that broke.
+    pub reconnects: Counter,
+    /// Resource samples taken.
+    pub samples: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under the `remedy_agent_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("remedy_agent");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            findings_raised: Counter::default(),
+            findings_acked: Counter::default(),
+            spool_dropped: Counter::default(),
+            spool_depth: Gauge::default(),
+            connected: Gauge::default(),
+            reconnects: Counter::default(),
+            samples: Counter::default(),
+        };
+        registry.register("findings_raised", "Findings raised on this node", m.findings_raised.clone());
+        registry.register("findings_acked", "Findings the coordinator acknowledged", m.findings_acked.clone());
+        registry.register(
+            "spool_dropped",
+            "Findings dropped because the spool was full (least severe first)",
+            m.spool_dropped.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Findings waiting for the coordinator's acknowledgement",
+            m.spool_depth.clone(),
+        );
+        registry.register("connected", "1 while the stream to the coordinator is open", m.connected.clone());
+        registry.register("reconnects", "Failed connection attempts and broken streams", m.reconnects.clone());
+        registry.register("samples", "Resource samples taken", m.samples.clone());
+        Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,167 @@
+//! State shared by the agent's tasks: the spool, what the diagnostics
+//! endpoint shows, and the signal that new findings wait to be sent.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use remedy_shared::Timestamp;
+use remedy_shared::finding::Finding;
+use remedy_shared::signals::ResourceSnapshot;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::spool::{AppendReport, Spool, SpoolError};
+
+/// Where the stream to the coordinator stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Dialling.
+    Connecting,
+    /// Stream open and welcomed.
+    Connected,
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+/// The stream's status, for /readyz and /debug/state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// Where it stands.
+    pub state: ConnectionState,
+    /// The coordinator dialled.
+    pub coordinator: String,
+    /// The coordinator replica that welcomed us.
+    pub coordinator_id: Option<String>,
+    /// Since when in this state.
+    pub since: Timestamp,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Highest sequence the coordinator acknowledged.
+    pub last_acked: u64,
+}
+
+/// What /debug/state shows besides the spool.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The stream.
+    pub connection: Connection,
+    /// The latest snapshot.
+    pub snapshot: Option<ResourceSnapshot>,
+    /// Findings raised and not cleared.
+    pub active_findings: Vec<Finding>,
+}
+
+/// Shared by every task of the agent.
+#[derive(Debug)]
+pub struct Shared {
+    /// The agent's identity.
+    pub agent_id: String,
+    /// The node.
+    pub node_name: String,
+    status: Mutex<Status>,
+    spool: Mutex<Spool>,
+    /// Woken when findings were spooled.
+    pub new_findings: Notify,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent across a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Shared state around an opened spool.
+    pub fn new(
+        agent_id: String,
+        node_name: String,
+        coordinator: String,
+        spool: Spool,
+        metrics: Metrics,
+        now: Timestamp,
+    ) -> Arc<Self> {
+        metrics.spool_depth.set(spool.depth() as i64);
+        Arc::new(Shared {
+            agent_id,
+            node_name,
+            status: Mutex::new(Status {
+                connection: Connection {
+                    state: ConnectionState::Connecting,
+                    coordinator,
+                    coordinator_id: None,
+                    since: now,
+                    last_error: None,
+                    last_acked: 0,
+                },
+                snapshot: None,
+                active_findings: Vec::new(),
+            }),
+            spool: Mutex::new(spool),
+            new_findings: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Reads or changes the status.
+    pub fn status(&self) -> MutexGuard<'_, Status> {
+        lock(&self.status)
+    }
+
+    /// Runs `f` on the spool on a blocking thread (spool writes wait for the disk).
+    pub async fn with_spool<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut spool = lock(&me.spool);
+            let result = f(&mut spool);
+            me.metrics.spool_depth.set(spool.depth() as i64);
+            result
+        })
+        .await
+        .map_err(|e| SpoolError::from_panic(e.to_string()))?
+    }
+
+    /// Spools findings durably and wakes the sender.
+    pub async fn submit(self: &Arc<Self>, findings: Vec<Finding>) -> Result<AppendReport, SpoolError> {
+        if findings.is_empty() {
+            return Ok(AppendReport::default());
+        }
+        let count = findings.len() as u64;
+        let report = self.with_spool(move |s| s.append(&findings)).await?;
+        self.metrics.findings_raised.inc_by(count);
+        if report.dropped > 0 {
+            self.metrics.spool_dropped.inc_by(report.dropped as u64);
+            tracing::warn!(dropped = report.dropped, "spool full: dropped the least severe findings");
+        }
+        self.new_findings.notify_one();
+        Ok(report)
+    }
+
+    /// The spool's figures for /debug/state.
+    pub fn spool_figures(&self) -> SpoolFigures {
+        let spool = lock(&self.spool);
+        SpoolFigures {
+            depth: spool.depth(),
+            capacity: spool.capacity(),
+            last_sequence: spool.last_sequence(),
+            dropped_total: spool.dropped_total(),
+        }
+    }
+}
+
+/// The spool as /debug/state shows it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SpoolFigures {
+    /// Findings waiting for an acknowledgement.
+    pub depth: usize,
+    /// Most it holds.
+    pub capacity: usize,
+    /// Last sequence assigned.
+    pub last_sequence: u64,
+    /// Findings dropped since start because it was full.
+    pub dropped_total: u64,
+}
