@@ -12,6 +12,9 @@ use rcgen::{
     date_time_ymd,
 };
 
+/// Common name of the front-proxy client certificate.
+pub(crate) const FRONT_PROXY_CLIENT_CN: &str = "front-proxy-client";
+
 /// A certificate and its private key, as PEM files.
 #[derive(Debug, Clone)]
 pub(crate) struct CertFiles {
@@ -32,8 +35,13 @@ pub(crate) struct Pki {
     pub etcd_client: CertFiles,
     pub controller_manager: CertFiles,
     pub scheduler: CertFiles,
-    /// ECDSA P-256 key (PKCS#8) that signs and verifies service-account tokens.
+    /// The apiserver's client certificate when it proxies to aggregated
+    /// APIs; its CN is the one name allowed to assert request headers.
+    pub front_proxy_client: CertFiles,
+    /// ECDSA P-256 key (PKCS#8) that signs service-account tokens.
     pub service_account_key: PathBuf,
+    /// Its public half, which verifies them.
+    pub service_account_pub: PathBuf,
 }
 
 fn write_secret(path: &Path, contents: &str) -> Result<()> {
@@ -120,10 +128,13 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
     // component needs.
     let controller_manager = signer.client("controller-manager", "system:kube-controller-manager", None)?;
     let scheduler = signer.client("scheduler", "system:kube-scheduler", None)?;
+    let front_proxy_client = signer.client("front-proxy-client", FRONT_PROXY_CLIENT_CN, None)?;
 
     let sa_key = KeyPair::generate().context("generating the service-account key")?;
     let service_account_key = dir.join("service-account.key");
     write_secret(&service_account_key, &sa_key.serialize_pem())?;
+    let service_account_pub = dir.join("service-account.pub");
+    fs::write(&service_account_pub, sa_key.public_key_pem()).context("writing service-account.pub")?;
 
     Ok(Pki {
         ca,
@@ -133,7 +144,9 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
         etcd_client,
         controller_manager,
         scheduler,
+        front_proxy_client,
         service_account_key,
+        service_account_pub,
     })
 }
 

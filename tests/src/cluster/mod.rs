@@ -129,12 +129,37 @@ fn new_cluster_dir() -> Result<PathBuf> {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("remedy-clusters"));
+    prune_old_cluster_dirs(&base);
     let dir = base.join(format!("{}-{}", std::process::id(), CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst)));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Removes the directories (logs) of clusters whose test process is gone
+/// and that are more than a day old, so that they do not pile up.
+fn prune_old_cluster_dirs(base: &Path) {
+    const KEEP: Duration = Duration::from_secs(24 * 3600);
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.split_once('-')).map(|(pid, _)| pid.to_string()) else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > KEEP);
+        if old && !Path::new("/proc").join(&pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn arg(name: &str, value: impl std::fmt::Display) -> String {
@@ -236,10 +261,21 @@ impl TestCluster {
             path_arg("tls-private-key-file", &pki.serving.key),
             path_arg("client-ca-file", &pki.ca.cert),
             arg("service-account-issuer", SERVICE_ACCOUNT_ISSUER),
-            path_arg("service-account-key-file", &pki.service_account_key),
+            path_arg("service-account-key-file", &pki.service_account_pub),
             path_arg("service-account-signing-key-file", &pki.service_account_key),
             arg("service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE),
             arg("authorization-mode", "Node,RBAC"),
+            // The request-header settings end up in the
+            // extension-apiserver-authentication ConfigMap, which the
+            // controller-manager's and scheduler's delegated authentication
+            // read; they also let aggregated APIs work.
+            path_arg("requestheader-client-ca-file", &pki.ca.cert),
+            arg("requestheader-allowed-names", certs::FRONT_PROXY_CLIENT_CN),
+            arg("requestheader-username-headers", "X-Remote-User"),
+            arg("requestheader-group-headers", "X-Remote-Group"),
+            arg("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
+            path_arg("proxy-client-cert-file", &pki.front_proxy_client.cert),
+            path_arg("proxy-client-key-file", &pki.front_proxy_client.key),
             arg("allow-privileged", true),
             // The `kubernetes` Service's endpoints would point at loopback,
             // which Endpoints validation rejects; nothing here needs them.
@@ -362,6 +398,8 @@ impl TestCluster {
             arg("concurrent-deployment-syncs", 10),
             arg("node-monitor-period", "5s"),
             arg("node-monitor-grace-period", "40s"),
+            // Otherwise it creates /usr/libexec/kubernetes/... on the host.
+            path_arg("flex-volume-plugin-dir", &self.dir.join("flexvolume")),
             arg("profiling", false),
         ];
         self.spawn(Component::ControllerManager, &args, &[])?;
@@ -444,7 +482,7 @@ impl TestCluster {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        let outcome = wait_for(what, timeout, || {
+        wait_for(what, timeout, || {
             let alive = self.check_processes();
             let fut = check();
             async move {
@@ -454,8 +492,7 @@ impl TestCluster {
                 Ok(fut.await?.map(Ok))
             }
         })
-        .await?;
-        outcome
+        .await?
     }
 
     /// Waits for `GET https://127.0.0.1:<port><path>` to answer `ok`.
