@@ -104,7 +104,11 @@ async fn connect(coordinator: &str) -> anyhow::Result<AdminServiceClient<Channel
         .map_err(|_| anyhow::anyhow!("`{coordinator}` is not a URL like http://127.0.0.1:7070"))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
-        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        // The innermost cause says what happened ("Connection refused").
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
         anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {cause}")
     })?;
     Ok(AdminServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))

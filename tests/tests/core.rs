@@ -3,6 +3,9 @@
 //! is lost or counted twice across crashes, bad input is refused precisely,
 //! and bad configuration exits 64 naming the field.
 
+// Test helpers fail the test by panicking; that is their job.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -320,7 +323,7 @@ async fn bad_messages_get_precise_statuses_and_everyone_else_is_still_served() {
     // finding still flows.
     let (code, _) = agent.submit(&json!([probe("service/after", "still served")])).await;
     assert_eq!(code, 202);
-    let mut admin = coordinator.admin().await;
+    let admin = coordinator.admin().await;
     let stored = eventually("the healthy agent's finding", WAIT, || {
         let mut admin = admin.clone();
         async move {

@@ -1,0 +1,52 @@
+# Remedy's entry points. `make run` and `make test` are all a new user needs.
+
+CARGO ?= cargo
+SHELL := /usr/bin/env bash
+
+.PHONY: run build test lint fmt e2e cluster-bins bench toolchain clean
+
+## Build everything and start a coordinator and an agent on this machine.
+run: build
+	@scripts/run.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+## Format check, clippy with -D warnings, every test that needs no cluster.
+test: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p remedy-e2e --test core
+
+lint: toolchain
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Tests against a real Kubernetes control plane built from Go modules.
+e2e: toolchain cluster-bins
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p remedy-e2e --test cluster_harness
+
+## etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok,
+## built from the Go module proxy and cached under ~/.cache/remedy.
+cluster-bins:
+	@command -v go >/dev/null || { echo "make cluster-bins: the Go toolchain (go >= 1.26) is required and was not found on PATH" >&2; exit 1; }
+	tests/cluster/build.sh
+
+## Benchmarks; figures and how to read them are in docs/benchmarks.md.
+bench:
+	scripts/bench.sh
+
+## rustfmt and clippy come with the toolchain on most machines; add them where not.
+toolchain:
+	@command -v cargo >/dev/null || { echo "make: cargo is required (https://rustup.rs)" >&2; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+clean:
+	$(CARGO) clean
+	rm -rf .remedy
