@@ -170,7 +170,7 @@ pub fn incident_state_to_proto(s: IncidentState) -> pb::IncidentState {
 pub fn incident_to_proto(i: &Incident, timeline: &[TimelineEntry]) -> pb::Incident {
     pb::Incident {
         id: i.id.to_string(),
-        kind: i.key.kind.as_str().to_owned(),
+        kind: i.key.kind.to_string(),
         target: i.key.target.clone(),
         severity: severity_to_proto(i.severity) as i32,
         state: incident_state_to_proto(i.state) as i32,

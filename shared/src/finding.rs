@@ -191,7 +191,7 @@ impl Finding {
 
     /// The key that groups findings describing the same condition.
     pub fn condition_key(&self) -> ConditionKey {
-        ConditionKey { kind: self.kind, target: self.target.clone() }
+        ConditionKey { kind: ConditionKind::Finding(self.kind), target: self.target.clone() }
     }
 
     /// Whether the finding still describes a holding condition at `now`.
@@ -200,12 +200,32 @@ impl Finding {
     }
 }
 
-/// Findings with the same kind and target describe one condition.
+/// What raised a condition: an agent's finding kind, or an alert's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionKind {
+    /// A finding of this kind.
+    Finding(FindingKind),
+    /// An Alertmanager alert with this `alertname`.
+    Alert(String),
+}
+
+impl fmt::Display for ConditionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConditionKind::Finding(kind) => f.write_str(kind.as_str()),
+            ConditionKind::Alert(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Signals with the same kind and target describe one condition, and join
+/// one incident.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ConditionKey {
-    /// The kind.
-    pub kind: FindingKind,
-    /// The target.
+    /// What raised it.
+    pub kind: ConditionKind,
+    /// What it is about.
     pub target: String,
 }
 

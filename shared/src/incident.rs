@@ -11,7 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::finding::{ConditionKey, Finding, FindingState, Severity};
+use crate::alert::{Alert, AlertStatus};
+use crate::finding::{ConditionKey, ConditionKind, Finding, FindingState, Severity};
 use crate::time::Timestamp;
 
 /// An incident's id: a number shown as `INC-000042`.
@@ -145,6 +146,72 @@ pub enum Outcome {
     Ignored,
 }
 
+/// One report about a condition, from a finding or an alert: what the
+/// incident logic needs, whatever the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    /// Who reports it (an agent id, "alertmanager", "coordinator").
+    pub source: String,
+    /// The condition.
+    pub key: ConditionKey,
+    /// How bad.
+    pub severity: Severity,
+    /// Whether the condition holds (false: it ended).
+    pub holds: bool,
+    /// One line for humans.
+    pub summary: String,
+    /// When an unrefreshed report stops counting.
+    pub expires_at: Option<Timestamp>,
+    /// What the timeline shows besides the message.
+    pub details: BTreeMap<String, String>,
+}
+
+impl Signal {
+    /// A finding from `source`.
+    pub fn from_finding(source: &str, finding: &Finding) -> Signal {
+        let mut details = BTreeMap::new();
+        for (k, v) in &finding.evidence {
+            details.insert(format!("evidence.{k}"), v.clone());
+        }
+        Signal {
+            source: source.to_owned(),
+            key: finding.condition_key(),
+            severity: finding.severity,
+            holds: finding.state == FindingState::Active,
+            summary: finding.summary.clone(),
+            expires_at: finding.expires_at,
+            details,
+        }
+    }
+
+    /// An Alertmanager alert. Its target is its fingerprint: the same label
+    /// set is the same condition.
+    pub fn from_alert(alert: &Alert) -> Signal {
+        let mut details: BTreeMap<String, String> =
+            alert.labels.iter().map(|(k, v)| (format!("label.{k}"), v.clone())).collect();
+        details.insert("starts_at".to_owned(), alert.starts_at_raw.clone());
+        details.insert("fingerprint".to_owned(), alert.fingerprint.clone());
+        if !alert.generator_url.is_empty() {
+            details.insert("generator_url".to_owned(), alert.generator_url.clone());
+        }
+        Signal {
+            source: ALERTMANAGER_SOURCE.to_owned(),
+            key: ConditionKey {
+                kind: ConditionKind::Alert(alert.alertname.clone()),
+                target: format!("alert/{}", alert.fingerprint),
+            },
+            severity: alert.severity(),
+            holds: alert.status == AlertStatus::Firing,
+            summary: alert.summary().to_owned(),
+            expires_at: None,
+            details,
+        }
+    }
+}
+
+/// The source name of alerts on timelines.
+pub const ALERTMANAGER_SOURCE: &str = "alertmanager";
+
 /// Applies a finding from `source` to the open incident for its condition.
 /// `next_id` is used only if a new incident must be opened.
 pub fn apply_finding(
@@ -154,64 +221,71 @@ pub fn apply_finding(
     next_id: IncidentId,
     now: Timestamp,
 ) -> Outcome {
-    let source_detail = |extra: &[(&str, String)]| {
+    apply_signal(open, &Signal::from_finding(source, finding), next_id, now)
+}
+
+/// Applies a report about a condition to its open incident (if any).
+pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentId, now: Timestamp) -> Outcome {
+    let source = signal.source.as_str();
+    let details = |extra: &[(&str, String)]| {
         let mut details = BTreeMap::from([("source".to_owned(), source.to_owned())]);
         for (k, v) in extra {
             details.insert((*k).to_owned(), v.clone());
         }
-        for (k, v) in &finding.evidence {
-            details.entry(format!("evidence.{k}")).or_insert_with(|| v.clone());
+        for (k, v) in &signal.details {
+            details.entry(k.clone()).or_insert_with(|| v.clone());
         }
         details
     };
-    match (open, finding.state) {
-        (None, FindingState::Cleared) => Outcome::Ignored,
-        (None, FindingState::Active) => {
+    let key = &signal.key;
+    match (open, signal.holds) {
+        (None, false) => Outcome::Ignored,
+        (None, true) => {
             let incident = Incident {
                 id: next_id,
-                key: finding.condition_key(),
-                severity: finding.severity,
+                key: key.clone(),
+                severity: signal.severity,
                 state: IncidentState::Triggered,
-                summary: finding.summary.clone(),
+                summary: signal.summary.clone(),
                 opened_at: now,
                 updated_at: now,
                 resolved_at: None,
                 finding_count: 1,
-                active_sources: BTreeMap::from([(source.to_owned(), finding.expires_at)]),
+                active_sources: BTreeMap::from([(source.to_owned(), signal.expires_at)]),
             };
             let entry = TimelineEntry {
                 at: now,
                 kind: EntryKind::Opened,
-                message: format!("{} ({}) reported by {source}", finding.key_line(), finding.severity),
-                details: source_detail(&[("severity", finding.severity.to_string())]),
+                message: format!("{key} ({}) reported by {source}", signal.severity),
+                details: details(&[("severity", signal.severity.to_string())]),
             };
             Outcome::Changed { incident, entries: vec![entry], opened: true }
         }
-        (Some(current), FindingState::Active) => {
+        (Some(current), true) => {
             let mut incident = current.clone();
             incident.finding_count += 1;
             incident.updated_at = now;
-            if !finding.summary.is_empty() {
-                incident.summary = finding.summary.clone();
+            if !signal.summary.is_empty() {
+                incident.summary = signal.summary.clone();
             }
             let new_source = !incident.active_sources.contains_key(source);
-            let escalated = finding.severity > incident.severity;
-            incident.severity = incident.severity.max(finding.severity);
-            incident.active_sources.insert(source.to_owned(), finding.expires_at);
+            let escalated = signal.severity > incident.severity;
+            incident.severity = incident.severity.max(signal.severity);
+            incident.active_sources.insert(source.to_owned(), signal.expires_at);
             let entries = if new_source || escalated {
                 let why = if escalated { "severity rose to" } else { "also reported at" };
                 vec![TimelineEntry {
                     at: now,
                     kind: EntryKind::Finding,
-                    message: format!("{} {why} {} by {source}", finding.key_line(), finding.severity),
-                    details: source_detail(&[("severity", finding.severity.to_string())]),
+                    message: format!("{key} {why} {} by {source}", signal.severity),
+                    details: details(&[("severity", signal.severity.to_string())]),
                 }]
             } else {
                 Vec::new()
             };
             Outcome::Changed { incident, entries, opened: false }
         }
-        (Some(current), FindingState::Cleared) => {
+        (Some(current), false) => {
             let mut incident = current.clone();
             incident.finding_count += 1;
             incident.updated_at = now;
@@ -219,8 +293,8 @@ pub fn apply_finding(
             let mut entries = vec![TimelineEntry {
                 at: now,
                 kind: EntryKind::Cleared,
-                message: format!("{} cleared by {source}", finding.key_line()),
-                details: source_detail(&[]),
+                message: format!("{key} cleared by {source}"),
+                details: details(&[]),
             }];
             entries.extend(resolve_if_quiet(&mut incident, now));
             Outcome::Changed { incident, entries, opened: false }
@@ -273,12 +347,6 @@ fn resolve_if_quiet(incident: &mut Incident, now: Timestamp) -> Option<TimelineE
         message: "resolved: the condition cleared on every source".to_owned(),
         details: BTreeMap::new(),
     })
-}
-
-impl Finding {
-    fn key_line(&self) -> String {
-        format!("{} on {}", self.kind, self.target)
-    }
 }
 
 #[cfg(test)]
@@ -384,6 +452,39 @@ mod tests {
         assert_eq!(incident.severity, Severity::Critical);
         assert_eq!(entries.len(), 1);
         assert!(entries[0].message.contains("severity rose"));
+    }
+
+    #[test]
+    fn an_alert_opens_an_incident_and_its_resolution_resolves_it() {
+        let mut alert = Alert {
+            status: AlertStatus::Firing,
+            alertname: "P0_SystemDown".into(),
+            labels: BTreeMap::from([
+                ("alertname".into(), "P0_SystemDown".into()),
+                ("severity".into(), "critical".into()),
+            ]),
+            annotations: BTreeMap::from([("summary".into(), "platform down".into())]),
+            starts_at_raw: "2026-11-26T10:00:00Z".into(),
+            starts_at: ts(1),
+            ends_at: None,
+            fingerprint: "f00d".into(),
+            generator_url: String::new(),
+        };
+        let Outcome::Changed { incident, entries, opened: true } =
+            apply_signal(None, &Signal::from_alert(&alert), IncidentId(3), ts(10))
+        else {
+            panic!("expected an opened incident")
+        };
+        assert_eq!(incident.key.to_string(), "P0_SystemDown on alert/f00d");
+        assert_eq!(incident.summary, "platform down");
+        assert_eq!(entries[0].details["label.severity"], "critical");
+        alert.status = AlertStatus::Resolved;
+        let Outcome::Changed { incident, .. } =
+            apply_signal(Some(&incident), &Signal::from_alert(&alert), IncidentId(4), ts(20))
+        else {
+            panic!("expected a change")
+        };
+        assert_eq!(incident.state, IncidentState::Resolved);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod backoff;
 pub mod config;
 pub mod detector;
