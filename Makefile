@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /usr/bin/env bash
 
-.PHONY: run build test lint fmt e2e cluster-bins bench toolchain clean
+.PHONY: run build test lint fmt e2e cluster-bins bench toolchain deps clean
 
 ## Build everything and start a coordinator and an agent on this machine.
 run: build
@@ -12,13 +12,14 @@ run: build
 build:
 	$(CARGO) build --workspace --bins
 
-## Format check, clippy with -D warnings, every test that needs no cluster.
-test: toolchain
+## Format check, clippy with -D warnings, every test that needs no cluster
+## (unit tests, then real processes and a real Alertmanager on loopback).
+test: toolchain deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p remedy-e2e --test core
+	$(CARGO) test --workspace --lib --bins --tests --exclude remedy-e2e
+	$(CARGO) test -p remedy-e2e --test core --test alertmanager
 
 lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -40,6 +41,10 @@ cluster-bins:
 ## Benchmarks; figures and how to read them are in docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+
+## The real services tests start (Alertmanager), from Debian's packages.
+deps:
+	@scripts/deps.sh
 
 ## rustfmt and clippy come with the toolchain on most machines; add them where not.
 toolchain:

@@ -70,7 +70,7 @@ fn record_status(e: RecordError) -> Status {
     match e {
         RecordError::Sequence(_) | RecordError::UnknownAgent(_) => Status::invalid_argument(e.to_string()),
         RecordError::Store(_) => Status::unavailable(format!("cannot persist findings now, keep them and retry: {e}")),
-        RecordError::Stopped => Status::unavailable(e.to_string()),
+        RecordError::Stopped | RecordError::QueueFull => Status::unavailable(e.to_string()),
     }
 }
 

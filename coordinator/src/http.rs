@@ -1,25 +1,37 @@
-//! The coordinator's HTTP side: health and metrics.
+//! The coordinator's HTTP side: health, metrics and the Alertmanager webhook.
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
+use crate::alertmanager;
 use crate::metrics::Metrics;
+use crate::recorder::Recorder;
+
+/// Largest webhook body accepted, bytes (Alertmanager groups are far smaller).
+const MAX_WEBHOOK_BODY: usize = 4 * 1024 * 1024;
 
 /// Serves `/healthz` and `/metrics` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
+    recorder: Recorder,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let alerts = Router::new()
+        .route("/api/v1/alertmanager", post(alertmanager::receive))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        .with_state(recorder);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(alerts);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

@@ -5,6 +5,7 @@
 
 mod admin_service;
 mod agent_service;
+mod alertmanager;
 mod config;
 mod http;
 mod metrics;
@@ -128,7 +129,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
         .add_service(AdminServiceServer::new(admin_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped());
-    let http = http::serve(http_listener, metrics.clone(), stopped());
+    let http = http::serve(http_listener, metrics.clone(), recorder.clone(), stopped());
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(http);

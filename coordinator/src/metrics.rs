@@ -24,6 +24,10 @@ pub struct Metrics {
     pub store_commit_errors: Counter,
     /// Incidents opened.
     pub incidents_opened: Counter,
+    /// Alert notifications recorded.
+    pub alerts_received: Counter,
+    /// Alert notifications seen before.
+    pub alerts_duplicate: Counter,
     /// Incidents open now.
     pub open_incidents: Gauge,
     /// Agent streams open now.
@@ -44,6 +48,8 @@ impl Metrics {
             store_commits: Counter::default(),
             store_commit_errors: Counter::default(),
             incidents_opened: Counter::default(),
+            alerts_received: Counter::default(),
+            alerts_duplicate: Counter::default(),
             open_incidents: Gauge::default(),
             agent_streams: Gauge::default(),
             stale_agents: Gauge::default(),
@@ -62,6 +68,12 @@ impl Metrics {
             m.store_commit_errors.clone(),
         );
         registry.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
+        registry.register("alerts_received", "Alertmanager alert notifications recorded", m.alerts_received.clone());
+        registry.register(
+            "alerts_duplicate",
+            "Alert notifications received again (retries, the other Alertmanager replica); acted on once",
+            m.alerts_duplicate.clone(),
+        );
         registry.register("open_incidents", "Incidents not yet resolved", m.open_incidents.clone());
         registry.register("agent_streams", "Agent streams open now", m.agent_streams.clone());
         registry.register("stale_agents", "Agents that missed their heartbeats", m.stale_agents.clone());

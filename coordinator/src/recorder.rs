@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use remedy_shared::Timestamp;
+use remedy_shared::alert::Alert;
 use remedy_shared::finding::{ConditionKey, Finding};
-use remedy_shared::incident::{self, Incident, IncidentId, Outcome, TimelineEntry};
+use remedy_shared::incident::{self, Incident, IncidentId, Outcome, Signal, TimelineEntry};
 use remedy_shared::sequence::{Accept, SequenceError, SequenceTracker};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -66,7 +67,24 @@ pub enum RecordError {
     /// The writer stopped (the coordinator is shutting down).
     #[error("the coordinator is shutting down")]
     Stopped,
+    /// The writer's queue is full; the caller should shed and retry later.
+    #[error("the coordinator's queue is full")]
+    QueueFull,
 }
+
+/// The answer to a batch of alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertReceipt {
+    /// Alert notifications recorded for the first time.
+    pub new: usize,
+    /// Notifications seen before (retries, the other Alertmanager replica).
+    pub duplicates: usize,
+}
+
+/// How long an alert notification's key is remembered. Retries and HA
+/// replicas repeat a notification within minutes; a week is generous, and
+/// bounds the memory the keys take.
+const ALERT_KEY_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 enum Command {
     Hello {
@@ -82,6 +100,10 @@ enum Command {
     Raise {
         findings: Vec<Finding>,
         node_name: String,
+    },
+    Alerts {
+        alerts: Vec<Alert>,
+        reply: oneshot::Sender<Result<AlertReceipt, RecordError>>,
     },
     Sweep,
 }
@@ -99,6 +121,7 @@ impl std::fmt::Debug for Command {
             Command::Hello { .. } => "Hello",
             Command::Findings { .. } => "Findings",
             Command::Raise { .. } => "Raise",
+            Command::Alerts { .. } => "Alerts",
             Command::Sweep => "Sweep",
         })
     }
@@ -145,6 +168,18 @@ impl Recorder {
         let _ = self.tx.send(Command::Raise { findings, node_name }).await;
     }
 
+    /// Records Alertmanager alerts, each notification once. Refuses at once
+    /// with [`RecordError::QueueFull`] rather than wait when the writer is
+    /// saturated: Alertmanager retries, and a webhook must answer quickly.
+    pub async fn alerts(&self, alerts: Vec<Alert>) -> Result<AlertReceipt, RecordError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Command::Alerts { alerts, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RecordError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => RecordError::Stopped,
+        })?;
+        rx.await.map_err(|_| RecordError::Stopped)?
+    }
+
     /// Asks the writer to expire findings that were not refreshed in time.
     pub async fn sweep(&self) {
         let _ = self.tx.send(Command::Sweep).await;
@@ -161,6 +196,8 @@ struct Writer {
     agents: HashMap<String, AgentRecord>,
     open: HashMap<ConditionKey, Incident>,
     counters: Counters,
+    /// Alert notifications already recorded, with when.
+    alert_keys: HashMap<String, Timestamp>,
     events: broadcast::Sender<Incident>,
     metrics: Metrics,
 }
@@ -172,6 +209,7 @@ struct Stage {
     /// Post-transaction view of open incidents touched (None: closed).
     open: HashMap<ConditionKey, Option<Incident>>,
     counters: Option<Counters>,
+    alert_keys: HashMap<String, Timestamp>,
     batch: WriteBatch,
     changed: Vec<Incident>,
 }
@@ -185,6 +223,7 @@ impl Writer {
             agents: loaded.agents.into_iter().map(|a| (a.agent_id.clone(), a)).collect(),
             open: loaded.open_incidents.into_iter().map(|i| (i.key.clone(), i)).collect(),
             counters: loaded.counters,
+            alert_keys: loaded.alert_keys.into_iter().collect(),
             events,
             metrics,
         }
@@ -226,6 +265,12 @@ impl Writer {
                     }
                 }
                 Command::Raise { findings, node_name } => self.stage_own(&mut stage, findings, &node_name, now),
+                Command::Alerts { alerts, reply } => {
+                    let receipt = self.stage_alerts(&mut stage, alerts, now);
+                    replies.push(Box::new(move |r| {
+                        let _ = reply.send(r.map(|()| receipt).map_err(|e| RecordError::Store(e.to_owned())));
+                    }));
+                }
                 Command::Sweep => self.stage_sweep(&mut stage, now),
             }
         }
@@ -255,6 +300,10 @@ impl Writer {
 
     fn merge(&mut self, stage: Stage) {
         self.agents.extend(stage.agents);
+        self.alert_keys.extend(stage.alert_keys);
+        for key in &stage.batch.forgotten_alert_keys {
+            self.alert_keys.remove(key);
+        }
         if let Some(c) = stage.counters {
             self.counters = c;
         }
@@ -354,6 +403,24 @@ impl Writer {
         Ok(receipt)
     }
 
+    fn stage_alerts(&self, stage: &mut Stage, alerts: Vec<Alert>, now: Timestamp) -> AlertReceipt {
+        let mut receipt = AlertReceipt { new: 0, duplicates: 0 };
+        for alert in alerts {
+            let key = alert.dedup_key();
+            if self.alert_keys.contains_key(&key) || stage.alert_keys.contains_key(&key) {
+                receipt.duplicates += 1;
+                continue;
+            }
+            receipt.new += 1;
+            stage.alert_keys.insert(key.clone(), now);
+            stage.batch.alert_keys.push((key, now));
+            self.stage_signal(stage, &Signal::from_alert(&alert), now);
+        }
+        self.metrics.alerts_received.inc_by(receipt.new as u64);
+        self.metrics.alerts_duplicate.inc_by(receipt.duplicates as u64);
+        receipt
+    }
+
     fn stage_own(&self, stage: &mut Stage, findings: Vec<Finding>, node_name: &str, now: Timestamp) {
         for finding in findings {
             let mut counters = self.counters(stage);
@@ -373,14 +440,26 @@ impl Writer {
         finding: Finding,
         now: Timestamp,
     ) {
-        let key = finding.condition_key();
-        let open = match stage.open.get(&key) {
+        let incident_id = self.stage_signal(stage, &Signal::from_finding(source, &finding), now);
+        stage.batch.findings.push(StoredFinding {
+            agent_id: source.to_owned(),
+            sequence,
+            node_name: node_name.to_owned(),
+            received_at: now,
+            incident_id,
+            finding,
+        });
+    }
+
+    /// Applies a report to its condition's open incident; returns the
+    /// incident it joined, if any.
+    fn stage_signal(&self, stage: &mut Stage, signal: &Signal, now: Timestamp) -> Option<IncidentId> {
+        let open = match stage.open.get(&signal.key) {
             Some(staged) => staged.clone(),
-            None => self.open.get(&key).cloned(),
+            None => self.open.get(&signal.key).cloned(),
         };
         let mut counters = self.counters(stage);
-        let outcome = incident::apply_finding(open.as_ref(), source, &finding, IncidentId(counters.next_incident), now);
-        let incident_id = match outcome {
+        match incident::apply_signal(open.as_ref(), signal, IncidentId(counters.next_incident), now) {
             Outcome::Ignored => None,
             Outcome::Changed { incident, entries, opened } => {
                 if opened {
@@ -392,15 +471,7 @@ impl Writer {
                 self.stage_incident(stage, incident, entries);
                 Some(id)
             }
-        };
-        stage.batch.findings.push(StoredFinding {
-            agent_id: source.to_owned(),
-            sequence,
-            node_name: node_name.to_owned(),
-            received_at: now,
-            incident_id,
-            finding,
-        });
+        }
     }
 
     fn stage_incident(&self, stage: &mut Stage, incident: Incident, entries: Vec<TimelineEntry>) {
@@ -412,6 +483,11 @@ impl Writer {
     }
 
     fn stage_sweep(&self, stage: &mut Stage, now: Timestamp) {
+        let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(ALERT_KEY_RETENTION.as_millis() as i64));
+        stage
+            .batch
+            .forgotten_alert_keys
+            .extend(self.alert_keys.iter().filter(|(_, at)| **at < cutoff).map(|(k, _)| k.clone()));
         let due: Vec<Incident> = self
             .open
             .values()

@@ -63,9 +63,14 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: &str, binary: &str, args: &[String], log: PathBuf) -> Proc {
+        Self::spawn_program(name, &bin(binary), args, log)
+    }
+
+    /// Starts any program, with its output in `log`.
+    pub fn spawn_program(name: &str, program: &Path, args: &[String], log: PathBuf) -> Proc {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open a process log");
         let err = out.try_clone().expect("clone the log handle");
-        let child = Command::new(bin(binary))
+        let child = Command::new(program)
             .args(args)
             .env("REMEDY_LOG", "info")
             .env_remove("REMEDY_COORDINATOR")
@@ -73,7 +78,7 @@ impl Proc {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Proc { name: name.to_owned(), child: Some(child), log }
     }
 

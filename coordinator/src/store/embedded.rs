@@ -16,6 +16,8 @@ const INCIDENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("incidents")
 /// counter so appends never need to read the table first.
 const TIMELINE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("timeline");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Alert notification key -> when it was recorded (Unix ms).
+const ALERT_KEYS: TableDefinition<&str, i64> = TableDefinition::new("alert_keys");
 
 const NEXT_INCIDENT: &str = "next_incident";
 const NEXT_OWN_SEQUENCE: &str = "next_own_sequence";
@@ -40,6 +42,7 @@ impl EmbeddedStore {
             txn.open_table(INCIDENTS).map_err(backend)?;
             txn.open_table(TIMELINE).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
+            txn.open_table(ALERT_KEYS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
@@ -78,7 +81,13 @@ impl Store for EmbeddedStore {
                 open_incidents.push(incident);
             }
         }
-        Ok(Loaded { agents, open_incidents, counters })
+        let keys = txn.open_table(ALERT_KEYS).map_err(backend)?;
+        let mut alert_keys = Vec::new();
+        for row in keys.iter().map_err(backend)? {
+            let (key, at) = row.map_err(backend)?;
+            alert_keys.push((key.value().to_owned(), remedy_shared::Timestamp::from_millis(at.value())));
+        }
+        Ok(Loaded { agents, open_incidents, counters, alert_keys })
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -109,6 +118,13 @@ impl Store for EmbeddedStore {
                     next += 1;
                 }
                 meta.insert(NEXT_ENTRY, next).map_err(backend)?;
+            }
+            let mut keys = txn.open_table(ALERT_KEYS).map_err(backend)?;
+            for (key, at) in &batch.alert_keys {
+                keys.insert(key.as_str(), at.as_millis()).map_err(backend)?;
+            }
+            for key in &batch.forgotten_alert_keys {
+                keys.remove(key.as_str()).map_err(backend)?;
             }
             if let Some(c) = batch.counters {
                 meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
@@ -257,12 +273,15 @@ mod tests {
                 incidents: vec![incident.clone()],
                 timeline: entries.into_iter().map(|e| (IncidentId(1), e)).collect(),
                 counters: Some(Counters { next_incident: 2, next_own_sequence: 1 }),
+                alert_keys: vec![("f|firing|t".into(), Timestamp::from_millis(5))],
+                forgotten_alert_keys: vec![],
             };
             store.commit(&batch).unwrap();
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.counters.next_incident, 2);
+        assert_eq!(loaded.alert_keys, vec![("f|firing|t".to_owned(), Timestamp::from_millis(5))]);
         assert_eq!(loaded.open_incidents, vec![incident]);
         assert_eq!(loaded.agents[0].tracker.contiguous(), 1);
         let (_, timeline) = store.get_incident(IncidentId(1)).unwrap().unwrap();

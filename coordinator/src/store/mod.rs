@@ -76,6 +76,8 @@ pub struct Loaded {
     pub open_incidents: Vec<Incident>,
     /// Counters.
     pub counters: Counters,
+    /// Alert notifications already recorded, with when.
+    pub alert_keys: Vec<(String, Timestamp)>,
 }
 
 /// One atomic write.
@@ -91,6 +93,10 @@ pub struct WriteBatch {
     pub timeline: Vec<(IncidentId, TimelineEntry)>,
     /// New counters, when they moved.
     pub counters: Option<Counters>,
+    /// Alert notification keys recorded now.
+    pub alert_keys: Vec<(String, Timestamp)>,
+    /// Alert notification keys past their retention.
+    pub forgotten_alert_keys: Vec<String>,
 }
 
 impl WriteBatch {
@@ -101,6 +107,8 @@ impl WriteBatch {
             && self.incidents.is_empty()
             && self.timeline.is_empty()
             && self.counters.is_none()
+            && self.alert_keys.is_empty()
+            && self.forgotten_alert_keys.is_empty()
     }
 }
 
