@@ -3,16 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-mod admin_service;
-mod agent_service;
-mod alertmanager;
-mod config;
-mod http;
-mod metrics;
-mod recorder;
-mod registry;
-mod store;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -25,12 +15,13 @@ use remedy_shared::config::EXIT_BAD_CONFIG;
 use remedy_shared::finding::FindingState;
 use tokio::sync::watch;
 
-use crate::config::{Cli, Config};
-use crate::metrics::Metrics;
-use crate::recorder::{Recorder, now};
-use crate::registry::Registry;
-use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
+use remedy_coordinator::config::{Cli, Config};
+use remedy_coordinator::metrics::Metrics;
+use remedy_coordinator::recorder::{Recorder, now};
+use remedy_coordinator::registry::Registry;
+use remedy_coordinator::store::Store;
+use remedy_coordinator::store::embedded::EmbeddedStore;
+use remedy_coordinator::{admin_service, agent_service, http};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -75,12 +75,14 @@ impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.div_euclid(1000);
         let millis = self.0.rem_euclid(1000);
-        match u64::try_from(secs) {
-            Ok(secs) => {
+        // RFC 3339 has four-digit years; humantime panics past 9999-12-31.
+        const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+        match u64::try_from(secs).ok().filter(|_| secs <= LAST_RFC3339_SECOND) {
+            Some(secs) => {
                 let t = std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis as u64);
                 write!(f, "{}", humantime::format_rfc3339_millis(t))
             }
-            Err(_) => write!(f, "{}ms", self.0),
+            None => write!(f, "{}ms", self.0),
         }
     }
 }
@@ -113,5 +115,7 @@ mod tests {
     #[test]
     fn displays_as_rfc3339() {
         assert_eq!(Timestamp::from_millis(1_700_000_000_123).to_string(), "2023-11-14T22:13:20.123Z");
+        assert_eq!(Timestamp::from_millis(i64::MAX).to_string(), format!("{}ms", i64::MAX));
+        assert_eq!(Timestamp::from_millis(-5).to_string(), "-5ms");
     }
 }

@@ -1,0 +1,125 @@
+//! Actuators: the code that performs an action a runbook step names.
+//!
+//! Every actuator implements [`Actuator`]. The engine renders a step's
+//! parameters (templates filled from the incident), passes the guard rails,
+//! and only then calls `execute`; in dry-run the actuator validates its
+//! parameters and reports what it would have done, changing nothing.
+//! Parameters arrive as JSON so each actuator owns the shape of its own.
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One action to perform.
+#[derive(Debug, Clone)]
+pub struct ActionCall {
+    /// The incident it serves.
+    pub incident_id: String,
+    /// The runbook step.
+    pub step_id: String,
+    /// The action kind (`http`, `notify`, ...).
+    pub kind: String,
+    /// Rendered parameters.
+    pub params: serde_json::Value,
+    /// Validate and report, change nothing.
+    pub dry_run: bool,
+    /// Longest the action may take.
+    pub deadline: Duration,
+}
+
+/// How an action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionStatus {
+    /// Done.
+    Succeeded,
+    /// Tried and failed.
+    Failed,
+    /// Dry run: nothing changed.
+    DryRun,
+    /// Not done before the deadline.
+    TimedOut,
+    /// The parameters are wrong; nothing was tried.
+    Invalid,
+}
+
+impl ActionStatus {
+    /// The snake_case name used on the timeline.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Succeeded => "succeeded",
+            ActionStatus::Failed => "failed",
+            ActionStatus::DryRun => "dry_run",
+            ActionStatus::TimedOut => "timed_out",
+            ActionStatus::Invalid => "invalid",
+        }
+    }
+}
+
+/// What an action reports for the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionReport {
+    /// How it ended.
+    pub status: ActionStatus,
+    /// One line for humans.
+    pub message: String,
+    /// What it found and did.
+    pub evidence: BTreeMap<String, String>,
+}
+
+impl ActionReport {
+    /// A report with no evidence.
+    pub fn new(status: ActionStatus, message: impl Into<String>) -> Self {
+        ActionReport { status, message: message.into(), evidence: BTreeMap::new() }
+    }
+
+    /// Adds one piece of evidence.
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.evidence.insert(key.to_owned(), value.to_string());
+        self
+    }
+}
+
+/// Something that can perform actions of some kinds.
+#[tonic::async_trait]
+pub trait Actuator: Send + Sync + std::fmt::Debug {
+    /// The action kinds it performs.
+    fn kinds(&self) -> &'static [&'static str];
+    /// Performs (or, in dry-run, validates and describes) one action.
+    async fn execute(&self, call: &ActionCall) -> ActionReport;
+}
+
+/// The actuators this coordinator has, by action kind.
+#[derive(Debug, Clone, Default)]
+pub struct Actuators {
+    by_kind: BTreeMap<&'static str, Arc<dyn Actuator>>,
+}
+
+impl Actuators {
+    /// Registers an actuator for each of its kinds.
+    pub fn with(mut self, actuator: Arc<dyn Actuator>) -> Self {
+        for kind in actuator.kinds() {
+            self.by_kind.insert(kind, actuator.clone());
+        }
+        self
+    }
+
+    /// Whether an action kind can be performed here.
+    pub fn available(&self, kind: &str) -> bool {
+        self.by_kind.contains_key(kind)
+    }
+
+    /// Every kind that can be performed here.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_kind.keys().copied()
+    }
+
+    /// Performs `call`; a kind nobody performs is reported as invalid.
+    pub async fn execute(&self, call: &ActionCall) -> ActionReport {
+        match self.by_kind.get(call.kind.as_str()) {
+            Some(actuator) => actuator.execute(call).await,
+            None => ActionReport::new(ActionStatus::Invalid, format!("no actuator performs `{}` here", call.kind)),
+        }
+    }
+}

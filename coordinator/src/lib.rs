@@ -1,0 +1,16 @@
+//! The coordinator: takes findings from agents and alerts from
+//! Alertmanager, keeps incidents, and (with the runbook engine) decides and
+//! performs cluster-wide actions. `main.rs` wires these modules together.
+
+#![forbid(unsafe_code)]
+
+pub mod actuators;
+pub mod admin_service;
+pub mod agent_service;
+pub mod alertmanager;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod recorder;
+pub mod registry;
+pub mod store;
