@@ -27,6 +27,7 @@ trap 'stop 0' INT TERM
 trap 'stop 1' EXIT
 
 "$BIN/remedy-coordinator" --data-dir "$STATE/coordinator" --grpc-listen "$GRPC" --http-listen "$HTTP" \
+	--runbooks-dir deploy/runbooks \
 	2> >(sed -u 's/^/[coordinator] /' >&2) &
 pids+=($!)
 
@@ -44,7 +45,8 @@ pids+=($!)
 cat <<MSG
 
 Remedy is running on this machine.
-  coordinator  gRPC http://$GRPC   HTTP http://$HTTP (/healthz, /metrics)   data $STATE/coordinator
+  coordinator  gRPC http://$GRPC   HTTP http://$HTTP (/healthz, /metrics, /api/v1/alertmanager)
+               data $STATE/coordinator   runbooks deploy/runbooks
   agent        node $NODE   diagnostics http://$DIAG (/healthz, /readyz, /metrics, /debug/state)
 
 Try:
@@ -54,6 +56,7 @@ Try:
   curl -s -XPOST http://$DIAG/v1/findings \\
     -d '[{"kind":"probe_failed","severity":"critical","target":"service/api","summary":"api /health failed"}]'
   $BIN/remedyctl findings -o wide
+  $BIN/remedyctl runbooks validate deploy/runbooks
 
 Ctrl-C stops both.
 MSG

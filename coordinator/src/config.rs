@@ -32,6 +32,9 @@ pub struct Cli {
     /// Identity of this replica in logs and welcomes.
     #[arg(long, env = "REMEDY_COORDINATOR_ID")]
     pub id: Option<String>,
+    /// Directory of runbook definitions (*.yaml), loaded and validated at start.
+    #[arg(long, env = "REMEDY_RUNBOOKS_DIR")]
+    pub runbooks_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "REMEDY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -52,6 +55,7 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     expiry_sweep_interval: Option<Duration>,
     max_batch_findings: Option<usize>,
+    runbooks_dir: Option<PathBuf>,
 }
 
 mod opt_duration {
@@ -85,6 +89,8 @@ pub struct Config {
     pub expiry_sweep_interval: Duration,
     /// Most findings accepted in one batch.
     pub max_batch_findings: usize,
+    /// Where the runbook catalog is read from, if anywhere.
+    pub runbooks_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -144,6 +150,7 @@ impl Config {
             stale_after,
             expiry_sweep_interval: file.expiry_sweep_interval.unwrap_or(Duration::from_secs(5)),
             max_batch_findings,
+            runbooks_dir: cli.runbooks_dir.clone().or(file.runbooks_dir).map(|d| absolute(&d)),
         })
     }
 }

@@ -13,4 +13,5 @@ pub mod http;
 pub mod metrics;
 pub mod recorder;
 pub mod registry;
+pub mod runbooks;
 pub mod store;

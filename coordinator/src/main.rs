@@ -21,7 +21,8 @@ use remedy_coordinator::recorder::{Recorder, now};
 use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::embedded::EmbeddedStore;
-use remedy_coordinator::{admin_service, agent_service, http};
+use remedy_coordinator::{admin_service, agent_service, http, runbooks};
+use remedy_shared::runbook::ActionCatalog;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +34,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
+    let catalog = match &config.runbooks_dir {
+        Some(dir) => match runbooks::load_dir(dir, &ActionCatalog::this_release()) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("remedy-coordinator: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG as u8);
+            }
+        },
+        None => Vec::new(),
+    };
+    for loaded in &catalog {
+        let waiting: Vec<String> =
+            loaded.report.unavailable.iter().map(|u| format!("{} ({})", u.step, u.kind.as_str())).collect();
+        tracing::info!(
+            runbook = loaded.runbook.id(),
+            priority = %loaded.runbook.priority,
+            dry_run_until_actuator = %waiting.join(", "),
+            "runbook loaded"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod output;
+mod runbooks;
 mod views;
 
 use std::process::ExitCode;
@@ -58,6 +59,24 @@ enum Command {
     Incident {
         #[command(subcommand)]
         command: IncidentCommand,
+    },
+    /// Runbook definitions.
+    #[command(alias = "runbook")]
+    Runbooks {
+        #[command(subcommand)]
+        command: RunbookCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunbookCommand {
+    /// Checks runbook files (or directories of them) offline, as the
+    /// coordinator of this release would load them, and says which steps
+    /// run in dry-run until their actuator arrives.
+    Validate {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
     },
 }
 
@@ -115,6 +134,9 @@ async fn connect(coordinator: &str) -> anyhow::Result<AdminServiceClient<Channel
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Runbooks { command: RunbookCommand::Validate { paths } } = &cli.command {
+        return runbooks::validate(paths, cli.output);
+    }
     let url = cli.coordinator.clone();
     let mut client = connect(&url).await?;
     let fmt = cli.output;
@@ -166,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Runbooks { .. } => unreachable!("handled before connecting"),
         Command::Incident { command: IncidentCommand::Show { id } } => {
             let incident =
                 client.get_incident(pb::GetIncidentRequest { id }).await.map_err(|s| explain(&url, s))?.into_inner();

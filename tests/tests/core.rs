@@ -428,6 +428,40 @@ fn bad_configuration_exits_64_naming_the_field() {
     let (code, err) = run("remedy-coordinator", &["--grpc-listen", "everywhere"]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("field `grpc_listen`"), "{err}");
+
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir(&runbooks).unwrap();
+    let seed = std::fs::read_to_string(seed_runbook()).unwrap();
+    std::fs::write(runbooks.join("broken.yaml"), seed.replacen("mttr_target:", "mttr_targt:", 1)).unwrap();
+    let (code, err) = run("remedy-coordinator", &["--runbooks-dir", runbooks.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("broken.yaml:") && err.contains("mttr_targt"), "file, line and field named: {err}");
+}
+
+fn seed_runbook() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/runbooks/p0-003-authentication-failure.yaml")
+}
+
+#[test]
+fn remedyctl_validates_runbooks_offline_and_names_what_waits_for_an_actuator() {
+    let catalog = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/runbooks");
+    let unused = "http://127.0.0.1:9";
+    let (status, out, err) = remedyctl(unused, &["runbooks", "validate", catalog.to_str().unwrap(), "-o", "json"]);
+    assert!(status.success(), "{err}");
+    let verdicts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(verdicts.len(), 7);
+    assert!(verdicts.iter().all(|v| v["valid"] == true));
+    let p0 = verdicts.iter().find(|v| v["runbook"] == "P0-001").unwrap();
+    assert!(p0["dry_run_until_actuator"].as_array().unwrap().iter().any(|s| s == "scale_api (scale)"), "{p0}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let seed = std::fs::read_to_string(seed_runbook()).unwrap();
+    std::fs::write(&broken, seed.replacen("mttr_target:", "mttr_targt:", 1)).unwrap();
+    let (status, _, err) = remedyctl(unused, &["runbooks", "validate", broken.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("broken.yaml:") && err.contains("mttr_targt"), "{err}");
+    assert!(err.contains("1 of 1 runbooks are invalid"), "{err}");
 }
 
 #[test]

@@ -40,6 +40,17 @@ impl ActionCatalog {
         Self::default()
     }
 
+    /// What this release of the coordinator performs: the kinds with an
+    /// actuator now; every other kind is known and runs in dry-run until its
+    /// actuator arrives. The coordinator checks at start-up that its
+    /// actuators agree, so `remedyctl runbooks validate` says the same thing
+    /// offline that the coordinator would.
+    pub fn this_release() -> Self {
+        Self::every_kind(Availability::Later)
+            .with(ActionKind::Http, Availability::Now)
+            .with(ActionKind::Notify, Availability::Now)
+    }
+
     /// A catalog offering every kind with the same availability.
     pub fn every_kind(availability: Availability) -> Self {
         ActionCatalog { kinds: ActionKind::ALL.iter().map(|k| (*k, availability)).collect() }

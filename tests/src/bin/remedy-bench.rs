@@ -502,8 +502,8 @@ async fn send(out: &mpsc::Sender<pb::AgentMessage>, body: AgentBody) -> anyhow::
     out.send(pb::AgentMessage { body: Some(body) }).await.map_err(|_| anyhow!("the outbound stream closed"))
 }
 
-/// One simulated agent; returns the ack latencies (µs) of batches sent and
-/// acknowledged while measuring.
+/// One simulated agent; returns the latencies (µs, from send to ack) of the
+/// batches acknowledged while measuring.
 async fn sim_agent(
     idx: usize,
     cfg: Arc<SimConfig>,
@@ -569,7 +569,7 @@ async fn sim_agent_inner(
     let heartbeat_every = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight: VecDeque<(u64, Instant, bool)> = VecDeque::with_capacity(cfg.window);
+    let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(cfg.window);
     let mut latencies = Vec::new();
     loop {
         let current = *phase.borrow_and_update();
@@ -584,7 +584,7 @@ async fn sim_agent_inner(
                         .collect();
                     let last = next + cfg.batch as u64 - 1;
                     send(&out, AgentBody::Findings(pb::FindingBatch { findings, oldest_retained_sequence: 0 })).await?;
-                    in_flight.push_back((last, Instant::now(), stats.measuring.load(Ordering::Relaxed)));
+                    in_flight.push_back((last, Instant::now()));
                     stats.sent.fetch_add(cfg.batch as u64, Ordering::Relaxed);
                     next = last + 1;
                 }
@@ -601,12 +601,12 @@ async fn sim_agent_inner(
                             stats.acked.fetch_add(ack.acked_sequence - acked, Ordering::Relaxed);
                             acked = ack.acked_sequence;
                         }
-                        while let Some(&(last, at, measured)) = in_flight.front() {
+                        while let Some(&(last, at)) = in_flight.front() {
                             if last > acked {
                                 break;
                             }
                             in_flight.pop_front();
-                            if measured && stats.measuring.load(Ordering::Relaxed) {
+                            if stats.measuring.load(Ordering::Relaxed) {
                                 latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
                             }
                         }
@@ -1281,8 +1281,8 @@ fn report(
             let _ = writeln!(
                 s,
                 "- {} streams: {} welcomed, {} failed{}; coordinator reported {} open streams; {} findings \
-                 acknowledged in the whole run, {} persisted (the difference is what was in flight when the load \
-                 stopped and persisted after the streams closed, or 0).",
+                 acknowledged in the whole run, {} persisted (the store must hold at least every acknowledged \
+                 finding).",
                 f.agents,
                 f.connected,
                 f.failed,

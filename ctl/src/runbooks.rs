@@ -1,0 +1,118 @@
+//! `remedyctl runbooks validate`: the same checks the coordinator makes at
+//! start-up, offline, so a runbook is fixed before it is deployed.
+
+use std::path::{Path, PathBuf};
+
+use remedy_shared::runbook::{ActionCatalog, load_runbook};
+use serde::Serialize;
+
+use crate::output::{self, Format, Row};
+
+/// One file's verdict.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub file: String,
+    pub runbook: Option<String>,
+    pub priority: Option<String>,
+    pub mttr_target: Option<String>,
+    pub valid: bool,
+    /// Steps that run in dry-run until their actuator arrives: "step (kind)".
+    pub dry_run_until_actuator: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl Row for Verdict {
+    fn header(_wide: bool) -> Vec<&'static str> {
+        vec!["FILE", "RUNBOOK", "PRIORITY", "MTTR", "VALID", "DRY-RUN UNTIL ACTUATOR"]
+    }
+    fn cells(&self, _wide: bool) -> Vec<String> {
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        vec![
+            self.file.clone(),
+            dash(&self.runbook),
+            dash(&self.priority),
+            dash(&self.mttr_target),
+            self.valid.to_string(),
+            self.dry_run_until_actuator.join(", "),
+        ]
+    }
+}
+
+fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            inner.sort();
+            out.extend(inner);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn check(path: &Path, catalog: &ActionCatalog) -> Verdict {
+    let file = path.display().to_string();
+    let mut verdict = Verdict {
+        file: file.clone(),
+        runbook: None,
+        priority: None,
+        mttr_target: None,
+        valid: false,
+        dry_run_until_actuator: Vec::new(),
+        errors: Vec::new(),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            verdict.errors.push(format!("{file}: cannot read the file: {e}"));
+            return verdict;
+        }
+    };
+    match load_runbook(&file, &text, catalog) {
+        Ok((runbook, report)) => {
+            verdict.valid = true;
+            verdict.runbook = Some(runbook.id().to_owned());
+            verdict.priority = Some(runbook.priority.to_string());
+            verdict.mttr_target = Some(humantime_short(runbook.mttr_target));
+            verdict.dry_run_until_actuator =
+                report.unavailable.iter().map(|u| format!("{} ({})", u.step, u.kind.as_str())).collect();
+        }
+        Err(invalid) => verdict.errors = invalid.errors.iter().map(ToString::to_string).collect(),
+    }
+    verdict
+}
+
+fn humantime_short(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Validates every file; fails (exit 1) when any is invalid, after printing all.
+pub fn validate(paths: &[PathBuf], fmt: Format) -> anyhow::Result<()> {
+    let catalog = ActionCatalog::this_release();
+    let verdicts: Vec<Verdict> = files(paths)?.iter().map(|p| check(p, &catalog)).collect();
+    let invalid = verdicts.iter().filter(|v| !v.valid).count();
+    output::print_list(fmt, &verdicts)?;
+    if matches!(fmt, Format::Table | Format::Wide) {
+        for v in &verdicts {
+            for e in &v.errors {
+                eprintln!("{e}");
+            }
+        }
+    }
+    if invalid > 0 {
+        anyhow::bail!("{invalid} of {} runbooks are invalid", verdicts.len());
+    }
+    Ok(())
+}
