@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::recorder::Recorder;
+use crate::engine::{Engine, EngineError};
+use crate::recorder::{ManualRun, RecordError, Recorder};
 use crate::registry::Registry;
 use crate::store::{AgentRecord, FindingQuery, Store, StoreError, StoredFinding};
 
@@ -28,6 +29,8 @@ pub struct AdminService {
     pub registry: Arc<Registry>,
     /// Source of incident changes.
     pub recorder: Recorder,
+    /// The runbook engine.
+    pub engine: Engine,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -94,6 +97,90 @@ fn parse_page_token(token: &str) -> Result<Option<(String, u64)>, Status> {
 
 fn parse_incident_id(id: &str) -> Result<IncidentId, Status> {
     id.parse().map_err(Status::invalid_argument)
+}
+
+/// Commands are written on timelines with who gave them.
+fn required_by(by: &str) -> Result<String, Status> {
+    let by = by.trim();
+    if by.is_empty() {
+        return Err(Status::invalid_argument("requested_by is required: commands are recorded with who gave them"));
+    }
+    Ok(by.to_owned())
+}
+
+fn record_status(e: RecordError) -> Status {
+    match e {
+        RecordError::NoOpenIncident(_) => Status::not_found(e.to_string()),
+        RecordError::Transition(_) => Status::failed_precondition(e.to_string()),
+        RecordError::BadRun(_) => Status::invalid_argument(e.to_string()),
+        RecordError::Store(_) | RecordError::Stopped | RecordError::QueueFull => Status::unavailable(e.to_string()),
+        RecordError::Sequence(_) | RecordError::UnknownAgent(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::Approval(remedy_shared::guard::ApprovalError::NotFound(_)) => Status::not_found(e.to_string()),
+        EngineError::Approval(_) | EngineError::Nothing(_) => Status::failed_precondition(e.to_string()),
+        EngineError::Record(e) => record_status(e),
+    }
+}
+
+fn approval_to_proto(a: &remedy_shared::guard::Approval, now: remedy_shared::Timestamp) -> pb::Approval {
+    use remedy_shared::guard::ApprovalStatus;
+    let (status, by, why) = match &a.status {
+        ApprovalStatus::Pending if now >= a.expires_at => ("expired", String::new(), String::new()),
+        ApprovalStatus::Pending => ("pending", String::new(), String::new()),
+        ApprovalStatus::Granted { by, .. } => ("granted", by.clone(), String::new()),
+        ApprovalStatus::Denied { by, reason, .. } => ("denied", by.clone(), reason.clone()),
+    };
+    pb::Approval {
+        incident_id: a.key.incident_id.to_string(),
+        step_id: a.key.step_id.clone(),
+        attempt: a.key.attempt,
+        runbook_id: a.runbook_id.clone(),
+        action: a.action.clone(),
+        reason: a.reason.to_string(),
+        status: status.to_owned(),
+        requested_at_ms: a.requested_at.as_millis(),
+        expires_at_ms: a.expires_at.as_millis(),
+        answered_by: by,
+        answer_reason: why,
+    }
+}
+
+fn automation_to_proto(state: &remedy_shared::guard::GuardState) -> pb::Automation {
+    let pause = state.paused();
+    pb::Automation {
+        paused: pause.is_some(),
+        paused_by: pause.map(|p| p.by.clone()).unwrap_or_default(),
+        pause_reason: pause.map(|p| p.reason.clone()).unwrap_or_default(),
+        paused_since_ms: pause.map_or(0, |p| p.since.as_millis()),
+        open_breakers: state.open_breakers().map(|(scope, b)| (scope.to_string(), b.reason.clone())).collect(),
+    }
+}
+
+impl AdminService {
+    fn runbook_to_proto(&self, r: &remedy_shared::runbook::Runbook, with_definition: bool) -> pb::Runbook {
+        pb::Runbook {
+            id: r.id().to_owned(),
+            title: r.metadata.title.clone(),
+            priority: r.priority.to_string(),
+            mttr_target_ms: u64::try_from(r.mttr_target.as_millis()).unwrap_or(u64::MAX),
+            mode: match r.guard_rails.mode {
+                remedy_shared::runbook::Mode::Live => "live",
+                remedy_shared::runbook::Mode::DryRun => "dry_run",
+                remedy_shared::runbook::Mode::Shadow => "shadow",
+            }
+            .to_owned(),
+            steps: r.steps.iter().map(|s| s.id.clone()).collect(),
+            dry_run_steps: self.engine.rehearsed_steps(r),
+            manual: r.triggers.manual,
+            params: r.params.clone().into_iter().collect(),
+            source: r.source.clone(),
+            definition: if with_definition { r.to_yaml() } else { String::new() },
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -221,6 +308,130 @@ impl pb::admin_service_server::AdminService for AdminService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn acknowledge_incident(
+        &self,
+        request: Request<pb::IncidentCommand>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let req = request.into_inner();
+        let id = parse_incident_id(&req.id)?;
+        let by = required_by(&req.requested_by)?;
+        let incident = self.recorder.acknowledge(id, by).await.map_err(record_status)?;
+        Ok(Response::new(convert::incident_to_proto(&incident, &[])))
+    }
+
+    async fn resolve_incident(&self, request: Request<pb::IncidentCommand>) -> Result<Response<pb::Incident>, Status> {
+        let req = request.into_inner();
+        let id = parse_incident_id(&req.id)?;
+        let by = required_by(&req.requested_by)?;
+        let incident = self.recorder.resolve(id, by, req.reason).await.map_err(record_status)?;
+        Ok(Response::new(convert::incident_to_proto(&incident, &[])))
+    }
+
+    async fn list_runbooks(
+        &self,
+        _: Request<pb::ListRunbooksRequest>,
+    ) -> Result<Response<pb::ListRunbooksResponse>, Status> {
+        let runbooks = self.engine.catalog().runbooks().iter().map(|r| self.runbook_to_proto(r, false)).collect();
+        Ok(Response::new(pb::ListRunbooksResponse { runbooks }))
+    }
+
+    async fn get_runbook(&self, request: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
+        let id = request.into_inner().id;
+        let runbook = self
+            .engine
+            .catalog()
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("no runbook `{id}` in the catalog")))?;
+        Ok(Response::new(self.runbook_to_proto(runbook, true)))
+    }
+
+    async fn run_runbook(
+        &self,
+        request: Request<pb::RunRunbookRequest>,
+    ) -> Result<Response<pb::RunRunbookResponse>, Status> {
+        let req = request.into_inner();
+        let by = required_by(&req.requested_by)?;
+        if self.engine.catalog().get(&req.runbook_id).is_none() {
+            return Err(Status::not_found(format!("no runbook `{}` in the catalog", req.runbook_id)));
+        }
+        let run = ManualRun {
+            runbook_id: req.runbook_id,
+            params: req.params.into_iter().collect(),
+            dry_run: req.dry_run,
+            by,
+        };
+        let id = self.engine.run_manual(run).await.map_err(record_status)?;
+        Ok(Response::new(pb::RunRunbookResponse { incident_id: id.to_string() }))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let all = request.into_inner().all;
+        let now = crate::recorder::now();
+        let guard = self.engine.guard();
+        let mut approvals: Vec<pb::Approval> =
+            guard.approvals().iter().filter(|a| all || a.is_pending(now)).map(|a| approval_to_proto(a, now)).collect();
+        approvals.sort_by_key(|a| (a.status != "pending", a.requested_at_ms));
+        Ok(Response::new(pb::ListApprovalsResponse { approvals }))
+    }
+
+    async fn answer_approval(
+        &self,
+        request: Request<pb::AnswerApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let req = request.into_inner();
+        let by = required_by(&req.requested_by)?;
+        if !req.approve && req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a denial needs a reason: it is written on the incident's timeline"));
+        }
+        let key = remedy_shared::guard::ApprovalKey {
+            incident_id: parse_incident_id(&req.incident_id)?,
+            step_id: req.step_id,
+            attempt: req.attempt,
+        };
+        let deny = (!req.approve).then_some(req.reason.as_str());
+        self.engine.answer(&key, &by, deny).await.map_err(engine_status)?;
+        let guard = self.engine.guard();
+        let approval = guard.approval(&key).ok_or_else(|| Status::not_found(format!("no approval request {key}")))?;
+        Ok(Response::new(approval_to_proto(approval, crate::recorder::now())))
+    }
+
+    async fn get_automation(&self, _: Request<pb::GetAutomationRequest>) -> Result<Response<pb::Automation>, Status> {
+        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+    }
+
+    async fn pause_automation(
+        &self,
+        request: Request<pb::PauseAutomationRequest>,
+    ) -> Result<Response<pb::Automation>, Status> {
+        let req = request.into_inner();
+        let by = required_by(&req.requested_by)?;
+        self.engine.pause(&by, &req.reason).await.map_err(engine_status)?;
+        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+    }
+
+    async fn resume_automation(
+        &self,
+        request: Request<pb::ResumeAutomationRequest>,
+    ) -> Result<Response<pb::Automation>, Status> {
+        let by = required_by(&request.into_inner().requested_by)?;
+        self.engine.resume(&by).await.map_err(engine_status)?;
+        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+    }
+
+    async fn reset_breaker(
+        &self,
+        request: Request<pb::ResetBreakerRequest>,
+    ) -> Result<Response<pb::Automation>, Status> {
+        let req = request.into_inner();
+        let by = required_by(&req.requested_by)?;
+        let scope: remedy_shared::guard::Scope = req.scope.parse().map_err(Status::invalid_argument)?;
+        self.engine.reset_breaker(&scope, &by).await.map_err(engine_status)?;
+        Ok(Response::new(automation_to_proto(&self.engine.guard())))
     }
 }
 

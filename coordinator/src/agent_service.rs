@@ -71,6 +71,9 @@ fn record_status(e: RecordError) -> Status {
         RecordError::Sequence(_) | RecordError::UnknownAgent(_) => Status::invalid_argument(e.to_string()),
         RecordError::Store(_) => Status::unavailable(format!("cannot persist findings now, keep them and retry: {e}")),
         RecordError::Stopped | RecordError::QueueFull => Status::unavailable(e.to_string()),
+        RecordError::NoOpenIncident(_) | RecordError::Transition(_) | RecordError::BadRun(_) => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 

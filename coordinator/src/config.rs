@@ -5,9 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use clap::Parser;
 use remedy_shared::config::{self, ConfigError};
+use remedy_shared::guard::GuardPolicy;
 use serde::Deserialize;
+
+use crate::engine::Contacts;
 
 /// Command line of `remedy-coordinator`.
 #[derive(Debug, Parser)]
@@ -56,6 +61,20 @@ struct FileConfig {
     expiry_sweep_interval: Option<Duration>,
     max_batch_findings: Option<usize>,
     runbooks_dir: Option<PathBuf>,
+    #[serde(default)]
+    webhooks: BTreeMap<String, String>,
+    #[serde(default)]
+    escalation_policies: BTreeMap<String, EscalationPolicy>,
+    #[serde(default)]
+    guard_rails: Option<GuardPolicy>,
+}
+
+/// Who an escalation policy tells.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationPolicy {
+    /// Webhook names, in order.
+    notify: Vec<String>,
 }
 
 mod opt_duration {
@@ -91,6 +110,10 @@ pub struct Config {
     pub max_batch_findings: usize,
     /// Where the runbook catalog is read from, if anywhere.
     pub runbooks_dir: Option<PathBuf>,
+    /// Named webhooks and the escalation policies that use them.
+    pub contacts: Contacts,
+    /// The global guard rails.
+    pub guard_rails: GuardPolicy,
 }
 
 impl Config {
@@ -141,6 +164,33 @@ impl Config {
         if id.trim().is_empty() {
             return Err(ConfigError::new(source, "id", "must not be empty"));
         }
+        for (name, url) in &file.webhooks {
+            let parsed = reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+            if parsed.is_none() || name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    source,
+                    format!("webhooks.{name}"),
+                    format!("`{url}` is not an http(s) URL"),
+                ));
+            }
+        }
+        for (name, policy) in &file.escalation_policies {
+            for (i, webhook) in policy.notify.iter().enumerate() {
+                if !file.webhooks.contains_key(webhook) {
+                    return Err(ConfigError::new(
+                        source,
+                        format!("escalation_policies.{name}.notify[{i}]"),
+                        format!("no webhook named `{webhook}` (declare it under webhooks)"),
+                    ));
+                }
+            }
+        }
+        let guard_rails = file.guard_rails.unwrap_or_default();
+        guard_rails.validate(source)?;
+        let contacts = Contacts {
+            webhooks: file.webhooks,
+            escalation: file.escalation_policies.into_iter().map(|(k, v)| (k, v.notify)).collect(),
+        };
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -151,6 +201,8 @@ impl Config {
             expiry_sweep_interval: file.expiry_sweep_interval.unwrap_or(Duration::from_secs(5)),
             max_batch_findings,
             runbooks_dir: cli.runbooks_dir.clone().or(file.runbooks_dir).map(|d| absolute(&d)),
+            contacts,
+            guard_rails,
         })
     }
 }
@@ -195,6 +247,24 @@ mod tests {
         flags.grpc_listen = Some("nonsense".into());
         let err = Config::resolve(&flags, "c.yaml", file).unwrap_err();
         assert_eq!((err.file.as_str(), err.field.as_str()), ("flags", "grpc_listen"));
+    }
+
+    #[test]
+    fn escalation_policies_must_name_declared_webhooks() {
+        let text = "webhooks: {oncall: 'http://127.0.0.1:9/hook'}\nescalation_policies: {p0-chain: {notify: [oncall, pager]}}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
+        assert_eq!(err.field, "escalation_policies.p0-chain.notify[1]", "{err}");
+        let file: FileConfig = config::parse_yaml("c.yaml", "webhooks: {oncall: 'ftp://x'}\n").unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "webhooks.oncall");
+    }
+
+    #[test]
+    fn guard_rails_are_validated_naming_the_field() {
+        let text = "guard_rails:\n  budgets:\n    - {scope: global, window: 0s, max_actions: 1}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
+        assert!(err.field.contains("budgets[0].window"), "{err}");
     }
 
     #[test]

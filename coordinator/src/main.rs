@@ -15,13 +15,17 @@ use remedy_shared::config::EXIT_BAD_CONFIG;
 use remedy_shared::finding::FindingState;
 use tokio::sync::watch;
 
+use remedy_coordinator::actuators::Actuators;
+use remedy_coordinator::actuators::http::HttpActuator;
 use remedy_coordinator::config::{Cli, Config};
+use remedy_coordinator::engine::Engine;
 use remedy_coordinator::metrics::Metrics;
 use remedy_coordinator::recorder::{Recorder, now};
 use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::embedded::EmbeddedStore;
 use remedy_coordinator::{admin_service, agent_service, http, runbooks};
+use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
 
 fn main() -> ExitCode {
@@ -61,7 +65,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let catalog = Arc::new(Catalog::new(catalog.into_iter().map(|l| l.runbook).collect()));
+    match runtime.block_on(run(config, catalog)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("remedy-coordinator: {e:#}");
@@ -84,7 +89,7 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(&config.data_dir)
@@ -95,7 +100,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     for agent in store.list_agents().context("cannot read agents from the store")? {
         registry.seed(&agent.agent_id, &agent.node_name, start);
     }
-    let recorder = Recorder::start(store.clone(), metrics.clone()).context("cannot start the writer")?;
+    let (recorder, runs, guard) =
+        Recorder::start(store.clone(), metrics.clone(), catalog.clone()).context("cannot start the writer")?;
+    let actuators = Actuators::default()
+        .with(Arc::new(HttpActuator::new().context("cannot build the HTTP client for the http actuator")?));
+    let engine = Engine::new(
+        catalog,
+        &config.guard_rails,
+        actuators,
+        recorder.clone(),
+        registry.clone(),
+        config.contacts.clone(),
+        guard,
+    );
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -127,8 +144,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat_interval: config.heartbeat_interval,
         max_batch_findings: config.max_batch_findings,
     };
-    let admin_service =
-        admin_service::AdminService { store: store.clone(), registry: registry.clone(), recorder: recorder.clone() };
+    let admin_service = admin_service::AdminService {
+        store: store.clone(),
+        registry: registry.clone(),
+        recorder: recorder.clone(),
+        engine: engine.clone(),
+    };
+    tokio::spawn(engine.drive(runs, stopped()));
 
     tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));

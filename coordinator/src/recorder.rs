@@ -15,8 +15,12 @@ use std::sync::Arc;
 
 use remedy_shared::Timestamp;
 use remedy_shared::alert::Alert;
+use remedy_shared::finding::ConditionKind;
 use remedy_shared::finding::{ConditionKey, Finding};
-use remedy_shared::incident::{self, Incident, IncidentId, Outcome, Signal, TimelineEntry};
+use remedy_shared::guard::{self, GuardState};
+use remedy_shared::incident::{self, EntryKind, Incident, IncidentId, IncidentState, Outcome, Signal, TimelineEntry};
+use remedy_shared::run::{Catalog, RunRecord};
+use remedy_shared::runbook::{AcrossNodesSum, AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext};
 use remedy_shared::sequence::{Accept, SequenceError, SequenceTracker};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -70,6 +74,46 @@ pub enum RecordError {
     /// The writer's queue is full; the caller should shed and retry later.
     #[error("the coordinator's queue is full")]
     QueueFull,
+    /// No open incident has this id.
+    #[error("no open incident {0}")]
+    NoOpenIncident(IncidentId),
+    /// A person's command does not apply to the incident as it stands.
+    #[error("{0}")]
+    Transition(#[from] incident::TransitionError),
+    /// A manual run named a runbook or params the catalog does not have.
+    #[error("{0}")]
+    BadRun(String),
+}
+
+/// What the engine writes after a step: the run, the incident's new state,
+/// timeline entries, and the rails' memory, in one transaction.
+#[derive(Debug, Default)]
+pub struct RunUpdate {
+    /// The run as it now stands.
+    pub run: Option<RunRecord>,
+    /// The incident's new state, for the run's incident.
+    pub state: Option<IncidentState>,
+    /// Entries for the run's incident (or, without a run, `incident`).
+    pub entries: Vec<TimelineEntry>,
+    /// The incident the entries are for when there is no run.
+    pub incident: Option<IncidentId>,
+    /// Close the incident (verification passed with no source left).
+    pub resolve: Option<String>,
+    /// The rails' memory, when it changed.
+    pub guard: Option<GuardState>,
+}
+
+/// A person's request to run a runbook now.
+#[derive(Debug, Clone)]
+pub struct ManualRun {
+    /// The runbook.
+    pub runbook_id: String,
+    /// Param overrides.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Rehearse only.
+    pub dry_run: bool,
+    /// Who asked.
+    pub by: String,
 }
 
 /// The answer to a batch of alerts.
@@ -106,6 +150,29 @@ enum Command {
         reply: oneshot::Sender<Result<AlertReceipt, RecordError>>,
     },
     Sweep,
+    Run {
+        update: Box<RunUpdate>,
+        reply: oneshot::Sender<Result<(), RecordError>>,
+    },
+    Manual {
+        run: ManualRun,
+        reply: oneshot::Sender<Result<IncidentId, RecordError>>,
+    },
+    Acknowledge {
+        id: IncidentId,
+        by: String,
+        reply: oneshot::Sender<Result<Incident, RecordError>>,
+    },
+    Resolve {
+        id: IncidentId,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<Incident, RecordError>>,
+    },
+    Open {
+        id: IncidentId,
+        reply: oneshot::Sender<Option<Incident>>,
+    },
 }
 
 /// Handle to the writer.
@@ -115,6 +182,9 @@ pub struct Recorder {
     events: broadcast::Sender<Incident>,
 }
 
+/// Runs the writer committed: new ones, and those found unfinished at start.
+pub type RunFeed = mpsc::UnboundedReceiver<RunRecord>;
+
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -123,22 +193,71 @@ impl std::fmt::Debug for Command {
             Command::Raise { .. } => "Raise",
             Command::Alerts { .. } => "Alerts",
             Command::Sweep => "Sweep",
+            Command::Run { .. } => "Run",
+            Command::Manual { .. } => "Manual",
+            Command::Acknowledge { .. } => "Acknowledge",
+            Command::Resolve { .. } => "Resolve",
+            Command::Open { .. } => "Open",
         })
     }
 }
 
 impl Recorder {
-    /// Loads the state from `store` and starts the writer thread.
-    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> Result<Recorder, StoreError> {
-        let loaded = store.load()?;
+    /// Loads the state from `store` and starts the writer thread, matching
+    /// signals against `catalog`. Returns the feed of runs to execute: the
+    /// unfinished runs found in the store first, then each new run once it
+    /// is committed.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        catalog: Arc<Catalog>,
+    ) -> Result<(Recorder, RunFeed, Option<GuardState>), StoreError> {
+        let mut loaded = store.load()?;
+        let guard = loaded.guard.take();
         let (tx, rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(4096);
-        let writer = Writer::new(store, loaded, events.clone(), metrics);
+        let (runs_tx, runs_rx) = mpsc::unbounded_channel();
+        for run in loaded.runs.iter().filter(|r| !r.status.is_finished()) {
+            let _ = runs_tx.send(run.clone());
+        }
+        let writer = Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx);
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(Recorder { tx, events })
+        Ok((Recorder { tx, events }, runs_rx, guard))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RecordError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| RecordError::Stopped)?;
+        rx.await.map_err(|_| RecordError::Stopped)
+    }
+
+    /// Commits what the engine did; returns once it is durable.
+    pub async fn run_update(&self, update: RunUpdate) -> Result<(), RecordError> {
+        self.ask(|reply| Command::Run { update: Box::new(update), reply }).await?
+    }
+
+    /// Opens an incident for a person's run of a runbook, with its run, in
+    /// one transaction.
+    pub async fn manual_run(&self, run: ManualRun) -> Result<IncidentId, RecordError> {
+        self.ask(|reply| Command::Manual { run, reply }).await?
+    }
+
+    /// A person acknowledges an open incident.
+    pub async fn acknowledge(&self, id: IncidentId, by: String) -> Result<Incident, RecordError> {
+        self.ask(|reply| Command::Acknowledge { id, by, reply }).await?
+    }
+
+    /// A person resolves an open incident.
+    pub async fn resolve(&self, id: IncidentId, by: String, reason: String) -> Result<Incident, RecordError> {
+        self.ask(|reply| Command::Resolve { id, by, reason, reply }).await?
+    }
+
+    /// The incident as it stands, if it is open.
+    pub async fn open_incident(&self, id: IncidentId) -> Result<Option<Incident>, RecordError> {
+        self.ask(|reply| Command::Open { id, reply }).await
     }
 
     /// Registers an agent; returns its highest contiguous persisted sequence.
@@ -200,6 +319,23 @@ struct Writer {
     alert_keys: HashMap<String, Timestamp>,
     events: broadcast::Sender<Incident>,
     metrics: Metrics,
+    catalog: Arc<Catalog>,
+    /// Runs of open incidents, and unfinished runs.
+    runs: HashMap<IncidentId, RunRecord>,
+    /// Open incidents by id.
+    ids: HashMap<IncidentId, ConditionKey>,
+    /// Aggregated triggers' sums, by (runbook, trigger index), with whether
+    /// each fired last time it was judged.
+    sums: HashMap<(String, usize), (AcrossNodesSum, bool)>,
+    new_runs: mpsc::UnboundedSender<RunRecord>,
+}
+
+/// What made a signal, for trigger matching.
+#[derive(Clone, Copy)]
+enum Cause<'a> {
+    Alert(&'a Alert),
+    Finding { source: &'a str, finding: &'a Finding },
+    Runbook(&'a str),
 }
 
 /// Changes staged for one transaction, on top of the writer's state.
@@ -212,20 +348,40 @@ struct Stage {
     alert_keys: HashMap<String, Timestamp>,
     batch: WriteBatch,
     changed: Vec<Incident>,
+    /// Runs staged now, by incident.
+    runs: HashMap<IncidentId, RunRecord>,
+    /// Sums staged now.
+    sums: HashMap<(String, usize), (AcrossNodesSum, bool)>,
 }
 
 type Reply = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
 impl Writer {
-    fn new(store: Arc<dyn Store>, loaded: Loaded, events: broadcast::Sender<Incident>, metrics: Metrics) -> Self {
+    fn new(
+        store: Arc<dyn Store>,
+        loaded: Loaded,
+        events: broadcast::Sender<Incident>,
+        metrics: Metrics,
+        catalog: Arc<Catalog>,
+        new_runs: mpsc::UnboundedSender<RunRecord>,
+    ) -> Self {
+        let sums = catalog
+            .aggregated_triggers()
+            .filter_map(|(id, i, t)| AcrossNodesSum::for_trigger(t).map(|sum| ((id.to_owned(), i), (sum, false))))
+            .collect();
         Writer {
             store,
             agents: loaded.agents.into_iter().map(|a| (a.agent_id.clone(), a)).collect(),
+            ids: loaded.open_incidents.iter().map(|i| (i.id, i.key.clone())).collect(),
             open: loaded.open_incidents.into_iter().map(|i| (i.key.clone(), i)).collect(),
             counters: loaded.counters,
             alert_keys: loaded.alert_keys.into_iter().collect(),
             events,
             metrics,
+            catalog,
+            runs: loaded.runs.into_iter().map(|r| (r.incident_id, r)).collect(),
+            sums,
+            new_runs,
         }
     }
 
@@ -272,6 +428,33 @@ impl Writer {
                     }));
                 }
                 Command::Sweep => self.stage_sweep(&mut stage, now),
+                Command::Run { update, reply } => match self.stage_run_update(&mut stage, *update, now) {
+                    Ok(()) => replies.push(Box::new(move |r| {
+                        let _ = reply.send(r.map_err(|e| RecordError::Store(e.to_owned())));
+                    })),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Command::Manual { run, reply } => match self.stage_manual(&mut stage, run, now) {
+                    Ok(id) => replies.push(Box::new(move |r| {
+                        let _ = reply.send(r.map(|()| id).map_err(|e| RecordError::Store(e.to_owned())));
+                    })),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Command::Acknowledge { id, by, reply } => {
+                    let staged = self.stage_transition(&mut stage, id, |i| incident::acknowledge(i, &by, now));
+                    Self::reply_incident(&mut replies, reply, staged);
+                }
+                Command::Resolve { id, by, reason, reply } => {
+                    let staged = self.stage_transition(&mut stage, id, |i| incident::resolve(i, &by, &reason, now));
+                    Self::reply_incident(&mut replies, reply, staged);
+                }
+                Command::Open { id, reply } => {
+                    let _ = reply.send(self.current(&stage, id));
+                }
             }
         }
         if let Some(c) = stage.counters {
@@ -298,7 +481,30 @@ impl Writer {
         }
     }
 
+    fn reply_incident(
+        replies: &mut Vec<Reply>,
+        reply: oneshot::Sender<Result<Incident, RecordError>>,
+        staged: Result<Incident, RecordError>,
+    ) {
+        match staged {
+            Ok(incident) => replies.push(Box::new(move |r| {
+                let _ = reply.send(r.map(|()| incident).map_err(|e| RecordError::Store(e.to_owned())));
+            })),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
     fn merge(&mut self, stage: Stage) {
+        self.sums.extend(stage.sums);
+        for (id, run) in stage.runs {
+            let pending = run.status == remedy_shared::run::RunStatus::Pending;
+            if pending && !self.runs.contains_key(&id) {
+                let _ = self.new_runs.send(run.clone());
+            }
+            self.runs.insert(id, run);
+        }
         self.agents.extend(stage.agents);
         self.alert_keys.extend(stage.alert_keys);
         for key in &stage.batch.forgotten_alert_keys {
@@ -310,10 +516,18 @@ impl Writer {
         for (key, incident) in stage.open {
             match incident {
                 Some(i) => {
+                    self.ids.insert(i.id, key.clone());
                     self.open.insert(key, i);
                 }
                 None => {
-                    self.open.remove(&key);
+                    if let Some(closed) = self.open.remove(&key) {
+                        self.ids.remove(&closed.id);
+                        // A finished run of a closed incident is no longer
+                        // needed in memory; it stays in the store.
+                        if self.runs.get(&closed.id).is_some_and(|r| r.status.is_finished()) {
+                            self.runs.remove(&closed.id);
+                        }
+                    }
                 }
             }
         }
@@ -414,7 +628,7 @@ impl Writer {
             receipt.new += 1;
             stage.alert_keys.insert(key.clone(), now);
             stage.batch.alert_keys.push((key, now));
-            self.stage_signal(stage, &Signal::from_alert(&alert), now);
+            self.stage_signal(stage, &Signal::from_alert(&alert), Cause::Alert(&alert), now);
         }
         self.metrics.alerts_received.inc_by(receipt.new as u64);
         self.metrics.alerts_duplicate.inc_by(receipt.duplicates as u64);
@@ -440,7 +654,13 @@ impl Writer {
         finding: Finding,
         now: Timestamp,
     ) {
-        let incident_id = self.stage_signal(stage, &Signal::from_finding(source, &finding), now);
+        let incident_id = self.stage_signal(
+            stage,
+            &Signal::from_finding(source, &finding),
+            Cause::Finding { source, finding: &finding },
+            now,
+        );
+        self.stage_sums(stage, source, &finding, now);
         stage.batch.findings.push(StoredFinding {
             agent_id: source.to_owned(),
             sequence,
@@ -453,7 +673,7 @@ impl Writer {
 
     /// Applies a report to its condition's open incident; returns the
     /// incident it joined, if any.
-    fn stage_signal(&self, stage: &mut Stage, signal: &Signal, now: Timestamp) -> Option<IncidentId> {
+    fn stage_signal(&self, stage: &mut Stage, signal: &Signal, cause: Cause<'_>, now: Timestamp) -> Option<IncidentId> {
         let open = match stage.open.get(&signal.key) {
             Some(staged) => staged.clone(),
             None => self.open.get(&signal.key).cloned(),
@@ -468,6 +688,7 @@ impl Writer {
                     self.metrics.incidents_opened.inc();
                 }
                 let id = incident.id;
+                let (incident, entries) = self.stage_trigger(stage, incident, entries, signal, cause, now);
                 self.stage_incident(stage, incident, entries);
                 Some(id)
             }
@@ -482,7 +703,236 @@ impl Writer {
         stage.open.insert(incident.key.clone(), still_open.then_some(incident));
     }
 
+    /// The run of `id`, staged or committed.
+    fn run_of<'a>(&'a self, stage: &'a Stage, id: IncidentId) -> Option<&'a RunRecord> {
+        stage.runs.get(&id).or_else(|| self.runs.get(&id))
+    }
+
+    /// The open incident `id`, staged or committed.
+    fn current(&self, stage: &Stage, id: IncidentId) -> Option<Incident> {
+        let key = self.ids.get(&id).cloned().or_else(|| {
+            stage.open.iter().find(|(_, i)| i.as_ref().is_some_and(|i| i.id == id)).map(|(k, _)| k.clone())
+        })?;
+        match stage.open.get(&key) {
+            Some(staged) => staged.clone(),
+            None => self.open.get(&key).cloned(),
+        }
+    }
+
+    /// If the signal holds and its incident has no run yet, finds the
+    /// runbook it triggers and stages a pending run in the same
+    /// transaction: a trigger committed is a run that will happen.
+    fn stage_trigger(
+        &self,
+        stage: &mut Stage,
+        mut incident: Incident,
+        mut entries: Vec<TimelineEntry>,
+        signal: &Signal,
+        cause: Cause<'_>,
+        now: Timestamp,
+    ) -> (Incident, Vec<TimelineEntry>) {
+        if !signal.holds || incident.state.is_closed() || self.run_of(stage, incident.id).is_some() {
+            return (incident, entries);
+        }
+        let runbook = match cause {
+            Cause::Alert(alert) => self.catalog.for_alert(alert),
+            Cause::Finding { finding, .. } => self.catalog.for_finding(finding, now),
+            Cause::Runbook(id) => self.catalog.get(id),
+        };
+        let Some(runbook) = runbook else {
+            return (incident, entries);
+        };
+        let (alert, finding, started_by) = match cause {
+            Cause::Alert(a) => (alert_context(a), FindingContext::default(), format!("alert {}", a.alertname)),
+            Cause::Finding { source, finding } => (
+                AlertContext::default(),
+                FindingContext::from_finding(finding, source),
+                format!("finding {} from {source}", finding.kind),
+            ),
+            Cause::Runbook(_) => (AlertContext::default(), FindingContext::default(), signal.summary.clone()),
+        };
+        let mode = guard::Mode::Live;
+        let context = run_context(&incident, runbook, mode, alert, finding, runbook.params.clone());
+        let run = RunRecord::new(incident.id, runbook, mode, started_by.clone(), context, now);
+        incident.runbook = Some(runbook.id().to_owned());
+        incident.mttr_target_ms = Some(u64::try_from(runbook.mttr_target.as_millis()).unwrap_or(u64::MAX));
+        entries.push(TimelineEntry {
+            at: now,
+            kind: EntryKind::Runbook,
+            message: format!("runbook {} ({}) matched {started_by}", runbook.id(), runbook.metadata.title),
+            details: std::collections::BTreeMap::from([
+                ("runbook".to_owned(), runbook.id().to_owned()),
+                ("priority".to_owned(), runbook.priority.to_string()),
+                ("mttr_target".to_owned(), remedy_shared::config::format_duration(runbook.mttr_target)),
+            ]),
+        });
+        stage.batch.runs.push(run.clone());
+        stage.runs.insert(incident.id, run);
+        (incident, entries)
+    }
+
+    /// Feeds a finding to the sums of aggregated triggers; a sum that starts
+    /// or stops firing raises or clears its runbook's own condition.
+    fn stage_sums(&self, stage: &mut Stage, source: &str, finding: &Finding, now: Timestamp) {
+        for (id, index, trigger) in self.catalog.aggregated_triggers() {
+            if !trigger.selects(finding) {
+                continue;
+            }
+            let key = (id.to_owned(), index);
+            let Some(mut entry) = stage.sums.get(&key).or_else(|| self.sums.get(&key)).cloned() else {
+                continue;
+            };
+            let status = entry.0.observe_finding(trigger, source, finding);
+            self.stage_sum_status(stage, &key, &mut entry, trigger, status, now);
+            stage.sums.insert(key, entry);
+        }
+    }
+
+    fn stage_sum_status(
+        &self,
+        stage: &mut Stage,
+        key: &(String, usize),
+        entry: &mut (AcrossNodesSum, bool),
+        trigger: &remedy_shared::runbook::FindingTrigger,
+        status: remedy_shared::runbook::SumStatus,
+        now: Timestamp,
+    ) {
+        if status.fires == entry.1 {
+            return;
+        }
+        entry.1 = status.fires;
+        let evidence = trigger.evidence.clone().unwrap_or_default();
+        let above = trigger.above.unwrap_or_default();
+        let summary = if status.fires {
+            format!("{} {evidence} summed over {} nodes is {} (> {above})", trigger.kind, status.sources, status.sum)
+        } else {
+            format!("{} {evidence} summed over {} nodes is back to {}", trigger.kind, status.sources, status.sum)
+        };
+        let signal = Signal {
+            source: COORDINATOR_SOURCE.to_owned(),
+            key: ConditionKey { kind: ConditionKind::Runbook(key.0.clone()), target: format!("sum/{evidence}") },
+            severity: remedy_shared::Severity::Critical,
+            holds: status.fires,
+            summary,
+            expires_at: None,
+            details: std::collections::BTreeMap::from([
+                ("sum".to_owned(), status.sum.to_string()),
+                ("nodes".to_owned(), status.sources.to_string()),
+            ]),
+        };
+        self.stage_signal(stage, &signal, Cause::Runbook(&key.0), now);
+    }
+
+    fn stage_run_update(&self, stage: &mut Stage, update: RunUpdate, now: Timestamp) -> Result<(), RecordError> {
+        let id = match (&update.run, update.incident) {
+            (Some(run), _) => Some(run.incident_id),
+            (None, id) => id,
+        };
+        if let Some(id) = id {
+            let mut entries = update.entries;
+            match self.current(stage, id) {
+                Some(open) => {
+                    let mut changed = update.state.and_then(|s| incident::progress(&open, s, now));
+                    if let Some(by) = &update.resolve {
+                        let base = changed.clone().unwrap_or(open);
+                        if let Ok((closed, entry)) = incident::resolve(&base, by, "verification passed", now) {
+                            entries.push(entry);
+                            changed = Some(closed);
+                        }
+                    }
+                    match changed {
+                        Some(incident) => self.stage_incident(stage, incident, entries),
+                        None => stage.batch.timeline.extend(entries.into_iter().map(|e| (id, e))),
+                    }
+                }
+                // Closed meanwhile: the record still gets what happened.
+                None => stage.batch.timeline.extend(entries.into_iter().map(|e| (id, e))),
+            }
+        }
+        if let Some(run) = update.run {
+            stage.batch.runs.push(run.clone());
+            stage.runs.insert(run.incident_id, run);
+        }
+        if let Some(guard) = update.guard {
+            stage.batch.guard = Some(guard);
+        }
+        Ok(())
+    }
+
+    fn stage_manual(&self, stage: &mut Stage, request: ManualRun, now: Timestamp) -> Result<IncidentId, RecordError> {
+        let runbook = self
+            .catalog
+            .get(&request.runbook_id)
+            .ok_or_else(|| RecordError::BadRun(format!("no runbook `{}` in the catalog", request.runbook_id)))?;
+        if !runbook.triggers.manual {
+            return Err(RecordError::BadRun(format!(
+                "runbook {} does not allow manual runs (triggers.manual is false)",
+                runbook.id()
+            )));
+        }
+        let params = runbook.resolve_params(&request.params).map_err(RecordError::BadRun)?;
+        let mut counters = self.counters(stage);
+        let id = IncidentId(counters.next_incident);
+        counters.next_incident += 1;
+        stage.counters = Some(counters);
+        let signal = Signal {
+            source: format!("remedyctl:{}", request.by),
+            key: ConditionKey { kind: ConditionKind::Runbook(runbook.id().to_owned()), target: format!("manual/{id}") },
+            severity: remedy_shared::Severity::Warning,
+            holds: true,
+            summary: format!("manual run of {} by {}", runbook.id(), request.by),
+            expires_at: None,
+            details: request.params.iter().map(|(k, v)| (format!("param.{k}"), v.clone())).collect(),
+        };
+        let Outcome::Changed { mut incident, mut entries, .. } = incident::apply_signal(None, &signal, id, now) else {
+            return Err(RecordError::BadRun("the manual run opened no incident".into()));
+        };
+        let mode = if request.dry_run { guard::Mode::DryRun } else { guard::Mode::Live };
+        let context = run_context(&incident, runbook, mode, AlertContext::default(), FindingContext::default(), params);
+        let run = RunRecord::new(id, runbook, mode, signal.summary.clone(), context, now);
+        incident.runbook = Some(runbook.id().to_owned());
+        incident.mttr_target_ms = Some(u64::try_from(runbook.mttr_target.as_millis()).unwrap_or(u64::MAX));
+        entries.push(TimelineEntry {
+            at: now,
+            kind: EntryKind::Runbook,
+            message: format!("runbook {} run by {} ({})", runbook.id(), request.by, mode),
+            details: std::collections::BTreeMap::from([
+                ("runbook".to_owned(), runbook.id().to_owned()),
+                ("mode".to_owned(), mode.to_string()),
+            ]),
+        });
+        self.metrics.incidents_opened.inc();
+        stage.batch.runs.push(run.clone());
+        stage.runs.insert(id, run);
+        self.stage_incident(stage, incident, entries);
+        Ok(id)
+    }
+
+    fn stage_transition(
+        &self,
+        stage: &mut Stage,
+        id: IncidentId,
+        change: impl FnOnce(&Incident) -> Result<(Incident, TimelineEntry), incident::TransitionError>,
+    ) -> Result<Incident, RecordError> {
+        let open = self.current(stage, id).ok_or(RecordError::NoOpenIncident(id))?;
+        let (incident, entry) = change(&open)?;
+        self.stage_incident(stage, incident.clone(), vec![entry]);
+        Ok(incident)
+    }
+
     fn stage_sweep(&self, stage: &mut Stage, now: Timestamp) {
+        let keys: Vec<(String, usize)> = self.sums.keys().cloned().collect();
+        for key in keys {
+            let Some(trigger) = self.catalog.get(&key.0).and_then(|r| r.triggers.findings.get(key.1)) else {
+                continue;
+            };
+            let Some(mut entry) = stage.sums.get(&key).or_else(|| self.sums.get(&key)).cloned() else {
+                continue;
+            };
+            let status = entry.0.evaluate(now);
+            self.stage_sum_status(stage, &key, &mut entry, trigger, status, now);
+            stage.sums.insert(key, entry);
+        }
         let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(ALERT_KEY_RETENTION.as_millis() as i64));
         stage
             .batch
@@ -500,6 +950,43 @@ impl Writer {
                 self.stage_incident(stage, incident, entries);
             }
         }
+    }
+}
+
+fn alert_context(alert: &Alert) -> AlertContext {
+    AlertContext {
+        name: alert.alertname.clone(),
+        status: alert.status.as_str().to_owned(),
+        starts_at: alert.starts_at_raw.clone(),
+        fingerprint: alert.fingerprint.clone(),
+        labels: alert.labels.clone(),
+        annotations: alert.annotations.clone(),
+    }
+}
+
+/// What a run's templates read, as it starts.
+fn run_context(
+    incident: &Incident,
+    runbook: &Runbook,
+    mode: guard::Mode,
+    alert: AlertContext,
+    finding: FindingContext,
+    params: std::collections::BTreeMap<String, String>,
+) -> TemplateContext {
+    TemplateContext {
+        incident: IncidentContext {
+            id: incident.id.to_string(),
+            started_at: incident.opened_at.to_string(),
+            priority: runbook.priority.to_string(),
+            runbook: runbook.id().to_owned(),
+            title: runbook.metadata.title.clone(),
+            summary: incident.summary.clone(),
+            mode: mode.to_string(),
+        },
+        alert,
+        finding,
+        params,
+        steps: Default::default(),
     }
 }
 

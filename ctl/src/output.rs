@@ -4,7 +4,7 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::views::{Agent, Finding, Incident, IncidentDetail};
+use crate::views::{Agent, Approval, Automation, Entry, Finding, Incident, IncidentDetail, Runbook};
 
 /// How to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +111,85 @@ impl Row for Incident {
     }
 }
 
+impl Row for Entry {
+    fn header(wide: bool) -> Vec<&'static str> {
+        if wide { vec!["TIME", "KIND", "STEP", "OUTCOME", "MESSAGE"] } else { vec!["TIME", "KIND", "MESSAGE"] }
+    }
+    fn cells(&self, wide: bool) -> Vec<String> {
+        if !wide {
+            return vec![or_dash(&self.at), self.kind.clone(), self.message.clone()];
+        }
+        let detail = |k: &str| self.details.get(k).cloned();
+        let outcome = match (detail("outcome").or_else(|| detail("status")), detail("rail")) {
+            (Some(o), Some(rail)) => format!("{o} ({rail})"),
+            (Some(o), None) => o,
+            (None, Some(rail)) => rail,
+            (None, None) => "-".into(),
+        };
+        vec![or_dash(&self.at), self.kind.clone(), or_dash(&detail("step")), outcome, self.message.clone()]
+    }
+}
+
+impl Row for Runbook {
+    fn header(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["ID", "PRIORITY", "MTTR", "MODE", "MANUAL", "STEPS", "TITLE"];
+        if wide {
+            h.extend(["REHEARSED STEPS", "SOURCE"]);
+        }
+        h
+    }
+    fn cells(&self, wide: bool) -> Vec<String> {
+        let mut c = vec![
+            self.id.clone(),
+            self.priority.clone(),
+            or_dash(&self.mttr_target),
+            self.mode.clone(),
+            self.manual.to_string(),
+            self.steps.len().to_string(),
+            self.title.clone(),
+        ];
+        if wide {
+            let rehearsed = if self.dry_run_steps.is_empty() { "-".into() } else { self.dry_run_steps.join(",") };
+            c.extend([rehearsed, self.source.clone()]);
+        }
+        c
+    }
+}
+
+impl Row for Approval {
+    fn header(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["KEY", "STATUS", "RUNBOOK", "ACTION", "EXPIRES", "REASON"];
+        if wide {
+            h.extend(["REQUESTED", "ANSWERED BY", "ANSWER"]);
+        }
+        h
+    }
+    fn cells(&self, wide: bool) -> Vec<String> {
+        let mut c = vec![
+            self.key.clone(),
+            self.status.clone(),
+            self.runbook_id.clone(),
+            self.action.clone(),
+            or_dash(&self.expires_at),
+            self.reason.clone(),
+        ];
+        if wide {
+            c.extend([or_dash(&self.requested_at), or_dash(&self.answered_by), or_dash(&self.answer_reason)]);
+        }
+        c
+    }
+}
+
+/// A cell on one line: a table row is one line, whatever the coordinator
+/// or a runbook author put in a message.
+fn one_line(cell: String) -> String {
+    if cell.chars().any(char::is_control) {
+        cell.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    } else {
+        cell
+    }
+}
+
 fn table<R: Row>(rows: &[R], wide: bool, with_header: bool) -> String {
     let mut t = Table::new();
     t.load_style(NOTHING).set_content_arrangement(ContentArrangement::Disabled);
@@ -118,7 +197,7 @@ fn table<R: Row>(rows: &[R], wide: bool, with_header: bool) -> String {
         t.set_header(R::header(wide));
     }
     for r in rows {
-        t.add_row(r.cells(wide));
+        t.add_row(r.cells(wide).into_iter().map(one_line).collect::<Vec<_>>());
     }
     // kubectl-style columns: flush left, three spaces apart.
     for column in t.column_iter_mut() {
@@ -154,29 +233,106 @@ pub fn print_watch_item<R: Row + Serialize>(fmt: Format, row: &R, header: bool) 
     Ok(())
 }
 
-/// Prints an incident with its timeline.
-pub fn print_incident(fmt: Format, incident: &IncidentDetail) -> anyhow::Result<()> {
-    if matches!(fmt, Format::Json | Format::Yaml) {
-        println!("{}", structured(fmt, incident)?);
-        return Ok(());
-    }
-    let i = &incident.incident;
-    println!("Incident:  {}", i.id);
-    println!("State:     {}", i.state);
-    println!("Severity:  {}", i.severity);
-    println!("Condition: {} on {}", i.kind, i.target);
-    println!("Summary:   {}", i.summary);
-    println!("Opened:    {}", or_dash(&i.opened_at));
-    println!("Resolved:  {}", or_dash(&i.resolved_at));
-    println!("Findings:  {}", i.finding_count);
-    println!("Timeline:");
-    for e in &incident.timeline {
-        println!("  {}  {:<9} {}", or_dash(&e.at), e.kind, e.message);
-        if fmt == Format::Wide {
-            for (k, v) in &e.details {
-                println!("      {k}: {v}");
-            }
-        }
+/// Prints one object: structured as asked, else as `human` writes it.
+pub fn print_one<T: Serialize>(fmt: Format, value: &T, human: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    match fmt {
+        Format::Json | Format::Yaml => println!("{}", structured(fmt, value)?),
+        Format::Table | Format::Wide => println!("{}", human(value)),
     }
     Ok(())
+}
+
+/// An incident with its timeline, for people.
+pub fn incident_text(incident: &IncidentDetail, wide: bool) -> String {
+    let i = &incident.incident;
+    let mut out = vec![
+        format!("Incident:    {}", i.id),
+        format!("State:       {}", i.state),
+        format!("Severity:    {}", i.severity),
+        format!("Condition:   {} on {}", i.kind, i.target),
+        format!("Summary:     {}", one_line(i.summary.clone())),
+        format!("Runbook:     {}", or_dash(&i.runbook_id)),
+        format!("MTTR target: {}", or_dash(&i.mttr_target)),
+        format!("Opened:      {}", or_dash(&i.opened_at)),
+        format!("Resolved:    {}", or_dash(&i.resolved_at)),
+        format!("Findings:    {}", i.finding_count),
+        "Timeline:".to_owned(),
+    ];
+    if wide {
+        // Every detail, under its entry.
+        for e in &incident.timeline {
+            out.push(format!("  {}  {:<12} {}", or_dash(&e.at), e.kind, one_line(e.message.clone())));
+            out.extend(e.details.iter().map(|(k, v)| format!("      {k}: {}", one_line(v.clone()))));
+        }
+    } else {
+        out.extend(timeline_table(&incident.timeline, false).lines().map(|l| format!("  {l}")));
+    }
+    out.join("\n")
+}
+
+/// Prints an incident with its timeline.
+pub fn print_incident(fmt: Format, incident: &IncidentDetail) -> anyhow::Result<()> {
+    print_one(fmt, incident, |i| incident_text(i, fmt == Format::Wide))
+}
+
+/// A timeline as a table: one line per entry, messages whole and last so
+/// long ones never push the other columns out of line.
+pub fn timeline_table(entries: &[Entry], wide: bool) -> String {
+    table(entries, wide, true)
+}
+
+/// A runbook for people: its header, steps (marking those that run as
+/// rehearsals), params and definition.
+pub fn runbook_text(r: &Runbook) -> String {
+    let mut out = vec![
+        format!("Runbook:     {}", r.id),
+        format!("Title:       {}", one_line(r.title.clone())),
+        format!("Priority:    {}", r.priority),
+        format!("MTTR target: {}", or_dash(&r.mttr_target)),
+        format!("Mode:        {}", r.mode),
+        format!("Manual:      {}", if r.manual { "yes (remedyctl run may start it)" } else { "no" }),
+        format!("Source:      {}", if r.source.is_empty() { "-" } else { r.source.as_str() }),
+        "Steps:".to_owned(),
+    ];
+    let width = r.steps.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+    for (n, step) in r.steps.iter().enumerate() {
+        let line = if r.dry_run_steps.contains(step) {
+            format!("  {:>2}. {step:<width$}   rehearsal: no actuator for its action here", n + 1)
+        } else {
+            format!("  {:>2}. {step}", n + 1)
+        };
+        out.push(line);
+    }
+    if r.params.is_empty() {
+        out.push("Params:      none".to_owned());
+    } else {
+        out.push("Params:".to_owned());
+        out.extend(r.params.iter().map(|(k, v)| format!("  {k} = {}", one_line(v.clone()))));
+    }
+    if let Some(definition) = &r.definition {
+        out.push("Definition:".to_owned());
+        out.extend(definition.trim_end().lines().map(|l| format!("  {l}")));
+    }
+    out.join("\n")
+}
+
+/// Automation's switches for people.
+pub fn automation_text(a: &Automation) -> String {
+    let mut out = Vec::new();
+    if a.paused {
+        out.push("Automation: paused (only notifications are sent)".to_owned());
+        out.push(format!("Paused by:  {}", or_dash(&a.paused_by)));
+        out.push(format!("Reason:     {}", a.pause_reason.as_deref().map_or("-".into(), |r| one_line(r.to_owned()))));
+        out.push(format!("Since:      {}", or_dash(&a.paused_since)));
+    } else {
+        out.push("Automation: running".to_owned());
+    }
+    if a.open_breakers.is_empty() {
+        out.push("Breakers:   none open".to_owned());
+    } else {
+        out.push("Breakers:   open".to_owned());
+        let width = a.open_breakers.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+        out.extend(a.open_breakers.iter().map(|(scope, why)| format!("  {scope:<width$}   {}", one_line(why.clone()))));
+    }
+    out.join("\n")
 }

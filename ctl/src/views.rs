@@ -2,6 +2,7 @@
 //! and YAML output are stable and readable.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use remedy_proto::v1 as pb;
 use remedy_shared::Timestamp;
@@ -9,6 +10,24 @@ use serde::Serialize;
 
 fn time(ms: i64) -> Option<String> {
     (ms != 0).then(|| Timestamp::from_millis(ms).to_string())
+}
+
+/// A duration the way runbooks write it: `5m`, `1h`, `90s`.
+pub fn short_duration(d: Duration) -> String {
+    match d.as_secs() {
+        0 if d.as_millis() > 0 => format!("{}ms", d.as_millis()),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn mttr(ms: u64) -> Option<String> {
+    (ms != 0).then(|| short_duration(Duration::from_millis(ms)))
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn severity(v: i32) -> String {
@@ -118,6 +137,10 @@ pub struct Incident {
     pub updated_at: Option<String>,
     pub resolved_at: Option<String>,
     pub finding_count: u64,
+    /// The runbook handling it, when one matched or a person ran one.
+    pub runbook_id: Option<String>,
+    /// The runbook's time-to-recovery target (`5m`), when it has one.
+    pub mttr_target: Option<String>,
 }
 
 impl From<pb::Incident> for Incident {
@@ -133,6 +156,8 @@ impl From<pb::Incident> for Incident {
             updated_at: time(i.updated_at_ms),
             resolved_at: time(i.resolved_at_ms),
             finding_count: i.finding_count,
+            runbook_id: non_empty(i.runbook_id),
+            mttr_target: mttr(i.mttr_target_ms),
         }
     }
 }
@@ -154,17 +179,112 @@ pub struct IncidentDetail {
     pub timeline: Vec<Entry>,
 }
 
+impl From<pb::TimelineEntry> for Entry {
+    fn from(e: pb::TimelineEntry) -> Self {
+        Entry { at: time(e.at_ms), kind: e.kind, message: e.message, details: e.details.into_iter().collect() }
+    }
+}
+
 impl From<pb::Incident> for IncidentDetail {
     fn from(mut i: pb::Incident) -> Self {
-        let timeline = std::mem::take(&mut i.timeline)
-            .into_iter()
-            .map(|e| Entry {
-                at: time(e.at_ms),
-                kind: e.kind,
-                message: e.message,
-                details: e.details.into_iter().collect(),
-            })
-            .collect();
+        let timeline = std::mem::take(&mut i.timeline).into_iter().map(Entry::from).collect();
         IncidentDetail { incident: Incident::from(i), timeline }
+    }
+}
+
+/// A runbook as the coordinator loaded it.
+#[derive(Debug, Serialize)]
+pub struct Runbook {
+    pub id: String,
+    pub title: String,
+    pub priority: String,
+    pub mttr_target: Option<String>,
+    pub mode: String,
+    pub manual: bool,
+    pub steps: Vec<String>,
+    /// Steps whose action has no actuator here: they run as rehearsals.
+    pub dry_run_steps: Vec<String>,
+    pub params: BTreeMap<String, String>,
+    pub source: String,
+    /// The YAML definition (`runbooks show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+}
+
+impl From<pb::Runbook> for Runbook {
+    fn from(r: pb::Runbook) -> Self {
+        Runbook {
+            id: r.id,
+            title: r.title,
+            priority: r.priority,
+            mttr_target: mttr(r.mttr_target_ms),
+            mode: r.mode,
+            manual: r.manual,
+            steps: r.steps,
+            dry_run_steps: r.dry_run_steps,
+            params: r.params.into_iter().collect(),
+            source: r.source,
+            definition: non_empty(r.definition),
+        }
+    }
+}
+
+/// A request for a person to approve one execution of one step.
+#[derive(Debug, Serialize)]
+pub struct Approval {
+    /// `INC-000042/step#1`: what `approvals approve` and `deny` accept.
+    pub key: String,
+    pub incident_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    pub runbook_id: String,
+    pub action: String,
+    pub reason: String,
+    pub status: String,
+    pub requested_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub answered_by: Option<String>,
+    pub answer_reason: Option<String>,
+}
+
+impl From<pb::Approval> for Approval {
+    fn from(a: pb::Approval) -> Self {
+        Approval {
+            key: format!("{}/{}#{}", a.incident_id, a.step_id, a.attempt),
+            incident_id: a.incident_id,
+            step_id: a.step_id,
+            attempt: a.attempt,
+            runbook_id: a.runbook_id,
+            action: a.action,
+            reason: a.reason,
+            status: a.status,
+            requested_at: time(a.requested_at_ms),
+            expires_at: time(a.expires_at_ms),
+            answered_by: non_empty(a.answered_by),
+            answer_reason: non_empty(a.answer_reason),
+        }
+    }
+}
+
+/// Automation's switches: the global pause and the open breakers.
+#[derive(Debug, Serialize)]
+pub struct Automation {
+    pub paused: bool,
+    pub paused_by: Option<String>,
+    pub pause_reason: Option<String>,
+    pub paused_since: Option<String>,
+    /// Scope (`global`, `runbook/<id>`) -> why it opened.
+    pub open_breakers: BTreeMap<String, String>,
+}
+
+impl From<pb::Automation> for Automation {
+    fn from(a: pb::Automation) -> Self {
+        Automation {
+            paused: a.paused,
+            paused_by: non_empty(a.paused_by),
+            pause_reason: non_empty(a.pause_reason),
+            paused_since: time(a.paused_since_ms),
+            open_breakers: a.open_breakers.into_iter().collect(),
+        }
     }
 }

@@ -180,6 +180,8 @@ pub fn incident_to_proto(i: &Incident, timeline: &[TimelineEntry]) -> pb::Incide
         resolved_at_ms: i.resolved_at.map_or(0, Timestamp::as_millis),
         finding_count: i.finding_count,
         timeline: timeline.iter().map(entry_to_proto).collect(),
+        runbook_id: i.runbook.clone().unwrap_or_default(),
+        mttr_target_ms: i.mttr_target_ms.unwrap_or(0),
     }
 }
 

@@ -66,6 +66,11 @@ fn first_line(s: &str) -> String {
     line.trim_start_matches("error: ").to_owned()
 }
 
+/// Writes a duration the way configuration reads it: `30s`, `5m`, `1h 30m`.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 /// Parses a human duration such as `500ms`, `30s`, `2m`, `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
@@ -86,7 +91,7 @@ pub mod duration {
 
     /// Writes the humantime form.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+        s.serialize_str(&super::format_duration(*d))
     }
 }
 

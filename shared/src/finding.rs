@@ -208,6 +208,9 @@ pub enum ConditionKind {
     Finding(FindingKind),
     /// An Alertmanager alert with this `alertname`.
     Alert(String),
+    /// A runbook's own condition: a manual run, or a trigger aggregated
+    /// across nodes, which no single finding or alert stands for.
+    Runbook(String),
 }
 
 impl fmt::Display for ConditionKind {
@@ -215,6 +218,7 @@ impl fmt::Display for ConditionKind {
         match self {
             ConditionKind::Finding(kind) => f.write_str(kind.as_str()),
             ConditionKind::Alert(name) => f.write_str(name),
+            ConditionKind::Runbook(id) => write!(f, "runbook {id}"),
         }
     }
 }

@@ -88,6 +88,25 @@ pub enum EntryKind {
     Expired,
     /// The incident was resolved.
     Resolved,
+    /// A runbook run started, finished, or was interrupted; a step was
+    /// skipped.
+    Runbook,
+    /// The guard rails' decision on an action, allowed or refused, with why.
+    Decision,
+    /// An action was recorded (its idempotency key) and started.
+    Action,
+    /// An action's result, with its evidence.
+    Result,
+    /// A verification check and its outcome.
+    Verification,
+    /// People were asked to take over.
+    Escalated,
+    /// A person acknowledged the incident.
+    Acknowledged,
+    /// An approval was asked for, granted, denied or expired.
+    Approval,
+    /// The incident's time to recovery neared or passed its target.
+    Mttr,
 }
 
 impl EntryKind {
@@ -99,6 +118,15 @@ impl EntryKind {
             EntryKind::Cleared => "cleared",
             EntryKind::Expired => "expired",
             EntryKind::Resolved => "resolved",
+            EntryKind::Runbook => "runbook",
+            EntryKind::Decision => "decision",
+            EntryKind::Action => "action",
+            EntryKind::Result => "result",
+            EntryKind::Verification => "verification",
+            EntryKind::Escalated => "escalated",
+            EntryKind::Acknowledged => "acknowledged",
+            EntryKind::Approval => "approval",
+            EntryKind::Mttr => "mttr",
         }
     }
 }
@@ -127,9 +155,16 @@ pub struct Incident {
     /// Sources whose latest finding says the condition holds, with when that
     /// finding expires (`None`: never).
     pub active_sources: BTreeMap<String, Option<Timestamp>>,
+    /// The runbook handling it, once one matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<String>,
+    /// The runbook's time-to-recovery target, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mttr_target_ms: Option<u64>,
 }
 
 /// The result of applying a finding.
+#[allow(clippy::large_enum_variant)] // built once per signal and consumed at once; boxing buys nothing
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The incident, new or changed, and the entries to append to its timeline
@@ -252,6 +287,8 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 resolved_at: None,
                 finding_count: 1,
                 active_sources: BTreeMap::from([(source.to_owned(), signal.expires_at)]),
+                runbook: None,
+                mttr_target_ms: None,
             };
             let entry = TimelineEntry {
                 at: now,
@@ -493,4 +530,92 @@ mod tests {
         assert_eq!("42".parse::<IncidentId>(), Ok(IncidentId(42)));
         assert!("INC-x".parse::<IncidentId>().is_err());
     }
+}
+
+/// Why a person's command on an incident was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The incident is already resolved.
+    #[error("{0} is already resolved")]
+    Closed(IncidentId),
+    /// The incident is already in the state asked for.
+    #[error("{0} is already {1}")]
+    Already(IncidentId, &'static str),
+}
+
+impl IncidentState {
+    /// The snake_case name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Triggered => "triggered",
+            IncidentState::Acknowledged => "acknowledged",
+            IncidentState::Mitigating => "mitigating",
+            IncidentState::Resolved => "resolved",
+            IncidentState::Escalated => "escalated",
+        }
+    }
+}
+
+/// A person acknowledges the incident: they are on it. Automation goes on.
+pub fn acknowledge(open: &Incident, by: &str, now: Timestamp) -> Result<(Incident, TimelineEntry), TransitionError> {
+    match open.state {
+        IncidentState::Resolved => return Err(TransitionError::Closed(open.id)),
+        IncidentState::Acknowledged => return Err(TransitionError::Already(open.id, "acknowledged")),
+        _ => {}
+    }
+    let mut incident = open.clone();
+    incident.state = IncidentState::Acknowledged;
+    incident.updated_at = now;
+    let entry = TimelineEntry {
+        at: now,
+        kind: EntryKind::Acknowledged,
+        message: format!("acknowledged by {by}"),
+        details: BTreeMap::from([("by".to_owned(), by.to_owned())]),
+    };
+    Ok((incident, entry))
+}
+
+/// A person (or a passed verification) declares the incident over, whatever
+/// its sources still say.
+pub fn resolve(
+    open: &Incident,
+    by: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(Incident, TimelineEntry), TransitionError> {
+    if open.state.is_closed() {
+        return Err(TransitionError::Closed(open.id));
+    }
+    let mut incident = open.clone();
+    incident.state = IncidentState::Resolved;
+    incident.resolved_at = Some(now);
+    incident.updated_at = now;
+    let mut message = format!("resolved by {by}");
+    if !reason.is_empty() {
+        message.push_str(": ");
+        message.push_str(reason);
+    }
+    let entry = TimelineEntry {
+        at: now,
+        kind: EntryKind::Resolved,
+        message,
+        details: BTreeMap::from([("by".to_owned(), by.to_owned())]),
+    };
+    Ok((incident, entry))
+}
+
+/// Moves an open incident to `state` as automation progresses
+/// (mitigating, escalated). An acknowledged incident stays acknowledged
+/// while automation works (a person holds it); escalation always shows.
+pub fn progress(open: &Incident, state: IncidentState, now: Timestamp) -> Option<Incident> {
+    if open.state.is_closed() || open.state == state {
+        return None;
+    }
+    if open.state == IncidentState::Acknowledged && state == IncidentState::Mitigating {
+        return None;
+    }
+    let mut incident = open.clone();
+    incident.state = state;
+    incident.updated_at = now;
+    Some(incident)
 }

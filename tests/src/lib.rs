@@ -5,3 +5,4 @@
 
 pub mod cluster;
 pub mod procs;
+pub mod world;

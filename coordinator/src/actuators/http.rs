@@ -48,6 +48,22 @@ struct HttpParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ProbeParams {
+    #[serde(default = "get")]
+    method: String,
+    url: String,
+    #[serde(default = "ok_status")]
+    expected_status: u16,
+    #[serde(default, with = "opt_duration")]
+    timeout: Option<Duration>,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NotifyParams {
     url: String,
     message: String,
@@ -89,6 +105,10 @@ fn prepare(call: &ActionCall) -> Result<Prepared, String> {
             let body = serde_json::json!({ "text": p.message, "incident_id": call.incident_id });
             ("POST".to_owned(), p.url, Some(body), Default::default(), None, p.timeout)
         }
+        "probe_http" => {
+            let p: ProbeParams = serde_json::from_value(params).map_err(|e| format!("probe_http parameters: {e}"))?;
+            (p.method, p.url, None, Default::default(), Some(p.expected_status), p.timeout)
+        }
         _ => {
             let p: HttpParams = serde_json::from_value(params).map_err(|e| format!("http parameters: {e}"))?;
             (p.method, p.url, p.body, p.headers, p.expected_status, p.timeout)
@@ -107,7 +127,7 @@ fn prepare(call: &ActionCall) -> Result<Prepared, String> {
 #[tonic::async_trait]
 impl Actuator for HttpActuator {
     fn kinds(&self) -> &'static [&'static str] {
-        &["http", "notify"]
+        &["http", "notify", "probe_http"]
     }
 
     async fn execute(&self, call: &ActionCall) -> ActionReport {
@@ -119,7 +139,9 @@ impl Actuator for HttpActuator {
         if call.dry_run {
             return ActionReport::new(ActionStatus::DryRun, format!("would send {target}")).with("request", &target);
         }
+        let probe = call.kind == "probe_http";
         let mut request = self.client.request(p.method, p.url).timeout(p.timeout);
+        let started = std::time::Instant::now();
         for (k, v) in &p.headers {
             request = request.header(k, v);
         }
@@ -133,18 +155,22 @@ impl Actuator for HttpActuator {
                     ActionStatus::TimedOut,
                     format!("{target}: no answer within {:?}", p.timeout),
                 )
-                .with("request", &target);
+                .with("request", &target)
+                .with("ok", false);
             }
             Err(e) => {
                 let mut cause: &dyn std::error::Error = &e;
                 while let Some(next) = cause.source() {
                     cause = next;
                 }
-                return ActionReport::new(ActionStatus::Failed, format!("{target}: {cause}")).with("request", &target);
+                return ActionReport::new(ActionStatus::Failed, format!("{target}: {cause}"))
+                    .with("request", &target)
+                    .with("ok", false);
             }
         };
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
+        let latency_ms = started.elapsed().as_millis();
+        let body = if probe { String::new() } else { response.text().await.unwrap_or_default() };
         let mut snippet: String = body.chars().take(MAX_EVIDENCE_BODY).collect();
         if snippet.len() < body.len() {
             snippet.push('…');
@@ -159,7 +185,9 @@ impl Actuator for HttpActuator {
         } else {
             ActionReport::new(ActionStatus::Failed, format!("{target} answered {status}, expected {expectation}"))
         };
-        report.with("request", &target).with("status", status).with("body", snippet)
+        let report =
+            report.with("request", &target).with("status", status).with("ok", ok).with("latency_ms", latency_ms);
+        if probe { report } else { report.with("body", snippet) }
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use remedy_shared::incident::{Incident, IncidentId, TimelineEntry};
+use remedy_shared::run::RunRecord;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,6 +19,11 @@ const TIMELINE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("timel
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Alert notification key -> when it was recorded (Unix ms).
 const ALERT_KEYS: TableDefinition<&str, i64> = TableDefinition::new("alert_keys");
+/// Incident number -> its runbook run.
+const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+/// Named documents: the guard rails' memory.
+const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+const GUARD_STATE: &str = "guard_state";
 
 const NEXT_INCIDENT: &str = "next_incident";
 const NEXT_OWN_SEQUENCE: &str = "next_own_sequence";
@@ -43,6 +49,8 @@ impl EmbeddedStore {
             txn.open_table(TIMELINE).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
             txn.open_table(ALERT_KEYS).map_err(backend)?;
+            txn.open_table(RUNS).map_err(backend)?;
+            txn.open_table(DOCUMENTS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
@@ -87,7 +95,18 @@ impl Store for EmbeddedStore {
             let (key, at) = row.map_err(backend)?;
             alert_keys.push((key.value().to_owned(), remedy_shared::Timestamp::from_millis(at.value())));
         }
-        Ok(Loaded { agents, open_incidents, counters, alert_keys })
+        let open_ids: std::collections::HashSet<u64> = open_incidents.iter().map(|i| i.id.0).collect();
+        let mut runs = Vec::new();
+        for row in txn.open_table(RUNS).map_err(backend)?.iter().map_err(backend)? {
+            let (id, value) = row.map_err(backend)?;
+            let run: RunRecord = decode("runs", value.value())?;
+            if open_ids.contains(&id.value()) || !run.status.is_finished() {
+                runs.push(run);
+            }
+        }
+        let documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+        let guard = documents.get(GUARD_STATE).map_err(backend)?.map(|v| decode("documents", v.value())).transpose()?;
+        Ok(Loaded { agents, open_incidents, counters, alert_keys, runs, guard })
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -125,6 +144,14 @@ impl Store for EmbeddedStore {
             }
             for key in &batch.forgotten_alert_keys {
                 keys.remove(key.as_str()).map_err(backend)?;
+            }
+            let mut runs = txn.open_table(RUNS).map_err(backend)?;
+            for run in &batch.runs {
+                runs.insert(run.incident_id.0, encode(run).as_slice()).map_err(backend)?;
+            }
+            if let Some(guard) = &batch.guard {
+                let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+                documents.insert(GUARD_STATE, encode(guard).as_slice()).map_err(backend)?;
             }
             if let Some(c) = batch.counters {
                 meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
@@ -182,6 +209,12 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(out)
+    }
+
+    fn get_run(&self, id: IncidentId) -> Result<Option<RunRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(RUNS).map_err(backend)?;
+        table.get(id.0).map_err(backend)?.map(|v| decode("runs", v.value())).transpose()
     }
 
     fn get_incident(&self, id: IncidentId) -> Result<Option<(Incident, Vec<TimelineEntry>)>, StoreError> {
@@ -249,6 +282,23 @@ mod tests {
         };
         let mut tracker = SequenceTracker::default();
         tracker.record(1).unwrap();
+        let runbook = remedy_shared::runbook::parse_runbook(
+            "r.yaml",
+            "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {id: R, title: t}\npriority: P1\nmttr_target: 5m\n\
+             triggers: {manual: true}\nsteps: [{id: s, notify: {webhook: w, message: m}}]\nescalation: {policy: p}\n",
+        )
+        .unwrap();
+        let mut run = RunRecord::new(
+            IncidentId(1),
+            &runbook,
+            remedy_shared::guard::Mode::Live,
+            "t".into(),
+            Default::default(),
+            Timestamp::from_millis(5),
+        );
+        run.record_intent("s", Timestamp::from_millis(6));
+        let mut guard = remedy_shared::guard::GuardState::new();
+        guard.pause("ops", "maintenance", Timestamp::from_millis(7));
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             let batch = WriteBatch {
@@ -275,6 +325,8 @@ mod tests {
                 counters: Some(Counters { next_incident: 2, next_own_sequence: 1 }),
                 alert_keys: vec![("f|firing|t".into(), Timestamp::from_millis(5))],
                 forgotten_alert_keys: vec![],
+                runs: vec![run.clone()],
+                guard: Some(guard.clone()),
             };
             store.commit(&batch).unwrap();
         }
@@ -284,6 +336,9 @@ mod tests {
         assert_eq!(loaded.alert_keys, vec![("f|firing|t".to_owned(), Timestamp::from_millis(5))]);
         assert_eq!(loaded.open_incidents, vec![incident]);
         assert_eq!(loaded.agents[0].tracker.contiguous(), 1);
+        assert_eq!(loaded.runs, vec![run.clone()], "the run and its recorded step survive a restart");
+        assert_eq!(loaded.guard, Some(guard), "the pause survives a restart");
+        assert_eq!(store.get_run(IncidentId(1)).unwrap(), Some(run));
         let (_, timeline) = store.get_incident(IncidentId(1)).unwrap().unwrap();
         assert_eq!(timeline.len(), 1);
         let page = store.list_findings(&FindingQuery { limit: 10, ..Default::default() }).unwrap();

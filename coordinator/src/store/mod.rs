@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use remedy_shared::Timestamp;
 use remedy_shared::finding::Finding;
+use remedy_shared::guard::GuardState;
 use remedy_shared::incident::{Incident, IncidentId, TimelineEntry};
+use remedy_shared::run::RunRecord;
 use remedy_shared::sequence::SequenceTracker;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +80,11 @@ pub struct Loaded {
     pub counters: Counters,
     /// Alert notifications already recorded, with when.
     pub alert_keys: Vec<(String, Timestamp)>,
+    /// Runs not finished, and the runs of open incidents.
+    pub runs: Vec<RunRecord>,
+    /// What the guard rails remember (cooldowns, budgets, breakers,
+    /// approvals, the pause), as of the last commit.
+    pub guard: Option<GuardState>,
 }
 
 /// One atomic write.
@@ -97,6 +104,10 @@ pub struct WriteBatch {
     pub alert_keys: Vec<(String, Timestamp)>,
     /// Alert notification keys past their retention.
     pub forgotten_alert_keys: Vec<String>,
+    /// Runs created or changed.
+    pub runs: Vec<RunRecord>,
+    /// The guard rails' memory, when it changed.
+    pub guard: Option<GuardState>,
 }
 
 impl WriteBatch {
@@ -109,6 +120,8 @@ impl WriteBatch {
             && self.counters.is_none()
             && self.alert_keys.is_empty()
             && self.forgotten_alert_keys.is_empty()
+            && self.runs.is_empty()
+            && self.guard.is_none()
     }
 }
 
@@ -157,6 +170,8 @@ pub trait Store: Send + Sync + 'static {
     fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError>;
     /// Incidents, newest first.
     fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError>;
+    /// The runbook run of an incident, if it has one.
+    fn get_run(&self, id: IncidentId) -> Result<Option<RunRecord>, StoreError>;
     /// One incident and its timeline.
     fn get_incident(&self, id: IncidentId) -> Result<Option<(Incident, Vec<TimelineEntry>)>, StoreError>;
     /// Every known agent.

@@ -61,6 +61,8 @@
 //! 8. **Repeat cap** per (runbook, target) within its window: at the cap,
 //!    [`Decision::Escalate`] instead of acting again.
 //! 9. **Budgets**, in policy order: actions, targets, percentage of a pool.
+//!    Free kinds (`free_kinds`: evidence and `notify`) skip 7 to 9 and are
+//!    not counted: budgets limit change, not looking or telling people.
 //! 10. **Approval**: asked last, so a person is only asked about an action
 //!     every other rail would let through, and never kept waiting for one
 //!     the rails would refuse anyway. (The list puts approval before
@@ -329,6 +331,9 @@ fn repeat_cap(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest,
 }
 
 fn budgets(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest, now: Timestamp) -> Rail {
+    if policy.is_free(&request.action_kind) {
+        return Ok(());
+    }
     let units = request.units();
     for budget in policy.budgets.iter().filter(|b| b.applies_to(&request.runbook_id, &request.action_kind)) {
         let scope = match budget.scope {
@@ -339,6 +344,7 @@ fn budgets(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest, no
             .actions()
             .iter()
             .filter(|a| visible(a.mode, request.mode) && within(a.at, budget.window, now))
+            .filter(|a| !policy.is_free(&a.action_kind))
             .filter(|a| match &scope {
                 Scope::Global => true,
                 Scope::Runbook(id) => &a.runbook_id == id,

@@ -36,6 +36,12 @@ pub struct GuardPolicy {
     /// Per runbook id: cooldown and repeat cap overrides (they win over the
     /// per-kind ones).
     pub runbooks: BTreeMap<String, RailOverrides>,
+    /// Action kinds that only look or tell people (default: the evidence
+    /// kinds and `notify`): no cooldown, no repeat cap, and budgets neither
+    /// count nor limit them, since budgets exist to limit change and a
+    /// verification that probes every 10 seconds must not spend them. Every
+    /// other rail still applies.
+    pub free_kinds: BTreeSet<String>,
     /// Action kinds that still pass during a global pause or with a breaker
     /// open (default `notify`: telling people must work precisely when
     /// automation has stopped). Every other rail still applies to them.
@@ -57,11 +63,20 @@ impl Default for GuardPolicy {
         GuardPolicy {
             cooldown: Duration::from_secs(5 * 60),
             repeat: RepeatPolicy::default(),
-            kinds: BTreeMap::from([(
-                "notify".to_owned(),
-                RailOverrides { cooldown: Some(Duration::ZERO), repeat_max: Some(0), ..RailOverrides::default() },
-            )]),
+            kinds: BTreeMap::new(),
             runbooks: BTreeMap::new(),
+            free_kinds: [
+                "notify",
+                "probe_http",
+                "agent_snapshot",
+                "pg_select1",
+                "redis_ping",
+                "list_pods",
+                "list_services",
+            ]
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect(),
             pause_exempt_kinds: BTreeSet::from(["notify".to_owned()]),
             budgets: vec![
                 Budget {
@@ -434,6 +449,9 @@ impl Default for ApprovalPolicy {
 impl GuardPolicy {
     /// The cooldown for `action_kind` actions by `runbook_id`.
     pub fn cooldown_for(&self, runbook_id: &str, action_kind: &str) -> Duration {
+        if self.is_free(action_kind) {
+            return Duration::ZERO;
+        }
         self.runbooks
             .get(runbook_id)
             .and_then(|o| o.cooldown)
@@ -444,6 +462,9 @@ impl GuardPolicy {
     /// The repeat cap (0: none) and its window for `action_kind` actions by
     /// `runbook_id`.
     pub fn repeat_for(&self, runbook_id: &str, action_kind: &str) -> RepeatPolicy {
+        if self.is_free(action_kind) {
+            return RepeatPolicy { max: 0, window: self.repeat.window };
+        }
         let by_runbook = self.runbooks.get(runbook_id);
         let by_kind = self.kinds.get(action_kind);
         let max = by_runbook
@@ -455,6 +476,12 @@ impl GuardPolicy {
             .or_else(|| by_kind.and_then(|o| o.repeat_window))
             .unwrap_or(self.repeat.window);
         RepeatPolicy { max, window }
+    }
+
+    /// Whether `action_kind` only looks or tells people (see
+    /// [`GuardPolicy::free_kinds`]).
+    pub fn is_free(&self, action_kind: &str) -> bool {
+        self.free_kinds.contains(action_kind)
     }
 
     /// The overrides that apply to `action_kind` actions by `runbook_id`:

@@ -943,3 +943,29 @@ fn extreme_inputs_do_not_panic() {
     let capacity = scale(u32::MAX, 0, Some(u32::MAX), Some(0));
     let _ = evaluate(&p, &s, &capacity, at(0));
 }
+
+#[test]
+fn free_kinds_have_no_cooldown_and_spend_no_budget() {
+    let policy = GuardPolicy {
+        budgets: vec![Budget {
+            scope: BudgetScope::Global,
+            action_kind: None,
+            window: Duration::from_secs(3600),
+            max_actions: Some(1),
+            max_targets: None,
+            max_percent: None,
+        }],
+        ..GuardPolicy::default()
+    };
+    let mut state = GuardState::new();
+    let probe = request("probe_http", vec![TargetRef::new("url", "http://127.0.0.1:9/health")]);
+    for i in 0..5 {
+        let now = at(i);
+        let (decision, _) = decide(&policy, &mut state, &probe, now);
+        assert_eq!(decision, Decision::Allow, "probe {i}");
+        state.record_executed(&probe, now);
+    }
+    // The one change the budget allows is still there after five probes.
+    let change = request("http", vec![TargetRef::new("url", "http://127.0.0.1:9/reset")]);
+    assert_eq!(decide(&policy, &mut state, &change, at(6)).0, Decision::Allow);
+}

@@ -209,6 +209,11 @@ impl Runbook {
         &self.metadata.id
     }
 
+    /// The definition as YAML, as the coordinator understood it.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot be shown: {e}\n"))
+    }
+
     /// A step by id.
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id == id)

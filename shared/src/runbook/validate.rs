@@ -49,6 +49,7 @@ impl ActionCatalog {
         Self::every_kind(Availability::Later)
             .with(ActionKind::Http, Availability::Now)
             .with(ActionKind::Notify, Availability::Now)
+            .with(ActionKind::ProbeHttp, Availability::Now)
     }
 
     /// A catalog offering every kind with the same availability.

@@ -1,0 +1,780 @@
+//! The runbook engine: runs each incident's runbook, step by step, through
+//! the guard rails, and records everything on the incident's timeline.
+//!
+//! Runs arrive from the writer (see [`crate::recorder`]): a run is created
+//! in the same transaction as the signal that triggered it, and the runs
+//! found unfinished at start-up come first. For each step the engine:
+//!
+//! 1. evaluates its `when` condition on what the run knows (skips it, with a
+//!    timeline entry, when false or when it cannot be evaluated);
+//! 2. renders its parameters (strict templates: a missing value fails the
+//!    step, never sends a blank);
+//! 3. asks the guard rails, under one lock so two runs cannot both spend
+//!    the last of a budget, and records the decision with its reason;
+//! 4. records the step's idempotency key durably *before* the action runs,
+//!    so a coordinator that dies mid-action does not run it again after a
+//!    restart: the step is reported as interrupted and handled as a failure;
+//! 5. runs the action (for real, or as a rehearsal in dry-run and shadow, or
+//!    when no actuator performs its kind here yet) and records the result.
+//!
+//! Verification repeats its checks until they pass or the deadline passes;
+//! then the runbook escalates (or retries, if it says so, up to its
+//! `max_attempts`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use remedy_shared::Timestamp;
+use remedy_shared::guard::{self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Mode};
+use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
+use remedy_shared::run::{self, Catalog, RunRecord, RunStatus};
+use remedy_shared::runbook::{Action, ActionClass, AfterFailure, AgentTarget, OnFailure, Renderer, Runbook, Step};
+use tokio::sync::Notify;
+
+use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
+use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate, now};
+use crate::registry::Registry;
+
+/// How people are reached: named webhooks, and which of them each
+/// escalation policy tells.
+#[derive(Debug, Clone, Default)]
+pub struct Contacts {
+    /// Webhook name -> URL.
+    pub webhooks: BTreeMap<String, String>,
+    /// Escalation policy name -> the webhooks it tells, in order.
+    pub escalation: BTreeMap<String, Vec<String>>,
+}
+
+/// The engine; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    catalog: Arc<Catalog>,
+    policy: GuardPolicy,
+    actuators: Actuators,
+    recorder: Recorder,
+    registry: Arc<Registry>,
+    contacts: Contacts,
+    guard: Mutex<GuardState>,
+    /// Woken when an approval is answered.
+    answered: Notify,
+    /// Incidents whose run is being driven now.
+    driving: Mutex<HashSet<IncidentId>>,
+}
+
+/// Why an admin request on the engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The approval cannot be answered (unknown, answered, expired).
+    #[error("{0}")]
+    Approval(#[from] guard::ApprovalError),
+    /// Nothing to do (already paused, not paused).
+    #[error("{0}")]
+    Nothing(String),
+    /// The writer refused.
+    #[error("{0}")]
+    Record(#[from] RecordError),
+}
+
+/// How a step ended, for what follows.
+enum StepEnd {
+    Done,
+    Skipped,
+    Failed(String),
+    Escalate(String),
+}
+
+/// Longest an action may take when its parameters say nothing.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+impl Engine {
+    /// An engine over `catalog`, with the global `policy` tightened by each
+    /// runbook's own settings, and the rails' memory as last persisted.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        base_policy: &GuardPolicy,
+        actuators: Actuators,
+        recorder: Recorder,
+        registry: Arc<Registry>,
+        contacts: Contacts,
+        guard: Option<GuardState>,
+    ) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                policy: catalog.policy(base_policy),
+                catalog,
+                actuators,
+                recorder,
+                registry,
+                contacts,
+                guard: Mutex::new(guard.unwrap_or_default()),
+                answered: Notify::new(),
+                driving: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// Drives every run the writer feeds, each in its own task, until
+    /// `stopped`. A run in progress when the coordinator stops resumes at
+    /// the next start from what was persisted.
+    pub async fn drive(self, mut feed: RunFeed, stopped: impl Future<Output = ()>) {
+        tokio::pin!(stopped);
+        loop {
+            let run = tokio::select! {
+                run = feed.recv() => match run { Some(run) => run, None => return },
+                () = &mut stopped => return,
+            };
+            if !lock(&self.inner.driving).insert(run.incident_id) {
+                continue;
+            }
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let id = run.incident_id;
+                let driver = Driver { inner: inner.clone() };
+                if let Err(e) = driver.run(run).await {
+                    tracing::error!(incident = %id, error = %e, "run stopped: its state could not be recorded");
+                }
+                lock(&inner.driving).remove(&id);
+            });
+        }
+    }
+
+    /// Opens an incident for a person's run of a runbook; the run starts as
+    /// soon as it is committed.
+    pub async fn run_manual(&self, request: ManualRun) -> Result<IncidentId, RecordError> {
+        self.inner.recorder.manual_run(request).await
+    }
+
+    /// The rails' memory now (pause, breakers, approvals).
+    pub fn guard(&self) -> GuardState {
+        lock(&self.inner.guard).clone()
+    }
+
+    /// The policy in force, runbook settings included.
+    pub fn policy(&self) -> &GuardPolicy {
+        &self.inner.policy
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// Stops all automation except telling people, until [`Engine::resume`].
+    pub async fn pause(&self, by: &str, reason: &str) -> Result<(), EngineError> {
+        let snapshot = {
+            let mut g = lock(&self.inner.guard);
+            if !g.pause(by, reason, now()) {
+                return Err(EngineError::Nothing("automation is already paused".into()));
+            }
+            g.clone()
+        };
+        tracing::warn!(by, reason, "automation paused");
+        self.inner.recorder.run_update(RunUpdate { guard: Some(snapshot), ..RunUpdate::default() }).await?;
+        Ok(())
+    }
+
+    /// Lets automation act again.
+    pub async fn resume(&self, by: &str) -> Result<(), EngineError> {
+        let snapshot = {
+            let mut g = lock(&self.inner.guard);
+            if g.resume().is_none() {
+                return Err(EngineError::Nothing("automation is not paused".into()));
+            }
+            g.clone()
+        };
+        tracing::warn!(by, "automation resumed");
+        self.inner.recorder.run_update(RunUpdate { guard: Some(snapshot), ..RunUpdate::default() }).await?;
+        Ok(())
+    }
+
+    /// Closes the breaker of `scope` so automation in it acts again.
+    pub async fn reset_breaker(&self, scope: &guard::Scope, by: &str) -> Result<(), EngineError> {
+        let snapshot = {
+            let mut g = lock(&self.inner.guard);
+            if g.reset_breaker(scope, now()).is_none() {
+                return Err(EngineError::Nothing(format!("the {scope} breaker is not open")));
+            }
+            g.clone()
+        };
+        tracing::warn!(%scope, by, "breaker reset");
+        self.inner.recorder.run_update(RunUpdate { guard: Some(snapshot), ..RunUpdate::default() }).await?;
+        Ok(())
+    }
+
+    /// The steps and checks of `runbook` that have no actuator here and so
+    /// run as rehearsals.
+    pub fn rehearsed_steps(&self, runbook: &Runbook) -> Vec<String> {
+        let steps = runbook.steps.iter().map(|s| (&s.id, s.kind()));
+        let checks = runbook.verification.iter().flat_map(|v| v.checks.iter().map(|c| (&c.id, c.action.kind())));
+        steps
+            .chain(checks)
+            .filter(|(_, k)| !self.inner.actuators.available(k.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A person answers an approval request: `Some(reason)` denies it.
+    pub async fn answer(&self, key: &ApprovalKey, by: &str, deny: Option<&str>) -> Result<(), EngineError> {
+        let at = now();
+        let (snapshot, message) = {
+            let mut g = lock(&self.inner.guard);
+            let message = match deny {
+                None => {
+                    let until = g.grant_approval(&self.inner.policy, key, by, at)?;
+                    format!("{key} approved by {by}, usable until {until}")
+                }
+                Some(reason) => {
+                    g.deny_approval(key, by, reason, at)?;
+                    format!("{key} denied by {by}: {reason}")
+                }
+            };
+            (g.clone(), message)
+        };
+        let entry = TimelineEntry {
+            at,
+            kind: EntryKind::Approval,
+            message,
+            details: BTreeMap::from([("by".to_owned(), by.to_owned()), ("key".to_owned(), key.to_string())]),
+        };
+        self.inner
+            .recorder
+            .run_update(RunUpdate {
+                incident: Some(key.incident_id),
+                entries: vec![entry],
+                guard: Some(snapshot),
+                ..RunUpdate::default()
+            })
+            .await?;
+        self.inner.answered.notify_waiters();
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks is always left consistent; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn entry(kind: EntryKind, message: impl Into<String>, details: BTreeMap<String, String>) -> TimelineEntry {
+    TimelineEntry { at: now(), kind, message: message.into(), details }
+}
+
+fn step_details(run: &RunRecord, step_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("runbook".to_owned(), run.runbook_id.clone()),
+        ("step".to_owned(), step_id.to_owned()),
+        ("attempt".to_owned(), run.attempt.to_string()),
+    ])
+}
+
+/// One run's driver.
+struct Driver {
+    inner: Arc<Inner>,
+}
+
+impl Driver {
+    async fn save(
+        &self,
+        run: &mut RunRecord,
+        entries: Vec<TimelineEntry>,
+        state: Option<IncidentState>,
+    ) -> Result<(), RecordError> {
+        run.updated_at = now();
+        self.inner
+            .recorder
+            .run_update(RunUpdate { run: Some(run.clone()), state, entries, ..RunUpdate::default() })
+            .await
+    }
+
+    async fn save_with_guard(&self, run: &mut RunRecord, entries: Vec<TimelineEntry>) -> Result<(), RecordError> {
+        run.updated_at = now();
+        let guard = Some(lock(&self.inner.guard).clone());
+        self.inner
+            .recorder
+            .run_update(RunUpdate { run: Some(run.clone()), entries, guard, ..RunUpdate::default() })
+            .await
+    }
+
+    async fn run(&self, mut run: RunRecord) -> Result<(), RecordError> {
+        let Some(runbook) = self.inner.catalog.get(&run.runbook_id).cloned() else {
+            let message = format!("runbook {} is no longer in the catalog; people take over", run.runbook_id);
+            return self.escalate(&mut run, None, message).await;
+        };
+        if run.status == RunStatus::Pending {
+            run.status = RunStatus::Running;
+            let message = format!("runbook {} started ({}, attempt {})", runbook.id(), run.mode, run.attempt);
+            let details = BTreeMap::from([("mode".to_owned(), run.mode.to_string())]);
+            self.save(&mut run, vec![entry(EntryKind::Runbook, message, details)], Some(IncidentState::Mitigating))
+                .await?;
+            if runbook.escalation.page_on_open {
+                self.tell_people(&mut run, &runbook, "opened; automation is working on it").await?;
+            }
+        }
+        if let Some(interrupted) = run.interrupted().cloned() {
+            // Recorded, never reported done: the coordinator stopped while
+            // it ran. Its effect is unknown, so it is not run again.
+            run.record_outcome(&interrupted.key, "interrupted", now());
+            let message = format!(
+                "step {} ({}) was started but its end was never recorded (the coordinator stopped); not run again",
+                interrupted.step_id, interrupted.key
+            );
+            let details = step_details(&run, &interrupted.step_id);
+            self.save(&mut run, vec![entry(EntryKind::Result, message, details)], None).await?;
+            let position = runbook.steps.iter().position(|s| s.id == interrupted.step_id);
+            match (position, runbook.step(&interrupted.step_id).map(Step::on_failure)) {
+                (Some(i), Some(on_failure @ (OnFailure::Next | OnFailure::Continue))) => {
+                    run.next_step = run.next_step.max(i + 1);
+                    if on_failure == OnFailure::Next {
+                        run.failures.push(format!("step {} was interrupted", interrupted.step_id));
+                    }
+                }
+                (Some(_), Some(OnFailure::Escalate)) => {
+                    let why = format!("step {} was interrupted and its outcome is unknown", interrupted.step_id);
+                    return self.escalate(&mut run, Some(&runbook), why).await;
+                }
+                // A verification check: verification starts over.
+                _ => {}
+            }
+        }
+        loop {
+            if run.status == RunStatus::Running {
+                while run.next_step < runbook.steps.len() {
+                    if !self.still_open(&mut run).await? {
+                        return Ok(());
+                    }
+                    let step = &runbook.steps[run.next_step];
+                    let end = self.step(&mut run, &runbook, step).await?;
+                    run.next_step += 1;
+                    match end {
+                        StepEnd::Done | StepEnd::Skipped => {}
+                        StepEnd::Failed(_) if step.on_failure() == OnFailure::Continue => {}
+                        StepEnd::Failed(why) if step.on_failure() == OnFailure::Next => run.failures.push(why),
+                        StepEnd::Failed(why) | StepEnd::Escalate(why) => {
+                            return self.escalate(&mut run, Some(&runbook), why).await;
+                        }
+                    }
+                    self.save(&mut run, Vec::new(), None).await?;
+                }
+                run.status = RunStatus::Verifying;
+                self.save(&mut run, Vec::new(), None).await?;
+            }
+            match self.verify(&mut run, &runbook).await? {
+                Verified::Yes => return self.succeed(&mut run, &runbook).await,
+                Verified::Cancelled => return Ok(()),
+                Verified::No(why) => {
+                    let retry = runbook.escalation.after_failure == AfterFailure::Retry
+                        && run.attempt < runbook.guard_rails.max_attempts;
+                    if !retry {
+                        return self.escalate(&mut run, Some(&runbook), why).await;
+                    }
+                    run.attempt += 1;
+                    run.next_step = 0;
+                    run.failures.clear();
+                    run.status = RunStatus::Running;
+                    let message = format!("{why}; trying again (attempt {})", run.attempt);
+                    self.save(&mut run, vec![entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
+                }
+            }
+        }
+    }
+
+    /// Whether the incident is still open; cancels the run if not.
+    async fn still_open(&self, run: &mut RunRecord) -> Result<bool, RecordError> {
+        if self.inner.recorder.open_incident(run.incident_id).await?.is_some() {
+            return Ok(true);
+        }
+        run.status = RunStatus::Cancelled;
+        let message = format!("runbook {} stopped: the incident was resolved", run.runbook_id);
+        self.save(run, vec![entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
+        Ok(false)
+    }
+
+    async fn step(&self, run: &mut RunRecord, runbook: &Runbook, step: &Step) -> Result<StepEnd, RecordError> {
+        if let Some(when) = &step.when {
+            let skip = match when.evaluate(&run.context.to_json()) {
+                Ok(true) => None,
+                Ok(false) => Some(format!("step {} skipped: `{}` is false", step.id, when.as_str())),
+                Err(e) => Some(format!("step {} skipped: `{}` cannot be evaluated: {e}", step.id, when.as_str())),
+            };
+            if let Some(message) = skip {
+                self.save(run, vec![entry(EntryKind::Runbook, message, step_details(run, &step.id))], None).await?;
+                return Ok(StepEnd::Skipped);
+            }
+        }
+        let destructive = step.is_destructive();
+        let approval = step.requires_approval(&runbook.guard_rails);
+        self.action(run, runbook, &step.id, &step.action, destructive, approval).await
+    }
+
+    /// Renders, weighs, records and runs one action; its result joins
+    /// `steps.<id>`.
+    async fn action(
+        &self,
+        run: &mut RunRecord,
+        runbook: &Runbook,
+        step_id: &str,
+        action: &Action,
+        destructive: bool,
+        requires_approval: bool,
+    ) -> Result<StepEnd, RecordError> {
+        let details = step_details(run, step_id);
+        let rendered = match Renderer::new().render_action(action, &run.context) {
+            Ok(a) => a,
+            Err(e) => {
+                let message = format!("step {step_id} not run: {e}");
+                self.save(run, vec![entry(EntryKind::Result, message.clone(), details)], None).await?;
+                return Ok(StepEnd::Failed(message));
+            }
+        };
+        let kind = rendered.kind();
+        let evidence = kind.class() == ActionClass::Evidence;
+        let (call_params, unavailable) = self.call_params(&rendered);
+        let mode = run::step_mode(run.mode, runbook.guard_rails.mode, unavailable.is_none());
+        let incident = self.inner.recorder.open_incident(run.incident_id).await?;
+        let agents = self.agents(&rendered, incident.as_ref());
+        let request = ActionRequest {
+            runbook_id: run.runbook_id.clone(),
+            incident_id: run.incident_id,
+            step_id: step_id.to_owned(),
+            attempt: run.attempt,
+            action_kind: kind.as_str().to_owned(),
+            targets: run::targets(&rendered, &agents),
+            destructive,
+            requires_approval,
+            capacity: run::capacity(&rendered, None),
+            population: None,
+            trigger_still_holds: Some(incident.as_ref().is_some_and(|i| !i.active_sources.is_empty())),
+            mode,
+        };
+        if let Some(end) = self.weigh(run, &request).await? {
+            return Ok(end);
+        }
+        // The idempotency key is durable before the action starts.
+        let key = run.key_for(step_id);
+        if !run.record_intent(step_id, now()) {
+            let message = format!("step {step_id} ({key}) already ran; not run again");
+            self.save(run, vec![entry(EntryKind::Result, message, details)], None).await?;
+            return Ok(StepEnd::Done);
+        }
+        let mut started = details.clone();
+        started.insert("key".into(), key.clone());
+        started.insert("mode".into(), mode.to_string());
+        let message = format!("{}{} started", mode_prefix(mode), request.describe());
+        self.save_with_guard(run, vec![entry(EntryKind::Action, message, started)]).await?;
+
+        let report = match (&unavailable, mode) {
+            (Some(why), _) => {
+                ActionReport::new(ActionStatus::DryRun, format!("would have run {}: {why}", request.describe()))
+            }
+            // Looking changes nothing: evidence is gathered in every mode, so
+            // a rehearsal decides its conditions on real data.
+            (None, _) if evidence => self.call(run, step_id, kind.as_str(), call_params, false).await,
+            (None, Mode::Live) => self.call(run, step_id, kind.as_str(), call_params, false).await,
+            (None, _) => self.call(run, step_id, kind.as_str(), call_params, true).await,
+        };
+        run.record_outcome(&key, report.status.as_str(), now());
+        run.context.steps.insert(step_id.to_owned(), evidence_json(&report));
+        let failed = matches!(report.status, ActionStatus::Failed | ActionStatus::TimedOut | ActionStatus::Invalid);
+        let mut entries = Vec::new();
+        let mut result = details;
+        result.insert("key".into(), key);
+        result.insert("status".into(), report.status.as_str().to_owned());
+        for (k, v) in &report.evidence {
+            result.insert(format!("evidence.{k}"), v.clone());
+        }
+        entries.push(entry(EntryKind::Result, format!("{}: {}", report.status.as_str(), report.message), result));
+        if failed && !evidence {
+            let events = lock(&self.inner.guard).record_failure(&self.inner.policy, &request, &report.message, now());
+            entries.extend(events.iter().map(|e| entry(EntryKind::Decision, e.to_string(), BTreeMap::new())));
+        }
+        self.save_with_guard(run, entries).await?;
+        Ok(if failed { StepEnd::Failed(format!("step {step_id}: {}", report.message)) } else { StepEnd::Done })
+    }
+
+    /// Asks the rails; waits for a person when approval is needed. `None`
+    /// means go ahead (the execution is already counted).
+    async fn weigh(&self, run: &mut RunRecord, request: &ActionRequest) -> Result<Option<StepEnd>, RecordError> {
+        let mut last_outcome = "";
+        loop {
+            let at = now();
+            let (decision, events) = {
+                let mut g = lock(&self.inner.guard);
+                let (decision, events) = guard::decide(&self.inner.policy, &mut g, request, at);
+                if decision.is_allowed() || matches!(decision, Decision::WouldNeedApproval { .. }) {
+                    g.record_executed(request, at);
+                }
+                (decision, events)
+            };
+            // While waiting for a person the same decision comes back on
+            // every wake-up; the timeline gets it once.
+            if decision.outcome() != last_outcome || !events.is_empty() {
+                let note = decision.note(request);
+                let mut entries =
+                    vec![TimelineEntry { at, kind: EntryKind::Decision, message: note.message, details: note.details }];
+                entries.extend(events.iter().map(|e| entry(EntryKind::Approval, e.to_string(), BTreeMap::new())));
+                self.save_with_guard(run, entries).await?;
+            }
+            last_outcome = decision.outcome();
+            match decision {
+                Decision::Allow | Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(None),
+                Decision::Refuse(refusal) => return Ok(Some(StepEnd::Failed(format!("refused: {refusal}")))),
+                Decision::Escalate(why) => return Ok(Some(StepEnd::Escalate(why.to_string()))),
+                Decision::NeedsApproval { expires_at, .. } => {
+                    if !self.still_open(run).await? {
+                        return Ok(Some(StepEnd::Skipped));
+                    }
+                    self.await_answer(expires_at).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until an approval is answered somewhere, or `until` passes.
+    async fn await_answer(&self, until: Timestamp) {
+        let wait = Duration::from_millis(u64::try_from(until.as_millis() - now().as_millis()).unwrap_or(0));
+        // Bounded by the request's expiry; re-checked at least every minute
+        // so a resolved incident does not keep a waiting task.
+        let wait = wait.min(Duration::from_secs(60));
+        let _ = tokio::time::timeout(wait, self.inner.answered.notified()).await;
+    }
+
+    /// The parameters an actuator receives, and why the action cannot run
+    /// for real here (no actuator, an unconfigured webhook).
+    fn call_params(&self, action: &Action) -> (serde_json::Value, Option<String>) {
+        let kind = action.kind().as_str();
+        if !self.inner.actuators.available(kind) {
+            return (serde_json::Value::Null, Some(format!("no actuator performs `{kind}` in this release")));
+        }
+        match action {
+            Action::Notify(n) => match self.inner.contacts.webhooks.get(&n.webhook) {
+                Some(url) => {
+                    let message = match &n.title {
+                        Some(title) => format!("{title}\n{}", n.message),
+                        None => n.message.clone(),
+                    };
+                    (serde_json::json!({ "url": url, "message": message }), None)
+                }
+                None => (serde_json::Value::Null, Some(format!("webhook `{}` is not configured", n.webhook))),
+            },
+            other => {
+                let json = serde_json::to_value(other).unwrap_or_default();
+                (json.get(kind).cloned().unwrap_or_default(), None)
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        run: &RunRecord,
+        step_id: &str,
+        kind: &str,
+        params: serde_json::Value,
+        dry_run: bool,
+    ) -> ActionReport {
+        let call = ActionCall {
+            incident_id: run.incident_id.to_string(),
+            step_id: step_id.to_owned(),
+            kind: kind.to_owned(),
+            params,
+            dry_run,
+            deadline: DEFAULT_DEADLINE,
+        };
+        // The actuators bound their own calls; this bounds a misbehaving one.
+        match tokio::time::timeout(DEFAULT_DEADLINE + Duration::from_secs(5), self.inner.actuators.execute(&call)).await
+        {
+            Ok(report) => report,
+            Err(_) => {
+                ActionReport::new(ActionStatus::TimedOut, format!("{kind} did not finish within {DEFAULT_DEADLINE:?}"))
+            }
+        }
+    }
+
+    /// The connected agents an action addresses.
+    fn agents(&self, action: &Action, incident: Option<&Incident>) -> Vec<String> {
+        let Some(target) = run::agent_target(action) else {
+            return Vec::new();
+        };
+        let connected = self.inner.registry.connected();
+        match target {
+            AgentTarget::All => connected.into_iter().map(|(id, _)| id).collect(),
+            AgentTarget::Node(node) => connected.into_iter().filter(|(_, n)| n == node).map(|(id, _)| id).collect(),
+            AgentTarget::Reporting => {
+                let reporting: HashSet<&String> =
+                    incident.map(|i| i.active_sources.keys().collect()).unwrap_or_default();
+                connected.into_iter().filter(|(id, _)| reporting.contains(id)).map(|(id, _)| id).collect()
+            }
+        }
+    }
+
+    async fn verify(&self, run: &mut RunRecord, runbook: &Runbook) -> Result<Verified, RecordError> {
+        let Some(verification) = &runbook.verification else {
+            // Nothing to check against: steps that failed are the verdict.
+            if run.failures.is_empty() {
+                return Ok(Verified::Yes);
+            }
+            return Ok(Verified::No(format!("no verification, and steps failed: {}", run.failures.join("; "))));
+        };
+        // A check that can only be rehearsed proves nothing: say so now
+        // rather than wait out the deadline.
+        let blind: Vec<String> = verification
+            .checks
+            .iter()
+            .filter(|c| !self.inner.actuators.available(c.action.kind().as_str()))
+            .map(|c| format!("{} ({})", c.id, c.action.kind().as_str()))
+            .collect();
+        if !blind.is_empty() {
+            let why = format!("verification cannot run here: no actuator for {}", blind.join(", "));
+            self.save(run, vec![entry(EntryKind::Verification, why.clone(), BTreeMap::new())], None).await?;
+            return Ok(Verified::No(why));
+        }
+        let deadline = now().plus(verification.within);
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            if !self.still_open(run).await? {
+                return Ok(Verified::Cancelled);
+            }
+            let mut failing = Vec::new();
+            for check in &verification.checks {
+                if let Some(why) = self.check(run, runbook, check, round).await? {
+                    failing.push(why);
+                }
+            }
+            if failing.is_empty() {
+                let message = format!("verification passed (round {round})");
+                self.save(run, vec![entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
+                return Ok(Verified::Yes);
+            }
+            let message = format!("verification round {round} not passed: {}", failing.join("; "));
+            self.save(run, vec![entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
+            if now().plus(verification.interval) > deadline {
+                return Ok(Verified::No(format!(
+                    "verification did not pass within {}",
+                    remedy_shared::config::format_duration(verification.within)
+                )));
+            }
+            tokio::time::sleep(verification.interval).await;
+        }
+    }
+
+    /// One round of one check; `Some(why)` when it did not pass.
+    async fn check(
+        &self,
+        run: &mut RunRecord,
+        runbook: &Runbook,
+        check: &remedy_shared::runbook::Check,
+        round: u32,
+    ) -> Result<Option<String>, RecordError> {
+        let id = check.id.as_str();
+        // Rounds are attempts of the check, so each has its own key.
+        let attempt = run.attempt;
+        run.attempt = attempt.saturating_mul(1000).saturating_add(round);
+        let end = self.action(run, runbook, id, &check.action, false, false).await?;
+        run.attempt = attempt;
+        if let StepEnd::Failed(why) | StepEnd::Escalate(why) = end {
+            return Ok(Some(why));
+        }
+        let Some(expect) = &check.expect else {
+            return Ok(None);
+        };
+        Ok(match expect.evaluate(&run.context.to_json()) {
+            Ok(true) => None,
+            Ok(false) => Some(format!("{id}: `{}` is false", expect.as_str())),
+            Err(e) => Some(format!("{id}: `{}` cannot be evaluated: {e}", expect.as_str())),
+        })
+    }
+
+    async fn succeed(&self, run: &mut RunRecord, runbook: &Runbook) -> Result<(), RecordError> {
+        run.status = RunStatus::Succeeded;
+        let incident = self.inner.recorder.open_incident(run.incident_id).await?;
+        // A person's run has no signal that will clear it; an alert or a
+        // finding clears the incident itself when it ends.
+        let only_people =
+            incident.as_ref().is_some_and(|i| i.active_sources.keys().all(|s| s.starts_with("remedyctl:")));
+        let message = format!("runbook {} finished: every step ran and verification passed", runbook.id());
+        let update = RunUpdate {
+            run: Some(run.clone()),
+            entries: vec![entry(EntryKind::Runbook, message, BTreeMap::new())],
+            resolve: only_people.then(|| format!("runbook {}", runbook.id())),
+            ..RunUpdate::default()
+        };
+        self.inner.recorder.run_update(update).await
+    }
+
+    async fn escalate(&self, run: &mut RunRecord, runbook: Option<&Runbook>, why: String) -> Result<(), RecordError> {
+        run.status = RunStatus::Escalated;
+        let policy = runbook.map(|r| r.escalation.policy.clone()).unwrap_or_default();
+        let details = BTreeMap::from([("policy".to_owned(), policy.clone()), ("reason".to_owned(), why.clone())]);
+        let message = format!("escalated to {policy}: {why}");
+        self.save(run, vec![entry(EntryKind::Escalated, message, details)], Some(IncidentState::Escalated)).await?;
+        if let Some(runbook) = runbook {
+            self.tell_people(run, runbook, &format!("needs people: {why}")).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the runbook's escalation policy's webhooks, each as a `notify`
+    /// action through the rails (exempt from pause and budgets).
+    async fn tell_people(&self, run: &mut RunRecord, runbook: &Runbook, what: &str) -> Result<(), RecordError> {
+        let policy = &runbook.escalation.policy;
+        let Some(webhooks) = self.inner.contacts.escalation.get(policy).cloned() else {
+            let message = format!("escalation policy `{policy}` has no contacts configured; nobody was told");
+            self.save(run, vec![entry(EntryKind::Escalated, message, BTreeMap::new())], None).await?;
+            return Ok(());
+        };
+        for webhook in webhooks {
+            let action = Action::Notify(remedy_shared::runbook::Notify {
+                webhook: webhook.clone(),
+                title: Some(format!("[{}] {} {}", runbook.priority, run.incident_id, runbook.metadata.title)),
+                message: format!("{} {what}", run.incident_id),
+            });
+            // Pages are their own steps, keyed by the moment they are sent.
+            let step_id = format!("page_{webhook}_{}", run.intents.len());
+            self.action(run, runbook, &step_id, &action, false, false).await?;
+        }
+        Ok(())
+    }
+}
+
+enum Verified {
+    Yes,
+    No(String),
+    Cancelled,
+}
+
+fn mode_prefix(mode: Mode) -> String {
+    match mode {
+        Mode::Live => String::new(),
+        other => format!("[{other}] "),
+    }
+}
+
+/// An action's evidence as `steps.<id>`: numbers and booleans typed, so
+/// conditions compare them as such; `ok` says whether the action succeeded.
+fn evidence_json(report: &ActionReport) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in &report.evidence {
+        let value = match v.as_str() {
+            "true" => serde_json::Value::Bool(true),
+            "false" => serde_json::Value::Bool(false),
+            text => match text.parse::<f64>() {
+                Ok(n) if n.is_finite() => serde_json::json!(n),
+                _ => serde_json::Value::String(text.to_owned()),
+            },
+        };
+        map.insert(k.clone(), value);
+    }
+    // A rehearsal gathered nothing: `ok` stays undefined, so a condition on
+    // it says it cannot be evaluated rather than read a failure into it.
+    if report.status != ActionStatus::DryRun {
+        map.entry("ok").or_insert(serde_json::Value::Bool(report.status == ActionStatus::Succeeded));
+    }
+    map.insert("status_text".into(), serde_json::Value::String(report.status.as_str().to_owned()));
+    serde_json::Value::Object(map)
+}

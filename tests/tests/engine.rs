@@ -1,0 +1,412 @@
+//! The runbook engine end to end, with real processes: the coordinator
+//! binary with the seed catalog, driven by Alertmanager version 4 payloads
+//! and manual runs, acting on a local HTTP server that plays the platform
+//! and its webhooks. Every address is on loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use remedy_e2e::procs::{Coordinator, eventually, http_request};
+use remedy_e2e::world::{World, alert_payload};
+use remedy_proto::v1 as pb;
+
+/// The hosts the seed catalog names, all redirected to the world server so
+/// no test traffic leaves loopback.
+const SEED_HOSTS: &[&str] = &[
+    "http://saas-idp-api.saas-idp-production.svc:8080",
+    "http://auth-service.saas-idp-production.svc:8080",
+    "http://api-gateway.saas-idp-production.svc:8080",
+];
+
+/// Copies the seed catalog to `dir`, pointing its URLs at the world.
+fn seed_catalog(dir: &Path, world: &World) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/runbooks");
+    let target = dir.join("runbooks");
+    std::fs::create_dir_all(&target).expect("create the catalog directory");
+    for entry in std::fs::read_dir(&source).expect("read deploy/runbooks") {
+        let path = entry.expect("a catalog entry").path();
+        let mut text = std::fs::read_to_string(&path).expect("read a seed runbook");
+        for host in SEED_HOSTS {
+            text = text.replace(host, &world.url());
+        }
+        assert!(!text.contains(".svc"), "{} still names a cluster address", path.display());
+        std::fs::write(target.join(path.file_name().expect("a file name")), text).expect("write a runbook");
+    }
+    target
+}
+
+/// A coordinator configuration whose webhooks all point at the world.
+fn config(dir: &Path, world: &World, extra: &str) -> PathBuf {
+    let hooks = ["status-page", "executives", "customer-notifications", "oncall", "security-slack"];
+    let mut text = String::from("webhooks:\n");
+    for hook in hooks {
+        text.push_str(&format!("  {hook}: {}/hooks/{hook}\n", world.url()));
+    }
+    text.push_str("escalation_policies:\n");
+    for policy in ["p0-chain", "p1-chain", "p2-chain", "security-chain", "test-chain"] {
+        text.push_str(&format!("  {policy}: {{notify: [oncall]}}\n"));
+    }
+    text.push_str(extra);
+    let path = dir.join("coordinator.yaml");
+    std::fs::write(&path, text).expect("write the coordinator configuration");
+    path
+}
+
+async fn start(dir: &Path, world: &World, runbooks: &Path, extra_config: &str) -> Coordinator {
+    let config = config(dir, world, extra_config);
+    let args =
+        ["--config", config.to_str().unwrap_or_default(), "--runbooks-dir", runbooks.to_str().unwrap_or_default()];
+    Coordinator::start_with(&dir.join("coordinator"), &args).await
+}
+
+async fn post_alert(coordinator: &Coordinator, payload: &str) {
+    let (code, body) =
+        http_request(coordinator.http, "POST", "/api/v1/alertmanager", Some(payload)).await.expect("post an alert");
+    assert!((200..300).contains(&code), "the webhook answered {code}: {body}");
+}
+
+async fn incident_for(coordinator: &Coordinator, runbook: &str) -> pb::Incident {
+    let mut admin = coordinator.admin().await;
+    eventually(&format!("an incident handled by {runbook}"), Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let list = admin
+                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+                .await
+                .ok()?
+                .into_inner();
+            list.incidents.into_iter().find(|i| i.runbook_id == runbook)
+        }
+    })
+    .await;
+    let list = admin
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+        .await
+        .expect("list incidents")
+        .into_inner();
+    let mut ours: Vec<pb::Incident> = list.incidents.into_iter().filter(|i| i.runbook_id == runbook).collect();
+    assert_eq!(ours.len(), 1, "exactly one incident for {runbook}: {ours:?}");
+    ours.remove(0)
+}
+
+async fn timeline(coordinator: &Coordinator, id: &str) -> Vec<pb::TimelineEntry> {
+    let mut admin = coordinator.admin().await;
+    admin
+        .get_incident(pb::GetIncidentRequest { id: id.to_owned() })
+        .await
+        .expect("get the incident")
+        .into_inner()
+        .timeline
+}
+
+fn finished(entries: &[pb::TimelineEntry]) -> bool {
+    entries.iter().any(|e| (e.kind == "runbook" && e.message.contains("finished")) || e.kind == "escalated")
+}
+
+/// Waits until the incident's run is over (finished or escalated).
+async fn run_end(coordinator: &Coordinator, id: &str) -> Vec<pb::TimelineEntry> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let entries = timeline(coordinator, id).await;
+        if finished(&entries) {
+            return entries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the run of {id} did not end:\n{}", show(&entries));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn show(entries: &[pb::TimelineEntry]) -> String {
+    entries.iter().map(|e| format!("  [{}] {} {:?}\n", e.kind, e.message, e.details)).collect()
+}
+
+/// Entries about one step.
+fn about<'a>(entries: &'a [pb::TimelineEntry], step: &str) -> Vec<&'a pb::TimelineEntry> {
+    entries.iter().filter(|e| e.details.get("step").map(String::as_str) == Some(step)).collect()
+}
+
+fn now_rfc3339() -> String {
+    remedy_shared::Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default(),
+    )
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    let catalog = seed_catalog(dir.path(), &world);
+    let coordinator = start(dir.path(), &world, &catalog, "").await;
+    let started = now_rfc3339();
+
+    // P0-001, delivered five times (Alertmanager retries): one incident, one
+    // action.
+    let payload = alert_payload("P0_SystemDown", &[("severity", "critical")], "firing", &started);
+    for _ in 0..5 {
+        post_alert(&coordinator, &payload).await;
+    }
+    let p0 = incident_for(&coordinator, "P0-001").await;
+    let entries = run_end(&coordinator, &p0.id).await;
+    let log = show(&entries);
+    assert!(entries.iter().any(|e| e.kind == "runbook" && e.message.contains("matched alert P0_SystemDown")), "{log}");
+    assert!(entries.iter().any(|e| e.kind == "verification" && e.message.contains("passed")), "{log}");
+    assert!(entries.iter().any(|e| e.message.contains("runbook P0-001 finished")), "{log}");
+    let resets = world.requests("POST", "/admin/circuit-breaker/reset");
+    assert_eq!(resets.len(), 1, "five deliveries, one reset: {log}");
+    assert_eq!(resets[0].headers.get("x-remedy-incident"), Some(&p0.id), "the template filled the header");
+    let status_page = world.requests("POST", "/hooks/status-page");
+    assert_eq!(status_page.len(), 1);
+    assert!(status_page[0].body.contains(&p0.id), "{}", status_page[0].body);
+    assert!(!world.requests("POST", "/hooks/oncall").is_empty(), "page_on_open told the p0-chain");
+    // Scaling has no actuator in this release: it rehearses through the
+    // same rails, and without the current replicas the rails refuse it.
+    let scale = about(&entries, "scale_api");
+    assert!(scale.iter().any(|e| e.details.get("mode").map(String::as_str) == Some("dry_run")), "{log}");
+    assert!(scale.iter().any(|e| e.details.get("rail").map(String::as_str) == Some("missing_capacity")), "{log}");
+    // The database is only failed over when the API is still down.
+    assert!(about(&entries, "failover_database").iter().any(|e| e.message.contains("skipped")), "{log}");
+    // Every decision says why.
+    assert!(entries.iter().filter(|e| e.kind == "decision").all(|e| e.details.contains_key("outcome")), "{log}");
+
+    // The other seed runbooks, each from its own alert.
+    type Labels<'a> = &'a [(&'a str, &'a str)];
+    let others: &[(&str, &str, Labels)] = &[
+        ("P0-002", "P0_DatabaseDown", &[]),
+        ("P0-003", "P0_AuthenticationSystemDown", &[]),
+        ("P1-001", "P1_SeverePerformanceDegradation", &[]),
+        ("P1-002", "P1_HighErrorRate", &[]),
+        ("P2-001", "P2_HighResourceUsage", &[]),
+        ("SEC-001", "P1_BruteForceAttackDetected", &[("source_ip", "203.0.113.7"), ("users", "alice,bob")]),
+    ];
+    for (runbook, alert, labels) in others {
+        post_alert(&coordinator, &alert_payload(alert, labels, "firing", &started)).await;
+        let incident = incident_for(&coordinator, runbook).await;
+        let entries = run_end(&coordinator, &incident.id).await;
+        let log = show(&entries);
+        assert!(
+            entries.iter().any(|e| e.kind == "runbook" && e.message.contains(&format!("matched alert {alert}"))),
+            "{runbook}:\n{log}"
+        );
+        assert!(entries.iter().any(|e| e.kind == "decision"), "{runbook} decided nothing:\n{log}");
+        assert!(entries.iter().any(|e| e.kind == "result"), "{runbook} recorded no result:\n{log}");
+        assert!(incident.mttr_target_ms > 0, "{runbook} has its MTTR target");
+    }
+
+    // SEC-001 rehearses the block of the address the alert named, and tells
+    // the security team with it.
+    let sec = incident_for(&coordinator, "SEC-001").await;
+    let entries = timeline(&coordinator, &sec.id).await;
+    let log = show(&entries);
+    assert!(
+        about(&entries, "block_attacker")
+            .iter()
+            .any(|e| e.details.get("targets").is_some_and(|t| t == "ip/203.0.113.7")),
+        "{log}"
+    );
+    let told = world.requests("POST", "/hooks/security-slack");
+    assert_eq!(told.len(), 1, "{log}");
+    assert!(told[0].body.contains("203.0.113.7"));
+    // No agent is connected: a snapshot of all agents is an empty target set,
+    // refused, never "everyone".
+    assert!(
+        about(&entries, "auth_failures")
+            .iter()
+            .any(|e| e.details.get("rail").map(String::as_str) == Some("empty_target_set")),
+        "{log}"
+    );
+
+    // The alert's resolution resolves the incident.
+    post_alert(&coordinator, &alert_payload("P0_SystemDown", &[("severity", "critical")], "resolved", &started)).await;
+    eventually("P0-001's incident to resolve", Duration::from_secs(30), || async {
+        let mut admin = coordinator.admin().await;
+        let i = admin.get_incident(pb::GetIncidentRequest { id: p0.id.clone() }).await.ok()?.into_inner();
+        (i.state == pb::IncidentState::Resolved as i32).then_some(())
+    })
+    .await;
+}
+
+/// A runbook written for one test: a manual trigger and the given steps.
+fn runbook(dir: &Path, id: &str, steps: &str, rails: &str) -> PathBuf {
+    let target = dir.join("runbooks");
+    std::fs::create_dir_all(&target).expect("create the catalog directory");
+    let text = format!(
+        "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id} test}}\npriority: P2\nmttr_target: 10m\n\
+         triggers: {{manual: true}}\nsteps:\n{steps}escalation: {{policy: test-chain}}\n{rails}"
+    );
+    std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
+    target
+}
+
+async fn run_manual(coordinator: &Coordinator, runbook: &str, dry_run: bool) -> String {
+    let mut admin = coordinator.admin().await;
+    admin
+        .run_runbook(pb::RunRunbookRequest {
+            runbook_id: runbook.to_owned(),
+            params: Default::default(),
+            dry_run,
+            requested_by: "tester".into(),
+        })
+        .await
+        .expect("run the runbook")
+        .into_inner()
+        .incident_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_action_neither_repeats_nor_loses_the_step() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    let steps = format!(
+        "  - id: slow_reset\n    http: {{method: POST, url: '{0}/hang/reset', timeout: 60s}}\n    on_failure: next\n\
+         \x20 - id: after\n    http: {{method: POST, url: '{0}/after'}}\n",
+        world.url()
+    );
+    let catalog = runbook(dir.path(), "KILL", &steps, "");
+    let mut coordinator = start(dir.path(), &world, &catalog, "").await;
+    let id = run_manual(&coordinator, "KILL", false).await;
+    // The request is in flight: its idempotency key was recorded first.
+    world.wait_for("POST", "/hang/reset", 1).await;
+    coordinator.kill();
+    world.release_hung();
+    coordinator.restart().await;
+
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.message.contains("was started but its end was never recorded")
+                && e.message.contains("slow_reset")),
+        "the interrupted step is on the record:\n{log}"
+    );
+    assert_eq!(world.requests("POST", "/hang/reset").len(), 1, "not run twice:\n{log}");
+    assert_eq!(world.requests("POST", "/after").len(), 1, "the next step still ran once:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_rails_refuse_through_the_engine_in_live_and_dry_run_alike() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    let steps = format!(
+        "  - id: reset\n    http: {{method: POST, url: '{}/admin/reset'}}\n    on_failure: next\n",
+        world.url()
+    );
+    runbook(dir.path(), "COOL", &steps, "guard_rails: {cooldown: 1h}\n");
+    runbook(
+        dir.path(),
+        "BUDGET",
+        &steps.replace("/admin/reset", "/admin/budgeted"),
+        "guard_rails:\n  cooldown: 0s\n  budgets: [{actions: all, window: 1h, max_actions: 1}]\n",
+    );
+    let failing =
+        format!("  - id: broken\n    http: {{method: POST, url: '{}/fail/x'}}\n    on_failure: next\n", world.url());
+    let catalog = runbook(dir.path(), "BREAK", &failing, "guard_rails: {cooldown: 0s, max_attempts: 10}\n");
+    let approval = format!(
+        "  - id: gated\n    http: {{method: POST, url: '{}/admin/gated'}}\n    requires_approval: true\n    on_failure: next\n",
+        world.url()
+    );
+    runbook(dir.path(), "GATE", &approval, "guard_rails: {cooldown: 0s}\n");
+    runbook(
+        dir.path(),
+        "LAPSE",
+        &approval.replace("/admin/gated", "/admin/lapsed"),
+        "guard_rails: {approval_ttl: 1s}\n",
+    );
+    let coordinator = start(dir.path(), &world, &catalog, "").await;
+
+    let refusal = |entries: &[pb::TimelineEntry], step: &str| -> Option<String> {
+        // The last word on the step: a wait for approval comes before its end.
+        about(entries, step).iter().rev().find_map(|e| e.details.get("rail").cloned())
+    };
+
+    // Cooldown: the second run may not touch the same URL within the hour.
+    let first = run_manual(&coordinator, "COOL", false).await;
+    run_end(&coordinator, &first).await;
+    let second = run_manual(&coordinator, "COOL", false).await;
+    let entries = run_end(&coordinator, &second).await;
+    assert_eq!(refusal(&entries, "reset").as_deref(), Some("cooldown"), "{}", show(&entries));
+    assert_eq!(world.requests("POST", "/admin/reset").len(), 1);
+    // A rehearsal weighs the live history too: the same refusal, and nothing
+    // is sent.
+    let rehearsal = run_manual(&coordinator, "COOL", true).await;
+    let entries = run_end(&coordinator, &rehearsal).await;
+    assert_eq!(refusal(&entries, "reset").as_deref(), Some("cooldown"), "{}", show(&entries));
+    assert!(about(&entries, "reset").iter().any(|e| e.message.starts_with("[dry_run] refused")), "{}", show(&entries));
+    assert_eq!(world.requests("POST", "/admin/reset").len(), 1, "a rehearsal sends nothing");
+
+    // Budget: one action per hour for this runbook; the second is refused.
+    let a = run_manual(&coordinator, "BUDGET", false).await;
+    run_end(&coordinator, &a).await;
+    let b = run_manual(&coordinator, "BUDGET", false).await;
+    let entries = run_end(&coordinator, &b).await;
+    assert_eq!(refusal(&entries, "reset").as_deref(), Some("budget_exhausted"), "{}", show(&entries));
+    assert_eq!(world.requests("POST", "/admin/budgeted").len(), 1);
+
+    // Breaker: three failed actions open the runbook's breaker; the fourth
+    // run is refused until a person resets it.
+    for _ in 0..3 {
+        let id = run_manual(&coordinator, "BREAK", false).await;
+        run_end(&coordinator, &id).await;
+    }
+    let id = run_manual(&coordinator, "BREAK", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    assert_eq!(refusal(&entries, "broken").as_deref(), Some("breaker_open"), "{}", show(&entries));
+    assert_eq!(world.requests("POST", "/fail/x").len(), 3);
+    let dry = run_manual(&coordinator, "BREAK", true).await;
+    let entries = run_end(&coordinator, &dry).await;
+    assert_eq!(refusal(&entries, "broken").as_deref(), Some("breaker_open"), "dry-run shows the same refusal");
+    let mut admin = coordinator.admin().await;
+    admin
+        .reset_breaker(pb::ResetBreakerRequest { scope: "runbook/BREAK".into(), requested_by: "tester".into() })
+        .await
+        .expect("reset the breaker");
+    let id = run_manual(&coordinator, "BREAK", false).await;
+    run_end(&coordinator, &id).await;
+    assert_eq!(world.requests("POST", "/fail/x").len(), 4, "after the reset, automation acts again");
+
+    // Global pause: refused live and in dry-run, with who paused named.
+    admin
+        .pause_automation(pb::PauseAutomationRequest { requested_by: "tester".into(), reason: "freeze".into() })
+        .await
+        .expect("pause");
+    for dry_run in [false, true] {
+        let id = run_manual(&coordinator, "BUDGET", dry_run).await;
+        let entries = run_end(&coordinator, &id).await;
+        assert_eq!(refusal(&entries, "reset").as_deref(), Some("global_pause"), "{}", show(&entries));
+    }
+    admin.resume_automation(pb::ResumeAutomationRequest { requested_by: "tester".into() }).await.expect("resume");
+
+    // Approval: granted, the action runs once.
+    let id = run_manual(&coordinator, "GATE", false).await;
+    let pending = eventually("an approval request", Duration::from_secs(30), || {
+        let (mut admin, id) = (admin.clone(), id.clone());
+        async move {
+            let list = admin.list_approvals(pb::ListApprovalsRequest { all: false }).await.ok()?.into_inner();
+            list.approvals.into_iter().find(|a| a.incident_id == id)
+        }
+    })
+    .await;
+    admin
+        .answer_approval(pb::AnswerApprovalRequest {
+            incident_id: pending.incident_id.clone(),
+            step_id: pending.step_id.clone(),
+            attempt: pending.attempt,
+            approve: true,
+            requested_by: "lead".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("approve");
+    run_end(&coordinator, &id).await;
+    assert_eq!(world.requests("POST", "/admin/gated").len(), 1);
+
+    // Approval left unanswered: it expires, the action is refused.
+    let id = run_manual(&coordinator, "LAPSE", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    assert_eq!(refusal(&entries, "gated").as_deref(), Some("approval_expired"), "{}", show(&entries));
+    assert!(world.requests("POST", "/admin/lapsed").is_empty(), "an expired approval runs nothing");
+}
