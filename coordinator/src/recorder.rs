@@ -695,12 +695,25 @@ impl Writer {
         }
     }
 
-    fn stage_incident(&self, stage: &mut Stage, incident: Incident, entries: Vec<TimelineEntry>) {
+    fn stage_incident(&self, stage: &mut Stage, mut incident: Incident, mut entries: Vec<TimelineEntry>) {
         let still_open = !incident.state.is_closed();
+        // A late incident that closes clears the finding that said it was late.
+        let mut cleared = None;
+        if !still_open
+            && incident.mttr_status.is_some()
+            && let Some((closed, entry, finding)) = remedy_shared::run::mttr_check(&incident, incident.updated_at)
+        {
+            incident = closed;
+            entries.push(entry);
+            cleared = Some(finding);
+        }
         stage.batch.timeline.extend(entries.into_iter().map(|e| (incident.id, e)));
         stage.batch.incidents.push(incident.clone());
         stage.changed.push(incident.clone());
         stage.open.insert(incident.key.clone(), still_open.then_some(incident));
+        if let Some(finding) = cleared {
+            self.stage_own(stage, vec![finding], "", incident_now(&stage.batch));
+        }
     }
 
     /// The run of `id`, staged or committed.
@@ -938,6 +951,16 @@ impl Writer {
             .batch
             .forgotten_alert_keys
             .extend(self.alert_keys.iter().filter(|(_, at)| **at < cutoff).map(|(k, _)| k.clone()));
+        let late: Vec<(Incident, TimelineEntry, Finding)> = self
+            .open
+            .values()
+            .filter(|i| !stage.open.contains_key(&i.key))
+            .filter_map(|i| remedy_shared::run::mttr_check(i, now))
+            .collect();
+        for (incident, entry, finding) in late {
+            self.stage_incident(stage, incident, vec![entry]);
+            self.stage_own(stage, vec![finding], "", now);
+        }
         let due: Vec<Incident> = self
             .open
             .values()
@@ -988,6 +1011,12 @@ fn run_context(
         params,
         steps: Default::default(),
     }
+}
+
+/// The instant of the latest timeline entry staged, or the wall clock:
+/// what a clearing raised while staging another change is dated.
+fn incident_now(batch: &WriteBatch) -> Timestamp {
+    batch.timeline.last().map_or_else(now, |(_, e)| e.at)
 }
 
 /// The wall clock, as the domain's timestamp.

@@ -2,20 +2,24 @@
 
 #![forbid(unsafe_code)]
 
+mod client;
+mod engine;
+mod incidents;
 mod output;
 mod runbooks;
 mod views;
+mod who;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use remedy_proto::MAX_MESSAGE_BYTES;
+use clap::{CommandFactory, Parser, Subcommand};
 use remedy_proto::v1 as pb;
-use remedy_proto::v1::admin_service_client::AdminServiceClient;
-use tonic::transport::{Channel, Endpoint};
 
+use crate::client::Ctx;
+use crate::engine::{ApprovalCommand, ApprovalsArgs, BreakerCommand, RunArgs};
+use crate::incidents::Verb;
 use crate::output::Format;
+use crate::runbooks::RunbookCommand;
 
 #[derive(Debug, Parser)]
 #[command(name = "remedyctl", version, about = "Remedy's admin client")]
@@ -26,6 +30,10 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Who gives commands that change something (recorded on timelines);
+    /// default: $REMEDY_USER, else $USER, else the OS user name.
+    #[arg(long = "as", global = true, value_name = "NAME")]
+    as_user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,23 +68,45 @@ enum Command {
         #[command(subcommand)]
         command: IncidentCommand,
     },
-    /// Runbook definitions.
+    /// Acknowledges an open incident: a person is on it (automation goes on).
+    Ack {
+        /// Incident id, e.g. INC-000042.
+        id: String,
+    },
+    /// Resolves an open incident; its runbook run, if any, stops.
+    Resolve {
+        /// Incident id, e.g. INC-000042.
+        id: String,
+        /// Why (written on the timeline).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Runbooks: the coordinator's catalog, or files checked offline.
     #[command(alias = "runbook")]
     Runbooks {
         #[command(subcommand)]
         command: RunbookCommand,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum RunbookCommand {
-    /// Checks runbook files (or directories of them) offline, as the
-    /// coordinator of this release would load them, and says which steps
-    /// run in dry-run until their actuator arrives.
-    Validate {
-        /// Files or directories.
-        #[arg(required = true)]
-        paths: Vec<std::path::PathBuf>,
+    /// Runs a runbook now: opens an incident for it and starts its run.
+    Run(RunArgs),
+    /// Approval requests: list, approve, deny.
+    #[command(alias = "approval")]
+    Approvals(ApprovalsArgs),
+    /// Stops every action except notifications until `resume`.
+    Pause {
+        /// Why (shown to whoever finds automation paused).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lets automation act again after `pause`.
+    Resume,
+    /// Whether automation is paused (by whom, why, since when) and which
+    /// breakers are open.
+    Automation,
+    /// Circuit breakers.
+    Breaker {
+        #[command(subcommand)]
+        command: BreakerCommand,
     },
 }
 
@@ -87,10 +117,34 @@ enum IncidentCommand {
         /// Incident id, e.g. INC-000042.
         id: String,
     },
+    /// An incident's timeline: time, kind, message (details with -o wide,
+    /// json or yaml).
+    Timeline {
+        /// Incident id, e.g. INC-000042.
+        id: String,
+    },
+}
+
+impl Command {
+    /// Checks what clap cannot see one argument at a time, so such mistakes
+    /// are usage errors too.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Command::Run(args) => engine::params_map(&args.params).map(drop),
+            Command::Approvals(ApprovalsArgs {
+                command: Some(ApprovalCommand::Approve(target) | ApprovalCommand::Deny { target, .. }),
+                ..
+            }) => target.key().map(drop),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(problem) = cli.command.check() {
+        Cli::command().error(clap::error::ErrorKind::ValueValidation, problem).exit();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -107,92 +161,114 @@ fn main() -> ExitCode {
     }
 }
 
-/// Errors worded for the person at the terminal: no stack traces.
-fn explain(coordinator: &str, status: tonic::Status) -> anyhow::Error {
-    match status.code() {
-        tonic::Code::Unavailable => {
-            anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {}", status.message())
-        }
-        tonic::Code::NotFound | tonic::Code::InvalidArgument => anyhow::anyhow!("{}", status.message()),
-        code => anyhow::anyhow!("the coordinator answered {code:?}: {}", status.message()),
-    }
-}
-
-async fn connect(coordinator: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(coordinator.to_owned())
-        .map_err(|_| anyhow::anyhow!("`{coordinator}` is not a URL like http://127.0.0.1:7070"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        // The innermost cause says what happened ("Connection refused").
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {cause}")
-    })?;
-    Ok(AdminServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Runbooks { command: RunbookCommand::Validate { paths } } = &cli.command {
         return runbooks::validate(paths, cli.output);
     }
-    let url = cli.coordinator.clone();
-    let mut client = connect(&url).await?;
-    let fmt = cli.output;
+    let mut ctx = Ctx::connect(&cli.coordinator, cli.output, cli.as_user).await?;
+    let ctx = &mut ctx;
     match cli.command {
         Command::Agents => {
-            let agents = client.list_agents(pb::ListAgentsRequest {}).await.map_err(|s| explain(&url, s))?.into_inner();
-            output::print_list(fmt, &agents.agents.into_iter().map(views::Agent::from).collect::<Vec<_>>())
+            let agents = ctx.client.list_agents(pb::ListAgentsRequest {}).await.map_err(|s| ctx.explain(s))?;
+            let agents: Vec<views::Agent> = agents.into_inner().agents.into_iter().map(views::Agent::from).collect();
+            output::print_list(ctx.fmt, &agents)
         }
-        Command::Findings { agent, kind, limit } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let want = if limit == 0 { 5_000 } else { (limit - all.len()).min(5_000) };
-                let request = pb::ListFindingsRequest {
-                    agent_id: agent.clone().unwrap_or_default(),
-                    kind: kind.clone().unwrap_or_default(),
-                    page_size: want as u32,
-                    page_token,
-                };
-                let page = client.list_findings(request).await.map_err(|s| explain(&url, s))?.into_inner();
-                all.extend(page.findings.into_iter().map(views::Finding::from));
-                page_token = page.next_page_token;
-                if page_token.is_empty() || (limit > 0 && all.len() >= limit) {
-                    break;
-                }
-            }
-            output::print_list(fmt, &all)
+        Command::Findings { agent, kind, limit } => findings(ctx, agent, kind, limit).await,
+        Command::Incidents { all, watch: false } => incidents::list(ctx, all).await,
+        Command::Incidents { all, watch: true } => incidents::watch(ctx, all).await,
+        Command::Incident { command: IncidentCommand::Show { id } } => incidents::show(ctx, &id).await,
+        Command::Incident { command: IncidentCommand::Timeline { id } } => incidents::timeline(ctx, &id).await,
+        Command::Ack { id } => incidents::command(ctx, Verb::Acknowledge, &id, None).await,
+        Command::Resolve { id, reason } => incidents::command(ctx, Verb::Resolve, &id, reason).await,
+        Command::Runbooks { command: RunbookCommand::List } => runbooks::list(ctx).await,
+        Command::Runbooks { command: RunbookCommand::Show { id } } => runbooks::show(ctx, id).await,
+        Command::Runbooks { command: RunbookCommand::Validate { .. } } => unreachable!("handled before connecting"),
+        Command::Run(args) => engine::run(ctx, args).await,
+        Command::Approvals(args) => engine::approvals(ctx, args).await,
+        Command::Pause { reason } => engine::pause(ctx, reason).await,
+        Command::Resume => engine::resume(ctx).await,
+        Command::Automation => engine::automation(ctx).await,
+        Command::Breaker { command } => engine::breaker(ctx, command).await,
+    }
+}
+
+/// Every finding that matches, page by page.
+async fn findings(ctx: &mut Ctx, agent: Option<String>, kind: Option<String>, limit: usize) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let want = if limit == 0 { 5_000 } else { (limit - all.len()).min(5_000) };
+        let request = pb::ListFindingsRequest {
+            agent_id: agent.clone().unwrap_or_default(),
+            kind: kind.clone().unwrap_or_default(),
+            page_size: want as u32,
+            page_token,
+        };
+        let page = ctx.client.list_findings(request).await.map_err(|s| ctx.explain(s))?.into_inner();
+        all.extend(page.findings.into_iter().map(views::Finding::from));
+        page_token = page.next_page_token;
+        if page_token.is_empty() || (limit > 0 && all.len() >= limit) {
+            break;
         }
-        Command::Incidents { all, watch: false } => {
-            let list = client
-                .list_incidents(pb::ListIncidentsRequest { include_resolved: all, limit: 0 })
-                .await
-                .map_err(|s| explain(&url, s))?
-                .into_inner();
-            output::print_list(fmt, &list.incidents.into_iter().map(views::Incident::from).collect::<Vec<_>>())
-        }
-        Command::Incidents { all, watch: true } => {
-            let mut stream = client
-                .watch_incidents(pb::WatchIncidentsRequest { include_resolved: all })
-                .await
-                .map_err(|s| explain(&url, s))?
-                .into_inner();
-            let mut header = true;
-            while let Some(event) = stream.message().await.map_err(|s| explain(&url, s))? {
-                if let Some(incident) = event.incident {
-                    output::print_watch_item(fmt, &views::Incident::from(incident), header)?;
-                    header = false;
-                }
-            }
-            Ok(())
-        }
-        Command::Runbooks { .. } => unreachable!("handled before connecting"),
-        Command::Incident { command: IncidentCommand::Show { id } } => {
-            let incident =
-                client.get_incident(pb::GetIncidentRequest { id }).await.map_err(|s| explain(&url, s))?.into_inner();
-            output::print_incident(fmt, &views::IncidentDetail::from(incident))
-        }
+    }
+    output::print_list(ctx.fmt, &all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("remedyctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_param_without_equals_is_a_usage_error_naming_the_argument() {
+        let err = parse(&["run", "P0-001", "--param", "replicas"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let text = err.to_string();
+        assert!(text.contains("--param <KEY=VALUE>") && text.contains("replicas"), "{text}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn commands_parse_as_documented() {
+        let cli = parse(&["--as", "alice", "run", "R", "-p", "a=1", "--param", "b=2", "--dry-run"]).unwrap();
+        assert_eq!(cli.as_user.as_deref(), Some("alice"));
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert_eq!(args.params.len(), 2);
+        assert!(args.dry_run && !args.wait);
+        let Command::Run(args) = parse(&["run", "R", "--wait", "--timeout", "30s"]).unwrap().command else {
+            panic!("run")
+        };
+        assert_eq!(args.timeout, std::time::Duration::from_secs(30));
+        assert!(parse(&["run", "R", "--timeout", "30s"]).is_err(), "--timeout needs --wait");
+        assert!(parse(&["approvals"]).is_ok());
+        assert!(parse(&["approvals", "--all"]).is_ok());
+        assert!(parse(&["approvals", "list", "--all"]).is_ok());
+        assert!(parse(&["approvals", "approve", "INC-1", "step", "--attempt", "2"]).is_ok());
+        assert!(parse(&["approvals", "approve", "INC-1/step#2"]).is_ok());
+        assert!(parse(&["approvals", "approve", "INC-1", "step", "--attempt", "0"]).is_err());
+        assert!(parse(&["approvals", "deny", "INC-1", "step"]).is_err(), "a denial needs --reason");
+        assert!(parse(&["pause"]).is_err(), "a pause needs --reason");
+        assert!(parse(&["pause", "--reason", "freeze", "-o", "json"]).is_ok());
+        assert!(parse(&["breaker", "reset", "global"]).is_ok());
+        assert!(parse(&["resolve", "INC-1", "--reason", "fixed by hand"]).is_ok());
+        assert!(parse(&["incident", "timeline", "INC-1", "-o", "wide"]).is_ok());
+    }
+
+    #[test]
+    fn cross_argument_mistakes_are_caught_before_connecting() {
+        let cli = parse(&["run", "R", "-p", "a=1", "-p", "a=2"]).unwrap();
+        assert!(cli.command.check().unwrap_err().contains("given twice"));
+        let cli = parse(&["approvals", "approve", "INC-1"]).unwrap();
+        assert!(cli.command.check().unwrap_err().contains("not an approval key"));
+        let cli = parse(&["approvals", "deny", "INC-1/s#1", "--reason", "no"]).unwrap();
+        assert!(cli.command.check().is_ok());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

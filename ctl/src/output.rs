@@ -336,3 +336,97 @@ pub fn automation_text(a: &Automation) -> String {
     }
     out.join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn entry(kind: &str, message: &str) -> Entry {
+        Entry {
+            at: Some("2026-01-02T03:04:05.678Z".into()),
+            kind: kind.into(),
+            message: message.into(),
+            details: BTreeMap::from([
+                ("step".to_owned(), "reset".to_owned()),
+                ("rail".to_owned(), "cooldown".to_owned()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn a_timeline_keeps_one_line_per_entry_and_long_messages_whole() {
+        let long = format!("refused: http POST http://127.0.0.1:1/admin/reset: {}", "x".repeat(400));
+        let entries = vec![
+            entry("opened", "opened by remedyctl"),
+            entry("decision", &long),
+            entry("verification", "line one\nline two\r\n\tindented"),
+        ];
+        let text = timeline_table(&entries, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "a header and one line per entry:\n{text}");
+        assert!(lines[0].starts_with("TIME") && lines[0].contains("KIND"), "{text}");
+        // Messages start in one column, wherever they end.
+        let column = lines[0].find("MESSAGE").unwrap();
+        assert_eq!(lines[1].find("opened by"), Some(column), "{text}");
+        assert_eq!(lines[2].find("refused:"), Some(column), "{text}");
+        assert!(lines[2].ends_with(&"x".repeat(400)), "not cut");
+        assert_eq!(lines[3].find("line one"), Some(column), "{text}");
+        assert!(lines[3].contains("line one line two") && lines[3].ends_with("indented"), "{text}");
+        assert!(!text.contains('\t') && !text.contains('\r'));
+    }
+
+    #[test]
+    fn a_wide_timeline_shows_the_step_and_the_rail() {
+        let text = timeline_table(&[entry("decision", "refused")], true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("STEP") && lines[0].contains("OUTCOME"), "{text}");
+        assert!(lines[1].contains("reset") && lines[1].contains("cooldown"), "{text}");
+    }
+
+    #[test]
+    fn a_runbook_shows_its_rehearsed_steps_params_and_definition() {
+        let runbook = Runbook {
+            id: "P0-001".into(),
+            title: "Outage".into(),
+            priority: "P0".into(),
+            mttr_target: Some("5m".into()),
+            mode: "live".into(),
+            manual: true,
+            steps: vec!["health".into(), "scale_api".into()],
+            dry_run_steps: vec!["scale_api".into()],
+            params: BTreeMap::from([("api_base".to_owned(), "http://api".to_owned())]),
+            source: "/r/p0.yaml".into(),
+            definition: Some("apiVersion: remedy.dev/v1\nkind: Runbook\n".into()),
+        };
+        let text = runbook_text(&runbook);
+        assert!(text.contains("MTTR target: 5m"), "{text}");
+        assert!(text.contains("   1. health\n"), "{text}");
+        assert!(text.contains("2. scale_api   rehearsal"), "{text}");
+        assert!(text.contains("  api_base = http://api"), "{text}");
+        assert!(text.ends_with("Definition:\n  apiVersion: remedy.dev/v1\n  kind: Runbook"), "{text}");
+    }
+
+    #[test]
+    fn automation_names_who_paused_and_the_open_breakers() {
+        let paused = Automation {
+            paused: true,
+            paused_by: Some("alice".into()),
+            pause_reason: Some("freeze".into()),
+            paused_since: Some("2026-01-02T03:04:05.678Z".into()),
+            open_breakers: BTreeMap::from([("runbook/BREAK".to_owned(), "3 failures".to_owned())]),
+        };
+        let text = automation_text(&paused);
+        assert!(text.contains("paused") && text.contains("alice") && text.contains("freeze"), "{text}");
+        assert!(text.contains("runbook/BREAK   3 failures"), "{text}");
+        let running = Automation {
+            paused: false,
+            paused_by: None,
+            pause_reason: None,
+            paused_since: None,
+            open_breakers: BTreeMap::new(),
+        };
+        assert_eq!(automation_text(&running), "Automation: running\nBreakers:   none open");
+    }
+}

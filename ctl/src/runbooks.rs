@@ -1,12 +1,56 @@
-//! `remedyctl runbooks validate`: the same checks the coordinator makes at
+//! `remedyctl runbooks`: the catalog the coordinator loaded (`list`,
+//! `show`), and `validate`, the same checks the coordinator makes at
 //! start-up, offline, so a runbook is fixed before it is deployed.
 
 use std::path::{Path, PathBuf};
 
+use clap::Subcommand;
+use remedy_proto::v1 as pb;
 use remedy_shared::runbook::{ActionCatalog, load_runbook};
 use serde::Serialize;
 
+use crate::client::Ctx;
 use crate::output::{self, Format, Row};
+use crate::views::{self, short_duration};
+
+/// `runbooks ...`.
+#[derive(Debug, Subcommand)]
+pub enum RunbookCommand {
+    /// The coordinator's catalog, most urgent first.
+    List,
+    /// One runbook: header, steps (and which run as rehearsals), params and
+    /// its definition as the coordinator understood it.
+    Show {
+        /// Runbook id, e.g. P0-001.
+        id: String,
+    },
+    /// Checks runbook files (or directories of them) offline, as the
+    /// coordinator of this release would load them, and says which steps
+    /// run in dry-run until their actuator arrives.
+    Validate {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// `runbooks list`.
+pub async fn list(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let list = ctx.client.list_runbooks(pb::ListRunbooksRequest {}).await.map_err(|s| ctx.explain(s))?.into_inner();
+    output::print_list(ctx.fmt, &list.runbooks.into_iter().map(views::Runbook::from).collect::<Vec<_>>())
+}
+
+/// `runbooks show ID`.
+pub async fn show(ctx: &mut Ctx, id: String) -> anyhow::Result<()> {
+    let runbook = match ctx.client.get_runbook(pb::GetRunbookRequest { id }).await {
+        Ok(reply) => views::Runbook::from(reply.into_inner()),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            anyhow::bail!("{} (the catalog: `remedyctl runbooks list`)", status.message())
+        }
+        Err(status) => return Err(ctx.explain(status)),
+    };
+    output::print_one(ctx.fmt, &runbook, output::runbook_text)
+}
 
 /// One file's verdict.
 #[derive(Debug, Serialize)]
@@ -80,22 +124,13 @@ fn check(path: &Path, catalog: &ActionCatalog) -> Verdict {
             verdict.valid = true;
             verdict.runbook = Some(runbook.id().to_owned());
             verdict.priority = Some(runbook.priority.to_string());
-            verdict.mttr_target = Some(humantime_short(runbook.mttr_target));
+            verdict.mttr_target = Some(short_duration(runbook.mttr_target));
             verdict.dry_run_until_actuator =
                 report.unavailable.iter().map(|u| format!("{} ({})", u.step, u.kind.as_str())).collect();
         }
         Err(invalid) => verdict.errors = invalid.errors.iter().map(ToString::to_string).collect(),
     }
     verdict
-}
-
-fn humantime_short(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// Validates every file; fails (exit 1) when any is invalid, after printing all.

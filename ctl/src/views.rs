@@ -14,8 +14,10 @@ fn time(ms: i64) -> Option<String> {
 
 /// A duration the way runbooks write it: `5m`, `1h`, `90s`.
 pub fn short_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
     match d.as_secs() {
-        0 if d.as_millis() > 0 => format!("{}ms", d.as_millis()),
         s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
         s => format!("{s}s"),

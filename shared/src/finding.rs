@@ -107,6 +107,9 @@ finding_kinds! {
     PodFailed => "pod_failed",
     /// A process above its memory or CPU threshold.
     ProcessHot => "process_hot",
+    /// An incident's time to recovery neared or passed its runbook's target
+    /// (raised by the coordinator; a runbook may react to it).
+    MttrAtRisk => "mttr_at_risk",
 }
 
 impl fmt::Display for FindingKind {

@@ -161,6 +161,10 @@ pub struct Incident {
     /// The runbook's time-to-recovery target, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mttr_target_ms: Option<u64>,
+    /// `at_risk` or `breached` once the incident's age crossed those marks
+    /// of its target (see `run::mttr_check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mttr_status: Option<String>,
 }
 
 /// The result of applying a finding.
@@ -289,6 +293,7 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 active_sources: BTreeMap::from([(source.to_owned(), signal.expires_at)]),
                 runbook: None,
                 mttr_target_ms: None,
+                mttr_status: None,
             };
             let entry = TimelineEntry {
                 at: now,

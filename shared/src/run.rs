@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertStatus};
-use crate::finding::Finding;
+use crate::finding::{Finding, FindingState, Severity};
 use crate::guard::{self, GuardPolicy, LabelMatch, RailOverrides, TargetRef};
-use crate::incident::IncidentId;
+use crate::incident::{EntryKind, Incident, IncidentId, TimelineEntry};
 use crate::runbook::{self, Action, AgentTarget, FindingTrigger, Runbook};
 use crate::time::Timestamp;
 
@@ -373,6 +373,73 @@ pub fn mttr_status(opened_at: Timestamp, target: Duration, now: Timestamp) -> Mt
     }
 }
 
+/// What an incident's time to recovery calls for at `now`, when it changed:
+/// the incident with its new MTTR status, the timeline entry, and the
+/// coordinator's finding about it (active while the incident is late and
+/// open, cleared once it closes).
+pub fn mttr_check(incident: &Incident, now: Timestamp) -> Option<(Incident, TimelineEntry, Finding)> {
+    let target = Duration::from_millis(incident.mttr_target_ms?);
+    let status = if incident.state.is_closed() {
+        None
+    } else {
+        match mttr_status(incident.opened_at, target, now) {
+            MttrStatus::Within => None,
+            MttrStatus::AtRisk => Some("at_risk"),
+            MttrStatus::Breached => Some("breached"),
+        }
+    };
+    if status == incident.mttr_status.as_deref() || (status.is_none() && !incident.state.is_closed()) {
+        return None;
+    }
+    let age = crate::config::format_duration(Duration::from_secs(now.since(incident.opened_at).as_secs()));
+    let target_text = crate::config::format_duration(target);
+    let (severity, state, summary) = match status {
+        Some("breached") => (
+            Severity::Critical,
+            FindingState::Active,
+            format!("{} open {age}, past its time-to-recovery target of {target_text}", incident.id),
+        ),
+        Some(_) => (
+            Severity::Warning,
+            FindingState::Active,
+            format!("{} open {age}, near its time-to-recovery target of {target_text}", incident.id),
+        ),
+        None => (
+            Severity::Info,
+            FindingState::Cleared,
+            format!("{} closed after {age} (target {target_text})", incident.id),
+        ),
+    };
+    let mut changed = incident.clone();
+    changed.mttr_status = status.map(str::to_owned);
+    let entry = TimelineEntry {
+        at: now,
+        kind: EntryKind::Mttr,
+        message: summary.clone(),
+        details: BTreeMap::from([
+            ("mttr_target".to_owned(), target_text),
+            ("age".to_owned(), age),
+            ("status".to_owned(), status.unwrap_or("closed").to_owned()),
+        ]),
+    };
+    let finding = Finding {
+        kind: crate::finding::FindingKind::MttrAtRisk,
+        severity,
+        state,
+        target: format!("incident/{}", incident.id),
+        labels: BTreeMap::from([
+            ("incident".to_owned(), incident.id.to_string()),
+            ("runbook".to_owned(), incident.runbook.clone().unwrap_or_default()),
+        ]),
+        evidence: BTreeMap::from([("target_ms".to_owned(), target.as_millis().to_string())]),
+        summary,
+        first_seen: now,
+        last_seen: now,
+        expires_at: None,
+    };
+    Some((changed, entry, finding))
+}
+
 /// Params for a run: the runbook's defaults overridden by the caller's,
 /// refusing names the runbook does not declare.
 pub fn params_for(runbook: &Runbook, overrides: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
@@ -382,6 +449,7 @@ pub fn params_for(runbook: &Runbook, overrides: &BTreeMap<String, String>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incident::Outcome;
     use crate::runbook::parse_runbook;
 
     fn runbook(id: &str, priority: &str, alert: &str) -> Runbook {
@@ -470,6 +538,42 @@ mod tests {
             timeout: Duration::from_secs(1),
         });
         assert!(targets(&snapshot, &[]).is_empty(), "no agent connected is no target");
+    }
+
+    #[test]
+    fn an_incident_late_on_its_target_raises_a_finding_once_and_clears_it_when_closed() {
+        let at = |s: i64| Timestamp::from_millis(s * 1000);
+        let Outcome::Changed { mut incident, .. } = crate::incident::apply_signal(
+            None,
+            &crate::incident::Signal {
+                source: "s".into(),
+                key: crate::finding::ConditionKey {
+                    kind: crate::finding::ConditionKind::Alert("A".into()),
+                    target: "t".into(),
+                },
+                severity: Severity::Critical,
+                holds: true,
+                summary: String::new(),
+                expires_at: None,
+                details: BTreeMap::new(),
+            },
+            IncidentId(3),
+            at(0),
+        ) else {
+            panic!("an incident opens")
+        };
+        incident.mttr_target_ms = Some(100_000);
+        assert!(mttr_check(&incident, at(50)).is_none(), "within the target: nothing");
+        let (late, entry, finding) = mttr_check(&incident, at(85)).expect("at risk");
+        assert_eq!(late.mttr_status.as_deref(), Some("at_risk"));
+        assert_eq!((finding.kind, finding.state), (crate::finding::FindingKind::MttrAtRisk, FindingState::Active));
+        assert_eq!(entry.kind, EntryKind::Mttr);
+        assert!(mttr_check(&late, at(90)).is_none(), "said once");
+        let (breached, _, finding) = mttr_check(&late, at(100)).expect("breached");
+        assert_eq!(finding.severity, Severity::Critical);
+        let (closed, _, _) = crate::incident::resolve(&breached, "ops", "", at(120)).map(|(i, _)| (i, (), ())).unwrap();
+        let (_, _, finding) = mttr_check(&closed, at(120)).expect("cleared when closed");
+        assert_eq!(finding.state, FindingState::Cleared);
     }
 
     #[test]

@@ -410,3 +410,139 @@ async fn guard_rails_refuse_through_the_engine_in_live_and_dry_run_alike() {
     assert_eq!(refusal(&entries, "gated").as_deref(), Some("approval_expired"), "{}", show(&entries));
     assert!(world.requests("POST", "/admin/lapsed").is_empty(), "an expired approval runs nothing");
 }
+
+fn write_runbook(dir: &Path, id: &str, text: &str) -> PathBuf {
+    let target = dir.join("runbooks");
+    std::fs::create_dir_all(&target).expect("create the catalog directory");
+    let text = format!("apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id} test}}\n{text}");
+    std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
+    target
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_findings_start_runbooks_alone_and_summed_across_nodes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    let tail = "priority: P2\nmttr_target: 30m\nescalation: {policy: test-chain}\n";
+    write_runbook(
+        dir.path(),
+        "DISK",
+        &format!(
+            "{tail}triggers: {{findings: [{{kind: disk_usage_high, matchers: ['mount=\"/var\"']}}]}}\n\
+             steps:\n  - id: clean\n    http: {{method: POST, url: '{}/disk/{{{{ finding.labels.node }}}}'}}\n",
+            world.url()
+        ),
+    );
+    let catalog = write_runbook(
+        dir.path(),
+        "ERRORS",
+        &format!(
+            "{tail}triggers:\n  findings:\n    - {{kind: high_error_rate, matchers: ['app=\"api\"'], evidence: database, above: 10, aggregate: sum_across_nodes}}\n\
+             steps:\n  - id: restart\n    http: {{method: POST, url: '{}/errors/restart'}}\n",
+            world.url()
+        ),
+    );
+    let coordinator = start(dir.path(), &world, &catalog, "").await;
+    let agents = [
+        remedy_e2e::procs::Agent::start(&dir.path().join("a"), "node-a", &coordinator.url()).await,
+        remedy_e2e::procs::Agent::start(&dir.path().join("b"), "node-b", &coordinator.url()).await,
+    ];
+
+    // One finding starts DISK; a finding its matchers exclude does not.
+    let disk = |mount: &str| {
+        serde_json::json!([{ "kind": "disk_usage_high", "severity": "warning", "target": format!("mount/node-a:{mount}"),
+            "summary": format!("{mount} at 95%"), "labels": { "mount": mount, "node": "node-a" } }])
+    };
+    assert_eq!(agents[0].submit(&disk("/data")).await.0, 202);
+    assert_eq!(agents[0].submit(&disk("/var")).await.0, 202);
+    let incident = incident_for(&coordinator, "DISK").await;
+    run_end(&coordinator, &incident.id).await;
+    assert_eq!(world.requests("POST", "/disk/node-a").len(), 1, "the finding's label reached the template");
+
+    // Six database errors on each node: neither alone is above ten, the sum is.
+    let errors = |node: &str, n: u32| {
+        serde_json::json!([{ "kind": "high_error_rate", "severity": "warning", "target": format!("pod/{node}-api"),
+            "summary": format!("{n} database errors"), "labels": { "app": "api", "node": node },
+            "evidence": { "database": n.to_string() } }])
+    };
+    assert_eq!(agents[0].submit(&errors("node-a", 6)).await.0, 202);
+    // The first node's six are persisted before the second's arrive.
+    eventually("node-a's error finding", Duration::from_secs(30), || async {
+        let mut admin = coordinator.admin().await;
+        let list =
+            admin.list_findings(pb::ListFindingsRequest { kind: "high_error_rate".into(), ..Default::default() });
+        (list.await.ok()?.into_inner().findings.len() == 1).then_some(())
+    })
+    .await;
+    let mut admin = coordinator.admin().await;
+    let listed =
+        admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.expect("list");
+    assert!(listed.into_inner().incidents.iter().all(|i| i.runbook_id != "ERRORS"), "six alone start nothing");
+    assert_eq!(agents[1].submit(&errors("node-b", 6)).await.0, 202);
+    let summed = incident_for(&coordinator, "ERRORS").await;
+    assert_eq!(summed.kind, "runbook ERRORS");
+    assert!(summed.summary.contains("summed over 2 nodes is 12"), "{}", summed.summary);
+    run_end(&coordinator, &summed.id).await;
+    assert_eq!(world.requests("POST", "/errors/restart").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_late_on_its_mttr_target_raises_a_finding_cleared_when_it_closes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    let catalog = write_runbook(
+        dir.path(),
+        "LATE",
+        &format!(
+            "priority: P1\nmttr_target: 2s\nescalation: {{policy: test-chain}}\ntriggers: {{manual: true}}\n\
+             steps:\n  - id: slow\n    http: {{method: POST, url: '{}/hang/late', timeout: 60s}}\n",
+            world.url()
+        ),
+    );
+    let coordinator = start(dir.path(), &world, &catalog, "expiry_sweep_interval: 100ms\n").await;
+    let id = run_manual(&coordinator, "LATE", false).await;
+    let entries = eventually("the MTTR breach on the timeline", Duration::from_secs(30), || async {
+        let entries = timeline(&coordinator, &id).await;
+        entries
+            .iter()
+            .any(|e| e.kind == "mttr" && e.details.get("status").map(String::as_str) == Some("breached"))
+            .then_some(entries)
+    })
+    .await;
+    assert!(
+        entries.iter().any(|e| e.kind == "mttr" && e.details.get("status").map(String::as_str) == Some("at_risk")),
+        "at risk comes before breached:\n{}",
+        show(&entries)
+    );
+    let mut admin = coordinator.admin().await;
+    let late = |admin: &mut remedy_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            let list = admin
+                .list_findings(pb::ListFindingsRequest { kind: "mttr_at_risk".into(), ..Default::default() })
+                .await
+                .ok()?
+                .into_inner();
+            Some(list.findings.into_iter().filter_map(|f| f.finding).collect::<Vec<_>>())
+        }
+    };
+    let found = late(&mut admin).await.unwrap_or_default();
+    assert!(found.iter().any(|f| f.target == format!("incident/{id}")), "{found:?}");
+    admin
+        .resolve_incident(pb::IncidentCommand {
+            id: id.clone(),
+            requested_by: "tester".into(),
+            reason: "fixed by hand".into(),
+        })
+        .await
+        .expect("resolve");
+    world.release_hung();
+    eventually("the MTTR finding cleared", Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let found = late(&mut admin).await?;
+            found.iter().any(|f| f.state == pb::FindingState::Cleared as i32).then_some(())
+        }
+    })
+    .await;
+}

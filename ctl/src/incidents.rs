@@ -1,0 +1,153 @@
+//! Incidents: list, watch, show, timeline, and a person's commands on one
+//! (acknowledge, resolve).
+
+use remedy_proto::v1 as pb;
+
+use crate::client::Ctx;
+use crate::output::{self, Format};
+use crate::views;
+
+/// `incidents [-A]`.
+pub async fn list(ctx: &mut Ctx, all: bool) -> anyhow::Result<()> {
+    let list = ctx
+        .client
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: all, limit: 0 })
+        .await
+        .map_err(|s| ctx.explain(s))?
+        .into_inner();
+    output::print_list(ctx.fmt, &list.incidents.into_iter().map(views::Incident::from).collect::<Vec<_>>())
+}
+
+/// `incidents --watch`: the current ones, then every change.
+pub async fn watch(ctx: &mut Ctx, all: bool) -> anyhow::Result<()> {
+    let mut stream = ctx
+        .client
+        .watch_incidents(pb::WatchIncidentsRequest { include_resolved: all })
+        .await
+        .map_err(|s| ctx.explain(s))?
+        .into_inner();
+    let mut header = true;
+    while let Some(event) = stream.message().await.map_err(|s| ctx.explain(s))? {
+        if let Some(incident) = event.incident {
+            output::print_watch_item(ctx.fmt, &views::Incident::from(incident), header)?;
+            header = false;
+        }
+    }
+    Ok(())
+}
+
+/// One incident with its whole timeline, from the coordinator.
+pub async fn get(ctx: &mut Ctx, id: &str) -> anyhow::Result<pb::Incident> {
+    let request = pb::GetIncidentRequest { id: id.to_owned() };
+    Ok(ctx.client.get_incident(request).await.map_err(|s| ctx.explain(s))?.into_inner())
+}
+
+/// `incident show ID`.
+pub async fn show(ctx: &mut Ctx, id: &str) -> anyhow::Result<()> {
+    let incident = get(ctx, id).await?;
+    output::print_incident(ctx.fmt, &views::IncidentDetail::from(incident))
+}
+
+/// `incident timeline ID`: the record alone, one line per entry (JSON and
+/// YAML carry each entry's details).
+pub async fn timeline(ctx: &mut Ctx, id: &str) -> anyhow::Result<()> {
+    let incident = get(ctx, id).await?;
+    let entries: Vec<views::Entry> = incident.timeline.into_iter().map(views::Entry::from).collect();
+    match ctx.fmt {
+        Format::Table | Format::Wide => {
+            println!("{}", output::timeline_table(&entries, ctx.fmt == Format::Wide));
+            Ok(())
+        }
+        fmt => output::print_list(fmt, &entries),
+    }
+}
+
+/// What a person asks of one incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `ack`.
+    Acknowledge,
+    /// `resolve`.
+    Resolve,
+}
+
+impl Verb {
+    fn infinitive(self) -> &'static str {
+        match self {
+            Verb::Acknowledge => "acknowledge",
+            Verb::Resolve => "resolve",
+        }
+    }
+}
+
+/// `ack ID` and `resolve ID [--reason]`.
+pub async fn command(ctx: &mut Ctx, verb: Verb, id: &str, reason: Option<String>) -> anyhow::Result<()> {
+    let by = ctx.who()?;
+    let request =
+        pb::IncidentCommand { id: id.to_owned(), requested_by: by.clone(), reason: reason.unwrap_or_default() };
+    let answer = match verb {
+        Verb::Acknowledge => ctx.client.acknowledge_incident(request).await,
+        Verb::Resolve => ctx.client.resolve_incident(request).await,
+    };
+    let incident = match answer {
+        Ok(reply) => reply.into_inner(),
+        Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => {
+            // "No open incident" does not say whether the id is wrong or the
+            // incident is over: look, and say which.
+            let found = ctx.client.get_incident(pb::GetIncidentRequest { id: id.to_owned() }).await.ok();
+            return Err(refusal(verb, id, &status, found.map(tonic::Response::into_inner)));
+        }
+        Err(status) => return Err(ctx.explain(status)),
+    };
+    let view = views::Incident::from(incident);
+    output::print_one(ctx.fmt, &view, |i| format!("{} {} by {by} (state: {})", i.id, verb_done(verb), i.state))
+}
+
+fn verb_done(verb: Verb) -> &'static str {
+    match verb {
+        Verb::Acknowledge => "acknowledged",
+        Verb::Resolve => "resolved",
+    }
+}
+
+/// Why a command on an incident was refused, naming the incident's state
+/// when it exists.
+fn refusal(verb: Verb, id: &str, status: &tonic::Status, found: Option<pb::Incident>) -> anyhow::Error {
+    let server = status.message();
+    let Some(incident) = found else {
+        return anyhow::anyhow!("{server}");
+    };
+    let view = views::Incident::from(incident);
+    let when = match (&view.resolved_at, view.state.as_str()) {
+        (Some(at), "resolved") => format!(" since {at}"),
+        _ => String::new(),
+    };
+    anyhow::anyhow!(
+        "cannot {} {}: it is {}{when} ({server})",
+        verb.infinitive(),
+        if view.id.is_empty() { id } else { &view.id },
+        view.state
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_incidents_state() {
+        let status = tonic::Status::not_found("no open incident INC-000003");
+        let resolved = pb::Incident {
+            id: "INC-000003".into(),
+            state: pb::IncidentState::Resolved as i32,
+            resolved_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
+        let text = refusal(Verb::Acknowledge, "3", &status, Some(resolved)).to_string();
+        assert!(text.starts_with("cannot acknowledge INC-000003: it is resolved since 2023-"), "{text}");
+        assert!(text.ends_with("(no open incident INC-000003)"), "{text}");
+        // Unknown: the server's words alone.
+        let text = refusal(Verb::Resolve, "INC-9", &tonic::Status::not_found("no open incident INC-000009"), None);
+        assert_eq!(text.to_string(), "no open incident INC-000009");
+    }
+}
