@@ -1,5 +1,6 @@
 //! Alertmanager intake, against real Alertmanager processes: an alert posted
-//! to Alertmanager opens an incident and its resolution resolves it; the
+//! to Alertmanager opens an incident, runs its runbook, and its resolution
+//! resolves it; the
 //! same notification from retries or from two replicas acts once; malformed
 //! payloads are refused with the reason.
 
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use remedy_e2e::procs::{Coordinator, Proc, eventually, free_addr, http_request};
+use remedy_e2e::world::World;
 use remedy_proto::v1 as pb;
 use serde_json::json;
 
@@ -81,10 +83,32 @@ async fn incidents_named(coordinator: &Coordinator, name: &str) -> Vec<pb::Incid
     list.into_inner().incidents.into_iter().filter(|i| i.kind == name).collect()
 }
 
+/// A catalog with one runbook for P0_SystemDown in the production
+/// namespace, whose one step calls the world server.
+fn outage_runbook(dir: &Path, world: &World) -> std::path::PathBuf {
+    let runbooks = dir.join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    std::fs::write(
+        runbooks.join("outage.yaml"),
+        format!(
+            "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: OUTAGE, title: Outage}}\npriority: P0\nmttr_target: 5m\n\
+             triggers: {{alerts: [{{name: P0_SystemDown, matchers: ['namespace=\"saas-idp-production\"']}}]}}\n\
+             steps:\n  - id: reset\n    http: {{method: POST, url: '{}/admin/reset', headers: {{X-Incident: '{{{{ incident.id }}}}'}}}}\n\
+             escalation: {{policy: p0-chain}}\n",
+            world.url()
+        ),
+    )
+    .unwrap();
+    runbooks
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_through_a_real_alertmanager_opens_and_resolves_an_incident() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(&dir.path().join("c")).await;
+    let world = World::start().await;
+    let runbooks = outage_runbook(dir.path(), &world);
+    let coordinator =
+        Coordinator::start_with(&dir.path().join("c"), &["--runbooks-dir", runbooks.to_str().unwrap()]).await;
     let (_am, am) = alertmanager(dir.path(), "alertmanager", coordinator.http).await;
     let starts_at = rfc3339(Duration::from_secs(5), false);
     post_alert(am, &starts_at, None).await;
@@ -93,7 +117,6 @@ async fn an_alert_through_a_real_alertmanager_opens_and_resolves_an_incident() {
         incidents_named(&coordinator, "P0_SystemDown").await.into_iter().next()
     })
     .await;
-    assert_eq!(opened.state, pb::IncidentState::Triggered as i32);
     assert_eq!(opened.severity, pb::Severity::Critical as i32);
     assert_eq!(opened.summary, "SaaS IDP platform down");
     let mut admin = coordinator.admin().await;
@@ -102,6 +125,21 @@ async fn an_alert_through_a_real_alertmanager_opens_and_resolves_an_incident() {
     assert_eq!(first.kind, "opened");
     assert_eq!(first.details["source"], "alertmanager");
     assert_eq!(first.details["label.namespace"], "saas-idp-production");
+    assert_eq!(opened.runbook_id, "OUTAGE", "the alert's runbook took the incident");
+
+    // The runbook acted, once, for this incident.
+    let resets = world.wait_for("POST", "/admin/reset", 1).await;
+    assert_eq!(resets[0].headers.get("x-incident"), Some(&opened.id));
+    eventually("the run to finish", WAIT, || {
+        let mut admin = admin.clone();
+        let id = opened.id.clone();
+        async move {
+            let i = admin.get_incident(pb::GetIncidentRequest { id }).await.ok()?.into_inner();
+            i.timeline.iter().any(|e| e.kind == "runbook" && e.message.contains("finished")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(world.requests("POST", "/admin/reset").len(), 1);
 
     // Ending the alert makes Alertmanager send the resolution.
     post_alert(am, &starts_at, Some(&rfc3339(Duration::from_millis(1), false))).await;
@@ -120,7 +158,10 @@ async fn an_alert_through_a_real_alertmanager_opens_and_resolves_an_incident() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_alertmanager_replicas_and_five_retries_act_once() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(&dir.path().join("c")).await;
+    let world = World::start().await;
+    let runbooks = outage_runbook(dir.path(), &world);
+    let coordinator =
+        Coordinator::start_with(&dir.path().join("c"), &["--runbooks-dir", runbooks.to_str().unwrap()]).await;
     let (_a, am_a) = alertmanager(dir.path(), "alertmanager-a", coordinator.http).await;
     let (_b, am_b) = alertmanager(dir.path(), "alertmanager-b", coordinator.http).await;
     let starts_at = rfc3339(Duration::from_secs(5), false);
@@ -155,6 +196,20 @@ async fn two_alertmanager_replicas_and_five_retries_act_once() {
         assert_eq!(incidents[0].finding_count, 1, "{name} counted once");
     }
     assert_eq!(coordinator.metric("remedy_alerts_received_total").await, 2.0);
+
+    // Two replicas, one incident, one run: the action happened once.
+    let outage = incidents_named(&coordinator, "P0_SystemDown").await.remove(0);
+    let admin = coordinator.admin().await;
+    eventually("the outage run to finish", WAIT, || {
+        let mut admin = admin.clone();
+        let id = outage.id.clone();
+        async move {
+            let i = admin.get_incident(pb::GetIncidentRequest { id }).await.ok()?.into_inner();
+            i.timeline.iter().any(|e| e.kind == "runbook" && e.message.contains("finished")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(world.requests("POST", "/admin/reset").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
