@@ -161,6 +161,19 @@ fn automation_to_proto(state: &remedy_shared::guard::GuardState) -> pb::Automati
 }
 
 impl AdminService {
+    /// A command on an incident that is not open: FAILED_PRECONDITION if it
+    /// exists (it is resolved), NOT_FOUND if it never did.
+    async fn closed_or_missing(&self, id: IncidentId) -> Status {
+        match self.read(move |s| s.get_incident(id)).await {
+            Ok(Some((incident, _))) => {
+                let since = incident.resolved_at.map(|t| format!(" since {t}")).unwrap_or_default();
+                Status::failed_precondition(format!("{id} is {}{since}", incident.state.as_str()))
+            }
+            Ok(None) => Status::not_found(format!("no incident {id}")),
+            Err(status) => status,
+        }
+    }
+
     fn runbook_to_proto(&self, r: &remedy_shared::runbook::Runbook, with_definition: bool) -> pb::Runbook {
         pb::Runbook {
             id: r.id().to_owned(),
@@ -317,7 +330,10 @@ impl pb::admin_service_server::AdminService for AdminService {
         let req = request.into_inner();
         let id = parse_incident_id(&req.id)?;
         let by = required_by(&req.requested_by)?;
-        let incident = self.recorder.acknowledge(id, by).await.map_err(record_status)?;
+        let incident = match self.recorder.acknowledge(id, by).await {
+            Err(RecordError::NoOpenIncident(id)) => return Err(self.closed_or_missing(id).await),
+            other => other.map_err(record_status)?,
+        };
         Ok(Response::new(convert::incident_to_proto(&incident, &[])))
     }
 
@@ -325,7 +341,10 @@ impl pb::admin_service_server::AdminService for AdminService {
         let req = request.into_inner();
         let id = parse_incident_id(&req.id)?;
         let by = required_by(&req.requested_by)?;
-        let incident = self.recorder.resolve(id, by, req.reason).await.map_err(record_status)?;
+        let incident = match self.recorder.resolve(id, by, req.reason).await {
+            Err(RecordError::NoOpenIncident(id)) => return Err(self.closed_or_missing(id).await),
+            other => other.map_err(record_status)?,
+        };
         Ok(Response::new(convert::incident_to_proto(&incident, &[])))
     }
 

@@ -29,6 +29,8 @@ use crate::store::{AgentRecord, COORDINATOR_SOURCE, Counters, Loaded, Store, Sto
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 512;
+/// Most findings (and alerts) folded into one transaction.
+const MAX_GROUP_FINDINGS: usize = 8_192;
 
 /// What an agent announced in its hello.
 #[derive(Debug, Clone)]
@@ -202,6 +204,18 @@ impl std::fmt::Debug for Command {
     }
 }
 
+impl Command {
+    /// How much work the command is, for grouping.
+    fn weight(&self) -> usize {
+        match self {
+            Command::Findings { findings, .. } => findings.len().max(1),
+            Command::Raise { findings, .. } => findings.len().max(1),
+            Command::Alerts { alerts, .. } => alerts.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 impl Recorder {
     /// Loads the state from `store` and starts the writer thread, matching
     /// signals against `catalog`. Returns the feed of runs to execute: the
@@ -347,7 +361,10 @@ struct Stage {
     counters: Option<Counters>,
     alert_keys: HashMap<String, Timestamp>,
     batch: WriteBatch,
-    changed: Vec<Incident>,
+    /// Incidents changed in this transaction, latest version, in order of
+    /// first change: a thousand findings joining one incident write it once.
+    changed: HashMap<IncidentId, Incident>,
+    changed_order: Vec<IncidentId>,
     /// Runs staged now, by incident.
     runs: HashMap<IncidentId, RunRecord>,
     /// Sums staged now.
@@ -387,10 +404,17 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
+            let mut weight = first.weight();
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
+            // Group by work, not by count: 512 batches of 1,000 findings
+            // would make one enormous transaction and a long wait for the
+            // first of them.
+            while group.len() < MAX_GROUP && weight < MAX_GROUP_FINDINGS {
                 match rx.try_recv() {
-                    Ok(cmd) => group.push(cmd),
+                    Ok(cmd) => {
+                        weight += cmd.weight();
+                        group.push(cmd);
+                    }
                     Err(_) => break,
                 }
             }
@@ -460,6 +484,7 @@ impl Writer {
         if let Some(c) = stage.counters {
             stage.batch.counters = Some(c);
         }
+        stage.batch.incidents.extend(stage.changed_order.iter().filter_map(|id| stage.changed.get(id)).cloned());
         stage.batch.agents.extend(stage.agents.values().cloned());
         let result = self.store.commit(&stage.batch);
         self.metrics.store_commits.inc();
@@ -533,9 +558,9 @@ impl Writer {
         }
         self.metrics.findings_persisted.inc_by(stage.batch.findings.len() as u64);
         self.metrics.open_incidents.set(self.open.len() as i64);
-        let mut seen = std::collections::HashSet::new();
-        for incident in stage.changed.into_iter().rev() {
-            if seen.insert(incident.id) {
+        let mut changed = stage.changed;
+        for id in stage.changed_order {
+            if let Some(incident) = changed.remove(&id) {
                 let _ = self.events.send(incident);
             }
         }
@@ -708,8 +733,9 @@ impl Writer {
             cleared = Some(finding);
         }
         stage.batch.timeline.extend(entries.into_iter().map(|e| (incident.id, e)));
-        stage.batch.incidents.push(incident.clone());
-        stage.changed.push(incident.clone());
+        if stage.changed.insert(incident.id, incident.clone()).is_none() {
+            stage.changed_order.push(incident.id);
+        }
         stage.open.insert(incident.key.clone(), still_open.then_some(incident));
         if let Some(finding) = cleared {
             self.stage_own(stage, vec![finding], "", incident_now(&stage.batch));

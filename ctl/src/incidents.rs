@@ -91,11 +91,9 @@ pub async fn command(ctx: &mut Ctx, verb: Verb, id: &str, reason: Option<String>
     };
     let incident = match answer {
         Ok(reply) => reply.into_inner(),
-        Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => {
-            // "No open incident" does not say whether the id is wrong or the
-            // incident is over: look, and say which.
-            let found = ctx.client.get_incident(pb::GetIncidentRequest { id: id.to_owned() }).await.ok();
-            return Err(refusal(verb, id, &status, found.map(tonic::Response::into_inner)));
+        // The server names the state of an incident that is over.
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            return Err(anyhow::anyhow!("cannot {} {id}: {}", verb.infinitive(), status.message()));
         }
         Err(status) => return Err(ctx.explain(status)),
     };
@@ -107,47 +105,5 @@ fn verb_done(verb: Verb) -> &'static str {
     match verb {
         Verb::Acknowledge => "acknowledged",
         Verb::Resolve => "resolved",
-    }
-}
-
-/// Why a command on an incident was refused, naming the incident's state
-/// when it exists.
-fn refusal(verb: Verb, id: &str, status: &tonic::Status, found: Option<pb::Incident>) -> anyhow::Error {
-    let server = status.message();
-    let Some(incident) = found else {
-        return anyhow::anyhow!("{server}");
-    };
-    let view = views::Incident::from(incident);
-    let when = match (&view.resolved_at, view.state.as_str()) {
-        (Some(at), "resolved") => format!(" since {at}"),
-        _ => String::new(),
-    };
-    anyhow::anyhow!(
-        "cannot {} {}: it is {}{when} ({server})",
-        verb.infinitive(),
-        if view.id.is_empty() { id } else { &view.id },
-        view.state
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refusal_names_the_incidents_state() {
-        let status = tonic::Status::not_found("no open incident INC-000003");
-        let resolved = pb::Incident {
-            id: "INC-000003".into(),
-            state: pb::IncidentState::Resolved as i32,
-            resolved_at_ms: 1_700_000_000_000,
-            ..Default::default()
-        };
-        let text = refusal(Verb::Acknowledge, "3", &status, Some(resolved)).to_string();
-        assert!(text.starts_with("cannot acknowledge INC-000003: it is resolved since 2023-"), "{text}");
-        assert!(text.ends_with("(no open incident INC-000003)"), "{text}");
-        // Unknown: the server's words alone.
-        let text = refusal(Verb::Resolve, "INC-9", &tonic::Status::not_found("no open incident INC-000009"), None);
-        assert_eq!(text.to_string(), "no open incident INC-000009");
     }
 }

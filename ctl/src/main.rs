@@ -12,6 +12,7 @@ mod who;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use remedy_proto::v1 as pb;
 
@@ -127,14 +128,15 @@ enum IncidentCommand {
 
 impl Command {
     /// Checks what clap cannot see one argument at a time, so such mistakes
-    /// are usage errors too.
-    fn check(&self) -> Result<(), String> {
+    /// are usage errors too; the error names the subcommand whose usage
+    /// applies.
+    fn check(&self) -> Result<(), (&'static str, String)> {
         match self {
-            Command::Run(args) => engine::params_map(&args.params).map(drop),
+            Command::Run(args) => engine::params_map(&args.params).map(drop).map_err(|e| ("run", e)),
             Command::Approvals(ApprovalsArgs {
                 command: Some(ApprovalCommand::Approve(target) | ApprovalCommand::Deny { target, .. }),
                 ..
-            }) => target.key().map(drop),
+            }) => target.key().map(drop).map_err(|e| ("approvals", e)),
             _ => Ok(()),
         }
     }
@@ -142,8 +144,12 @@ impl Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(problem) = cli.command.check() {
-        Cli::command().error(clap::error::ErrorKind::ValueValidation, problem).exit();
+    if let Err((name, problem)) = cli.command.check() {
+        // Reported like clap's own errors (exit 2), with the subcommand's usage.
+        let mut command = Cli::command();
+        command.build();
+        let usage = command.find_subcommand_mut(name).map(|c| c.error(ErrorKind::ValueValidation, &problem));
+        usage.unwrap_or_else(|| Cli::command().error(ErrorKind::ValueValidation, &problem)).exit();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -260,9 +266,13 @@ mod tests {
     #[test]
     fn cross_argument_mistakes_are_caught_before_connecting() {
         let cli = parse(&["run", "R", "-p", "a=1", "-p", "a=2"]).unwrap();
-        assert!(cli.command.check().unwrap_err().contains("given twice"));
+        let (name, problem) = cli.command.check().unwrap_err();
+        assert_eq!(name, "run");
+        assert!(problem.contains("given twice"), "{problem}");
         let cli = parse(&["approvals", "approve", "INC-1"]).unwrap();
-        assert!(cli.command.check().unwrap_err().contains("not an approval key"));
+        let (name, problem) = cli.command.check().unwrap_err();
+        assert_eq!(name, "approvals");
+        assert!(problem.contains("not an approval key"), "{problem}");
         let cli = parse(&["approvals", "deny", "INC-1/s#1", "--reason", "no"]).unwrap();
         assert!(cli.command.check().is_ok());
     }

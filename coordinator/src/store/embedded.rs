@@ -25,6 +25,8 @@ const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 const GUARD_STATE: &str = "guard_state";
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 const NEXT_INCIDENT: &str = "next_incident";
 const NEXT_OWN_SEQUENCE: &str = "next_own_sequence";
 const NEXT_ENTRY: &str = "next_timeline_entry";
@@ -40,7 +42,13 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("coordinator.redb");
-        let db = Database::create(&path).map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+        // The store is written by one thread and read by admin calls; a
+        // modest page cache keeps the coordinator's memory flat (redb's
+        // default is 1 GiB, reached under sustained ingest).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(FINDINGS).map_err(backend)?;
