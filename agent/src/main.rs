@@ -7,6 +7,7 @@ mod clock;
 mod config;
 mod detectors;
 mod diagnostics;
+mod directives;
 mod identity;
 mod metrics;
 mod signals;

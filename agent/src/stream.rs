@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use crate::clock::now;
+use crate::directives::{self, Executor};
 use crate::state::{ConnectionState, Shared};
 
 /// Findings per batch.
@@ -56,10 +57,13 @@ enum StreamError {
 /// Keeps a stream to the coordinator open until `stop` turns true.
 pub async fn run(shared: Arc<Shared>, config: StreamConfig, mut stop: watch::Receiver<bool>) {
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    // One executor for every stream: a directive still running when a stream
+    // breaks sends its result on the next one.
+    let (executor, mut results) = Executor::new(shared.clone());
     loop {
         set_state(&shared, ConnectionState::Connecting, None);
         let outcome = tokio::select! {
-            r = session(&shared, &config, &mut backoff) => r,
+            r = session(&shared, &config, &mut backoff, &executor, &mut results) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         shared.metrics.connected.set(0);
@@ -87,7 +91,13 @@ fn set_state(shared: &Shared, state: ConnectionState, error: Option<String>) {
     }
 }
 
-async fn session(shared: &Arc<Shared>, config: &StreamConfig, backoff: &mut Backoff) -> Result<(), StreamError> {
+async fn session(
+    shared: &Arc<Shared>,
+    config: &StreamConfig,
+    backoff: &mut Backoff,
+    executor: &Executor,
+    results: &mut mpsc::Receiver<pb::ActionResult>,
+) -> Result<(), StreamError> {
     let channel = Endpoint::from_shared(config.coordinator.clone())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -103,7 +113,7 @@ async fn session(shared: &Arc<Shared>, config: &StreamConfig, backoff: &mut Back
         agent_id: shared.agent_id.clone(),
         node_name: shared.node_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        capabilities: Vec::new(),
+        capabilities: directives::CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         labels: config.labels.clone().into_iter().collect(),
         last_sequence,
     };
@@ -154,16 +164,11 @@ async fn session(shared: &Arc<Shared>, config: &StreamConfig, backoff: &mut Back
                         }
                     }
                     Some(CoordinatorBody::Directive(d)) => {
-                        // Local actions arrive with their own capabilities; until an
-                        // agent announces one, every directive is answered as such.
-                        let result = pb::ActionResult {
-                            directive_id: d.id,
-                            outcome: pb::ActionOutcome::Unsupported as i32,
-                            message: format!("this agent cannot run `{}`", d.action),
-                            evidence: Default::default(),
-                            finished_at_ms: now().as_millis(),
-                        };
-                        send(&out, AgentBody::ActionResult(result)).await?;
+                        tracing::info!(
+                            directive = %d.id, action = %d.action, incident = %d.incident_id, step = %d.step_id,
+                            dry_run = d.dry_run, "directive received"
+                        );
+                        executor.submit(d);
                     }
                     Some(CoordinatorBody::ConfigUpdate(update)) => {
                         if update.heartbeat_interval_ms > 0 {
@@ -185,6 +190,13 @@ async fn session(shared: &Arc<Shared>, config: &StreamConfig, backoff: &mut Back
                 })).await?;
             }
             () = shared.new_findings.notified() => {}
+            Some(result) = results.recv() => {
+                let id = result.directive_id.clone();
+                if let Err(e) = send(&out, AgentBody::ActionResult(result)).await {
+                    tracing::warn!(directive = %id, "a directive result was not delivered: the stream closed");
+                    return Err(e);
+                }
+            }
         }
     }
 }

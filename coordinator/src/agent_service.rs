@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::directives::{AgentInfo, Completion, Directives};
 use crate::metrics::Metrics;
 use crate::recorder::{AgentHello, RecordError, Recorder, now};
 use crate::registry::{Registry, Session};
@@ -38,6 +39,9 @@ pub struct AgentService {
     pub heartbeat_interval: Duration,
     /// Most findings in one batch.
     pub max_batch_findings: usize,
+    /// Where connected streams are registered so actuators can send them
+    /// directives, and where their results are handed back.
+    pub directives: Directives,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -113,6 +117,17 @@ impl pb::agent_service_server::AgentService for AgentService {
         };
         // The channel is new and empty: this send cannot wait.
         let _ = tx.send(Ok(message(CoordinatorBody::Welcome(welcome)))).await;
+        // Registered only after the welcome is queued: a directive never
+        // reaches an agent before its welcome. Dropped when the stream ends.
+        let registration = self.directives.register(
+            AgentInfo {
+                agent_id: hello.agent_id.clone(),
+                node_name: hello.node_name.clone(),
+                labels: hello.labels.clone(),
+                capabilities: hello.capabilities.iter().cloned().collect(),
+            },
+            tx.clone(),
+        );
         let service = self.clone();
         tokio::spawn(async move {
             service.metrics.agent_streams.inc();
@@ -121,6 +136,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 tracing::warn!(agent = %session.agent_id, code = ?status.code(), message = status.message(), "agent stream ended with an error");
                 let _ = tx.send(Err(status)).await;
             }
+            drop(registration);
             service.registry.disconnect(&session);
             service.metrics.agent_streams.dec();
         });
@@ -163,9 +179,7 @@ impl AgentService {
                         return Ok(());
                     }
                 }
-                Some(AgentBody::ActionResult(result)) => {
-                    tracing::info!(agent = %session.agent_id, directive = %result.directive_id, outcome = result.outcome, "action result");
-                }
+                Some(AgentBody::ActionResult(result)) => self.action_result(session, node, result),
                 Some(AgentBody::Hello(_)) => {
                     return Err(Status::failed_precondition("hello may only be the first message of a stream"));
                 }
@@ -211,6 +225,32 @@ impl AgentService {
                 },
             )?;
         Ok(receipt.acked)
+    }
+
+    /// Hands a directive's result to its waiter; one nobody waits for is
+    /// logged and counted, never an error: a slow agent must not lose its
+    /// stream over an answer that came too late.
+    fn action_result(&self, session: &Session, node: &str, result: pb::ActionResult) {
+        let (directive, outcome) = (result.directive_id.clone(), result.outcome);
+        let outcome =
+            pb::ActionOutcome::try_from(outcome).map_or_else(|_| outcome.to_string(), |o| o.as_str_name().to_owned());
+        let agent = session.agent_id.as_str();
+        let why = match self.directives.complete(agent, result) {
+            Completion::Delivered => {
+                tracing::debug!(agent, node, directive, outcome, "directive result");
+                return;
+            }
+            Completion::Uncollected => {
+                tracing::info!(agent, node, directive, outcome, "directive result (not collected)");
+                return;
+            }
+            Completion::Late => "its waiter had stopped waiting".to_owned(),
+            Completion::Duplicate => "it was already answered".to_owned(),
+            Completion::Unknown => "no directive has this id".to_owned(),
+            Completion::WrongAgent { expected } => format!("the directive was sent to agent {expected}"),
+        };
+        self.metrics.directive_results_unmatched.inc();
+        tracing::warn!(agent, node, directive, outcome, why, "directive result ignored");
     }
 
     /// Raises or clears the finding that says an agent went silent.

@@ -9,6 +9,7 @@ pub mod admin_service;
 pub mod agent_service;
 pub mod alertmanager;
 pub mod config;
+pub mod directives;
 pub mod engine;
 pub mod http;
 pub mod metrics;

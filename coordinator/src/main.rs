@@ -15,9 +15,9 @@ use remedy_shared::config::EXIT_BAD_CONFIG;
 use remedy_shared::finding::FindingState;
 use tokio::sync::watch;
 
-use remedy_coordinator::actuators::Actuators;
-use remedy_coordinator::actuators::http::HttpActuator;
+use remedy_coordinator::actuators;
 use remedy_coordinator::config::{Cli, Config};
+use remedy_coordinator::directives::Directives;
 use remedy_coordinator::engine::Engine;
 use remedy_coordinator::metrics::Metrics;
 use remedy_coordinator::recorder::{Recorder, now};
@@ -102,8 +102,9 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     }
     let (recorder, runs, guard) =
         Recorder::start(store.clone(), metrics.clone(), catalog.clone()).context("cannot start the writer")?;
-    let actuators = Actuators::default()
-        .with(Arc::new(HttpActuator::new().context("cannot build the HTTP client for the http actuator")?));
+    let directives = Directives::default();
+    let actuators = actuators::this_release(directives.clone(), store.clone())
+        .context("cannot build the HTTP client for the http actuator")?;
     let engine = Engine::new(
         catalog,
         &config.guard_rails,
@@ -143,6 +144,7 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         heartbeat_interval: config.heartbeat_interval,
         max_batch_findings: config.max_batch_findings,
+        directives,
     };
     let admin_service = admin_service::AdminService {
         store: store.clone(),

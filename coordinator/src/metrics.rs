@@ -34,6 +34,8 @@ pub struct Metrics {
     pub agent_streams: Gauge,
     /// Agents marked stale now.
     pub stale_agents: Gauge,
+    /// Directive results that matched no waiting directive.
+    pub directive_results_unmatched: Counter,
 }
 
 impl Metrics {
@@ -53,6 +55,7 @@ impl Metrics {
             open_incidents: Gauge::default(),
             agent_streams: Gauge::default(),
             stale_agents: Gauge::default(),
+            directive_results_unmatched: Counter::default(),
         };
         registry.register("findings_persisted", "Findings persisted, each counted once", m.findings_persisted.clone());
         registry.register(
@@ -77,6 +80,11 @@ impl Metrics {
         registry.register("open_incidents", "Incidents not yet resolved", m.open_incidents.clone());
         registry.register("agent_streams", "Agent streams open now", m.agent_streams.clone());
         registry.register("stale_agents", "Agents that missed their heartbeats", m.stale_agents.clone());
+        registry.register(
+            "directive_results_unmatched",
+            "Directive results nobody waited for (late after a timeout, duplicate, unknown id, wrong agent); logged and ignored",
+            m.directive_results_unmatched.clone(),
+        );
         Metrics { registry: Arc::new(registry), ..m }
     }
 

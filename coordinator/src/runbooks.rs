@@ -75,8 +75,10 @@ mod tests {
     #[test]
     fn this_release_offers_exactly_the_actuators_the_coordinator_has() {
         use remedy_shared::runbook::{ActionKind, Availability};
-        let actuators =
-            actuators::Actuators::default().with(std::sync::Arc::new(actuators::http::HttpActuator::new().unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn crate::store::Store> =
+            std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let actuators = actuators::this_release(crate::directives::Directives::default(), store).unwrap();
         let catalog = ActionCatalog::this_release();
         for kind in ActionKind::ALL {
             let now = catalog.availability(*kind) == Some(Availability::Now);

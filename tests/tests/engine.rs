@@ -29,6 +29,13 @@ fn seed_catalog(dir: &Path, world: &World) -> PathBuf {
         for host in SEED_HOSTS {
             text = text.replace(host, &world.url());
         }
+        // Verification windows of minutes, shortened: a check that cannot
+        // pass here (no agent is connected) escalates in seconds.
+        for (long, short) in
+            [("within: 30m", "within: 3s"), ("within: 10m", "within: 3s"), ("interval: 1m", "interval: 1s")]
+        {
+            text = text.replace(long, short);
+        }
         assert!(!text.contains(".svc"), "{} still names a cluster address", path.display());
         std::fs::write(target.join(path.file_name().expect("a file name")), text).expect("write a runbook");
     }
@@ -429,7 +436,9 @@ async fn agent_findings_start_runbooks_alone_and_summed_across_nodes() {
         "DISK",
         &format!(
             "{tail}triggers: {{findings: [{{kind: disk_usage_high, matchers: ['mount=\"/var\"']}}]}}\n\
-             steps:\n  - id: clean\n    http: {{method: POST, url: '{}/disk/{{{{ finding.labels.node }}}}'}}\n",
+             steps:\n  - id: usage\n    agent_snapshot: {{agents: reporting, include: [resources], combine: sum}}\n\
+             \x20 - id: clean\n    when: steps.usage.memory_total_bytes > 0\n\
+             \x20   http: {{method: POST, url: '{}/disk/{{{{ finding.labels.node }}}}'}}\n",
             world.url()
         ),
     );
@@ -456,8 +465,16 @@ async fn agent_findings_start_runbooks_alone_and_summed_across_nodes() {
     assert_eq!(agents[0].submit(&disk("/data")).await.0, 202);
     assert_eq!(agents[0].submit(&disk("/var")).await.0, 202);
     let incident = incident_for(&coordinator, "DISK").await;
-    run_end(&coordinator, &incident.id).await;
-    assert_eq!(world.requests("POST", "/disk/node-a").len(), 1, "the finding's label reached the template");
+    let entries = run_end(&coordinator, &incident.id).await;
+    // The reporting agent answered the snapshot with its node's real memory,
+    // and the next step's condition read it.
+    let usage = about(&entries, "usage");
+    assert!(
+        usage.iter().any(|e| e.kind == "result" && e.details.get("evidence.agents").map(String::as_str) == Some("1")),
+        "{}",
+        show(&entries)
+    );
+    assert_eq!(world.requests("POST", "/disk/node-a").len(), 1, "{}", show(&entries));
 
     // Six database errors on each node: neither alone is above ten, the sum is.
     let errors = |node: &str, n: u32| {

@@ -6,6 +6,7 @@
 //! parameters and reports what it would have done, changing nothing.
 //! Parameters arrive as JSON so each actuator owns the shape of its own.
 
+pub mod agent;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,18 @@ pub trait Actuator: Send + Sync + std::fmt::Debug {
     fn kinds(&self) -> &'static [&'static str];
     /// Performs (or, in dry-run, validates and describes) one action.
     async fn execute(&self, call: &ActionCall) -> ActionReport;
+}
+
+/// Every actuator this release of the coordinator has, wired to the agents'
+/// directive hub and the store. `ActionCatalog::this_release` says the same
+/// thing for offline validation; a test keeps the two equal.
+pub fn this_release(
+    directives: crate::directives::Directives,
+    store: Arc<dyn crate::store::Store>,
+) -> Result<Actuators, reqwest::Error> {
+    Ok(Actuators::default().with(Arc::new(http::HttpActuator::new()?)).with(Arc::new(
+        agent::AgentActuator::new(directives).with_reporting(Arc::new(agent::StoreReporting::new(store))),
+    )))
 }
 
 /// The actuators this coordinator has, by action kind.

@@ -50,6 +50,8 @@ impl ActionCatalog {
             .with(ActionKind::Http, Availability::Now)
             .with(ActionKind::Notify, Availability::Now)
             .with(ActionKind::ProbeHttp, Availability::Now)
+            .with(ActionKind::Agent, Availability::Now)
+            .with(ActionKind::AgentSnapshot, Availability::Now)
     }
 
     /// A catalog offering every kind with the same availability.
