@@ -438,7 +438,7 @@ impl Driver {
         let mode = run::step_mode(run.mode, runbook.guard_rails.mode, unavailable.is_none());
         let incident = self.inner.recorder.open_incident(run.incident_id).await?;
         let agents = self.agents(&rendered, incident.as_ref());
-        let request = ActionRequest {
+        let mut request = ActionRequest {
             runbook_id: run.runbook_id.clone(),
             incident_id: run.incident_id,
             step_id: step_id.to_owned(),
@@ -452,6 +452,24 @@ impl Driver {
             trigger_still_holds: Some(incident.as_ref().is_some_and(|i| !i.active_sources.is_empty())),
             mode,
         };
+        // The actuator looks at the world first (selectors to names, hold
+        // annotations, current replicas), so the rails weigh what is there.
+        if unavailable.is_none() {
+            let look = call_for(run, step_id, kind.as_str(), call_params.clone(), true);
+            match self.inner.actuators.resolve(&look).await {
+                None => {}
+                Some(Ok(found)) => {
+                    request.targets = found.targets;
+                    request.capacity = found.capacity;
+                    request.population = found.population;
+                }
+                Some(Err(e)) => {
+                    let message = format!("step {step_id} not run: cannot see its targets: {e}");
+                    self.save(run, vec![entry(EntryKind::Result, message.clone(), details)], None).await?;
+                    return Ok(StepEnd::Failed(message));
+                }
+            }
+        }
         if let Some(end) = self.weigh(run, &request).await? {
             return Ok(end);
         }
@@ -577,14 +595,7 @@ impl Driver {
         params: serde_json::Value,
         dry_run: bool,
     ) -> ActionReport {
-        let call = ActionCall {
-            incident_id: run.incident_id.to_string(),
-            step_id: step_id.to_owned(),
-            kind: kind.to_owned(),
-            params,
-            dry_run,
-            deadline: DEFAULT_DEADLINE,
-        };
+        let call = call_for(run, step_id, kind, params, dry_run);
         // The actuators bound their own calls; this bounds a misbehaving one.
         match tokio::time::timeout(DEFAULT_DEADLINE + Duration::from_secs(5), self.inner.actuators.execute(&call)).await
         {
@@ -739,6 +750,17 @@ impl Driver {
             self.action(run, runbook, &step_id, &action, false, false).await?;
         }
         Ok(())
+    }
+}
+
+fn call_for(run: &RunRecord, step_id: &str, kind: &str, params: serde_json::Value, dry_run: bool) -> ActionCall {
+    ActionCall {
+        incident_id: run.incident_id.to_string(),
+        step_id: step_id.to_owned(),
+        kind: kind.to_owned(),
+        params,
+        dry_run,
+        deadline: DEFAULT_DEADLINE,
     }
 }
 

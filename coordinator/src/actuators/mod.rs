@@ -82,11 +82,33 @@ impl ActionReport {
     }
 }
 
+/// What an action touches, as found in the world just before the rails
+/// weigh it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolved {
+    /// Named objects, with their labels and annotations (and their owner's
+    /// and namespace's annotations merged in, so `remedy.dev/hold` on a
+    /// Deployment covers its pods). Empty means nothing matched: refused.
+    pub targets: Vec<remedy_shared::guard::TargetRef>,
+    /// For capacity changes: current and desired replicas and the bounds.
+    pub capacity: Option<remedy_shared::guard::CapacityChange>,
+    /// The pool the targets come from, for percentage budgets.
+    pub population: Option<remedy_shared::guard::Population>,
+}
+
 /// Something that can perform actions of some kinds.
 #[tonic::async_trait]
 pub trait Actuator: Send + Sync + std::fmt::Debug {
     /// The action kinds it performs.
     fn kinds(&self) -> &'static [&'static str];
+    /// Looks at the world before the rails decide: resolves selectors to
+    /// named objects and reads what the rails need (annotations, current
+    /// replicas, pool size). `None`: this actuator has nothing to add, and
+    /// the engine weighs the targets the runbook names. Called in every
+    /// mode; it must change nothing.
+    async fn resolve(&self, _call: &ActionCall) -> Option<Result<Resolved, String>> {
+        None
+    }
     /// Performs (or, in dry-run, validates and describes) one action.
     async fn execute(&self, call: &ActionCall) -> ActionReport;
 }
@@ -126,6 +148,11 @@ impl Actuators {
     /// Every kind that can be performed here.
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.by_kind.keys().copied()
+    }
+
+    /// What the actuator of `call`'s kind finds in the world, if it looks.
+    pub async fn resolve(&self, call: &ActionCall) -> Option<Result<Resolved, String>> {
+        self.by_kind.get(call.kind.as_str())?.resolve(call).await
     }
 
     /// Performs `call`; a kind nobody performs is reported as invalid.
