@@ -27,14 +27,13 @@ use std::time::Duration;
 
 use remedy_shared::Timestamp;
 use remedy_shared::guard::{self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Mode};
-use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
+use remedy_shared::incident::{EntryKind, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::run::{self, Catalog, RunRecord, RunStatus};
-use remedy_shared::runbook::{Action, ActionClass, AfterFailure, AgentTarget, OnFailure, Renderer, Runbook, Step};
+use remedy_shared::runbook::{Action, ActionClass, AfterFailure, OnFailure, Renderer, Runbook, Step};
 use tokio::sync::Notify;
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
 use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate, now};
-use crate::registry::Registry;
 
 /// How people are reached: named webhooks, and which of them each
 /// escalation policy tells.
@@ -58,7 +57,6 @@ struct Inner {
     policy: GuardPolicy,
     actuators: Actuators,
     recorder: Recorder,
-    registry: Arc<Registry>,
     contacts: Contacts,
     guard: Mutex<GuardState>,
     /// Woken when an approval is answered.
@@ -100,7 +98,6 @@ impl Engine {
         base_policy: &GuardPolicy,
         actuators: Actuators,
         recorder: Recorder,
-        registry: Arc<Registry>,
         contacts: Contacts,
         guard: Option<GuardState>,
     ) -> Engine {
@@ -110,7 +107,6 @@ impl Engine {
                 catalog,
                 actuators,
                 recorder,
-                registry,
                 contacts,
                 guard: Mutex::new(guard.unwrap_or_default()),
                 answered: Notify::new(),
@@ -437,14 +433,13 @@ impl Driver {
         let (call_params, unavailable) = self.call_params(&rendered);
         let mode = run::step_mode(run.mode, runbook.guard_rails.mode, unavailable.is_none());
         let incident = self.inner.recorder.open_incident(run.incident_id).await?;
-        let agents = self.agents(&rendered, incident.as_ref());
         let mut request = ActionRequest {
             runbook_id: run.runbook_id.clone(),
             incident_id: run.incident_id,
             step_id: step_id.to_owned(),
             attempt: run.attempt,
             action_kind: kind.as_str().to_owned(),
-            targets: run::targets(&rendered, &agents),
+            targets: run::targets(&rendered),
             destructive,
             requires_approval,
             capacity: run::capacity(&rendered, None),
@@ -602,23 +597,6 @@ impl Driver {
             Ok(report) => report,
             Err(_) => {
                 ActionReport::new(ActionStatus::TimedOut, format!("{kind} did not finish within {DEFAULT_DEADLINE:?}"))
-            }
-        }
-    }
-
-    /// The connected agents an action addresses.
-    fn agents(&self, action: &Action, incident: Option<&Incident>) -> Vec<String> {
-        let Some(target) = run::agent_target(action) else {
-            return Vec::new();
-        };
-        let connected = self.inner.registry.connected();
-        match target {
-            AgentTarget::All => connected.into_iter().map(|(id, _)| id).collect(),
-            AgentTarget::Node(node) => connected.into_iter().filter(|(_, n)| n == node).map(|(id, _)| id).collect(),
-            AgentTarget::Reporting => {
-                let reporting: HashSet<&String> =
-                    incident.map(|i| i.active_sources.keys().collect()).unwrap_or_default();
-                connected.into_iter().filter(|(id, _)| reporting.contains(id)).map(|(id, _)| id).collect()
             }
         }
     }

@@ -105,15 +105,7 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let directives = Directives::default();
     let actuators = actuators::this_release(directives.clone(), store.clone())
         .context("cannot build the HTTP client for the http actuator")?;
-    let engine = Engine::new(
-        catalog,
-        &config.guard_rails,
-        actuators,
-        recorder.clone(),
-        registry.clone(),
-        config.contacts.clone(),
-        guard,
-    );
+    let engine = Engine::new(catalog, &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await

@@ -282,21 +282,22 @@ pub fn step_mode(run: guard::Mode, runbook: runbook::Mode, actuator_available: b
     }
 }
 
-/// What a rendered action touches, as the rails see it. Selectors that only
-/// the cluster can resolve are named by the selector itself (kind
+/// What a rendered action touches, as the runbook names it, for the rails
+/// when no actuator looks at the world first. Selectors that only the
+/// cluster can resolve are named by the selector itself (kind
 /// `PodSelector`), never widened; an empty selector is an empty set, which
-/// the rails refuse. Agent targets name the agents the caller resolved.
-pub fn targets(action: &Action, agents: &[String]) -> Vec<TargetRef> {
+/// the rails refuse. Agents are named by the agent actuator, which knows
+/// who is connected; without it an agent action names nobody.
+pub fn targets(action: &Action) -> Vec<TargetRef> {
     let ns = |kind: &str, namespace: &str, name: &str| TargetRef::namespaced(kind, namespace, name);
     let selector = |namespace: &str, selector: &str| {
         if selector.trim().is_empty() { Vec::new() } else { vec![ns("PodSelector", namespace, selector)] }
     };
-    let agent_targets = || agents.iter().map(|a| TargetRef::new("agent", a.clone())).collect::<Vec<_>>();
     match action {
         Action::Http(a) => vec![TargetRef::new("url", a.url.clone())],
         Action::ProbeHttp(a) => vec![TargetRef::new("url", a.url.clone())],
         Action::Notify(a) => vec![TargetRef::new("webhook", a.webhook.clone())],
-        Action::Agent(_) | Action::AgentSnapshot(_) | Action::LogCleanup(_) => agent_targets(),
+        Action::Agent(_) | Action::AgentSnapshot(_) | Action::LogCleanup(_) => Vec::new(),
         Action::Scale(a) => vec![ns(workload(a.kind), &a.namespace, &a.name)],
         Action::RolloutRestart(a) => vec![ns(workload(a.kind), &a.namespace, &a.name)],
         Action::PatchHpa(a) => vec![ns("HorizontalPodAutoscaler", &a.namespace, &a.name)],
@@ -528,7 +529,7 @@ mod tests {
             phase: None,
             max_count: 3,
         });
-        assert!(targets(&action, &[]).is_empty());
+        assert!(targets(&action).is_empty());
         let snapshot = Action::AgentSnapshot(runbook::AgentSnapshot {
             agents: AgentTarget::All,
             include: vec![],
@@ -537,7 +538,7 @@ mod tests {
             combine: runbook::Combine::Sum,
             timeout: Duration::from_secs(1),
         });
-        assert!(targets(&snapshot, &[]).is_empty(), "no agent connected is no target");
+        assert!(targets(&snapshot).is_empty(), "agents are named by the agent actuator, never assumed");
     }
 
     #[test]

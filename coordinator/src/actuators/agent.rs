@@ -17,7 +17,9 @@ use remedy_proto::v1 as pb;
 use remedy_shared::incident::IncidentId;
 use remedy_shared::runbook::{AgentDirective, AgentSnapshot, AgentTarget, Combine};
 
-use super::{ActionCall, ActionReport, ActionStatus, Actuator};
+use remedy_shared::guard::TargetRef;
+
+use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
 use crate::directives::{Answer, Delivery, DirectiveSpec, Directives, Pending, Target, Undelivered};
 use crate::recorder::now;
 use crate::store::Store;
@@ -157,6 +159,39 @@ impl AgentActuator {
 impl Actuator for AgentActuator {
     fn kinds(&self) -> &'static [&'static str] {
         &["agent", "agent_snapshot"]
+    }
+
+    /// The connected agents the action names, as the rails see them: an
+    /// agent nobody can reach is not a target, and none at all is an empty
+    /// set, refused.
+    async fn resolve(&self, call: &ActionCall) -> Option<Result<Resolved, String>> {
+        let agents = match call.kind.as_str() {
+            "agent" => serde_json::from_value::<AgentDirective>(call.params.clone()).map(|p| p.agents),
+            "agent_snapshot" => serde_json::from_value::<AgentSnapshot>(call.params.clone()).map(|p| p.agents),
+            _ => return None,
+        };
+        let agents = match agents {
+            Ok(a) => a,
+            Err(e) => return Some(Err(format!("{} parameters: {e}", call.kind))),
+        };
+        let target = match self.target(call, &agents).await {
+            Ok(t) => t,
+            // Nobody reports the incident: nothing to act on.
+            Err(report) if report.status == ActionStatus::Failed => Target::Agents(BTreeSet::new()),
+            Err(report) => return Some(Err(report.message)),
+        };
+        let targets = self
+            .directives
+            .connected()
+            .into_iter()
+            .filter(|a| match &target {
+                Target::All => true,
+                Target::Node(node) => &a.node_name == node,
+                Target::Agents(ids) => ids.contains(&a.agent_id),
+            })
+            .map(|a| TargetRef::new("agent", a.agent_id).with_label("node", a.node_name))
+            .collect();
+        Some(Ok(Resolved { targets, ..Resolved::default() }))
     }
 
     async fn execute(&self, call: &ActionCall) -> ActionReport {
