@@ -146,14 +146,6 @@ impl Registry {
         self.lock().get(agent_id).cloned()
     }
 
-    /// The agents with an open stream, as (agent id, node name), sorted.
-    pub fn connected(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> =
-            self.lock().iter().filter(|(_, a)| a.connected).map(|(id, a)| (id.clone(), a.node_name.clone())).collect();
-        out.sort();
-        out
-    }
-
     /// Open streams and stale agents now.
     pub fn counts(&self) -> (usize, usize) {
         let agents = self.lock();
