@@ -7,21 +7,35 @@
 # Extra arguments go to remedy-bench (see `remedy-bench --help`), e.g.
 #   scripts/bench.sh --quick
 #   scripts/bench.sh --only fanin --fanin 5000
+#   scripts/bench.sh --only engine
 # Everything runs on loopback; every loop is bounded; the whole run takes
-# about 6 minutes after the build on a 2-core machine.
+# about 9 minutes after the build on a 2-core machine (the engine part
+# alone about 2).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 # --- peers -----------------------------------------------------------------
+# Only the agent and postgres parts have peers to install; `--only` without
+# them needs none.
+only=""
+prev=""
+for arg in "$@"; do
+  if [ "$prev" = "--only" ]; then only="$arg"; fi
+  prev="$arg"
+done
+needs_peers=1
+if [ -n "$only" ] && ! [[ ",$only," == *,agent,* || ",$only," == *,postgres,* ]]; then
+  needs_peers=0
+fi
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
 }
 missing=()
 command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
 compgen -G '/usr/lib/postgresql/*/bin/pgbench' >/dev/null || missing+=(postgresql)
-if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
+if [ "$needs_peers" -eq 1 ] && [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
   echo "bench: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   if ! as_root apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
@@ -40,7 +54,10 @@ if [ -n "$pg_bin" ] && [ -x "$pg_bin/postgres" ]; then
 fi
 
 # --- build -------------------------------------------------------------------
-cargo build --release -p remedy-coordinator -p remedy-agent -p remedy-e2e --bin remedy-bench >&2
+# Two commands: `--bin` applies to every package named with `-p`, so one
+# command would build remedy-bench and skip the coordinator and agent.
+cargo build --release -p remedy-coordinator -p remedy-agent --bins >&2
+cargo build --release -p remedy-e2e --bin remedy-bench >&2
 
 # --- limits ------------------------------------------------------------------
 # One socket per simulated agent here, one per stream in the coordinator.
@@ -58,6 +75,7 @@ echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git d
 echo "- machine: $(nproc) cores (${cpu_model:-unknown CPU}), ${mem_total} memory, kernel $(uname -r), ${os}"
 echo "- disk of the temp dirs: $(df -h --output=source,fstype "${TMPDIR:-/tmp}" | tail -n 1 | tr -s ' ')"
 echo "- open files limit: $(ulimit -n)"
+echo "- load average before the run (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- command: \`${cmd[*]}\`"
 echo
 "${cmd[@]}"

@@ -36,6 +36,10 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "REMEDY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Kubeconfig file for watching this node's pods; without it, the
+    /// in-cluster configuration, KUBECONFIG or ~/.kube/config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +62,69 @@ struct FileConfig {
     detectors: DetectorsFile,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pods: PodsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodsFile {
+    /// `auto`, `true` or `false`; read as text or boolean, checked in `resolve`.
+    enabled: Option<Toggle>,
+    #[serde(default, with = "opt_duration")]
+    refresh: Option<Duration>,
+    #[serde(default)]
+    crash_loop: CrashLoopFile,
+    #[serde(default)]
+    oom_killed: OomKilledFile,
+    #[serde(default)]
+    failed: FailedFile,
+    #[serde(default)]
+    restart_failed: RestartFailedFile,
+}
+
+/// A YAML boolean or a word.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Toggle {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrashLoopFile {
+    enabled: Option<bool>,
+    restarts: Option<u32>,
+    #[serde(default, with = "opt_duration")]
+    window: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    clear_after: Option<Duration>,
+    severity: Option<Severity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OomKilledFile {
+    enabled: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    clear_after: Option<Duration>,
+    severity: Option<Severity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailedFile {
+    enabled: Option<bool>,
+    severity: Option<Severity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartFailedFile {
+    enabled: Option<bool>,
+    max_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +190,86 @@ pub struct Detectors {
     pub disk_usage_high: Option<DetectorConfig>,
 }
 
+/// Whether the agent watches its node's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodsMode {
+    /// When a Kubernetes client can be built.
+    Auto,
+    /// Always; no client is a configuration error.
+    On,
+    /// Never.
+    Off,
+}
+
+/// `pod_crash_loop`: a container waiting in CrashLoopBackOff, or a restart
+/// storm (`restarts` or more within `window`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CrashLoopRule {
+    /// Restarts within `window` that make a storm.
+    pub restarts: u32,
+    /// The storm's sliding window.
+    pub window: Duration,
+    /// How long after the last CrashLoopBackOff or storm restart the finding
+    /// clears (a crash loop runs between back-offs; this keeps it from
+    /// flapping with each short run).
+    pub clear_after: Duration,
+    /// Severity of its findings.
+    pub severity: Severity,
+}
+
+/// `pod_oom_killed`: a container whose last termination was OOMKilled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OomKilledRule {
+    /// How long after the termination the finding clears, unless another
+    /// follows; an older termination is not reported at all.
+    pub clear_after: Duration,
+    /// Severity of its findings.
+    pub severity: Severity,
+}
+
+/// `pod_failed`: a pod in phase Failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailedRule {
+    /// Severity of its findings.
+    pub severity: Severity,
+}
+
+/// The pod detectors; `None` is disabled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodRules {
+    /// Crash loops and restart storms.
+    pub crash_loop: Option<CrashLoopRule>,
+    /// OOM kills.
+    pub oom_killed: Option<OomKilledRule>,
+    /// Failed pods.
+    pub failed: Option<FailedRule>,
+    /// While a finding holds it is sent again this often; it expires after
+    /// three missed refreshes.
+    pub refresh: Duration,
+}
+
+/// Deleting Failed pods of this node so their controller replaces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartFailed {
+    /// Off by default.
+    pub enabled: bool,
+    /// Deletions within any sliding hour, at most.
+    pub max_per_hour: u32,
+}
+
+/// Watching the pods bound to this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodsConfig {
+    /// On, off, or when a client can be built.
+    pub mode: PodsMode,
+    /// Kubeconfig named by `--kubeconfig` or the file's `kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Detectors.
+    pub rules: PodRules,
+    /// Local remediation.
+    pub restart_failed: RestartFailed,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -152,6 +299,8 @@ pub struct Config {
     pub detectors: Detectors,
     /// Node labels announced in the hello.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// This node's pods.
+    pub pods: PodsConfig,
 }
 
 impl Config {
@@ -210,6 +359,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         node_load_high: detector(source, "node_load_high", d.node_load_high, (2.0, 1.5, 300), refresh)?,
         disk_usage_high: detector(source, "disk_usage_high", d.disk_usage_high, (85.0, 80.0, 60), refresh)?,
     };
+    let pods = pods(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
@@ -224,7 +374,68 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         reconnect_max,
         detectors,
         labels: file.labels,
+        pods,
     })
+}
+
+fn pods(source: &str, kubeconfig: Option<PathBuf>, file: PodsFile) -> Result<PodsConfig, ConfigError> {
+    let err = |field: &str, message: &str| ConfigError::new(source, format!("pods.{field}"), message);
+    let mode = match file.enabled {
+        None => PodsMode::Auto,
+        Some(Toggle::Bool(true)) => PodsMode::On,
+        Some(Toggle::Bool(false)) => PodsMode::Off,
+        Some(Toggle::Text(t)) => match t.trim() {
+            "auto" => PodsMode::Auto,
+            "true" => PodsMode::On,
+            "false" => PodsMode::Off,
+            other => return Err(err("enabled", &format!("`{other}` is not one of auto, true, false"))),
+        },
+    };
+    if kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        return Err(ConfigError::new(source, "kubeconfig", "must name a file"));
+    }
+    let refresh = file.refresh.unwrap_or(Duration::from_secs(60));
+    if refresh < Duration::from_secs(1) {
+        return Err(err("refresh", "must be at least 1s"));
+    }
+    let c = file.crash_loop;
+    let crash_loop = if c.enabled == Some(false) {
+        None
+    } else {
+        let rule = CrashLoopRule {
+            restarts: c.restarts.unwrap_or(5),
+            window: c.window.unwrap_or(Duration::from_secs(600)),
+            clear_after: c.clear_after.unwrap_or(Duration::from_secs(300)),
+            severity: c.severity.unwrap_or(Severity::Warning),
+        };
+        if rule.restarts == 0 {
+            return Err(err("crash_loop.restarts", "must be at least 1"));
+        }
+        if rule.window < Duration::from_secs(1) {
+            return Err(err("crash_loop.window", "must be at least 1s"));
+        }
+        Some(rule)
+    };
+    let o = file.oom_killed;
+    let oom_killed = (o.enabled != Some(false)).then(|| OomKilledRule {
+        clear_after: o.clear_after.unwrap_or(Duration::from_secs(600)),
+        severity: o.severity.unwrap_or(Severity::Warning),
+    });
+    if oom_killed.is_some_and(|r| r.clear_after < Duration::from_secs(1)) {
+        return Err(err("oom_killed.clear_after", "must be at least 1s"));
+    }
+    let f = file.failed;
+    let failed = (f.enabled != Some(false)).then(|| FailedRule { severity: f.severity.unwrap_or(Severity::Warning) });
+    let r = file.restart_failed;
+    let restart_failed =
+        RestartFailed { enabled: r.enabled.unwrap_or(false), max_per_hour: r.max_per_hour.unwrap_or(3) };
+    if restart_failed.enabled && restart_failed.max_per_hour == 0 {
+        return Err(err("restart_failed.max_per_hour", "must be at least 1 (or set restart_failed.enabled: false)"));
+    }
+    if restart_failed.enabled && mode == PodsMode::Off {
+        return Err(err("restart_failed.enabled", "needs pod watching (pods.enabled is false)"));
+    }
+    Ok(PodsConfig { mode, kubeconfig, rules: PodRules { crash_loop, oom_killed, failed, refresh }, restart_failed })
 }
 
 fn detector(
@@ -309,5 +520,59 @@ mod tests {
         assert_eq!(load("coordinator: 127.0.0.1:7070\n").unwrap_err().field, "coordinator");
         assert_eq!(load("spool_capacity: 0\n").unwrap_err().field, "spool_capacity");
         assert_eq!(load("detectors:\n  gpu_hot: {}\n").unwrap_err().field, "detectors.gpu_hot");
+    }
+
+    #[test]
+    fn pod_watching_defaults_to_auto_with_restarts_off() {
+        let c = load("{}").unwrap();
+        assert_eq!(c.pods.mode, PodsMode::Auto);
+        assert_eq!(c.pods.kubeconfig, None);
+        assert_eq!(c.pods.restart_failed, RestartFailed { enabled: false, max_per_hour: 3 });
+        let crash = c.pods.rules.crash_loop.unwrap();
+        assert_eq!((crash.restarts, crash.window), (5, Duration::from_secs(600)));
+        assert!(c.pods.rules.oom_killed.is_some() && c.pods.rules.failed.is_some());
+        assert_eq!(c.pods.rules.refresh, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn pod_watching_reads_auto_true_false_and_its_rules() {
+        for (text, mode) in [("auto", PodsMode::Auto), ("true", PodsMode::On), ("false", PodsMode::Off)] {
+            assert_eq!(load(&format!("pods: {{enabled: {text}}}\n")).unwrap().pods.mode, mode, "{text}");
+            assert_eq!(load(&format!("pods: {{enabled: \"{text}\"}}\n")).unwrap().pods.mode, mode, "{text}");
+        }
+        let c = load(
+            "kubeconfig: /etc/kube.yaml\npods:\n  enabled: true\n  refresh: 10s\n  crash_loop: {restarts: 3, window: 2m, clear_after: 1s, severity: critical}\n  oom_killed: {enabled: false}\n  restart_failed: {enabled: true, max_per_hour: 1}\n",
+        )
+        .unwrap();
+        assert_eq!(c.pods.kubeconfig, Some(PathBuf::from("/etc/kube.yaml")));
+        let crash = c.pods.rules.crash_loop.unwrap();
+        assert_eq!(
+            (crash.restarts, crash.window, crash.clear_after),
+            (3, Duration::from_secs(120), Duration::from_secs(1))
+        );
+        assert_eq!(crash.severity, Severity::Critical);
+        assert!(c.pods.rules.oom_killed.is_none());
+        assert_eq!(c.pods.restart_failed, RestartFailed { enabled: true, max_per_hour: 1 });
+        let flag = Cli::parse_from(["remedy-agent", "--node-name", "n1", "--kubeconfig", "/tmp/k"]);
+        let c = resolve(&flag, "agent.yaml", config::parse_yaml("agent.yaml", "kubeconfig: /etc/kube.yaml\n").unwrap())
+            .unwrap();
+        assert_eq!(c.pods.kubeconfig, Some(PathBuf::from("/tmp/k")), "the flag wins over the file");
+    }
+
+    #[test]
+    fn bad_pod_settings_name_their_field() {
+        assert_eq!(load("pods: {enabled: sometimes}\n").unwrap_err().field, "pods.enabled");
+        assert_eq!(load("pods: {crash_loop: {restarts: 0}}\n").unwrap_err().field, "pods.crash_loop.restarts");
+        assert_eq!(load("pods: {crash_loop: {window: 0s}}\n").unwrap_err().field, "pods.crash_loop.window");
+        assert_eq!(load("pods: {refresh: 10ms}\n").unwrap_err().field, "pods.refresh");
+        assert_eq!(
+            load("pods: {restart_failed: {enabled: true, max_per_hour: 0}}\n").unwrap_err().field,
+            "pods.restart_failed.max_per_hour"
+        );
+        assert_eq!(
+            load("pods: {enabled: false, restart_failed: {enabled: true}}\n").unwrap_err().field,
+            "pods.restart_failed.enabled"
+        );
+        assert_eq!(load("pods: {watch_all: true}\n").unwrap_err().field, "pods.watch_all");
     }
 }

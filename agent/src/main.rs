@@ -10,6 +10,7 @@ mod diagnostics;
 mod directives;
 mod identity;
 mod metrics;
+mod pods;
 mod signals;
 mod spool;
 mod state;
@@ -45,7 +46,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    // Pod watching needs a Kubernetes client; `pods.enabled: true` without
+    // one is bad configuration, like any other.
+    let source = cli.config.as_ref().map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+    let kube = match runtime.block_on(pods::connect(&config.pods, &source)) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("remedy-agent: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    match runtime.block_on(run(config, kube)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("remedy-agent: {e:#}");
@@ -68,7 +79,7 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     let agent_id = identity::agent_id(config.agent_id.as_deref(), &config.state_dir, &config.node_name)
         .with_context(|| format!("cannot read or create the agent id in {}", config.state_dir.display()))?;
     let spool = spool::Spool::open(&config.state_dir, config.spool_capacity).context("cannot open the spool")?;
@@ -108,14 +119,57 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
     let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
+    let pods_task = start_pods(&shared, &config, kube, stopped());
 
     shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = stream_task.await;
     let _ = sampler_task.await;
+    if let Some(task) = pods_task {
+        let _ = task.await;
+    }
     diagnostics_task.await.context("diagnostics task failed")?.context("diagnostics endpoint failed")?;
     Ok(())
+}
+
+/// Starts watching this node's pods when there is a client; says which way
+/// it went either way.
+fn start_pods(
+    shared: &Arc<Shared>,
+    config: &Config,
+    kube: pods::Connection,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mode = match config.pods.mode {
+        config::PodsMode::Auto => "auto",
+        config::PodsMode::On => "true",
+        config::PodsMode::Off => "false",
+    };
+    let restart = config.pods.restart_failed;
+    let mut status = shared.status();
+    status.pods.restarts.enabled = restart.enabled;
+    status.pods.restarts.max_per_hour = restart.max_per_hour;
+    match kube {
+        pods::Connection::On(client, from) => {
+            tracing::info!(
+                pods_enabled = mode,
+                client = %from,
+                restart_failed = restart.enabled,
+                max_per_hour = restart.max_per_hour,
+                "pod watching on: Kubernetes client from {from}"
+            );
+            status.pods.enabled = true;
+            status.pods.client = from;
+            drop(status);
+            Some(tokio::spawn(pods::watch(shared.clone(), client, config.pods.clone(), stopped)))
+        }
+        pods::Connection::Off(why) => {
+            tracing::info!(pods_enabled = mode, "pod watching off: {why}");
+            status.pods.client = why;
+            None
+        }
+    }
 }
 
 async fn shutdown_signal() {

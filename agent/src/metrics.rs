@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,18 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// Resource samples taken.
     pub samples: Counter,
+    /// Pods of this node being watched.
+    pub pods_watched: Gauge,
+    /// Pod findings raised and not cleared.
+    pub pod_findings_active: Gauge,
+    /// Errors of the pod watch (each followed by a retry).
+    pub pod_watch_errors: Counter,
+    /// Failed pods deleted so that their controller replaces them.
+    pub pod_restarts: Counter,
+    /// Failed pods not restarted, by reason (once per pod and reason).
+    pub pod_restarts_refused: Family<Vec<(String, String)>, Counter>,
+    /// Restarts whose API calls failed.
+    pub pod_restart_failures: Counter,
 }
 
 impl Metrics {
@@ -40,6 +53,12 @@ impl Metrics {
             connected: Gauge::default(),
             reconnects: Counter::default(),
             samples: Counter::default(),
+            pods_watched: Gauge::default(),
+            pod_findings_active: Gauge::default(),
+            pod_watch_errors: Counter::default(),
+            pod_restarts: Counter::default(),
+            pod_restarts_refused: Family::default(),
+            pod_restart_failures: Counter::default(),
         };
         registry.register("findings_raised", "Findings raised on this node", m.findings_raised.clone());
         registry.register("findings_acked", "Findings the coordinator acknowledged", m.findings_acked.clone());
@@ -56,6 +75,28 @@ impl Metrics {
         registry.register("connected", "1 while the stream to the coordinator is open", m.connected.clone());
         registry.register("reconnects", "Failed connection attempts and broken streams", m.reconnects.clone());
         registry.register("samples", "Resource samples taken", m.samples.clone());
+        registry.register("pods_watched", "Pods bound to this node being watched", m.pods_watched.clone());
+        registry.register("pod_findings_active", "Pod findings raised and not cleared", m.pod_findings_active.clone());
+        registry.register(
+            "pod_watch_errors",
+            "Errors of the pod watch, each followed by a retry",
+            m.pod_watch_errors.clone(),
+        );
+        registry.register(
+            "pod_restarts",
+            "Failed pods deleted so that their controller replaces them",
+            m.pod_restarts.clone(),
+        );
+        registry.register(
+            "pod_restarts_refused",
+            "Failed pods not restarted, by reason (each pod and reason once)",
+            m.pod_restarts_refused.clone(),
+        );
+        registry.register(
+            "pod_restart_failures",
+            "Restarts of Failed pods whose API calls failed",
+            m.pod_restart_failures.clone(),
+        );
         Metrics { registry: Arc::new(registry), ..m }
     }
 

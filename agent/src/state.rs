@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::pods::PodsStatus;
 use crate::spool::{AppendReport, Spool, SpoolError};
 
 /// Where the stream to the coordinator stands.
@@ -50,6 +51,8 @@ pub struct Status {
     pub snapshot: Option<ResourceSnapshot>,
     /// Findings raised and not cleared.
     pub active_findings: Vec<Finding>,
+    /// This node's pods.
+    pub pods: PodsStatus,
 }
 
 /// Shared by every task of the agent.
@@ -97,6 +100,7 @@ impl Shared {
                 },
                 snapshot: None,
                 active_findings: Vec::new(),
+                pods: PodsStatus::default(),
             }),
             spool: Mutex::new(spool),
             new_findings: Notify::new(),

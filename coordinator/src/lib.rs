@@ -12,6 +12,7 @@ pub mod config;
 pub mod directives;
 pub mod engine;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod recorder;
 pub mod registry;

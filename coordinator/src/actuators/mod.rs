@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod http;
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -14,6 +14,10 @@
 //!    minute.
 //! 4. PostgreSQL inserting the same findings rows with fsync'd commits of
 //!    the coordinator's measured group size, as the ingest peer.
+//! 5. The runbook engine (`engine.rs`): webhook → first action latency next
+//!    to a minimal receiver that acts at once, decisions per second through
+//!    the guard rails with 1 to 1,000 active incidents, and steps per second
+//!    end to end with many runs active, next to the disk's fsync rate.
 //!
 //! Every loop is bounded in count and time, every process started is
 //! stopped on the way out (also on error or Ctrl-C), and the results are
@@ -24,7 +28,11 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "remedy-bench/engine.rs"]
+mod engine;
+
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,7 +77,18 @@ Options (defaults in brackets):
   --pg-secs S            each pgbench run [20]
   --pg-clients N,N,...   pgbench client counts [1,8]
   --pg-rows N            rows per PostgreSQL transaction [the coordinator's measured findings per commit]
-  --only LIST            run only some parts: agent,fanin,postgres
+  --engine-alerts N      spaced alerts for webhook → first action [500]
+  --engine-rate R        their rate, alerts per second [20]
+  --engine-bursts N      bursts after the spaced alerts [5]
+  --engine-burst N       alerts per burst [50]
+  --engine-burst-gap S   seconds between bursts [3]
+  --engine-incidents N,N active incidents for the in-process decision bench [1,100,1000]
+  --engine-decide-secs S time measured per incident count [3]
+  --engine-runs N,N,...  concurrent manual runs, end to end [1,100,1000]
+  --engine-steps N       http steps per run [5]
+  --engine-run-secs S    longest one end-to-end measurement may take [240]
+  --only LIST            run only some parts: agent,fanin,postgres,engine (or one
+                         engine part: engine-latency,engine-decide,engine-runs)
   --quick                short smoke run (small counts, short windows)
 ";
 
@@ -90,6 +109,7 @@ struct Opts {
     pg_clients: Vec<usize>,
     pg_rows: Option<usize>,
     only: Vec<String>,
+    engine: engine::EngineOpts,
 }
 
 impl Default for Opts {
@@ -110,6 +130,7 @@ impl Default for Opts {
             pg_clients: vec![1, 8],
             pg_rows: None,
             only: Vec::new(),
+            engine: engine::EngineOpts::default(),
         }
     }
 }
@@ -137,10 +158,12 @@ fn parse_opts() -> anyhow::Result<Opts> {
             opts.measure_secs = 5;
             opts.agent_secs = 10;
             opts.pg_secs = 3;
+            opts.engine = engine::EngineOpts::quick();
             continue;
         }
         let value = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
         let number = |v: &str| v.parse::<u64>().with_context(|| format!("{flag}: `{v}` is not a number"));
+        let real = |v: &str| v.parse::<f64>().with_context(|| format!("{flag}: `{v}` is not a number"));
         match flag.as_str() {
             "--fanin" => opts.fanin = parse_list(&flag, &value)?,
             "--idle-streams" => opts.idle_streams = number(&value)? as usize,
@@ -157,6 +180,16 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--pg-clients" => opts.pg_clients = parse_list(&flag, &value)?,
             "--pg-rows" => opts.pg_rows = Some(number(&value)? as usize),
             "--only" => opts.only = value.split(',').map(|s| s.trim().to_owned()).collect(),
+            "--engine-alerts" => opts.engine.alerts = number(&value)? as usize,
+            "--engine-rate" => opts.engine.rate = real(&value)?,
+            "--engine-bursts" => opts.engine.bursts = number(&value)? as usize,
+            "--engine-burst" => opts.engine.burst_size = number(&value)? as usize,
+            "--engine-burst-gap" => opts.engine.burst_gap_secs = real(&value)?,
+            "--engine-incidents" => opts.engine.incidents = parse_list(&flag, &value)?,
+            "--engine-decide-secs" => opts.engine.decide_secs = real(&value)?,
+            "--engine-runs" => opts.engine.runs = parse_list(&flag, &value)?,
+            "--engine-steps" => opts.engine.steps = number(&value)? as usize,
+            "--engine-run-secs" => opts.engine.run_secs = number(&value)?,
             other => bail!("unknown option `{other}`\n\n{USAGE}"),
         }
     }
@@ -175,12 +208,22 @@ fn parse_opts() -> anyhow::Result<Opts> {
     if opts.pg_rows.is_some_and(|r| r == 0 || r > 200_000) {
         bail!("--pg-rows must be between 1 and 200000");
     }
+    opts.engine.validate()?;
+    let parts = ["agent", "fanin", "postgres", "engine", "engine-latency", "engine-decide", "engine-runs"];
+    if let Some(unknown) = opts.only.iter().find(|p| !parts.contains(&p.as_str())) {
+        bail!("--only: unknown part `{unknown}` (known: {})", parts.join(", "));
+    }
     Ok(opts)
 }
 
 impl Opts {
     fn runs(&self, part: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+
+    /// Whether any part of the engine's benchmark runs.
+    fn runs_engine(&self) -> bool {
+        self.runs("engine") || self.only.iter().any(|p| p.starts_with("engine-"))
     }
 }
 
@@ -383,12 +426,18 @@ struct CoordinatorProc {
 
 impl CoordinatorProc {
     async fn start() -> anyhow::Result<CoordinatorProc> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a coordinator with extra command-line arguments.
+    async fn start_with(extra: &[OsString]) -> anyhow::Result<CoordinatorProc> {
         let dir = tempfile::Builder::new().prefix("remedy-bench-coordinator-").tempdir().context("temp dir")?;
         let (grpc, http) = (free_addr(), free_addr());
         let mut cmd = Command::new(bin("remedy-coordinator"));
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--grpc-listen", &grpc.to_string(), "--http-listen", &http.to_string(), "--id", "bench"])
+            .args(extra)
             .env("REMEDY_LOG", "info")
             .env_remove("REMEDY_COORDINATOR_CONFIG");
         let mut proc = Proc::spawn("remedy-coordinator", &mut cmd, &dir.path().join("coordinator.log"), "TERM")?;
@@ -1191,6 +1240,7 @@ fn report(
     fanins: &[anyhow::Result<FaninFigures>],
     pg: &Option<anyhow::Result<(String, Vec<PgFigures>)>>,
     pg_note: &str,
+    engine: &Option<anyhow::Result<engine::EngineFigures>>,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Results\n");
@@ -1346,6 +1396,7 @@ fn report(
             }
         }
     }
+    s.push_str(&engine::report(opts, engine));
     s
 }
 
@@ -1430,10 +1481,21 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         _ => None,
     };
 
+    let engine = if opts.runs_engine() {
+        let r = engine::run(&opts).await;
+        if let Err(e) = &r {
+            eprintln!("remedy-bench: runbook engine failed: {e:#}");
+        }
+        Some(r)
+    } else {
+        None
+    };
+
     let ok = agent.as_ref().is_none_or(|r| r.is_ok())
         && fanins.iter().all(|r| r.is_ok())
-        && pg.as_ref().is_none_or(|r| r.is_ok());
-    print!("{}", report(&opts, &agent, &fanins, &pg, &pg_note));
+        && pg.as_ref().is_none_or(|r| r.is_ok())
+        && engine.as_ref().is_none_or(|r| r.as_ref().is_ok_and(engine::EngineFigures::ok));
+    print!("{}", report(&opts, &agent, &fanins, &pg, &pg_note, &engine));
     Ok(ok)
 }
 

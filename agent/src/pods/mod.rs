@@ -1,0 +1,314 @@
+//! The pods bound to this node: watched, judged, and (when enabled) a
+//! Failed one restarted.
+//!
+//! One watch, filtered by the API server to `spec.nodeName=<this node>`, so
+//! the agent never sees the rest of the cluster. Each event becomes a
+//! [`view::PodView`] (a few fields, not the object), the [`judge::Judge`]
+//! decides what to report, and findings go through the spool like every
+//! other finding. The watch resumes by itself; on errors it waits with a
+//! growing, jittered delay, and never stops the agent.
+
+pub mod judge;
+pub mod restart;
+pub mod view;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use remedy_shared::Timestamp;
+use remedy_shared::backoff::Backoff;
+use remedy_shared::config::ConfigError;
+use remedy_shared::finding::Finding;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::clock::now;
+use crate::config::{PodsConfig, PodsMode};
+use crate::state::Shared;
+use judge::{Judge, PodKey};
+use restart::RestartStatus;
+
+/// How often time-based judgements run (storm windows, grace periods,
+/// refreshes).
+const TICK: Duration = Duration::from_secs(1);
+/// How often the Failed pods are offered for a restart again (a budget
+/// may have freed up, a hold may have been lifted).
+const RECHECK: Duration = Duration::from_secs(30);
+/// Watch retry delays.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The pods section of `/debug/state`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PodsStatus {
+    /// Whether this node's pods are watched.
+    pub enabled: bool,
+    /// Where the Kubernetes client came from, or why there is none.
+    pub client: String,
+    /// The first full list arrived.
+    pub synced: bool,
+    /// Pods of this node known.
+    pub watched: usize,
+    /// Pod findings raised and not cleared.
+    pub findings_active: usize,
+    /// Those findings.
+    pub findings: Vec<Finding>,
+    /// The watch.
+    pub watch: WatchStatus,
+    /// Restarts of Failed pods.
+    pub restarts: RestartStatus,
+}
+
+/// The watch, for `/debug/state`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchStatus {
+    /// Events received.
+    pub events: u64,
+    /// Full lists (the first, and each after the watch could not resume).
+    pub lists: u64,
+    /// Errors; each was followed by a wait and a retry.
+    pub errors: u64,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<Timestamp>,
+    /// When the latest event arrived.
+    pub last_event_at: Option<Timestamp>,
+}
+
+/// The outcome of looking for a Kubernetes client.
+pub enum Connection {
+    /// A client, and where its configuration came from.
+    On(Client, String),
+    /// No pod watching, and why.
+    Off(String),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connection::On(_, from) => write!(f, "On({from})"),
+            Connection::Off(why) => write!(f, "Off({why})"),
+        }
+    }
+}
+
+/// Builds the client pod watching needs, as `pods.enabled` asks. `source`
+/// names the configuration for errors. A kubeconfig named explicitly that
+/// cannot be used, or `enabled: true` without a client, is a configuration
+/// error; with `auto`, no client means no pod watching.
+pub async fn connect(pods: &PodsConfig, source: &str) -> Result<Connection, ConfigError> {
+    if pods.mode == PodsMode::Off {
+        return Ok(Connection::Off("pods.enabled is false".to_owned()));
+    }
+    let found = match &pods.kubeconfig {
+        Some(path) => {
+            let config = explicit(path)
+                .await
+                .map_err(|e| ConfigError::new(source, "kubeconfig", format!("cannot use {}: {e}", path.display())))?;
+            Ok((config, format!("kubeconfig {}", path.display())))
+        }
+        None => infer().await,
+    };
+    let built = found.and_then(|(config, from)| match Client::try_from(config) {
+        Ok(client) => Ok((client, from)),
+        Err(e) => Err(format!("{from}: {e}")),
+    });
+    match (built, pods.mode) {
+        (Ok((client, from)), _) => Ok(Connection::On(client, from)),
+        (Err(why), PodsMode::On) => Err(ConfigError::new(
+            source,
+            "pods.enabled",
+            format!("is true, but no Kubernetes client can be built: {why}"),
+        )),
+        (Err(why), _) => Ok(Connection::Off(format!("no Kubernetes client: {why}"))),
+    }
+}
+
+async fn explicit(path: &std::path::Path) -> Result<kube::Config, String> {
+    let file = Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+    kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(|e| e.to_string())
+}
+
+/// KUBECONFIG, then the in-cluster service account, then ~/.kube/config.
+async fn infer() -> Result<(kube::Config, String), String> {
+    if let Some(paths) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        let paths = paths.to_string_lossy().into_owned();
+        return kube::Config::from_kubeconfig(&KubeConfigOptions::default())
+            .await
+            .map(|c| (c, format!("KUBECONFIG {paths}")))
+            .map_err(|e| format!("KUBECONFIG {paths}: {e}"));
+    }
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        return kube::Config::incluster()
+            .map(|c| (c, "the in-cluster service account".to_owned()))
+            .map_err(|e| format!("in-cluster configuration: {e}"));
+    }
+    kube::Config::from_kubeconfig(&KubeConfigOptions::default())
+        .await
+        .map(|c| (c, "~/.kube/config".to_owned()))
+        .map_err(|e| format!("not in a cluster (no KUBERNETES_SERVICE_HOST), no KUBECONFIG, and ~/.kube/config: {e}"))
+}
+
+/// Watches this node's pods until `stopped` resolves.
+pub async fn watch(shared: Arc<Shared>, client: Client, config: PodsConfig, stopped: impl Future<Output = ()>) {
+    let node = shared.node_name.clone();
+    let api: Api<Pod> = Api::all(client.clone());
+    // From the API server's watch cache: a DaemonSet's relists stay off etcd.
+    let selector = format!("spec.nodeName={node}");
+    let events = watcher::watcher(api, watcher::Config::default().fields(&selector).any_semantic());
+    tokio::pin!(events);
+    tokio::pin!(stopped);
+    let (restarts_tx, restarts_rx) = mpsc::channel::<Vec<view::PodView>>(8);
+    let remediator = config
+        .restart_failed
+        .enabled
+        .then(|| tokio::spawn(restart::run(shared.clone(), client, config.restart_failed, restarts_rx)));
+    let mut w = Watch {
+        shared: shared.clone(),
+        judge: Judge::new(config.rules),
+        relist: None,
+        restarts: remediator.as_ref().map(|_| restarts_tx),
+        failed_changed: false,
+    };
+    let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(node = %node, selector = %selector, "watching this node's pods");
+    loop {
+        let findings = tokio::select! {
+            event = events.next(), if retry_at.is_none() => match event {
+                Some(Ok(event)) => {
+                    backoff.reset();
+                    w.apply(event, now())
+                }
+                Some(Err(e)) => {
+                    let delay = backoff.next_delay(rand::random::<f64>());
+                    w.error(&e, delay);
+                    retry_at = Some(tokio::time::Instant::now() + delay);
+                    Vec::new()
+                }
+                None => {
+                    tracing::error!("the pod watch ended; it never should");
+                    break;
+                }
+            },
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+                Vec::new()
+            }
+            _ = tick.tick() => w.judge.tick(now()),
+            _ = recheck.tick() => {
+                w.failed_changed = true;
+                Vec::new()
+            }
+            () = &mut stopped => break,
+        };
+        w.publish();
+        w.offer_failed();
+        // Spooled like every other finding (nothing happens when empty).
+        if let Err(e) = shared.submit(findings).await {
+            tracing::error!(error = %e, "cannot spool pod findings");
+        }
+    }
+    drop(w);
+    if let Some(task) = remediator {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// The watch loop's state.
+struct Watch {
+    shared: Arc<Shared>,
+    judge: Judge,
+    /// Pods listed since the last `Init`, while a full list arrives.
+    relist: Option<HashSet<PodKey>>,
+    /// To the remediator, when restarts are enabled.
+    restarts: Option<mpsc::Sender<Vec<view::PodView>>>,
+    /// A Failed pod appeared or changed since the remediator was last told.
+    failed_changed: bool,
+}
+
+impl Watch {
+    fn apply(&mut self, event: Event<Pod>, now: Timestamp) -> Vec<Finding> {
+        {
+            let mut status = self.shared.status();
+            status.pods.watch.events += 1;
+            status.pods.watch.last_event_at = Some(now);
+        }
+        match event {
+            Event::Init => {
+                self.relist = Some(HashSet::new());
+                self.shared.status().pods.watch.lists += 1;
+                Vec::new()
+            }
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                let Some(v) = view::view(&pod) else { return Vec::new() };
+                if let Some(seen) = self.relist.as_mut() {
+                    seen.insert((v.namespace.clone(), v.name.clone()));
+                }
+                self.failed_changed |= v.failed();
+                self.judge.observe(v, now)
+            }
+            Event::InitDone => {
+                let present = self.relist.take().unwrap_or_else(|| self.judge.keys());
+                self.shared.status().pods.synced = true;
+                self.failed_changed = true;
+                self.judge.keep_only(&present, now)
+            }
+            Event::Delete(pod) => match (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) {
+                (Some(ns), Some(name)) => self.judge.forget(ns, name, now),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    fn error(&mut self, e: &watcher::Error, retry_in: Duration) {
+        self.shared.metrics.pod_watch_errors.inc();
+        tracing::warn!(error = %e, ?retry_in, "the pod watch failed; retrying");
+        let mut status = self.shared.status();
+        status.pods.watch.errors += 1;
+        status.pods.watch.last_error = Some(e.to_string());
+        status.pods.watch.last_error_at = Some(now());
+    }
+
+    /// Updates `/debug/state` and the gauges.
+    fn publish(&self) {
+        let watched = self.judge.watched();
+        let active = self.judge.active_count();
+        self.shared.metrics.pods_watched.set(watched as i64);
+        self.shared.metrics.pod_findings_active.set(active as i64);
+        let mut status = self.shared.status();
+        let pods = &mut status.pods;
+        pods.watched = watched;
+        if pods.findings_active != active || active > 0 {
+            pods.findings_active = active;
+            pods.findings = self.judge.active();
+        }
+    }
+
+    /// Tells the remediator about every Failed pod, when something changed.
+    fn offer_failed(&mut self) {
+        if !std::mem::take(&mut self.failed_changed) {
+            return;
+        }
+        let Some(tx) = &self.restarts else { return };
+        // The whole set, empty too: the remediator forgets pods not in it.
+        let failed: Vec<view::PodView> = self.judge.failed_pods().cloned().collect();
+        if tx.try_send(failed).is_err() {
+            // Busy: the next recheck offers them again.
+            tracing::debug!("the remediator is busy; Failed pods are offered again later");
+        }
+    }
+}
