@@ -479,7 +479,8 @@ impl Driver {
         started.insert("key".into(), key.clone());
         started.insert("mode".into(), mode.to_string());
         let message = format!("{}{} started", mode_prefix(mode), request.describe());
-        self.save_with_guard(run, vec![entry(EntryKind::Action, message, started)]).await?;
+        // The rails' memory, this execution counted, was saved with the decision.
+        self.save(run, vec![entry(EntryKind::Action, message, started)], None).await?;
 
         let report = match (&unavailable, mode) {
             (Some(why), _) => {
@@ -505,8 +506,11 @@ impl Driver {
         if failed && !evidence {
             let events = lock(&self.inner.guard).record_failure(&self.inner.policy, &request, &report.message, now());
             entries.extend(events.iter().map(|e| entry(EntryKind::Decision, e.to_string(), BTreeMap::new())));
+            // A failure changes what the rails remember (breakers).
+            self.save_with_guard(run, entries).await?;
+        } else {
+            self.save(run, entries, None).await?;
         }
-        self.save_with_guard(run, entries).await?;
         Ok(if failed { StepEnd::Failed(format!("step {step_id}: {}", report.message)) } else { StepEnd::Done })
     }
 
@@ -518,6 +522,9 @@ impl Driver {
             let at = now();
             let (decision, events) = {
                 let mut g = lock(&self.inner.guard);
+                // Forget what no rail looks back to any more, so the memory
+                // (decided on and saved at every step) stays bounded.
+                g.prune(&self.inner.policy, at);
                 let (decision, events) = guard::decide(&self.inner.policy, &mut g, request, at);
                 if decision.is_allowed() || matches!(decision, Decision::WouldNeedApproval { .. }) {
                     g.record_executed(request, at);

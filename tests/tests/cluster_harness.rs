@@ -11,33 +11,14 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use remedy_e2e::cluster::{ClusterOptions, Component, TestCluster, k8s_version, node_is_ready, wait_for, wait_until};
+use remedy_e2e::cluster::{
+    ClusterOptions, Component, TestCluster, k8s_version, kwok_deployment, node_is_ready, wait_for, wait_until,
+};
 use serde_json::json;
 
 /// Lines that show in the test output even when it is captured.
 fn report(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-fn deployment(name: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    // kwok never pulls images; the name only has to be valid.
-                    "containers": [{ "name": "app", "image": "example.invalid/app:1" }]
-                }
-            }
-        }
-    }))
-    .expect("a valid Deployment")
 }
 
 fn is_running_on_kwok_node(pod: &Pod) -> bool {
@@ -67,7 +48,7 @@ async fn deployment_gets_running_pods_on_kwok_nodes_and_scales_through_the_scale
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
 
-    deployments.create(&PostParams::default(), &deployment("web", 3)).await.expect("create deployment");
+    deployments.create(&PostParams::default(), &kwok_deployment("web", 3)).await.expect("create deployment");
     wait_running_pods(&pods, "web", 3, Duration::from_secs(90)).await;
 
     let scale = deployments
@@ -366,7 +347,7 @@ async fn two_hundred_nodes_run_two_thousand_pods() {
     let start = Instant::now();
     for i in 0..DEPLOYMENTS {
         deployments
-            .create(&PostParams::default(), &deployment(&format!("bulk-{i}"), REPLICAS))
+            .create(&PostParams::default(), &kwok_deployment(&format!("bulk-{i}"), REPLICAS))
             .await
             .expect("create deployment");
     }

@@ -20,7 +20,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
     PostParams,
 };
-use remedy_e2e::cluster::{TestCluster, wait_for, wait_until};
+use remedy_e2e::cluster::{TestCluster, kwok_deployment, wait_for, wait_until};
 use remedy_e2e::procs::{Agent, Coordinator, remedyctl};
 use serde_json::{Value, json};
 
@@ -117,23 +117,6 @@ async fn apply_base(cluster: &'static TestCluster) {
             cluster.kubectl_ok(&args).await.unwrap_or_else(|e| fail(e));
         })
         .await;
-}
-
-fn deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": 3,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
-            }
-        }
-    }))
-    .expect("a valid Deployment")
 }
 
 fn pod(name: &str, labels: Value, service_account: &str) -> Pod {
@@ -270,7 +253,7 @@ async fn rbac_lets_the_agent_and_the_coordinator_do_what_runbooks_need_and_refus
 
     for ns in [WORKLOADS_NS, other_ns.as_str()] {
         let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
-        create_ignoring_conflict(&deployments, &deployment("saas-idp-api")).await;
+        create_ignoring_conflict(&deployments, &kwok_deployment("saas-idp-api", 3)).await;
         create_ignoring_conflict(&Api::<Secret>::namespaced(admin.clone(), ns), &secret("db-credentials")).await;
     }
     create_ignoring_conflict(&Api::<Secret>::namespaced(admin.clone(), REMEDY_NS), &secret("remedy-secret")).await;

@@ -17,7 +17,9 @@ use remedy_coordinator::actuators::kube::{
     client_from_config,
 };
 use remedy_coordinator::actuators::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
-use remedy_e2e::cluster::{ClusterOptions, KWOK_NODE_LABEL, TestCluster, kwok_toleration, wait_for, wait_until};
+use remedy_e2e::cluster::{
+    ClusterOptions, KWOK_NODE_LABEL, TestCluster, kwok_deployment, kwok_toleration, wait_for, wait_until,
+};
 use remedy_shared::guard::{self, ActionRequest, Decision, GuardPolicy, GuardState, HOLD_ANNOTATION, Mode, Refusal};
 use remedy_shared::incident::IncidentId;
 use serde_json::{Value, json};
@@ -58,30 +60,6 @@ async fn resolve(actuator: &KubeActuator, kind: &str, params: Value) -> Result<R
 
 async fn execute(actuator: &KubeActuator, kind: &str, params: Value, dry_run: bool) -> ActionReport {
     actuator.execute(&call(kind, params, dry_run)).await
-}
-
-/// A Deployment whose pods land on kwok nodes.
-fn deployment(name: &str, replicas: i32, annotations: BTreeMap<String, String>) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name, "annotations": annotations },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "nodeSelector": { KWOK_NODE_LABEL.0: KWOK_NODE_LABEL.1 },
-                    "tolerations": [kwok_toleration()],
-                    // kwok never pulls images; the name only has to be valid.
-                    "containers": [{ "name": "app", "image": "example.invalid/app:1" }]
-                }
-            }
-        }
-    }))
-    .expect("a valid Deployment")
 }
 
 async fn create_deployment(client: &kube::Client, ns: &str, d: Deployment) {
@@ -647,4 +625,11 @@ async fn a_statefulset_scales_through_its_scale_subresource_too() {
     wait_running(&client, &ns, "db", 2).await;
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get("db").await.expect("get");
     assert_annotated_by_remedy(&sts.metadata);
+}
+
+/// A kwok Deployment carrying `annotations`.
+fn deployment(name: &str, replicas: i32, annotations: BTreeMap<String, String>) -> Deployment {
+    let mut d = kwok_deployment(name, replicas);
+    d.metadata.annotations = Some(annotations);
+    d
 }

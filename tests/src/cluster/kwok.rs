@@ -2,6 +2,7 @@
 //! marking them Ready, renewing their leases, and moving their pods to
 //! Running).
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Taint, Toleration};
 use kube::api::ObjectMeta;
 
@@ -87,4 +88,29 @@ pub fn node_is_ready(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A Deployment whose `replicas` pods (label `app=<name>`) land on kwok
+/// nodes and stop at once when deleted.
+pub fn kwok_deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "nodeSelector": { KWOK_NODE_LABEL.0: KWOK_NODE_LABEL.1 },
+                    "tolerations": [kwok_toleration()],
+                    // kwok never pulls images; the name only has to be valid.
+                    "containers": [{ "name": "app", "image": "example.invalid/app:1" }]
+                }
+            }
+        }
+    }))
+    .expect("a valid Deployment")
 }

@@ -34,7 +34,9 @@ use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub use bins::{Binaries, bin_root, etcd_version, k8s_version, kwok_version};
-pub use kwok::{KWOK_NODE_ANNOTATION, KWOK_NODE_LABEL, KWOK_NODE_VALUE, kwok_node, kwok_toleration, node_is_ready};
+pub use kwok::{
+    KWOK_NODE_ANNOTATION, KWOK_NODE_LABEL, KWOK_NODE_VALUE, kwok_deployment, kwok_node, kwok_toleration, node_is_ready,
+};
 pub use wait::{wait_for, wait_until};
 
 use certs::Pki;
