@@ -103,20 +103,29 @@ async fn ensure_namespaces(cluster: &TestCluster) {
     ensure_namespace(&client, WORKLOADS_NS).await;
 }
 
-static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+/// What the server-side dry run of the base printed on the bare cluster.
+static APPLIED: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
 /// `kubectl apply -k deploy/` for real, once per cluster, then waits for the
-/// CRDs to be Established.
-async fn apply_base(cluster: &'static TestCluster) {
+/// CRDs to be Established. The server-side dry run goes first, inside the
+/// same once-only step: run beside a real apply from another test it would
+/// plan creations that the real apply makes first, and fail with
+/// AlreadyExists. Returns the dry run's output.
+async fn apply_base(cluster: &'static TestCluster) -> &'static str {
     APPLIED
         .get_or_init(|| async {
             ensure_namespaces(cluster).await;
+            let dry_run = cluster
+                .kubectl_ok(["apply", "--dry-run=server", "-k", &deploy_path("")])
+                .await
+                .unwrap_or_else(|e| fail(e));
             cluster.kubectl_ok(["apply", "-k", &deploy_path("")]).await.unwrap_or_else(|e| fail(e));
             let mut args = vec!["wait".to_owned(), "--for=condition=Established".into(), "--timeout=60s".into()];
             args.extend(CRDS.iter().map(|c| format!("crd/{c}")));
             cluster.kubectl_ok(&args).await.unwrap_or_else(|e| fail(e));
+            dry_run
         })
-        .await;
+        .await
 }
 
 fn pod(name: &str, labels: Value, service_account: &str) -> Pod {
@@ -183,10 +192,7 @@ fn yaml_scalar(text: &str, key: &str) -> String {
 #[tokio::test]
 async fn base_applies_with_server_side_dry_run_and_leaves_out_what_a_bare_cluster_lacks() {
     let cluster = TestCluster::start().await;
-    ensure_namespaces(cluster).await;
-
-    let out =
-        cluster.kubectl_ok(["apply", "--dry-run=server", "-k", &deploy_path("")]).await.unwrap_or_else(|e| fail(e));
+    let out = apply_base(cluster).await;
     for object in [
         "namespace/remedy-system",
         "customresourcedefinition.apiextensions.k8s.io/incidents.remedy.dev",
