@@ -43,6 +43,10 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "REMEDY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Act on the Kubernetes cluster of this kubeconfig (implies the
+    /// `kubernetes` section; overrides its `kubeconfig`).
+    #[arg(long, env = "REMEDY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The file's shape. Every field is optional; defaults are in [`Config`].
@@ -67,6 +71,55 @@ struct FileConfig {
     escalation_policies: BTreeMap<String, EscalationPolicy>,
     #[serde(default)]
     guard_rails: Option<GuardPolicy>,
+    #[serde(default)]
+    kubernetes: Option<KubernetesFile>,
+}
+
+/// `kubernetes:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesFile {
+    kubeconfig: Option<PathBuf>,
+    leader_election: Option<LeaderElectionFile>,
+}
+
+/// `kubernetes.leader_election:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaderElectionFile {
+    lease: Option<String>,
+    namespace: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    duration: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    renew_every: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    retry: Option<Duration>,
+}
+
+/// How the coordinator reaches a Kubernetes cluster. Without this section
+/// (and without `--kubeconfig`) it reaches none: the Kubernetes action kinds
+/// rehearse, so a coordinator started on a laptop never acts on whatever
+/// cluster `~/.kube/config` happens to name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// The kubeconfig to use; `None`: `KUBECONFIG`, `~/.kube/config`, then
+    /// the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// The Lease that decides which replica acts; `None`: this replica acts
+    /// alone.
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+/// The Lease replicas compete for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElectionConfig {
+    /// Lease name.
+    pub lease: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// Lease duration, renewal interval and retry interval.
+    pub timings: crate::leader::LeaseTimings,
 }
 
 /// Who an escalation policy tells.
@@ -114,6 +167,8 @@ pub struct Config {
     pub contacts: Contacts,
     /// The global guard rails.
     pub guard_rails: GuardPolicy,
+    /// The cluster to act on, if any.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 impl Config {
@@ -191,6 +246,7 @@ impl Config {
             webhooks: file.webhooks,
             escalation: file.escalation_policies.into_iter().map(|(k, v)| (k, v.notify)).collect(),
         };
+        let kubernetes = kubernetes(source, cli.kubeconfig.clone(), file.kubernetes)?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -203,8 +259,65 @@ impl Config {
             runbooks_dir: cli.runbooks_dir.clone().or(file.runbooks_dir).map(|d| absolute(&d)),
             contacts,
             guard_rails,
+            kubernetes,
         })
     }
+}
+
+fn kubernetes(
+    source: &str,
+    flag: Option<PathBuf>,
+    file: Option<KubernetesFile>,
+) -> Result<Option<KubernetesConfig>, ConfigError> {
+    let file = match (file, &flag) {
+        (None, None) => return Ok(None),
+        (file, _) => file.unwrap_or_default(),
+    };
+    let kubeconfig = flag.or(file.kubeconfig);
+    if kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        return Err(ConfigError::new(source, "kubernetes.kubeconfig", "must name a file"));
+    }
+    let leader_election = match file.leader_election {
+        None => None,
+        Some(le) => {
+            let defaults = crate::leader::LeaseTimings::default();
+            let timings = crate::leader::LeaseTimings {
+                duration: le.duration.unwrap_or(defaults.duration),
+                renew_every: le.renew_every.unwrap_or(defaults.renew_every),
+                retry: le.retry.unwrap_or(defaults.retry),
+            };
+            timings.validate().map_err(|e| ConfigError::new(source, "kubernetes.leader_election", e))?;
+            let pod_namespace = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.trim().is_empty());
+            let namespace = le.namespace.or(pod_namespace).ok_or_else(|| {
+                ConfigError::new(
+                    source,
+                    "kubernetes.leader_election.namespace",
+                    "is required when POD_NAMESPACE is not set",
+                )
+            })?;
+            let lease = le.lease.unwrap_or_else(|| "remedy-coordinator".to_owned());
+            for (field, value) in [("lease", &lease), ("namespace", &namespace)] {
+                if !is_dns_label(value) {
+                    return Err(ConfigError::new(
+                        source,
+                        format!("kubernetes.leader_election.{field}"),
+                        format!("`{value}` is not a valid name (lower-case letters, digits and '-')"),
+                    ));
+                }
+            }
+            Some(LeaderElectionConfig { lease, namespace, timings })
+        }
+    };
+    Ok(Some(KubernetesConfig { kubeconfig, leader_election }))
+}
+
+/// An RFC 1123 label, which Lease and Namespace names must be.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 fn parse_addr(value: Option<(&str, String)>, field: &str, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -265,6 +378,34 @@ mod tests {
         let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
         let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
         assert!(err.field.contains("budgets[0].window"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_is_off_unless_asked_for_and_leader_election_is_checked() {
+        let c = Config::resolve(&cli(), "defaults", FileConfig::default()).unwrap();
+        assert_eq!(c.kubernetes, None, "no cluster unless configured");
+
+        let mut flags = cli();
+        flags.kubeconfig = Some("/tmp/k".into());
+        let c = Config::resolve(&flags, "defaults", FileConfig::default()).unwrap();
+        assert_eq!(c.kubernetes.unwrap().kubeconfig, Some(PathBuf::from("/tmp/k")));
+
+        let text =
+            "kubernetes:\n  leader_election: {namespace: remedy-system, duration: 4s, renew_every: 1s, retry: 500ms}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        let k = Config::resolve(&cli(), "c.yaml", file).unwrap().kubernetes.unwrap();
+        let le = k.leader_election.unwrap();
+        assert_eq!((le.lease.as_str(), le.namespace.as_str()), ("remedy-coordinator", "remedy-system"));
+        assert_eq!(le.timings.duration, Duration::from_secs(4));
+
+        let text = "kubernetes:\n  leader_election: {namespace: remedy-system, duration: 2s, renew_every: 5s}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "kubernetes.leader_election");
+
+        let text = "kubernetes:\n  leader_election: {namespace: Remedy_System}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
+        assert_eq!(err.field, "kubernetes.leader_election.namespace", "{err}");
     }
 
     #[test]

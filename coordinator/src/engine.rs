@@ -33,6 +33,7 @@ use remedy_shared::runbook::{Action, ActionClass, AfterFailure, OnFailure, Rende
 use tokio::sync::Notify;
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
+use crate::leader::{FencingToken, LeaderElector};
 use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate, now};
 
 /// How people are reached: named webhooks, and which of them each
@@ -63,6 +64,9 @@ struct Inner {
     answered: Notify,
     /// Incidents whose run is being driven now.
     driving: Mutex<HashSet<IncidentId>>,
+    /// The election whose term every action must hold; unset when this
+    /// coordinator acts alone.
+    fence: std::sync::OnceLock<LeaderElector>,
 }
 
 /// Why an admin request on the engine failed.
@@ -85,6 +89,9 @@ enum StepEnd {
     Skipped,
     Failed(String),
     Escalate(String),
+    /// This coordinator no longer leads: the run stops here, writing
+    /// nothing, and the new leader continues it from the last record.
+    Fenced(String),
 }
 
 /// Longest an action may take when its parameters say nothing.
@@ -111,8 +118,19 @@ impl Engine {
                 guard: Mutex::new(guard.unwrap_or_default()),
                 answered: Notify::new(),
                 driving: Mutex::new(HashSet::new()),
+                fence: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes every action hold the current term of `elector`: the lease is
+    /// re-read and the term confirmed before the rails weigh an action and
+    /// again before it starts, and the term (the fencing token) is recorded
+    /// with the action. A step whose term cannot be confirmed is not run.
+    /// Set once; later calls are ignored.
+    pub fn fenced_by(self, elector: LeaderElector) -> Engine {
+        let _ = self.inner.fence.set(elector);
+        self
     }
 
     /// Drives every run the writer feeds, each in its own task, until
@@ -281,6 +299,7 @@ impl Driver {
         entries: Vec<TimelineEntry>,
         state: Option<IncidentState>,
     ) -> Result<(), RecordError> {
+        self.still_leading()?;
         run.updated_at = now();
         self.inner
             .recorder
@@ -289,12 +308,22 @@ impl Driver {
     }
 
     async fn save_with_guard(&self, run: &mut RunRecord, entries: Vec<TimelineEntry>) -> Result<(), RecordError> {
+        self.still_leading()?;
         run.updated_at = now();
         let guard = Some(lock(&self.inner.guard).clone());
         self.inner
             .recorder
             .run_update(RunUpdate { run: Some(run.clone()), entries, guard, ..RunUpdate::default() })
             .await
+    }
+
+    /// A deposed leader writes nothing more: the new leader owns the
+    /// record, and this process is stopping (see main.rs).
+    fn still_leading(&self) -> Result<(), RecordError> {
+        match self.inner.fence.get() {
+            Some(elector) if !elector.current().leader => Err(RecordError::Stopped),
+            _ => Ok(()),
+        }
     }
 
     async fn run(&self, mut run: RunRecord) -> Result<(), RecordError> {
@@ -346,6 +375,10 @@ impl Driver {
                     }
                     let step = &runbook.steps[run.next_step];
                     let end = self.step(&mut run, &runbook, step).await?;
+                    if let StepEnd::Fenced(why) = &end {
+                        tracing::warn!(incident = %run.incident_id, step = %step.id, "{why}");
+                        return Ok(());
+                    }
                     run.next_step += 1;
                     match end {
                         StepEnd::Done | StepEnd::Skipped => {}
@@ -354,6 +387,7 @@ impl Driver {
                         StepEnd::Failed(why) | StepEnd::Escalate(why) => {
                             return self.escalate(&mut run, Some(&runbook), why).await;
                         }
+                        StepEnd::Fenced(_) => return Ok(()),
                     }
                     self.save(&mut run, Vec::new(), None).await?;
                 }
@@ -465,9 +499,20 @@ impl Driver {
                 }
             }
         }
+        // Only the leader weighs and acts; nothing is written when it no
+        // longer leads (the new leader owns the record from then on).
+        if let Err(why) = self.confirm_term(step_id).await {
+            return Ok(StepEnd::Fenced(why));
+        }
         if let Some(end) = self.weigh(run, &request).await? {
             return Ok(end);
         }
+        // Re-confirmed right before acting: weighing may have waited for a
+        // person's approval, and a term can end meanwhile.
+        let fencing = match self.confirm_term(step_id).await {
+            Ok(token) => token,
+            Err(why) => return Ok(StepEnd::Fenced(why)),
+        };
         // The idempotency key is durable before the action starts.
         let key = run.key_for(step_id);
         if !run.record_intent(step_id, now()) {
@@ -478,6 +523,7 @@ impl Driver {
         let mut started = details.clone();
         started.insert("key".into(), key.clone());
         started.insert("mode".into(), mode.to_string());
+        started.extend(fencing.iter().flat_map(FencingToken::details));
         let message = format!("{}{} started", mode_prefix(mode), request.describe());
         // The rails' memory, this execution counted, was saved with the decision.
         self.save(run, vec![entry(EntryKind::Action, message, started)], None).await?;
@@ -512,6 +558,18 @@ impl Driver {
             self.save(run, entries, None).await?;
         }
         Ok(if failed { StepEnd::Failed(format!("step {step_id}: {}", report.message)) } else { StepEnd::Done })
+    }
+
+    /// The term this coordinator acts under, confirmed against the Lease
+    /// now; `None` when it acts alone. `Err`: it must not act.
+    async fn confirm_term(&self, step_id: &str) -> Result<Option<FencingToken>, String> {
+        let Some(elector) = self.inner.fence.get() else {
+            return Ok(None);
+        };
+        let refused = |why: String| format!("step {step_id} not run: this coordinator does not hold the lease: {why}");
+        let token = elector.current().fencing.ok_or_else(|| refused("not leading".into()))?;
+        elector.check(&token).await.map_err(|e| refused(e.to_string()))?;
+        Ok(Some(token))
     }
 
     /// Asks the rails; waits for a person when approval is needed. `None`
@@ -673,7 +731,7 @@ impl Driver {
         run.attempt = attempt.saturating_mul(1000).saturating_add(round);
         let end = self.action(run, runbook, id, &check.action, false, false).await?;
         run.attempt = attempt;
-        if let StepEnd::Failed(why) | StepEnd::Escalate(why) = end {
+        if let StepEnd::Failed(why) | StepEnd::Escalate(why) | StepEnd::Fenced(why) = end {
             return Ok(Some(why));
         }
         let Some(expect) = &check.expect else {

@@ -37,6 +37,21 @@ pub async fn serve(
         .await
 }
 
+/// Serves a replica that is waiting for the lease: `/healthz` answers (the
+/// process is alive and taking part in the election); everything else is
+/// 503, so nobody mistakes a standby for the leader. Serves until
+/// `shutdown` resolves.
+pub async fn serve_standby(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app =
+        Router::new().route("/healthz", get(|| async { "ok (standby: waiting for the lease)\n" })).fallback(|| async {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "this coordinator is a standby; the leader serves this\n")
+        });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
 async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
 }

@@ -16,9 +16,10 @@ use remedy_shared::finding::FindingState;
 use tokio::sync::watch;
 
 use remedy_coordinator::actuators;
-use remedy_coordinator::config::{Cli, Config};
+use remedy_coordinator::config::{Cli, Config, KubernetesConfig, LeaderElectionConfig};
 use remedy_coordinator::directives::Directives;
 use remedy_coordinator::engine::Engine;
+use remedy_coordinator::leader::{LeaderElector, PodLabeler};
 use remedy_coordinator::metrics::Metrics;
 use remedy_coordinator::recorder::{Recorder, now};
 use remedy_coordinator::registry::Registry;
@@ -48,16 +49,6 @@ fn main() -> ExitCode {
         },
         None => Vec::new(),
     };
-    for loaded in &catalog {
-        let waiting: Vec<String> =
-            loaded.report.unavailable.iter().map(|u| format!("{} ({})", u.step, u.kind.as_str())).collect();
-        tracing::info!(
-            runbook = loaded.runbook.id(),
-            priority = %loaded.runbook.priority,
-            dry_run_until_actuator = %waiting.join(", "),
-            "runbook loaded"
-        );
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -68,6 +59,10 @@ fn main() -> ExitCode {
     let catalog = Arc::new(Catalog::new(catalog.into_iter().map(|l| l.runbook).collect()));
     match runtime.block_on(run(config, catalog)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<BadConfig>() => {
+            eprintln!("remedy-coordinator: {e:#}");
+            ExitCode::from(EXIT_BAD_CONFIG as u8)
+        }
         Err(e) => {
             eprintln!("remedy-coordinator: {e:#}");
             ExitCode::FAILURE
@@ -90,6 +85,29 @@ fn init_tracing(format: &str) {
 }
 
 async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || until_stopped(stop_rx.clone());
+    let signal_stop = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        let _ = signal_stop.send(true);
+    });
+
+    let kube = match &config.kubernetes {
+        None => None,
+        Some(k) => Some(kube_client(k).await?),
+    };
+    let election = match (&kube, config.kubernetes.as_ref().and_then(|k| k.leader_election.as_ref())) {
+        (Some(client), Some(le)) => Some(start_election(client, le, &config.id, &stopped)?),
+        _ => None,
+    };
+    if let Some((elector, _)) = &election
+        && !stand_by(elector, config.http_listen, stopped()).await?
+    {
+        return finish_election(election).await;
+    }
+
     let metrics = Metrics::new();
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(&config.data_dir)
@@ -103,9 +121,27 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let (recorder, runs, guard) =
         Recorder::start(store.clone(), metrics.clone(), catalog.clone()).context("cannot start the writer")?;
     let directives = Directives::default();
-    let actuators = actuators::this_release(directives.clone(), store.clone())
+    let actuators = actuators::this_release(directives.clone(), store.clone(), kube.clone())
         .context("cannot build the HTTP client for the http actuator")?;
-    let engine = Engine::new(catalog, &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
+    let mut engine =
+        Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
+    if let Some((elector, _)) = &election {
+        engine = engine.fenced_by(elector.clone());
+    }
+    if kube.is_none() {
+        tracing::warn!(
+            kinds = %actuators::kube::KINDS.join(", "),
+            "no Kubernetes cluster configured (`kubernetes:` or --kubeconfig): these action kinds rehearse"
+        );
+    }
+    for runbook in catalog.runbooks() {
+        tracing::info!(
+            runbook = runbook.id(),
+            priority = %runbook.priority,
+            rehearsed = %engine.rehearsed_steps(runbook).join(", "),
+            "runbook loaded"
+        );
+    }
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -118,16 +154,25 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         grpc = %grpc_listener.local_addr()?,
         http = %http_listener.local_addr()?,
         data_dir = %config.data_dir.display(),
+        leader = election.as_ref().map(|(e, _)| e.identity().to_owned()).unwrap_or_else(|| "standalone".into()),
         "coordinator started"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    // A leader that loses its lease stops: what it holds in memory may be
+    // stale next to the new leader's, and a new term starts from the
+    // cluster's state. Kubernetes restarts the process as a candidate.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some((elector, _)) = &election {
+        let mut leadership = elector.subscribe();
+        let (lost, stop) = (lost.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            if leadership.wait_for(|l| !l.leader).await.is_ok() && !*stop.borrow() {
+                tracing::error!("lost the lease: stopping so that only the leader acts");
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = stop.send(true);
+            }
+        });
+    }
 
     let agent_service = agent_service::AgentService {
         coordinator_id: config.id.clone(),
@@ -161,13 +206,96 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(http);
-    shutdown_signal().await;
-    tracing::info!("stopping");
-    let _ = stop_tx.send(true);
+    stopped().await;
     grpc_task.await.context("gRPC server task failed")?.context("gRPC server failed")?;
     http_task.await.context("HTTP server task failed")?.context("HTTP server failed")?;
+    finish_election(election).await?;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("lost the lease; a new term starts from the state in the cluster");
+    }
     Ok(())
 }
+
+/// A client for the configured cluster. A kubeconfig that cannot be used is
+/// a configuration error.
+async fn kube_client(k: &KubernetesConfig) -> anyhow::Result<::kube::Client> {
+    let client = match &k.kubeconfig {
+        Some(path) => actuators::kube::client_from_kubeconfig(path).await,
+        None => actuators::kube::client_from_environment().await,
+    };
+    client.map_err(|e| anyhow::Error::new(BadConfig(format!("kubernetes.kubeconfig: {e}"))))
+}
+
+/// Starts taking part in the election, and the labeling of this pod while it
+/// leads (when the downward API names the pod). The identity is the
+/// replica's id with a random suffix, so a restarted process never mistakes
+/// its previous life's term for its own.
+fn start_election(
+    client: &::kube::Client,
+    le: &LeaderElectionConfig,
+    id: &str,
+    stopped: &impl Fn() -> StopFuture,
+) -> anyhow::Result<(LeaderElector, tokio::task::JoinHandle<()>)> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let identity = format!("{id}-{}", &suffix[..8]);
+    let elector = LeaderElector::new(client.clone(), &le.namespace, &le.lease, &identity, le.timings)
+        .map_err(|e| anyhow::Error::new(BadConfig(format!("kubernetes.leader_election: {e}"))))?;
+    let task = tokio::spawn(elector.clone().run(stopped()));
+    if let Some(labeler) = PodLabeler::from_env(client.clone()) {
+        tokio::spawn(labeler.follow(elector.subscribe(), stopped()));
+    }
+    Ok((elector, task))
+}
+
+/// Waits for the lease, answering health checks meanwhile. `false`: stopped
+/// before leading.
+async fn stand_by(
+    elector: &LeaderElector,
+    http_listen: std::net::SocketAddr,
+    stopped: impl Future<Output = ()>,
+) -> anyhow::Result<bool> {
+    let listener = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+    tracing::info!(lease = %elector.lease(), identity = %elector.identity(), "standing by for the lease");
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve_standby(listener, async move {
+        let _ = done_rx.await;
+    }));
+    let mut leadership = elector.subscribe();
+    let leading = tokio::select! {
+        got = leadership.wait_for(|l| l.leader) => got.is_ok(),
+        () = stopped => false,
+    };
+    let _ = done_tx.send(());
+    server.await.context("standby HTTP task failed")?.context("standby HTTP server failed")?;
+    if leading {
+        tracing::info!(identity = %elector.identity(), "leading: starting");
+    }
+    Ok(leading)
+}
+
+/// Waits for the election task to step down and release the lease.
+async fn finish_election(election: Option<(LeaderElector, tokio::task::JoinHandle<()>)>) -> anyhow::Result<()> {
+    if let Some((_, task)) = election {
+        task.await.context("leader election task failed")?;
+    }
+    Ok(())
+}
+
+type StopFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Resolves once the stop flag is raised.
+fn until_stopped(mut rx: watch::Receiver<bool>) -> StopFuture {
+    Box::pin(async move {
+        let _ = rx.wait_for(|s| *s).await;
+    })
+}
+
+/// A configuration problem found after the file was read (exit 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadConfig(String);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

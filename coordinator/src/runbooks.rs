@@ -69,21 +69,32 @@ mod tests {
             assert!(ids.contains(&id), "{id} missing from {ids:?}");
         }
         let p0 = loaded.iter().find(|l| l.runbook.id() == "P0-001").unwrap();
-        assert!(p0.report.unavailable.iter().any(|u| u.kind.as_str() == "scale"), "scaling waits for its actuator");
+        let waiting: Vec<&str> = p0.report.unavailable.iter().map(|u| u.kind.as_str()).collect();
+        assert!(!waiting.contains(&"scale") && !waiting.contains(&"delete_pods"), "Kubernetes kinds run: {waiting:?}");
+        assert!(waiting.contains(&"pg_failover"), "database failover waits for its actuator: {waiting:?}");
     }
 
-    #[test]
-    fn this_release_offers_exactly_the_actuators_the_coordinator_has() {
+    #[tokio::test]
+    async fn this_release_offers_exactly_the_actuators_the_coordinator_has() {
         use remedy_shared::runbook::{ActionKind, Availability};
         let dir = tempfile::tempdir().unwrap();
         let store: std::sync::Arc<dyn crate::store::Store> =
             std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
-        let actuators = actuators::this_release(crate::directives::Directives::default(), store).unwrap();
+        // Building a client contacts nobody; the address is never dialled.
+        let url = "https://127.0.0.1:9".parse().unwrap();
+        let client = actuators::kube::client_from_config(kube::Config::new(url)).unwrap();
+        let with_cluster =
+            actuators::this_release(crate::directives::Directives::default(), store.clone(), Some(client)).unwrap();
         let catalog = ActionCatalog::this_release();
         for kind in ActionKind::ALL {
             let now = catalog.availability(*kind) == Some(Availability::Now);
-            assert_eq!(now, actuators.available(kind.as_str()), "{}", kind.as_str());
+            assert_eq!(now, with_cluster.available(kind.as_str()), "{}", kind.as_str());
         }
+        // Without a cluster, exactly the Kubernetes kinds go missing (and rehearse).
+        let alone = actuators::this_release(crate::directives::Directives::default(), store, None).unwrap();
+        let missing: Vec<&str> = with_cluster.kinds().filter(|k| !alone.available(k)).collect();
+        assert_eq!(missing.len(), actuators::kube::KINDS.len());
+        assert!(missing.iter().all(|k| actuators::kube::KINDS.contains(k)), "{missing:?}");
     }
 
     #[test]

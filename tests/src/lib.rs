@@ -5,4 +5,5 @@
 
 pub mod cluster;
 pub mod procs;
+pub mod runs;
 pub mod world;

@@ -115,15 +115,22 @@ pub trait Actuator: Send + Sync + std::fmt::Debug {
 }
 
 /// Every actuator this release of the coordinator has, wired to the agents'
-/// directive hub and the store. `ActionCatalog::this_release` says the same
-/// thing for offline validation; a test keeps the two equal.
+/// directive hub, the store and, when there is one, the Kubernetes API.
+/// `ActionCatalog::this_release` says the same thing for offline validation;
+/// a test keeps the two equal. Without a Kubernetes client the Kubernetes
+/// kinds are not available here, and their steps rehearse.
 pub fn this_release(
     directives: crate::directives::Directives,
     store: Arc<dyn crate::store::Store>,
+    kube: Option<::kube::Client>,
 ) -> Result<Actuators, reqwest::Error> {
-    Ok(Actuators::default().with(Arc::new(http::HttpActuator::new()?)).with(Arc::new(
+    let mut actuators = Actuators::default().with(Arc::new(http::HttpActuator::new()?)).with(Arc::new(
         agent::AgentActuator::new(directives).with_reporting(Arc::new(agent::StoreReporting::new(store))),
-    )))
+    ));
+    if let Some(client) = kube {
+        actuators = actuators.with(Arc::new(kube::KubeActuator::new(client)));
+    }
+    Ok(actuators)
 }
 
 /// The actuators this coordinator has, by action kind.

@@ -42,9 +42,11 @@ impl ActionCatalog {
 
     /// What this release of the coordinator performs: the kinds with an
     /// actuator now; every other kind is known and runs in dry-run until its
-    /// actuator arrives. The coordinator checks at start-up that its
-    /// actuators agree, so `remedyctl runbooks validate` says the same thing
-    /// offline that the coordinator would.
+    /// actuator arrives. A test keeps the coordinator's actuators in
+    /// agreement, so `remedyctl runbooks validate` says the same thing
+    /// offline that the coordinator would. The Kubernetes kinds need a
+    /// cluster: a coordinator started without one rehearses them, and says
+    /// so at start.
     pub fn this_release() -> Self {
         Self::every_kind(Availability::Later)
             .with(ActionKind::Http, Availability::Now)
@@ -52,6 +54,14 @@ impl ActionCatalog {
             .with(ActionKind::ProbeHttp, Availability::Now)
             .with(ActionKind::Agent, Availability::Now)
             .with(ActionKind::AgentSnapshot, Availability::Now)
+            .with(ActionKind::Scale, Availability::Now)
+            .with(ActionKind::PatchHpa, Availability::Now)
+            .with(ActionKind::RolloutRestart, Availability::Now)
+            .with(ActionKind::DeletePods, Availability::Now)
+            .with(ActionKind::EvictPods, Availability::Now)
+            .with(ActionKind::PatchConfigmap, Availability::Now)
+            .with(ActionKind::ListPods, Availability::Now)
+            .with(ActionKind::ListServices, Availability::Now)
     }
 
     /// A catalog offering every kind with the same availability.

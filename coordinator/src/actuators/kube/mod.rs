@@ -144,6 +144,21 @@ pub async fn client_from_environment() -> Result<kube::Client, ClientError> {
     client_from_config(config).map_err(|e| error(chain(&e)))
 }
 
+/// A client from the kubeconfig file at `path` (its current context),
+/// through [`client_from_config`].
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ClientError> {
+    let error = |cause: String| ClientError {
+        kubeconfig: path.display().to_string(),
+        in_cluster: "not tried: a kubeconfig was named".to_owned(),
+        cause,
+    };
+    let file = kube::config::Kubeconfig::read_from(path).map_err(|e| error(chain(&e)))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| error(chain(&e)))?;
+    client_from_config(config).map_err(|e| error(chain(&e)))
+}
+
 #[tonic::async_trait]
 impl Actuator for KubeActuator {
     fn kinds(&self) -> &'static [&'static str] {

@@ -1,0 +1,155 @@
+//! Driving the coordinator's runbook engine from tests: the seed catalog
+//! pointed at a local world server, a configuration whose webhooks reach
+//! it, alerts in, and the timeline read back until the run ends.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use remedy_proto::v1 as pb;
+
+use crate::procs::{Coordinator, eventually, http_request};
+use crate::world::World;
+
+/// The hosts the seed catalog names, all redirected to the world server so
+/// no test traffic leaves loopback.
+pub const SEED_HOSTS: &[&str] = &[
+    "http://saas-idp-api.saas-idp-production.svc:8080",
+    "http://auth-service.saas-idp-production.svc:8080",
+    "http://api-gateway.saas-idp-production.svc:8080",
+];
+
+/// Copies the seed catalog to `dir`, pointing its URLs at the world.
+pub fn seed_catalog(dir: &Path, world: &World) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/runbooks");
+    let target = dir.join("runbooks");
+    std::fs::create_dir_all(&target).expect("create the catalog directory");
+    for entry in std::fs::read_dir(&source).expect("read deploy/runbooks") {
+        let path = entry.expect("a catalog entry").path();
+        let mut text = std::fs::read_to_string(&path).expect("read a seed runbook");
+        for host in SEED_HOSTS {
+            text = text.replace(host, &world.url());
+        }
+        // Verification windows of minutes, shortened: a check that cannot
+        // pass here (no agent is connected) escalates in seconds.
+        for (long, short) in
+            [("within: 30m", "within: 3s"), ("within: 10m", "within: 3s"), ("interval: 1m", "interval: 1s")]
+        {
+            text = text.replace(long, short);
+        }
+        assert!(!text.contains(".svc"), "{} still names a cluster address", path.display());
+        std::fs::write(target.join(path.file_name().expect("a file name")), text).expect("write a runbook");
+    }
+    target
+}
+
+/// A coordinator configuration whose webhooks all point at the world.
+pub fn config(dir: &Path, world: &World, extra: &str) -> PathBuf {
+    let hooks = ["status-page", "executives", "customer-notifications", "oncall", "security-slack"];
+    let mut text = String::from("webhooks:\n");
+    for hook in hooks {
+        text.push_str(&format!("  {hook}: {}/hooks/{hook}\n", world.url()));
+    }
+    text.push_str("escalation_policies:\n");
+    for policy in ["p0-chain", "p1-chain", "p2-chain", "security-chain", "test-chain"] {
+        text.push_str(&format!("  {policy}: {{notify: [oncall]}}\n"));
+    }
+    text.push_str(extra);
+    let path = dir.join("coordinator.yaml");
+    std::fs::write(&path, text).expect("write the coordinator configuration");
+    path
+}
+
+pub async fn start(dir: &Path, world: &World, runbooks: &Path, extra_config: &str) -> Coordinator {
+    start_with_args(dir, world, runbooks, extra_config, &[]).await
+}
+
+/// As [`start`], with more command-line arguments.
+pub async fn start_with_args(
+    dir: &Path,
+    world: &World,
+    runbooks: &Path,
+    extra_config: &str,
+    extra_args: &[&str],
+) -> Coordinator {
+    let config = config(dir, world, extra_config);
+    let mut args =
+        vec!["--config", config.to_str().unwrap_or_default(), "--runbooks-dir", runbooks.to_str().unwrap_or_default()];
+    args.extend_from_slice(extra_args);
+    Coordinator::start_with(&dir.join("coordinator"), &args).await
+}
+
+pub async fn post_alert(coordinator: &Coordinator, payload: &str) {
+    let (code, body) =
+        http_request(coordinator.http, "POST", "/api/v1/alertmanager", Some(payload)).await.expect("post an alert");
+    assert!((200..300).contains(&code), "the webhook answered {code}: {body}");
+}
+
+pub async fn incident_for(coordinator: &Coordinator, runbook: &str) -> pb::Incident {
+    let mut admin = coordinator.admin().await;
+    eventually(&format!("an incident handled by {runbook}"), Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let list = admin
+                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+                .await
+                .ok()?
+                .into_inner();
+            list.incidents.into_iter().find(|i| i.runbook_id == runbook)
+        }
+    })
+    .await;
+    let list = admin
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+        .await
+        .expect("list incidents")
+        .into_inner();
+    let mut ours: Vec<pb::Incident> = list.incidents.into_iter().filter(|i| i.runbook_id == runbook).collect();
+    assert_eq!(ours.len(), 1, "exactly one incident for {runbook}: {ours:?}");
+    ours.remove(0)
+}
+
+pub async fn timeline(coordinator: &Coordinator, id: &str) -> Vec<pb::TimelineEntry> {
+    let mut admin = coordinator.admin().await;
+    admin
+        .get_incident(pb::GetIncidentRequest { id: id.to_owned() })
+        .await
+        .expect("get the incident")
+        .into_inner()
+        .timeline
+}
+
+pub fn finished(entries: &[pb::TimelineEntry]) -> bool {
+    entries.iter().any(|e| (e.kind == "runbook" && e.message.contains("finished")) || e.kind == "escalated")
+}
+
+/// Waits until the incident's run is over (finished or escalated).
+pub async fn run_end(coordinator: &Coordinator, id: &str) -> Vec<pb::TimelineEntry> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let entries = timeline(coordinator, id).await;
+        if finished(&entries) {
+            return entries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the run of {id} did not end:\n{}", show(&entries));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn show(entries: &[pb::TimelineEntry]) -> String {
+    entries.iter().map(|e| format!("  [{}] {} {:?}\n", e.kind, e.message, e.details)).collect()
+}
+
+/// Entries about one step.
+pub fn about<'a>(entries: &'a [pb::TimelineEntry], step: &str) -> Vec<&'a pb::TimelineEntry> {
+    entries.iter().filter(|e| e.details.get("step").map(String::as_str) == Some(step)).collect()
+}
+
+pub fn now_rfc3339() -> String {
+    remedy_shared::Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default(),
+    )
+    .to_string()
+}
