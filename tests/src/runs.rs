@@ -153,3 +153,30 @@ pub fn now_rfc3339() -> String {
     )
     .to_string()
 }
+
+/// A runbook written for one test: a manual trigger and the given steps.
+pub fn runbook(dir: &Path, id: &str, steps: &str, rails: &str) -> PathBuf {
+    let target = dir.join("runbooks");
+    std::fs::create_dir_all(&target).expect("create the catalog directory");
+    let text = format!(
+        "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id} test}}\npriority: P2\nmttr_target: 10m\n\
+         triggers: {{manual: true}}\nsteps:\n{steps}escalation: {{policy: test-chain}}\n{rails}"
+    );
+    std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
+    target
+}
+
+pub async fn run_manual(coordinator: &Coordinator, runbook: &str, dry_run: bool) -> String {
+    let mut admin = coordinator.admin().await;
+    admin
+        .run_runbook(pb::RunRunbookRequest {
+            runbook_id: runbook.to_owned(),
+            params: Default::default(),
+            dry_run,
+            requested_by: "tester".into(),
+        })
+        .await
+        .expect("run the runbook")
+        .into_inner()
+        .incident_id
+}

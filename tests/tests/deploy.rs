@@ -742,9 +742,19 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
     let agent_file = dir.path().join("agent.yaml");
     std::fs::write(&agent_file, &agent_config).expect("write agent.yaml");
 
+    // In a pod the service account is the credential; here the harness's
+    // kubeconfig. The replica must win the Lease before it serves.
+    ensure_namespaces(cluster).await;
     let coordinator = Coordinator::start_with(
         &dir.path().join("coordinator"),
-        &["--config", &coordinator_file.display().to_string(), "--runbooks-dir", &runbooks.display().to_string()],
+        &[
+            "--config",
+            &coordinator_file.display().to_string(),
+            "--runbooks-dir",
+            &runbooks.display().to_string(),
+            "--kubeconfig",
+            &cluster.kubeconfig_path().display().to_string(),
+        ],
     )
     .await;
     let agent = Agent::start_with(

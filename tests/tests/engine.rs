@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use remedy_e2e::procs::{Coordinator, eventually};
-use remedy_e2e::runs::{about, incident_for, now_rfc3339, post_alert, run_end, seed_catalog, show, start, timeline};
+use remedy_e2e::procs::eventually;
+use remedy_e2e::runs::{
+    about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
+};
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
 
@@ -103,33 +105,6 @@ async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
         (i.state == pb::IncidentState::Resolved as i32).then_some(())
     })
     .await;
-}
-
-/// A runbook written for one test: a manual trigger and the given steps.
-fn runbook(dir: &Path, id: &str, steps: &str, rails: &str) -> PathBuf {
-    let target = dir.join("runbooks");
-    std::fs::create_dir_all(&target).expect("create the catalog directory");
-    let text = format!(
-        "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id} test}}\npriority: P2\nmttr_target: 10m\n\
-         triggers: {{manual: true}}\nsteps:\n{steps}escalation: {{policy: test-chain}}\n{rails}"
-    );
-    std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
-    target
-}
-
-async fn run_manual(coordinator: &Coordinator, runbook: &str, dry_run: bool) -> String {
-    let mut admin = coordinator.admin().await;
-    admin
-        .run_runbook(pb::RunRunbookRequest {
-            runbook_id: runbook.to_owned(),
-            params: Default::default(),
-            dry_run,
-            requested_by: "tester".into(),
-        })
-        .await
-        .expect("run the runbook")
-        .into_inner()
-        .incident_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
