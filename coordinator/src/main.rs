@@ -11,7 +11,7 @@ use clap::Parser;
 use remedy_proto::MAX_MESSAGE_BYTES;
 use remedy_proto::v1::admin_service_server::AdminServiceServer;
 use remedy_proto::v1::agent_service_server::AgentServiceServer;
-use remedy_shared::config::EXIT_BAD_CONFIG;
+use remedy_shared::config::{ConfigError, EXIT_BAD_CONFIG};
 use remedy_shared::finding::FindingState;
 use tokio::sync::watch;
 
@@ -223,7 +223,7 @@ async fn kube_client(k: &KubernetesConfig) -> anyhow::Result<::kube::Client> {
         Some(path) => actuators::kube::client_from_kubeconfig(path).await,
         None => actuators::kube::client_from_environment().await,
     };
-    client.map_err(|e| anyhow::Error::new(BadConfig(format!("kubernetes.kubeconfig: {e}"))))
+    client.map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))
 }
 
 /// Starts taking part in the election, and the labeling of this pod while it
@@ -239,7 +239,7 @@ fn start_election(
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let identity = format!("{id}-{}", &suffix[..8]);
     let elector = LeaderElector::new(client.clone(), &le.namespace, &le.lease, &identity, le.timings)
-        .map_err(|e| anyhow::Error::new(BadConfig(format!("kubernetes.leader_election: {e}"))))?;
+        .map_err(|e| bad_config("kubernetes.leader_election", e))?;
     let task = tokio::spawn(elector.clone().run(stopped()));
     if let Some(labeler) = PodLabeler::from_env(client.clone()) {
         tokio::spawn(labeler.follow(elector.subscribe(), stopped()));
@@ -295,7 +295,11 @@ fn until_stopped(mut rx: watch::Receiver<bool>) -> StopFuture {
 /// A configuration problem found after the file was read (exit 64).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct BadConfig(String);
+struct BadConfig(ConfigError);
+
+fn bad_config(field: &str, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadConfig(ConfigError::new("the configuration", field, message)))
+}
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -94,6 +94,11 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// How the process ended; `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
 }
 
 impl Drop for Proc {
@@ -156,6 +161,11 @@ impl Coordinator {
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
+    }
+
+    /// How the process ended; `None` while it runs (or was killed by us).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.proc.as_mut().and_then(Proc::exited)
     }
 
     /// Starts it again on the same ports and data, and waits until it serves.

@@ -429,6 +429,11 @@ fn bad_configuration_exits_64_naming_the_field() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("field `grpc_listen`"), "{err}");
 
+    let nowhere = dir.path().join("no-kubeconfig").display().to_string();
+    let (code, err) = run("remedy-coordinator", &["--kubeconfig", &nowhere]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("field `kubernetes.kubeconfig`") && err.contains("no-kubeconfig"), "{err}");
+
     let runbooks = dir.path().join("runbooks");
     std::fs::create_dir(&runbooks).unwrap();
     let seed = std::fs::read_to_string(seed_runbook()).unwrap();
