@@ -253,7 +253,8 @@ pub struct PodRules {
 pub struct RestartFailed {
     /// Off by default.
     pub enabled: bool,
-    /// Deletions within any sliding hour, at most.
+    /// Deletions within any sliding hour, at most: this rule's and the
+    /// `restart_pod` directive's together, even while this rule is off.
     pub max_per_hour: u32,
 }
 

@@ -1,6 +1,10 @@
 //! Directives from the coordinator: what this agent runs on its node when
 //! asked, and the one result each directive gets back.
 //!
+//! Two directives: [`SNAPSHOT`] answers with what the agent sees on its
+//! node; [`RESTART_POD`] restarts one named pod of its node (see
+//! [`crate::pods::directive`] for its parameters, checks and outcomes).
+//!
 //! The stream loop hands every directive to the [`Executor`] and goes back
 //! to its findings and heartbeats: directives run in their own tasks, at most
 //! [`MAX_RUNNING`] at a time, and a flood beyond [`MAX_ADMITTED`] is refused
@@ -11,10 +15,12 @@
 //! while the agent reconnects is sent on the next stream.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::FutureExt;
 use remedy_proto::v1 as pb;
 use remedy_shared::Timestamp;
 use remedy_shared::runbook::SnapshotSection;
@@ -22,13 +28,16 @@ use remedy_shared::signals::ResourceSnapshot;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::clock::now;
+use crate::pods::directive::{RESTART_POD, restart_pod};
 use crate::state::Shared;
 
 /// The directive that answers with what the agent sees on its node.
 pub const SNAPSHOT: &str = "snapshot";
 /// Every directive this agent executes, announced in its hello; the
-/// coordinator sends no other.
-pub const CAPABILITIES: &[&str] = &[SNAPSHOT];
+/// coordinator sends no other. `restart_pod` is announced with pod watching
+/// off too, so that the coordinator hears why it cannot run here rather
+/// than that it is unknown.
+pub const CAPABILITIES: &[&str] = &[SNAPSHOT, RESTART_POD];
 
 /// Directives executing at once.
 const MAX_RUNNING: usize = 4;
@@ -104,14 +113,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What a directive came to, before it is dated and addressed.
 #[derive(Debug, Clone, PartialEq)]
-struct Reply {
-    outcome: pb::ActionOutcome,
-    message: String,
-    evidence: BTreeMap<String, String>,
+pub(crate) struct Reply {
+    pub(crate) outcome: pb::ActionOutcome,
+    pub(crate) message: String,
+    pub(crate) evidence: BTreeMap<String, String>,
 }
 
 impl Reply {
-    fn new(outcome: pb::ActionOutcome, message: impl Into<String>) -> Reply {
+    pub(crate) fn new(outcome: pb::ActionOutcome, message: impl Into<String>) -> Reply {
         Reply { outcome, message: message.into(), evidence: BTreeMap::new() }
     }
 
@@ -189,16 +198,15 @@ impl Executor {
         let running = self.inner.running.clone();
         let shared = self.inner.shared.clone();
         let work = async move {
-            let Ok(permit) = running.acquire_owned().await else {
+            let Ok(_permit) = running.acquire_owned().await else {
                 return Reply::new(pb::ActionOutcome::Failed, "the agent is stopping");
             };
-            // On a blocking thread: directives that touch the disk must not
-            // stall the runtime, and a panic comes back as an error.
-            let job = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                execute(&shared, &directive, now())
-            });
-            job.await.unwrap_or_else(|e| Reply::new(pb::ActionOutcome::Failed, format!("the directive failed: {e}")))
+            // A panic still gets its one answer. Run here rather than in a
+            // task of its own, so the deadline below stops the work too.
+            AssertUnwindSafe(execute(shared, directive))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Reply::new(pb::ActionOutcome::Failed, "the directive failed: it panicked"))
         };
         match tokio::time::timeout(left, work).await {
             Ok(reply) => reply,
@@ -230,12 +238,18 @@ impl Executor {
 }
 
 /// Executes `directive` with the node as `shared` sees it.
-fn execute(shared: &Shared, directive: &pb::Directive, now: Timestamp) -> Reply {
+async fn execute(shared: Arc<Shared>, directive: pb::Directive) -> Reply {
     match directive.action.as_str() {
         SNAPSHOT => {
-            let latest = shared.status().snapshot.clone();
-            snapshot(&directive.params, latest.as_ref(), now)
+            // On a blocking thread: sections that read the disk must not
+            // stall the runtime.
+            let job = tokio::task::spawn_blocking(move || {
+                let latest = shared.status().snapshot.clone();
+                snapshot(&directive.params, latest.as_ref(), now())
+            });
+            job.await.unwrap_or_else(|e| Reply::new(pb::ActionOutcome::Failed, format!("the directive failed: {e}")))
         }
+        RESTART_POD => restart_pod(&shared, &directive.id, &directive.params, directive.dry_run).await,
         other => Reply::new(
             pb::ActionOutcome::Unsupported,
             format!("this agent cannot run `{other}`; it runs: {}", CAPABILITIES.join(", ")),
@@ -525,7 +539,7 @@ mod tests {
         assert_eq!(got["d1"].outcome(), pb::ActionOutcome::Succeeded);
         assert_eq!(got["d1"].evidence["memory_total_bytes"], "4096");
         assert_eq!(got["d2"].outcome(), pb::ActionOutcome::Unsupported);
-        assert_eq!(got["d2"].message, "this agent cannot run `reboot`; it runs: snapshot");
+        assert_eq!(got["d2"].message, "this agent cannot run `reboot`; it runs: snapshot, restart_pod");
         assert_eq!(got["d3"].outcome(), pb::ActionOutcome::Refused);
         assert!(got["d3"].message.starts_with("include: unknown section `bogus`"), "{}", got["d3"].message);
         assert_eq!(got["d4"].outcome(), pb::ActionOutcome::TimedOut);
@@ -537,6 +551,20 @@ mod tests {
         assert_eq!(again.directive_id, "d1");
         assert_eq!(again.outcome(), pb::ActionOutcome::Succeeded);
         assert!(results.try_recv().is_err(), "nothing more");
+    }
+
+    #[tokio::test]
+    async fn restart_pod_is_dispatched_and_refused_without_pod_watching() {
+        let (executor, mut results, _dir) = executor();
+        executor.inner.shared.status().pods.client = "no Kubernetes client: not in a cluster".into();
+        let later = now().plus(Duration::from_secs(30)).as_millis();
+        let mut d = directive("r1", RESTART_POD, "", later);
+        d.params = [("namespace".to_owned(), "shop".to_owned()), ("name".to_owned(), "api-1".to_owned())].into();
+        executor.submit(d);
+        let r = results.recv().await.expect("a result");
+        assert_eq!(r.outcome(), pb::ActionOutcome::Refused, "{r:?}");
+        assert!(r.message.contains("pod watching is off on this agent (no Kubernetes client"), "{}", r.message);
+        assert_eq!(r.evidence["pod"], "shop/api-1");
     }
 
     #[tokio::test]

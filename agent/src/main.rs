@@ -115,11 +115,13 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
         reconnect_max: config.reconnect_max,
         labels: config.labels.clone(),
     };
+    // Pods first: a restart_pod directive that arrives on the first stream
+    // finds the restarter in place.
+    let pods_task = start_pods(&shared, &config, kube, stopped());
     let stream_task = tokio::spawn(stream::run(shared.clone(), stream_config, stop_rx.clone()));
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
     let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
-    let pods_task = start_pods(&shared, &config, kube, stopped());
 
     shutdown_signal().await;
     tracing::info!("stopping");
@@ -162,7 +164,11 @@ fn start_pods(
             status.pods.enabled = true;
             status.pods.client = from;
             drop(status);
-            Some(tokio::spawn(pods::watch(shared.clone(), client, config.pods.clone(), stopped)))
+            // One restarter, so the local rule and directives spend one budget.
+            let restarter =
+                Arc::new(pods::restart::Restarter::new(config.node_name.clone(), client.clone(), restart.max_per_hour));
+            shared.set_restarter(restarter.clone());
+            Some(tokio::spawn(pods::watch(shared.clone(), client, config.pods.clone(), restarter, stopped)))
         }
         pods::Connection::Off(why) => {
             tracing::info!(pods_enabled = mode, "pod watching off: {why}");

@@ -32,9 +32,11 @@ pub struct Metrics {
     pub pod_findings_active: Gauge,
     /// Errors of the pod watch (each followed by a retry).
     pub pod_watch_errors: Counter,
-    /// Failed pods deleted so that their controller replaces them.
+    /// Pods deleted so that their controller replaces them (by the local
+    /// rule or a `restart_pod` directive).
     pub pod_restarts: Counter,
-    /// Failed pods not restarted, by reason (once per pod and reason).
+    /// Pod restarts refused, by reason (the local rule's once per pod and
+    /// reason).
     pub pod_restarts_refused: Family<Vec<(String, String)>, Counter>,
     /// Restarts whose API calls failed.
     pub pod_restart_failures: Counter,
@@ -84,17 +86,17 @@ impl Metrics {
         );
         registry.register(
             "pod_restarts",
-            "Failed pods deleted so that their controller replaces them",
+            "Pods deleted so that their controller replaces them (local rule or restart_pod directive)",
             m.pod_restarts.clone(),
         );
         registry.register(
             "pod_restarts_refused",
-            "Failed pods not restarted, by reason (each pod and reason once)",
+            "Pod restarts refused, by reason (the local rule's: each pod and reason once)",
             m.pod_restarts_refused.clone(),
         );
         registry.register(
             "pod_restart_failures",
-            "Restarts of Failed pods whose API calls failed",
+            "Pod restarts whose API calls failed",
             m.pod_restart_failures.clone(),
         );
         Metrics { registry: Arc::new(registry), ..m }

@@ -1,7 +1,7 @@
 //! State shared by the agent's tasks: the spool, what the diagnostics
 //! endpoint shows, and the signal that new findings wait to be sent.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use remedy_shared::Timestamp;
 use remedy_shared::finding::Finding;
@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::pods::PodsStatus;
+use crate::pods::restart::Restarter;
 use crate::spool::{AppendReport, Spool, SpoolError};
 
 /// Where the stream to the coordinator stands.
@@ -68,6 +69,9 @@ pub struct Shared {
     pub new_findings: Notify,
     /// Metrics.
     pub metrics: Metrics,
+    /// Restarts this node's pods; set once when there is a Kubernetes
+    /// client, never when pod watching is off.
+    restarter: OnceLock<Arc<Restarter>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,12 +109,26 @@ impl Shared {
             spool: Mutex::new(spool),
             new_findings: Notify::new(),
             metrics,
+            restarter: OnceLock::new(),
         })
     }
 
     /// Reads or changes the status.
     pub fn status(&self) -> MutexGuard<'_, Status> {
         lock(&self.status)
+    }
+
+    /// Makes `restarter` the one that restarts this node's pods; a second
+    /// one is ignored, so there is only ever one budget.
+    pub fn set_restarter(&self, restarter: Arc<Restarter>) {
+        if self.restarter.set(restarter).is_err() {
+            tracing::error!("a second pod restarter was offered and ignored");
+        }
+    }
+
+    /// What restarts this node's pods; `None` while pod watching is off.
+    pub fn restarter(&self) -> Option<&Arc<Restarter>> {
+        self.restarter.get()
     }
 
     /// Runs `f` on the spool on a blocking thread (spool writes wait for the disk).

@@ -2,7 +2,9 @@
 //! (etcd, kube-apiserver, kwok playing the kubelets): it reports crash loops,
 //! restart storms, OOM kills and Failed pods of its node only, through the
 //! spool to a real coordinator, clears them when they end, restarts a Failed
-//! pod within its budget and never a held one or another node's.
+//! pod within its budget and never a held one or another node's; and when a
+//! runbook asks, through the coordinator's `restart_pod` directive, restarts
+//! a named pod of its node under the same checks and budget.
 //!
 //! Statuses are written through the status subresource, as a kubelet would;
 //! kwok only makes new pods Running. Waits are by condition and bounded.
@@ -50,11 +52,12 @@ fn stamp() -> String {
 
 // ---- objects -------------------------------------------------------------
 
-/// Nodes with the given names, simulated by kwok, Ready.
-async fn named_kwok_nodes(cluster: &TestCluster, names: &[&str]) {
+/// Nodes with the given names, simulated by kwok, Ready; their pod ranges
+/// are `10.<range>.<i>.0/24`, so each test passes its own `range`.
+async fn named_kwok_nodes(cluster: &TestCluster, names: &[&str], range: u8) {
     let nodes: Api<Node> = Api::all(cluster.client());
     for (i, name) in names.iter().enumerate() {
-        let node = kwok_node(name, &format!("10.250.{i}.0/24"), false);
+        let node = kwok_node(name, &format!("10.{range}.{i}.0/24"), false);
         nodes.create(&PostParams::default(), &node).await.unwrap_or_else(|e| panic!("create node {name}: {e}"));
     }
     wait_for("the named kwok nodes to be Ready", WAIT, || {
@@ -291,7 +294,7 @@ async fn the_agent_reports_and_restarts_only_its_own_nodes_pods() {
     let _serial = SERIAL.lock().await;
     let cluster = cluster().await;
     let client = cluster.client();
-    named_kwok_nodes(cluster, &["node-a", "node-b"]).await;
+    named_kwok_nodes(cluster, &["node-a", "node-b"], 250).await;
     let ns = cluster.new_namespace("pods").await.unwrap();
     let held_ns = cluster.new_namespace("held").await.unwrap();
     Api::<Namespace>::all(client.clone())
@@ -482,6 +485,230 @@ async fn the_agent_reports_and_restarts_only_its_own_nodes_pods() {
         "agent pods: {} watch events, {} watch errors, restarts {}",
         state["watch"]["events"], state["watch"]["errors"], state["restarts"]
     ));
+}
+
+// ---- the restart_pod directive, from a runbook ----------------------------------
+
+/// A manual runbook `id` whose one step asks the agent of `node` to restart
+/// pod `params.pod` of `namespace`, if it is Failed (`failed_only`) or
+/// whatever its phase.
+fn restart_runbook(runbooks: &Path, id: &str, namespace: &str, node: &str, failed_only: bool) {
+    std::fs::create_dir_all(runbooks).unwrap();
+    let phase = if failed_only { "\n        only_if_phase: Failed" } else { "" };
+    let text = format!(
+        r#"apiVersion: remedy.dev/v1
+kind: Runbook
+metadata:
+  id: {id}
+  title: restart a pod through its node's agent
+priority: P3
+mttr_target: 10m
+params:
+  namespace: {namespace}
+  pod: none
+triggers:
+  manual: true
+steps:
+  - id: restart
+    agent:
+      agents: {{ node: {node} }}
+      directive: restart_pod
+      params:
+        namespace: "{{{{ params.namespace }}}}"
+        name: "{{{{ params.pod }}}}"{phase}
+      timeout: 30s
+escalation:
+  policy: test-chain
+guard_rails:
+  cooldown: 0s
+  max_attempts: 20
+"#
+    );
+    std::fs::write(runbooks.join(format!("{}.yaml", id.to_lowercase())), text).unwrap();
+}
+
+/// `remedyctl run <runbook> --param pod=<pod> [--dry-run] --wait`, off the
+/// runtime's threads; returns the result entry of step `restart`.
+async fn restart_by_runbook(url: &str, runbook: &str, pod: &str, dry_run: bool) -> Value {
+    let mut args: Vec<String> =
+        ["--as", "tester", "run", runbook, "--param", &format!("pod={pod}")].iter().map(|a| (*a).to_owned()).collect();
+    if dry_run {
+        args.push("--dry-run".to_owned());
+    }
+    args.extend(["--wait", "--timeout", "2m", "-o", "json"].map(str::to_owned));
+    let url = url.to_owned();
+    let (status, out, err) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        remedyctl(&url, &args)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "remedyctl run {runbook} for {pod} failed: {err}");
+    let out: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON ({e}): {out}"));
+    let timeline = out["incident"]["timeline"].as_array().unwrap_or_else(|| panic!("no timeline: {out:#}"));
+    timeline
+        .iter()
+        .find(|e| e["kind"] == "result" && e["details"]["step"] == "restart")
+        .unwrap_or_else(|| panic!("no result for step restart in {out:#}"))
+        .clone()
+}
+
+/// Starts an agent on `node` with pod watching through `kubeconfig` and the
+/// given `restart_failed` settings; waits until its watch is synced and it
+/// is connected to the coordinator at `url`.
+async fn restarting_agent(dir: &Path, node: &str, url: &str, kubeconfig: &Path, restart_failed: &str) -> Agent {
+    let config = dir.join(format!("{node}.yaml"));
+    std::fs::write(&config, format!("pods:\n  enabled: true\n  restart_failed: {restart_failed}\n")).unwrap();
+    let agent = Agent::start_with(
+        &dir.join(node),
+        node,
+        url,
+        &["--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()],
+    )
+    .await;
+    wait_state(&agent, &format!("{node}'s pod watch to sync"), |p| p["synced"] == true).await;
+    eventually(&format!("the agent on {node} connected to the coordinator"), WAIT, || async {
+        let (status, out, _) = remedyctl(url, &["agents", "-o", "json"]);
+        let agents: Vec<Value> = serde_json::from_str(&out).ok()?;
+        (status.success() && agents.iter().any(|a| a["node_name"] == node && a["connected"] == true)).then_some(())
+    })
+    .await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runbook_restarts_a_pod_through_its_nodes_agent_within_the_local_rails() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster().await;
+    let client = cluster.client();
+    named_kwok_nodes(cluster, &["node-r1", "node-r2"], 251).await;
+    let ns = cluster.new_namespace("restart").await.unwrap();
+    let owners = owner(cluster, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = agent_kubeconfig(cluster, &ns, dir.path()).await;
+    let runbooks = dir.path().join("runbooks");
+    restart_runbook(&runbooks, "RST-001", &ns, "node-r1", true);
+    restart_runbook(&runbooks, "RST-002", &ns, "node-r2", false);
+    let coordinator =
+        Coordinator::start_with(&dir.path().join("c"), &["--runbooks-dir", runbooks.to_str().unwrap()]).await;
+    let url = coordinator.url();
+    // On node-r1 the local rule is off, so only directives delete; the
+    // budget (one an hour) binds them all the same.
+    let agent = restarting_agent(dir.path(), "node-r1", &url, &kubeconfig, "{enabled: false, max_per_hour: 1}").await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pp = PostParams::default();
+    for (name, node) in [("r-fail", "node-r1"), ("r-fail2", "node-r1"), ("o-fail", "node-r2"), ("o-run", "node-r2")] {
+        pods.create(&pp, &pod(name, node, Some(&owners), json!({}))).await.unwrap();
+    }
+    pods.create(&pp, &pod("r-held", "node-r1", Some(&owners), json!({ "remedy.dev/hold": "" }))).await.unwrap();
+    wait_running(&pods, 5).await;
+    for name in ["r-fail", "r-fail2", "o-fail", "r-held"] {
+        set_status(&pods, name, &failed()).await;
+    }
+    let uid_of = |p: Pod| p.metadata.uid.unwrap();
+    let fail_uid = uid_of(pods.get("r-fail").await.unwrap());
+    let log = || format!("agent log:\n{}\ncoordinator log:\n{}", agent.log(), coordinator.log());
+
+    // A rehearsal: every check passes, the API server accepts the delete as
+    // a dry run; the pod stays and the budget is not spent.
+    let result = restart_by_runbook(&url, "RST-001", "r-fail", true).await;
+    let d = &result["details"];
+    assert_eq!(d["status"], "dry_run", "{result:#}\n{}", log());
+    assert_eq!(d["evidence.node-r1.outcome"], "dry_run", "{result:#}");
+    assert_eq!(d["evidence.node-r1.uid"], fail_uid.as_str(), "{result:#}");
+    assert_eq!(d["evidence.node-r1.node"], "node-r1", "{result:#}");
+    assert_eq!(d["evidence.node-r1.phase"], "Failed", "{result:#}");
+    assert_eq!(d["evidence.node-r1.deleted"], "false", "{result:#}");
+    assert!(d["evidence.node-r1.message"].as_str().unwrap().starts_with("dry run: would delete pod"), "{result:#}");
+    assert_eq!(uid_of(pods.get("r-fail").await.unwrap()), fail_uid, "a dry run deletes nothing");
+    let state = pods_state(&agent).await;
+    assert_eq!((state["restarts"]["done"].as_u64(), state["restarts"]["refused"].as_u64()), (Some(0), Some(0)));
+
+    // Another node's pod: refused by the agent, which names the node it is on.
+    let o_uid = uid_of(pods.get("o-fail").await.unwrap());
+    let result = restart_by_runbook(&url, "RST-001", "o-fail", false).await;
+    let d = &result["details"];
+    assert_eq!(d["status"], "failed", "{result:#}");
+    assert_eq!(d["evidence.node-r1.outcome"], "refused", "{result:#}");
+    assert_eq!(d["evidence.node-r1.reason"], "other_node", "{result:#}");
+    assert_eq!(d["evidence.node-r1.node"], "node-r2", "{result:#}");
+    let why = format!("not restarting pod {ns}/o-fail: it is bound to node node-r2, not this one");
+    assert_eq!(d["evidence.node-r1.message"], why.as_str(), "{result:#}");
+    assert!(result["message"].as_str().unwrap().contains(&why), "the timeline says why: {result:#}");
+    assert_eq!(uid_of(pods.get("o-fail").await.unwrap()), o_uid, "another node's pod is left alone");
+
+    // Held: refused before the budget is looked at.
+    let result = restart_by_runbook(&url, "RST-001", "r-held", false).await;
+    assert_eq!(result["details"]["evidence.node-r1.reason"], "hold", "{result:#}");
+    assert!(pods.get_opt("r-held").await.unwrap().is_some());
+
+    // For real: deleted, with the evidence of what was deleted.
+    let result = restart_by_runbook(&url, "RST-001", "r-fail", false).await;
+    let d = &result["details"];
+    assert_eq!(d["status"], "succeeded", "{result:#}\n{}", log());
+    assert_eq!(d["evidence.node-r1.outcome"], "succeeded", "{result:#}");
+    assert_eq!(d["evidence.node-r1.deleted"], "true", "{result:#}");
+    assert_eq!(d["evidence.node-r1.uid"], fail_uid.as_str(), "{result:#}");
+    assert_eq!(d["evidence.node-r1.pod"], format!("{ns}/r-fail").as_str(), "{result:#}");
+    assert_eq!(
+        (d["evidence.node-r1.budget_used"].as_str(), d["evidence.node-r1.budget_max"].as_str()),
+        (Some("1"), Some("1"))
+    );
+    wait_for("r-fail to be gone from the API", WAIT, || async {
+        Ok(pods.get_opt("r-fail").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+
+    // The hour's budget (one) is spent: the next is refused and kept.
+    let fail2_uid = uid_of(pods.get("r-fail2").await.unwrap());
+    let result = restart_by_runbook(&url, "RST-001", "r-fail2", false).await;
+    let d = &result["details"];
+    assert_eq!(d["evidence.node-r1.outcome"], "refused", "{result:#}");
+    assert_eq!(d["evidence.node-r1.reason"], "budget", "{result:#}");
+    assert!(
+        d["evidence.node-r1.message"].as_str().unwrap().contains("budget of 1 restarts per hour is spent"),
+        "{result:#}"
+    );
+    assert_eq!(uid_of(pods.get("r-fail2").await.unwrap()), fail2_uid, "a refused pod is not touched");
+
+    // The agent's own account agrees, naming the directives that decided.
+    let state = pods_state(&agent).await;
+    let restarts = &state["restarts"];
+    assert_eq!(restarts["done"], 1, "{state:#}");
+    assert_eq!(restarts["used_in_last_hour"], 1, "{state:#}");
+    assert_eq!(restarts["refused_by_reason"], json!({ "other_node": 1, "hold": 1, "budget": 1 }), "{state:#}");
+    let recent = restarts["recent"].as_array().unwrap();
+    let done = recent.iter().find(|e| e["outcome"] == "restarted").unwrap();
+    assert_eq!(
+        (done["pod"].as_str(), done["uid"].as_str()),
+        (Some(format!("{ns}/r-fail").as_str()), Some(fail_uid.as_str()))
+    );
+    assert!(done["by"].as_str().unwrap().starts_with("directive "), "{done}");
+    let (_, metrics) = http_request(agent.diagnostics, "GET", "/metrics", None).await.unwrap();
+    assert_eq!(metric_value(&metrics, "remedy_agent_pod_restarts_total"), 1.0, "{metrics}");
+    for name in ["r-fail2", "r-held", "o-fail"] {
+        assert!(pods.get_opt(name).await.unwrap().is_some(), "{name} is still there");
+    }
+
+    // One budget for the local rule and directives: on node-r2, the local
+    // rule restarts o-fail, which spends the hour's one restart, and then a
+    // directive for o-run (any phase) is refused for the budget.
+    let agent2 = restarting_agent(dir.path(), "node-r2", &url, &kubeconfig, "{enabled: true, max_per_hour: 1}").await;
+    wait_for("o-fail to be restarted by node-r2's local rule", WAIT, || async {
+        Ok(pods.get_opt("o-fail").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent2.log()));
+    wait_state(&agent2, "the local rule's restart counted", |p| p["restarts"]["done"] == 1).await;
+    let run_uid = uid_of(pods.get("o-run").await.unwrap());
+    let result = restart_by_runbook(&url, "RST-002", "o-run", false).await;
+    let d = &result["details"];
+    assert_eq!(d["evidence.node-r2.outcome"], "refused", "{result:#}\n{}", agent2.log());
+    assert_eq!(d["evidence.node-r2.reason"], "budget", "{result:#}");
+    assert_eq!(d["evidence.node-r2.phase"], "Running", "{result:#}");
+    assert_eq!(uid_of(pods.get("o-run").await.unwrap()), run_uid, "o-run is not touched");
 }
 
 /// Finds the process whose command line mentions `marker`.

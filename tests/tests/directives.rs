@@ -79,7 +79,11 @@ async fn a_real_agent_answers_snapshots_and_refuses_what_it_cannot_run() {
         async move { directives.connected().into_iter().find(|a| a.node_name == "node-d") }
     })
     .await;
-    assert_eq!(registered.capabilities, ["snapshot".to_owned()].into(), "the hello lists what the agent runs");
+    assert_eq!(
+        registered.capabilities,
+        ["restart_pod".to_owned(), "snapshot".to_owned()].into(),
+        "the hello lists what the agent runs"
+    );
     eventually("the agent's first resource sample", WAIT, || async {
         (!agent.debug_state().await["snapshot"].is_null()).then_some(())
     })
@@ -120,7 +124,10 @@ async fn a_real_agent_answers_snapshots_and_refuses_what_it_cannot_run() {
     let report = run(&actuator, "agent", json!({ "agents": "all", "directive": "reboot_node" }), false).await;
     assert_eq!(report.status, ActionStatus::Failed, "{report:?}");
     assert_eq!(report.evidence["node-d.outcome"], "unsupported");
-    assert_eq!(report.evidence["node-d.message"], "the agent cannot run `reboot_node`: it announced snapshot");
+    assert_eq!(
+        report.evidence["node-d.message"],
+        "the agent cannot run `reboot_node`: it announced restart_pod, snapshot"
+    );
     assert_eq!(report.evidence["failed"], "1");
 
     // A directive it knows, with a parameter it refuses: the agent's own answer.

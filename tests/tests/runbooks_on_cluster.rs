@@ -31,8 +31,10 @@ fn fail(e: anyhow::Error) -> ! {
 async fn production_namespace(cluster: &TestCluster) {
     let client = cluster.client();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns =
-        Namespace { metadata: ObjectMeta { name: Some(PRODUCTION.into()), ..Default::default() }, ..Default::default() };
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(PRODUCTION.into()), ..Default::default() },
+        ..Default::default()
+    };
     match namespaces.create(&PostParams::default(), &ns).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -81,7 +83,8 @@ async fn p0_001_scales_out_clears_failed_pods_and_records_every_step() {
     let mut failed = Vec::new();
     for pod in &api_pods[..2] {
         let name = pod.metadata.name.clone().expect("a pod name");
-        let status = json!({ "status": { "phase": "Failed", "reason": "Error", "message": "made Failed by the test" } });
+        let status =
+            json!({ "status": { "phase": "Failed", "reason": "Error", "message": "made Failed by the test" } });
         pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch pod status");
         failed.push(name);
     }

@@ -1,5 +1,6 @@
-//! The pods bound to this node: watched, judged, and (when enabled) a
-//! Failed one restarted.
+//! The pods bound to this node: watched, judged, and restarted: a Failed
+//! one by the local rule (when enabled), a named one when the coordinator
+//! asks ([`directive`]).
 //!
 //! One watch, filtered by the API server to `spec.nodeName=<this node>`, so
 //! the agent never sees the rest of the cluster. Each event becomes a
@@ -8,6 +9,7 @@
 //! other finding. The watch resumes by itself; on errors it waits with a
 //! growing, jittered delay, and never stops the agent.
 
+pub mod directive;
 pub mod judge;
 pub mod restart;
 pub mod view;
@@ -33,7 +35,7 @@ use crate::clock::now;
 use crate::config::{PodsConfig, PodsMode};
 use crate::state::Shared;
 use judge::{Judge, PodKey};
-use restart::RestartStatus;
+use restart::{RestartStatus, Restarter};
 
 /// How often time-based judgements run (storm windows, grace periods,
 /// refreshes).
@@ -157,20 +159,25 @@ async fn infer() -> Result<(kube::Config, String), String> {
         .map_err(|e| format!("not in a cluster (no KUBERNETES_SERVICE_HOST), no KUBECONFIG, and ~/.kube/config: {e}"))
 }
 
-/// Watches this node's pods until `stopped` resolves.
-pub async fn watch(shared: Arc<Shared>, client: Client, config: PodsConfig, stopped: impl Future<Output = ()>) {
+/// Watches this node's pods until `stopped` resolves; the local rule
+/// restarts through `restarter`, as directives do.
+pub async fn watch(
+    shared: Arc<Shared>,
+    client: Client,
+    config: PodsConfig,
+    restarter: Arc<Restarter>,
+    stopped: impl Future<Output = ()>,
+) {
     let node = shared.node_name.clone();
-    let api: Api<Pod> = Api::all(client.clone());
+    let api: Api<Pod> = Api::all(client);
     // From the API server's watch cache: a DaemonSet's relists stay off etcd.
     let selector = format!("spec.nodeName={node}");
     let events = watcher::watcher(api, watcher::Config::default().fields(&selector).any_semantic());
     tokio::pin!(events);
     tokio::pin!(stopped);
     let (restarts_tx, restarts_rx) = mpsc::channel::<Vec<view::PodView>>(8);
-    let remediator = config
-        .restart_failed
-        .enabled
-        .then(|| tokio::spawn(restart::run(shared.clone(), client, config.restart_failed, restarts_rx)));
+    let remediator =
+        config.restart_failed.enabled.then(|| tokio::spawn(restart::run(shared.clone(), restarter, restarts_rx)));
     let mut w = Watch {
         shared: shared.clone(),
         judge: Judge::new(config.rules),

@@ -1,19 +1,25 @@
-//! Local remediation: deleting a Failed pod of this node so that its
-//! controller replaces it.
+//! Restarting a pod of this node: deleting it so that its controller
+//! replaces it.
 //!
-//! Off unless `pods.restart_failed.enabled`. Every candidate passes, in
-//! this order: the checks on what the watch saw ([`check`]: this node's,
-//! Failed, not being deleted, no `remedy.dev/hold`, owned by a controller,
-//! not a static pod's mirror), the hold on its namespace (read once per
-//! namespace and kept [`NAMESPACE_TTL`]), the local budget (`max_per_hour`
-//! within any sliding hour), and the same checks again on a fresh read just
-//! before the delete, which carries the pod's UID and resourceVersion as
-//! preconditions: a pod changed since (a hold added, recreated) is not
+//! Two callers share one [`Restarter`], and so one budget
+//! (`pods.restart_failed.max_per_hour` within any sliding hour), one cache
+//! of namespace holds and one delete: the local rule for Failed pods
+//! ([`run`], off unless `pods.restart_failed.enabled`) and the
+//! coordinator's `restart_pod` directive (`super::directive`), which spends
+//! the same budget whether or not the local rule is on.
+//!
+//! The local rule passes every candidate, in this order: the checks on what
+//! the watch saw ([`check`]: this node's, Failed, not being deleted, no
+//! `remedy.dev/hold`, owned by a controller, not a static pod's mirror), the
+//! hold on its namespace (read once per namespace and kept
+//! [`NAMESPACE_TTL`]), the budget, and the same checks again on a fresh read
+//! just before the delete, which carries the pod's UID and resourceVersion
+//! as preconditions: a pod changed since (a hold added, recreated) is not
 //! deleted. A refusal is logged, counted in the metrics and shown in
 //! `/debug/state` once per pod and reason; it is never silent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -24,9 +30,8 @@ use remedy_shared::guard::HOLD_ANNOTATION;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::view::{self, PodView};
+use super::view::{self, FAILED, PodView};
 use crate::clock::now;
-use crate::config::RestartFailed;
 use crate::state::Shared;
 
 /// How long a namespace's hold is believed without reading it again.
@@ -37,6 +42,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Decisions kept for `/debug/state`.
 const RECENT: usize = 20;
+/// Who decided, in `/debug/state`, for the local rule.
+const LOCAL_RULE: &str = "local rule";
 
 /// Why a pod was not restarted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +52,13 @@ pub enum Refusal {
     Held(&'static str),
     /// Bound to another node (or to none).
     OtherNode(String),
-    /// Not (or no longer) Failed.
-    NotFailed(String),
+    /// Not (or no longer) in the phase asked for.
+    Phase {
+        /// The phase asked for.
+        wanted: &'static str,
+        /// The pod's phase.
+        phase: String,
+    },
     /// Already being deleted.
     Deleting,
     /// No controller would replace it: deleting it would not restart it,
@@ -73,7 +85,9 @@ impl Refusal {
         match self {
             Refusal::Held(_) => "hold",
             Refusal::OtherNode(_) => "other_node",
-            Refusal::NotFailed(_) => "not_failed",
+            // The local rule's reason, kept for the metric's existing series.
+            Refusal::Phase { wanted, .. } if *wanted == FAILED => "not_failed",
+            Refusal::Phase { .. } => "phase",
             Refusal::Deleting => "deleting",
             Refusal::NoController => "no_controller",
             Refusal::Mirror => "mirror",
@@ -89,7 +103,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Held(on) => write!(f, "{HOLD_ANNOTATION} is set on its {on}"),
             Refusal::OtherNode(node) if node.is_empty() => f.write_str("it is bound to no node"),
             Refusal::OtherNode(node) => write!(f, "it is bound to node {node}, not this one"),
-            Refusal::NotFailed(phase) => write!(f, "it is no longer Failed (phase {phase})"),
+            Refusal::Phase { wanted, phase } => write!(f, "its phase is {phase}, not {wanted}"),
             Refusal::Deleting => f.write_str("it is already being deleted"),
             Refusal::NoController => {
                 f.write_str("no controller owns it: deleting it would not restart it, only remove it")
@@ -107,13 +121,22 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The checks on a pod as seen, before any budget or API call.
+/// The local rule's checks on a pod as seen, before any budget or API call.
 pub fn check(pod: &PodView, node: &str) -> Result<(), Refusal> {
+    check_phase(pod, node, Some(FAILED))
+}
+
+/// The checks every restart passes: bound to `node`, in phase `wanted`
+/// (any when `None`), not being deleted, not held, a controller's and not
+/// a mirror.
+pub fn check_phase(pod: &PodView, node: &str, wanted: Option<&'static str>) -> Result<(), Refusal> {
     if pod.node != node {
         return Err(Refusal::OtherNode(pod.node.clone()));
     }
-    if !pod.failed() {
-        return Err(Refusal::NotFailed(pod.phase.clone()));
+    if let Some(wanted) = wanted
+        && pod.phase != wanted
+    {
+        return Err(Refusal::Phase { wanted, phase: pod.phase.clone() });
     }
     if pod.deleting {
         return Err(Refusal::Deleting);
@@ -180,18 +203,153 @@ impl Budget {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A budget and a cache stay usable across a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Deletes pods of this node for whoever restarts them. Locks are never
+/// held across an API call; the budget is checked early (to spare API calls
+/// on a spent budget) and taken again at the delete, so two callers at once
+/// cannot both spend its last use.
+pub struct Restarter {
+    node: String,
+    client: Client,
+    namespaces: Api<Namespace>,
+    budget: Mutex<Budget>,
+    max_per_hour: u32,
+    held_namespaces: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl std::fmt::Debug for Restarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restarter").field("node", &self.node).field("max_per_hour", &self.max_per_hour).finish()
+    }
+}
+
+/// Why a delete did not happen.
+#[derive(Debug)]
+pub enum DeleteError {
+    /// The budget was spent meanwhile.
+    Refused(Refusal),
+    /// The pod is gone already (HTTP 404).
+    Gone,
+    /// The pod changed since it was read (HTTP 409: its UID or
+    /// resourceVersion no longer match).
+    Changed(String),
+    /// The API refused or did not answer; the budget stays spent, as the
+    /// delete may have happened.
+    Failed(CallError),
+}
+
+impl Restarter {
+    /// Restarts pods bound to `node`, at most `max_per_hour` within any
+    /// sliding hour.
+    pub fn new(node: String, client: Client, max_per_hour: u32) -> Restarter {
+        Restarter {
+            node,
+            namespaces: Api::all(client.clone()),
+            client,
+            budget: Mutex::new(Budget::new(max_per_hour, HOUR)),
+            max_per_hour,
+            held_namespaces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The node whose pods it restarts.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The budget: restarts per sliding hour.
+    pub fn max_per_hour(&self) -> u32 {
+        self.max_per_hour
+    }
+
+    /// `Ok` when one more restart fits in the budget now (nothing is taken).
+    pub fn budget_check(&self, now: Timestamp) -> Result<(), Refusal> {
+        lock(&self.budget).check(now)
+    }
+
+    /// Restarts within the last hour.
+    pub fn budget_used(&self, now: Timestamp) -> usize {
+        lock(&self.budget).used(now)
+    }
+
+    /// Whether `remedy.dev/hold` is on `namespace` (as an annotation or a
+    /// label), as read at most [`NAMESPACE_TTL`] ago.
+    pub async fn namespace_held(&self, namespace: &str) -> Result<bool, String> {
+        if let Some((held, read_at)) = lock(&self.held_namespaces).get(namespace)
+            && read_at.elapsed() < NAMESPACE_TTL
+        {
+            return Ok(*held);
+        }
+        let ns = call(self.namespaces.get(namespace)).await.map_err(|e| e.to_string())?;
+        let held = ns.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(HOLD_ANNOTATION))
+            || ns.metadata.labels.as_ref().is_some_and(|l| l.contains_key(HOLD_ANNOTATION));
+        let mut cache = lock(&self.held_namespaces);
+        cache.retain(|_, (_, at)| at.elapsed() < NAMESPACE_TTL);
+        cache.insert(namespace.to_owned(), (held, Instant::now()));
+        Ok(held)
+    }
+
+    /// The pod as it is now; `None` when there is none.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CallError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        call(pods.get_opt(name)).await
+    }
+
+    /// Deletes `fresh` (the pod as just read), with its UID and
+    /// resourceVersion as preconditions, taking one use of the budget. A
+    /// dry run asks the API server for a server-side dry run, so its
+    /// authorization and admission are checked too, and takes nothing.
+    pub async fn delete(&self, fresh: &Pod, dry_run: bool) -> Result<(), DeleteError> {
+        let meta = &fresh.metadata;
+        let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+            return Err(DeleteError::Failed(CallError::Other("the pod has no namespace or name".to_owned())));
+        };
+        let at = now();
+        if dry_run {
+            lock(&self.budget).check(at).map_err(DeleteError::Refused)?;
+        } else {
+            lock(&self.budget).take(at).map_err(DeleteError::Refused)?;
+        }
+        let params = DeleteParams {
+            dry_run,
+            preconditions: Some(Preconditions {
+                uid: meta.uid.clone(),
+                resource_version: meta.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let give_back = |e: DeleteError| {
+            if !dry_run {
+                lock(&self.budget).give_back(at);
+            }
+            e
+        };
+        match call(pods.delete(name, &params)).await {
+            Ok(_) => Ok(()),
+            Err(CallError::Api(404, _)) => Err(give_back(DeleteError::Gone)),
+            Err(CallError::Api(409, message)) => Err(give_back(DeleteError::Changed(message))),
+            Err(e) => Err(DeleteError::Failed(e)),
+        }
+    }
+}
+
 /// Restarts as `/debug/state` shows them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestartStatus {
-    /// Whether Failed pods are restarted at all.
+    /// Whether the local rule restarts Failed pods.
     pub enabled: bool,
-    /// The budget.
+    /// The budget, shared by the local rule and directives.
     pub max_per_hour: u32,
     /// Restarts within the last hour (as of the last decision).
     pub used_in_last_hour: usize,
     /// Pods deleted for a restart.
     pub done: u64,
-    /// Refusals, each pod and reason counted once.
+    /// Refusals (the local rule's: each pod and reason counted once).
     pub refused: u64,
     /// Refusals by reason.
     pub refused_by_reason: BTreeMap<String, u64>,
@@ -216,25 +374,52 @@ pub struct RestartEntry {
     pub reason: String,
     /// For people.
     pub message: String,
+    /// Who asked: `local rule`, or `directive <id>`.
+    pub by: String,
+}
+
+/// Records a restart: log, metrics, `/debug/state`.
+pub fn record_restarted(shared: &Shared, pod: &PodView, used: usize, by: &str, message: String) {
+    tracing::info!(pod = %pod.full_name(), uid = %pod.uid, by, "{message}");
+    shared.metrics.pod_restarts.inc();
+    let mut status = shared.status();
+    let restarts = &mut status.pods.restarts;
+    restarts.done += 1;
+    restarts.used_in_last_hour = used;
+    push(restarts, pod, "restarted", "", message, by);
+}
+
+/// Records a refusal: log, metrics, `/debug/state`.
+pub fn record_refused(shared: &Shared, pod: &PodView, refusal: &Refusal, by: &str, message: String) {
+    let reason = refusal.reason();
+    tracing::warn!(pod = %pod.full_name(), reason, by, "{message}");
+    shared.metrics.pod_restarts_refused.get_or_create(&vec![("reason".to_owned(), reason.to_owned())]).inc();
+    let mut status = shared.status();
+    let restarts = &mut status.pods.restarts;
+    restarts.refused += 1;
+    *restarts.refused_by_reason.entry(reason.to_owned()).or_default() += 1;
+    push(restarts, pod, "refused", reason, message, by);
+}
+
+/// Records a restart whose API calls failed: log, metrics, `/debug/state`.
+pub fn record_failed(shared: &Shared, pod: &PodView, reason: &str, by: &str, message: String) {
+    tracing::warn!(pod = %pod.full_name(), reason, by, "restart of pod {} failed: {message}", pod.full_name());
+    shared.metrics.pod_restart_failures.inc();
+    let mut status = shared.status();
+    status.pods.restarts.failed += 1;
+    push(&mut status.pods.restarts, pod, "failed", reason, message, by);
 }
 
 /// Restarts the Failed pods it is sent (each message: every Failed pod of
 /// the node as the watch sees it) until the sender goes away.
-pub async fn run(shared: Arc<Shared>, client: Client, policy: RestartFailed, mut rx: mpsc::Receiver<Vec<PodView>>) {
-    let mut r = Remediator {
-        shared,
-        namespaces: Api::all(client.clone()),
-        client,
-        budget: Budget::new(policy.max_per_hour, HOUR),
-        held_namespaces: HashMap::new(),
-        decided: HashMap::new(),
-    };
+pub async fn run(shared: Arc<Shared>, restarter: Arc<Restarter>, mut rx: mpsc::Receiver<Vec<PodView>>) {
+    let mut r = Remediator { shared, restarter, decided: HashMap::new() };
     while let Some(failed) = rx.recv().await {
         r.decided.retain(|uid, _| failed.iter().any(|p| &p.uid == uid));
         for pod in failed {
             r.consider(pod).await;
         }
-        let used = r.budget.used(now());
+        let used = r.restarter.budget_used(now());
         r.shared.status().pods.restarts.used_in_last_hour = used;
     }
 }
@@ -248,10 +433,7 @@ enum Decided {
 
 struct Remediator {
     shared: Arc<Shared>,
-    client: Client,
-    namespaces: Api<Namespace>,
-    budget: Budget,
-    held_namespaces: HashMap<String, (bool, Instant)>,
+    restarter: Arc<Restarter>,
     /// By pod UID; only pods still Failed are remembered.
     decided: HashMap<String, Decided>,
 }
@@ -261,21 +443,21 @@ impl Remediator {
         if self.decided.get(&seen.uid) == Some(&Decided::Restarted) {
             return;
         }
-        let node = self.shared.node_name.clone();
-        if let Err(refusal) = check(&seen, &node) {
+        let restarter = self.restarter.clone();
+        let node = restarter.node();
+        if let Err(refusal) = check(&seen, node) {
             return self.refuse(&seen, refusal);
         }
-        match self.namespace_held(&seen.namespace).await {
+        match restarter.namespace_held(&seen.namespace).await {
             Ok(false) => {}
             Ok(true) => return self.refuse(&seen, Refusal::Held("namespace")),
             Err(e) => return self.refuse(&seen, Refusal::NamespaceUnreadable(e)),
         }
-        if let Err(refusal) = self.budget.check(now()) {
+        if let Err(refusal) = restarter.budget_check(now()) {
             return self.refuse(&seen, refusal);
         }
         // Freshness: the pod as it is now, not as the watch last saw it.
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &seen.namespace);
-        let fresh = match call(pods.get_opt(&seen.name)).await {
+        let fresh = match restarter.get(&seen.namespace, &seen.name).await {
             Ok(Some(pod)) => pod,
             Ok(None) => return,
             Err(e) => return self.fail(&seen, "read_failed", format!("cannot read the pod before deleting it: {e}")),
@@ -284,44 +466,19 @@ impl Remediator {
         if current.uid != seen.uid {
             return;
         }
-        if let Err(refusal) = check(&current, &node) {
+        if let Err(refusal) = check(&current, node) {
             return self.refuse(&seen, refusal);
         }
-        let at = now();
-        if let Err(refusal) = self.budget.take(at) {
-            return self.refuse(&seen, refusal);
-        }
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(current.uid.clone()),
-                resource_version: fresh.metadata.resource_version.clone(),
-            }),
-            ..DeleteParams::default()
-        };
-        match call(pods.delete(&seen.name, &params)).await {
-            Ok(_) => self.restarted(&current),
-            Err(CallError::Api(404, _)) => self.budget.give_back(at),
-            Err(CallError::Api(409, message)) => {
-                // Changed since the read: looked at again with the next batch.
-                self.budget.give_back(at);
+        match restarter.delete(&fresh, false).await {
+            Ok(()) => self.restarted(&current),
+            Err(DeleteError::Refused(refusal)) => self.refuse(&seen, refusal),
+            Err(DeleteError::Gone) => {}
+            Err(DeleteError::Changed(message)) => {
+                // Looked at again with the next batch.
                 tracing::info!(pod = %seen.full_name(), %message, "a Failed pod changed just before its restart; will look again");
             }
-            Err(e) => self.fail(&seen, "delete_failed", format!("the delete failed: {e}")),
+            Err(DeleteError::Failed(e)) => self.fail(&seen, "delete_failed", format!("the delete failed: {e}")),
         }
-    }
-
-    async fn namespace_held(&mut self, namespace: &str) -> Result<bool, String> {
-        if let Some((held, read_at)) = self.held_namespaces.get(namespace)
-            && read_at.elapsed() < NAMESPACE_TTL
-        {
-            return Ok(*held);
-        }
-        let ns = call(self.namespaces.get(namespace)).await.map_err(|e| e.to_string())?;
-        let held = ns.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(HOLD_ANNOTATION))
-            || ns.metadata.labels.as_ref().is_some_and(|l| l.contains_key(HOLD_ANNOTATION));
-        self.held_namespaces.retain(|_, (_, at)| at.elapsed() < NAMESPACE_TTL);
-        self.held_namespaces.insert(namespace.to_owned(), (held, Instant::now()));
-        Ok(held)
     }
 
     fn refuse(&mut self, pod: &PodView, refusal: Refusal) {
@@ -330,13 +487,7 @@ impl Remediator {
             return; // already counted and said for this pod
         }
         let message = format!("not restarting Failed pod {}: {refusal}", pod.full_name());
-        tracing::warn!(pod = %pod.full_name(), reason, "{message}");
-        self.shared.metrics.pod_restarts_refused.get_or_create(&vec![("reason".to_owned(), reason.to_owned())]).inc();
-        let mut status = self.shared.status();
-        let restarts = &mut status.pods.restarts;
-        restarts.refused += 1;
-        *restarts.refused_by_reason.entry(reason.to_owned()).or_default() += 1;
-        push(restarts, pod, "refused", reason, message);
+        record_refused(&self.shared, pod, &refusal, LOCAL_RULE, message);
     }
 
     fn restarted(&mut self, pod: &PodView) {
@@ -346,27 +497,16 @@ impl Remediator {
             pod.full_name(),
             pod.controller.as_deref().unwrap_or("its controller")
         );
-        tracing::info!(pod = %pod.full_name(), uid = %pod.uid, "{message}");
-        self.shared.metrics.pod_restarts.inc();
-        let used = self.budget.used(now());
-        let mut status = self.shared.status();
-        let restarts = &mut status.pods.restarts;
-        restarts.done += 1;
-        restarts.used_in_last_hour = used;
-        push(restarts, pod, "restarted", "", message);
+        record_restarted(&self.shared, pod, self.restarter.budget_used(now()), LOCAL_RULE, message);
     }
 
     fn fail(&mut self, pod: &PodView, reason: &str, message: String) {
         // Not remembered: the next batch tries again, within the budget.
-        tracing::warn!(pod = %pod.full_name(), reason, "restart of Failed pod {} failed: {message}", pod.full_name());
-        self.shared.metrics.pod_restart_failures.inc();
-        let mut status = self.shared.status();
-        status.pods.restarts.failed += 1;
-        push(&mut status.pods.restarts, pod, "failed", reason, message);
+        record_failed(&self.shared, pod, reason, LOCAL_RULE, message);
     }
 }
 
-fn push(restarts: &mut RestartStatus, pod: &PodView, outcome: &'static str, reason: &str, message: String) {
+fn push(restarts: &mut RestartStatus, pod: &PodView, outcome: &'static str, reason: &str, message: String, by: &str) {
     restarts.recent.push_back(RestartEntry {
         at: now(),
         pod: pod.full_name(),
@@ -374,6 +514,7 @@ fn push(restarts: &mut RestartStatus, pod: &PodView, outcome: &'static str, reas
         outcome,
         reason: reason.to_owned(),
         message,
+        by: by.to_owned(),
     });
     while restarts.recent.len() > RECENT {
         restarts.recent.pop_front();
@@ -382,11 +523,14 @@ fn push(restarts: &mut RestartStatus, pod: &PodView, outcome: &'static str, reas
 
 /// An API call that failed or did not answer in time.
 #[derive(Debug, thiserror::Error)]
-enum CallError {
+pub enum CallError {
+    /// The API server answered with an error status.
     #[error("{1} (HTTP {0})")]
     Api(u16, String),
+    /// No answer: connection, TLS, decoding.
     #[error("{0}")]
     Other(String),
+    /// No answer in time.
     #[error("no answer within {CALL_TIMEOUT:?}")]
     Timeout,
 }

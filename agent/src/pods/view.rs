@@ -13,6 +13,10 @@ use remedy_shared::guard::HOLD_ANNOTATION;
 pub const MAX_TEXT: usize = 256;
 /// The annotation the kubelet sets on the API copy of a static pod.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The phase of a pod whose containers all ended, one at least in failure.
+pub const FAILED: &str = "Failed";
+/// Every pod phase, as Kubernetes spells it.
+pub const PHASES: &[&str] = &["Pending", "Running", "Succeeded", FAILED, "Unknown"];
 
 /// A pod, as the agent remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,7 +92,7 @@ impl PodView {
 
     /// The phase is Failed.
     pub fn failed(&self) -> bool {
-        self.phase == "Failed"
+        self.phase == FAILED
     }
 }
 
