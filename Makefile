@@ -30,7 +30,7 @@ fmt:
 ## Tests against a real Kubernetes control plane built from Go modules.
 e2e: toolchain cluster-bins
 	$(CARGO) build --workspace --bins
-	$(CARGO) test -p remedy-e2e --test cluster_harness --test leader --test kube_actuators --test agent_pods --test deploy --test runbooks_on_cluster
+	$(CARGO) test -p remedy-e2e --test cluster_harness --test leader --test kube_actuators --test agent_pods --test deploy --test runbooks_on_cluster --test cluster_store --test failover
 
 ## etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok,
 ## built from the Go module proxy and cached under ~/.cache/remedy.

@@ -24,6 +24,7 @@ use remedy_coordinator::metrics::Metrics;
 use remedy_coordinator::recorder::{Recorder, now};
 use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
+use remedy_coordinator::store::cluster::ClusterStore;
 use remedy_coordinator::store::embedded::EmbeddedStore;
 use remedy_coordinator::{admin_service, agent_service, http, runbooks};
 use remedy_shared::run::Catalog;
@@ -96,10 +97,10 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
 
     let kube = match &config.kubernetes {
         None => None,
-        Some(k) => Some(kube_client(k).await?),
+        Some(k) => Some(kube_clients(k).await?),
     };
     let election = match (&kube, config.kubernetes.as_ref().and_then(|k| k.leader_election.as_ref())) {
-        (Some(client), Some(le)) => Some(start_election(client, le, &config.id, &stopped)?),
+        (Some(clients), Some(le)) => Some(start_election(&clients.control, le, &config.id, &stopped)?),
         _ => None,
     };
     if let Some((elector, _)) = &election
@@ -109,10 +110,19 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&config.data_dir)
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
-    );
+    let local = EmbeddedStore::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    // Replicas that take turns must share what they know: with an election,
+    // incidents, runs, the rails' memory and the counters live in the
+    // cluster beside the Lease, and this term starts from them.
+    let state_namespace = config.kubernetes.as_ref().and_then(|k| k.leader_election.as_ref()).map(|le| &le.namespace);
+    let store: Arc<dyn Store> = match (&kube, state_namespace) {
+        (Some(clients), Some(namespace)) => {
+            tracing::info!(namespace = %namespace, "state in the cluster (remedy.dev objects)");
+            Arc::new(ClusterStore::new(local, clients.control.clone(), namespace, tokio::runtime::Handle::current()))
+        }
+        _ => Arc::new(local),
+    };
     let registry = Arc::new(Registry::default());
     let start = now();
     for agent in store.list_agents().context("cannot read agents from the store")? {
@@ -121,8 +131,9 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let (recorder, runs, guard) =
         Recorder::start(store.clone(), metrics.clone(), catalog.clone()).context("cannot start the writer")?;
     let directives = Directives::default();
-    let actuators = actuators::this_release(directives.clone(), store.clone(), kube.clone())
-        .context("cannot build the HTTP client for the http actuator")?;
+    let actuators =
+        actuators::this_release(directives.clone(), store.clone(), kube.as_ref().map(|k| k.actuators.clone()))
+            .context("cannot build the HTTP client for the http actuator")?;
     let mut engine =
         Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
     if let Some((elector, _)) = &election {
@@ -216,14 +227,28 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client for the configured cluster. A kubeconfig that cannot be used is
-/// a configuration error.
-async fn kube_client(k: &KubernetesConfig) -> anyhow::Result<::kube::Client> {
-    let client = match &k.kubeconfig {
-        Some(path) => actuators::kube::client_from_kubeconfig(path).await,
-        None => actuators::kube::client_from_environment().await,
-    };
-    client.map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))
+/// Clients for the configured cluster: one for the actuators, which must
+/// see every refusal as it is (no automatic retries: a 429 from a
+/// disruption budget is an answer), and one for the election and the
+/// store, which ride out a busy or restarting API server with kube's
+/// retries. A kubeconfig that cannot be used is a configuration error.
+async fn kube_clients(k: &KubernetesConfig) -> anyhow::Result<KubeClients> {
+    let config = match &k.kubeconfig {
+        Some(path) => actuators::kube::config_from_kubeconfig(path).await,
+        None => actuators::kube::config_from_environment().await,
+    }
+    .map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))?;
+    let actuators = actuators::kube::client_from_config(config.clone())
+        .map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))?;
+    let control = ::kube::Client::try_from(config).map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))?;
+    Ok(KubeClients { actuators, control })
+}
+
+/// See [`kube_clients`].
+#[derive(Clone)]
+struct KubeClients {
+    actuators: ::kube::Client,
+    control: ::kube::Client,
 }
 
 /// Starts taking part in the election, and the labeling of this pod while it

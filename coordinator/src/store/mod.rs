@@ -1,12 +1,22 @@
 //! Where the coordinator keeps what it knows.
 //!
 //! The [`Store`] trait is the seam between the coordinator and its storage:
-//! the embedded default is a redb file ([`embedded::EmbeddedStore`]); a
-//! cluster-backed store implements the same trait. Writes arrive as one
-//! [`WriteBatch`] that is applied atomically, so findings, the sequence
-//! bookkeeping that acknowledges them and the incidents they changed can
-//! never disagree after a crash.
+//! the embedded default is a redb file ([`embedded::EmbeddedStore`]). Writes
+//! arrive as one [`WriteBatch`] that is applied atomically, so findings, the
+//! sequence bookkeeping that acknowledges them and the incidents they changed
+//! can never disagree after a crash.
+//!
+//! In a cluster, [`cluster::ClusterStore`] keeps that file and mirrors what a
+//! new leader needs into `remedy.dev/v1alpha1` objects: incidents with their
+//! newest timeline entries, runs and their idempotency keys, approvals, the
+//! guard rails' memory and the counters. A commit is acknowledged only once
+//! both have it. Findings, agents and Alertmanager notification keys stay in
+//! the local file only: after a failover agents send again whatever the new
+//! leader has not acknowledged and say hello again, and a notification only
+//! the old leader recorded may be recorded once more by the new one, where it
+//! joins the open incident of its condition.
 
+pub mod cluster;
 pub mod embedded;
 
 use std::collections::BTreeMap;

@@ -14,6 +14,7 @@
 //! error. No process outlives the test binary: a watchdog kills them all when
 //! it exits, however it exits.
 
+mod audit;
 mod bins;
 mod certs;
 mod kwok;
@@ -33,6 +34,7 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub use audit::AuditEvent;
 pub use bins::{Binaries, bin_root, etcd_version, k8s_version, kwok_version};
 pub use kwok::{
     KWOK_NODE_ANNOTATION, KWOK_NODE_LABEL, KWOK_NODE_VALUE, kwok_deployment, kwok_node, kwok_toleration, node_is_ready,
@@ -164,6 +166,9 @@ fn prune_old_cluster_dirs(base: &Path) {
     }
 }
 
+/// The API server's audit log, in `logs/`.
+const AUDIT_LOG: &str = "kube-apiserver-audit.log";
+
 fn arg(name: &str, value: impl std::fmt::Display) -> String {
     format!("--{name}={value}")
 }
@@ -226,6 +231,8 @@ impl TestCluster {
         }
 
         let logs = dir.join("logs");
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, audit::POLICY).context("writing the audit policy")?;
         let etcd_url = format!("https://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
         let etcd_args = vec![
@@ -283,6 +290,10 @@ impl TestCluster {
             // which Endpoints validation rejects; nothing here needs them.
             arg("endpoint-reconciler-type", "none"),
             arg("profiling", false),
+            // Writes only, so tests can count what a component changed.
+            path_arg("audit-policy-file", &audit_policy),
+            path_arg("audit-log-path", &logs.join(AUDIT_LOG)),
+            arg("audit-log-maxsize", 100),
         ];
         let apiserver = Process::spawn(
             Component::ApiServer.name(),
@@ -523,6 +534,12 @@ impl TestCluster {
     /// Where each process's log is (`<component>.log`).
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+
+    /// Every write the API server has answered so far (controller-manager's
+    /// and scheduler's left out), from its audit log.
+    pub fn audit_writes(&self) -> Result<Vec<AuditEvent>> {
+        audit::read(&self.log_dir().join(AUDIT_LOG))
     }
 
     /// The apiserver's URL (`https://127.0.0.1:<port>`).

@@ -131,6 +131,13 @@ pub struct ClientError {
 /// error says what was tried, so an operator can tell a missing file from a
 /// missing service account.
 pub async fn client_from_environment() -> Result<kube::Client, ClientError> {
+    let config = config_from_environment().await?;
+    client_from_config(config.clone()).map_err(|e| config_error(&config, "environment", chain(&e)))
+}
+
+/// The configuration [`client_from_environment`] uses, for callers that
+/// build other clients from it too.
+pub async fn config_from_environment() -> Result<kube::Config, ClientError> {
     let kubeconfig = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         Some(path) => format!("KUBECONFIG={}", path.to_string_lossy()),
         None => "KUBECONFIG unset, so ~/.kube/config".to_owned(),
@@ -139,24 +146,31 @@ pub async fn client_from_environment() -> Result<kube::Client, ClientError> {
         Ok(host) if !host.is_empty() => format!("KUBERNETES_SERVICE_HOST={host}"),
         _ => "KUBERNETES_SERVICE_HOST unset".to_owned(),
     };
-    let error = |cause: String| ClientError { kubeconfig: kubeconfig.clone(), in_cluster: in_cluster.clone(), cause };
-    let config = kube::Config::infer().await.map_err(|e| error(chain(&e)))?;
-    client_from_config(config).map_err(|e| error(chain(&e)))
+    kube::Config::infer().await.map_err(|e| ClientError { kubeconfig, in_cluster, cause: chain(&e) })
 }
 
 /// A client from the kubeconfig file at `path` (its current context),
 /// through [`client_from_config`].
 pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ClientError> {
+    let config = config_from_kubeconfig(path).await?;
+    client_from_config(config.clone()).map_err(|e| config_error(&config, &path.display().to_string(), chain(&e)))
+}
+
+/// The configuration of the kubeconfig file at `path` (its current context).
+pub async fn config_from_kubeconfig(path: &std::path::Path) -> Result<kube::Config, ClientError> {
     let error = |cause: String| ClientError {
         kubeconfig: path.display().to_string(),
         in_cluster: "not tried: a kubeconfig was named".to_owned(),
         cause,
     };
     let file = kube::config::Kubeconfig::read_from(path).map_err(|e| error(chain(&e)))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
         .await
-        .map_err(|e| error(chain(&e)))?;
-    client_from_config(config).map_err(|e| error(chain(&e)))
+        .map_err(|e| error(chain(&e)))
+}
+
+fn config_error(config: &kube::Config, source: &str, cause: String) -> ClientError {
+    ClientError { kubeconfig: source.to_owned(), in_cluster: format!("server {}", config.cluster_url), cause }
 }
 
 #[tonic::async_trait]
