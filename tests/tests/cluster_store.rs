@@ -9,7 +9,6 @@
 //! its own.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use remedy_coordinator::store::cluster::{ClusterStore, DEFAULT_TIMELINE_LIMIT};
 use remedy_coordinator::store::embedded::EmbeddedStore;
 use remedy_coordinator::store::{Counters, Store, StoreError, WriteBatch};
-use remedy_e2e::cluster::{TestCluster, wait_until};
+use remedy_e2e::cluster::TestCluster;
 use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
 use remedy_shared::guard::{GuardState, Mode};
 use remedy_shared::incident::{self, EntryKind, Incident, IncidentId, IncidentState, Outcome, TimelineEntry};
@@ -28,43 +27,14 @@ use remedy_shared::{Timestamp, runbook};
 use serde_json::json;
 use tempfile::TempDir;
 
-const CRDS: [&str; 5] = [
-    "incidents.remedy.dev",
-    "approvals.remedy.dev",
-    "guardstates.remedy.dev",
-    "runrecords.remedy.dev",
-    "idempotencykeys.remedy.dev",
-];
-const WAIT: Duration = Duration::from_secs(60);
-
 fn fail(e: anyhow::Error) -> ! {
     panic!("{e:#}")
 }
 
-static CRDS_APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
-/// `kubectl apply -f deploy/base/crds`, once per cluster, and the CRDs
-/// Established and served.
+/// The shared cluster with Remedy's CRDs installed.
 async fn cluster_with_crds() -> &'static TestCluster {
     let cluster = TestCluster::start().await;
-    CRDS_APPLIED
-        .get_or_init(|| async {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds");
-            cluster.kubectl_ok(["apply", "-f", &dir.display().to_string()]).await.unwrap_or_else(|e| fail(e));
-            let mut args = vec!["wait".to_owned(), "--for=condition=Established".into(), "--timeout=60s".into()];
-            args.extend(CRDS.iter().map(|c| format!("crd/{c}")));
-            cluster.kubectl_ok(&args).await.unwrap_or_else(|e| fail(e));
-            // Established is the CRD's condition; the resource is served
-            // once discovery lists it.
-            wait_until("the remedy.dev resources to be served", WAIT, || async {
-                let out = cluster.kubectl(["api-resources", "--api-group=remedy.dev", "-o", "name"]).await?;
-                let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-                Ok(CRDS.iter().all(|c| listed.lines().any(|l| l == *c)))
-            })
-            .await
-            .unwrap_or_else(|e| fail(e));
-        })
-        .await;
+    cluster.install_remedy_crds().await.unwrap_or_else(|e| fail(e));
     cluster
 }
 

@@ -22,20 +22,24 @@ fn fail(e: anyhow::Error) -> ! {
     panic!("{e:#}")
 }
 
-/// The namespace and the CRDs from deploy/, as an operator installs them.
-async fn install_crds(cluster: &TestCluster) {
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds");
-    let ns = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/namespace.yaml");
-    for file in [ns, crds.clone()] {
-        cluster.kubectl_ok(["apply", "-f", &file.display().to_string()]).await.unwrap_or_else(|e| fail(e));
-    }
-    let mut wait = vec!["wait".to_owned(), "--for=condition=Established".into(), "--timeout=60s".into()];
-    for entry in std::fs::read_dir(&crds).expect("deploy/base/crds") {
-        let text = std::fs::read_to_string(entry.expect("a CRD file").path()).expect("a CRD");
-        let name = text.lines().find_map(|l| l.strip_prefix("  name: ")).expect("the CRD's name");
-        wait.push(format!("crd/{}", name.trim()));
-    }
-    cluster.kubectl_ok(&wait).await.unwrap_or_else(|e| fail(e));
+/// A coordinator of `catalog` taking part in the election for `lease`
+/// (4 s), acting on the test cluster, with its files under `dir`.
+async fn elected(cluster: &TestCluster, dir: &Path, world: &World, catalog: &Path, lease: &str) -> Coordinator {
+    std::fs::create_dir_all(dir).expect("coordinator dir");
+    let election = format!(
+        "kubernetes:\n  leader_election: {{lease: {lease}, namespace: {REMEDY_NS}, duration: 4s, renew_every: 1s, retry: 500ms}}\n"
+    );
+    let config = config(dir, world, &election);
+    let kubeconfig = cluster.kubeconfig_path().display().to_string();
+    let args = [
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "--runbooks-dir",
+        catalog.to_str().unwrap_or_default(),
+        "--kubeconfig",
+        &kubeconfig,
+    ];
+    Coordinator::start_with(&dir.join("coordinator"), &args).await
 }
 
 /// Whether this coordinator serves as the leader: a standby answers 503
@@ -62,7 +66,7 @@ fn rfc3339_micros(t: std::time::SystemTime) -> String {
 async fn the_standby_finishes_the_leaders_run_without_repeating_a_step() {
     let cluster = TestCluster::start_with(ClusterOptions::full()).await;
     cluster.create_kwok_nodes(2).await.unwrap_or_else(|e| fail(e));
-    install_crds(cluster).await;
+    cluster.install_remedy_crds().await.unwrap_or_else(|e| fail(e));
     let ns = cluster.new_namespace("failover").await.unwrap_or_else(|e| fail(e));
     let client = cluster.client();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -81,31 +85,9 @@ async fn the_standby_finishes_the_leaders_run_without_repeating_a_step() {
         world.url()
     );
     let catalog = runbook(dir.path(), "FAILOVER", &steps, "");
-    let election = format!(
-        "kubernetes:\n  leader_election: {{lease: failover-test, namespace: {REMEDY_NS}, duration: 4s, renew_every: 1s, retry: 500ms}}\n"
-    );
-    let kubeconfig = cluster.kubeconfig_path().display().to_string();
-    let start = |name: &'static str| {
-        let dir = dir.path().join(name);
-        std::fs::create_dir_all(&dir).expect("coordinator dir");
-        let config = config(&dir, &world, &election);
-        let catalog = catalog.clone();
-        let kubeconfig = kubeconfig.clone();
-        async move {
-            let args = [
-                "--config",
-                config.to_str().unwrap_or_default(),
-                "--runbooks-dir",
-                catalog.to_str().unwrap_or_default(),
-                "--kubeconfig",
-                &kubeconfig,
-            ];
-            Coordinator::start_with(&dir.join("coordinator"), &args).await
-        }
-    };
-    let mut first = start("first").await;
+    let mut first = elected(cluster, &dir.path().join("first"), &world, &catalog, "failover-test").await;
     wait_leading(&first, "the first coordinator to lead").await;
-    let second = start("second").await;
+    let second = elected(cluster, &dir.path().join("second"), &world, &catalog, "failover-test").await;
     assert!(!leads(&second).await, "two leaders at once:\n{}", second.log());
 
     let id = run_manual(&first, "FAILOVER", false).await;
@@ -181,24 +163,11 @@ async fn the_standby_finishes_the_leaders_run_without_repeating_a_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_sees_another_holder_stops_and_exits() {
     let cluster = TestCluster::start_with(ClusterOptions::full()).await;
-    install_crds(cluster).await;
+    cluster.install_remedy_crds().await.unwrap_or_else(|e| fail(e));
     let dir = tempfile::tempdir().expect("temp dir");
     let world = World::start().await;
     let catalog = runbook(dir.path(), "NOOP", "  - id: look\n    probe_http: {url: 'http://127.0.0.1:9/'}\n", "");
-    let election = format!(
-        "kubernetes:\n  leader_election: {{lease: deposed-test, namespace: {REMEDY_NS}, duration: 4s, renew_every: 1s, retry: 500ms}}\n"
-    );
-    let config = config(dir.path(), &world, &election);
-    let kubeconfig = cluster.kubeconfig_path().display().to_string();
-    let args = [
-        "--config",
-        config.to_str().unwrap_or_default(),
-        "--runbooks-dir",
-        catalog.to_str().unwrap_or_default(),
-        "--kubeconfig",
-        &kubeconfig,
-    ];
-    let mut coordinator = Coordinator::start_with(&dir.path().join("coordinator"), &args).await;
+    let mut coordinator = elected(cluster, dir.path(), &world, &catalog, "deposed-test").await;
     wait_leading(&coordinator, "the coordinator to lead").await;
 
     // Someone else writes the Lease as theirs (a partition healed, an

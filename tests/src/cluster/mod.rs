@@ -117,6 +117,8 @@ pub struct TestCluster {
     seq: AtomicUsize,
     node_seq: AtomicUsize,
     started_in: Duration,
+    /// Set once Remedy's CRDs are installed and served.
+    crds: tokio::sync::OnceCell<()>,
 }
 
 static SHARED: tokio::sync::OnceCell<TestCluster> = tokio::sync::OnceCell::const_new();
@@ -323,6 +325,7 @@ impl TestCluster {
             seq: AtomicUsize::new(0),
             node_seq: AtomicUsize::new(0),
             started_in: Duration::ZERO,
+            crds: tokio::sync::OnceCell::new(),
         };
         let where_ = cluster.where_();
         cluster
@@ -534,6 +537,40 @@ impl TestCluster {
     /// Where each process's log is (`<component>.log`).
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+
+    /// Remedy's CRDs (`deploy/base/crds`) and its namespace
+    /// (`remedy-system`), installed as an operator would, once per cluster
+    /// however many tests ask at once; returns when every CRD is
+    /// Established and served.
+    pub async fn install_remedy_crds(&self) -> Result<()> {
+        self.crds
+            .get_or_try_init(|| async {
+                let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+                let crds = deploy.join("crds");
+                for file in [deploy.join("namespace.yaml"), crds.clone()] {
+                    self.kubectl_ok(["apply", "-f", &file.display().to_string()]).await?;
+                }
+                let mut names = Vec::new();
+                for entry in std::fs::read_dir(&crds).with_context(|| format!("reading {}", crds.display()))? {
+                    let text = std::fs::read_to_string(entry?.path())?;
+                    let name = text.lines().find_map(|l| l.strip_prefix("  name: ")).context("a CRD without a name")?;
+                    names.push(name.trim().to_owned());
+                }
+                let mut wait = vec!["wait".to_owned(), "--for=condition=Established".into(), "--timeout=60s".into()];
+                wait.extend(names.iter().map(|n| format!("crd/{n}")));
+                self.kubectl_ok(&wait).await?;
+                // Established is the CRD's condition; the resource is served
+                // once discovery lists it.
+                wait_until("the remedy.dev resources to be served", COMPONENT_START_TIMEOUT, || async {
+                    let out = self.kubectl(["api-resources", "--api-group=remedy.dev", "-o", "name"]).await?;
+                    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+                    Ok(names.iter().all(|n| listed.lines().any(|l| l == n)))
+                })
+                .await
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Every write the API server has answered so far (controller-manager's
