@@ -14,6 +14,7 @@ pub mod detector;
 pub mod finding;
 pub mod guard;
 pub mod incident;
+pub mod logs;
 pub mod run;
 pub mod runbook;
 pub mod sequence;

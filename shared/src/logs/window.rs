@@ -1,0 +1,88 @@
+//! Counts over a sliding window, in a fixed number of buckets.
+//!
+//! A bucketed counter bounds memory whatever the rate: an attacker sending
+//! a million lines costs the same few bytes as one sending ten. The price is
+//! resolution: an event leaves the window up to one bucket late.
+
+use std::time::Duration;
+
+use crate::time::Timestamp;
+
+/// Buckets per window: the window slides in steps of a twelfth.
+pub const BUCKETS: usize = 12;
+
+/// Events in the last `window`, counted in [`BUCKETS`] buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowCounter {
+    buckets: [u32; BUCKETS],
+    /// Index (time / bucket width) of the newest bucket.
+    head: i64,
+}
+
+impl Default for WindowCounter {
+    fn default() -> Self {
+        WindowCounter { buckets: [0; BUCKETS], head: i64::MIN }
+    }
+}
+
+/// Width of one bucket for `window`, at least 1 ms.
+pub fn bucket_width(window: Duration) -> i64 {
+    i64::try_from(window.as_millis() / BUCKETS as u128).unwrap_or(i64::MAX).max(1)
+}
+
+impl WindowCounter {
+    /// Moves the window to `now`, dropping buckets that left it. Time never
+    /// runs backwards here: an earlier `now` counts in the newest bucket.
+    fn advance(&mut self, now: Timestamp, width: i64) {
+        let slot = now.as_millis().div_euclid(width);
+        if self.head == i64::MIN {
+            self.head = slot;
+            return;
+        }
+        if slot <= self.head {
+            return;
+        }
+        let steps = slot - self.head;
+        if steps >= BUCKETS as i64 {
+            self.buckets = [0; BUCKETS];
+        } else {
+            for s in 1..=steps {
+                self.buckets[(self.head + s).rem_euclid(BUCKETS as i64) as usize] = 0;
+            }
+        }
+        self.head = slot;
+    }
+
+    /// Adds `n` events at `now`.
+    pub fn add(&mut self, n: u32, now: Timestamp, width: i64) {
+        self.advance(now, width);
+        let i = self.head.rem_euclid(BUCKETS as i64) as usize;
+        self.buckets[i] = self.buckets[i].saturating_add(n);
+    }
+
+    /// Events in the window ending at `now`.
+    pub fn total(&mut self, now: Timestamp, width: i64) -> u64 {
+        self.advance(now, width);
+        self.buckets.iter().map(|&b| u64::from(b)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_leave_the_window_after_it_passes() {
+        let width = bucket_width(Duration::from_secs(60));
+        assert_eq!(width, 5_000);
+        let mut w = WindowCounter::default();
+        w.add(3, Timestamp::from_millis(0), width);
+        w.add(2, Timestamp::from_millis(30_000), width);
+        assert_eq!(w.total(Timestamp::from_millis(59_999), width), 5);
+        assert_eq!(w.total(Timestamp::from_millis(60_000), width), 2);
+        assert_eq!(w.total(Timestamp::from_millis(90_000), width), 0);
+        // A late timestamp counts as the newest bucket.
+        w.add(1, Timestamp::from_millis(10), width);
+        assert_eq!(w.total(Timestamp::from_millis(90_000), width), 1);
+    }
+}
