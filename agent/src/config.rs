@@ -11,6 +11,8 @@ use remedy_shared::config::{self, ConfigError};
 use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
+use crate::logs::StartAt;
+
 /// Command line of `remedy-agent`.
 #[derive(Debug, Parser)]
 #[command(name = "remedy-agent", version, about = "Remedy's node agent: watches the node and reports findings")]
@@ -65,6 +67,25 @@ struct FileConfig {
     kubeconfig: Option<PathBuf>,
     #[serde(default)]
     pods: PodsFile,
+    #[serde(default)]
+    logs: LogsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsFile {
+    enabled: Option<bool>,
+    root: Option<PathBuf>,
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    max_line_bytes: Option<u64>,
+    #[serde(default, with = "opt_duration")]
+    discover_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    checkpoint_interval: Option<Duration>,
+    first_start: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,7 +323,38 @@ pub struct Config {
     pub labels: std::collections::BTreeMap<String, String>,
     /// This node's pods.
     pub pods: PodsConfig,
+    /// Log tailing.
+    pub logs: LogsConfig,
 }
+
+/// Tailing container logs and plain files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogsConfig {
+    /// On by default: a pod log directory that does not exist (a laptop, a
+    /// node whose kubelet has not started) is reported in /debug/state and
+    /// looked for again at every scan, not an error.
+    pub enabled: bool,
+    /// The kubelet's pod log directory.
+    pub root: PathBuf,
+    /// Plain files, one message per line, named exactly (no patterns).
+    pub files: Vec<PathBuf>,
+    /// Longest logical line kept, bytes; longer ones are cut and counted.
+    pub max_line_bytes: usize,
+    /// How often the directories are listed for new and rotated files.
+    pub discover_interval: Duration,
+    /// How long to wait after finding nothing new to read.
+    pub poll_interval: Duration,
+    /// How often delivered offsets are written to the state directory; after
+    /// a crash, at most this much is read twice.
+    pub checkpoint_interval: Duration,
+    /// Where files found at the first start on a node (no checkpoint yet)
+    /// are read from: `end` by default, so that an agent rolled out onto
+    /// busy nodes does not judge days-old lines as new.
+    pub first_start: StartAt,
+}
+
+/// Smallest and largest `logs.max_line_bytes`.
+const MAX_LINE_BYTES: std::ops::RangeInclusive<u64> = 1024..=16 * 1024 * 1024;
 
 impl Config {
     /// Reads the file named on the command line (if any) and applies flags.
@@ -361,6 +413,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         disk_usage_high: detector(source, "disk_usage_high", d.disk_usage_high, (85.0, 80.0, 60), refresh)?,
     };
     let pods = pods(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
+    let logs = logs(source, file.logs)?;
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
@@ -376,6 +429,65 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         detectors,
         labels: file.labels,
         pods,
+        logs,
+    })
+}
+
+fn logs(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> {
+    let err = |field: &str, message: &str| ConfigError::new(source, format!("logs.{field}"), message);
+    let root = file.root.unwrap_or_else(|| PathBuf::from("/var/log/pods"));
+    if root.as_os_str().is_empty() {
+        return Err(err("root", "must name a directory"));
+    }
+    let mut files: Vec<PathBuf> = Vec::with_capacity(file.files.len());
+    for (i, path) in file.files.into_iter().enumerate() {
+        let text = path.to_string_lossy();
+        if text.trim().is_empty() {
+            return Err(err(&format!("files[{i}]"), "must name a file"));
+        }
+        if text.contains(['*', '?', '[']) {
+            return Err(err(&format!("files[{i}]"), "names one file: patterns are not expanded"));
+        }
+        if path.is_dir() {
+            return Err(err(&format!("files[{i}]"), "is a directory; name the files in it"));
+        }
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    let max_line_bytes = file.max_line_bytes.unwrap_or(64 * 1024);
+    if !MAX_LINE_BYTES.contains(&max_line_bytes) {
+        return Err(err(
+            "max_line_bytes",
+            &format!("must be between {} and {}", MAX_LINE_BYTES.start(), MAX_LINE_BYTES.end()),
+        ));
+    }
+    let discover_interval = file.discover_interval.unwrap_or(Duration::from_secs(1));
+    if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&discover_interval) {
+        return Err(err("discover_interval", "must be between 50ms and 1h"));
+    }
+    let poll_interval = file.poll_interval.unwrap_or(Duration::from_millis(250));
+    if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&poll_interval) {
+        return Err(err("poll_interval", "must be between 10ms and 10s"));
+    }
+    let checkpoint_interval = file.checkpoint_interval.unwrap_or(Duration::from_secs(5));
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&checkpoint_interval) {
+        return Err(err("checkpoint_interval", "must be between 100ms and 1h"));
+    }
+    let first_start = match file.first_start.as_deref().map(str::trim) {
+        None | Some("end") => StartAt::End,
+        Some("beginning") => StartAt::Beginning,
+        Some(other) => return Err(err("first_start", &format!("`{other}` is not one of end, beginning"))),
+    };
+    Ok(LogsConfig {
+        enabled: file.enabled.unwrap_or(true),
+        root,
+        files,
+        max_line_bytes: max_line_bytes as usize,
+        discover_interval,
+        poll_interval,
+        checkpoint_interval,
+        first_start,
     })
 }
 
@@ -575,5 +687,55 @@ mod tests {
             "pods.restart_failed.enabled"
         );
         assert_eq!(load("pods: {watch_all: true}\n").unwrap_err().field, "pods.watch_all");
+    }
+
+    #[test]
+    fn log_tailing_defaults_to_the_kubelet_directory_from_the_end() {
+        let c = load("{}").unwrap().logs;
+        assert!(c.enabled);
+        assert_eq!(c.root, PathBuf::from("/var/log/pods"));
+        assert!(c.files.is_empty());
+        assert_eq!(c.max_line_bytes, 65_536);
+        assert_eq!(
+            (c.discover_interval, c.poll_interval, c.checkpoint_interval),
+            (Duration::from_secs(1), Duration::from_millis(250), Duration::from_secs(5))
+        );
+        assert_eq!(c.first_start, StartAt::End);
+    }
+
+    #[test]
+    fn log_tailing_reads_its_settings() {
+        let c = load(
+            "logs:\n  enabled: false\n  root: /tmp/pods\n  files: [/var/log/auth.log, /var/log/auth.log, /var/log/nginx/access.log]\n  max_line_bytes: 4096\n  discover_interval: 200ms\n  poll_interval: 50ms\n  checkpoint_interval: 2s\n  first_start: beginning\n",
+        )
+        .unwrap()
+        .logs;
+        assert!(!c.enabled);
+        assert_eq!(c.root, PathBuf::from("/tmp/pods"));
+        assert_eq!(c.files, vec![PathBuf::from("/var/log/auth.log"), PathBuf::from("/var/log/nginx/access.log")]);
+        assert_eq!(c.max_line_bytes, 4096);
+        assert_eq!(
+            (c.discover_interval, c.poll_interval, c.checkpoint_interval),
+            (Duration::from_millis(200), Duration::from_millis(50), Duration::from_secs(2))
+        );
+        assert_eq!(c.first_start, StartAt::Beginning);
+    }
+
+    #[test]
+    fn bad_log_settings_name_their_field() {
+        let field = |yaml: &str| load(yaml).unwrap_err().field;
+        assert_eq!(field("logs: {max_line_bytes: 10}\n"), "logs.max_line_bytes");
+        assert_eq!(field("logs: {max_line_bytes: 1073741824}\n"), "logs.max_line_bytes");
+        assert_eq!(field("logs: {max_line_bytes: -1}\n"), "logs.max_line_bytes");
+        assert_eq!(field("logs: {discover_interval: 1ms}\n"), "logs.discover_interval");
+        assert_eq!(field("logs: {poll_interval: 1m}\n"), "logs.poll_interval");
+        assert_eq!(field("logs: {checkpoint_interval: 0s}\n"), "logs.checkpoint_interval");
+        assert_eq!(field("logs: {checkpoint_interval: soon}\n"), "logs.checkpoint_interval");
+        assert_eq!(field("logs: {first_start: middle}\n"), "logs.first_start");
+        assert_eq!(field("logs: {root: \"\"}\n"), "logs.root");
+        assert_eq!(field("logs: {files: [/var/log/a.log, \"/var/log/*.log\"]}\n"), "logs.files[1]");
+        assert_eq!(field("logs: {files: [\"\"]}\n"), "logs.files[0]");
+        assert_eq!(field("logs: {files: [/]}\n"), "logs.files[0]");
+        assert_eq!(field("logs: {kmsg: true}\n"), "logs.kmsg");
     }
 }

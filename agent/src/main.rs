@@ -9,6 +9,7 @@ mod detectors;
 mod diagnostics;
 mod directives;
 mod identity;
+mod logs;
 mod metrics;
 mod pods;
 mod signals;
@@ -122,10 +123,19 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
     let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
+    let tailer = start_logs(&shared, &config)?;
 
     shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
+    if let Some(tailer) = tailer {
+        // The final checkpoint is what makes a clean restart read every line once.
+        match tokio::task::spawn_blocking(move || tailer.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "log tailer stopped without its checkpoint"),
+            Err(e) => tracing::error!(error = %e, "log tailer did not stop"),
+        }
+    }
     let _ = stream_task.await;
     let _ = sampler_task.await;
     if let Some(task) = pods_task {
@@ -176,6 +186,33 @@ fn start_pods(
             None
         }
     }
+}
+
+/// Starts the log tailer when enabled; its lines are only counted until a
+/// consumer of log lines is plugged in.
+fn start_logs(shared: &Arc<Shared>, config: &Config) -> anyhow::Result<Option<logs::TailerHandle>> {
+    let c = &config.logs;
+    if !c.enabled {
+        tracing::info!("log tailing off (logs.enabled: false)");
+        return Ok(None);
+    }
+    let tailer_config = logs::TailerConfig {
+        cri_root: Some(c.root.clone()),
+        plain_files: c.files.clone(),
+        max_line_bytes: c.max_line_bytes,
+        discover_interval: c.discover_interval,
+        poll_interval: c.poll_interval,
+        checkpoint_interval: c.checkpoint_interval,
+        checkpoint_path: config.state_dir.join("log-checkpoint.json"),
+        first_start: c.first_start,
+    };
+    let sink = logs::CountingSink::new(shared.metrics.logs.lines_accepted.clone());
+    let published = shared.clone();
+    let publish: logs::tailer::Publish = Box::new(move |status| published.status().logs = status);
+    let handle = logs::spawn(tailer_config, sink, shared.metrics.logs.clone(), publish)
+        .context("cannot start the log tailer")?;
+    tracing::info!(root = %c.root.display(), files = c.files.len(), "log tailing on");
+    Ok(Some(handle))
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +41,71 @@ pub struct Metrics {
     pub pod_restarts_refused: Family<Vec<(String, String)>, Counter>,
     /// Restarts whose API calls failed.
     pub pod_restart_failures: Counter,
+    /// The log tailer's.
+    pub logs: LogMetrics,
+}
+
+/// The log tailer's metrics (`remedy_agent_log_*`).
+#[derive(Debug, Clone, Default)]
+pub struct LogMetrics {
+    /// Logical lines delivered to the sink.
+    pub lines_read: Counter,
+    /// Bytes consumed from log files.
+    pub bytes_read: Counter,
+    /// Lines longer than the maximum, cut.
+    pub lines_cut: Counter,
+    /// Lines with bytes that are not UTF-8.
+    pub invalid_utf8_lines: Counter,
+    /// Files open.
+    pub files_open: Gauge,
+    /// Live files replaced by a new one (renamed or deleted).
+    pub rotations: Counter,
+    /// Files that shrank below the read offset or whose first bytes changed.
+    pub truncations: Counter,
+    /// Failed reads and opens of files being tailed.
+    pub read_errors: Counter,
+    /// Failed checkpoint writes.
+    pub checkpoint_errors: Counter,
+    /// Seconds spent waiting for a full sink.
+    pub sink_blocked_seconds: Counter<f64, AtomicU64>,
+    /// Lines the consumer of log lines took.
+    pub lines_accepted: Counter,
+}
+
+impl LogMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("log_lines_read", "Log lines delivered (CRI partial lines joined)", self.lines_read.clone());
+        registry.register("log_bytes_read", "Bytes consumed from log files", self.bytes_read.clone());
+        registry.register("log_lines_cut", "Log lines longer than logs.max_line_bytes, cut", self.lines_cut.clone());
+        registry.register(
+            "log_invalid_utf8_lines",
+            "Log lines with bytes that are not UTF-8 (passed on with U+FFFD)",
+            self.invalid_utf8_lines.clone(),
+        );
+        registry.register("log_files_open", "Log files open", self.files_open.clone());
+        registry.register(
+            "log_rotations",
+            "Live log files replaced by a new file (renamed or deleted)",
+            self.rotations.clone(),
+        );
+        registry.register(
+            "log_truncations",
+            "Log files truncated or rewritten in place (read again from the start)",
+            self.truncations.clone(),
+        );
+        registry.register("log_read_errors", "Failed opens and reads of log files", self.read_errors.clone());
+        registry.register(
+            "log_checkpoint_errors",
+            "Failed writes of the log offsets checkpoint",
+            self.checkpoint_errors.clone(),
+        );
+        registry.register(
+            "log_sink_blocked_seconds",
+            "Seconds the log tailer waited because the line consumer was full",
+            self.sink_blocked_seconds.clone(),
+        );
+        registry.register("log_lines_accepted", "Log lines the line consumer took", self.lines_accepted.clone());
+    }
 }
 
 impl Metrics {
@@ -61,6 +127,7 @@ impl Metrics {
             pod_restarts: Counter::default(),
             pod_restarts_refused: Family::default(),
             pod_restart_failures: Counter::default(),
+            logs: LogMetrics::default(),
         };
         registry.register("findings_raised", "Findings raised on this node", m.findings_raised.clone());
         registry.register("findings_acked", "Findings the coordinator acknowledged", m.findings_acked.clone());
@@ -99,6 +166,7 @@ impl Metrics {
             "Pod restarts whose API calls failed",
             m.pod_restart_failures.clone(),
         );
+        m.logs.register(&mut registry);
         Metrics { registry: Arc::new(registry), ..m }
     }
 

@@ -9,6 +9,7 @@ use remedy_shared::signals::ResourceSnapshot;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::logs::LogsStatus;
 use crate::metrics::Metrics;
 use crate::pods::PodsStatus;
 use crate::pods::restart::Restarter;
@@ -54,6 +55,8 @@ pub struct Status {
     pub active_findings: Vec<Finding>,
     /// This node's pods.
     pub pods: PodsStatus,
+    /// Log tailing: files, offsets, sources that cannot be read.
+    pub logs: LogsStatus,
 }
 
 /// Shared by every task of the agent.
@@ -105,6 +108,7 @@ impl Shared {
                 snapshot: None,
                 active_findings: Vec::new(),
                 pods: PodsStatus::default(),
+                logs: LogsStatus::default(),
             }),
             spool: Mutex::new(spool),
             new_findings: Notify::new(),
