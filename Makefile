@@ -13,13 +13,14 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## Format check, clippy with -D warnings, every test that needs no cluster
-## (unit tests, then real processes and a real Alertmanager on loopback).
+## (unit tests, then real processes and a real Alertmanager on loopback, and
+## nftables in network namespaces the tests make: needs root).
 test: toolchain deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --lib --bins --tests --exclude remedy-e2e
-	$(CARGO) test -p remedy-e2e --test core --test alertmanager --test engine --test ctl_engine --test directives --test log_tailer
+	$(CARGO) test -p remedy-e2e --test core --test alertmanager --test engine --test ctl_engine --test directives --test log_tailer --test log_signals --test nft_blocking
 
 lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

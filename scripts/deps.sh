@@ -5,6 +5,9 @@ set -euo pipefail
 
 need=()
 [[ -x /usr/bin/prometheus-alertmanager ]] || need+=(prometheus-alertmanager)
+# IP blocking is tested with real nftables in network namespaces.
+[[ -x /usr/sbin/nft ]] || need+=(nftables)
+[[ -x /usr/sbin/ip ]] || need+=(iproute2)
 
 if ((${#need[@]} == 0)); then
 	exit 0

@@ -12,6 +12,7 @@ use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
 use crate::logs::StartAt;
+use remedy_shared::logs::{BruteForceConfig, BruteForceDetector, ClassifierConfig, ErrorClassifier};
 
 /// Command line of `remedy-agent`.
 #[derive(Debug, Parser)]
@@ -69,6 +70,8 @@ struct FileConfig {
     pods: PodsFile,
     #[serde(default)]
     logs: LogsFile,
+    #[serde(default)]
+    blocking: BlockingFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +89,10 @@ struct LogsFile {
     #[serde(default, with = "opt_duration")]
     checkpoint_interval: Option<Duration>,
     first_start: Option<String>,
+    #[serde(default)]
+    errors: ClassifierConfig,
+    #[serde(default)]
+    brute_force: BruteForceConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,6 +332,8 @@ pub struct Config {
     pub pods: PodsConfig,
     /// Log tailing.
     pub logs: LogsConfig,
+    /// IP blocking with nftables.
+    pub blocking: BlockingConfig,
 }
 
 /// Tailing container logs and plain files.
@@ -351,6 +360,10 @@ pub struct LogsConfig {
     /// are read from: `end` by default, so that an agent rolled out onto
     /// busy nodes does not judge days-old lines as new.
     pub first_start: StartAt,
+    /// Error lines by category per workload (P1-002's `high_error_rate`).
+    pub errors: ClassifierConfig,
+    /// Failed logins per source address (SEC-001's `brute_force`).
+    pub brute_force: BruteForceConfig,
 }
 
 /// Smallest and largest `logs.max_line_bytes`.
@@ -414,6 +427,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     };
     let pods = pods(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
     let logs = logs(source, file.logs)?;
+    let blocking = blocking(source, file.blocking)?;
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
@@ -430,6 +444,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         labels: file.labels,
         pods,
         logs,
+        blocking,
     })
 }
 
@@ -479,6 +494,9 @@ fn logs(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> {
         Some("beginning") => StartAt::Beginning,
         Some(other) => return Err(err("first_start", &format!("`{other}` is not one of end, beginning"))),
     };
+    // Compiled once here so a bad pattern stops the start naming its field.
+    ErrorClassifier::new(file.errors.clone()).map_err(|e| e.in_file(source, "logs.errors"))?;
+    BruteForceDetector::new(file.brute_force.clone()).map_err(|e| e.in_file(source, "logs.brute_force"))?;
     Ok(LogsConfig {
         enabled: file.enabled.unwrap_or(true),
         root,
@@ -488,6 +506,8 @@ fn logs(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> {
         poll_interval,
         checkpoint_interval,
         first_start,
+        errors: file.errors,
+        brute_force: file.brute_force,
     })
 }
 
@@ -583,6 +603,84 @@ fn detector(
         },
         severity: file.severity.unwrap_or(Severity::Warning),
     }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockingFile {
+    enabled: Option<bool>,
+    table: Option<String>,
+    never_block: Option<Vec<String>>,
+    #[serde(default)]
+    pod_cidrs: Vec<String>,
+    #[serde(default)]
+    service_cidrs: Vec<String>,
+    max_prefix_v4: Option<u8>,
+    max_prefix_v6: Option<u8>,
+    #[serde(default, with = "opt_duration")]
+    reconcile_interval: Option<Duration>,
+    max_bans: Option<usize>,
+}
+
+/// IP blocking with nftables, in this agent's own table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockingConfig {
+    /// Off by default: it needs root (CAP_NET_ADMIN) and the nft program.
+    pub enabled: bool,
+    /// The `inet` table's name.
+    pub table: String,
+    /// What no ban may cover, and how wide a ban may be.
+    pub protected: crate::nft::Protected,
+    /// How often the table is checked and put back.
+    pub reconcile_interval: Duration,
+    /// Most bans held.
+    pub max_bans: usize,
+}
+
+fn blocking(source: &str, file: BlockingFile) -> Result<BlockingConfig, ConfigError> {
+    let err = |field: &str, message: &str| ConfigError::new(source, format!("blocking.{field}"), message);
+    let table = file.table.unwrap_or_else(|| "remedy".to_owned());
+    let valid_name = (1..=64).contains(&table.len())
+        && table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && table.as_bytes()[0].is_ascii_alphabetic();
+    if !valid_name {
+        return Err(err("table", &format!("`{table}` is not a table name (a letter, then letters, digits, '_', '-')")));
+    }
+    let cidrs = |field: &str, list: Vec<String>| -> Result<Vec<crate::nft::Cidr>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, text)| text.parse().map_err(|e: String| err(&format!("{field}[{i}]"), &e)))
+            .collect()
+    };
+    let never_block = match file.never_block {
+        None => crate::nft::cidr::default_never_block(),
+        Some(list) => cidrs("never_block", list)?,
+    };
+    let pod_cidrs = cidrs("pod_cidrs", file.pod_cidrs)?;
+    let service_cidrs = cidrs("service_cidrs", file.service_cidrs)?;
+    let max_prefix_v4 = file.max_prefix_v4.unwrap_or(24);
+    if !(8..=32).contains(&max_prefix_v4) {
+        return Err(err("max_prefix_v4", "must be between 8 and 32"));
+    }
+    let max_prefix_v6 = file.max_prefix_v6.unwrap_or(64);
+    if !(16..=128).contains(&max_prefix_v6) {
+        return Err(err("max_prefix_v6", "must be between 16 and 128"));
+    }
+    let reconcile_interval = file.reconcile_interval.unwrap_or(Duration::from_secs(10));
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&reconcile_interval) {
+        return Err(err("reconcile_interval", "must be between 100ms and 1h"));
+    }
+    let max_bans = file.max_bans.unwrap_or(100_000);
+    if !(1..=1_000_000).contains(&max_bans) {
+        return Err(err("max_bans", "must be between 1 and 1000000"));
+    }
+    Ok(BlockingConfig {
+        enabled: file.enabled.unwrap_or(false),
+        table,
+        protected: crate::nft::Protected { never_block, pod_cidrs, service_cidrs, max_prefix_v4, max_prefix_v6 },
+        reconcile_interval,
+        max_bans,
+    })
 }
 
 fn hostname() -> Option<String> {
@@ -719,6 +817,45 @@ mod tests {
             (Duration::from_millis(200), Duration::from_millis(50), Duration::from_secs(2))
         );
         assert_eq!(c.first_start, StartAt::Beginning);
+    }
+
+    #[test]
+    fn blocking_is_off_by_default_and_protects_loopback_and_link_local() {
+        let c = load("{}").unwrap().blocking;
+        assert!(!c.enabled);
+        assert_eq!(c.table, "remedy");
+        assert_eq!((c.protected.max_prefix_v4, c.protected.max_prefix_v6), (24, 64));
+        assert_eq!(c.reconcile_interval, Duration::from_secs(10));
+        assert_eq!(c.max_bans, 100_000);
+        let never: Vec<String> = c.protected.never_block.iter().map(ToString::to_string).collect();
+        assert_eq!(never, ["127.0.0.0/8", "::1", "169.254.0.0/16", "fe80::/10"]);
+        let c = load(
+            "blocking:\n  enabled: true\n  table: remedy_test\n  never_block: [203.0.113.7]\n  pod_cidrs: [10.244.0.0/16, \"fd00:244::/56\"]\n  service_cidrs: [10.96.0.0/12]\n  max_prefix_v4: 16\n  max_prefix_v6: 48\n  reconcile_interval: 500ms\n  max_bans: 10\n",
+        )
+        .unwrap()
+        .blocking;
+        assert!(c.enabled);
+        assert_eq!(c.table, "remedy_test");
+        assert_eq!(c.protected.never_block.len(), 1);
+        assert_eq!(c.protected.pod_cidrs[1].to_string(), "fd00:244::/56");
+        assert_eq!((c.protected.max_prefix_v4, c.protected.max_prefix_v6), (16, 48));
+        assert_eq!((c.reconcile_interval, c.max_bans), (Duration::from_millis(500), 10));
+    }
+
+    #[test]
+    fn bad_blocking_settings_name_their_field() {
+        let field = |yaml: &str| load(yaml).unwrap_err().field;
+        assert_eq!(field("blocking: {table: \"kube proxy\"}\n"), "blocking.table");
+        assert_eq!(field("blocking: {table: \"\"}\n"), "blocking.table");
+        assert_eq!(field("blocking: {pod_cidrs: [10.244.0.0/16, 10.1.2.3/8]}\n"), "blocking.pod_cidrs[1]");
+        assert_eq!(field("blocking: {service_cidrs: [nope]}\n"), "blocking.service_cidrs[0]");
+        assert_eq!(field("blocking: {never_block: [\"10.0.0.1/40\"]}\n"), "blocking.never_block[0]");
+        assert_eq!(field("blocking: {max_prefix_v4: 4}\n"), "blocking.max_prefix_v4");
+        assert_eq!(field("blocking: {max_prefix_v6: 200}\n"), "blocking.max_prefix_v6");
+        assert_eq!(field("blocking: {reconcile_interval: 1ms}\n"), "blocking.reconcile_interval");
+        assert_eq!(field("blocking: {max_bans: 0}\n"), "blocking.max_bans");
+        assert_eq!(field("blocking: {enabled: yes please}\n"), "blocking.enabled");
+        assert_eq!(field("blocking: {chains: [input]}\n"), "blocking.chains");
     }
 
     #[test]

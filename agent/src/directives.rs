@@ -28,6 +28,8 @@ use remedy_shared::signals::ResourceSnapshot;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::clock::now;
+use crate::logs::detect::LogDetectors;
+use crate::nft::directive::{self as blocking, BLOCK_IP, LIST_BLOCKS, UNBLOCK_IP};
 use crate::pods::directive::{RESTART_POD, restart_pod};
 use crate::state::Shared;
 
@@ -38,6 +40,13 @@ pub const SNAPSHOT: &str = "snapshot";
 /// off too, so that the coordinator hears why it cannot run here rather
 /// than that it is unknown.
 pub const CAPABILITIES: &[&str] = &[SNAPSHOT, RESTART_POD];
+
+/// What the hello announces: [`CAPABILITIES`], and the IP blocking
+/// directives only while blocking is on and nft works here.
+pub fn capabilities(shared: &Shared) -> Vec<String> {
+    let blocking = shared.blocker().map(|_| blocking::DIRECTIVES).unwrap_or_default();
+    CAPABILITIES.iter().chain(blocking).map(|c| (*c).to_owned()).collect()
+}
 
 /// Directives executing at once.
 const MAX_RUNNING: usize = 4;
@@ -61,6 +70,7 @@ const SECTIONS: &[SnapshotSection] = &[
 ];
 /// What a section this agent cannot produce says instead of a figure.
 const NOT_COLLECTED: &str = "not collected by this agent version";
+const LOGS_OFF: &str = "log tailing is off on this agent (logs.enabled: false)";
 
 /// Runs directives off the stream loop. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -245,14 +255,17 @@ async fn execute(shared: Arc<Shared>, directive: pb::Directive) -> Reply {
             // stall the runtime.
             let job = tokio::task::spawn_blocking(move || {
                 let latest = shared.status().snapshot.clone();
-                snapshot(&directive.params, latest.as_ref(), now())
+                snapshot(&directive.params, latest.as_ref(), shared.log_detectors(), now())
             });
             job.await.unwrap_or_else(|e| Reply::new(pb::ActionOutcome::Failed, format!("the directive failed: {e}")))
         }
         RESTART_POD => restart_pod(&shared, &directive.id, &directive.params, directive.dry_run).await,
+        BLOCK_IP | UNBLOCK_IP | LIST_BLOCKS => {
+            blocking::run(&shared, &directive.action, &directive.id, &directive.params, directive.dry_run).await
+        }
         other => Reply::new(
             pb::ActionOutcome::Unsupported,
-            format!("this agent cannot run `{other}`; it runs: {}", CAPABILITIES.join(", ")),
+            format!("this agent cannot run `{other}`; it runs: {}", capabilities(&shared).join(", ")),
         ),
     }
 }
@@ -308,7 +321,12 @@ fn snapshot_params(params: &HashMap<String, String>) -> Result<SnapshotParams, S
 /// Answers a snapshot from the latest resource sample. Reading changes
 /// nothing, so a dry run reads too. Sections this agent does not collect
 /// say so under `unavailable.<section>`; no figure is ever made up.
-fn snapshot(params: &HashMap<String, String>, latest: Option<&ResourceSnapshot>, now: Timestamp) -> Reply {
+fn snapshot(
+    params: &HashMap<String, String>,
+    latest: Option<&ResourceSnapshot>,
+    logs: Option<&LogDetectors>,
+    now: Timestamp,
+) -> Reply {
     let wanted = match snapshot_params(params) {
         Ok(p) => p,
         Err(e) => return Reply::new(pb::ActionOutcome::Refused, e),
@@ -327,9 +345,21 @@ fn snapshot(params: &HashMap<String, String>, latest: Option<&ResourceSnapshot>,
             }
             (SnapshotSection::Processes, Some(_)) => Some("this agent samples no processes (top_processes is 0)"),
             (SnapshotSection::Resources | SnapshotSection::Processes, None) => Some("no resource sample taken yet"),
-            (SnapshotSection::ErrorCounts | SnapshotSection::AuthFailures | SnapshotSection::Pods, _) => {
-                Some(NOT_COLLECTED)
-            }
+            (SnapshotSection::ErrorCounts, _) => match logs {
+                None => Some(LOGS_OFF),
+                Some(logs) => match logs.error_counts(wanted.selector.as_deref(), &mut evidence) {
+                    Ok(()) => None,
+                    Err(e) => return Reply::new(pb::ActionOutcome::Refused, e),
+                },
+            },
+            (SnapshotSection::AuthFailures, _) => match logs {
+                None => Some(LOGS_OFF),
+                Some(logs) => {
+                    logs.auth_failures(&mut evidence);
+                    None
+                }
+            },
+            (SnapshotSection::Pods, _) => Some(NOT_COLLECTED),
         };
         if let Some(why) = gap {
             let name = section_name(*section);
@@ -422,7 +452,8 @@ mod tests {
 
     #[test]
     fn resources_come_from_the_latest_sample_with_unknown_figures_left_out() {
-        let reply = snapshot(&params(&[("include", "resources")]), Some(&sample()), Timestamp::from_millis(1_500));
+        let reply =
+            snapshot(&params(&[("include", "resources")]), Some(&sample()), None, Timestamp::from_millis(1_500));
         assert_eq!(reply.outcome, pb::ActionOutcome::Succeeded, "{reply:?}");
         let e = &reply.evidence;
         assert_eq!(e["cpu_percent"], "37.2");
@@ -438,30 +469,33 @@ mod tests {
 
     #[test]
     fn sections_not_collected_say_so_instead_of_a_figure() {
+        // Without log tailing there are no error counts to give.
         let reply = snapshot(
             &params(&[("include", "error_counts, resources,pods"), ("window", "10m"), ("selector", "app=api")]),
             Some(&sample()),
+            None,
             Timestamp::from_millis(1_000),
         );
         assert_eq!(reply.outcome, pb::ActionOutcome::Succeeded);
-        assert_eq!(reply.evidence["unavailable.error_counts"], NOT_COLLECTED);
+        assert_eq!(reply.evidence["unavailable.error_counts"], LOGS_OFF);
         assert_eq!(reply.evidence["unavailable.pods"], NOT_COLLECTED);
         assert!(reply.evidence.contains_key("cpu_percent"));
         assert!(!reply.evidence.keys().any(|k| k.starts_with("database")), "no made-up counts");
         assert_eq!(reply.message, "snapshot of resources, error_counts, pods; not available: error_counts, pods");
 
-        let before_first_sample = snapshot(&params(&[("include", "resources")]), None, Timestamp::from_millis(1));
+        let before_first_sample = snapshot(&params(&[("include", "resources")]), None, None, Timestamp::from_millis(1));
         assert_eq!(before_first_sample.evidence["unavailable.resources"], "no resource sample taken yet");
     }
 
     #[test]
     fn processes_are_ranked_by_cpu() {
-        let reply = snapshot(&params(&[("include", "processes")]), Some(&sample()), Timestamp::from_millis(1_000));
+        let reply =
+            snapshot(&params(&[("include", "processes")]), Some(&sample()), None, Timestamp::from_millis(1_000));
         assert_eq!(reply.evidence["processes.1.process"], "java[42]");
         assert_eq!(reply.evidence["processes.1.cpu_percent"], "80.0");
         assert_eq!(reply.evidence["processes.2.memory_bytes"], "900");
         let none = ResourceSnapshot { top_processes: Vec::new(), ..sample() };
-        let reply = snapshot(&params(&[("include", "processes")]), Some(&none), Timestamp::from_millis(1_000));
+        let reply = snapshot(&params(&[("include", "processes")]), Some(&none), None, Timestamp::from_millis(1_000));
         assert!(reply.evidence["unavailable.processes"].contains("top_processes is 0"));
     }
 
@@ -475,7 +509,7 @@ mod tests {
             (params(&[("include", "resources"), ("force", "yes")]), "unknown parameter `force`"),
         ];
         for (p, expected) in cases {
-            let reply = snapshot(&p, Some(&sample()), Timestamp::from_millis(1));
+            let reply = snapshot(&p, Some(&sample()), None, Timestamp::from_millis(1));
             assert_eq!(reply.outcome, pb::ActionOutcome::Refused, "{p:?}");
             assert!(reply.message.starts_with(expected), "{p:?}: {}", reply.message);
         }

@@ -11,6 +11,7 @@ mod directives;
 mod identity;
 mod logs;
 mod metrics;
+mod nft;
 mod pods;
 mod signals;
 mod spool;
@@ -119,25 +120,26 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     // Pods first: a restart_pod directive that arrives on the first stream
     // finds the restarter in place.
     let pods_task = start_pods(&shared, &config, kube, stopped());
+    // Before the stream: the hello announces the block directives only
+    // once the table is in place.
+    let blocking_task = nft::start(&shared, &config.blocking, &config.state_dir, stopped()).await;
     let stream_task = tokio::spawn(stream::run(shared.clone(), stream_config, stop_rx.clone()));
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
     let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
-    let tailer = start_logs(&shared, &config)?;
+    let log_tasks = start_logs(&shared, &config)?;
 
     shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    if let Some(tailer) = tailer {
-        // The final checkpoint is what makes a clean restart read every line once.
-        match tokio::task::spawn_blocking(move || tailer.stop()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "log tailer stopped without its checkpoint"),
-            Err(e) => tracing::error!(error = %e, "log tailer did not stop"),
-        }
+    if let Some(tasks) = log_tasks {
+        tasks.stop().await;
     }
     let _ = stream_task.await;
     let _ = sampler_task.await;
+    if let Some(task) = blocking_task {
+        let _ = task.await;
+    }
     if let Some(task) = pods_task {
         let _ = task.await;
     }
@@ -188,9 +190,32 @@ fn start_pods(
     }
 }
 
-/// Starts the log tailer when enabled; its lines are only counted until a
-/// consumer of log lines is plugged in.
-fn start_logs(shared: &Arc<Shared>, config: &Config) -> anyhow::Result<Option<logs::TailerHandle>> {
+/// The log tailer and the task that hands what its detectors raise to the
+/// spool, when tailing is on.
+struct LogTasks {
+    tailer: logs::TailerHandle,
+    flush: tokio::task::JoinHandle<()>,
+    stop_flush: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LogTasks {
+    /// Stops the tailer first (its final checkpoint is what makes a clean
+    /// restart read every line once), then spools what the detectors raised
+    /// from the last lines, so no line is checkpointed without its finding.
+    async fn stop(self) {
+        match tokio::task::spawn_blocking(move || self.tailer.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "log tailer stopped without its checkpoint"),
+            Err(e) => tracing::error!(error = %e, "log tailer did not stop"),
+        }
+        let _ = self.stop_flush.send(());
+        let _ = self.flush.await;
+    }
+}
+
+/// Starts the log tailer feeding the error classifier and the brute-force
+/// detector, when enabled.
+fn start_logs(shared: &Arc<Shared>, config: &Config) -> anyhow::Result<Option<LogTasks>> {
     let c = &config.logs;
     if !c.enabled {
         tracing::info!("log tailing off (logs.enabled: false)");
@@ -206,13 +231,21 @@ fn start_logs(shared: &Arc<Shared>, config: &Config) -> anyhow::Result<Option<lo
         checkpoint_path: config.state_dir.join("log-checkpoint.json"),
         first_start: c.first_start,
     };
-    let sink = logs::CountingSink::new(shared.metrics.logs.lines_accepted.clone());
+    // Validated with the configuration; a failure here is a bug, not input.
+    let detectors = logs::detect::LogDetectors::new(c.errors.clone(), c.brute_force.clone())
+        .map_err(|e| anyhow::anyhow!("log detectors: {}: {}", e.field, e.message))?;
+    let (stop_flush, flush_stopped) = tokio::sync::oneshot::channel::<()>();
+    let flush = tokio::spawn(detectors.clone().flush(shared.clone(), async move {
+        let _ = flush_stopped.await;
+    }));
+    shared.set_log_detectors(detectors.clone());
+    let sink = detectors.sink(shared.metrics.logs.lines_accepted.clone());
     let published = shared.clone();
     let publish: logs::tailer::Publish = Box::new(move |status| published.status().logs = status);
-    let handle = logs::spawn(tailer_config, sink, shared.metrics.logs.clone(), publish)
+    let tailer = logs::spawn(tailer_config, sink, shared.metrics.logs.clone(), publish)
         .context("cannot start the log tailer")?;
     tracing::info!(root = %c.root.display(), files = c.files.len(), "log tailing on");
-    Ok(Some(handle))
+    Ok(Some(LogTasks { tailer, flush, stop_flush }))
 }
 
 async fn shutdown_signal() {

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub pod_restart_failures: Counter,
     /// The log tailer's.
     pub logs: LogMetrics,
+    /// IP blocking's (`remedy_agent_blocks_*`).
+    pub blocks: crate::nft::BlockMetrics,
 }
 
 /// The log tailer's metrics (`remedy_agent_log_*`).
@@ -70,6 +72,10 @@ pub struct LogMetrics {
     pub sink_blocked_seconds: Counter<f64, AtomicU64>,
     /// Lines the consumer of log lines took.
     pub lines_accepted: Counter,
+    /// Lines the error classifier counted as errors.
+    pub error_lines: Counter,
+    /// Failed logins the brute-force detector counted against an address.
+    pub auth_failures: Counter,
 }
 
 impl LogMetrics {
@@ -105,6 +111,12 @@ impl LogMetrics {
             self.sink_blocked_seconds.clone(),
         );
         registry.register("log_lines_accepted", "Log lines the line consumer took", self.lines_accepted.clone());
+        registry.register("log_error_lines", "Log lines classified as errors", self.error_lines.clone());
+        registry.register(
+            "log_auth_failures",
+            "Failed logins in logs counted against a source address (allow-listed ones excluded)",
+            self.auth_failures.clone(),
+        );
     }
 }
 
@@ -128,6 +140,7 @@ impl Metrics {
             pod_restarts_refused: Family::default(),
             pod_restart_failures: Counter::default(),
             logs: LogMetrics::default(),
+            blocks: Default::default(),
         };
         registry.register("findings_raised", "Findings raised on this node", m.findings_raised.clone());
         registry.register("findings_acked", "Findings the coordinator acknowledged", m.findings_acked.clone());
@@ -167,6 +180,7 @@ impl Metrics {
             m.pod_restart_failures.clone(),
         );
         m.logs.register(&mut registry);
+        m.blocks.register(&mut registry);
         Metrics { registry: Arc::new(registry), ..m }
     }
 

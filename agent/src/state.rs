@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::logs::LogsStatus;
 use crate::metrics::Metrics;
+use crate::nft::{Blocker, BlockingStatus};
 use crate::pods::PodsStatus;
 use crate::pods::restart::Restarter;
 use crate::spool::{AppendReport, Spool, SpoolError};
@@ -57,6 +58,10 @@ pub struct Status {
     pub pods: PodsStatus,
     /// Log tailing: files, offsets, sources that cannot be read.
     pub logs: LogsStatus,
+    /// IP blocking: the table, each ban and whether it is in force.
+    pub blocking: BlockingStatus,
+    /// What the log detectors have seen.
+    pub log_detectors: crate::logs::detect::DetectorsStatus,
 }
 
 /// Shared by every task of the agent.
@@ -75,6 +80,10 @@ pub struct Shared {
     /// Restarts this node's pods; set once when there is a Kubernetes
     /// client, never when pod watching is off.
     restarter: OnceLock<Arc<Restarter>>,
+    /// The log detectors, for snapshots; set once when log tailing is on.
+    log_detectors: OnceLock<crate::logs::detect::LogDetectors>,
+    /// Sets and lifts IP bans; set once when blocking is on and nft works.
+    blocker: OnceLock<Arc<Blocker>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,11 +118,15 @@ impl Shared {
                 active_findings: Vec::new(),
                 pods: PodsStatus::default(),
                 logs: LogsStatus::default(),
+                blocking: BlockingStatus::default(),
+                log_detectors: Default::default(),
             }),
             spool: Mutex::new(spool),
             new_findings: Notify::new(),
             metrics,
             restarter: OnceLock::new(),
+            log_detectors: OnceLock::new(),
+            blocker: OnceLock::new(),
         })
     }
 
@@ -133,6 +146,30 @@ impl Shared {
     /// What restarts this node's pods; `None` while pod watching is off.
     pub fn restarter(&self) -> Option<&Arc<Restarter>> {
         self.restarter.get()
+    }
+
+    /// Makes `detectors` the ones snapshots read; a second offer is ignored.
+    pub fn set_log_detectors(&self, detectors: crate::logs::detect::LogDetectors) {
+        if self.log_detectors.set(detectors).is_err() {
+            tracing::error!("second log detectors were offered and ignored");
+        }
+    }
+
+    /// The log detectors, when log tailing is on.
+    pub fn log_detectors(&self) -> Option<&crate::logs::detect::LogDetectors> {
+        self.log_detectors.get()
+    }
+
+    /// Makes `blocker` the one that holds this node's IP bans.
+    pub fn set_blocker(&self, blocker: Arc<Blocker>) {
+        if self.blocker.set(blocker).is_err() {
+            tracing::error!("a second IP blocker was offered and ignored");
+        }
+    }
+
+    /// What holds this node's IP bans; `None` while blocking is off.
+    pub fn blocker(&self) -> Option<&Arc<Blocker>> {
+        self.blocker.get()
     }
 
     /// Runs `f` on the spool on a blocking thread (spool writes wait for the disk).

@@ -113,7 +113,7 @@ async fn session(
         agent_id: shared.agent_id.clone(),
         node_name: shared.node_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        capabilities: directives::CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        capabilities: directives::capabilities(shared),
         labels: config.labels.clone().into_iter().collect(),
         last_sequence,
     };

@@ -323,7 +323,7 @@ fn until_stopped(mut rx: watch::Receiver<bool>) -> StopFuture {
 struct BadConfig(ConfigError);
 
 fn bad_config(field: &str, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(BadConfig(ConfigError::new("the configuration", field, message)))
+    anyhow::Error::new(BadConfig(ConfigError::new("the coordinator's configuration", field, message)))
 }
 
 async fn shutdown_signal() {

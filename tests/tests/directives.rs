@@ -95,7 +95,7 @@ async fn a_real_agent_answers_snapshots_and_refuses_what_it_cannot_run() {
     let report = run(
         &actuator,
         "agent_snapshot",
-        json!({ "agents": "all", "include": ["resources", "error_counts"], "combine": "sum", "timeout": "20s" }),
+        json!({ "agents": "all", "include": ["resources", "pods"], "combine": "sum", "timeout": "20s" }),
         false,
     )
     .await;
@@ -104,9 +104,9 @@ async fn a_real_agent_answers_snapshots_and_refuses_what_it_cannot_run() {
     let total = bytes(&report, "memory_total_bytes");
     assert!(total > 0 && bytes(&report, "memory_used_bytes") <= total, "{report:?}");
     assert!(report.evidence.contains_key("cpu_percent"), "{report:?}");
-    assert_eq!(report.evidence["nodes.node-d.unavailable.error_counts"], "not collected by this agent version");
-    assert!(!report.evidence.contains_key("database"), "no made-up error counts");
-    assert!(report.message.ends_with("not collected: error_counts"), "{}", report.message);
+    assert_eq!(report.evidence["nodes.node-d.unavailable.pods"], "not collected by this agent version");
+    assert!(!report.evidence.keys().any(|k| k.starts_with("pods")), "no made-up pod figures");
+    assert!(report.message.ends_with("not collected: pods"), "{}", report.message);
 
     // Per node, in a dry run: a snapshot only reads, so it runs anyway.
     let report = run(

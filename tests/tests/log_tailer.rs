@@ -37,9 +37,15 @@ async fn the_agent_tails_container_logs_and_plain_files() {
     let coordinator = format!("http://{}", procs::free_addr());
     let agent =
         Agent::start_with(&dir.path().join("a"), "node-1", &coordinator, &["--config", config.to_str().unwrap()]).await;
-    let state = agent.debug_state().await;
-    let unreadable = state["logs"]["unreadable"].as_array().unwrap();
-    assert!(unreadable.iter().any(|u| u["path"] == root.display().to_string()), "{state}");
+    // The tailer publishes what it found after its first scan.
+    let a = &agent;
+    let missing_root = root.display().to_string();
+    eventually("the missing root named in /debug/state", WAIT, || async {
+        let state = a.debug_state().await;
+        let unreadable = state["logs"]["unreadable"].as_array().cloned().unwrap_or_default();
+        unreadable.iter().any(|u| u["path"] == missing_root.as_str()).then_some(())
+    })
+    .await;
 
     // Created after the agent started: read from the first line.
     let container = root.join("shop_checkout-7d9f8b6c5-x2x4q_4b1f0c2e-8d7a-4a51-9a2e-1c3d5e7f9a0b/api");
@@ -55,7 +61,6 @@ async fn the_agent_tails_container_logs_and_plain_files() {
         writeln!(plain, "sshd[1]: Failed password for root from 203.0.113.{n} port 22 ssh2").unwrap();
     }
 
-    let a = &agent;
     eventually("351 lines on /metrics", WAIT, || async move {
         (metric(a, "remedy_agent_log_lines_read_total").await == 351.0).then_some(())
     })

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod cri;
+pub mod detect;
 pub mod tailer;
 
 #[cfg(test)]
@@ -18,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use remedy_shared::Timestamp;
 use serde::Serialize;
 
@@ -187,25 +187,4 @@ pub struct CheckpointStatus {
     pub last_written: Option<Timestamp>,
     /// The last failure to read or write it, if the latest attempt failed.
     pub last_error: Option<String>,
-}
-
-/// A sink that takes every line and counts it: what runs until a consumer
-/// of log lines is plugged in.
-#[derive(Debug, Clone)]
-pub struct CountingSink {
-    accepted: Counter,
-}
-
-impl CountingSink {
-    /// Counts into `accepted`.
-    pub fn new(accepted: Counter) -> Self {
-        CountingSink { accepted }
-    }
-}
-
-impl LineSink for CountingSink {
-    fn accept(&mut self, _line: LogLine) -> Result<(), LogLine> {
-        self.accepted.inc();
-        Ok(())
-    }
 }

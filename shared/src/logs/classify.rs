@@ -243,6 +243,20 @@ pub struct ClassifierStats {
     pub cleared: u64,
 }
 
+/// One workload's error counts in the window, per category in
+/// [`ErrorClassifier::categories`] order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadErrors {
+    /// Its namespace (empty for unattributed lines).
+    pub namespace: String,
+    /// "deployment", "pod" or "log".
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Counts per category.
+    pub by_category: Vec<u64>,
+}
+
 #[derive(Debug)]
 struct KeyState {
     namespace: String,
@@ -366,6 +380,31 @@ impl ErrorClassifier {
             key.samples.push_back(clip(line.message, self.config.max_sample_len));
         }
         judge(&self.config, &self.names, self.width, &mut self.stats, key, now)
+    }
+
+    /// Error counts per category in the window ending at `now`, for every
+    /// workload with errors in it whose name is `name` (all when `None`).
+    pub fn counts(&mut self, name: Option<&str>, now: Timestamp) -> Vec<WorkloadErrors> {
+        let width = self.width;
+        let mut out: Vec<WorkloadErrors> = self
+            .keys
+            .values_mut()
+            .filter(|k| name.is_none_or(|n| n == k.name))
+            .map(|k| WorkloadErrors {
+                namespace: k.namespace.clone(),
+                kind: k.kind,
+                name: k.name.clone(),
+                by_category: k.counts.iter_mut().map(|c| c.total(now, width)).collect(),
+            })
+            .filter(|w| w.by_category.iter().any(|n| *n > 0))
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    /// The window counts are kept over.
+    pub fn window(&self) -> std::time::Duration {
+        self.config.window
     }
 
     /// Re-judges every key at `now` (windows slide without lines): clears
@@ -524,6 +563,24 @@ mod tests {
         assert_eq!(category("INFO database migrated, timeout 30s"), None);
         assert_eq!(category("10.0.0.1 - - [x] \"GET / HTTP/1.1\" 200 12 \"-\" \"curl\""), None);
         assert_eq!(c.categories(), ["database", "timeout", "authentication", "other"]);
+    }
+
+    #[test]
+    fn counts_per_workload_are_read_from_the_window_and_filtered_by_name() {
+        let mut c = classifier();
+        let api = "saas-idp-api-7d9f8b6c5d-x2k7p";
+        c.observe(&line(api, "ERROR database connection lost"), at(0));
+        c.observe(&line(api, "ERROR request timed out"), at(10));
+        c.observe(&line("worker-0", "ERROR database"), at(10));
+        let all = c.counts(None, at(20));
+        assert_eq!(all.len(), 2, "{all:?}");
+        let only = c.counts(Some("saas-idp-api"), at(20));
+        assert_eq!(only.len(), 1);
+        assert_eq!((only[0].kind, only[0].namespace.as_str()), ("deployment", "prod"));
+        assert_eq!(only[0].by_category, [1, 1, 0, 0], "database, timeout, authentication, other");
+        // A minute later the first error has left the window.
+        assert_eq!(c.counts(Some("saas-idp-api"), at(65))[0].by_category, [0, 1, 0, 0]);
+        assert!(c.counts(Some("saas-idp-api"), at(200)).is_empty(), "nothing left in the window");
     }
 
     #[test]

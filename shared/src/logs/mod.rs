@@ -17,7 +17,7 @@ use crate::config::ConfigError;
 use crate::time::Timestamp;
 
 pub use bruteforce::{BruteForceConfig, BruteForceDetector, BruteForceStats, JsonAuthFields};
-pub use classify::{CategoryRule, ClassifierConfig, ClassifierStats, ErrorClassifier, KeyBy};
+pub use classify::{CategoryRule, ClassifierConfig, ClassifierStats, ErrorClassifier, KeyBy, WorkloadErrors};
 pub use net::Cidr;
 
 /// One log line, as the tailer hands it over: where it comes from (from the
