@@ -71,6 +71,8 @@ struct FileConfig {
     #[serde(default)]
     logs: LogsFile,
     #[serde(default)]
+    processes: crate::procsig::config::ProcessesFile,
+    #[serde(default)]
     blocking: BlockingFile,
 }
 
@@ -332,6 +334,8 @@ pub struct Config {
     pub pods: PodsConfig,
     /// Log tailing.
     pub logs: LogsConfig,
+    /// Process signals: hot processes, zombies, kernel OOM kills.
+    pub processes: crate::procsig::ProcessesConfig,
     /// IP blocking with nftables.
     pub blocking: BlockingConfig,
 }
@@ -428,6 +432,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     let pods = pods(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
     let logs = logs(source, file.logs)?;
     let blocking = blocking(source, file.blocking)?;
+    let processes = crate::procsig::config::resolve(source, file.processes, sample_interval)?;
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
@@ -443,6 +448,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         detectors,
         labels: file.labels,
         pods,
+        processes,
         logs,
         blocking,
     })

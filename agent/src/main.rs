@@ -13,6 +13,7 @@ mod logs;
 mod metrics;
 mod nft;
 mod pods;
+mod procsig;
 mod signals;
 mod spool;
 mod state;
@@ -128,6 +129,7 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
     let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
     let log_tasks = start_logs(&shared, &config)?;
+    let processes_task = procsig::start(&shared, &config, stopped());
 
     shutdown_signal().await;
     tracing::info!("stopping");
@@ -137,6 +139,9 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     }
     let _ = stream_task.await;
     let _ = sampler_task.await;
+    if let Some(task) = processes_task {
+        let _ = task.await;
+    }
     if let Some(task) = blocking_task {
         let _ = task.await;
     }

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub logs: LogMetrics,
     /// IP blocking's (`remedy_agent_blocks_*`).
     pub blocks: crate::nft::BlockMetrics,
+    /// Process signals' (`remedy_agent_process_*`).
+    pub processes: crate::procsig::ProcessMetrics,
 }
 
 /// The log tailer's metrics (`remedy_agent_log_*`).
@@ -141,6 +143,7 @@ impl Metrics {
             pod_restart_failures: Counter::default(),
             logs: LogMetrics::default(),
             blocks: Default::default(),
+            processes: Default::default(),
         };
         registry.register("findings_raised", "Findings raised on this node", m.findings_raised.clone());
         registry.register("findings_acked", "Findings the coordinator acknowledged", m.findings_acked.clone());
@@ -181,6 +184,7 @@ impl Metrics {
         );
         m.logs.register(&mut registry);
         m.blocks.register(&mut registry);
+        m.processes.register(&mut registry);
         Metrics { registry: Arc::new(registry), ..m }
     }
 

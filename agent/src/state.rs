@@ -62,6 +62,8 @@ pub struct Status {
     pub blocking: BlockingStatus,
     /// What the log detectors have seen.
     pub log_detectors: crate::logs::detect::DetectorsStatus,
+    /// Process signals: judged processes, zombies, the kernel log, OOM kills.
+    pub processes: crate::procsig::ProcessesStatus,
 }
 
 /// Shared by every task of the agent.
@@ -120,6 +122,7 @@ impl Shared {
                 logs: LogsStatus::default(),
                 blocking: BlockingStatus::default(),
                 log_detectors: Default::default(),
+                processes: Default::default(),
             }),
             spool: Mutex::new(spool),
             new_findings: Notify::new(),

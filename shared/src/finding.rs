@@ -107,6 +107,12 @@ finding_kinds! {
     PodFailed => "pod_failed",
     /// A process above its memory or CPU threshold.
     ProcessHot => "process_hot",
+    /// Zombie processes (exited, never reaped by their parent) at or above
+    /// their threshold on a node.
+    ProcessZombies => "process_zombies",
+    /// The kernel's OOM killer killed a process on a node (from the kernel
+    /// log; for any process, in a pod or not).
+    NodeOomKill => "node_oom_kill",
     /// An incident's time to recovery neared or passed its runbook's target
     /// (raised by the coordinator; a runbook may react to it).
     MttrAtRisk => "mttr_at_risk",

@@ -700,7 +700,7 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
     assert_eq!(agent_spec["tolerations"], json!([{ "operator": "Exists" }]));
     assert_eq!(agent["env"][0]["name"], "NODE_NAME");
     assert_eq!(agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-    assert_eq!(agent["securityContext"]["capabilities"], json!({ "drop": ["ALL"], "add": ["NET_ADMIN"] }));
+    assert_eq!(agent["securityContext"]["capabilities"], json!({ "drop": ["ALL"], "add": ["NET_ADMIN", "SYSLOG"] }));
     assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
     let agent_config = find(&objects, "ConfigMap", "remedy-agent-config-")["data"]["agent.yaml"]
         .as_str()
