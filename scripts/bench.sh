@@ -10,9 +10,10 @@
 #   scripts/bench.sh --only engine
 #   scripts/bench.sh --only logs      # the log detectors beside grep and fail2ban
 #   scripts/bench.sh --only logs --logs-size-mib 256
+#   scripts/bench.sh --only tail      # the agent tailing CRI logs, and line → finding latency
 # Everything runs on loopback; every loop is bounded; the whole run takes
-# about 9 minutes after the build on a 2-core machine (the engine part
-# alone about 2).
+# about 12 minutes after the build on a 2-core machine (the engine part
+# alone about 2, the tail part about 3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

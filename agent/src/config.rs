@@ -12,6 +12,7 @@ use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
 use crate::logs::StartAt;
+use remedy_shared::config::opt_duration;
 use remedy_shared::logs::{BruteForceConfig, BruteForceDetector, ClassifierConfig, ErrorClassifier};
 
 /// Command line of `remedy-agent`.
@@ -74,6 +75,8 @@ struct FileConfig {
     processes: crate::procsig::config::ProcessesFile,
     #[serde(default)]
     blocking: BlockingFile,
+    #[serde(default)]
+    local_actions: crate::local::config::LocalActionsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,18 +187,6 @@ struct DetectorFile {
     #[serde(default, rename = "for", with = "opt_duration")]
     for_duration: Option<Duration>,
     severity: Option<Severity>,
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(de)?
-            .map(|t| remedy_shared::config::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// One threshold detector, validated.
@@ -338,6 +329,8 @@ pub struct Config {
     pub processes: crate::procsig::ProcessesConfig,
     /// IP blocking with nftables.
     pub blocking: BlockingConfig,
+    /// Log cleanup and GC nudges.
+    pub local_actions: crate::local::config::LocalActionsConfig,
 }
 
 /// Tailing container logs and plain files.
@@ -432,6 +425,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     let pods = pods(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
     let logs = logs(source, file.logs)?;
     let blocking = blocking(source, file.blocking)?;
+    let local_actions = crate::local::config::resolve(source, file.local_actions)?;
     let processes = crate::procsig::config::resolve(source, file.processes, sample_interval)?;
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
@@ -451,6 +445,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         processes,
         logs,
         blocking,
+        local_actions,
     })
 }
 

@@ -45,7 +45,8 @@ pub const CAPABILITIES: &[&str] = &[SNAPSHOT, RESTART_POD];
 /// directives only while blocking is on and nft works here.
 pub fn capabilities(shared: &Shared) -> Vec<String> {
     let blocking = shared.blocker().map(|_| blocking::DIRECTIVES).unwrap_or_default();
-    CAPABILITIES.iter().chain(blocking).map(|c| (*c).to_owned()).collect()
+    let local = crate::local::capabilities(shared);
+    CAPABILITIES.iter().chain(blocking).chain(local.iter()).map(|c| (*c).to_owned()).collect()
 }
 
 /// Directives executing at once.
@@ -262,6 +263,9 @@ async fn execute(shared: Arc<Shared>, directive: pb::Directive) -> Reply {
         RESTART_POD => restart_pod(&shared, &directive.id, &directive.params, directive.dry_run).await,
         BLOCK_IP | UNBLOCK_IP | LIST_BLOCKS => {
             blocking::run(&shared, &directive.action, &directive.id, &directive.params, directive.dry_run).await
+        }
+        crate::local::LOG_CLEANUP | crate::local::GC_NUDGE => {
+            crate::local::run(&shared, &directive.action, &directive.id, &directive.params, directive.dry_run).await
         }
         other => Reply::new(
             pb::ActionOutcome::Unsupported,

@@ -9,6 +9,7 @@ mod detectors;
 mod diagnostics;
 mod directives;
 mod identity;
+mod local;
 mod logs;
 mod metrics;
 mod nft;
@@ -124,6 +125,7 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     // Before the stream: the hello announces the block directives only
     // once the table is in place.
     let blocking_task = nft::start(&shared, &config.blocking, &config.state_dir, stopped()).await;
+    local::start(&shared, &config.local_actions);
     let stream_task = tokio::spawn(stream::run(shared.clone(), stream_config, stop_rx.clone()));
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));

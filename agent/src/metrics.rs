@@ -47,6 +47,8 @@ pub struct Metrics {
     pub blocks: crate::nft::BlockMetrics,
     /// Process signals' (`remedy_agent_process_*`).
     pub processes: crate::procsig::ProcessMetrics,
+    /// Log cleanup's and GC nudges' (`remedy_agent_local_*`).
+    pub local: crate::local::LocalMetrics,
 }
 
 /// The log tailer's metrics (`remedy_agent_log_*`).
@@ -144,6 +146,7 @@ impl Metrics {
             logs: LogMetrics::default(),
             blocks: Default::default(),
             processes: Default::default(),
+            local: Default::default(),
         };
         registry.register("findings_raised", "Findings raised on this node", m.findings_raised.clone());
         registry.register("findings_acked", "Findings the coordinator acknowledged", m.findings_acked.clone());
@@ -185,6 +188,7 @@ impl Metrics {
         m.logs.register(&mut registry);
         m.blocks.register(&mut registry);
         m.processes.register(&mut registry);
+        m.local.register(&mut registry);
         Metrics { registry: Arc::new(registry), ..m }
     }
 

@@ -64,6 +64,8 @@ pub struct Status {
     pub log_detectors: crate::logs::detect::DetectorsStatus,
     /// Process signals: judged processes, zombies, the kernel log, OOM kills.
     pub processes: crate::procsig::ProcessesStatus,
+    /// Log cleanup and GC nudges: budgets, cooldowns, last runs.
+    pub local_actions: crate::local::LocalStatus,
 }
 
 /// Shared by every task of the agent.
@@ -86,6 +88,8 @@ pub struct Shared {
     log_detectors: OnceLock<crate::logs::detect::LogDetectors>,
     /// Sets and lifts IP bans; set once when blocking is on and nft works.
     blocker: OnceLock<Arc<Blocker>>,
+    /// Log cleanup and GC nudges; set once at start.
+    local_actions: OnceLock<Arc<crate::local::LocalActions>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +127,7 @@ impl Shared {
                 blocking: BlockingStatus::default(),
                 log_detectors: Default::default(),
                 processes: Default::default(),
+                local_actions: Default::default(),
             }),
             spool: Mutex::new(spool),
             new_findings: Notify::new(),
@@ -130,6 +135,7 @@ impl Shared {
             restarter: OnceLock::new(),
             log_detectors: OnceLock::new(),
             blocker: OnceLock::new(),
+            local_actions: OnceLock::new(),
         })
     }
 
@@ -173,6 +179,19 @@ impl Shared {
     /// What holds this node's IP bans; `None` while blocking is off.
     pub fn blocker(&self) -> Option<&Arc<Blocker>> {
         self.blocker.get()
+    }
+
+    /// Makes `local` the one that runs log cleanup and GC nudges, so there
+    /// is one budget of each.
+    pub fn set_local_actions(&self, local: Arc<crate::local::LocalActions>) {
+        if self.local_actions.set(local).is_err() {
+            tracing::error!("second local actions were offered and ignored");
+        }
+    }
+
+    /// Log cleanup and GC nudges, once set up.
+    pub fn local_actions(&self) -> Option<&Arc<crate::local::LocalActions>> {
+        self.local_actions.get()
     }
 
     /// Runs `f` on the spool on a blocking thread (spool writes wait for the disk).

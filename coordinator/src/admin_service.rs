@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::{Engine, EngineError};
 use crate::recorder::{ManualRun, RecordError, Recorder};
 use crate::registry::Registry;
-use crate::store::{AgentRecord, FindingQuery, Store, StoreError, StoredFinding};
+use crate::store::{AgentRecord, BanRecord, FindingQuery, Store, StoreError, StoredFinding};
 
 const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 5_000;
@@ -31,6 +31,8 @@ pub struct AdminService {
     pub recorder: Recorder,
     /// The runbook engine.
     pub engine: Engine,
+    /// The IP bans placed on the agents.
+    pub bans: crate::bans::Bans,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -71,6 +73,54 @@ impl AdminService {
             spool_depth: live.spool_depth,
             spool_dropped_total: live.spool_dropped,
         }
+    }
+}
+
+fn ban_to_proto(b: BanRecord, at: remedy_shared::Timestamp) -> pb::Ban {
+    pb::Ban {
+        state: crate::bans::ban_state(&b, at).to_owned(),
+        ip: b.ip,
+        reason: b.reason,
+        incident_id: b.incident_id.map(|i| i.to_string()).unwrap_or_default(),
+        step_id: b.step_id,
+        blocked_at_ms: b.blocked_at.as_millis(),
+        until_ms: b.until.as_millis(),
+        nodes: b
+            .nodes
+            .into_iter()
+            .map(|(node, n)| pb::BanNode {
+                node,
+                agent_id: n.agent_id,
+                state: n.state,
+                reason: n.reason,
+                at_ms: n.at.as_millis(),
+            })
+            .collect(),
+        edge_state: b.edge.as_ref().map(|e| e.state.clone()).unwrap_or_default(),
+        edge_rule_id: b.edge.as_ref().map(|e| e.rule_id.clone()).unwrap_or_default(),
+        edge_reason: b.edge.as_ref().map(|e| e.reason.clone()).unwrap_or_default(),
+        unblocked_by: b.unblocked.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
+        unblocked_at_ms: b.unblocked.map(|(_, at)| at.as_millis()).unwrap_or(0),
+    }
+}
+
+/// A person's lift of a ban, as the rails see it: kind `unblock_ip` on the
+/// address. It is weighed, not counted: lifting a ban takes nothing away, so
+/// it spends no budget, but a pause or an open breaker still stops it.
+fn unblock_request(ban: &BanRecord) -> remedy_shared::guard::ActionRequest {
+    remedy_shared::guard::ActionRequest {
+        runbook_id: "manual".to_owned(),
+        incident_id: ban.incident_id.unwrap_or(IncidentId(0)),
+        step_id: "unblock".to_owned(),
+        attempt: 1,
+        action_kind: crate::bans::UNBLOCK_IP.to_owned(),
+        targets: vec![remedy_shared::guard::TargetRef::new("ip", ban.ip.clone())],
+        destructive: false,
+        requires_approval: false,
+        capacity: None,
+        population: None,
+        trigger_still_holds: None,
+        mode: remedy_shared::guard::Mode::Live,
     }
 }
 
@@ -440,6 +490,82 @@ impl pb::admin_service_server::AdminService for AdminService {
         let by = required_by(&request.into_inner().requested_by)?;
         self.engine.resume(&by).await.map_err(engine_status)?;
         Ok(Response::new(automation_to_proto(&self.engine.guard())))
+    }
+
+    async fn list_bans(&self, request: Request<pb::ListBansRequest>) -> Result<Response<pb::ListBansResponse>, Status> {
+        let req = request.into_inner();
+        let at = crate::recorder::now();
+        let bans = self.bans.list().await.map_err(store_status)?;
+        let bans = bans
+            .into_iter()
+            .filter(|b| req.include_inactive || crate::bans::ban_state(b, at) == "active")
+            .map(|b| ban_to_proto(b, at))
+            .collect();
+        Ok(Response::new(pb::ListBansResponse { bans }))
+    }
+
+    async fn unblock(&self, request: Request<pb::UnblockRequest>) -> Result<Response<pb::Ban>, Status> {
+        let req = request.into_inner();
+        let by = required_by(&req.requested_by)?;
+        let ip = req.ip.trim().to_owned();
+        if ip.is_empty() {
+            return Err(Status::invalid_argument("ip is required: name the address as it was blocked"));
+        }
+        let ban = self
+            .bans
+            .get(&ip)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no ban of {ip} is recorded")))?;
+        let guard_request = unblock_request(&ban);
+        let mut guard = self.engine.guard();
+        let (decision, _) =
+            remedy_shared::guard::decide(self.engine.policy(), &mut guard, &guard_request, crate::recorder::now());
+        let note = decision.note(&guard_request);
+        let mut details = note.details.clone();
+        details.insert("requested_by".into(), by.clone());
+        let mut entries = vec![remedy_shared::incident::TimelineEntry {
+            at: crate::recorder::now(),
+            kind: remedy_shared::incident::EntryKind::Decision,
+            message: note.message.clone(),
+            details,
+        }];
+        let refused = !decision.is_allowed();
+        let outcome = if refused {
+            Err(Status::failed_precondition(note.message.clone()))
+        } else {
+            self.bans.unblock(&ip, &by).await.map_err(|e| match e {
+                crate::bans::UnblockError::NotFound(_) => Status::not_found(e.to_string()),
+                crate::bans::UnblockError::NoAgent(_) => Status::failed_precondition(e.to_string()),
+                crate::bans::UnblockError::Store(e) => store_status(e),
+            })
+        };
+        if let Ok(lifted) = &outcome {
+            let mut details = std::collections::BTreeMap::from([
+                ("ip".to_owned(), ip.clone()),
+                ("requested_by".to_owned(), by.clone()),
+            ]);
+            let mut lifted_on = 0;
+            for (node, n) in &lifted.nodes {
+                details.insert(format!("nodes.{node}.state"), n.state.clone());
+                lifted_on += usize::from(n.state == "unblocked");
+            }
+            if let Some(edge) = &lifted.edge {
+                details.insert("edge.state".into(), edge.state.clone());
+            }
+            entries.push(remedy_shared::incident::TimelineEntry {
+                at: crate::recorder::now(),
+                kind: remedy_shared::incident::EntryKind::Result,
+                message: format!("{by} unblocked {ip}: lifted on {lifted_on} of {} nodes", lifted.nodes.len()),
+                details,
+            });
+        }
+        if let Some(id) = ban.incident_id {
+            let update = crate::recorder::RunUpdate { incident: Some(id), entries, ..Default::default() };
+            self.recorder.run_update(update).await.map_err(record_status)?;
+        }
+        let lifted = outcome?;
+        Ok(Response::new(ban_to_proto(lifted, crate::recorder::now())))
     }
 
     async fn reset_breaker(

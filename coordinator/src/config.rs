@@ -13,6 +13,7 @@ use remedy_shared::guard::GuardPolicy;
 use serde::Deserialize;
 
 use crate::engine::Contacts;
+use remedy_shared::config::opt_duration;
 
 /// Command line of `remedy-coordinator`.
 #[derive(Debug, Parser)]
@@ -73,6 +74,8 @@ struct FileConfig {
     guard_rails: Option<GuardPolicy>,
     #[serde(default)]
     kubernetes: Option<KubernetesFile>,
+    #[serde(default)]
+    edge: Option<crate::edge::EdgeConfig>,
 }
 
 /// `kubernetes:` in the file.
@@ -130,18 +133,6 @@ struct EscalationPolicy {
     notify: Vec<String>,
 }
 
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(de)?
-            .map(|t| remedy_shared::config::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -169,6 +160,8 @@ pub struct Config {
     pub guard_rails: GuardPolicy,
     /// The cluster to act on, if any.
     pub kubernetes: Option<KubernetesConfig>,
+    /// The edge provider `block_ip` steps with `edge: true` also block at.
+    pub edge: Option<crate::edge::EdgeConfig>,
 }
 
 impl Config {
@@ -247,6 +240,9 @@ impl Config {
             escalation: file.escalation_policies.into_iter().map(|(k, v)| (k, v.notify)).collect(),
         };
         let kubernetes = kubernetes(source, cli.kubeconfig.clone(), file.kubernetes)?;
+        if let Some(edge) = &file.edge {
+            edge.validate().map_err(|e| ConfigError::new(source, "edge", e))?;
+        }
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -260,6 +256,7 @@ impl Config {
             contacts,
             guard_rails,
             kubernetes,
+            edge: file.edge,
         })
     }
 }

@@ -131,9 +131,15 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let (recorder, runs, guard) =
         Recorder::start(store.clone(), metrics.clone(), catalog.clone()).context("cannot start the writer")?;
     let directives = Directives::default();
+    let mut bans = remedy_coordinator::bans::Bans::new(store.clone(), directives.clone());
+    if let Some(edge) = &config.edge {
+        let edge = remedy_coordinator::edge::Edge::new(edge.clone()).map_err(anyhow::Error::msg)?;
+        bans = bans.with_edge(Arc::new(edge));
+    }
     let actuators =
         actuators::this_release(directives.clone(), store.clone(), kube.as_ref().map(|k| k.actuators.clone()))
-            .context("cannot build the HTTP client for the http actuator")?;
+            .context("cannot build the HTTP client for the http actuator")?
+            .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())));
     let mut engine =
         Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
     if let Some((elector, _)) = &election {
@@ -192,14 +198,16 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         heartbeat_interval: config.heartbeat_interval,
         max_batch_findings: config.max_batch_findings,
-        directives,
+        directives: directives.clone(),
     };
     let admin_service = admin_service::AdminService {
         store: store.clone(),
         registry: registry.clone(),
         recorder: recorder.clone(),
         engine: engine.clone(),
+        bans: bans.clone(),
     };
+    tokio::spawn(bans.keep_reasserting(stopped()));
     tokio::spawn(engine.drive(runs, stopped()));
 
     tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));

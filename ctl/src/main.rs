@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod blocks;
 mod client;
 mod engine;
 mod incidents;
@@ -16,6 +17,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use remedy_proto::v1 as pb;
 
+use crate::blocks::BlocksArgs;
 use crate::client::Ctx;
 use crate::engine::{ApprovalCommand, ApprovalsArgs, BreakerCommand, RunArgs};
 use crate::incidents::Verb;
@@ -109,6 +111,10 @@ enum Command {
         #[command(subcommand)]
         command: BreakerCommand,
     },
+    /// IP bans placed on the agents, with their enforcement per node;
+    /// `blocks unblock IP` lifts one everywhere.
+    #[command(alias = "block")]
+    Blocks(BlocksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume => engine::resume(ctx).await,
         Command::Automation => engine::automation(ctx).await,
         Command::Breaker { command } => engine::breaker(ctx, command).await,
+        Command::Blocks(args) => blocks::blocks(ctx, args).await,
     }
 }
 
@@ -261,6 +268,10 @@ mod tests {
         assert!(parse(&["breaker", "reset", "global"]).is_ok());
         assert!(parse(&["resolve", "INC-1", "--reason", "fixed by hand"]).is_ok());
         assert!(parse(&["incident", "timeline", "INC-1", "-o", "wide"]).is_ok());
+        assert!(parse(&["blocks"]).is_ok());
+        assert!(parse(&["blocks", "-A", "-o", "json"]).is_ok());
+        assert!(parse(&["blocks", "unblock", "203.0.113.7"]).is_ok());
+        assert!(parse(&["blocks", "unblock"]).is_err(), "unblock names the address");
     }
 
     #[test]

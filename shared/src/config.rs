@@ -147,3 +147,27 @@ mod tests {
         assert!(parse_duration("ten").is_err());
     }
 }
+
+/// Serde for an optional duration written as text (`30s`, `5m`, `1h`), as
+/// every configuration file in Remedy writes them: `#[serde(default, with = "opt_duration")]`.
+pub mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Reads `None` or a duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(de)? {
+            None => Ok(None),
+            Some(text) => crate::config::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// Writes `None` or a duration.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod in_process;
+pub mod net_tools;
 pub mod procs;
 pub mod runs;
 pub mod world;

@@ -4,7 +4,8 @@
 //!
 //! The health answer can be switched, and any path under `/hang/` is held
 //! open until the test lets it go, so a test can catch the coordinator in
-//! the middle of an action.
+//! the middle of an action. Paths with `/firewall/access_rules/rules` play
+//! Cloudflare's IP access rules API, answering with a rule id.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -130,6 +131,15 @@ async fn answer(
         // cannot keep the server busy for ever.
         let _ = tokio::time::timeout(Duration::from_secs(120), shared.release.notified()).await;
         return (StatusCode::OK, "released".into());
+    }
+    // Cloudflare's IP access rules: a rule id for a creation, the id back
+    // for a deletion, in the API's envelope.
+    if let Some(rest) = path.split_once("/firewall/access_rules/rules").map(|(_, rest)| rest) {
+        let id = match method.as_str() {
+            "POST" => format!("rule-{}", shared.received.lock().unwrap_or_else(|p| p.into_inner()).len()),
+            _ => rest.trim_start_matches('/').to_owned(),
+        };
+        return (StatusCode::OK, format!("{{\"success\":true,\"errors\":[],\"result\":{{\"id\":\"{id}\"}}}}"));
     }
     if path.starts_with("/fail/") {
         return (status(shared.fail_status.load(Ordering::SeqCst)), "failing on purpose".into());

@@ -7,50 +7,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use remedy_coordinator::actuators::agent::AgentActuator;
 use remedy_coordinator::actuators::{ActionCall, ActionReport, ActionStatus, Actuator};
-use remedy_coordinator::agent_service::AgentService;
 use remedy_coordinator::directives::Directives;
-use remedy_coordinator::metrics::Metrics;
-use remedy_coordinator::recorder::Recorder;
-use remedy_coordinator::registry::Registry;
-use remedy_coordinator::store::Store;
-use remedy_coordinator::store::embedded::EmbeddedStore;
 use remedy_e2e::procs::{Agent, eventually};
-use remedy_proto::v1::agent_service_server::AgentServiceServer;
-use remedy_shared::run::Catalog;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The agent service on an ephemeral loopback port: its URL and its hub.
 async fn coordinator(dir: &Path) -> (String, Directives) {
-    std::fs::create_dir_all(dir).unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let metrics = Metrics::new();
-    let directives = Directives::default();
-    // No runbooks: nothing here runs one; the actuators are driven directly.
-    let (recorder, _runs, _guard) = Recorder::start(store, metrics.clone(), Arc::new(Catalog::default())).unwrap();
-    let service = AgentService {
-        coordinator_id: "in-process".into(),
-        recorder,
-        registry: Arc::new(Registry::default()),
-        metrics,
-        heartbeat_interval: Duration::from_secs(1),
-        max_batch_findings: 1_000,
-        directives: directives.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (url, directives)
+    remedy_e2e::in_process::agent_service(dir).await
 }
 
 async fn run(actuator: &AgentActuator, kind: &str, params: serde_json::Value, dry_run: bool) -> ActionReport {

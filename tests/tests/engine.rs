@@ -74,20 +74,26 @@ async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
         assert!(incident.mttr_target_ms > 0, "{runbook} has its MTTR target");
     }
 
-    // SEC-001 rehearses the block of the address the alert named, and tells
-    // the security team with it.
+    // SEC-001 weighs the block of the address the alert named; with no
+    // agent that can block connected, the block fails saying so (never
+    // "blocked on 0 nodes"), and the security chain is told, with the address.
     let sec = incident_for(&coordinator, "SEC-001").await;
     let entries = timeline(&coordinator, &sec.id).await;
     let log = show(&entries);
+    let block = about(&entries, "block_attacker");
     assert!(
-        about(&entries, "block_attacker")
-            .iter()
-            .any(|e| e.details.get("targets").is_some_and(|t| t == "ip/203.0.113.7")),
+        block.iter().any(|e| e.kind == "decision" && e.details.get("targets").is_some_and(|t| t == "ip/203.0.113.7")),
         "{log}"
     );
-    let told = world.requests("POST", "/hooks/security-slack");
-    assert_eq!(told.len(), 1, "{log}");
-    assert!(told[0].body.contains("203.0.113.7"));
+    assert!(
+        block.iter().any(|e| e.kind == "result"
+            && e.details.get("status").map(String::as_str) == Some("failed")
+            && e.message.contains("no agent can block 203.0.113.7")),
+        "{log}"
+    );
+    assert!(entries.iter().any(|e| e.kind == "escalated" && e.message.contains("security-chain")), "{log}");
+    let told = world.requests("POST", "/hooks/oncall");
+    assert!(told.iter().any(|r| r.body.contains("203.0.113.7")), "{log}");
     // No agent is connected: a snapshot of all agents is an empty target set,
     // refused, never "everyone".
     assert!(

@@ -18,21 +18,14 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use remedy_coordinator::actuators::agent::AgentActuator;
 use remedy_coordinator::actuators::{ActionCall, ActionReport, ActionStatus, Actuator};
-use remedy_coordinator::agent_service::AgentService;
 use remedy_coordinator::directives::Directives;
-use remedy_coordinator::metrics::Metrics;
-use remedy_coordinator::recorder::Recorder;
-use remedy_coordinator::store::Store;
-use remedy_coordinator::store::embedded::EmbeddedStore;
+use remedy_e2e::net_tools::{require_tools, run};
 use remedy_e2e::procs::{Proc, bin, eventually, metric_value};
-use remedy_proto::v1::agent_service_server::AgentServiceServer;
-use remedy_shared::run::Catalog;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -40,38 +33,6 @@ const WAIT: Duration = Duration::from_secs(60);
 const CONNECT: Duration = Duration::from_millis(700);
 const PORT: u16 = 8080;
 const DIAGNOSTICS: &str = "127.0.0.1:7072";
-const INSTALL: &str = "apt-get install -y nftables iproute2";
-
-/// Runs a program to completion; panics with its output when it fails.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}): this test needs it; install it with `{INSTALL}`"));
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require_tools() {
-    for (program, arg) in [("ip", "-V"), ("nft", "--version")] {
-        let ok = Command::new(program).arg(arg).output().map(|o| o.status.success()).unwrap_or(false);
-        assert!(ok, "`{program}` is missing or broken: this test needs it; install it with `{INSTALL}`");
-    }
-}
 
 /// A network namespace, deleted on drop (a failing test leaves none).
 struct Netns(String);
@@ -333,20 +294,6 @@ impl Drop for Lab {
 /// in `srv` (the agent dials it on that namespace's loopback): the hub
 /// and the URL the agent dials.
 async fn coordinator(srv: &Netns, dir: &Path) -> (Directives, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let metrics = Metrics::new();
-    let directives = Directives::default();
-    let (recorder, _runs, _guard) = Recorder::start(store, metrics.clone(), Arc::new(Catalog::default())).unwrap();
-    let service = AgentService {
-        coordinator_id: "in-process".into(),
-        recorder,
-        registry: Arc::new(remedy_coordinator::registry::Registry::default()),
-        metrics,
-        heartbeat_interval: Duration::from_secs(1),
-        max_batch_findings: 1_000,
-        directives: directives.clone(),
-    };
     let std_listener = srv.enter(|| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
@@ -354,12 +301,7 @@ async fn coordinator(srv: &Netns, dir: &Path) -> (Directives, String) {
     });
     let url = format!("http://{}", std_listener.local_addr().unwrap());
     let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (directives, url)
+    (remedy_e2e::in_process::serve_agents(dir, listener), url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
 use crate::config::DetectorConfig;
+use remedy_shared::config::opt_duration;
 
 /// As written in the file.
 #[derive(Debug, Default, Deserialize)]
@@ -62,18 +63,6 @@ struct OomFile {
 enum Amount {
     Number(f64),
     Text(String),
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(de)?
-            .map(|t| remedy_shared::config::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// What a memory threshold is measured in.

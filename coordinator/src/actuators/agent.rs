@@ -138,9 +138,8 @@ impl AgentActuator {
         collect: bool,
         wait: Duration,
     ) -> Result<Vec<AgentAnswer>, ActionReport> {
-        let until = tokio::time::Instant::now() + wait;
-        let pending = self.directives.send(target, &spec, collect).await;
-        if pending.is_empty() {
+        let answers = send_and_collect(&self.directives, target, &spec, collect, wait).await;
+        if answers.is_empty() {
             let why = match target {
                 Target::All => "no agent is connected".to_owned(),
                 Target::Node(node) => format!("no agent on node {node}"),
@@ -150,9 +149,24 @@ impl AgentActuator {
                 ActionReport::new(ActionStatus::Failed, format!("`{}` not sent: {why}", spec.action)).with("agents", 0)
             );
         }
-        let answers = pending.into_iter().map(|p| answer(p, &spec.action, until, wait));
-        Ok(label(futures::future::join_all(answers).await))
+        Ok(answers)
     }
+}
+
+/// Sends `spec` to every agent `target` names and, with `collect`, waits
+/// for each answer until `wait` has passed. Every named agent comes back,
+/// labelled and sorted (see [`label`]); empty when the target named nobody.
+pub(crate) async fn send_and_collect(
+    directives: &Directives,
+    target: &Target,
+    spec: &DirectiveSpec,
+    collect: bool,
+    wait: Duration,
+) -> Vec<AgentAnswer> {
+    let until = tokio::time::Instant::now() + wait;
+    let pending = directives.send(target, spec, collect).await;
+    let answers = pending.into_iter().map(|p| answer(p, &spec.action, until, wait));
+    label(futures::future::join_all(answers).await)
 }
 
 #[tonic::async_trait]
@@ -290,7 +304,7 @@ fn section_names(p: &AgentSnapshot) -> Result<String, String> {
 
 /// How one agent's directive ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Succeeded,
     DryRun,
     Failed,
@@ -309,7 +323,7 @@ impl Outcome {
         matches!(self, Outcome::Succeeded | Outcome::Sent) || (dry_run && self == Outcome::DryRun)
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
             Outcome::DryRun => "dry_run",
@@ -325,15 +339,15 @@ impl Outcome {
 
 /// One targeted agent's part in the report.
 #[derive(Debug, Clone, PartialEq)]
-struct AgentAnswer {
-    agent_id: String,
-    node: String,
+pub(crate) struct AgentAnswer {
+    pub(crate) agent_id: String,
+    pub(crate) node: String,
     /// The evidence prefix: the node's name, made unique when two agents
     /// share a node.
-    label: String,
-    outcome: Outcome,
-    message: String,
-    evidence: BTreeMap<String, String>,
+    pub(crate) label: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) message: String,
+    pub(crate) evidence: BTreeMap<String, String>,
 }
 
 async fn answer(p: Pending, action: &str, until: tokio::time::Instant, wait: Duration) -> AgentAnswer {

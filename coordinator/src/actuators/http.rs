@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ActionCall, ActionReport, ActionStatus, Actuator};
+use remedy_shared::config::opt_duration;
 
 /// Longest part of a response body kept as evidence.
 const MAX_EVIDENCE_BODY: usize = 512;
@@ -73,18 +74,6 @@ struct NotifyParams {
 
 fn get() -> String {
     "GET".to_owned()
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(de)?
-            .map(|t| remedy_shared::config::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// A request ready to send, from either action's parameters.

@@ -7,6 +7,7 @@
 //! Parameters arrive as JSON so each actuator owns the shape of its own.
 
 pub mod agent;
+pub mod block;
 pub mod http;
 pub mod kube;
 
@@ -124,9 +125,13 @@ pub fn this_release(
     store: Arc<dyn crate::store::Store>,
     kube: Option<::kube::Client>,
 ) -> Result<Actuators, reqwest::Error> {
-    let mut actuators = Actuators::default().with(Arc::new(http::HttpActuator::new()?)).with(Arc::new(
-        agent::AgentActuator::new(directives).with_reporting(Arc::new(agent::StoreReporting::new(store))),
-    ));
+    let bans = crate::bans::Bans::new(store.clone(), directives.clone());
+    let mut actuators = Actuators::default()
+        .with(Arc::new(http::HttpActuator::new()?))
+        .with(Arc::new(
+            agent::AgentActuator::new(directives).with_reporting(Arc::new(agent::StoreReporting::new(store))),
+        ))
+        .with(Arc::new(block::BlockActuator::new(bans)));
     if let Some(client) = kube {
         actuators = actuators.with(Arc::new(kube::KubeActuator::new(client)));
     }

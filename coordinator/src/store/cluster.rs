@@ -51,7 +51,7 @@ use serde_json::{Map, Value, json};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::embedded::EmbeddedStore;
-use super::{AgentRecord, Counters, FindingQuery, Loaded, Store, StoreError, StoredFinding, WriteBatch};
+use super::{AgentRecord, BanRecord, Counters, FindingQuery, Loaded, Store, StoreError, StoredFinding, WriteBatch};
 
 /// Timeline entries an `Incident` object keeps (the newest).
 pub const DEFAULT_TIMELINE_LIMIT: usize = 200;
@@ -680,6 +680,16 @@ impl Store for ClusterStore {
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         self.local.list_agents()
+    }
+
+    // Bans stay in the local file: a new leader does not see the old
+    // leader's bans, while the agents keep enforcing them until they end.
+    fn list_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        self.local.list_bans()
+    }
+
+    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
+        self.local.put_ban(ban)
     }
 }
 

@@ -8,7 +8,7 @@ use remedy_shared::run::RunRecord;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{AgentRecord, Counters, FindingQuery, Loaded, Store, StoreError, StoredFinding, WriteBatch};
+use super::{AgentRecord, BanRecord, Counters, FindingQuery, Loaded, Store, StoreError, StoredFinding, WriteBatch};
 
 const FINDINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("findings");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
@@ -24,6 +24,8 @@ const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 /// Named documents: the guard rails' memory.
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 const GUARD_STATE: &str = "guard_state";
+/// Bans are documents keyed by this prefix and their address.
+const BAN_PREFIX: &str = "ban/";
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -239,6 +241,31 @@ impl Store for EmbeddedStore {
             entries.push(decode("timeline", value.value())?);
         }
         Ok(Some((incident, entries)))
+    }
+
+    fn list_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in documents.range(BAN_PREFIX..).map_err(backend)? {
+            let (key, value) = row.map_err(backend)?;
+            if !key.value().starts_with(BAN_PREFIX) {
+                break;
+            }
+            out.push(decode("documents", value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate).map_err(backend)?;
+        {
+            let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+            let key = format!("{BAN_PREFIX}{}", ban.ip);
+            documents.insert(key.as_str(), encode(ban).as_slice()).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
     }
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {

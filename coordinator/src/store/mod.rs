@@ -14,7 +14,9 @@
 //! the local file only: after a failover agents send again whatever the new
 //! leader has not acknowledged and say hello again, and a notification only
 //! the old leader recorded may be recorded once more by the new one, where it
-//! joins the open incident of its condition.
+//! joins the open incident of its condition. IP bans stay local too: a new
+//! leader does not list the old leader's bans, while the agents (and their
+//! own timeouts) keep enforcing them until they end.
 
 pub mod cluster;
 pub mod embedded;
@@ -68,6 +70,60 @@ pub struct AgentRecord {
     pub first_seen: Timestamp,
     /// Latest hello.
     pub last_hello: Timestamp,
+}
+
+/// An address the coordinator blocked on the agents, and what each node did
+/// with it. Kept apart from the incident's record: a ban outlives its
+/// incident, and a node that connects later needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// The address or CIDR, as blocked; the key.
+    pub ip: String,
+    /// Why, as the step gave it.
+    pub reason: String,
+    /// The incident that placed it.
+    pub incident_id: Option<IncidentId>,
+    /// The step that placed it.
+    pub step_id: String,
+    /// When it was (last) placed.
+    pub blocked_at: Timestamp,
+    /// When it ends; the agents' own timeouts remove it then.
+    pub until: Timestamp,
+    /// Per node, by node name (`node/agent` when two agents share one).
+    pub nodes: BTreeMap<String, BanNode>,
+    /// Who lifted it before its end, and when.
+    pub unblocked: Option<(String, Timestamp)>,
+    /// Its rule at the edge provider, when the step asked for one.
+    #[serde(default)]
+    pub edge: Option<EdgeBan>,
+}
+
+/// A ban's rule at the edge provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeBan {
+    /// The provider's id of the rule; empty when it was not created.
+    pub rule_id: String,
+    /// `enforced`, `failed`, `expired` (removed at the ban's end),
+    /// `unblocked` or `not_configured`.
+    pub state: String,
+    /// The provider's error, or why nothing was sent.
+    pub reason: String,
+    /// When this was learned.
+    pub at: Timestamp,
+}
+
+/// What one node's agent did with a ban.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanNode {
+    /// The agent on the node.
+    pub agent_id: String,
+    /// `enforced`, `failed`, `refused`, `timed_out`, `unreachable`,
+    /// `unblocked` or `dry_run`.
+    pub state: String,
+    /// The agent's message, or why it was not reached.
+    pub reason: String,
+    /// When this was learned.
+    pub at: Timestamp,
 }
 
 /// Counters the store owns so they survive restarts.
@@ -186,4 +242,10 @@ pub trait Store: Send + Sync + 'static {
     fn get_incident(&self, id: IncidentId) -> Result<Option<(Incident, Vec<TimelineEntry>)>, StoreError>;
     /// Every known agent.
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Every recorded IP ban, by address.
+    fn list_bans(&self) -> Result<Vec<BanRecord>, StoreError>;
+    /// Records `ban`, replacing the record of the same address. Written
+    /// outside the writer's batches: a ban is not part of any incident's
+    /// transaction, and the actuator records it as the agents answer.
+    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError>;
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::net::IpNet;
 use super::request::TargetRef;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, opt_duration};
 
 /// The annotation that puts any object out of Remedy's reach.
 pub const HOLD_ANNOTATION: &str = "remedy.dev/hold";
@@ -592,26 +592,5 @@ impl GuardPolicy {
             return err("approval.wide_block_v6".into(), "must be between 0 and 128");
         }
         Ok(())
-    }
-}
-
-/// Serde adapter for optional durations written as text.
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<String>::deserialize(de)? {
-            None => Ok(None),
-            Some(text) => crate::config::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
-        }
-    }
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
     }
 }

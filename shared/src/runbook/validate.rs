@@ -62,6 +62,7 @@ impl ActionCatalog {
             .with(ActionKind::PatchConfigmap, Availability::Now)
             .with(ActionKind::ListPods, Availability::Now)
             .with(ActionKind::ListServices, Availability::Now)
+            .with(ActionKind::BlockIp, Availability::Now)
     }
 
     /// A catalog offering every kind with the same availability.

@@ -18,6 +18,9 @@
 //!    to a minimal receiver that acts at once, decisions per second through
 //!    the guard rails with 1 to 1,000 active incidents, and steps per second
 //!    end to end with many runs active, next to the disk's fsync rate.
+//! 6. The agent's log tailing (`tail.rs`): RSS and CPU while tailing CRI
+//!    logs at a steady rate next to `tail -F | grep`, and the latency from a
+//!    line written to its finding persisted by the coordinator.
 //!
 //! Every loop is bounded in count and time, every process started is
 //! stopped on the way out (also on error or Ctrl-C), and the results are
@@ -30,6 +33,8 @@
 
 #[path = "remedy-bench/engine.rs"]
 mod engine;
+#[path = "remedy-bench/tail.rs"]
+mod tail;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -87,8 +92,13 @@ Options (defaults in brackets):
   --engine-runs N,N,...  concurrent manual runs, end to end [1,100,1000]
   --engine-steps N       http steps per run [5]
   --engine-run-secs S    longest one end-to-end measurement may take [240]
-  --only LIST            run only some parts: agent,fanin,postgres,engine (or one
-                         engine part: engine-latency,engine-decide,engine-runs)
+  --tail-rate N          log lines per second written in the tail part [10000]
+  --tail-files N         container log files they are spread over [50]
+  --tail-secs S          how long they are written [60]
+  --tail-trials N        line → finding latency trials [200]
+  --tail-burst N         error lines written per trial [5]
+  --only LIST            run only some parts: agent,fanin,postgres,engine,tail (or
+                         one engine part: engine-latency,engine-decide,engine-runs)
   --quick                short smoke run (small counts, short windows)
 ";
 
@@ -110,6 +120,7 @@ struct Opts {
     pg_rows: Option<usize>,
     only: Vec<String>,
     engine: engine::EngineOpts,
+    tail: tail::TailOpts,
 }
 
 impl Default for Opts {
@@ -131,6 +142,7 @@ impl Default for Opts {
             pg_rows: None,
             only: Vec::new(),
             engine: engine::EngineOpts::default(),
+            tail: tail::TailOpts::default(),
         }
     }
 }
@@ -159,6 +171,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             opts.agent_secs = 10;
             opts.pg_secs = 3;
             opts.engine = engine::EngineOpts::quick();
+            opts.tail = tail::TailOpts::quick();
             continue;
         }
         let value = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
@@ -190,6 +203,11 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--engine-runs" => opts.engine.runs = parse_list(&flag, &value)?,
             "--engine-steps" => opts.engine.steps = number(&value)? as usize,
             "--engine-run-secs" => opts.engine.run_secs = number(&value)?,
+            "--tail-rate" => opts.tail.rate = number(&value)?,
+            "--tail-files" => opts.tail.files = number(&value)? as usize,
+            "--tail-secs" => opts.tail.secs = number(&value)?,
+            "--tail-trials" => opts.tail.trials = number(&value)? as usize,
+            "--tail-burst" => opts.tail.burst = number(&value)? as usize,
             other => bail!("unknown option `{other}`\n\n{USAGE}"),
         }
     }
@@ -209,7 +227,8 @@ fn parse_opts() -> anyhow::Result<Opts> {
         bail!("--pg-rows must be between 1 and 200000");
     }
     opts.engine.validate()?;
-    let parts = ["agent", "fanin", "postgres", "engine", "engine-latency", "engine-decide", "engine-runs"];
+    opts.tail.validate()?;
+    let parts = ["agent", "fanin", "postgres", "engine", "engine-latency", "engine-decide", "engine-runs", "tail"];
     if let Some(unknown) = opts.only.iter().find(|p| !parts.contains(&p.as_str())) {
         bail!("--only: unknown part `{unknown}` (known: {})", parts.join(", "));
     }
@@ -1241,6 +1260,7 @@ fn report(
     pg: &Option<anyhow::Result<(String, Vec<PgFigures>)>>,
     pg_note: &str,
     engine: &Option<anyhow::Result<engine::EngineFigures>>,
+    tail: &Option<anyhow::Result<tail::TailFigures>>,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Results\n");
@@ -1397,6 +1417,7 @@ fn report(
         }
     }
     s.push_str(&engine::report(opts, engine));
+    s.push_str(&tail::report(&opts.tail, tail));
     s
 }
 
@@ -1491,11 +1512,22 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         None
     };
 
+    let tail = if opts.runs("tail") {
+        let r = tail::run(&opts.tail).await;
+        if let Err(e) = &r {
+            eprintln!("remedy-bench: log tailing failed: {e:#}");
+        }
+        Some(r)
+    } else {
+        None
+    };
+
     let ok = agent.as_ref().is_none_or(|r| r.is_ok())
         && fanins.iter().all(|r| r.is_ok())
         && pg.as_ref().is_none_or(|r| r.is_ok())
-        && engine.as_ref().is_none_or(|r| r.as_ref().is_ok_and(engine::EngineFigures::ok));
-    print!("{}", report(&opts, &agent, &fanins, &pg, &pg_note, &engine));
+        && engine.as_ref().is_none_or(|r| r.as_ref().is_ok_and(engine::EngineFigures::ok))
+        && tail.as_ref().is_none_or(|r| r.as_ref().is_ok_and(tail::TailFigures::ok));
+    print!("{}", report(&opts, &agent, &fanins, &pg, &pg_note, &engine, &tail));
     Ok(ok)
 }
 

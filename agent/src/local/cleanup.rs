@@ -1,0 +1,966 @@
+//! The `log_cleanup` directive: deletes old files matching globs under the
+//! configured roots, and nothing else.
+//!
+//! Parameters, all strings; any other is refused, naming it:
+//!
+//! - `roots` (optional): a JSON list in the runbook's form,
+//!   `[{"path": "/tmp", "globs": ["*.log"], "older_than": "1d"}]`. Each path
+//!   must be a configured root or a directory inside one; a file goes only
+//!   if it matches one of the directive's globs and one of the root's
+//!   configured globs, and an age younger than the configured `older_than`
+//!   is refused. Without it, every configured root as configured.
+//! - `emergency` (optional, `true`/`false`): use each root's
+//!   `emergency_older_than` instead of its age.
+//! - `if_disk_above` (optional, a percent from 1 to 99): emergency for each
+//!   root whose filesystem is fuller than this.
+//! - `max_files` (optional): at most this many deletions, never more than
+//!   `local_actions.log_cleanup.max_files`.
+//!
+//! Safety: each root is opened with `O_NOFOLLOW` after checking that its
+//! path has no symlink in it; the walk goes down through directory handles
+//! opened with `O_NOFOLLOW` relative to their parent, so a symlink (to a
+//! file or a directory) is never followed and nothing outside the root is
+//! reached. Directories on another filesystem (a mount, a bind) are not
+//! entered. Before a file is unlinked (relative to its directory's handle)
+//! the chain of directories from the root is opened again and must lead to
+//! the same directory, and the file must still be the same inode, still a
+//! regular file and still old enough. Files the agent's own tailer reads
+//! and files any process holds open for writing (found through
+//! `/proc/*/fd`, by device and inode) are kept. A scan of `/proc` that
+//! cannot finish within its bounds keeps every candidate.
+//!
+//! Outcomes: `succeeded` (the run finished, the evidence says what went);
+//! `dry_run` (what would go, nothing deleted, nothing of the budget spent);
+//! `refused` (a parameter, log cleanup off, the budget or the cooldown).
+//! The evidence has `files_deleted`, `bytes_freed`, `files_matched`,
+//! `skipped.<reason>` counts (`too_young`, `open_for_writing`, `tailer`,
+//! `symlink`, `outside_root`, `other_filesystem`, `too_deep`, `changed`,
+//! `error`, `open_check_incomplete`), `root.<i>.*` per root (path, age,
+//! emergency, disk percent), and up to [`LISTED`] `file.<path>` entries,
+//! each `deleted`, `would_delete` or its skip reason.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use serde::Deserialize;
+
+use super::config::{CleanupConfig, CleanupRoot, plain_absolute, valid_glob};
+use remedy_shared::config::opt_duration;
+
+/// `file.<path>` entries in the evidence.
+pub const LISTED: usize = 100;
+/// File descriptors looked at in one scan of `/proc`.
+const MAX_FDS_SCANNED: usize = 500_000;
+/// Directory handles held at once by one run.
+const MAX_DIRS_HELD: usize = 512;
+/// The parameters, as refusals list them.
+const PARAMS: &str = "roots, emergency, if_disk_above, max_files";
+
+/// One root of a run, with what applies to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRoot {
+    /// Where.
+    pub path: PathBuf,
+    /// The file must match one of these...
+    pub globs: Vec<String>,
+    /// ...and one of these (the configured root's).
+    pub allowed_globs: Vec<String>,
+    /// Normal age.
+    pub older_than: Duration,
+    /// Age in emergency mode.
+    pub emergency_older_than: Duration,
+}
+
+/// What a `log_cleanup` directive asks for, checked against the
+/// configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanupParams {
+    /// Roots, each within a configured root.
+    pub roots: Vec<RunRoot>,
+    /// Emergency for every root.
+    pub emergency: bool,
+    /// Emergency for roots whose disk is fuller than this percent.
+    pub if_disk_above: Option<f64>,
+    /// Most deletions.
+    pub max_files: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootParam {
+    path: String,
+    globs: Option<Vec<String>>,
+    #[serde(default, with = "opt_duration")]
+    older_than: Option<Duration>,
+}
+
+fn human(d: Duration) -> String {
+    remedy_shared::config::format_duration(d)
+}
+
+/// Reads a `log_cleanup`'s parameters; the error names the parameter at
+/// fault and why.
+pub fn cleanup_params(params: &HashMap<String, String>, config: &CleanupConfig) -> Result<CleanupParams, String> {
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    if let Some(unknown) =
+        keys.into_iter().find(|k| !matches!(k.as_str(), "roots" | "emergency" | "if_disk_above" | "max_files"))
+    {
+        return Err(format!("unknown parameter `{unknown}` (log_cleanup takes {PARAMS})"));
+    }
+    let emergency = match params.get("emergency").map(|s| s.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(format!("emergency: `{other}` is not true or false")),
+    };
+    let if_disk_above = params
+        .get("if_disk_above")
+        .map(|t| match t.trim().trim_end_matches('%').parse::<f64>() {
+            Ok(p) if (1.0..=99.0).contains(&p) => Ok(p),
+            _ => Err(format!("if_disk_above: `{t}` is not a percent from 1 to 99")),
+        })
+        .transpose()?;
+    let max_files = params
+        .get("max_files")
+        .map(|t| match t.trim().parse::<usize>() {
+            Ok(n) if (1..=config.max_files).contains(&n) => Ok(n),
+            _ => Err(format!("max_files: `{t}` is not a number from 1 to {}", config.max_files)),
+        })
+        .transpose()?
+        .unwrap_or(config.max_files);
+    let roots = match params.get("roots") {
+        None => config
+            .roots
+            .iter()
+            .map(|r| RunRoot {
+                path: r.path.clone(),
+                globs: r.globs.clone(),
+                allowed_globs: r.globs.clone(),
+                older_than: r.older_than,
+                emergency_older_than: r.emergency_older_than,
+            })
+            .collect(),
+        Some(text) => {
+            let list: Vec<RootParam> = serde_json::from_str(text)
+                .map_err(|e| format!("roots: not a JSON list of {{path, globs, older_than}}: {e}"))?;
+            if list.is_empty() {
+                return Err("roots: names no root".to_owned());
+            }
+            let mut roots = Vec::with_capacity(list.len());
+            for (i, r) in list.into_iter().enumerate() {
+                roots.push(run_root(i, r, &config.roots)?);
+            }
+            roots
+        }
+    };
+    Ok(CleanupParams { roots, emergency, if_disk_above, max_files })
+}
+
+fn run_root(i: usize, r: RootParam, allowed: &[CleanupRoot]) -> Result<RunRoot, String> {
+    let path = PathBuf::from(r.path.trim_end_matches('/'));
+    if !plain_absolute(&path) {
+        return Err(format!("roots[{i}].path: `{}` is outside_root: not an absolute path without `.` or `..`", r.path));
+    }
+    let Some(root) = allowed.iter().find(|a| contained(&a.path, &path)) else {
+        let names: Vec<String> = allowed.iter().map(|a| a.path.display().to_string()).collect();
+        return Err(format!(
+            "roots[{i}].path: `{}` is outside_root: not within a configured root ({})",
+            r.path,
+            names.join(", ")
+        ));
+    };
+    let globs = r.globs.unwrap_or_else(|| root.globs.clone());
+    if globs.is_empty() {
+        return Err(format!("roots[{i}].globs: lists no glob"));
+    }
+    if let Some(g) = globs.iter().find(|g| !valid_glob(g)) {
+        return Err(format!("roots[{i}].globs: `{g}` is not a file name glob (no `/`, not one matching every name)"));
+    }
+    let older_than = r.older_than.unwrap_or(root.older_than);
+    if older_than < root.older_than {
+        return Err(format!(
+            "roots[{i}].older_than: {} is younger than this agent allows under {} ({}); an emergency run uses {}",
+            human(older_than),
+            root.path.display(),
+            human(root.older_than),
+            human(root.emergency_older_than)
+        ));
+    }
+    Ok(RunRoot {
+        path,
+        globs,
+        allowed_globs: root.globs.clone(),
+        older_than,
+        emergency_older_than: root.emergency_older_than,
+    })
+}
+
+/// Whether `name` matches `glob`: `*` any run of bytes (a leading `.`
+/// too, as `find -name` does), `?` one byte, `[abc]`, `[a-z]`, `[!x]` one
+/// of (or none of) a set.
+pub fn glob_match(glob: &[u8], name: &[u8]) -> bool {
+    let (mut g, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if g < glob.len() {
+            match glob[g] {
+                b'*' => {
+                    star = Some((g, n));
+                    g += 1;
+                    continue;
+                }
+                b'?' => {
+                    g += 1;
+                    n += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(&glob[g..], name[n]) {
+                        if matched {
+                            g += next;
+                            n += 1;
+                            continue;
+                        }
+                    } else if name[n] == b'[' {
+                        g += 1;
+                        n += 1;
+                        continue;
+                    }
+                }
+                c if c == name[n] => {
+                    g += 1;
+                    n += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sg, sn)) => {
+                g = sg + 1;
+                n = sn + 1;
+                star = Some((sg, sn + 1));
+            }
+            None => return false,
+        }
+    }
+    glob[g..].iter().all(|c| *c == b'*')
+}
+
+/// A `[...]` class at the start of `glob`: whether `c` is in it, and its
+/// length; `None` when it is not closed.
+fn class(glob: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(glob.get(1), Some(b'!' | b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < glob.len() {
+        if glob[i] == b']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if glob.get(i + 1) == Some(&b'-') && glob.get(i + 2).is_some_and(|e| *e != b']') {
+            if (glob[i]..=glob[i + 2]).contains(&c) {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if glob[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Whether a file name matches one of `globs`.
+pub fn matches_any(globs: &[String], name: &OsStr) -> bool {
+    globs.iter().any(|g| glob_match(g.as_bytes(), name.as_bytes()))
+}
+
+/// Whether a file last modified at `mtime` is older than `age` at `now`.
+pub fn old_enough(mtime: SystemTime, age: Duration, now: SystemTime) -> bool {
+    now.duration_since(mtime).is_ok_and(|d| d > age)
+}
+
+/// Whether `path` lies within `root` by its components alone (no `..`).
+pub fn contained(root: &Path, path: &Path) -> bool {
+    path.starts_with(root) && path.components().all(|c| !matches!(c, Component::ParentDir | Component::CurDir))
+}
+
+/// Why a file was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Skip {
+    /// Not old enough.
+    TooYoung,
+    /// A symlink, never followed.
+    Symlink,
+    /// A root outside the allowed ones, or whose path has a symlink.
+    OutsideRoot,
+    /// A directory on another filesystem.
+    OtherFilesystem,
+    /// Deeper than `max_depth`.
+    TooDeep,
+    /// The agent's tailer reads it.
+    Tailer,
+    /// A process holds it open for writing.
+    OpenForWriting,
+    /// It (or its directory) changed between the walk and the delete.
+    Changed,
+    /// The scan of open files could not finish.
+    OpenCheckIncomplete,
+    /// Reading or deleting it failed.
+    Error,
+}
+
+impl Skip {
+    /// As evidence and metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Skip::TooYoung => "too_young",
+            Skip::Symlink => "symlink",
+            Skip::OutsideRoot => "outside_root",
+            Skip::OtherFilesystem => "other_filesystem",
+            Skip::TooDeep => "too_deep",
+            Skip::Tailer => "tailer",
+            Skip::OpenForWriting => "open_for_writing",
+            Skip::Changed => "changed",
+            Skip::OpenCheckIncomplete => "open_check_incomplete",
+            Skip::Error => "error",
+        }
+    }
+}
+
+/// An open directory below a root, with the names leading to it.
+#[derive(Debug)]
+struct DirHandle {
+    fd: OwnedFd,
+    root: usize,
+    rel: Vec<OsString>,
+    dev: u64,
+    ino: u64,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    dir: Arc<DirHandle>,
+    name: OsString,
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    age: Duration,
+}
+
+/// What a run did, for the reply, metrics and /debug/state.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Files deleted (or that would be, in a dry run).
+    pub deleted: u64,
+    /// Bytes freed (or that would be); a file with other hard links frees none.
+    pub bytes: u64,
+    /// Files old enough and matching.
+    pub matched: u64,
+    /// Kept, by reason.
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// Why the run stopped early, if it did.
+    pub truncated: Option<String>,
+    /// Per file, up to [`LISTED`].
+    pub files: Vec<(PathBuf, String)>,
+    /// Per root evidence.
+    pub roots: BTreeMap<String, String>,
+    /// Processes whose open files could not be read.
+    pub procs_unreadable: u64,
+}
+
+impl Outcome {
+    fn skip(&mut self, why: Skip, path: &Path) {
+        *self.skipped.entry(why.name()).or_default() += 1;
+        if why != Skip::TooYoung {
+            self.list(path, why.name());
+        }
+    }
+
+    fn list(&mut self, path: &Path, what: &str) {
+        if self.files.len() < LISTED {
+            self.files.push((path.to_path_buf(), what.to_owned()));
+        }
+    }
+}
+
+fn stat_nofollow<Fd: AsFd>(dir: Fd, name: &OsStr) -> nix::Result<FileStat> {
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+}
+
+fn open_dir<Fd: AsFd>(parent: Fd, name: &OsStr) -> nix::Result<OwnedFd> {
+    openat(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+}
+
+fn mtime(st: &FileStat) -> SystemTime {
+    let secs = Duration::from_secs(st.st_mtime.max(0) as u64) + Duration::from_nanos(st.st_mtime_nsec.max(0) as u64);
+    SystemTime::UNIX_EPOCH + secs
+}
+
+fn names<Fd: AsFd>(dir: Fd) -> nix::Result<Vec<OsString>> {
+    let fd = openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut d = Dir::from_fd(fd)?;
+    let mut out = Vec::new();
+    for entry in d.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(OsStr::from_bytes(name).to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Disk use of the filesystem of `fd`, percent, as `df` counts it.
+fn disk_percent<Fd: AsFd>(fd: Fd) -> Option<f64> {
+    let s = nix::sys::statvfs::fstatvfs(fd).ok()?;
+    let used = s.blocks().saturating_sub(s.blocks_free()) as f64;
+    let total = used + s.blocks_available() as f64;
+    (total > 0.0).then(|| used / total * 100.0)
+}
+
+/// Limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most deletions.
+    pub max_files: usize,
+    /// Deepest level.
+    pub max_depth: usize,
+    /// When to stop.
+    pub deadline: Instant,
+}
+
+/// Runs a cleanup: walks, checks, and deletes unless `dry_run`. `tailed` is
+/// what the agent's tailer reads, by device and inode.
+pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>, dry_run: bool) -> Outcome {
+    let mut out = Outcome::default();
+    let now = SystemTime::now();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut held_dirs = 0usize;
+    let mut roots: Vec<Option<Arc<DirHandle>>> = Vec::new();
+    for (i, root) in params.roots.iter().enumerate() {
+        let key = |k: &str| format!("root.{i}.{k}");
+        out.roots.insert(key("path"), root.path.display().to_string());
+        let handle = match open_root(&root.path) {
+            Ok(h) => h,
+            Err((why, message)) => {
+                out.roots.insert(key("skipped"), message);
+                if let Some(why) = why {
+                    out.skip(why, &root.path);
+                }
+                roots.push(None);
+                continue;
+            }
+        };
+        let handle = Arc::new(DirHandle { root: i, ..handle });
+        let disk = disk_percent(&handle.fd);
+        let emergency = params.emergency || params.if_disk_above.zip(disk).is_some_and(|(limit, d)| d > limit);
+        let age = if emergency { root.emergency_older_than.min(root.older_than) } else { root.older_than };
+        out.roots.insert(key("emergency"), emergency.to_string());
+        out.roots.insert(key("older_than"), human(age));
+        if let Some(d) = disk {
+            out.roots.insert(key("disk_percent"), format!("{d:.1}"));
+        }
+        roots.push(Some(handle.clone()));
+        let mut stack = vec![handle];
+        while let Some(dir) = stack.pop() {
+            if out.truncated.is_some() {
+                break;
+            }
+            let list = match names(&dir.fd) {
+                Ok(l) => l,
+                Err(e) => {
+                    out.roots
+                        .insert(format!("root.{i}.error"), format!("cannot list {}: {e}", show(&root.path, &dir.rel)));
+                    continue;
+                }
+            };
+            let mut has_candidates = false;
+            for name in list {
+                if Instant::now() >= limits.deadline {
+                    out.truncated = Some("max_duration".into());
+                    break;
+                }
+                if candidates.len() >= limits.max_files.saturating_mul(2) {
+                    out.truncated = Some("max_files".into());
+                    break;
+                }
+                let path = root.path.join(show_rel(&dir.rel)).join(&name);
+                let st = match stat_nofollow(&dir.fd, &name) {
+                    Ok(st) => st,
+                    Err(nix::errno::Errno::ENOENT) => continue,
+                    Err(_) => {
+                        out.skip(Skip::Error, &path);
+                        continue;
+                    }
+                };
+                let k = kind(&st);
+                if k == SFlag::S_IFLNK {
+                    out.skip(Skip::Symlink, &path);
+                } else if k == SFlag::S_IFDIR {
+                    if st.st_dev != dir.dev {
+                        out.skip(Skip::OtherFilesystem, &path);
+                    } else if dir.rel.len() + 1 > limits.max_depth {
+                        out.skip(Skip::TooDeep, &path);
+                    } else if held_dirs >= MAX_DIRS_HELD {
+                        out.truncated = Some("directories".into());
+                    } else {
+                        match open_dir(&dir.fd, &name).and_then(|fd| fstat(&fd).map(|s| (fd, s))) {
+                            Ok((fd, s)) if s.st_ino == st.st_ino && s.st_dev == st.st_dev => {
+                                let mut rel = dir.rel.clone();
+                                rel.push(name);
+                                held_dirs += 1;
+                                stack.push(Arc::new(DirHandle { fd, root: i, rel, dev: s.st_dev, ino: s.st_ino }));
+                            }
+                            // Swapped for a symlink between the stat and the open.
+                            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) | Ok(_) => {
+                                out.skip(Skip::Symlink, &path)
+                            }
+                            Err(_) => out.skip(Skip::Error, &path),
+                        }
+                    }
+                } else if k == SFlag::S_IFREG
+                    && matches_any(&root.globs, &name)
+                    && matches_any(&root.allowed_globs, &name)
+                {
+                    let m = mtime(&st);
+                    if !old_enough(m, age, now) {
+                        out.skip(Skip::TooYoung, &path);
+                        continue;
+                    }
+                    out.matched += 1;
+                    has_candidates = true;
+                    candidates.push(Candidate {
+                        dir: dir.clone(),
+                        name,
+                        path,
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                        size: st.st_size.max(0) as u64,
+                        age,
+                    });
+                }
+            }
+            if !has_candidates && !dir.rel.is_empty() {
+                held_dirs = held_dirs.saturating_sub(1);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return out;
+    }
+    let wanted: HashSet<(u64, u64)> = candidates.iter().map(|c| (c.dev, c.ino)).collect();
+    let open = writers(&wanted, limits.deadline);
+    out.procs_unreadable = open.unreadable;
+    let mut chains: HashMap<*const DirHandle, bool> = HashMap::new();
+    for c in candidates {
+        if (out.deleted as usize) >= limits.max_files {
+            out.truncated.get_or_insert_with(|| "max_files".into());
+            break;
+        }
+        if Instant::now() >= limits.deadline {
+            out.truncated.get_or_insert_with(|| "max_duration".into());
+            break;
+        }
+        if tailed.contains(&(c.dev, c.ino)) {
+            out.skip(Skip::Tailer, &c.path);
+            continue;
+        }
+        if !open.complete {
+            out.skip(Skip::OpenCheckIncomplete, &c.path);
+            continue;
+        }
+        if open.found.contains(&(c.dev, c.ino)) {
+            out.skip(Skip::OpenForWriting, &c.path);
+            continue;
+        }
+        let chain_ok = *chains.entry(Arc::as_ptr(&c.dir)).or_insert_with(|| {
+            roots.get(c.dir.root).and_then(|r| r.as_ref()).is_some_and(|root| same_chain(root, &c.dir))
+        });
+        if !chain_ok {
+            out.skip(Skip::Changed, &c.path);
+            continue;
+        }
+        let nlink = match stat_nofollow(&c.dir.fd, &c.name) {
+            Ok(st)
+                if kind(&st) == SFlag::S_IFREG
+                    && (st.st_dev, st.st_ino) == (c.dev, c.ino)
+                    && old_enough(mtime(&st), c.age, SystemTime::now()) =>
+            {
+                st.st_nlink
+            }
+            _ => {
+                out.skip(Skip::Changed, &c.path);
+                continue;
+            }
+        };
+        if !dry_run && let Err(e) = unlinkat(&c.dir.fd, c.name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            if e != nix::errno::Errno::ENOENT {
+                out.skip(Skip::Error, &c.path);
+            }
+            continue;
+        }
+        out.deleted += 1;
+        if nlink <= 1 {
+            out.bytes += c.size;
+        }
+        out.list(&c.path, if dry_run { "would_delete" } else { "deleted" });
+    }
+    out
+}
+
+fn show_rel(rel: &[OsString]) -> PathBuf {
+    rel.iter().collect()
+}
+
+fn show(root: &Path, rel: &[OsString]) -> String {
+    root.join(show_rel(rel)).display().to_string()
+}
+
+type RootError = (Option<Skip>, String);
+
+/// Opens a root, refusing one that is or passes through a symlink.
+fn open_root(path: &Path) -> Result<DirHandle, RootError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err((None, "does not exist".into())),
+        Err(e) => return Err((Some(Skip::Error), format!("cannot read it: {e}"))),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err((Some(Skip::Symlink), "is a symlink: never followed".into()));
+        }
+        Ok(m) if !m.is_dir() => return Err((Some(Skip::Error), "is not a directory".into())),
+        Ok(_) => {}
+    }
+    match std::fs::canonicalize(path) {
+        Ok(real) if real == path => {}
+        Ok(real) => {
+            return Err((
+                Some(Skip::OutsideRoot),
+                format!("leads to {} through a symlink in its path: never followed", real.display()),
+            ));
+        }
+        Err(e) => return Err((Some(Skip::Error), format!("cannot resolve it: {e}"))),
+    }
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| (Some(Skip::Error), format!("cannot open it: {e}")))?;
+    let st = fstat(&fd).map_err(|e| (Some(Skip::Error), format!("cannot read it: {e}")))?;
+    Ok(DirHandle { fd, root: 0, rel: Vec::new(), dev: st.st_dev, ino: st.st_ino })
+}
+
+/// Whether opening `dir`'s names again from its root, without following
+/// symlinks, leads to the very directory held: so it was not moved out of
+/// the root or replaced meanwhile.
+fn same_chain(root: &DirHandle, dir: &DirHandle) -> bool {
+    let mut current: Option<OwnedFd> = None;
+    for name in &dir.rel {
+        let next = match &current {
+            None => open_dir(&root.fd, name),
+            Some(fd) => open_dir(fd, name),
+        };
+        match next {
+            Ok(fd) => current = Some(fd),
+            Err(_) => return false,
+        }
+    }
+    let st = match &current {
+        None => fstat(&root.fd),
+        Some(fd) => fstat(fd),
+    };
+    st.is_ok_and(|s| (s.st_dev, s.st_ino) == (dir.dev, dir.ino) && s.st_nlink > 0)
+}
+
+/// Which of `wanted` some process holds open for writing.
+#[derive(Debug, Default)]
+struct Writers {
+    found: HashSet<(u64, u64)>,
+    complete: bool,
+    unreadable: u64,
+}
+
+/// Scans `/proc/*/fd`, bounded by [`MAX_FDS_SCANNED`] and `deadline`.
+fn writers(wanted: &HashSet<(u64, u64)>, deadline: Instant) -> Writers {
+    let mut w = Writers::default();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return w;
+    };
+    let mut scanned = 0usize;
+    for p in procs.flatten() {
+        let pid = p.file_name();
+        if !pid.as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let fd_dir = p.path().join("fd");
+        let Ok(fds) = std::fs::read_dir(&fd_dir) else {
+            // Gone meanwhile, or not ours to read.
+            if p.path().exists() {
+                w.unreadable += 1;
+            }
+            continue;
+        };
+        for fd in fds.flatten() {
+            scanned += 1;
+            if scanned > MAX_FDS_SCANNED || Instant::now() >= deadline {
+                return w;
+            }
+            let Ok(m) = std::fs::metadata(fd.path()) else { continue };
+            if !wanted.contains(&(m.dev(), m.ino())) {
+                continue;
+            }
+            let info = p.path().join("fdinfo").join(fd.file_name());
+            let writing = std::fs::read_to_string(&info).ok().and_then(|t| open_flags(&t)).is_none_or(|f| f & 3 != 0);
+            if writing {
+                w.found.insert((m.dev(), m.ino()));
+            }
+        }
+    }
+    w.complete = true;
+    w
+}
+
+/// The `flags:` of a `/proc/PID/fdinfo/FD` (octal).
+pub fn open_flags(fdinfo: &str) -> Option<u32> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CleanupConfig {
+        super::super::config::resolve("t", remedy_shared::config::parse_yaml("t", "{}").unwrap()).unwrap().log_cleanup
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn globs_match_names_as_find_does() {
+        let m = |g: &str, n: &str| glob_match(g.as_bytes(), n.as_bytes());
+        assert!(m("*.log", "app.log") && m("*.log", ".hidden.log") && m("*.log", "..log") && m("*.log", ".log"));
+        assert!(!m("*.log", "app.log.1") && !m("*.log", "app.logx") && !m("*.log", "applog"));
+        assert!(m("*.log.*", "app.log.1") && m("*.log.*", "a.log.2.gz") && !m("*.log.*", "app.log"));
+        assert!(m("*.gz", "x.gz") && !m("*.gz", "x.gzip"));
+        assert!(m("app-?.log", "app-1.log") && !m("app-?.log", "app-12.log"));
+        assert!(m("[ab]*.log", "b1.log") && !m("[ab]*.log", "c1.log") && m("[!ab]*", "c") && m("x[0-9]", "x7"));
+        assert!(m("a*b*c", "aXXbYYc") && !m("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn age_is_strictly_older_than() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        assert!(old_enough(now - day - Duration::from_secs(1), day, now));
+        assert!(!old_enough(now - day, day, now));
+        assert!(!old_enough(now + day, day, now), "a file from the future is young");
+    }
+
+    #[test]
+    fn containment_is_by_components() {
+        assert!(contained(Path::new("/tmp"), Path::new("/tmp/a/b.log")));
+        assert!(!contained(Path::new("/tmp"), Path::new("/tmpx/b.log")));
+        assert!(!contained(Path::new("/tmp"), Path::new("/tmp/../etc/passwd")));
+        assert!(contained(Path::new("/tmp"), Path::new("/tmp/..hidden.log")));
+    }
+
+    #[test]
+    fn fdinfo_flags_are_octal() {
+        assert_eq!(open_flags("pos:\t0\nflags:\t0100002\nmnt_id:\t1\n"), Some(0o100002));
+        assert_eq!(open_flags("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn without_roots_every_configured_root_applies() {
+        let p = cleanup_params(&params(&[]), &config()).unwrap();
+        assert_eq!(p.roots.len(), 2);
+        assert_eq!((p.emergency, p.if_disk_above, p.max_files), (false, None, 1000));
+    }
+
+    #[test]
+    fn the_runbooks_roots_are_read_and_kept_within_the_configured_ones() {
+        let roots = r#"[{"path":"/tmp","globs":["*.log"],"older_than":"1d"},{"path":"/var/log/app/","globs":["*.log"],"older_than":"8d"}]"#;
+        let p = cleanup_params(&params(&[("roots", roots), ("if_disk_above", "90")]), &config()).unwrap();
+        assert_eq!(p.roots[1].path, Path::new("/var/log/app"));
+        assert_eq!(p.roots[1].older_than, Duration::from_secs(8 * 86_400));
+        assert_eq!(p.roots[1].allowed_globs, ["*.log", "*.log.*", "*.gz"]);
+        assert_eq!(p.if_disk_above, Some(90.0));
+    }
+
+    #[test]
+    fn refusals_name_the_parameter_and_the_reason() {
+        let cases = [
+            (params(&[("force", "1")]), "unknown parameter `force` (log_cleanup takes roots"),
+            (params(&[("emergency", "yes")]), "emergency: `yes` is not true or false"),
+            (params(&[("if_disk_above", "100")]), "if_disk_above: `100` is not a percent"),
+            (params(&[("max_files", "0")]), "max_files: `0` is not a number from 1 to 1000"),
+            (params(&[("roots", "{}")]), "roots: not a JSON list"),
+            (params(&[("roots", "[]")]), "roots: names no root"),
+            (params(&[("roots", r#"[{"path":"/etc"}]"#)]), "roots[0].path: `/etc` is outside_root: not within"),
+            (params(&[("roots", r#"[{"path":"/tmpx"}]"#)]), "roots[0].path: `/tmpx` is outside_root"),
+            (params(&[("roots", r#"[{"path":"/tmp/../etc"}]"#)]), "roots[0].path: `/tmp/../etc` is outside_root"),
+            (params(&[("roots", r#"[{"path":"/tmp","globs":["*"]}]"#)]), "roots[0].globs: `*` is not"),
+            (params(&[("roots", r#"[{"path":"/tmp","globs":["../*.log"]}]"#)]), "roots[0].globs: `../*.log`"),
+            (params(&[("roots", r#"[{"path":"/tmp","older_than":"1h"}]"#)]), "roots[0].older_than: 1h is younger"),
+        ];
+        for (p, expected) in cases {
+            let e = cleanup_params(&p, &config()).unwrap_err();
+            assert!(e.starts_with(expected), "{p:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_walk_never_follows_symlinks_and_keeps_young_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim.log"), "x").unwrap();
+        std::fs::write(root.join("young.log"), "y").unwrap();
+        std::os::unix::fs::symlink(outside.join("victim.log"), root.join("link.log")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        let p = CleanupParams {
+            roots: vec![RunRoot {
+                path: std::fs::canonicalize(&root).unwrap(),
+                globs: vec!["*.log".into()],
+                allowed_globs: vec!["*.log".into()],
+                older_than: Duration::from_secs(3600),
+                emergency_older_than: Duration::from_secs(3600),
+            }],
+            emergency: false,
+            if_disk_above: None,
+            max_files: 10,
+        };
+        let limits = Limits { max_files: 10, max_depth: 4, deadline: Instant::now() + Duration::from_secs(10) };
+        let out = run(&p, limits, &HashSet::new(), false);
+        assert_eq!(out.deleted, 0);
+        assert_eq!(out.skipped.get("symlink"), Some(&2), "{out:?}");
+        assert_eq!(out.skipped.get("too_young"), Some(&1), "{out:?}");
+        assert!(outside.join("victim.log").exists() && root.join("young.log").exists());
+    }
+
+    fn one_root(root: &Path) -> CleanupParams {
+        CleanupParams {
+            roots: vec![RunRoot {
+                path: std::fs::canonicalize(root).unwrap(),
+                globs: vec!["*.log".into()],
+                allowed_globs: vec!["*.log".into(), "*.gz".into()],
+                older_than: Duration::from_secs(86_400),
+                emergency_older_than: Duration::from_secs(3600),
+            }],
+            emergency: false,
+            if_disk_above: None,
+            max_files: 10,
+        }
+    }
+
+    fn aged(path: &Path, ago: Duration) {
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(path).unwrap();
+        std::io::Write::write_all(&mut &f, b"0123456789").unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    fn limits(max_files: usize) -> Limits {
+        Limits { max_files, max_depth: 4, deadline: Instant::now() + Duration::from_secs(10) }
+    }
+
+    #[test]
+    fn tailed_files_and_the_max_are_kept_and_a_dry_run_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        for name in ["a.log", "b.log", "c.log", "tailed.log", "d.gz"] {
+            aged(&dir.path().join(name), 48 * hour);
+        }
+        let tailed = std::fs::metadata(dir.path().join("tailed.log")).unwrap();
+        let tailed = HashSet::from([(tailed.dev(), tailed.ino())]);
+        let p = one_root(dir.path());
+        let out = run(&p, limits(10), &tailed, true);
+        assert_eq!((out.deleted, out.bytes, out.skipped.get("tailer")), (3, 30, Some(&1)), "{out:?}");
+        assert!(dir.path().join("a.log").exists(), "a dry run deletes nothing");
+        assert!(out.files.iter().all(|(p, what)| what == "would_delete" || p.ends_with("tailed.log")));
+        let out = run(&p, limits(2), &tailed, false);
+        assert_eq!((out.deleted, out.truncated.as_deref()), (2, Some("max_files")), "{out:?}");
+        assert!(dir.path().join("d.gz").exists(), "only the directive's globs go");
+        assert!(dir.path().join("tailed.log").exists());
+    }
+
+    #[test]
+    fn emergency_lowers_the_age_when_the_disk_is_above_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        aged(&dir.path().join("mid.log"), 3 * hour);
+        aged(&dir.path().join("new.log"), Duration::from_secs(60));
+        let mut p = one_root(dir.path());
+        let out = run(&p, limits(10), &HashSet::new(), false);
+        assert_eq!((out.deleted, out.roots["root.0.emergency"].as_str()), (0, "false"));
+        p.if_disk_above = Some(0.0);
+        let out = run(&p, limits(10), &HashSet::new(), false);
+        assert_eq!((out.deleted, out.roots["root.0.emergency"].as_str()), (1, "true"), "{out:?}");
+        assert_eq!(out.roots["root.0.older_than"], "1h");
+        assert!(out.roots.contains_key("root.0.disk_percent"));
+        assert!(!dir.path().join("mid.log").exists() && dir.path().join("new.log").exists());
+    }
+
+    #[test]
+    fn a_root_that_is_a_symlink_or_passes_through_one_is_not_entered() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("logs")).unwrap();
+        aged(&real.join("logs/old.log"), Duration::from_secs(48 * 3600));
+        std::os::unix::fs::symlink(&real, dir.path().join("via")).unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        for root in [base.join("via"), base.join("via/logs")] {
+            let mut p = one_root(&real);
+            p.roots[0].path = root.clone();
+            let out = run(&p, limits(10), &HashSet::new(), false);
+            assert_eq!(out.deleted, 0, "{root:?}: {out:?}");
+            assert!(out.roots["root.0.skipped"].contains("symlink"), "{out:?}");
+        }
+        assert!(real.join("logs/old.log").exists());
+    }
+
+    #[test]
+    fn a_directory_moved_out_of_its_root_fails_the_chain_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let open = |p: &Path| nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let st = |fd: &OwnedFd| fstat(fd).unwrap();
+        let root_fd = open(&root);
+        let sub_fd = open(&root.join("sub"));
+        let (r, s) = (st(&root_fd), st(&sub_fd));
+        let root_h = DirHandle { fd: root_fd, root: 0, rel: vec![], dev: r.st_dev, ino: r.st_ino };
+        let sub_h = DirHandle { fd: sub_fd, root: 0, rel: vec!["sub".into()], dev: s.st_dev, ino: s.st_ino };
+        assert!(same_chain(&root_h, &sub_h));
+        std::fs::rename(root.join("sub"), dir.path().join("moved")).unwrap();
+        assert!(!same_chain(&root_h, &sub_h), "moved out of the root");
+        std::os::unix::fs::symlink(dir.path().join("moved"), root.join("sub")).unwrap();
+        assert!(!same_chain(&root_h, &sub_h), "a symlink put in its place is not followed");
+    }
+}
