@@ -21,6 +21,9 @@
 //! 6. The agent's log tailing (`tail.rs`): RSS and CPU while tailing CRI
 //!    logs at a steady rate next to `tail -F | grep`, and the latency from a
 //!    line written to its finding persisted by the coordinator.
+//! 7. IP blocking (`blocks.rs`): one ban enforced on 1 and on N agents,
+//!    each in its own network namespace, next to a bare `nft add element`;
+//!    and one agent holding many bans (memory, its passes, rule lookup).
 //!
 //! Every loop is bounded in count and time, every process started is
 //! stopped on the way out (also on error or Ctrl-C), and the results are
@@ -31,6 +34,8 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "remedy-bench/blocks.rs"]
+mod blocks;
 #[path = "remedy-bench/engine.rs"]
 mod engine;
 #[path = "remedy-bench/tail.rs"]
@@ -97,7 +102,13 @@ Options (defaults in brackets):
   --tail-secs S          how long they are written [60]
   --tail-trials N        line → finding latency trials [200]
   --tail-burst N         error lines written per trial [5]
-  --only LIST            run only some parts: agent,fanin,postgres,engine,tail (or
+  --blocks-agents N      agents (one network namespace each) sent one block [50]
+  --blocks-reps N        blocks timed per agent count [10]
+  --blocks-bans N        bans held by one agent [100000]
+  --blocks-directive-secs S  time spent adding bans one directive at a time;
+                         the rest go in through the agent's blocks.json [60]
+  --blocks-probes N      TCP connects timed through the ruleset [500]
+  --only LIST            run only some parts: agent,fanin,postgres,engine,tail,blocks (or
                          one engine part: engine-latency,engine-decide,engine-runs)
   --quick                short smoke run (small counts, short windows)
 ";
@@ -121,6 +132,7 @@ struct Opts {
     only: Vec<String>,
     engine: engine::EngineOpts,
     tail: tail::TailOpts,
+    blocks: blocks::BlocksOpts,
 }
 
 impl Default for Opts {
@@ -143,6 +155,7 @@ impl Default for Opts {
             only: Vec::new(),
             engine: engine::EngineOpts::default(),
             tail: tail::TailOpts::default(),
+            blocks: blocks::BlocksOpts::default(),
         }
     }
 }
@@ -172,6 +185,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             opts.pg_secs = 3;
             opts.engine = engine::EngineOpts::quick();
             opts.tail = tail::TailOpts::quick();
+            opts.blocks = blocks::BlocksOpts::quick();
             continue;
         }
         let value = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
@@ -208,6 +222,11 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--tail-secs" => opts.tail.secs = number(&value)?,
             "--tail-trials" => opts.tail.trials = number(&value)? as usize,
             "--tail-burst" => opts.tail.burst = number(&value)? as usize,
+            "--blocks-agents" => opts.blocks.agents = number(&value)? as usize,
+            "--blocks-reps" => opts.blocks.reps = number(&value)? as usize,
+            "--blocks-bans" => opts.blocks.bans = number(&value)? as usize,
+            "--blocks-directive-secs" => opts.blocks.directive_secs = number(&value)?,
+            "--blocks-probes" => opts.blocks.probes = number(&value)? as usize,
             other => bail!("unknown option `{other}`\n\n{USAGE}"),
         }
     }
@@ -228,7 +247,9 @@ fn parse_opts() -> anyhow::Result<Opts> {
     }
     opts.engine.validate()?;
     opts.tail.validate()?;
-    let parts = ["agent", "fanin", "postgres", "engine", "engine-latency", "engine-decide", "engine-runs", "tail"];
+    opts.blocks.validate()?;
+    let parts =
+        ["agent", "fanin", "postgres", "engine", "engine-latency", "engine-decide", "engine-runs", "tail", "blocks"];
     if let Some(unknown) = opts.only.iter().find(|p| !parts.contains(&p.as_str())) {
         bail!("--only: unknown part `{unknown}` (known: {})", parts.join(", "));
     }
@@ -1522,12 +1543,24 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         None
     };
 
+    let blocks = if opts.runs("blocks") {
+        let r = blocks::run(&opts.blocks).await;
+        if let Err(e) = &r {
+            eprintln!("remedy-bench: IP blocking failed: {e:#}");
+        }
+        Some(r)
+    } else {
+        None
+    };
+
     let ok = agent.as_ref().is_none_or(|r| r.is_ok())
         && fanins.iter().all(|r| r.is_ok())
         && pg.as_ref().is_none_or(|r| r.is_ok())
         && engine.as_ref().is_none_or(|r| r.as_ref().is_ok_and(engine::EngineFigures::ok))
-        && tail.as_ref().is_none_or(|r| r.as_ref().is_ok_and(tail::TailFigures::ok));
+        && tail.as_ref().is_none_or(|r| r.as_ref().is_ok_and(tail::TailFigures::ok))
+        && blocks.as_ref().is_none_or(|r| r.as_ref().is_ok_and(|f| f.hold.is_some()));
     print!("{}", report(&opts, &agent, &fanins, &pg, &pg_note, &engine, &tail));
+    print!("{}", blocks::report(&opts.blocks, &blocks));
     Ok(ok)
 }
 
