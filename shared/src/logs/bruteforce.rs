@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::net::{Cidr, any_contains, client_addr, parse_addr};
-use super::window::{WindowCounter, bucket_width};
+use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
 use super::{InvalidLogConfig, LineRef, clip};
 use crate::config::{duration, format_duration};
 use crate::finding::{Finding, FindingKind, FindingState, Severity};
@@ -259,8 +259,7 @@ struct IpState {
     formats: BTreeSet<AuthFormat>,
     samples: VecDeque<String>,
     last_source: Option<String>,
-    active_since: Option<Timestamp>,
-    last_sent: Timestamp,
+    raised: Hysteresis,
     last_update: Timestamp,
 }
 
@@ -445,8 +444,7 @@ impl BruteForceDetector {
             formats: BTreeSet::new(),
             samples: VecDeque::new(),
             last_source: None,
-            active_since: None,
-            last_sent: now,
+            raised: Hysteresis::new(now),
             last_update: now,
         });
         state.counts.add(1, now, self.width);
@@ -484,7 +482,7 @@ impl BruteForceDetector {
             if let Some(f) = judge(config, width, stats, *ip, state, now) {
                 out.push(f);
             }
-            state.active_since.is_some() || state.counts.total(now, width) > 0
+            state.raised.active_since.is_some() || state.counts.total(now, width) > 0
         });
         out
     }
@@ -522,25 +520,19 @@ fn judge(
     now: Timestamp,
 ) -> Option<Finding> {
     let failures = state.counts.total(now, width);
-    let finding_state = match state.active_since {
-        None if failures >= config.raise_at => {
-            state.active_since = Some(now);
+    let (judged, since) =
+        state.raised.judge(failures, config.raise_at, config.clear_below, config.refresh_every, now)?;
+    let finding_state = match judged {
+        Judged::Raised => {
             stats.raised += 1;
             FindingState::Active
         }
-        None => return None,
-        Some(_) if failures < config.clear_below => {
+        Judged::Refreshed => FindingState::Active,
+        Judged::Cleared => {
             stats.cleared += 1;
             FindingState::Cleared
         }
-        Some(_) if now.since(state.last_sent) >= config.refresh_every => FindingState::Active,
-        Some(_) => return None,
     };
-    let since = state.active_since.unwrap_or(now);
-    if finding_state == FindingState::Cleared {
-        state.active_since = None;
-    }
-    state.last_sent = now;
     let window = format_duration(config.window);
     let users = state.users.iter().cloned().collect::<Vec<_>>().join(",");
     let mut evidence = BTreeMap::from([

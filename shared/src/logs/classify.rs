@@ -10,7 +10,7 @@ use std::time::Duration;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::window::{WindowCounter, bucket_width};
+use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
 use super::{InvalidLogConfig, LineRef, clip, deployment_of};
 use crate::config::{duration, format_duration};
 use crate::finding::{Finding, FindingKind, FindingState, Severity};
@@ -268,8 +268,7 @@ struct KeyState {
     last_pod: String,
     counts: Vec<WindowCounter>,
     samples: VecDeque<String>,
-    active_since: Option<Timestamp>,
-    last_sent: Timestamp,
+    raised: Hysteresis,
     last_update: Timestamp,
 }
 
@@ -359,8 +358,7 @@ impl ErrorClassifier {
                 last_pod: String::new(),
                 counts: vec![WindowCounter::default(); self.names.len()],
                 samples: VecDeque::new(),
-                active_since: None,
-                last_sent: now,
+                raised: Hysteresis::new(now),
                 last_update: now,
             };
             self.keys.insert(self.scratch.clone(), state);
@@ -417,7 +415,7 @@ impl ErrorClassifier {
             if let Some(f) = judge(config, names, width, stats, key, now) {
                 out.push(f);
             }
-            key.active_since.is_some() || key.counts.iter_mut().any(|c| c.total(now, width) > 0)
+            key.raised.active_since.is_some() || key.counts.iter_mut().any(|c| c.total(now, width) > 0)
         });
         out
     }
@@ -441,25 +439,18 @@ fn judge(
 ) -> Option<Finding> {
     let counts: Vec<u64> = key.counts.iter_mut().map(|c| c.total(now, width)).collect();
     let total: u64 = counts.iter().sum();
-    let state = match key.active_since {
-        None if total >= config.raise_at => {
-            key.active_since = Some(now);
+    let (judged, since) = key.raised.judge(total, config.raise_at, config.clear_below, config.refresh_every, now)?;
+    let state = match judged {
+        Judged::Raised => {
             stats.raised += 1;
             FindingState::Active
         }
-        None => return None,
-        Some(_) if total < config.clear_below => {
+        Judged::Refreshed => FindingState::Active,
+        Judged::Cleared => {
             stats.cleared += 1;
             FindingState::Cleared
         }
-        Some(_) if now.since(key.last_sent) >= config.refresh_every => FindingState::Active,
-        Some(_) => return None,
     };
-    let since = key.active_since.unwrap_or(now);
-    if state == FindingState::Cleared {
-        key.active_since = None;
-    }
-    key.last_sent = now;
     Some(finding(config, names, key, &counts, total, state, since, now))
 }
 

@@ -67,6 +67,64 @@ impl WindowCounter {
     }
 }
 
+/// Raise, refresh and clear of one condition judged on a windowed count:
+/// raised at `raise_at`, cleared below `clear_below` (lower, so a count
+/// hovering at the threshold does not flap), and sent again every
+/// `refresh_every` while it holds so the coordinator does not expire it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hysteresis {
+    /// When the condition was raised; `None` while it does not hold.
+    pub active_since: Option<Timestamp>,
+    /// When a finding about it was last produced.
+    pub last_sent: Timestamp,
+}
+
+/// What [`Hysteresis::judge`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Newly raised.
+    Raised,
+    /// Still holds; a refresh is due.
+    Refreshed,
+    /// No longer holds.
+    Cleared,
+}
+
+impl Hysteresis {
+    /// A condition not raised, first seen at `now`.
+    pub fn new(now: Timestamp) -> Self {
+        Hysteresis { active_since: None, last_sent: now }
+    }
+
+    /// Judges `value` at `now`; `None` when nothing is to be sent. With a
+    /// decision, also returns when the condition was raised.
+    pub fn judge(
+        &mut self,
+        value: u64,
+        raise_at: u64,
+        clear_below: u64,
+        refresh_every: Duration,
+        now: Timestamp,
+    ) -> Option<(Judged, Timestamp)> {
+        let judged = match self.active_since {
+            None if value >= raise_at => {
+                self.active_since = Some(now);
+                Judged::Raised
+            }
+            None => return None,
+            Some(_) if value < clear_below => Judged::Cleared,
+            Some(_) if now.since(self.last_sent) >= refresh_every => Judged::Refreshed,
+            Some(_) => return None,
+        };
+        let since = self.active_since.unwrap_or(now);
+        if judged == Judged::Cleared {
+            self.active_since = None;
+        }
+        self.last_sent = now;
+        Some((judged, since))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
