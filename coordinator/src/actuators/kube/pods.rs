@@ -376,6 +376,36 @@ fn preconditions(pod: &Chosen) -> Option<Preconditions> {
 }
 
 pub(crate) async fn delete(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<ActionReport, Failure> {
+    remove(a, call, d, Removal::Delete).await
+}
+
+pub(crate) async fn evict(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<ActionReport, Failure> {
+    remove(a, call, d, Removal::Evict).await
+}
+
+/// How chosen pods are taken away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// DELETE: nothing but the rails and holds stand in the way.
+    Delete,
+    /// The Eviction API: PodDisruptionBudgets may refuse.
+    Evict,
+}
+
+impl Removal {
+    /// (verb, past tense, gerund) for messages and evidence.
+    fn words(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Removal::Delete => ("delete", "deleted", "deleting"),
+            Removal::Evict => ("evict", "evicted", "evicting"),
+        }
+    }
+}
+
+/// Deletes or evicts the pods the query chooses, one at a time, stopping at
+/// the first failure; what was done before it is reported with it.
+async fn remove(a: &KubeActuator, call: &ActionCall, d: Deadline, how: Removal) -> Result<ActionReport, Failure> {
+    let (verb, done, doing) = how.words();
     let q = acting_query(call)?;
     let mut owners = Owners::new(a, &q.namespace, d);
     let found = find(a, &q, &mut owners, d).await?;
@@ -383,68 +413,35 @@ pub(crate) async fn delete(a: &KubeActuator, call: &ActionCall, d: Deadline) -> 
     let mut tally = Tally::default();
     if found.chosen.is_empty() {
         let status = if call.dry_run { ActionStatus::DryRun } else { ActionStatus::Succeeded };
-        let message = format!("no {} now; nothing to delete", q.describe());
-        return Ok(report(status, message, &q, &found, &tally, "deleted"));
+        let message = format!("no {} now; nothing to {verb}", q.describe());
+        return Ok(report(status, message, &q, &found, &tally, done));
     }
     let api: Api<Pod> = Api::namespaced(a.client(), &q.namespace);
     for pod in &found.chosen {
         let dp = DeleteParams { dry_run: call.dry_run, preconditions: preconditions(pod), ..DeleteParams::default() };
         let what = describe("Pod", &q.namespace, &pod.name);
-        match d.within(&format!("deleting {what}"), api.delete(&pod.name, &dp)).await {
-            Ok(Ok(_)) => tally.done.push(pod.name.clone()),
-            // Gone already, or replaced by another pod of the same name.
-            Ok(Err(e)) if matches!(api_code(&e), Some(404 | 409)) => tally.gone.push(pod.name.clone()),
-            Ok(Err(e)) => {
-                let message = format!(
-                    "{} ({} deleted before)",
-                    api_failure(&format!("deleting {what}"), &e).message(),
-                    tally.done.len()
-                );
-                return Ok(report(ActionStatus::Failed, message, &q, &found, &tally, "deleted"));
+        let request = async {
+            match how {
+                Removal::Delete => api.delete(&pod.name, &dp).await.map(|_| ()),
+                Removal::Evict => {
+                    let ep = EvictParams {
+                        delete_options: Some(dp.clone()),
+                        post_options: PostParams {
+                            dry_run: call.dry_run,
+                            field_manager: Some(FIELD_MANAGER.to_owned()),
+                        },
+                    };
+                    api.evict(&pod.name, &ep).await.map(|_| ())
+                }
             }
-            Err(timeout) => {
-                let message = format!("{} ({} deleted before)", timeout.message(), tally.done.len());
-                return Ok(report(ActionStatus::TimedOut, message, &q, &found, &tally, "deleted"));
-            }
-        }
-    }
-    let of = format!("{} of {} {} (at most {})", tally.done.len(), found.matched, q.describe(), q.max_count);
-    let (status, message) = if call.dry_run {
-        (ActionStatus::DryRun, format!("would delete {of}: {}", names(&tally.done)))
-    } else {
-        (ActionStatus::Succeeded, format!("deleted {of}: {}", names(&tally.done)))
-    };
-    Ok(report(status, message, &q, &found, &tally, "deleted"))
-}
-
-pub(crate) async fn evict(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<ActionReport, Failure> {
-    let q = acting_query(call)?;
-    let mut owners = Owners::new(a, &q.namespace, d);
-    let found = find(a, &q, &mut owners, d).await?;
-    found.refuse_if_held(&q.namespace)?;
-    let mut tally = Tally::default();
-    if found.chosen.is_empty() {
-        let status = if call.dry_run { ActionStatus::DryRun } else { ActionStatus::Succeeded };
-        let message = format!("no {} now; nothing to evict", q.describe());
-        return Ok(report(status, message, &q, &found, &tally, "evicted"));
-    }
-    let api: Api<Pod> = Api::namespaced(a.client(), &q.namespace);
-    for pod in &found.chosen {
-        let ep = EvictParams {
-            delete_options: Some(DeleteParams {
-                dry_run: call.dry_run,
-                preconditions: preconditions(pod),
-                ..DeleteParams::default()
-            }),
-            post_options: PostParams { dry_run: call.dry_run, field_manager: Some(FIELD_MANAGER.to_owned()) },
         };
-        let what = describe("Pod", &q.namespace, &pod.name);
-        match d.within(&format!("evicting {what}"), api.evict(&pod.name, &ep)).await {
-            Ok(Ok(_)) => tally.done.push(pod.name.clone()),
+        match d.within(&format!("{doing} {what}"), request).await {
+            Ok(Ok(())) => tally.done.push(pod.name.clone()),
+            // Gone already, or replaced by another pod of the same name.
             Ok(Err(e)) if matches!(api_code(&e), Some(404 | 409)) => tally.gone.push(pod.name.clone()),
             // A disruption budget said no: that is its answer, reported as a
             // refusal; the remaining pods are left alone.
-            Ok(Err(e)) if api_code(&e) == Some(429) => {
+            Ok(Err(e)) if how == Removal::Evict && api_code(&e) == Some(429) => {
                 let budgets = budgets_covering(a, &q.namespace, &pod.labels, d).await;
                 let by = if budgets.is_empty() { "a PodDisruptionBudget".to_owned() } else { budgets.join(", ") };
                 let message = format!(
@@ -452,33 +449,33 @@ pub(crate) async fn evict(a: &KubeActuator, call: &ActionCall, d: Deadline) -> R
                     budget_message(&e),
                     tally.done.len()
                 );
-                return Ok(report(ActionStatus::Failed, message, &q, &found, &tally, "evicted")
+                return Ok(report(ActionStatus::Failed, message, &q, &found, &tally, done)
                     .with("refused", true)
                     .with("refused_by", by));
             }
             Ok(Err(e)) => {
                 let message = format!(
-                    "{} ({} evicted before)",
-                    api_failure(&format!("evicting {what}"), &e).message(),
+                    "{} ({} {done} before)",
+                    api_failure(&format!("{doing} {what}"), &e).message(),
                     tally.done.len()
                 );
-                return Ok(report(ActionStatus::Failed, message, &q, &found, &tally, "evicted"));
+                return Ok(report(ActionStatus::Failed, message, &q, &found, &tally, done));
             }
             Err(timeout) => {
-                let message = format!("{} ({} evicted before)", timeout.message(), tally.done.len());
-                return Ok(report(ActionStatus::TimedOut, message, &q, &found, &tally, "evicted"));
+                let message = format!("{} ({} {done} before)", timeout.message(), tally.done.len());
+                return Ok(report(ActionStatus::TimedOut, message, &q, &found, &tally, done));
             }
         }
     }
     let of = format!("{} of {} {} (at most {})", tally.done.len(), found.matched, q.describe(), q.max_count);
+    // A dry run of evictions checks each pod against the budgets as they are
+    // now; it spends nothing, so a later pod may be refused for real.
     let (status, message) = if call.dry_run {
-        // A dry run checks each pod against the budgets as they are now;
-        // it spends nothing, so a later pod may be refused for real.
-        (ActionStatus::DryRun, format!("would evict {of}: {}", names(&tally.done)))
+        (ActionStatus::DryRun, format!("would {verb} {of}: {}", names(&tally.done)))
     } else {
-        (ActionStatus::Succeeded, format!("evicted {of}: {}", names(&tally.done)))
+        (ActionStatus::Succeeded, format!("{done} {of}: {}", names(&tally.done)))
     };
-    Ok(report(status, message, &q, &found, &tally, "evicted"))
+    Ok(report(status, message, &q, &found, &tally, done))
 }
 
 /// The API server's refusal with its causes, which name the budget and
