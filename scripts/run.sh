@@ -26,8 +26,23 @@ stop() {
 trap 'stop 0' INT TERM
 trap 'stop 1' EXIT
 
+# Mutual TLS from the first start: a local CA and certificates for the
+# coordinator, this node's agent and the user `admin` (kept for later runs),
+# and a remedyctl context that uses them.
+PKI=$STATE/pki
+CTLCONFIG=$STATE/remedyctl.yaml
+"$BIN/remedyctl" pki init --dir "$PKI" --node "$NODE" --user admin --coordinator "https://$GRPC" \
+	--write-config "$CTLCONFIG" >/dev/null
+cat >"$STATE/coordinator.yaml" <<YAML
+# Written by make run. The local user admin may do everything.
+authorization:
+  roles:
+    admin: ['user:admin']
+YAML
+
 "$BIN/remedy-coordinator" --data-dir "$STATE/coordinator" --grpc-listen "$GRPC" --http-listen "$HTTP" \
-	--runbooks-dir deploy/runbooks \
+	--runbooks-dir deploy/runbooks --config "$STATE/coordinator.yaml" \
+	--tls-cert "$PKI/coordinator.crt" --tls-key "$PKI/coordinator.key" --tls-client-ca "$PKI/ca.crt" \
 	2> >(sed -u 's/^/[coordinator] /' >&2) &
 pids+=($!)
 
@@ -38,24 +53,38 @@ for _ in $(seq 1 100); do
 	sleep 0.1
 done
 
-"$BIN/remedy-agent" --node-name "$NODE" --state-dir "$STATE/agent" --coordinator "http://$GRPC" \
+# The agent may take findings by hand from holders of this token.
+TOKENS=$STATE/agent-tokens.yaml
+if [[ ! -f $TOKENS ]]; then
+	(umask 077 && printf -- '- user: admin\n  token: %s\n' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >"$TOKENS")
+fi
+cat >"$STATE/agent.yaml" <<YAML
+diagnostics:
+  tokens_file: $TOKENS
+YAML
+"$BIN/remedy-agent" --node-name "$NODE" --state-dir "$STATE/agent" --coordinator "https://$GRPC" \
+	--config "$STATE/agent.yaml" \
+	--tls-cert "$PKI/agent-$NODE.crt" --tls-key "$PKI/agent-$NODE.key" --tls-ca "$PKI/ca.crt" \
 	--diagnostics-listen "$DIAG" 2> >(sed -u 's/^/[agent] /' >&2) &
 pids+=($!)
 
 cat <<MSG
 
 Remedy is running on this machine.
-  coordinator  gRPC http://$GRPC   HTTP http://$HTTP (/healthz, /metrics, /api/v1/alertmanager)
+  coordinator  gRPC https://$GRPC (mutual TLS)   HTTP http://$HTTP (/healthz, /metrics, /api/v1/alertmanager)
                data $STATE/coordinator   runbooks deploy/runbooks
   agent        node $NODE   diagnostics http://$DIAG (/healthz, /readyz, /metrics, /debug/state)
+  certificates $PKI (a local CA; remedyctl acts as user:admin through $CTLCONFIG)
 
 Try:
+  export REMEDYCONFIG=$CTLCONFIG
   $BIN/remedyctl agents
   $BIN/remedyctl incidents --watch
   curl -s http://$DIAG/debug/state
-  curl -s -XPOST http://$DIAG/v1/findings \\
+  curl -s -XPOST http://$DIAG/v1/findings -H "Authorization: Bearer \$(sed -n 's/.*token: //p' $TOKENS)" \\
     -d '[{"kind":"probe_failed","severity":"critical","target":"service/api","summary":"api /health failed"}]'
   $BIN/remedyctl findings -o wide
+  $BIN/remedyctl audit
   $BIN/remedyctl runbooks validate deploy/runbooks
 
 Ctrl-C stops both.

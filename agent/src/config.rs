@@ -44,6 +44,19 @@ pub struct Cli {
     /// in-cluster configuration, KUBECONFIG or ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Speak plaintext to an `http://` coordinator. For development only;
+    /// a warning says so every minute.
+    #[arg(long, env = "REMEDY_INSECURE")]
+    pub insecure: bool,
+    /// This agent's client certificate (PEM); overrides `tls.cert`.
+    #[arg(long, env = "REMEDY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM); overrides `tls.key`.
+    #[arg(long, env = "REMEDY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CAs that sign the coordinator's certificate (PEM); overrides `tls.ca`.
+    #[arg(long, env = "REMEDY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +90,46 @@ struct FileConfig {
     blocking: BlockingFile,
     #[serde(default)]
     local_actions: crate::local::config::LocalActionsFile,
+    #[serde(default)]
+    tls: TlsFile,
+    #[serde(default)]
+    diagnostics: DiagnosticsFile,
+}
+
+/// `tls:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    reload_every: Option<Duration>,
+}
+
+/// `diagnostics:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiagnosticsFile {
+    tokens_file: Option<PathBuf>,
+}
+
+/// How the agent reaches the coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoordinatorSecurity {
+    /// Mutual TLS.
+    Tls {
+        /// Client certificate, key and the CAs of the coordinator.
+        files: remedy_proto::tls::TlsFiles,
+        /// The name the coordinator's certificate must carry (default: the
+        /// URL's host).
+        server_name: Option<String>,
+        /// How often the files are checked for rotation.
+        reload_every: Duration,
+    },
+    /// Plaintext (`--insecure`).
+    Insecure,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,6 +354,11 @@ pub struct Config {
     pub node_name: String,
     /// Coordinator URL.
     pub coordinator: String,
+    /// TLS to the coordinator, or (asked for explicitly) plaintext.
+    pub security: CoordinatorSecurity,
+    /// Bearer tokens of the people who may submit findings through the
+    /// diagnostics endpoint; without it, submitting needs `--insecure`.
+    pub diagnostics_tokens: Option<PathBuf>,
     /// State directory.
     pub state_dir: PathBuf,
     /// Diagnostics address.
@@ -388,9 +446,13 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     if node_name.trim().is_empty() {
         return Err(err("node_name", "must be set (flag --node-name, NODE_NAME or the file)".into()));
     }
-    let coordinator = cli.coordinator.clone().or(file.coordinator).unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    let coordinator = cli.coordinator.clone().or(file.coordinator).unwrap_or_else(|| "https://127.0.0.1:7070".into());
     if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
-        return Err(err("coordinator", format!("`{coordinator}` is not a URL like http://127.0.0.1:7070")));
+        return Err(err("coordinator", format!("`{coordinator}` is not a URL like https://127.0.0.1:7070")));
+    }
+    let security = security(cli, source, &coordinator, file.tls)?;
+    if let Some(path) = &file.diagnostics.tokens_file {
+        remedy_proto::tokens::load(path).map_err(|e| err("diagnostics.tokens_file", e))?;
     }
     let listen_text =
         cli.diagnostics_listen.clone().or(file.diagnostics_listen).unwrap_or_else(|| "127.0.0.1:7072".into());
@@ -431,6 +493,8 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
         coordinator,
+        security,
+        diagnostics_tokens: file.diagnostics.tokens_file,
         state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from(".remedy/agent")),
         diagnostics_listen,
         sample_interval,
@@ -447,6 +511,43 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         blocking,
         local_actions,
     })
+}
+
+fn security(cli: &Cli, source: &str, coordinator: &str, file: TlsFile) -> Result<CoordinatorSecurity, ConfigError> {
+    let err = |field: &str, message: &str| ConfigError::new(source, field, message);
+    let cert = cli.tls_cert.clone().or(file.cert);
+    let key = cli.tls_key.clone().or(file.key);
+    let ca = cli.tls_ca.clone().or(file.ca);
+    if coordinator.starts_with("http://") {
+        if !cli.insecure {
+            return Err(err(
+                "coordinator",
+                "is plaintext (http://): use https:// with tls.cert, tls.key and tls.ca, or pass --insecure",
+            ));
+        }
+        if cert.is_some() || key.is_some() || ca.is_some() {
+            return Err(err("tls", "TLS files are given but the coordinator URL is http://; use https://"));
+        }
+        return Ok(CoordinatorSecurity::Insecure);
+    }
+    if cli.insecure {
+        return Err(err("coordinator", "--insecure speaks plaintext; the URL must then be http://"));
+    }
+    let required = |v: Option<PathBuf>, field: &str| {
+        v.filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| {
+            err(field, "is required: the agent authenticates to the coordinator with a client certificate")
+        })
+    };
+    let files = remedy_proto::tls::TlsFiles {
+        cert: Some(required(cert, "tls.cert")?),
+        key: Some(required(key, "tls.key")?),
+        ca: required(ca, "tls.ca")?,
+    };
+    let reload_every = file.reload_every.unwrap_or(Duration::from_secs(30));
+    if reload_every < Duration::from_millis(100) {
+        return Err(err("tls.reload_every", "must be at least 100ms"));
+    }
+    Ok(CoordinatorSecurity::Tls { files, server_name: file.server_name, reload_every })
 }
 
 fn logs(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> {
@@ -693,7 +794,37 @@ mod tests {
     use super::*;
 
     fn cli() -> Cli {
-        Cli::parse_from(["remedy-agent", "--node-name", "n1"])
+        Cli::parse_from([
+            "remedy-agent",
+            "--node-name",
+            "n1",
+            "--tls-cert",
+            "/c.crt",
+            "--tls-key",
+            "/c.key",
+            "--tls-ca",
+            "/ca.crt",
+        ])
+    }
+
+    #[test]
+    fn the_coordinator_is_reached_over_mutual_tls_unless_plaintext_is_asked_for() {
+        let c = load("{}").unwrap();
+        let CoordinatorSecurity::Tls { files, server_name, .. } = c.security else { panic!("TLS by default") };
+        assert_eq!((files.ca.as_path(), server_name), (std::path::Path::new("/ca.crt"), None));
+        let bare = Cli::parse_from(["remedy-agent", "--node-name", "n1"]);
+        assert_eq!(resolve(&bare, "defaults", FileConfig::default()).unwrap_err().field, "tls.cert");
+        let plain = Cli::parse_from(["remedy-agent", "--node-name", "n1", "--coordinator", "http://c:7070"]);
+        let err = resolve(&plain, "defaults", FileConfig::default()).unwrap_err();
+        assert!(err.field == "coordinator" && err.message.contains("--insecure"), "{err}");
+        let insecure =
+            Cli::parse_from(["remedy-agent", "--node-name", "n1", "--insecure", "--coordinator", "http://c:7070"]);
+        assert_eq!(
+            resolve(&insecure, "defaults", FileConfig::default()).unwrap().security,
+            CoordinatorSecurity::Insecure
+        );
+        let mixed = Cli::parse_from(["remedy-agent", "--node-name", "n1", "--insecure"]);
+        assert_eq!(resolve(&mixed, "defaults", FileConfig::default()).unwrap_err().field, "coordinator");
     }
 
     fn load(yaml: &str) -> Result<Config, ConfigError> {
@@ -704,7 +835,7 @@ mod tests {
     fn defaults_follow_the_documented_ports_and_thresholds() {
         let c = load("{}").unwrap();
         assert_eq!(c.diagnostics_listen.to_string(), "127.0.0.1:7072");
-        assert_eq!(c.coordinator, "http://127.0.0.1:7070");
+        assert_eq!(c.coordinator, "https://127.0.0.1:7070");
         assert_eq!(c.detectors.disk_usage_high.unwrap().rule.threshold, 85.0);
     }
 
@@ -765,7 +896,16 @@ mod tests {
         assert_eq!(crash.severity, Severity::Critical);
         assert!(c.pods.rules.oom_killed.is_none());
         assert_eq!(c.pods.restart_failed, RestartFailed { enabled: true, max_per_hour: 1 });
-        let flag = Cli::parse_from(["remedy-agent", "--node-name", "n1", "--kubeconfig", "/tmp/k"]);
+        let flag = Cli::parse_from([
+            "remedy-agent",
+            "--node-name",
+            "n1",
+            "--insecure",
+            "--coordinator",
+            "http://c:1",
+            "--kubeconfig",
+            "/tmp/k",
+        ]);
         let c = resolve(&flag, "agent.yaml", config::parse_yaml("agent.yaml", "kubeconfig: /etc/kube.yaml\n").unwrap())
             .unwrap();
         assert_eq!(c.pods.kubeconfig, Some(PathBuf::from("/tmp/k")), "the flag wins over the file");

@@ -3,7 +3,9 @@
 //! Read-only routes answer anyone who can reach the address (loopback by
 //! default). The one route that changes state, `POST /v1/findings`, lets
 //! node-local tools report findings through the agent's spool; it answers
-//! only to loopback peers, whatever address the endpoint is bound to.
+//! only to loopback peers, whatever address the endpoint is bound to, and
+//! [`SubmitGate`] decides who among them: a bearer token from
+//! `diagnostics.tokens_file`, or anyone on the node only under `--insecure`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,13 +27,46 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Most findings in one request.
 const MAX_SUBMIT: usize = 1_000;
 
+/// Who may submit findings by hand.
+#[derive(Debug)]
+pub enum SubmitGate {
+    /// Holders of these tokens (each names a person, like the admin API's).
+    Tokens(remedy_shared::auth::Tokens),
+    /// Any local process: only with `--insecure`, where nothing else is
+    /// authenticated either.
+    AnyLocalProcess,
+    /// Nobody: TLS is on and no tokens file is configured.
+    Closed,
+}
+
+impl SubmitGate {
+    fn admit(&self, headers: &axum::http::HeaderMap) -> Result<(), (StatusCode, String)> {
+        let header = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+        match self {
+            SubmitGate::AnyLocalProcess => Ok(()),
+            SubmitGate::Closed => Err((
+                StatusCode::FORBIDDEN,
+                "submitting findings needs a bearer token: configure diagnostics.tokens_file".into(),
+            )),
+            SubmitGate::Tokens(tokens) => match remedy_proto::tokens::bearer(header) {
+                remedy_proto::tokens::Bearer::Token(t) if remedy_proto::tokens::identify(tokens, t).is_some() => Ok(()),
+                remedy_proto::tokens::Bearer::Absent => {
+                    Err((StatusCode::UNAUTHORIZED, "an `Authorization: Bearer TOKEN` header is required".into()))
+                }
+                _ => Err((StatusCode::UNAUTHORIZED, "the bearer token is not known".into())),
+            },
+        }
+    }
+}
+
 /// Serves the endpoint until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    gate: Arc<SubmitGate>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(shared);
+    let app = router(shared).layer(axum::Extension(gate));
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
@@ -123,6 +158,8 @@ fn bad_request(message: String) -> Response {
 async fn submit(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(gate): axum::Extension<Arc<SubmitGate>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     if !peer.ip().is_loopback() {
@@ -131,6 +168,9 @@ async fn submit(
             Json(serde_json::json!({ "error": "findings are accepted from this node only" })),
         )
             .into_response();
+    }
+    if let Err((code, why)) = gate.admit(&headers) {
+        return (code, Json(serde_json::json!({ "error": why }))).into_response();
     }
     let submitted: Vec<Submitted> = match serde_json::from_slice(&body) {
         Ok(list) => list,

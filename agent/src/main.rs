@@ -29,10 +29,11 @@ use remedy_shared::config::EXIT_BAD_CONFIG;
 use tokio::sync::watch;
 
 use crate::clock::now;
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Config, CoordinatorSecurity};
 use crate::state::Shared;
 
 fn main() -> ExitCode {
+    remedy_proto::tls::install_default_provider();
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let config = match Config::load(&cli) {
@@ -41,6 +42,17 @@ fn main() -> ExitCode {
             eprintln!("remedy-agent: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
+    };
+    // Certificates are read now, so an unusable one is bad configuration.
+    let client_tls = match &config.security {
+        CoordinatorSecurity::Tls { files, .. } => match remedy_proto::tls::client(files.clone()) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("remedy-agent: tls: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG as u8);
+            }
+        },
+        CoordinatorSecurity::Insecure => None,
     };
     // Two worker threads: the agent must stay small on a busy node.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -60,11 +72,27 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
-    match runtime.block_on(run(config, kube)) {
+    match runtime.block_on(run(config, kube, client_tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("remedy-agent: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Says, at start and every minute, that the stream is plaintext: nobody
+/// should run this way by accident.
+async fn warn_insecure(coordinator: String, stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = every.tick() => tracing::warn!(
+                %coordinator,
+                "INSECURE: the stream to the coordinator is plaintext (--insecure): neither side is authenticated"
+            ),
         }
     }
 }
@@ -83,7 +111,11 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    kube: pods::Connection,
+    client_tls: Option<Arc<remedy_proto::tls::ClientTls>>,
+) -> anyhow::Result<()> {
     let agent_id = identity::agent_id(config.agent_id.as_deref(), &config.state_dir, &config.node_name)
         .with_context(|| format!("cannot read or create the agent id in {}", config.state_dir.display()))?;
     let spool = spool::Spool::open(&config.state_dir, config.spool_capacity).context("cannot open the spool")?;
@@ -112,8 +144,19 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
             }
         }
     };
+    let tls = match (&config.security, client_tls) {
+        (CoordinatorSecurity::Tls { server_name, reload_every, .. }, Some(tls)) => {
+            tokio::spawn(tls.clone().keep_reloading(*reload_every, stopped()));
+            Some((tls, server_name.clone()))
+        }
+        _ => {
+            tokio::spawn(warn_insecure(config.coordinator.clone(), stopped()));
+            None
+        }
+    };
     let stream_config = stream::StreamConfig {
         coordinator: config.coordinator.clone(),
+        tls,
         heartbeat_interval: config.heartbeat_interval,
         reconnect_initial: config.reconnect_initial,
         reconnect_max: config.reconnect_max,
@@ -129,7 +172,14 @@ async fn run(config: Config, kube: pods::Connection) -> anyhow::Result<()> {
     let stream_task = tokio::spawn(stream::run(shared.clone(), stream_config, stop_rx.clone()));
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
     let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
-    let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), stopped()));
+    let gate = match (&config.diagnostics_tokens, &config.security) {
+        (Some(path), _) => {
+            diagnostics::SubmitGate::Tokens(remedy_proto::tokens::load(path).map_err(anyhow::Error::msg)?)
+        }
+        (None, CoordinatorSecurity::Insecure) => diagnostics::SubmitGate::AnyLocalProcess,
+        (None, CoordinatorSecurity::Tls { .. }) => diagnostics::SubmitGate::Closed,
+    };
+    let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), Arc::new(gate), stopped()));
     let log_tasks = start_logs(&shared, &config)?;
     let processes_task = procsig::start(&shared, &config, stopped());
 

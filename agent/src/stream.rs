@@ -31,6 +31,9 @@ const MAX_IN_FLIGHT: u64 = 5_000;
 pub struct StreamConfig {
     /// Coordinator URL.
     pub coordinator: String,
+    /// The TLS material and the name to check the coordinator against;
+    /// `None`: plaintext.
+    pub tls: Option<(Arc<remedy_proto::tls::ClientTls>, Option<String>)>,
     /// Heartbeat interval until the coordinator says otherwise.
     pub heartbeat_interval: Duration,
     /// First reconnection delay.
@@ -98,12 +101,16 @@ async fn session(
     executor: &Executor,
     results: &mut mpsc::Receiver<pb::ActionResult>,
 ) -> Result<(), StreamError> {
-    let channel = Endpoint::from_shared(config.coordinator.clone())?
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect()
-        .await?;
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = match &config.tls {
+        // Each connection takes the newest certificate from disk.
+        Some((tls, server_name)) => remedy_proto::tls::channel(endpoint, tls.clone(), server_name.clone())
+            .map_err(|e| StreamError::Protocol(e.to_string()))?,
+        None => endpoint.connect().await?,
+    };
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

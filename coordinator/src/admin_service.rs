@@ -12,6 +12,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use std::collections::BTreeMap;
+
+use remedy_shared::audit::{AuditEntry, AuditKind};
+use remedy_shared::auth::AdminCall;
+
+use crate::auth::Authenticator;
 use crate::engine::{Engine, EngineError};
 use crate::recorder::{ManualRun, RecordError, Recorder};
 use crate::registry::Registry;
@@ -20,9 +26,10 @@ use crate::store::{AgentRecord, BanRecord, FindingQuery, Store, StoreError, Stor
 const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 5_000;
 
-/// The admin API.
+/// What the admin calls do, once admitted. Only [`AdminService`], which
+/// admits and audits each call, serves them.
 #[derive(Clone)]
-pub struct AdminService {
+pub struct Admin {
     /// Where everything is kept.
     pub store: Arc<dyn Store>,
     /// Live view of agents.
@@ -33,11 +40,13 @@ pub struct AdminService {
     pub engine: Engine,
     /// The IP bans placed on the agents.
     pub bans: crate::bans::Bans,
+    /// Whoever started a run may not approve its steps (two-person rule).
+    pub two_person_approvals: bool,
 }
 
-impl std::fmt::Debug for AdminService {
+impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminService").finish_non_exhaustive()
+        f.debug_struct("Admin").finish_non_exhaustive()
     }
 }
 
@@ -45,7 +54,7 @@ fn store_status(e: StoreError) -> Status {
     Status::unavailable(format!("cannot read the store: {e}"))
 }
 
-impl AdminService {
+impl Admin {
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -210,7 +219,7 @@ fn automation_to_proto(state: &remedy_shared::guard::GuardState) -> pb::Automati
     }
 }
 
-impl AdminService {
+impl Admin {
     /// A command on an incident that is not open: FAILED_PRECONDITION if it
     /// exists (it is resolved), NOT_FOUND if it never did.
     async fn closed_or_missing(&self, id: IncidentId) -> Status {
@@ -246,8 +255,9 @@ impl AdminService {
     }
 }
 
-#[tonic::async_trait]
-impl pb::admin_service_server::AdminService for AdminService {
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::IncidentEvent, Status>> + Send>>;
+
+impl Admin {
     async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let records = self.read(|s| s.list_agents()).await?;
         let agents = records.into_iter().map(|r| self.agent_to_proto(r)).collect();
@@ -334,12 +344,10 @@ impl pb::admin_service_server::AdminService for AdminService {
         Ok(Response::new(convert::incident_to_proto(&incident, &timeline)))
     }
 
-    type WatchIncidentsStream = Pin<Box<dyn Stream<Item = Result<pb::IncidentEvent, Status>> + Send>>;
-
     async fn watch_incidents(
         &self,
         request: Request<pb::WatchIncidentsRequest>,
-    ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         let include_resolved = request.into_inner().include_resolved;
         // Subscribe before listing so no change falls between the two.
         let mut changes = self.recorder.subscribe();
@@ -462,6 +470,12 @@ impl pb::admin_service_server::AdminService for AdminService {
             step_id: req.step_id,
             attempt: req.attempt,
         };
+        if req.approve && self.two_person_approvals {
+            let id = key.incident_id;
+            if let Some(run) = self.read(move |s| s.get_run(id)).await? {
+                remedy_shared::auth::may_approve(&by, &run.started_by).map_err(crate::auth::denied_status)?;
+            }
+        }
         let deny = (!req.approve).then_some(req.reason.as_str());
         self.engine.answer(&key, &by, deny).await.map_err(engine_status)?;
         let guard = self.engine.guard();
@@ -577,6 +591,261 @@ impl pb::admin_service_server::AdminService for AdminService {
         let scope: remedy_shared::guard::Scope = req.scope.parse().map_err(Status::invalid_argument)?;
         self.engine.reset_breaker(&scope, &by).await.map_err(engine_status)?;
         Ok(Response::new(automation_to_proto(&self.engine.guard())))
+    }
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.limit as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let entries = self.read(move |s| s.list_audit(req.after_seq, limit)).await?;
+        Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(audit_to_proto).collect() }))
+    }
+}
+
+fn audit_to_proto(e: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        seq: e.seq,
+        at_ms: e.at.as_millis(),
+        actor: e.actor.clone(),
+        kind: match e.kind {
+            AuditKind::AdminCall => "admin_call",
+            AuditKind::Action => "action",
+        }
+        .to_owned(),
+        operation: e.operation.clone(),
+        target: e.target.clone(),
+        arguments: e.arguments.clone().into_iter().collect(),
+        outcome: e.outcome.clone(),
+    }
+}
+
+/// Requests that name who gives them. An authenticated caller's identity
+/// replaces whatever the request says, so nobody can act under another
+/// name.
+trait RequestedBy {
+    fn requested_by(&mut self) -> Option<&mut String> {
+        None
+    }
+}
+
+macro_rules! requested_by {
+    ($($t:ty),*) => { $(impl RequestedBy for $t { fn requested_by(&mut self) -> Option<&mut String> { Some(&mut self.requested_by) } })* };
+}
+macro_rules! no_requested_by {
+    ($($t:ty),*) => { $(impl RequestedBy for $t {})* };
+}
+requested_by!(
+    pb::IncidentCommand,
+    pb::RunRunbookRequest,
+    pb::AnswerApprovalRequest,
+    pb::PauseAutomationRequest,
+    pb::ResumeAutomationRequest,
+    pb::ResetBreakerRequest,
+    pb::UnblockRequest
+);
+no_requested_by!(
+    pb::ListAgentsRequest,
+    pb::GetAgentRequest,
+    pb::ListFindingsRequest,
+    pb::GetFindingRequest,
+    pb::ListIncidentsRequest,
+    pb::GetIncidentRequest,
+    pb::WatchIncidentsRequest,
+    pb::ListRunbooksRequest,
+    pb::GetRunbookRequest,
+    pb::ListApprovalsRequest,
+    pb::GetAutomationRequest,
+    pb::ListBansRequest,
+    pb::ListAuditRequest
+);
+
+/// The admin API: every call is admitted by the [`Authenticator`] (who is
+/// calling, and does their role allow this call) before [`Admin`] does it,
+/// and every call, admitted or refused, leaves an audit entry.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    admin: Admin,
+    auth: Authenticator,
+}
+
+impl AdminService {
+    /// The admin API over `admin`, guarded by `auth`.
+    pub fn new(admin: Admin, auth: Authenticator) -> AdminService {
+        AdminService { admin, auth }
+    }
+
+    async fn guarded<T, R, Fut>(
+        &self,
+        mut request: Request<T>,
+        call: AdminCall,
+        handler: impl FnOnce(Admin, Request<T>) -> Fut,
+    ) -> Result<Response<R>, Status>
+    where
+        T: std::fmt::Debug + RequestedBy,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let arguments = BTreeMap::from([("request".to_owned(), format!("{:?}", request.get_ref()))]);
+        let remote = request
+            .remote_addr()
+            .or_else(|| request.extensions().get::<remedy_proto::tls::PeerInfo>().and_then(|p| p.remote));
+        let admitted = self.auth.admin(&request, call).and_then(|caller| {
+            if let Some(by) = request.get_mut().requested_by() {
+                *by = caller.by(by)?;
+            }
+            Ok(caller)
+        });
+        let (actor, result) = match admitted {
+            Ok(caller) => (caller.actor(), handler(self.admin.clone(), request).await),
+            Err(status) => {
+                let who = remote.map(|r| format!("unauthenticated ({r})")).unwrap_or_else(|| "unauthenticated".into());
+                let actor =
+                    if status.code() == tonic::Code::Unauthenticated { who } else { self.identity_of(&request) };
+                (actor, Err(status))
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        let entry = AuditEntry {
+            seq: 0,
+            at: crate::recorder::now(),
+            actor,
+            kind: AuditKind::AdminCall,
+            operation: call.method().to_owned(),
+            target: String::new(),
+            arguments,
+            outcome,
+        };
+        if let Err(e) = self.admin.recorder.audit(entry).await {
+            // A call whose audit entry cannot be kept is not answered as if
+            // it had been: the caller sees the store's failure.
+            tracing::error!(error = %e, method = call.method(), "cannot write the audit entry");
+            return Err(record_status(e));
+        }
+        result
+    }
+
+    /// The actor of a refused call whose identity is known.
+    fn identity_of<T>(&self, request: &Request<T>) -> String {
+        request
+            .extensions()
+            .get::<remedy_proto::tls::PeerInfo>()
+            .and_then(|p| p.identity.as_ref())
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "token holder".to_owned())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminService {
+    async fn list_agents(&self, r: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.guarded(r, AdminCall::ListAgents, |a, r| async move { a.list_agents(r).await }).await
+    }
+
+    async fn get_agent(&self, r: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        self.guarded(r, AdminCall::GetAgent, |a, r| async move { a.get_agent(r).await }).await
+    }
+
+    async fn list_findings(
+        &self,
+        r: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsResponse>, Status> {
+        self.guarded(r, AdminCall::ListFindings, |a, r| async move { a.list_findings(r).await }).await
+    }
+
+    async fn get_finding(&self, r: Request<pb::GetFindingRequest>) -> Result<Response<pb::StoredFinding>, Status> {
+        self.guarded(r, AdminCall::GetFinding, |a, r| async move { a.get_finding(r).await }).await
+    }
+
+    async fn list_incidents(
+        &self,
+        r: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.guarded(r, AdminCall::ListIncidents, |a, r| async move { a.list_incidents(r).await }).await
+    }
+
+    async fn get_incident(&self, r: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        self.guarded(r, AdminCall::GetIncident, |a, r| async move { a.get_incident(r).await }).await
+    }
+
+    type WatchIncidentsStream = WatchStream;
+
+    async fn watch_incidents(&self, r: Request<pb::WatchIncidentsRequest>) -> Result<Response<WatchStream>, Status> {
+        self.guarded(r, AdminCall::WatchIncidents, |a, r| async move { a.watch_incidents(r).await }).await
+    }
+
+    async fn acknowledge_incident(&self, r: Request<pb::IncidentCommand>) -> Result<Response<pb::Incident>, Status> {
+        self.guarded(r, AdminCall::AcknowledgeIncident, |a, r| async move { a.acknowledge_incident(r).await }).await
+    }
+
+    async fn resolve_incident(&self, r: Request<pb::IncidentCommand>) -> Result<Response<pb::Incident>, Status> {
+        self.guarded(r, AdminCall::ResolveIncident, |a, r| async move { a.resolve_incident(r).await }).await
+    }
+
+    async fn list_runbooks(
+        &self,
+        r: Request<pb::ListRunbooksRequest>,
+    ) -> Result<Response<pb::ListRunbooksResponse>, Status> {
+        self.guarded(r, AdminCall::ListRunbooks, |a, r| async move { a.list_runbooks(r).await }).await
+    }
+
+    async fn get_runbook(&self, r: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
+        self.guarded(r, AdminCall::GetRunbook, |a, r| async move { a.get_runbook(r).await }).await
+    }
+
+    async fn run_runbook(&self, r: Request<pb::RunRunbookRequest>) -> Result<Response<pb::RunRunbookResponse>, Status> {
+        let call = AdminCall::RunRunbook { dry_run: r.get_ref().dry_run };
+        self.guarded(r, call, |a, r| async move { a.run_runbook(r).await }).await
+    }
+
+    async fn list_approvals(
+        &self,
+        r: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        self.guarded(r, AdminCall::ListApprovals, |a, r| async move { a.list_approvals(r).await }).await
+    }
+
+    async fn answer_approval(&self, r: Request<pb::AnswerApprovalRequest>) -> Result<Response<pb::Approval>, Status> {
+        self.guarded(r, AdminCall::AnswerApproval, |a, r| async move { a.answer_approval(r).await }).await
+    }
+
+    async fn get_automation(&self, r: Request<pb::GetAutomationRequest>) -> Result<Response<pb::Automation>, Status> {
+        self.guarded(r, AdminCall::GetAutomation, |a, r| async move { a.get_automation(r).await }).await
+    }
+
+    async fn pause_automation(
+        &self,
+        r: Request<pb::PauseAutomationRequest>,
+    ) -> Result<Response<pb::Automation>, Status> {
+        self.guarded(r, AdminCall::PauseAutomation, |a, r| async move { a.pause_automation(r).await }).await
+    }
+
+    async fn resume_automation(
+        &self,
+        r: Request<pb::ResumeAutomationRequest>,
+    ) -> Result<Response<pb::Automation>, Status> {
+        self.guarded(r, AdminCall::ResumeAutomation, |a, r| async move { a.resume_automation(r).await }).await
+    }
+
+    async fn reset_breaker(&self, r: Request<pb::ResetBreakerRequest>) -> Result<Response<pb::Automation>, Status> {
+        self.guarded(r, AdminCall::ResetBreaker, |a, r| async move { a.reset_breaker(r).await }).await
+    }
+
+    async fn list_bans(&self, r: Request<pb::ListBansRequest>) -> Result<Response<pb::ListBansResponse>, Status> {
+        self.guarded(r, AdminCall::ListBans, |a, r| async move { a.list_bans(r).await }).await
+    }
+
+    async fn unblock(&self, r: Request<pb::UnblockRequest>) -> Result<Response<pb::Ban>, Status> {
+        self.guarded(r, AdminCall::Unblock, |a, r| async move { a.unblock(r).await }).await
+    }
+
+    async fn list_audit(&self, r: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.guarded(r, AdminCall::ListAudit, |a, r| async move { a.list_audit(r).await }).await
     }
 }
 

@@ -42,6 +42,8 @@ pub struct AgentService {
     /// Where connected streams are registered so actuators can send them
     /// directives, and where their results are handed back.
     pub directives: Directives,
+    /// Checks that each agent speaks only for its own node.
+    pub auth: crate::auth::Authenticator,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -93,7 +95,8 @@ impl pb::agent_service_server::AgentService for AgentService {
     type ConnectStream = Outbound;
 
     async fn connect(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Outbound>, Status> {
-        let mut inbound = request.into_inner();
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let caller = Request::from_parts(metadata, extensions, ());
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10s of opening the stream"))?
@@ -103,6 +106,11 @@ impl pb::agent_service_server::AgentService for AgentService {
             Some(_) => return Err(Status::failed_precondition("the first message of a stream must be a hello")),
             None => return Err(Status::failed_precondition("the stream ended before a hello")),
         };
+        // Before anything is recorded: one node may not speak for another.
+        if let Err(status) = self.auth.agent(&caller, &hello.node_name) {
+            tracing::warn!(node = %hello.node_name, error = %status.message(), "agent refused");
+            return Err(status);
+        }
         let acked = self.recorder.hello(hello.clone()).await.map_err(record_status)?;
         let (session, was_stale) = self.registry.connect(&hello.agent_id, &hello.node_name, now());
         if was_stale {

@@ -48,6 +48,20 @@ pub struct Cli {
     /// `kubernetes` section; overrides its `kubeconfig`).
     #[arg(long, env = "REMEDY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Serve gRPC in plaintext, without TLS: nobody is authenticated by
+    /// certificate. For development only; a warning says so every minute.
+    #[arg(long, env = "REMEDY_INSECURE")]
+    pub insecure: bool,
+    /// Server certificate (PEM); overrides `tls.cert`.
+    #[arg(long, env = "REMEDY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM); overrides `tls.key`.
+    #[arg(long, env = "REMEDY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CAs that sign agents' and people's client certificates (PEM);
+    /// overrides `tls.client_ca`.
+    #[arg(long, env = "REMEDY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The file's shape. Every field is optional; defaults are in [`Config`].
@@ -76,6 +90,49 @@ struct FileConfig {
     kubernetes: Option<KubernetesFile>,
     #[serde(default)]
     edge: Option<crate::edge::EdgeConfig>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
+    #[serde(default)]
+    authorization: Option<AuthorizationFile>,
+}
+
+/// `tls:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    #[serde(default, with = "opt_duration")]
+    reload_every: Option<Duration>,
+}
+
+/// `authorization:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizationFile {
+    /// Role name -> identities (`user:NAME`).
+    #[serde(default)]
+    roles: BTreeMap<String, Vec<String>>,
+    tokens_file: Option<PathBuf>,
+    /// `viewer`, `operator`, `admin` or `none`.
+    insecure_role: Option<String>,
+    #[serde(default)]
+    two_person_approvals: bool,
+}
+
+/// How the gRPC port is served.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrpcSecurity {
+    /// Mutual TLS with these files, checked for rotation this often.
+    Tls {
+        /// Certificate, key and client CAs.
+        files: remedy_proto::tls::TlsFiles,
+        /// How often the files are checked for rotation.
+        reload_every: Duration,
+    },
+    /// Plaintext (`--insecure`).
+    Insecure,
 }
 
 /// `kubernetes:` in the file.
@@ -162,6 +219,10 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// The edge provider `block_ip` steps with `edge: true` also block at.
     pub edge: Option<crate::edge::EdgeConfig>,
+    /// TLS or, asked for explicitly, plaintext.
+    pub security: GrpcSecurity,
+    /// Who may call what on the admin API.
+    pub authorization: crate::auth::AuthorizationConfig,
 }
 
 impl Config {
@@ -243,6 +304,8 @@ impl Config {
         if let Some(edge) = &file.edge {
             edge.validate().map_err(|e| ConfigError::new(source, "edge", e))?;
         }
+        let security = security(cli, source, file.tls)?;
+        let authorization = authorization(source, file.authorization, &security)?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -257,8 +320,96 @@ impl Config {
             guard_rails,
             kubernetes,
             edge: file.edge,
+            security,
+            authorization,
         })
     }
+}
+
+fn security(cli: &Cli, source: &str, file: Option<TlsFile>) -> Result<GrpcSecurity, ConfigError> {
+    let file = file.unwrap_or_default();
+    let given = |flag: &Option<PathBuf>, from_file: Option<PathBuf>, field: &str| {
+        match (flag.clone(), from_file) {
+            (Some(p), _) => Ok(Some(("flags", p))),
+            (None, Some(p)) => Ok(Some((source, p))),
+            (None, None) => Ok::<_, ConfigError>(None),
+        }
+        .and_then(|v| match v {
+            Some((src, p)) if p.as_os_str().is_empty() => Err(ConfigError::new(src, field, "must name a file")),
+            other => Ok(other.map(|(_, p)| absolute(&p))),
+        })
+    };
+    let cert = given(&cli.tls_cert, file.cert, "tls.cert")?;
+    let key = given(&cli.tls_key, file.key, "tls.key")?;
+    let ca = given(&cli.tls_client_ca, file.client_ca, "tls.client_ca")?;
+    if cli.insecure {
+        if cert.is_some() || key.is_some() || ca.is_some() {
+            return Err(ConfigError::new(
+                "flags",
+                "insecure",
+                "--insecure serves plaintext; remove it or the tls settings, not both",
+            ));
+        }
+        return Ok(GrpcSecurity::Insecure);
+    }
+    let missing = |field: &str| {
+        ConfigError::new(
+            source,
+            field,
+            "is required: gRPC is served over mutual TLS (give tls.cert, tls.key and tls.client_ca, or --insecure for plaintext)",
+        )
+    };
+    let files = remedy_proto::tls::TlsFiles {
+        cert: Some(cert.ok_or_else(|| missing("tls.cert"))?),
+        key: Some(key.ok_or_else(|| missing("tls.key"))?),
+        ca: ca.ok_or_else(|| missing("tls.client_ca"))?,
+    };
+    let reload_every = file.reload_every.unwrap_or(Duration::from_secs(30));
+    if reload_every < Duration::from_millis(100) {
+        return Err(ConfigError::new(source, "tls.reload_every", "must be at least 100ms"));
+    }
+    Ok(GrpcSecurity::Tls { files, reload_every })
+}
+
+fn authorization(
+    source: &str,
+    file: Option<AuthorizationFile>,
+    security: &GrpcSecurity,
+) -> Result<crate::auth::AuthorizationConfig, ConfigError> {
+    use remedy_shared::auth::{Bindings, Identity, Role};
+    let file = file.unwrap_or_default();
+    let role_named = |name: &str, field: &str| match name {
+        "viewer" => Ok(Role::Viewer),
+        "operator" => Ok(Role::Operator),
+        "admin" => Ok(Role::Admin),
+        other => Err(ConfigError::new(source, field, format!("`{other}` is not a role (viewer, operator, admin)"))),
+    };
+    let mut bindings = Bindings::default();
+    for (role, identities) in &file.roles {
+        let r = role_named(role, &format!("authorization.roles.{role}"))?;
+        for (i, identity) in identities.iter().enumerate() {
+            let id = Identity::parse(identity)
+                .map_err(|e| ConfigError::new(source, format!("authorization.roles.{role}[{i}]"), e))?;
+            bindings.bind(id, r);
+        }
+    }
+    let insecure_role = match file.insecure_role.as_deref() {
+        None => Some(Role::Admin),
+        Some("none") => None,
+        Some(name) => Some(role_named(name, "authorization.insecure_role")?),
+    };
+    if file.insecure_role.is_some() && *security != GrpcSecurity::Insecure {
+        return Err(ConfigError::new(source, "authorization.insecure_role", "applies only with --insecure"));
+    }
+    if let Some(path) = &file.tokens_file {
+        remedy_proto::tokens::load(path).map_err(|e| ConfigError::new(source, "authorization.tokens_file", e))?;
+    }
+    Ok(crate::auth::AuthorizationConfig {
+        bindings,
+        tokens_file: file.tokens_file.map(|p| absolute(&p)),
+        insecure_role,
+        two_person_approvals: file.two_person_approvals,
+    })
 }
 
 fn kubernetes(
@@ -339,7 +490,40 @@ mod tests {
     use super::*;
 
     fn cli() -> Cli {
-        Cli::parse_from(["remedy-coordinator"])
+        Cli::parse_from(["remedy-coordinator", "--insecure"])
+    }
+
+    #[test]
+    fn tls_is_the_default_and_plaintext_must_be_asked_for() {
+        let secure = Cli::parse_from(["remedy-coordinator"]);
+        let err = Config::resolve(&secure, "defaults", FileConfig::default()).unwrap_err();
+        assert_eq!(err.field, "tls.cert", "{err}");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let file: FileConfig = config::parse_yaml("c.yaml", "tls: {cert: /a.crt, key: /a.key}\n").unwrap();
+        assert_eq!(Config::resolve(&secure, "c.yaml", file).unwrap_err().field, "tls.client_ca");
+        let file: FileConfig =
+            config::parse_yaml("c.yaml", "tls: {cert: /a.crt, key: /a.key, client_ca: /ca.crt}\n").unwrap();
+        let c = Config::resolve(&secure, "c.yaml", file).unwrap();
+        assert!(
+            matches!(c.security, GrpcSecurity::Tls { reload_every, .. } if reload_every == Duration::from_secs(30))
+        );
+        let both = Cli::parse_from(["remedy-coordinator", "--insecure", "--tls-cert", "/a.crt"]);
+        assert_eq!(Config::resolve(&both, "defaults", FileConfig::default()).unwrap_err().field, "insecure");
+    }
+
+    #[test]
+    fn authorization_names_roles_and_identities_it_cannot_read() {
+        let bad_role: FileConfig =
+            config::parse_yaml("c.yaml", "authorization: {roles: {root: ['user:a']}}\n").unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", bad_role).unwrap_err().field, "authorization.roles.root");
+        let bad_id: FileConfig =
+            config::parse_yaml("c.yaml", "authorization: {roles: {admin: ['user:a', 'alice']}}\n").unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", bad_id).unwrap_err().field, "authorization.roles.admin[1]");
+        let missing: FileConfig =
+            config::parse_yaml("c.yaml", "authorization: {tokens_file: /nonexistent/tokens.yaml}\n").unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", missing).unwrap_err().field, "authorization.tokens_file");
+        let c = Config::resolve(&cli(), "defaults", FileConfig::default()).unwrap();
+        assert_eq!(c.authorization.insecure_role, Some(remedy_shared::auth::Role::Admin));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
+use remedy_shared::audit::{AuditEntry, AuditKind};
 use remedy_shared::guard::{self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Mode};
 use remedy_shared::incident::{EntryKind, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::run::{self, Catalog, RunRecord, RunStatus};
@@ -528,6 +529,7 @@ impl Driver {
         // The rails' memory, this execution counted, was saved with the decision.
         self.save(run, vec![entry(EntryKind::Action, message, started)], None).await?;
 
+        let audited_params = call_params.clone();
         let report = match (&unavailable, mode) {
             (Some(why), _) => {
                 ActionReport::new(ActionStatus::DryRun, format!("would have run {}: {why}", request.describe()))
@@ -549,14 +551,31 @@ impl Driver {
             result.insert(format!("evidence.{k}"), v.clone());
         }
         entries.push(entry(EntryKind::Result, format!("{}: {}", report.status.as_str(), report.message), result));
-        if failed && !evidence {
+        let mut arguments = remedy_shared::audit::redact(&audited_params);
+        arguments.insert("mode".into(), mode.to_string());
+        arguments.insert("step".into(), step_id.to_owned());
+        let audit = AuditEntry {
+            seq: 0,
+            at: now(),
+            actor: run.started_by.clone(),
+            kind: AuditKind::Action,
+            operation: kind.as_str().to_owned(),
+            target: format!("{} {}", run.incident_id, request.describe()),
+            arguments,
+            outcome: format!("{}: {}", report.status.as_str(), report.message),
+        };
+        let guard = if failed && !evidence {
             let events = lock(&self.inner.guard).record_failure(&self.inner.policy, &request, &report.message, now());
             entries.extend(events.iter().map(|e| entry(EntryKind::Decision, e.to_string(), BTreeMap::new())));
             // A failure changes what the rails remember (breakers).
-            self.save_with_guard(run, entries).await?;
+            Some(lock(&self.inner.guard).clone())
         } else {
-            self.save(run, entries, None).await?;
-        }
+            None
+        };
+        self.still_leading()?;
+        run.updated_at = now();
+        let update = RunUpdate { run: Some(run.clone()), entries, guard, audit: vec![audit], ..RunUpdate::default() };
+        self.inner.recorder.run_update(update).await?;
         Ok(if failed { StepEnd::Failed(format!("step {step_id}: {}", report.message)) } else { StepEnd::Done })
     }
 

@@ -8,6 +8,7 @@ pub mod actuators;
 pub mod admin_service;
 pub mod agent_service;
 pub mod alertmanager;
+pub mod auth;
 pub mod bans;
 pub mod config;
 pub mod directives;

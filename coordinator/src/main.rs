@@ -16,7 +16,8 @@ use remedy_shared::finding::FindingState;
 use tokio::sync::watch;
 
 use remedy_coordinator::actuators;
-use remedy_coordinator::config::{Cli, Config, KubernetesConfig, LeaderElectionConfig};
+use remedy_coordinator::auth::{Authenticator, Transport};
+use remedy_coordinator::config::{Cli, Config, GrpcSecurity, KubernetesConfig, LeaderElectionConfig};
 use remedy_coordinator::directives::Directives;
 use remedy_coordinator::engine::Engine;
 use remedy_coordinator::leader::{LeaderElector, PodLabeler};
@@ -31,6 +32,7 @@ use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
 
 fn main() -> ExitCode {
+    remedy_proto::tls::install_default_provider();
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let config = match Config::load(&cli) {
@@ -94,6 +96,18 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         tracing::info!("stopping");
         let _ = signal_stop.send(true);
     });
+
+    // Certificates and tokens are read before anything else starts, so a
+    // bad path or an unusable key is a configuration error (exit 64).
+    let (transport, server_tls) = match &config.security {
+        GrpcSecurity::Tls { files, reload_every } => {
+            let tls = remedy_proto::tls::server(files.clone()).map_err(|e| bad_config("tls", e.to_string()))?;
+            (Transport::Tls, Some((tls, *reload_every)))
+        }
+        GrpcSecurity::Insecure => (Transport::Insecure, None),
+    };
+    let auth =
+        Authenticator::new(transport, &config.authorization).map_err(|e| bad_config("authorization.tokens_file", e))?;
 
     let kube = match &config.kubernetes {
         None => None,
@@ -199,28 +213,49 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         heartbeat_interval: config.heartbeat_interval,
         max_batch_findings: config.max_batch_findings,
         directives: directives.clone(),
+        auth: auth.clone(),
     };
-    let admin_service = admin_service::AdminService {
+    let admin = admin_service::Admin {
         store: store.clone(),
         registry: registry.clone(),
         recorder: recorder.clone(),
         engine: engine.clone(),
         bans: bans.clone(),
+        two_person_approvals: auth.two_person_approvals(),
     };
+    let admin_service = admin_service::AdminService::new(admin, auth.clone());
+    tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));
     tokio::spawn(engine.drive(runs, stopped()));
 
     tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));
 
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(
             AgentServiceServer::new(agent_service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(admin_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped());
+        .add_service(AdminServiceServer::new(admin_service).max_decoding_message_size(MAX_MESSAGE_BYTES));
+    let grpc: GrpcServing = match server_tls {
+        Some((tls, reload_every)) => {
+            tokio::spawn(tls.clone().keep_reloading(reload_every, stopped()));
+            let stats = Arc::new(remedy_proto::tls::HandshakeStats::default());
+            Box::pin(
+                router.serve_with_incoming_shutdown(remedy_proto::tls::incoming(grpc_listener, tls, stats), stopped()),
+            )
+        }
+        None => {
+            tokio::spawn(warn_insecure(config.grpc_listen, stopped()));
+            Box::pin(
+                router.serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    stopped(),
+                ),
+            )
+        }
+    };
     let http = http::serve(http_listener, metrics.clone(), recorder.clone(), stopped());
 
     let grpc_task = tokio::spawn(grpc);
@@ -323,6 +358,24 @@ fn until_stopped(mut rx: watch::Receiver<bool>) -> StopFuture {
     Box::pin(async move {
         let _ = rx.wait_for(|s| *s).await;
     })
+}
+
+type GrpcServing = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Says, at start and every minute, that gRPC is plaintext: nobody should
+/// run this way by accident.
+async fn warn_insecure(listen: std::net::SocketAddr, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = every.tick() => tracing::warn!(
+                grpc = %listen,
+                "INSECURE: gRPC is served in plaintext (--insecure); agents and admin callers are not authenticated by certificate"
+            ),
+        }
+    }
 }
 
 /// A configuration problem found after the file was read (exit 64).

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use remedy_shared::Timestamp;
 use remedy_shared::alert::Alert;
+use remedy_shared::audit::AuditEntry;
 use remedy_shared::finding::ConditionKind;
 use remedy_shared::finding::{ConditionKey, Finding};
 use remedy_shared::guard::{self, GuardState};
@@ -103,6 +104,8 @@ pub struct RunUpdate {
     pub resolve: Option<String>,
     /// The rails' memory, when it changed.
     pub guard: Option<GuardState>,
+    /// Audit entries, written in the same transaction.
+    pub audit: Vec<AuditEntry>,
 }
 
 /// A person's request to run a runbook now.
@@ -251,6 +254,11 @@ impl Recorder {
     /// Commits what the engine did; returns once it is durable.
     pub async fn run_update(&self, update: RunUpdate) -> Result<(), RecordError> {
         self.ask(|reply| Command::Run { update: Box::new(update), reply }).await?
+    }
+
+    /// Appends one entry to the audit log, durably.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), RecordError> {
+        self.run_update(RunUpdate { audit: vec![entry], ..RunUpdate::default() }).await
     }
 
     /// Opens an incident for a person's run of a runbook, with its run, in
@@ -888,6 +896,7 @@ impl Writer {
                 None => stage.batch.timeline.extend(entries.into_iter().map(|e| (id, e))),
             }
         }
+        stage.batch.audit.extend(update.audit);
         if let Some(run) = update.run {
             stage.batch.runs.push(run.clone());
             stage.runs.insert(run.incident_id, run);

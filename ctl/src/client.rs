@@ -5,7 +5,32 @@ use std::time::Duration;
 
 use remedy_proto::MAX_MESSAGE_BYTES;
 use remedy_proto::v1::admin_service_client::AdminServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::connection::Target;
+
+/// Adds `authorization: Bearer ...` to every call when a token is given.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "BearerToken([redacted])" } else { "BearerToken(none)" })
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The admin client remedyctl uses.
+pub type Client = AdminServiceClient<InterceptedService<Channel, BearerToken>>;
 
 use crate::output::Format;
 use crate::who;
@@ -15,7 +40,7 @@ use crate::who;
 #[derive(Debug)]
 pub struct Ctx {
     /// The admin API.
-    pub client: AdminServiceClient<Channel>,
+    pub client: Client,
     /// The coordinator's URL, for error messages.
     pub url: String,
     /// `-o`.
@@ -25,9 +50,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Connects to `url`.
-    pub async fn connect(url: &str, fmt: Format, as_user: Option<String>) -> anyhow::Result<Ctx> {
-        Ok(Ctx { client: connect(url).await?, url: url.to_owned(), fmt, as_user })
+    /// Connects to `target`.
+    pub async fn connect(target: &Target, fmt: Format, as_user: Option<String>) -> anyhow::Result<Ctx> {
+        Ok(Ctx { client: connect(target).await?, url: target.url.clone(), fmt, as_user })
     }
 
     /// `requested_by` for a command that changes something; settled before
@@ -53,21 +78,44 @@ pub fn explain(coordinator: &str, status: tonic::Status) -> anyhow::Error {
         tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
             anyhow::anyhow!("{}", status.message())
         }
+        tonic::Code::Unauthenticated => anyhow::anyhow!("not authenticated: {}", status.message()),
+        tonic::Code::PermissionDenied => anyhow::anyhow!("permission denied: {}", status.message()),
         code => anyhow::anyhow!("the coordinator answered {code:?}: {}", status.message()),
     }
 }
 
-async fn connect(coordinator: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+async fn connect(target: &Target) -> anyhow::Result<Client> {
+    let coordinator = &target.url;
     let endpoint = Endpoint::from_shared(coordinator.to_owned())
-        .map_err(|_| anyhow::anyhow!("`{coordinator}` is not a URL like http://127.0.0.1:7070"))?
+        .map_err(|_| anyhow::anyhow!("`{coordinator}` is not a URL like https://127.0.0.1:7070"))?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
+    let innermost = |e: &dyn std::error::Error| {
         // The innermost cause says what happened ("Connection refused").
-        let mut cause: &dyn std::error::Error = &e;
+        let mut cause = e;
         while let Some(next) = cause.source() {
             cause = next;
         }
         anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {cause}")
-    })?;
-    Ok(AdminServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    };
+    let channel = match &target.tls {
+        Some((files, server_name)) => {
+            let tls = remedy_proto::tls::client(files.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Connects on the first call; a refused handshake is reported
+            // then, as UNAVAILABLE with the TLS alert.
+            remedy_proto::tls::channel(endpoint, tls, server_name.clone()).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => endpoint.connect().await.map_err(|e| innermost(&e))?,
+    };
+    let token = match &target.token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
+            let value = format!("Bearer {}", text.trim())
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{}: the token holds characters a header cannot carry", path.display()))?;
+            Some(value)
+        }
+    };
+    Ok(AdminServiceClient::with_interceptor(channel, BearerToken(token)).max_decoding_message_size(MAX_MESSAGE_BYTES))
 }

@@ -4,6 +4,7 @@
 
 mod blocks;
 mod client;
+mod connection;
 mod engine;
 mod incidents;
 mod output;
@@ -27,9 +28,8 @@ use crate::runbooks::RunbookCommand;
 #[derive(Debug, Parser)]
 #[command(name = "remedyctl", version, about = "Remedy's admin client")]
 struct Cli {
-    /// Coordinator gRPC URL.
-    #[arg(long, global = true, env = "REMEDY_COORDINATOR", default_value = "http://127.0.0.1:7070")]
-    coordinator: String,
+    #[command(flatten)]
+    connection: connection::ConnectionFlags,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -45,6 +45,20 @@ struct Cli {
 enum Command {
     /// Agents that ever connected.
     Agents,
+    /// The audit log as JSON lines, oldest first (admin only).
+    Audit {
+        /// Only entries after this position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Certificates for a local installation.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Findings received, in (agent, sequence) order.
     Findings {
         /// Only from this agent.
@@ -177,7 +191,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Runbooks { command: RunbookCommand::Validate { paths } } = &cli.command {
         return runbooks::validate(paths, cli.output);
     }
-    let mut ctx = Ctx::connect(&cli.coordinator, cli.output, cli.as_user).await?;
+    if let Command::Pki { command: PkiCommand::Init { dir, node, user, write_config } } = &cli.command {
+        return pki_init(dir, node, user, write_config.as_deref(), &cli.connection);
+    }
+    let target = connection::resolve(&cli.connection)?;
+    let mut ctx = Ctx::connect(&target, cli.output, cli.as_user).await?;
     let ctx = &mut ctx;
     match cli.command {
         Command::Agents => {
@@ -194,7 +212,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve { id, reason } => incidents::command(ctx, Verb::Resolve, &id, reason).await,
         Command::Runbooks { command: RunbookCommand::List } => runbooks::list(ctx).await,
         Command::Runbooks { command: RunbookCommand::Show { id } } => runbooks::show(ctx, id).await,
-        Command::Runbooks { command: RunbookCommand::Validate { .. } } => unreachable!("handled before connecting"),
+        Command::Runbooks { command: RunbookCommand::Validate { .. } } | Command::Pki { .. } => {
+            unreachable!("handled before connecting")
+        }
+        Command::Audit { after, limit } => audit(ctx, after, limit).await,
         Command::Run(args) => engine::run(ctx, args).await,
         Command::Approvals(args) => engine::approvals(ctx, args).await,
         Command::Pause { reason } => engine::pause(ctx, reason).await,
@@ -206,6 +227,95 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Every finding that matches, page by page.
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Creates a CA and certificates for a coordinator, one agent and one
+    /// user under DIR, keeping any that exist.
+    Init {
+        /// Where the files go.
+        #[arg(long, default_value = ".remedy/pki")]
+        dir: std::path::PathBuf,
+        /// The agent's node name.
+        #[arg(long)]
+        node: String,
+        /// The user's name (their certificate says `remedy://user/NAME`).
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Also write a remedyctl config file here with a `local` context
+        /// using the user's certificate.
+        #[arg(long)]
+        write_config: Option<std::path::PathBuf>,
+    },
+}
+
+fn pki_init(
+    dir: &std::path::Path,
+    node: &str,
+    user: &str,
+    write_config: Option<&std::path::Path>,
+    flags: &connection::ConnectionFlags,
+) -> anyhow::Result<()> {
+    let pki = remedy_proto::pki::init_local(dir, node, user).map_err(anyhow::Error::msg)?;
+    println!("CA           {}", pki.ca.display());
+    println!("coordinator  {} {}", pki.coordinator.0.display(), pki.coordinator.1.display());
+    println!("agent {node:<6} {} {}", pki.agent.0.display(), pki.agent.1.display());
+    println!("user {user:<7} {} {}", pki.user.0.display(), pki.user.1.display());
+    if let Some(path) = write_config {
+        let url = flags.coordinator.clone().unwrap_or_else(|| "https://127.0.0.1:7070".into());
+        let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let pki = remedy_proto::pki::LocalPki {
+            ca: absolute(&pki.ca),
+            coordinator: pki.coordinator.clone(),
+            agent: pki.agent.clone(),
+            user: (absolute(&pki.user.0), absolute(&pki.user.1)),
+        };
+        connection::write_context(path, "local", &url, &pki)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        println!("context local in {}", path.display());
+    }
+    Ok(())
+}
+
+async fn audit(ctx: &mut Ctx, after: u64, limit: usize) -> anyhow::Result<()> {
+    const PAGE: usize = 5_000;
+    let mut after = after;
+    let mut printed = 0usize;
+    loop {
+        let page = ctx
+            .client
+            .list_audit(pb::ListAuditRequest { after_seq: after, limit: PAGE as u32 })
+            .await
+            .map_err(|s| ctx.explain(s))?
+            .into_inner()
+            .entries;
+        // Reading the log is itself audited: stop at a short page rather
+        // than follow the entries this reading adds.
+        let last_page = page.len() < PAGE;
+        let Some(last) = page.last() else { return Ok(()) };
+        after = last.seq;
+        for e in &page {
+            let line = serde_json::json!({
+                "seq": e.seq,
+                "at": remedy_shared::Timestamp::from_millis(e.at_ms).to_string(),
+                "actor": e.actor,
+                "kind": e.kind,
+                "operation": e.operation,
+                "target": e.target,
+                "arguments": e.arguments.iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "outcome": e.outcome,
+            });
+            println!("{line}");
+            printed += 1;
+            if limit != 0 && printed >= limit {
+                return Ok(());
+            }
+        }
+        if last_page {
+            return Ok(());
+        }
+    }
+}
+
 async fn findings(ctx: &mut Ctx, agent: Option<String>, kind: Option<String>, limit: usize) -> anyhow::Result<()> {
     let mut all = Vec::new();
     let mut page_token = String::new();

@@ -11,6 +11,10 @@ pub mod v1 {
 }
 
 pub mod convert;
+#[cfg(feature = "pki")]
+pub mod pki;
+pub mod tls;
+pub mod tokens;
 
 /// Largest gRPC message either side accepts, bytes. A finding batch above
 /// it is refused with RESOURCE_EXHAUSTED, so one runaway agent cannot make

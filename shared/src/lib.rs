@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod audit;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod detector;

@@ -34,6 +34,11 @@ pub fn serve_agents(dir: &Path, listener: tokio::net::TcpListener) -> Directives
         heartbeat_interval: Duration::from_secs(1),
         max_batch_findings: 1_000,
         directives: directives.clone(),
+        auth: remedy_coordinator::auth::Authenticator::new(
+            remedy_coordinator::auth::Transport::Insecure,
+            &Default::default(),
+        )
+        .expect("an authenticator without a tokens file"),
     };
     tokio::spawn(
         tonic::transport::Server::builder()

@@ -181,6 +181,10 @@ impl Coordinator {
             "--id".to_owned(),
             "test-coordinator".to_owned(),
         ];
+        // Plaintext unless the test configures TLS itself.
+        if !self.extra.iter().any(|a| a.starts_with("--tls")) {
+            args.push("--insecure".to_owned());
+        }
         args.extend(self.extra.iter().cloned());
         std::fs::create_dir_all(&self.dir).expect("create the coordinator's directory");
         self.proc = Some(Proc::spawn("coordinator", "remedy-coordinator", &args, self.dir.join("coordinator.log")));
@@ -274,6 +278,9 @@ impl Agent {
             "--diagnostics-listen".to_owned(),
             self.diagnostics.to_string(),
         ];
+        if self.coordinator.starts_with("http://") {
+            args.push("--insecure".to_owned());
+        }
         args.extend(self.extra.iter().cloned());
         self.proc =
             Some(Proc::spawn(&format!("agent {}", self.node), "remedy-agent", &args, self.dir.join("agent.log")));
@@ -347,12 +354,13 @@ fn dechunk(mut s: &str) -> String {
 
 /// Runs `remedyctl` with `args`; returns (exit status, stdout, stderr).
 pub fn remedyctl(coordinator: &str, args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(bin("remedyctl"))
-        .arg("--coordinator")
-        .arg(coordinator)
-        .args(args)
-        .output()
-        .expect("run remedyctl");
+    let mut cmd = Command::new(bin("remedyctl"));
+    cmd.arg("--coordinator").arg(coordinator);
+    if coordinator.starts_with("http://") {
+        cmd.arg("--insecure");
+    }
+    let out =
+        cmd.env_remove("REMEDYCONFIG").env("HOME", std::env::temp_dir()).args(args).output().expect("run remedyctl");
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

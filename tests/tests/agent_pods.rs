@@ -857,7 +857,7 @@ async fn pod_watching_without_a_client_exits_64_when_required_and_says_why_when_
         cmd.args(["--node-name", "node-x"])
             .args(["--state-dir", dir.path().join("s").to_str().unwrap()])
             .args(["--diagnostics-listen", &procs::free_addr().to_string()])
-            .args(["--coordinator", &format!("http://{}", procs::free_addr())])
+            .args(["--insecure", "--coordinator", &format!("http://{}", procs::free_addr())])
             .args(args)
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")

@@ -142,6 +142,7 @@ fn start_agent(node: &mut Node, i: usize, dir: &Path, port: u16, logs: &str) {
         &node.name,
         "--state-dir",
         dir.join("state").to_str().unwrap(),
+        "--insecure",
         "--coordinator",
         &format!("http://10.79.{i}.1:{port}"),
         "--diagnostics-listen",

@@ -430,7 +430,7 @@ fn bad_configuration_exits_64_naming_the_field() {
     assert!(err.contains("field `grpc_listen`"), "{err}");
 
     let nowhere = dir.path().join("no-kubeconfig").display().to_string();
-    let (code, err) = run("remedy-coordinator", &["--kubeconfig", &nowhere]);
+    let (code, err) = run("remedy-coordinator", &["--insecure", "--kubeconfig", &nowhere]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("field `kubernetes.kubeconfig`") && err.contains("no-kubeconfig"), "{err}");
 
@@ -438,9 +438,26 @@ fn bad_configuration_exits_64_naming_the_field() {
     std::fs::create_dir(&runbooks).unwrap();
     let seed = std::fs::read_to_string(seed_runbook()).unwrap();
     std::fs::write(runbooks.join("broken.yaml"), seed.replacen("mttr_target:", "mttr_targt:", 1)).unwrap();
-    let (code, err) = run("remedy-coordinator", &["--runbooks-dir", runbooks.to_str().unwrap()]);
+    let (code, err) = run("remedy-coordinator", &["--insecure", "--runbooks-dir", runbooks.to_str().unwrap()]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("broken.yaml:") && err.contains("mttr_targt"), "file, line and field named: {err}");
+
+    // Plaintext is never the default: without certificates or --insecure,
+    // both refuse to start and say what to give.
+    let (code, err) = run("remedy-coordinator", &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("field `tls.cert`") && err.contains("--insecure"), "{err}");
+    let (code, err) = run("remedy-agent", &["--node-name", "n", "--coordinator", "http://127.0.0.1:9"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("field `coordinator`") && err.contains("--insecure"), "{err}");
+    let (code, err) = run("remedy-agent", &["--node-name", "n"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("field `tls.cert`"), "{err}");
+    let garbage = write("garbage.pem", "not a certificate");
+    let (code, err) =
+        run("remedy-coordinator", &["--tls-cert", &garbage, "--tls-key", &garbage, "--tls-client-ca", &garbage]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("field `tls`") && err.contains("garbage.pem"), "{err}");
 }
 
 fn seed_runbook() -> std::path::PathBuf {

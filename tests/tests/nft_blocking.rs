@@ -158,6 +158,7 @@ impl Lab {
             &node,
             "--state-dir",
             dir.path().join("state").to_str().unwrap(),
+            "--insecure",
             "--coordinator",
             &directives.1,
             "--diagnostics-listen",

@@ -43,6 +43,7 @@ use kube::api::{
     Preconditions,
 };
 use remedy_shared::Timestamp;
+use remedy_shared::audit::AuditEntry;
 use remedy_shared::finding::{ConditionKey, ConditionKind, FindingKind, Severity};
 use remedy_shared::guard::GuardState;
 use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
@@ -690,6 +691,13 @@ impl Store for ClusterStore {
 
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
         self.local.put_ban(ban)
+    }
+
+    // The audit log stays in the pod's file, written in the same
+    // transaction as what it records; each replica keeps the entries of
+    // its own terms.
+    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.local.list_audit(after, limit)
     }
 }
 

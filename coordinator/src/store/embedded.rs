@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use remedy_shared::audit::AuditEntry;
 use remedy_shared::incident::{Incident, IncidentId, TimelineEntry};
 use remedy_shared::run::RunRecord;
 use serde::Serialize;
@@ -23,6 +24,8 @@ const ALERT_KEYS: TableDefinition<&str, i64> = TableDefinition::new("alert_keys"
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 /// Named documents: the guard rails' memory.
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+/// The audit log, by position; only ever appended to.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const GUARD_STATE: &str = "guard_state";
 /// Bans are documents keyed by this prefix and their address.
 const BAN_PREFIX: &str = "ban/";
@@ -61,6 +64,7 @@ impl EmbeddedStore {
             txn.open_table(ALERT_KEYS).map_err(backend)?;
             txn.open_table(RUNS).map_err(backend)?;
             txn.open_table(DOCUMENTS).map_err(backend)?;
+            txn.open_table(AUDIT).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
@@ -162,6 +166,15 @@ impl Store for EmbeddedStore {
             if let Some(guard) = &batch.guard {
                 let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
                 documents.insert(GUARD_STATE, encode(guard).as_slice()).map_err(backend)?;
+            }
+            if !batch.audit.is_empty() {
+                let mut audit = txn.open_table(AUDIT).map_err(backend)?;
+                let mut seq = audit.last().map_err(backend)?.map(|(k, _)| k.value()).unwrap_or(0);
+                for entry in &batch.audit {
+                    seq += 1;
+                    let entry = AuditEntry { seq, ..entry.clone() };
+                    audit.insert(seq, encode(&entry).as_slice()).map_err(backend)?;
+                }
             }
             if let Some(c) = batch.counters {
                 meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
@@ -268,6 +281,17 @@ impl Store for EmbeddedStore {
         txn.commit().map_err(backend)
     }
 
+    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(AUDIT).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in table.range(after.saturating_add(1)..).map_err(backend)?.take(limit) {
+            let (_, value) = row.map_err(backend)?;
+            out.push(decode("audit", value.value())?);
+        }
+        Ok(out)
+    }
+
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(AGENTS).map_err(backend)?;
@@ -362,6 +386,7 @@ mod tests {
                 forgotten_alert_keys: vec![],
                 runs: vec![run.clone()],
                 guard: Some(guard.clone()),
+                audit: vec![],
             };
             store.commit(&batch).unwrap();
         }
@@ -379,5 +404,32 @@ mod tests {
         let page = store.list_findings(&FindingQuery { limit: 10, ..Default::default() }).unwrap();
         assert_eq!(page.len(), 1);
         assert!(store.get_finding("a1", 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_audit_log_is_appended_in_order_and_read_from_a_position() {
+        use remedy_shared::audit::{AuditEntry, AuditKind};
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |op: &str| AuditEntry {
+            seq: 0,
+            at: Timestamp::from_millis(1),
+            actor: "user:a".into(),
+            kind: AuditKind::AdminCall,
+            operation: op.into(),
+            target: String::new(),
+            arguments: BTreeMap::new(),
+            outcome: "ok".into(),
+        };
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store.commit(&WriteBatch { audit: vec![entry("A"), entry("B")], ..Default::default() }).unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.commit(&WriteBatch { audit: vec![entry("C")], ..Default::default() }).unwrap();
+        let all = store.list_audit(0, 100).unwrap();
+        let seen: Vec<(u64, &str)> = all.iter().map(|e| (e.seq, e.operation.as_str())).collect();
+        assert_eq!(seen, vec![(1, "A"), (2, "B"), (3, "C")], "positions continue across a reopen");
+        let after = store.list_audit(1, 1).unwrap();
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
     }
 }

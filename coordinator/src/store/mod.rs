@@ -24,6 +24,7 @@ pub mod embedded;
 use std::collections::BTreeMap;
 
 use remedy_shared::Timestamp;
+use remedy_shared::audit::AuditEntry;
 use remedy_shared::finding::Finding;
 use remedy_shared::guard::GuardState;
 use remedy_shared::incident::{Incident, IncidentId, TimelineEntry};
@@ -174,6 +175,8 @@ pub struct WriteBatch {
     pub runs: Vec<RunRecord>,
     /// The guard rails' memory, when it changed.
     pub guard: Option<GuardState>,
+    /// Audit entries to append (their `seq` is given at commit).
+    pub audit: Vec<AuditEntry>,
 }
 
 impl WriteBatch {
@@ -188,6 +191,7 @@ impl WriteBatch {
             && self.forgotten_alert_keys.is_empty()
             && self.runs.is_empty()
             && self.guard.is_none()
+            && self.audit.is_empty()
     }
 }
 
@@ -248,4 +252,6 @@ pub trait Store: Send + Sync + 'static {
     /// outside the writer's batches: a ban is not part of any incident's
     /// transaction, and the actuator records it as the agents answer.
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError>;
+    /// Audit entries with `seq > after`, oldest first, at most `limit`.
+    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }

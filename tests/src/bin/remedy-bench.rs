@@ -477,6 +477,9 @@ impl CoordinatorProc {
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--grpc-listen", &grpc.to_string(), "--http-listen", &http.to_string(), "--id", "bench"])
+            // Plaintext: the figures compare the work, not TLS (the mTLS
+            // handshake has its own benchmark).
+            .arg("--insecure")
             .args(extra)
             .env("REMEDY_LOG", "info")
             .env_remove("REMEDY_COORDINATOR_CONFIG");
@@ -972,7 +975,7 @@ async fn agent_minute(opts: &Opts) -> anyhow::Result<Vec<ProcIdle>> {
     cmd.args(["--node-name", "bench-node"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
-        .args(["--coordinator", &coordinator.url(), "--diagnostics-listen", &diagnostics.to_string()])
+        .args(["--coordinator", &coordinator.url(), "--insecure", "--diagnostics-listen", &diagnostics.to_string()])
         .env("REMEDY_LOG", "info")
         .env_remove("REMEDY_COORDINATOR")
         .env_remove("REMEDY_AGENT_CONFIG");

@@ -184,6 +184,7 @@ impl Lab {
                 name.clone(),
                 "--state-dir".to_owned(),
                 state_dir.to_string_lossy().into_owned(),
+                "--insecure".to_owned(),
                 "--coordinator".to_owned(),
                 String::new(),
                 "--diagnostics-listen".to_owned(),

@@ -288,6 +288,7 @@ async fn start_agent(dir: &Path, root: &Path, coordinator: &CoordinatorProc) -> 
     let mut cmd = Command::new(bin("remedy-agent"));
     cmd.arg("--config")
         .arg(&config)
+        .arg("--insecure")
         .env("REMEDY_LOG", "info")
         .env_remove("REMEDY_COORDINATOR")
         .env_remove("REMEDY_AGENT_CONFIG")

@@ -1,0 +1,431 @@
+//! Mutual TLS on every gRPC connection (rustls with the ring provider),
+//! with certificates and CAs that reload from disk without a restart.
+//!
+//! Why not tonic's own TLS: its configuration is fixed when the server
+//! starts, while cert-manager rotates certificates under a running pod.
+//! Here every new connection takes the newest material; connections
+//! already open keep theirs, so a rotation drops nothing.
+//!
+//! The server asks for a client certificate but also lets a client without
+//! one finish the handshake, so that such a client gets a gRPC
+//! UNAUTHENTICATED naming what is missing instead of a bare TLS alert (and
+//! may still present a bearer token on the admin API). A certificate that
+//! is presented must verify: another CA or an expired certificate fails the
+//! handshake, and the refusal is logged with its reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use remedy_shared::auth::Identity;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Longest a TLS handshake may take before the connection is dropped, so a
+/// client that connects and says nothing cannot hold a slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why TLS material could not be used. The message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+/// The crypto provider, the same everywhere: ring.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process's default provider; called at the top of
+/// each `main` so that no other TLS user (kube, reqwest) picks another.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Where one side's certificate, key and trusted CAs are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM), leaf first. Optional for a client that
+    /// authenticates with a token instead.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CAs trusted to sign the other side (PEM bundle).
+    pub ca: PathBuf,
+}
+
+/// The files' contents, compared by value to notice a rotation (cert-manager
+/// swaps a symlink, so modification times are not reliable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Material {
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    ca: Vec<u8>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError(format!("cannot read {}: {e}", path.display())))
+}
+
+impl TlsFiles {
+    fn read(&self) -> Result<Material, TlsError> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(TlsError("a certificate and its key go together: give both or neither".into()));
+        }
+        Ok(Material {
+            cert: self.cert.as_deref().map(read).transpose()?,
+            key: self.key.as_deref().map(read).transpose()?,
+            ca: read(&self.ca)?,
+        })
+    }
+
+    fn cert_name(&self) -> String {
+        self.cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    }
+}
+
+fn certificates(pem: &[u8], name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("{name}: not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("{name}: holds no certificate")));
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &[u8], name: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError(format!("{name}: not a PEM private key: {e}")))
+}
+
+fn roots(pem: &[u8], name: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in certificates(pem, name)? {
+        store.add(cert).map_err(|e| TlsError(format!("{name}: not a usable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn server_config(files: &TlsFiles, m: &Material) -> Result<ServerConfig, TlsError> {
+    let (Some(cert), Some(key)) = (&m.cert, &m.key) else {
+        return Err(TlsError("the server needs a certificate and a key".into()));
+    };
+    let cert_name = files.cert_name();
+    let key_name = files.key.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let ca_name = files.ca.display().to_string();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&m.ca, &ca_name)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError(format!("{ca_name}: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(cert, &cert_name)?, private_key(key, &key_name)?)
+        .map_err(|e| TlsError(format!("{cert_name} and {key_name} do not make a usable pair: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn client_config(files: &TlsFiles, m: &Material) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(roots(&m.ca, &files.ca.display().to_string())?);
+    let mut config = match (&m.cert, &m.key) {
+        (Some(cert), Some(key)) => {
+            let cert_name = files.cert_name();
+            builder
+                .with_client_auth_cert(certificates(cert, &cert_name)?, private_key(key, &cert_name)?)
+                .map_err(|e| TlsError(format!("{cert_name} and its key do not make a usable pair: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A TLS configuration rebuilt whenever its files change.
+#[derive(Debug)]
+pub struct Reloading<C> {
+    files: TlsFiles,
+    build: fn(&TlsFiles, &Material) -> Result<C, TlsError>,
+    current: RwLock<Arc<C>>,
+    material: Mutex<Material>,
+    reloads: AtomicU64,
+}
+
+impl<C> Reloading<C> {
+    fn load(files: TlsFiles, build: fn(&TlsFiles, &Material) -> Result<C, TlsError>) -> Result<Self, TlsError> {
+        let material = files.read()?;
+        let config = build(&files, &material)?;
+        Ok(Reloading {
+            files,
+            build,
+            current: RwLock::new(Arc::new(config)),
+            material: Mutex::new(material),
+            reloads: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration new connections use.
+    pub fn current(&self) -> Arc<C> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many times new material was taken since start.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Reads the files again and, when they changed and make a usable
+    /// configuration, switches to it. Unusable new material (a certificate
+    /// written before its key, say) keeps the old configuration serving.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let material = self.files.read()?;
+        let mut last = self.material.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == material {
+            return Ok(false);
+        }
+        let config = (self.build)(&self.files, &material)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *last = material;
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Checks the files every `every` until `stop` resolves.
+    pub async fn keep_reloading(self: Arc<Self>, every: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => match self.reload_if_changed() {
+                    Ok(true) => tracing::info!(cert = %self.files.cert_name(), ca = %self.files.ca.display(),
+                        "TLS certificates reloaded: new connections use them"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "TLS files changed but cannot be used yet; still serving the previous ones"),
+                },
+            }
+        }
+    }
+}
+
+/// The server side: certificate, key and the CAs that sign clients.
+pub type ServerTls = Reloading<ServerConfig>;
+/// The client side: the CAs that sign the coordinator, and optionally a
+/// client certificate.
+pub type ClientTls = Reloading<ClientConfig>;
+
+/// Loads the server's material.
+pub fn server(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
+    Reloading::load(files, server_config).map(Arc::new)
+}
+
+/// Loads a client's material.
+pub fn client(files: TlsFiles) -> Result<Arc<ClientTls>, TlsError> {
+    Reloading::load(files, client_config).map(Arc::new)
+}
+
+/// Who is on the other end of a TLS connection, as its certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub remote: Option<SocketAddr>,
+    /// The certificate's Remedy identity; `None` when the peer presented
+    /// no certificate or one without a `remedy://` URI name.
+    pub identity: Option<Identity>,
+    /// Whether a (verified) certificate was presented at all.
+    pub presented_certificate: bool,
+}
+
+/// The Remedy identity in a DER certificate's URI names, if any.
+pub fn identity_of(der: &[u8]) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
+        _ => None,
+    })
+}
+
+/// An accepted, handshaken TLS connection.
+#[derive(Debug)]
+pub struct TlsConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerInfo,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Counts handshakes refused, for the metrics.
+#[derive(Debug, Default)]
+pub struct HandshakeStats {
+    /// Handshakes that failed (bad certificate, wrong CA, expired, timeout).
+    pub refused: AtomicU64,
+}
+
+/// Accepts connections on `listener` and hands tonic each one after its
+/// TLS handshake. Handshakes run concurrently, each bounded in time, so one
+/// slow client delays nobody. Stops accepting when tonic drops the stream.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    stats: Arc<HandshakeStats>,
+) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: say so, back off, go on.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let (tx, stats) = (tx.clone(), stats.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let chain = stream.get_ref().1.peer_certificates();
+                        let peer = PeerInfo {
+                            remote: Some(remote),
+                            identity: chain.and_then(|c| c.first()).and_then(|leaf| identity_of(leaf)),
+                            presented_certificate: chain.is_some_and(|c| !c.is_empty()),
+                        };
+                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                    }
+                    Ok(Err(e)) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %remote, "TLS handshake not finished in {HANDSHAKE_TIMEOUT:?}; dropped");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A channel to `uri` (an `https://` URL) over TLS with the newest client
+/// material at each (re)connection. `server_name` overrides the name the
+/// coordinator's certificate is checked against (default: the URL's host).
+/// Connects lazily; `endpoint` carries timeouts and keepalives.
+pub fn channel(endpoint: Endpoint, tls: Arc<ClientTls>, server_name: Option<String>) -> Result<Channel, TlsError> {
+    let uri = endpoint.uri().clone();
+    let host = uri.host().ok_or_else(|| TlsError(format!("{uri}: no host")))?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let name = server_name.unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_owned());
+    let name = ServerName::try_from(name.clone())
+        .map_err(|_| TlsError(format!("`{name}` is not a DNS name or an IP address to check the server against")))?;
+    let connector = tower::service_fn(move |_: Uri| {
+        let (tls, host, name) = (tls.clone(), host.clone(), name.clone());
+        async move {
+            let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio_rustls::TlsConnector::from(tls.current()).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_come_from_the_certificate_uri() {
+        let mut params = rcgen::CertificateParams::new(vec!["node-1".to_owned()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI("remedy://agent/node-1".try_into().unwrap()));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(identity_of(cert.der()), Some(Identity::Agent { node: "node-1".into() }));
+
+        let plain = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap().self_signed(&key).unwrap();
+        assert_eq!(identity_of(plain.der()), None, "a certificate without a remedy:// URI names nobody");
+        assert_eq!(identity_of(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn unreadable_or_mismatched_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = TlsFiles {
+            cert: Some(dir.path().join("tls.crt")),
+            key: Some(dir.path().join("tls.key")),
+            ca: dir.path().join("ca.crt"),
+        };
+        let err = server(missing).unwrap_err().to_string();
+        assert!(err.contains("tls.crt"), "{err}");
+
+        let half = TlsFiles { cert: Some(dir.path().join("tls.crt")), key: None, ca: dir.path().join("ca.crt") };
+        assert!(client(half).unwrap_err().to_string().contains("give both or neither"));
+
+        std::fs::write(dir.path().join("ca.crt"), "not pem").unwrap();
+        let err = client(TlsFiles { cert: None, key: None, ca: dir.path().join("ca.crt") }).unwrap_err();
+        assert!(err.to_string().contains("ca.crt: holds no certificate"), "{err}");
+    }
+}
