@@ -76,6 +76,8 @@ struct FileConfig {
     #[serde(default)]
     reconnect: ReconnectFile,
     #[serde(default)]
+    keepalive: KeepaliveFile,
+    #[serde(default)]
     detectors: DetectorsFile,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
@@ -220,6 +222,15 @@ struct ReconnectFile {
     initial: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     max: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepaliveFile {
+    #[serde(default, with = "opt_duration")]
+    interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,6 +386,11 @@ pub struct Config {
     pub reconnect_initial: Duration,
     /// Longest reconnection delay.
     pub reconnect_max: Duration,
+    /// Silence from the coordinator after which the agent pings it.
+    pub keepalive_interval: Duration,
+    /// How long an unanswered ping may wait before the connection counts
+    /// as dead and the agent reconnects.
+    pub keepalive_timeout: Duration,
     /// Detectors.
     pub detectors: Detectors,
     /// Node labels announced in the hello.
@@ -476,6 +492,16 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     if reconnect_initial.is_zero() || reconnect_max < reconnect_initial {
         return Err(err("reconnect.max", "must be at least reconnect.initial, which must be above zero".into()));
     }
+    // A path that drops every packet keeps the socket open and silent; only
+    // an unanswered ping tells the agent to give up on it and reconnect.
+    let keepalive_interval = file.keepalive.interval.unwrap_or(Duration::from_secs(20));
+    if keepalive_interval < Duration::from_millis(100) {
+        return Err(err("keepalive.interval", "must be at least 100ms".into()));
+    }
+    let keepalive_timeout = file.keepalive.timeout.unwrap_or(Duration::from_secs(10));
+    if keepalive_timeout < Duration::from_millis(100) {
+        return Err(err("keepalive.timeout", "must be at least 100ms".into()));
+    }
     let refresh = sample_interval.max(Duration::from_secs(60));
     let d = file.detectors;
     let detectors = Detectors {
@@ -503,6 +529,8 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         spool_capacity,
         reconnect_initial,
         reconnect_max,
+        keepalive_interval,
+        keepalive_timeout,
         detectors,
         labels: file.labels,
         pods,
@@ -863,6 +891,17 @@ mod tests {
         assert_eq!(load("coordinator: 127.0.0.1:7070\n").unwrap_err().field, "coordinator");
         assert_eq!(load("spool_capacity: 0\n").unwrap_err().field, "spool_capacity");
         assert_eq!(load("detectors:\n  gpu_hot: {}\n").unwrap_err().field, "detectors.gpu_hot");
+    }
+
+    #[test]
+    fn keepalive_defaults_to_20s_and_10s_and_refuses_tiny_values() {
+        let c = load("{}").unwrap();
+        assert_eq!((c.keepalive_interval, c.keepalive_timeout), (Duration::from_secs(20), Duration::from_secs(10)));
+        let c = load("keepalive: {interval: 1s, timeout: 500ms}\n").unwrap();
+        assert_eq!((c.keepalive_interval, c.keepalive_timeout), (Duration::from_secs(1), Duration::from_millis(500)));
+        assert_eq!(load("keepalive: {interval: 10ms}\n").unwrap_err().field, "keepalive.interval");
+        assert_eq!(load("keepalive: {timeout: 0s}\n").unwrap_err().field, "keepalive.timeout");
+        assert_eq!(load("keepalive: {intervall: 1s}\n").unwrap_err().field, "keepalive.intervall");
     }
 
     #[test]

@@ -160,6 +160,8 @@ async fn run(
         heartbeat_interval: config.heartbeat_interval,
         reconnect_initial: config.reconnect_initial,
         reconnect_max: config.reconnect_max,
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
         labels: config.labels.clone(),
     };
     // Pods first: a restart_pod directive that arrives on the first stream

@@ -40,6 +40,10 @@ pub struct StreamConfig {
     pub reconnect_initial: Duration,
     /// Longest reconnection delay.
     pub reconnect_max: Duration,
+    /// Silence after which an HTTP/2 ping goes to the coordinator.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
     /// Node labels for the hello.
     pub labels: BTreeMap<String, String>,
 }
@@ -103,8 +107,8 @@ async fn session(
 ) -> Result<(), StreamError> {
     let endpoint = Endpoint::from_shared(config.coordinator.clone())?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .http2_keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout);
     let channel = match &config.tls {
         // Each connection takes the newest certificate from disk.
         Some((tls, server_name)) => remedy_proto::tls::channel(endpoint, tls.clone(), server_name.clone())

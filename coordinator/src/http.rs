@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
@@ -16,7 +16,8 @@ use crate::recorder::Recorder;
 /// Largest webhook body accepted, bytes (Alertmanager groups are far smaller).
 const MAX_WEBHOOK_BODY: usize = 4 * 1024 * 1024;
 
-/// Serves `/healthz` and `/metrics` until `shutdown` resolves.
+/// Serves `/healthz`, `/readyz`, `/metrics` and the Alertmanager webhook
+/// until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
@@ -26,6 +27,7 @@ pub async fn serve(
     let alerts = Router::new()
         .route("/api/v1/alertmanager", post(alertmanager::receive))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        .route("/readyz", get(readyz))
         .with_state(recorder);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -50,6 +52,15 @@ pub async fn serve_standby(
             (axum::http::StatusCode::SERVICE_UNAVAILABLE, "this coordinator is a standby; the leader serves this\n")
         });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Ready while the store commits: a coordinator whose store refuses writes
+/// acknowledges nothing, so it should not be sent more.
+async fn readyz(State(recorder): State<Recorder>) -> impl IntoResponse {
+    match recorder.store_failure() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(cause) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the store cannot commit: {cause}\n")),
+    }
 }
 
 async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {

@@ -185,7 +185,11 @@ enum Command {
 pub struct Recorder {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Incident>,
+    store_failure: StoreFailure,
 }
+
+/// Why the last store commit failed; `None` once a commit succeeds again.
+type StoreFailure = Arc<std::sync::Mutex<Option<String>>>;
 
 /// Runs the writer committed: new ones, and those found unfinished at start.
 pub type RunFeed = mpsc::UnboundedReceiver<RunRecord>;
@@ -237,12 +241,13 @@ impl Recorder {
         for run in loaded.runs.iter().filter(|r| !r.status.is_finished()) {
             let _ = runs_tx.send(run.clone());
         }
-        let writer = Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx);
+        let store_failure = StoreFailure::default();
+        let writer = Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone());
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok((Recorder { tx, events }, runs_rx, guard))
+        Ok((Recorder { tx, events, store_failure }, runs_rx, guard))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RecordError> {
@@ -326,6 +331,12 @@ impl Recorder {
         let _ = self.tx.send(Command::Sweep).await;
     }
 
+    /// Why the store refused the last commit, while it keeps refusing: a
+    /// coordinator that cannot commit acknowledges nothing and is not ready.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Every committed change to an incident, in commit order.
     pub fn subscribe(&self) -> broadcast::Receiver<Incident> {
         self.events.subscribe()
@@ -350,6 +361,7 @@ struct Writer {
     /// each fired last time it was judged.
     sums: HashMap<(String, usize), (AcrossNodesSum, bool)>,
     new_runs: mpsc::UnboundedSender<RunRecord>,
+    store_failure: StoreFailure,
 }
 
 /// What made a signal, for trigger matching.
@@ -389,6 +401,7 @@ impl Writer {
         metrics: Metrics,
         catalog: Arc<Catalog>,
         new_runs: mpsc::UnboundedSender<RunRecord>,
+        store_failure: StoreFailure,
     ) -> Self {
         let sums = catalog
             .aggregated_triggers()
@@ -407,6 +420,7 @@ impl Writer {
             runs: loaded.runs.into_iter().map(|r| (r.incident_id, r)).collect(),
             sums,
             new_runs,
+            store_failure,
         }
     }
 
@@ -496,6 +510,11 @@ impl Writer {
         stage.batch.agents.extend(stage.agents.values().cloned());
         let result = self.store.commit(&stage.batch);
         self.metrics.store_commits.inc();
+        // An empty batch touches nothing, so it says nothing about the store.
+        if !stage.batch.is_empty() {
+            *self.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                result.as_ref().err().map(ToString::to_string);
+        }
         match result {
             Ok(()) => {
                 self.merge(stage);

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod fault_proxy;
+pub mod findings;
 pub mod in_process;
 pub mod net_tools;
 pub mod procs;

@@ -6,9 +6,10 @@
 // Test helpers fail the test by panicking; that is their job.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use remedy_e2e::findings::{post_batches, probe, spools_drained, submit_spread};
 use remedy_e2e::procs::{Agent, Coordinator, all_findings, eventually, remedyctl};
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::agent_message::Body;
@@ -18,10 +19,6 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn probe(target: &str, summary: &str) -> serde_json::Value {
-    json!({ "kind": "probe_failed", "severity": "warning", "target": target, "summary": summary })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_flow_from_an_agent_to_remedyctl() {
@@ -92,43 +89,6 @@ async fn watch_prints_incidents_as_they_open() {
     let incident = event.incident.unwrap();
     assert_eq!(incident.target, "service/watched");
     assert!(!event.initial);
-}
-
-/// The findings each agent will submit, per node: (target, unique summary),
-/// spread over `targets_per_agent` targets.
-fn submit_spread(
-    agents: &[Agent],
-    per_agent: usize,
-    targets_per_agent: usize,
-) -> BTreeMap<String, Vec<(String, String)>> {
-    let mut submitted = BTreeMap::new();
-    for agent in agents {
-        let mut list = Vec::with_capacity(per_agent);
-        for i in 0..per_agent {
-            let target = format!("service/{}-{}", agent.node, i % targets_per_agent);
-            list.push((target, format!("{} finding {i}", agent.node)));
-        }
-        submitted.insert(agent.node.clone(), list);
-    }
-    submitted
-}
-
-async fn post_batches(agent: &Agent, items: &[(String, String)]) {
-    for chunk in items.chunks(250) {
-        let body: Vec<serde_json::Value> = chunk.iter().map(|(t, s)| probe(t, s)).collect();
-        let (code, reply) = agent.submit(&json!(body)).await;
-        assert_eq!(code, 202, "{reply}");
-        assert_eq!(reply["dropped"], 0, "the spool must not shed in this test");
-    }
-}
-
-async fn spools_drained(agents: &[Agent]) -> bool {
-    for a in agents {
-        if a.debug_state().await["spool"]["depth"] != 0 {
-            return false;
-        }
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! The embedded store: one redb file in the data directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use remedy_shared::audit::AuditEntry;
@@ -37,9 +39,21 @@ const NEXT_OWN_SEQUENCE: &str = "next_own_sequence";
 const NEXT_ENTRY: &str = "next_timeline_entry";
 
 /// A redb-backed [`Store`].
+///
+/// After a write fails (a full disk, an I/O error) redb refuses every later
+/// operation until the file is closed and opened again, which also repairs
+/// what the failed commit left behind. So the next write closes and reopens
+/// the file first: once the cause is gone, writing resumes without a
+/// restart. Until the reopen succeeds, every operation reports why.
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` between closing the failed file and a successful reopen.
+    db: RwLock<Option<Database>>,
+    /// A write failed since the file was last opened.
+    write_failed: AtomicBool,
+    /// Why the last reopen failed.
+    reopen_error: Mutex<Option<String>>,
 }
 
 impl EmbeddedStore {
@@ -47,28 +61,90 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("coordinator.redb");
-        // The store is written by one thread and read by admin calls; a
-        // modest page cache keeps the coordinator's memory flat (redb's
-        // default is 1 GiB, reached under sustained ingest).
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(backend)?;
-        {
-            txn.open_table(FINDINGS).map_err(backend)?;
-            txn.open_table(AGENTS).map_err(backend)?;
-            txn.open_table(INCIDENTS).map_err(backend)?;
-            txn.open_table(TIMELINE).map_err(backend)?;
-            txn.open_table(META).map_err(backend)?;
-            txn.open_table(ALERT_KEYS).map_err(backend)?;
-            txn.open_table(RUNS).map_err(backend)?;
-            txn.open_table(DOCUMENTS).map_err(backend)?;
-            txn.open_table(AUDIT).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
-        Ok(EmbeddedStore { db })
+        let db = open_database(&path)?;
+        Ok(EmbeddedStore {
+            path,
+            db: RwLock::new(Some(db)),
+            write_failed: AtomicBool::new(false),
+            reopen_error: Mutex::new(None),
+        })
     }
+
+    /// Runs `f` on the open database.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => {
+                let why = self.reopen_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                Err(backend(format!(
+                    "the store is closed after a failed write and could not be reopened yet: {}",
+                    why.unwrap_or_else(|| "reopening".into())
+                )))
+            }
+        }
+    }
+
+    /// Runs a write transaction, reopening the file first if an earlier
+    /// write failed.
+    fn write<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.write_failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let result = self.with_db(f);
+        if result.is_err() {
+            self.write_failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.write_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The old handle must be gone before the file can be opened again:
+        // redb locks it while open.
+        drop(slot.take());
+        match open_database(&self.path) {
+            Ok(db) => {
+                *slot = Some(db);
+                self.write_failed.store(false, Ordering::Release);
+                *self.reopen_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                tracing::info!(path = %self.path.display(), "store reopened after a failed write; writing resumes");
+                Ok(())
+            }
+            Err(e) => {
+                *self.reopen_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Opens (or creates) the file, creating every table.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    // The store is written by one thread and read by admin calls; a modest
+    // page cache keeps the coordinator's memory flat (redb's default is
+    // 1 GiB, reached under sustained ingest).
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        txn.open_table(FINDINGS).map_err(backend)?;
+        txn.open_table(AGENTS).map_err(backend)?;
+        txn.open_table(INCIDENTS).map_err(backend)?;
+        txn.open_table(TIMELINE).map_err(backend)?;
+        txn.open_table(META).map_err(backend)?;
+        txn.open_table(ALERT_KEYS).map_err(backend)?;
+        txn.open_table(RUNS).map_err(backend)?;
+        txn.open_table(DOCUMENTS).map_err(backend)?;
+        txn.open_table(AUDIT).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    Ok(db)
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -86,222 +162,249 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, S
 
 impl Store for EmbeddedStore {
     fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        let get = |key: &str| -> Result<u64, StoreError> {
-            Ok(meta.get(key).map_err(backend)?.map(|v| v.value()).unwrap_or(0))
-        };
-        let counters =
-            Counters { next_incident: get(NEXT_INCIDENT)?.max(1), next_own_sequence: get(NEXT_OWN_SEQUENCE)?.max(1) };
-        let agents = self.list_agents()?;
-        let incidents = txn.open_table(INCIDENTS).map_err(backend)?;
-        let mut open_incidents = Vec::new();
-        for row in incidents.iter().map_err(backend)? {
-            let (_, value) = row.map_err(backend)?;
-            let incident: Incident = decode("incidents", value.value())?;
-            if !incident.state.is_closed() {
-                open_incidents.push(incident);
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let get = |key: &str| -> Result<u64, StoreError> {
+                Ok(meta.get(key).map_err(backend)?.map(|v| v.value()).unwrap_or(0))
+            };
+            let counters = Counters {
+                next_incident: get(NEXT_INCIDENT)?.max(1),
+                next_own_sequence: get(NEXT_OWN_SEQUENCE)?.max(1),
+            };
+            let agents = read_agents(db)?;
+            let incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+            let mut open_incidents = Vec::new();
+            for row in incidents.iter().map_err(backend)? {
+                let (_, value) = row.map_err(backend)?;
+                let incident: Incident = decode("incidents", value.value())?;
+                if !incident.state.is_closed() {
+                    open_incidents.push(incident);
+                }
             }
-        }
-        let keys = txn.open_table(ALERT_KEYS).map_err(backend)?;
-        let mut alert_keys = Vec::new();
-        for row in keys.iter().map_err(backend)? {
-            let (key, at) = row.map_err(backend)?;
-            alert_keys.push((key.value().to_owned(), remedy_shared::Timestamp::from_millis(at.value())));
-        }
-        let open_ids: std::collections::HashSet<u64> = open_incidents.iter().map(|i| i.id.0).collect();
-        let mut runs = Vec::new();
-        for row in txn.open_table(RUNS).map_err(backend)?.iter().map_err(backend)? {
-            let (id, value) = row.map_err(backend)?;
-            let run: RunRecord = decode("runs", value.value())?;
-            if open_ids.contains(&id.value()) || !run.status.is_finished() {
-                runs.push(run);
+            let keys = txn.open_table(ALERT_KEYS).map_err(backend)?;
+            let mut alert_keys = Vec::new();
+            for row in keys.iter().map_err(backend)? {
+                let (key, at) = row.map_err(backend)?;
+                alert_keys.push((key.value().to_owned(), remedy_shared::Timestamp::from_millis(at.value())));
             }
-        }
-        let documents = txn.open_table(DOCUMENTS).map_err(backend)?;
-        let guard = documents.get(GUARD_STATE).map_err(backend)?.map(|v| decode("documents", v.value())).transpose()?;
-        Ok(Loaded { agents, open_incidents, counters, alert_keys, runs, guard })
+            let open_ids: std::collections::HashSet<u64> = open_incidents.iter().map(|i| i.id.0).collect();
+            let mut runs = Vec::new();
+            for row in txn.open_table(RUNS).map_err(backend)?.iter().map_err(backend)? {
+                let (id, value) = row.map_err(backend)?;
+                let run: RunRecord = decode("runs", value.value())?;
+                if open_ids.contains(&id.value()) || !run.status.is_finished() {
+                    runs.push(run);
+                }
+            }
+            let documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+            let guard =
+                documents.get(GUARD_STATE).map_err(backend)?.map(|v| decode("documents", v.value())).transpose()?;
+            Ok(Loaded { agents, open_incidents, counters, alert_keys, runs, guard })
+        })
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
-        {
-            let mut findings = txn.open_table(FINDINGS).map_err(backend)?;
-            for f in &batch.findings {
-                findings.insert((f.agent_id.as_str(), f.sequence), encode(f).as_slice()).map_err(backend)?;
-            }
-            let mut agents = txn.open_table(AGENTS).map_err(backend)?;
-            for a in &batch.agents {
-                agents.insert(a.agent_id.as_str(), encode(a).as_slice()).map_err(backend)?;
-            }
-            let mut incidents = txn.open_table(INCIDENTS).map_err(backend)?;
-            for i in &batch.incidents {
-                incidents.insert(i.id.0, encode(i).as_slice()).map_err(backend)?;
-            }
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            if !batch.timeline.is_empty() {
-                let mut next = meta.get(NEXT_ENTRY).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-                let mut timeline = txn.open_table(TIMELINE).map_err(backend)?;
-                for (id, entry) in &batch.timeline {
-                    timeline.insert((id.0, next), encode(entry).as_slice()).map_err(backend)?;
-                    next += 1;
+        self.write(|db| {
+            let mut txn = db.begin_write().map_err(backend)?;
+            txn.set_durability(Durability::Immediate).map_err(backend)?;
+            {
+                let mut findings = txn.open_table(FINDINGS).map_err(backend)?;
+                for f in &batch.findings {
+                    findings.insert((f.agent_id.as_str(), f.sequence), encode(f).as_slice()).map_err(backend)?;
                 }
-                meta.insert(NEXT_ENTRY, next).map_err(backend)?;
-            }
-            let mut keys = txn.open_table(ALERT_KEYS).map_err(backend)?;
-            for (key, at) in &batch.alert_keys {
-                keys.insert(key.as_str(), at.as_millis()).map_err(backend)?;
-            }
-            for key in &batch.forgotten_alert_keys {
-                keys.remove(key.as_str()).map_err(backend)?;
-            }
-            let mut runs = txn.open_table(RUNS).map_err(backend)?;
-            for run in &batch.runs {
-                runs.insert(run.incident_id.0, encode(run).as_slice()).map_err(backend)?;
-            }
-            if let Some(guard) = &batch.guard {
-                let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
-                documents.insert(GUARD_STATE, encode(guard).as_slice()).map_err(backend)?;
-            }
-            if !batch.audit.is_empty() {
-                let mut audit = txn.open_table(AUDIT).map_err(backend)?;
-                let mut seq = audit.last().map_err(backend)?.map(|(k, _)| k.value()).unwrap_or(0);
-                for entry in &batch.audit {
-                    seq += 1;
-                    let entry = AuditEntry { seq, ..entry.clone() };
-                    audit.insert(seq, encode(&entry).as_slice()).map_err(backend)?;
+                let mut agents = txn.open_table(AGENTS).map_err(backend)?;
+                for a in &batch.agents {
+                    agents.insert(a.agent_id.as_str(), encode(a).as_slice()).map_err(backend)?;
+                }
+                let mut incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+                for i in &batch.incidents {
+                    incidents.insert(i.id.0, encode(i).as_slice()).map_err(backend)?;
+                }
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                if !batch.timeline.is_empty() {
+                    let mut next = meta.get(NEXT_ENTRY).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+                    let mut timeline = txn.open_table(TIMELINE).map_err(backend)?;
+                    for (id, entry) in &batch.timeline {
+                        timeline.insert((id.0, next), encode(entry).as_slice()).map_err(backend)?;
+                        next += 1;
+                    }
+                    meta.insert(NEXT_ENTRY, next).map_err(backend)?;
+                }
+                let mut keys = txn.open_table(ALERT_KEYS).map_err(backend)?;
+                for (key, at) in &batch.alert_keys {
+                    keys.insert(key.as_str(), at.as_millis()).map_err(backend)?;
+                }
+                for key in &batch.forgotten_alert_keys {
+                    keys.remove(key.as_str()).map_err(backend)?;
+                }
+                let mut runs = txn.open_table(RUNS).map_err(backend)?;
+                for run in &batch.runs {
+                    runs.insert(run.incident_id.0, encode(run).as_slice()).map_err(backend)?;
+                }
+                if let Some(guard) = &batch.guard {
+                    let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+                    documents.insert(GUARD_STATE, encode(guard).as_slice()).map_err(backend)?;
+                }
+                if !batch.audit.is_empty() {
+                    let mut audit = txn.open_table(AUDIT).map_err(backend)?;
+                    let mut seq = audit.last().map_err(backend)?.map(|(k, _)| k.value()).unwrap_or(0);
+                    for entry in &batch.audit {
+                        seq += 1;
+                        let entry = AuditEntry { seq, ..entry.clone() };
+                        audit.insert(seq, encode(&entry).as_slice()).map_err(backend)?;
+                    }
+                }
+                if let Some(c) = batch.counters {
+                    meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
+                    meta.insert(NEXT_OWN_SEQUENCE, c.next_own_sequence).map_err(backend)?;
                 }
             }
-            if let Some(c) = batch.counters {
-                meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
-                meta.insert(NEXT_OWN_SEQUENCE, c.next_own_sequence).map_err(backend)?;
-            }
-        }
-        txn.commit().map_err(backend)
+            txn.commit().map_err(backend)
+        })
     }
 
     fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(FINDINGS).map_err(backend)?;
-        let mut out = Vec::new();
-        let start: (&str, u64) = match (&query.after, &query.agent_id) {
-            (Some((agent, seq)), _) => (agent.as_str(), seq.saturating_add(1)),
-            (None, Some(agent)) => (agent.as_str(), 0),
-            (None, None) => ("", 0),
-        };
-        for row in table.range(start..).map_err(backend)? {
-            let (key, value) = row.map_err(backend)?;
-            let (agent, _) = key.value();
-            if query.agent_id.as_deref().is_some_and(|a| a != agent) {
-                break;
-            }
-            let f: StoredFinding = decode("findings", value.value())?;
-            if query.kind.is_some_and(|k| k != f.finding.kind) {
-                continue;
-            }
-            out.push(f);
-            if out.len() >= query.limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(FINDINGS).map_err(backend)?;
-        table.get((agent_id, sequence)).map_err(backend)?.map(|v| decode("findings", v.value())).transpose()
-    }
-
-    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(INCIDENTS).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(backend)?.rev() {
-            let (_, value) = row.map_err(backend)?;
-            let incident: Incident = decode("incidents", value.value())?;
-            if include_resolved || !incident.state.is_closed() {
-                out.push(incident);
-                if out.len() >= limit {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(FINDINGS).map_err(backend)?;
+            let mut out = Vec::new();
+            let start: (&str, u64) = match (&query.after, &query.agent_id) {
+                (Some((agent, seq)), _) => (agent.as_str(), seq.saturating_add(1)),
+                (None, Some(agent)) => (agent.as_str(), 0),
+                (None, None) => ("", 0),
+            };
+            for row in table.range(start..).map_err(backend)? {
+                let (key, value) = row.map_err(backend)?;
+                let (agent, _) = key.value();
+                if query.agent_id.as_deref().is_some_and(|a| a != agent) {
+                    break;
+                }
+                let f: StoredFinding = decode("findings", value.value())?;
+                if query.kind.is_some_and(|k| k != f.finding.kind) {
+                    continue;
+                }
+                out.push(f);
+                if out.len() >= query.limit {
                     break;
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+    }
+
+    fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(FINDINGS).map_err(backend)?;
+            table.get((agent_id, sequence)).map_err(backend)?.map(|v| decode("findings", v.value())).transpose()
+        })
+    }
+
+    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(INCIDENTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(backend)?.rev() {
+                let (_, value) = row.map_err(backend)?;
+                let incident: Incident = decode("incidents", value.value())?;
+                if include_resolved || !incident.state.is_closed() {
+                    out.push(incident);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn get_run(&self, id: IncidentId) -> Result<Option<RunRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(RUNS).map_err(backend)?;
-        table.get(id.0).map_err(backend)?.map(|v| decode("runs", v.value())).transpose()
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(RUNS).map_err(backend)?;
+            table.get(id.0).map_err(backend)?.map(|v| decode("runs", v.value())).transpose()
+        })
     }
 
     fn get_incident(&self, id: IncidentId) -> Result<Option<(Incident, Vec<TimelineEntry>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let incidents = txn.open_table(INCIDENTS).map_err(backend)?;
-        let Some(value) = incidents.get(id.0).map_err(backend)? else {
-            return Ok(None);
-        };
-        let incident: Incident = decode("incidents", value.value())?;
-        let timeline = txn.open_table(TIMELINE).map_err(backend)?;
-        let mut entries = Vec::new();
-        for row in timeline.range((id.0, 0)..=(id.0, u64::MAX)).map_err(backend)? {
-            let (_, value) = row.map_err(backend)?;
-            entries.push(decode("timeline", value.value())?);
-        }
-        Ok(Some((incident, entries)))
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+            let Some(value) = incidents.get(id.0).map_err(backend)? else {
+                return Ok(None);
+            };
+            let incident: Incident = decode("incidents", value.value())?;
+            let timeline = txn.open_table(TIMELINE).map_err(backend)?;
+            let mut entries = Vec::new();
+            for row in timeline.range((id.0, 0)..=(id.0, u64::MAX)).map_err(backend)? {
+                let (_, value) = row.map_err(backend)?;
+                entries.push(decode("timeline", value.value())?);
+            }
+            Ok(Some((incident, entries)))
+        })
     }
 
     fn list_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let documents = txn.open_table(DOCUMENTS).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in documents.range(BAN_PREFIX..).map_err(backend)? {
-            let (key, value) = row.map_err(backend)?;
-            if !key.value().starts_with(BAN_PREFIX) {
-                break;
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in documents.range(BAN_PREFIX..).map_err(backend)? {
+                let (key, value) = row.map_err(backend)?;
+                if !key.value().starts_with(BAN_PREFIX) {
+                    break;
+                }
+                out.push(decode("documents", value.value())?);
             }
-            out.push(decode("documents", value.value())?);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
-        {
-            let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
-            let key = format!("{BAN_PREFIX}{}", ban.ip);
-            documents.insert(key.as_str(), encode(ban).as_slice()).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)
+        self.write(|db| {
+            let mut txn = db.begin_write().map_err(backend)?;
+            txn.set_durability(Durability::Immediate).map_err(backend)?;
+            {
+                let mut documents = txn.open_table(DOCUMENTS).map_err(backend)?;
+                let key = format!("{BAN_PREFIX}{}", ban.ip);
+                documents.insert(key.as_str(), encode(ban).as_slice()).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
     }
 
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(AUDIT).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in table.range(after.saturating_add(1)..).map_err(backend)?.take(limit) {
-            let (_, value) = row.map_err(backend)?;
-            out.push(decode("audit", value.value())?);
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(AUDIT).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in table.range(after.saturating_add(1)..).map_err(backend)?.take(limit) {
+                let (_, value) = row.map_err(backend)?;
+                out.push(decode("audit", value.value())?);
+            }
+            Ok(out)
+        })
     }
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(AGENTS).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(backend)? {
-            let (_, value) = row.map_err(backend)?;
-            out.push(decode("agents", value.value())?);
-        }
-        Ok(out)
+        self.with_db(read_agents)
     }
+}
+
+fn read_agents(db: &Database) -> Result<Vec<AgentRecord>, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let table = txn.open_table(AGENTS).map_err(backend)?;
+    let mut out = Vec::new();
+    for row in table.iter().map_err(backend)? {
+        let (_, value) = row.map_err(backend)?;
+        out.push(decode("agents", value.value())?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

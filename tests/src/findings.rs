@@ -1,0 +1,52 @@
+//! Findings submitted through agents' local endpoints, and what tests wait
+//! for while they travel.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::procs::Agent;
+
+/// A `probe_failed` finding as the local endpoint takes it.
+pub fn probe(target: &str, summary: &str) -> serde_json::Value {
+    json!({ "kind": "probe_failed", "severity": "warning", "target": target, "summary": summary })
+}
+
+/// The findings each agent will submit, per node: (target, unique summary),
+/// spread over `targets_per_agent` targets.
+pub fn submit_spread(
+    agents: &[Agent],
+    per_agent: usize,
+    targets_per_agent: usize,
+) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut submitted = BTreeMap::new();
+    for agent in agents {
+        let mut list = Vec::with_capacity(per_agent);
+        for i in 0..per_agent {
+            let target = format!("service/{}-{}", agent.node, i % targets_per_agent);
+            list.push((target, format!("{} finding {i}", agent.node)));
+        }
+        submitted.insert(agent.node.clone(), list);
+    }
+    submitted
+}
+
+/// Submits `items` to `agent` in batches of 250; every one must be spooled.
+pub async fn post_batches(agent: &Agent, items: &[(String, String)]) {
+    for chunk in items.chunks(250) {
+        let body: Vec<serde_json::Value> = chunk.iter().map(|(t, s)| probe(t, s)).collect();
+        let (code, reply) = agent.submit(&json!(body)).await;
+        assert_eq!(code, 202, "{reply}");
+        assert_eq!(reply["dropped"], 0, "the spool must not shed in this test");
+    }
+}
+
+/// Whether every agent's spool is empty: everything it took was acknowledged.
+pub async fn spools_drained(agents: &[Agent]) -> bool {
+    for a in agents {
+        if a.debug_state().await["spool"]["depth"] != 0 {
+            return false;
+        }
+    }
+    true
+}
