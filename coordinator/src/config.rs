@@ -76,6 +76,8 @@ struct FileConfig {
     kubernetes: Option<KubernetesFile>,
     #[serde(default)]
     edge: Option<crate::edge::EdgeConfig>,
+    #[serde(default)]
+    databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
 }
 
 /// `kubernetes:` in the file.
@@ -162,6 +164,8 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// The edge provider `block_ip` steps with `edge: true` also block at.
     pub edge: Option<crate::edge::EdgeConfig>,
+    /// The PostgreSQL clusters the data-plane actions reach, by name.
+    pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
 }
 
 impl Config {
@@ -243,6 +247,7 @@ impl Config {
         if let Some(edge) = &file.edge {
             edge.validate().map_err(|e| ConfigError::new(source, "edge", e))?;
         }
+        data_plane(source, &file.databases)?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -257,8 +262,25 @@ impl Config {
             guard_rails,
             kubernetes,
             edge: file.edge,
+            databases: file.databases,
         })
     }
+}
+
+/// Checks `databases:`; the error names the database and its field.
+fn data_plane(
+    source: &str,
+    databases: &BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+) -> Result<(), ConfigError> {
+    let valid_name =
+        |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    for (name, db) in databases {
+        if !valid_name(name) {
+            return Err(ConfigError::new(source, format!("databases.{name}"), "letters, digits, `-` and `_` only"));
+        }
+        db.validate().map_err(|(field, e)| ConfigError::new(source, format!("databases.{name}.{field}"), e))?;
+    }
+    Ok(())
 }
 
 fn kubernetes(

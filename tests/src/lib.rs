@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod datastores;
 pub mod in_process;
 pub mod net_tools;
 pub mod procs;

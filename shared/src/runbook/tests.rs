@@ -122,7 +122,7 @@ fn steps_default_their_failure_handling_destructiveness_and_approval_by_kind() {
     assert!(restart.is_destructive() && !reset.is_destructive());
     assert!(!restart.requires_approval(&rb.guard_rails));
     let mut failover = restart.clone();
-    failover.action = Action::PgFailover(PgFailover { primary: "a".into(), replica: "b".into(), fence_primary: true });
+    failover.action = Action::PgFailover(PgFailover { database: "a".into(), replica: None, fence_primary: true });
     assert!(failover.requires_approval(&rb.guard_rails), "listed in guard_rails.requires_approval");
     failover.requires_approval = Some(false);
     assert!(!failover.requires_approval(&rb.guard_rails), "the step's own word wins");
