@@ -78,6 +78,8 @@ struct FileConfig {
     edge: Option<crate::edge::EdgeConfig>,
     #[serde(default)]
     databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+    #[serde(default)]
+    caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
 }
 
 /// `kubernetes:` in the file.
@@ -166,6 +168,8 @@ pub struct Config {
     pub edge: Option<crate::edge::EdgeConfig>,
     /// The PostgreSQL clusters the data-plane actions reach, by name.
     pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+    /// The Redis instances the data-plane actions reach, by name.
+    pub caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
 }
 
 impl Config {
@@ -247,7 +251,7 @@ impl Config {
         if let Some(edge) = &file.edge {
             edge.validate().map_err(|e| ConfigError::new(source, "edge", e))?;
         }
-        data_plane(source, &file.databases)?;
+        data_plane(source, &file.databases, &file.caches)?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -263,14 +267,17 @@ impl Config {
             kubernetes,
             edge: file.edge,
             databases: file.databases,
+            caches: file.caches,
         })
     }
 }
 
-/// Checks `databases:`; the error names the database and its field.
+/// Checks `databases:` and `caches:`; the error names the instance and its
+/// field.
 fn data_plane(
     source: &str,
     databases: &BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+    caches: &BTreeMap<String, crate::actuators::redis::CacheConfig>,
 ) -> Result<(), ConfigError> {
     let valid_name =
         |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
@@ -279,6 +286,12 @@ fn data_plane(
             return Err(ConfigError::new(source, format!("databases.{name}"), "letters, digits, `-` and `_` only"));
         }
         db.validate().map_err(|(field, e)| ConfigError::new(source, format!("databases.{name}.{field}"), e))?;
+    }
+    for (name, cache) in caches {
+        if !valid_name(name) {
+            return Err(ConfigError::new(source, format!("caches.{name}"), "letters, digits, `-` and `_` only"));
+        }
+        cache.validate().map_err(|(field, e)| ConfigError::new(source, format!("caches.{name}.{field}"), e))?;
     }
     Ok(())
 }

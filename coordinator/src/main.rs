@@ -143,7 +143,8 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
             .with(Arc::new(
                 actuators::postgres::PostgresActuator::new(config.databases.clone())
                     .context("cannot build the HTTP client for the PostgreSQL repoint hook")?,
-            ));
+            ))
+            .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())));
     let mut engine =
         Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
     if let Some((elector, _)) = &election {

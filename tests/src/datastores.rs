@@ -350,6 +350,14 @@ async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("---- last lines of redis-server ----");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

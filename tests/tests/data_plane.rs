@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use remedy_e2e::datastores::{PG_PASSWORD, Postgres};
+use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis};
 use remedy_e2e::procs::{Coordinator, eventually, free_addr};
 use remedy_e2e::runs::{
     about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
@@ -332,4 +332,164 @@ async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_i
     let entries = run_end(&coordinator, &id).await;
     let probe = result_of(&entries, "primary").expect("a probe result");
     assert_eq!(probe.details.get("evidence.primary").map(String::as_str), Some("db-1"), "{}", show(&entries));
+}
+
+async fn dbsize(redis: &Redis, db: u32) -> u64 {
+    let mut c = redis.connection(db).await;
+    redis::cmd("DBSIZE").query_async(&mut c).await.expect("DBSIZE")
+}
+
+/// Writes `count` keys named by `name` with MSET, a thousand at a time.
+async fn fill(redis: &Redis, db: u32, count: u64, name: impl Fn(u64) -> String) {
+    let mut c = redis.connection(db).await;
+    let mut i = 0;
+    while i < count {
+        let mut cmd = redis::cmd("MSET");
+        for j in i..(i + 1000).min(count) {
+            cmd.arg(name(j)).arg("v");
+        }
+        let _: () = cmd.query_async(&mut c).await.expect("MSET");
+        i += 1000;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushes_one_database_deletes_sessions_by_pattern_in_batches_and_warms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path()).await;
+    let world = World::start().await;
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, format!("{REDIS_PASSWORD}\n")).expect("write the password");
+    let wrong_file = dir.path().join("wrong-redis-password");
+    std::fs::write(&wrong_file, "not-the-password").expect("write a wrong password");
+    let config = format!(
+        "caches:\n  auth-cache:\n    host: 127.0.0.1\n    port: {port}\n    password_file: {pw}\n    scan_batch: 1000\n\
+         \x20   warm_sets:\n      critical: {{db: 2, commands: [[SET, 'config:flags', 'on'], [HSET, 'tenant:1', plan, pro]]}}\n\
+         \x20 wrong:\n    host: 127.0.0.1\n    port: {port}\n    password_file: {wrong}\n\
+         \x20 gone:\n    host: 127.0.0.1\n    port: {gone}\n    connect_timeout: 1s\n",
+        port = redis.addr.port(),
+        pw = password_file.display(),
+        wrong = wrong_file.display(),
+        gone = free_addr().port()
+    );
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    runbook(dir.path(), "FLUSH", "  - id: flush\n    redis_flush: {instance: auth-cache, db: 1}\n", rails);
+    runbook(
+        dir.path(),
+        "SESSIONS",
+        "  - id: sessions\n    redis_delete_keys: {instance: auth-cache, db: 3, pattern: 'session:{user}:*', max_keys: 200000}\n",
+        rails,
+    );
+    runbook(
+        dir.path(),
+        "SCOPED",
+        "  - id: sessions\n    redis_delete_keys: {instance: auth-cache, db: 5, pattern: 'session:{user}:*', scoped_to_users: 'alice, bob'}\n",
+        rails,
+    );
+    runbook(dir.path(), "WARM", "  - id: warm\n    cache_warm: {instance: auth-cache, set: critical}\n", rails);
+    let catalog = runbook(
+        dir.path(),
+        "PINGS",
+        "  - id: ok\n    redis_ping: {instance: auth-cache}\n  - id: wrong\n    redis_ping: {instance: wrong}\n\
+         \x20 - id: gone\n    redis_ping: {instance: gone}\n",
+        rails,
+    );
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    // A flush of database 1 leaves database 0 alone.
+    fill(&redis, 0, 500, |i| format!("keep:{i}")).await;
+    fill(&redis, 1, 300, |i| format!("auth:{i}")).await;
+    let id = run_manual(&coordinator, "FLUSH", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    assert_eq!(status_of(&entries, "flush").as_deref(), Some("succeeded"), "{log}");
+    assert_eq!(
+        result_of(&entries, "flush").and_then(|e| e.details.get("evidence.keys_before")).map(String::as_str),
+        Some("300")
+    );
+    assert_eq!((dbsize(&redis, 1).await, dbsize(&redis, 0).await), (0, 500), "only database 1 was flushed");
+
+    // 100,000 sessions among keys that look like them: exactly the
+    // matching ones go, in batches, while another client keeps working.
+    fill(&redis, 3, 100_000, |i| format!("session:u{}:{i}", i % 1000)).await;
+    fill(&redis, 3, 1000, |i| format!("session-archive:{i}")).await;
+    fill(&redis, 3, 5000, |i| format!("user:{i}")).await;
+    fill(&redis, 3, 1, |_| "session:no-user".to_owned()).await;
+    let busy = tokio::sync::watch::channel(false);
+    let mut other = redis.connection(4).await;
+    let mut done = busy.1.clone();
+    let bystander = tokio::spawn(async move {
+        let (mut ops, mut slowest) = (0u64, Duration::ZERO);
+        // Bounded by the deletion: it stops when told, or after 100,000 rounds.
+        while !*done.borrow_and_update() && ops < 100_000 {
+            let started = std::time::Instant::now();
+            let _: () =
+                redis::cmd("SET").arg("bystander").arg(ops).query_async(&mut other).await.expect("SET during deletion");
+            let back: u64 =
+                redis::cmd("GET").arg("bystander").query_async(&mut other).await.expect("GET during deletion");
+            assert_eq!(back, ops);
+            slowest = slowest.max(started.elapsed());
+            ops += 1;
+        }
+        (ops, slowest)
+    });
+    let started = std::time::Instant::now();
+    let id = run_manual(&coordinator, "SESSIONS", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let took = started.elapsed();
+    busy.0.send(true).expect("stop the bystander");
+    let (ops, slowest) = bystander.await.expect("the bystander ran");
+    let log = show(&entries);
+    let result = result_of(&entries, "sessions").expect("a deletion result");
+    assert_eq!(result.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert_eq!(result.details.get("evidence.deleted").map(String::as_str), Some("100000"), "{log}");
+    let batches: u64 = result.details.get("evidence.scanned_batches").and_then(|b| b.parse().ok()).unwrap_or(0);
+    assert!(batches > 1, "in batches: {log}");
+    assert_eq!(dbsize(&redis, 3).await, 6001, "the look-alikes are all still there");
+    let mut c = redis.connection(3).await;
+    let (_, left): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("session:u1:*")
+        .arg("COUNT")
+        .arg(100_000)
+        .query_async(&mut c)
+        .await
+        .expect("SCAN");
+    assert!(left.is_empty(), "{left:?}");
+    assert!(ops > 0, "the other client was served during the deletion");
+    println!(
+        "deleted 100000 keys in {batches} SCAN batches, run {took:?} end to end; a bystander did {ops} SET+GET rounds, slowest {slowest:?}"
+    );
+
+    // Scoped to the users a finding names: only theirs.
+    fill(&redis, 5, 60, |i| format!("session:{}:{i}", ["alice", "bob", "carol"][(i % 3) as usize])).await;
+    let id = run_manual(&coordinator, "SCOPED", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let result = result_of(&entries, "sessions").expect("a scoped result");
+    assert_eq!(result.details.get("evidence.deleted").map(String::as_str), Some("40"), "{}", show(&entries));
+    assert_eq!(dbsize(&redis, 5).await, 20, "carol's sessions stay");
+
+    // Warming runs the configured commands.
+    let id = run_manual(&coordinator, "WARM", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    assert_eq!(status_of(&entries, "warm").as_deref(), Some("succeeded"), "{}", show(&entries));
+    let mut c = redis.connection(2).await;
+    let flags: String = redis::cmd("GET").arg("config:flags").query_async(&mut c).await.expect("GET");
+    assert_eq!(flags, "on");
+
+    // PING as evidence; wrong credentials and a server nobody runs say so.
+    let id = run_manual(&coordinator, "PINGS", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    assert_eq!(
+        result_of(&entries, "ok").and_then(|e| e.details.get("evidence.answer")).map(String::as_str),
+        Some("PONG"),
+        "{log}"
+    );
+    let wrong = result_of(&entries, "wrong").expect("a result for wrong credentials");
+    assert!(wrong.message.contains("Password authentication failed"), "{log}");
+    let gone = result_of(&entries, "gone").expect("a result for the server nobody runs");
+    assert_eq!(gone.details.get("status").map(String::as_str), Some("failed"), "{log}");
+    assert!(!log.contains(REDIS_PASSWORD) && !log.contains("not-the-password"), "{log}");
 }

@@ -11,6 +11,7 @@ pub mod block;
 pub mod http;
 pub mod kube;
 pub mod postgres;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -135,7 +136,8 @@ pub fn this_release(
         .with(Arc::new(block::BlockActuator::new(bans)))
         // No database configured here: a step naming one rehearses and says
         // so; the coordinator registers the configured ones over these.
-        .with(Arc::new(postgres::PostgresActuator::new(BTreeMap::new())?));
+        .with(Arc::new(postgres::PostgresActuator::new(BTreeMap::new())?))
+        .with(Arc::new(redis::RedisActuator::default()));
     if let Some(client) = kube {
         actuators = actuators.with(Arc::new(kube::KubeActuator::new(client)));
     }

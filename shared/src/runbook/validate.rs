@@ -66,6 +66,10 @@ impl ActionCatalog {
             .with(ActionKind::PgSelect1, Availability::Now)
             .with(ActionKind::PgMaintenance, Availability::Now)
             .with(ActionKind::PgFailover, Availability::Now)
+            .with(ActionKind::RedisPing, Availability::Now)
+            .with(ActionKind::RedisFlush, Availability::Now)
+            .with(ActionKind::RedisDeleteKeys, Availability::Now)
+            .with(ActionKind::CacheWarm, Availability::Now)
     }
 
     /// A catalog offering every kind with the same availability.
