@@ -441,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn databases_and_caches_are_validated_naming_the_instance_and_field() {
+        let text = "databases:\n  main:\n    primary: {host: db-0, user: remedy}\n    replicas: [{host: db-1, user: remedy}]\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "databases.main.replicas[0].name");
+        let text = "caches:\n  auth-cache: {host: redis, password_file: /nonexistent/redis-password}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "caches.auth-cache.password_file");
+        let text =
+            "databases:\n  main:\n    primary: {host: db-0, user: remedy}\ncaches:\n  auth-cache: {host: redis}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        let c = Config::resolve(&cli(), "c.yaml", file).unwrap();
+        assert_eq!((c.databases.len(), c.caches.len()), (1, 1));
+        // An unknown field is an error, as everywhere in the file.
+        assert!(config::parse_yaml::<FileConfig>("c.yaml", "caches:\n  a: {host: r, url: redis://r}\n").is_err());
+    }
+
+    #[test]
     fn stale_after_must_leave_room_for_a_late_heartbeat() {
         let file: FileConfig = config::parse_yaml("c.yaml", "heartbeat_interval: 10s\nstale_after: 15s\n").unwrap();
         let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();

@@ -226,6 +226,12 @@ async fn failovers_are_refused_with_the_reason_and_bad_credentials_or_servers_sa
     let config = databases(dir.path(), &primary, &replica, &world, &extra);
     let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
     runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
+    runbook(
+        dir.path(),
+        "MAINT",
+        "  - id: maintenance\n    pg_maintenance: {database: main, operations: [reload_conf, stat_reset]}\n",
+        rails,
+    );
     let catalog = runbook(
         dir.path(),
         "PROBES",
@@ -251,6 +257,47 @@ async fn failovers_are_refused_with_the_reason_and_bad_credentials_or_servers_sa
         Some("replica")
     );
     assert!(!log.contains(PG_PASSWORD) && !log.contains("not-the-password"), "{log}");
+
+    // Maintenance on the primary: the statements running before it are
+    // attached, then the configuration is reloaded and statistics reset.
+    let sleeper = primary.client().await;
+    let slow = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(30)").await });
+    let watcher = primary.client().await;
+    eventually("the slow statement running", Duration::from_secs(10), || async {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+                &[],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) > 0).then_some(())
+    })
+    .await;
+    let id = run_manual(&coordinator, "MAINT", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    let maintenance = result_of(&entries, "maintenance").expect("a maintenance result");
+    assert_eq!(maintenance.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert_eq!(maintenance.details.get("evidence.member").map(String::as_str), Some("db-0"), "{log}");
+    assert_eq!(maintenance.details.get("evidence.operations.reload_conf").map(String::as_str), Some("t"), "{log}");
+    assert!(
+        maintenance
+            .details
+            .iter()
+            .any(|(k, v)| k.starts_with("evidence.slow_queries.") && v.contains("SELECT pg_sleep(30)")),
+        "the running statement is attached:\n{log}"
+    );
+    let reset: bool = watcher
+        .query_one(
+            "SELECT stats_reset > now() - interval '1 minute' FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("read stats_reset")
+        .get(0);
+    assert!(reset, "statistics were reset just now");
+    slow.abort();
 
     // The replica falls behind (replay paused while the primary writes):
     // promoting it would lose writes, so the failover is refused and
