@@ -8,6 +8,10 @@ need=()
 # IP blocking is tested with real nftables in network namespaces.
 [[ -x /usr/sbin/nft ]] || need+=(nftables)
 [[ -x /usr/sbin/ip ]] || need+=(iproute2)
+# The data-plane actuators are tested against real PostgreSQL (a primary and
+# a streaming replica) and Redis servers; any packaged major version will do.
+compgen -G '/usr/lib/postgresql/*/bin/pg_basebackup' >/dev/null || need+=(postgresql)
+[[ -x /usr/bin/redis-server ]] || need+=(redis-server)
 
 if ((${#need[@]} == 0)); then
 	exit 0

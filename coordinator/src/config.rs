@@ -94,6 +94,10 @@ struct FileConfig {
     tls: Option<TlsFile>,
     #[serde(default)]
     authorization: Option<AuthorizationFile>,
+    #[serde(default)]
+    databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+    #[serde(default)]
+    caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
 }
 
 /// `tls:` in the file.
@@ -223,6 +227,10 @@ pub struct Config {
     pub security: GrpcSecurity,
     /// Who may call what on the admin API.
     pub authorization: crate::auth::AuthorizationConfig,
+    /// The PostgreSQL clusters the data-plane actions reach, by name.
+    pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+    /// The Redis instances the data-plane actions reach, by name.
+    pub caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
 }
 
 impl Config {
@@ -306,6 +314,7 @@ impl Config {
         }
         let security = security(cli, source, file.tls)?;
         let authorization = authorization(source, file.authorization, &security)?;
+        data_plane(source, &file.databases, &file.caches)?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -322,6 +331,8 @@ impl Config {
             edge: file.edge,
             security,
             authorization,
+            databases: file.databases,
+            caches: file.caches,
         })
     }
 }
@@ -410,6 +421,30 @@ fn authorization(
         insecure_role,
         two_person_approvals: file.two_person_approvals,
     })
+}
+
+/// Checks `databases:` and `caches:`; the error names the instance and its
+/// field.
+fn data_plane(
+    source: &str,
+    databases: &BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
+    caches: &BTreeMap<String, crate::actuators::redis::CacheConfig>,
+) -> Result<(), ConfigError> {
+    let valid_name =
+        |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    for (name, db) in databases {
+        if !valid_name(name) {
+            return Err(ConfigError::new(source, format!("databases.{name}"), "letters, digits, `-` and `_` only"));
+        }
+        db.validate().map_err(|(field, e)| ConfigError::new(source, format!("databases.{name}.{field}"), e))?;
+    }
+    for (name, cache) in caches {
+        if !valid_name(name) {
+            return Err(ConfigError::new(source, format!("caches.{name}"), "letters, digits, `-` and `_` only"));
+        }
+        cache.validate().map_err(|(field, e)| ConfigError::new(source, format!("caches.{name}.{field}"), e))?;
+    }
+    Ok(())
 }
 
 fn kubernetes(
@@ -587,6 +622,23 @@ mod tests {
         let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
         let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
         assert_eq!(err.field, "kubernetes.leader_election.namespace", "{err}");
+    }
+
+    #[test]
+    fn databases_and_caches_are_validated_naming_the_instance_and_field() {
+        let text = "databases:\n  main:\n    primary: {host: db-0, user: remedy}\n    replicas: [{host: db-1, user: remedy}]\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "databases.main.replicas[0].name");
+        let text = "caches:\n  auth-cache: {host: redis, password_file: /nonexistent/redis-password}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "caches.auth-cache.password_file");
+        let text =
+            "databases:\n  main:\n    primary: {host: db-0, user: remedy}\ncaches:\n  auth-cache: {host: redis}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        let c = Config::resolve(&cli(), "c.yaml", file).unwrap();
+        assert_eq!((c.databases.len(), c.caches.len()), (1, 1));
+        // An unknown field is an error, as everywhere in the file.
+        assert!(config::parse_yaml::<FileConfig>("c.yaml", "caches:\n  a: {host: r, url: redis://r}\n").is_err());
     }
 
     #[test]

@@ -153,7 +153,12 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let actuators =
         actuators::this_release(directives.clone(), store.clone(), kube.as_ref().map(|k| k.actuators.clone()))
             .context("cannot build the HTTP client for the http actuator")?
-            .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())));
+            .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())))
+            .with(Arc::new(
+                actuators::postgres::PostgresActuator::new(config.databases.clone())
+                    .context("cannot build the HTTP client for the PostgreSQL repoint hook")?,
+            ))
+            .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())));
     let mut engine =
         Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
     if let Some((elector, _)) = &election {

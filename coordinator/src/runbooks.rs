@@ -71,7 +71,10 @@ mod tests {
         let p0 = loaded.iter().find(|l| l.runbook.id() == "P0-001").unwrap();
         let waiting: Vec<&str> = p0.report.unavailable.iter().map(|u| u.kind.as_str()).collect();
         assert!(!waiting.contains(&"scale") && !waiting.contains(&"delete_pods"), "Kubernetes kinds run: {waiting:?}");
-        assert!(waiting.contains(&"pg_failover"), "database failover waits for its actuator: {waiting:?}");
+        assert!(!waiting.contains(&"pg_failover"), "database failover has its actuator: {waiting:?}");
+        let p1 = loaded.iter().find(|l| l.runbook.id() == "P1-001").unwrap();
+        let waiting: Vec<&str> = p1.report.unavailable.iter().map(|u| u.kind.as_str()).collect();
+        assert!(waiting.contains(&"circuit_breaker"), "circuit breakers wait for their actuator: {waiting:?}");
     }
 
     #[tokio::test]

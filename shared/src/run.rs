@@ -305,7 +305,7 @@ pub fn targets(action: &Action) -> Vec<TargetRef> {
         Action::EvictPods(a) => selector(&a.namespace, &a.selector),
         Action::GcNudge(a) => selector(&a.namespace, &a.selector),
         Action::PatchConfigmap(a) => vec![ns("ConfigMap", &a.namespace, &a.name)],
-        Action::PgFailover(a) => vec![TargetRef::new("database", a.primary.clone())],
+        Action::PgFailover(a) => vec![TargetRef::new("database", a.database.clone())],
         Action::PgMaintenance(a) => vec![TargetRef::new("database", a.database.clone())],
         Action::PgSelect1(a) => vec![TargetRef::new("database", a.database.clone())],
         Action::RedisFlush(a) => vec![TargetRef::new("cache", a.instance.clone())],

@@ -145,7 +145,10 @@ fn p0_002_fences_promotes_repoints_and_restarts_with_one_automatic_failover() {
     assert!(actions(&rb).any(
         |a| matches!(a, Action::PatchConfigmap(c) if c.name == "app-config" && c.data.contains_key("DATABASE_URL"))
     ));
-    assert_eq!(rb.params["replica_url"], "postgresql://replica:5432/saasidp");
+    // The new primary's URL comes from the database, not from a guess.
+    assert!(actions(&rb).any(|a| matches!(a, Action::PatchConfigmap(c)
+        if c.data.get("DATABASE_URL").is_some_and(|v| v.contains("steps.new_primary.app_url")))));
+    assert!(rb.step("failover").is_some_and(|s| s.requires_approval(&rb.guard_rails)));
     let restarted: Vec<&str> = actions(&rb)
         .filter_map(|a| match a {
             Action::RolloutRestart(r) => Some(r.name.as_str()),
@@ -246,11 +249,9 @@ fn sec_001_blocks_at_the_edge_invalidates_sessions_hardens_config_and_tells_secu
         _ => None,
     });
     assert!(block.is_some_and(|b| b.edge && b.duration > Duration::ZERO));
-    assert!(
-        actions(&rb).any(
-            |a| matches!(a, Action::RedisDeleteKeys(r) if r.pattern == "session:*" && r.scoped_to_users.is_some())
-        )
-    );
+    assert!(actions(&rb).any(
+        |a| matches!(a, Action::RedisDeleteKeys(r) if r.pattern == "session:{user}:*" && r.scoped_to_users.is_some())
+    ));
     assert!(actions(&rb).any(|a| matches!(a, Action::PatchConfigmap(c)
         if c.name == "security-config" && c.data["RATE_LIMIT_STRICT"] == "true" && c.data["MFA_REQUIRED"] == "true")));
     assert!(actions(&rb).any(|a| matches!(a, Action::Notify(n) if n.webhook == "security-slack")));

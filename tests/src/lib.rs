@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod datastores;
 pub mod fault_proxy;
 pub mod findings;
+
 pub mod in_process;
 pub mod net_tools;
 pub mod procs;

@@ -435,8 +435,11 @@ fn remedyctl_validates_runbooks_offline_and_names_what_waits_for_an_actuator() {
     assert!(verdicts.iter().all(|v| v["valid"] == true));
     let p0 = verdicts.iter().find(|v| v["runbook"] == "P0-001").unwrap();
     let waiting = p0["dry_run_until_actuator"].as_array().unwrap();
-    assert!(waiting.iter().any(|s| s == "failover_database (pg_failover)"), "{p0}");
     assert!(!waiting.iter().any(|s| s == "scale_api (scale)"), "scaling has its actuator: {p0}");
+    assert!(!waiting.iter().any(|s| s == "failover_database (pg_failover)"), "failover has its actuator: {p0}");
+    let p1 = verdicts.iter().find(|v| v["runbook"] == "P1-001").unwrap();
+    let waiting = p1["dry_run_until_actuator"].as_array().unwrap();
+    assert!(waiting.iter().any(|s| s == "shed_non_critical (circuit_breaker)"), "{p1}");
 
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");

@@ -10,6 +10,8 @@ pub mod agent;
 pub mod block;
 pub mod http;
 pub mod kube;
+pub mod postgres;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,7 +133,11 @@ pub fn this_release(
         .with(Arc::new(
             agent::AgentActuator::new(directives).with_reporting(Arc::new(agent::StoreReporting::new(store))),
         ))
-        .with(Arc::new(block::BlockActuator::new(bans)));
+        .with(Arc::new(block::BlockActuator::new(bans)))
+        // No database configured here: a step naming one rehearses and says
+        // so; the coordinator registers the configured ones over these.
+        .with(Arc::new(postgres::PostgresActuator::new(BTreeMap::new())?))
+        .with(Arc::new(redis::RedisActuator::default()));
     if let Some(client) = kube {
         actuators = actuators.with(Arc::new(kube::KubeActuator::new(client)));
     }

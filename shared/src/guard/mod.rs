@@ -315,6 +315,9 @@ fn repeat_cap(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest,
             .actions()
             .iter()
             .filter(|a| visible(a.mode, request.mode) && a.runbook_id == request.runbook_id)
+            // Looking is no attempt at a fix: probing a database before
+            // failing it over must not use up the failover's one attempt.
+            .filter(|a| !policy.is_free(&a.action_kind))
             .filter(|a| within(a.at, repeat.window, now) && a.targets.contains(&key))
             .count();
         let count = u32::try_from(count).unwrap_or(u32::MAX);

@@ -422,7 +422,8 @@ pub struct ApprovalPolicy {
     /// given for yesterday's situation does not authorise today's action.
     #[serde(with = "crate::config::duration")]
     pub valid_for: Duration,
-    /// Action kinds that always need approval (default `failover`).
+    /// Action kinds that always need approval (default `failover` and
+    /// `pg_failover`).
     pub kinds: BTreeSet<String>,
     /// Whether scaling to zero needs approval (default true).
     pub scale_to_zero: bool,
@@ -438,7 +439,8 @@ impl Default for ApprovalPolicy {
         ApprovalPolicy {
             wait: Duration::from_secs(15 * 60),
             valid_for: Duration::from_secs(10 * 60),
-            kinds: BTreeSet::from(["failover".to_owned()]),
+            // `pg_failover` is the database failover runbooks name.
+            kinds: BTreeSet::from(["failover".to_owned(), "pg_failover".to_owned()]),
             scale_to_zero: true,
             wide_block_v4: 24,
             wide_block_v6: 64,

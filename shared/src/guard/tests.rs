@@ -460,6 +460,25 @@ fn repeat_cap_escalates_to_a_person_and_lets_go_after_the_window() {
 }
 
 #[test]
+fn looking_at_a_target_uses_up_no_attempt_of_the_repeat_cap() {
+    let mut p = policy();
+    let once = RailOverrides { repeat_max: Some(1), cooldown: Some(Duration::ZERO), ..RailOverrides::default() };
+    p.runbooks.insert("P0-002".into(), once);
+    p.approval.kinds.clear();
+    let mut s = GuardState::new();
+    let database = || vec![TargetRef::new("database", "main")];
+    let probe = by(request("pg_select1", database()), "P0-002");
+    let failover = by(request("pg_failover", database()), "P0-002");
+    for i in 0..3 {
+        assert_eq!(evaluate(&p, &s, &probe, at(i)), Decision::Allow, "probing is free");
+        s.record_executed(&probe, at(i));
+    }
+    assert_eq!(evaluate(&p, &s, &failover, at(10)), Decision::Allow, "the probes used up nothing");
+    s.record_executed(&failover, at(10));
+    assert!(matches!(evaluate(&p, &s, &failover, at(20)), Decision::Escalate(Escalation::RepeatCap { count: 1, .. })));
+}
+
+#[test]
 fn one_automatic_failover_then_people() {
     let mut p = policy();
     p.runbooks.insert(

@@ -480,14 +480,17 @@ pub struct PatchConfigmap {
     pub data: BTreeMap<String, String>,
 }
 
-/// `pg_failover`: fence the primary, promote the replica.
+/// `pg_failover`: fence the primary, promote a replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgFailover {
-    /// The primary's name in the coordinator's configuration.
-    pub primary: String,
-    /// The replica to promote, by name.
-    pub replica: String,
+    /// The database cluster's name in the coordinator's configuration (its
+    /// primary and replicas are configured there).
+    pub database: String,
+    /// Promote this replica; when omitted, the healthy replica with the
+    /// least replay lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Make the old primary read-only first (`default_transaction_read_only`)
     /// so that two primaries never take writes.
     #[serde(default = "yes")]
@@ -538,10 +541,15 @@ pub struct RedisDeleteKeys {
     #[serde(default)]
     pub db: u32,
     /// Key pattern as for `SCAN MATCH` (templated); a pattern of wildcards
-    /// only is refused.
+    /// only is refused. `{user}` stands for one user's id: with
+    /// `scoped_to_users` it is replaced by each user in turn, without it by
+    /// `*`.
     pub pattern: String,
     /// When set, only keys belonging to these users are deleted
-    /// (comma-separated, templated, e.g. the accounts an attacker targeted).
+    /// (comma-separated, templated, e.g. the accounts an attacker targeted);
+    /// the pattern must then say where the user is, with `{user}`. Empty
+    /// after rendering means the finding named nobody: every key matching
+    /// the pattern, up to `max_keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoped_to_users: Option<String>,
     /// At most this many keys per run.
@@ -641,9 +649,16 @@ pub struct CircuitBreaker {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgSelect1 {
-    /// The database's name in the coordinator's configuration.
+    /// The database cluster's name in the coordinator's configuration.
     pub database: String,
+    /// Ask this member (primary or replica, by its configured name); the
+    /// cluster's current primary when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
+
+/// The text `redis_delete_keys` patterns use for one user's id.
+pub const USER_PLACEHOLDER: &str = "{user}";
 
 /// `redis_ping`: can the instance answer?
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

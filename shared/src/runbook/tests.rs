@@ -122,7 +122,7 @@ fn steps_default_their_failure_handling_destructiveness_and_approval_by_kind() {
     assert!(restart.is_destructive() && !reset.is_destructive());
     assert!(!restart.requires_approval(&rb.guard_rails));
     let mut failover = restart.clone();
-    failover.action = Action::PgFailover(PgFailover { primary: "a".into(), replica: "b".into(), fence_primary: true });
+    failover.action = Action::PgFailover(PgFailover { database: "a".into(), replica: None, fence_primary: true });
     assert!(failover.requires_approval(&rb.guard_rails), "listed in guard_rails.requires_approval");
     failover.requires_approval = Some(false);
     assert!(!failover.requires_approval(&rb.guard_rails), "the step's own word wins");
@@ -315,6 +315,21 @@ fn unsafe_action_parameters_are_refused() {
         ),
         (
             "    rollout_restart:\n      namespace: saas-idp-production\n      name: saas-idp-api\n",
+            "    redis_delete_keys: {instance: s, pattern: 'session:*', scoped_to_users: 'alice'}\n",
+            &["steps[1].redis_delete_keys.pattern"][..],
+        ),
+        (
+            "    rollout_restart:\n      namespace: saas-idp-production\n      name: saas-idp-api\n",
+            "    redis_flush: {instance: cache, all_databases: true}\n",
+            &["steps[1].redis_flush.all_databases"][..],
+        ),
+        (
+            "    rollout_restart:\n      namespace: saas-idp-production\n      name: saas-idp-api\n",
+            "    pg_failover: {database: ' ', replica: ''}\n",
+            &["steps[1].pg_failover.database", "steps[1].pg_failover.replica"][..],
+        ),
+        (
+            "    rollout_restart:\n      namespace: saas-idp-production\n      name: saas-idp-api\n",
             "    log_cleanup: {agents: all, roots: [{path: /var/../etc, older_than: 1d}, {path: /, older_than: 1d}]}\n",
             &["steps[1].log_cleanup.roots[0].path", "steps[1].log_cleanup.roots[1].path"][..],
         ),
@@ -340,6 +355,15 @@ fn unsafe_action_parameters_are_refused() {
         let got: Vec<String> = errors(&edited(from, to)).into_iter().map(|e| e.field).collect();
         assert_eq!(got, fields, "{to}");
     }
+}
+
+#[test]
+fn flushing_every_redis_database_loads_only_with_an_approval() {
+    let approved = edited(
+        "    rollout_restart:\n      namespace: saas-idp-production\n      name: saas-idp-api\n",
+        "    redis_flush: {instance: cache, all_databases: true}\n    requires_approval: true\n",
+    );
+    assert!(load(&approved).is_ok(), "{:?}", load(&approved).err());
 }
 
 #[test]

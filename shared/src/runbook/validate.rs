@@ -8,7 +8,7 @@ use std::time::Duration;
 use minijinja::Value;
 use serde::{Deserialize, Serialize};
 
-use super::action::{Action, ActionClass, ActionKind};
+use super::action::{Action, ActionClass, ActionKind, USER_PLACEHOLDER};
 use super::condition::Condition;
 use super::locate::SourceMap;
 use super::template::{IncidentContext, Renderer, is_template, sample_context, unresolved_prefix};
@@ -63,6 +63,13 @@ impl ActionCatalog {
             .with(ActionKind::ListPods, Availability::Now)
             .with(ActionKind::ListServices, Availability::Now)
             .with(ActionKind::BlockIp, Availability::Now)
+            .with(ActionKind::PgSelect1, Availability::Now)
+            .with(ActionKind::PgMaintenance, Availability::Now)
+            .with(ActionKind::PgFailover, Availability::Now)
+            .with(ActionKind::RedisPing, Availability::Now)
+            .with(ActionKind::RedisFlush, Availability::Now)
+            .with(ActionKind::RedisDeleteKeys, Availability::Now)
+            .with(ActionKind::CacheWarm, Availability::Now)
     }
 
     /// A catalog offering every kind with the same availability.
@@ -259,6 +266,15 @@ impl Validator<'_> {
             }
             self.templates(&field, &step.action, &sample);
             self.action(&format!("{field}.{}", step.kind()), &step.action);
+            if let Action::RedisFlush(flush) = &step.action
+                && flush.all_databases
+                && !step.requires_approval(&rb.guard_rails)
+            {
+                self.problem(
+                    format!("{field}.redis_flush.all_databases"),
+                    "flushing every database needs a person: add `requires_approval: true` to the step",
+                );
+            }
             if step.destructive == Some(false) && step.kind().is_destructive() {
                 self.problem(format!("{field}.destructive"), format!("{} is always destructive", step.kind()));
             }
@@ -444,8 +460,11 @@ impl Validator<'_> {
                 }
             }
             Action::PgFailover(f) => {
-                if f.primary == f.replica {
-                    p(".replica", "must differ from the primary".into());
+                if f.database.trim().is_empty() {
+                    p(".database", "must name a database configured on the coordinator".into());
+                }
+                if f.replica.as_ref().is_some_and(|r| r.trim().is_empty()) {
+                    p(".replica", "must name a replica, or be left out to take the least lagging".into());
                 }
             }
             Action::PgMaintenance(m) => {
@@ -466,6 +485,15 @@ impl Validator<'_> {
                 }
                 if r.max_keys == 0 {
                     p(".max_keys", "must be at least 1".into());
+                }
+                if r.scoped_to_users.is_some() && !r.pattern.contains(USER_PLACEHOLDER) {
+                    p(
+                        ".pattern",
+                        format!(
+                            "with scoped_to_users, `{}` must say where the user is, with {USER_PLACEHOLDER}",
+                            r.pattern
+                        ),
+                    );
                 }
             }
             Action::BlockIp(b) => {

@@ -1,0 +1,200 @@
+//! The failover decision, from what the members answered: which replica,
+//! how far behind, whom to fence, or why not at all. Pure, so every
+//! refusal is tested without a server.
+
+use super::session::{MemberState, Role, format_lsn};
+
+/// What a failover will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The replica to promote.
+    pub(crate) candidate: String,
+    /// Its replayed position now.
+    pub(crate) candidate_replay_lsn: u64,
+    /// The furthest position any member or the last probe knew of.
+    pub(crate) reference_lsn: u64,
+    /// Bytes the candidate has not replayed.
+    pub(crate) lag_bytes: u64,
+    /// Members that answer and take writes: fenced before the promotion.
+    pub(crate) to_fence: Vec<String>,
+    /// The current primary, when it did not answer (fenced when it does).
+    pub(crate) unreachable_primary: Option<String>,
+}
+
+/// What the plan is made from.
+#[derive(Debug, Clone)]
+pub(crate) struct Inputs<'a> {
+    pub(crate) members: &'a [MemberState],
+    /// The replica the step names, if it does.
+    pub(crate) preferred: Option<&'a str>,
+    /// The member believed to be the primary (configured, or promoted by
+    /// the last failover).
+    pub(crate) current_primary: &'a str,
+    /// The primary's furthest position seen by earlier probes.
+    pub(crate) last_primary_lsn: Option<u64>,
+    pub(crate) max_lag_bytes: u64,
+    pub(crate) fence_primary: bool,
+    /// A promotion asked earlier and never confirmed.
+    pub(crate) pending_promotion: Option<&'a str>,
+}
+
+/// Decides, or says why not. A refusal changes nothing.
+pub(crate) fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
+    if let Some(pending) = i.pending_promotion {
+        return Err(format!(
+            "a promotion of {pending} was asked earlier and never confirmed: promoting another could make two \
+             primaries; a person decides"
+        ));
+    }
+    let answering = |role: Role| {
+        i.members.iter().filter_map(move |m| m.answer.as_ref().ok().filter(|s| s.role == role).map(|s| (m, s)))
+    };
+    let to_fence: Vec<String> = answering(Role::Primary).map(|(m, _)| m.name.clone()).collect();
+    if !to_fence.is_empty() && !i.fence_primary {
+        return Err(format!(
+            "{} still takes writes and fence_primary is false: promoting would make two primaries",
+            to_fence.join(", ")
+        ));
+    }
+    let replicas: Vec<_> = answering(Role::Replica).collect();
+    let why_not = |name: &str| match i.members.iter().find(|m| m.name == name) {
+        None => "not a member of this database".to_owned(),
+        Some(m) => match &m.answer {
+            Err(e) => format!("does not answer ({e})"),
+            Ok(s) => format!("is a {}, not a replica", s.role.as_str()),
+        },
+    };
+    let chosen = match i.preferred {
+        Some(name) => match replicas.iter().find(|(m, _)| m.name == name) {
+            Some(r) => *r,
+            None => return Err(format!("replica {name} cannot be promoted: it {}", why_not(name))),
+        },
+        None => {
+            let best = replicas.iter().copied().reduce(|best, next| {
+                if next.1.replay_lsn.unwrap_or(0) > best.1.replay_lsn.unwrap_or(0) { next } else { best }
+            });
+            match best {
+                Some(b) => b,
+                None => {
+                    let others: Vec<String> = i
+                        .members
+                        .iter()
+                        .filter(|m| m.name != i.current_primary)
+                        .map(|m| format!("{} {}", m.name, why_not(&m.name)))
+                        .collect();
+                    let detail = if others.is_empty() { "none is configured".to_owned() } else { others.join("; ") };
+                    return Err(format!("no healthy replica to promote: {detail}"));
+                }
+            }
+        }
+    };
+    let candidate_replay_lsn = chosen.1.replay_lsn.unwrap_or(0);
+    let reference_lsn = i
+        .members
+        .iter()
+        .filter_map(|m| m.answer.as_ref().ok())
+        .filter_map(|s| s.known_lsn())
+        .chain(i.last_primary_lsn)
+        .max()
+        .unwrap_or(candidate_replay_lsn)
+        .max(candidate_replay_lsn);
+    let lag_bytes = reference_lsn - candidate_replay_lsn;
+    if lag_bytes > i.max_lag_bytes {
+        return Err(format!(
+            "replica {} has replayed up to {} but WAL reaches {}: {lag_bytes} bytes behind, over the limit of {} \
+             (max_lag_bytes); promoting it would lose those writes",
+            chosen.0.name,
+            format_lsn(candidate_replay_lsn),
+            format_lsn(reference_lsn),
+            i.max_lag_bytes
+        ));
+    }
+    let primary_answered = i.members.iter().any(|m| m.name == i.current_primary && m.answer.is_ok());
+    Ok(Plan {
+        candidate: chosen.0.name.clone(),
+        candidate_replay_lsn,
+        reference_lsn,
+        lag_bytes,
+        to_fence,
+        unreachable_primary: (!primary_answered).then(|| i.current_primary.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::session::Status;
+    use super::*;
+
+    fn up(name: &str, role: Role, replay: u64) -> MemberState {
+        let status = Status {
+            role,
+            current_lsn: (role != Role::Replica).then_some(replay),
+            receive_lsn: (role == Role::Replica).then_some(replay),
+            replay_lsn: (role == Role::Replica).then_some(replay),
+            millis: 1,
+        };
+        MemberState { name: name.into(), answer: Ok(status) }
+    }
+
+    fn down(name: &str) -> MemberState {
+        MemberState { name: name.into(), answer: Err("connection refused".into()) }
+    }
+
+    fn inputs(members: &[MemberState]) -> Inputs<'_> {
+        Inputs {
+            members,
+            preferred: None,
+            current_primary: "primary",
+            last_primary_lsn: None,
+            max_lag_bytes: 1024,
+            fence_primary: true,
+            pending_promotion: None,
+        }
+    }
+
+    #[test]
+    fn the_least_lagging_healthy_replica_is_chosen_and_a_silent_primary_is_watched() {
+        let members = [down("primary"), up("r1", Role::Replica, 900), up("r2", Role::Replica, 1000), down("r3")];
+        let p = plan(&inputs(&members)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((p.candidate.as_str(), p.lag_bytes, p.reference_lsn), ("r2", 0, 1000));
+        assert_eq!(p.unreachable_primary.as_deref(), Some("primary"));
+        assert!(p.to_fence.is_empty());
+    }
+
+    #[test]
+    fn an_answering_primary_is_fenced_and_its_position_counts_in_the_lag() {
+        let members = [up("primary", Role::Primary, 1500), up("r1", Role::Replica, 1000)];
+        let p = plan(&inputs(&members)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((p.to_fence.clone(), p.lag_bytes, p.unreachable_primary), (vec!["primary".to_owned()], 500, None));
+        let mut no_fence = inputs(&members);
+        no_fence.fence_primary = false;
+        assert!(plan(&no_fence).is_err_and(|e| e.contains("two primaries")));
+    }
+
+    #[test]
+    fn no_healthy_replica_too_much_lag_or_a_pending_promotion_is_refused_with_the_reason() {
+        let none = [down("primary"), down("r1")];
+        assert!(
+            plan(&inputs(&none)).is_err_and(|e| e.contains("no healthy replica") && e.contains("r1 does not answer"))
+        );
+        let fenced_only = [down("primary"), up("old", Role::Fenced, 10)];
+        assert!(plan(&inputs(&fenced_only)).is_err_and(|e| e.contains("old is a fenced, not a replica")));
+        let behind = [down("primary"), up("r1", Role::Replica, 1000)];
+        let mut known = inputs(&behind);
+        known.last_primary_lsn = Some(5000);
+        assert!(plan(&known).is_err_and(|e| e.contains("4000 bytes behind") && e.contains("max_lag_bytes")));
+        let mut pending = inputs(&behind);
+        pending.pending_promotion = Some("r2");
+        assert!(plan(&pending).is_err_and(|e| e.contains("never confirmed")));
+    }
+
+    #[test]
+    fn a_named_replica_must_be_a_healthy_replica() {
+        let members = [down("primary"), up("r1", Role::Replica, 1000), down("r2")];
+        let mut named = inputs(&members);
+        named.preferred = Some("r2");
+        assert!(plan(&named).is_err_and(|e| e.contains("r2 cannot be promoted") && e.contains("does not answer")));
+        named.preferred = Some("r1");
+        assert_eq!(plan(&named).map(|p| p.candidate), Ok("r1".to_owned()));
+    }
+}

@@ -1,0 +1,210 @@
+//! Talking to one PostgreSQL server: connecting with the configured
+//! credentials (the password read from its file at each connection),
+//! bounded queries, and what a member says about itself.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::config::{DatabaseConfig, MemberConfig};
+
+/// An open connection to one member, closed when dropped.
+pub(crate) struct Session {
+    client: Client,
+    query_timeout: Duration,
+    member: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.member)
+    }
+}
+
+/// A PostgreSQL error as one line: the server's own message when it sent
+/// one (`FATAL: password authentication failed for user "remedy"`), else
+/// the client's reason with its causes.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+impl Session {
+    /// Connects to `member` within the cluster's connect timeout.
+    pub(crate) async fn open(db: &DatabaseConfig, member: &MemberConfig) -> Result<Session, String> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&member.host)
+            .port(member.port)
+            .user(&member.user)
+            .dbname(&member.dbname)
+            .application_name("remedy-coordinator")
+            .connect_timeout(db.connect_timeout);
+        if let Some(file) = &member.password_file {
+            let password = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the password file {}: {e}", file.display()))?;
+            config.password(password.trim_end_matches(['\r', '\n']));
+        }
+        let connecting = config.connect(NoTls);
+        let (client, connection) = match tokio::time::timeout(db.connect_timeout, connecting).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(describe(&e)),
+            Err(_) => return Err(format!("no connection within {:?}", db.connect_timeout)),
+        };
+        // The connection task ends when the client is dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Session { client, query_timeout: db.query_timeout, member: member.name().to_owned() })
+    }
+
+    /// Runs `sql` (no parameters) and returns its rows as text, within the
+    /// query timeout, or `limit` when longer.
+    pub(crate) async fn rows(&self, sql: &str, limit: Option<Duration>) -> Result<Vec<Vec<Option<String>>>, String> {
+        let limit = limit.unwrap_or(self.query_timeout);
+        let messages = match tokio::time::timeout(limit, self.client.simple_query(sql)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(describe(&e)),
+            Err(_) => return Err(format!("no answer within {limit:?}")),
+        };
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The first column of the first row.
+    pub(crate) async fn value(&self, sql: &str) -> Result<Option<String>, String> {
+        Ok(self.rows(sql, None).await?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
+    }
+
+    /// Runs a statement that returns nothing.
+    pub(crate) async fn execute(&self, sql: &str) -> Result<(), String> {
+        self.rows(sql, None).await.map(|_| ())
+    }
+}
+
+/// A WAL position, parsed from PostgreSQL's `X/Y` text.
+pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A WAL position as PostgreSQL writes it.
+pub(crate) fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// What a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Takes writes.
+    Primary,
+    /// Out of recovery but read-only by default: a fenced old primary.
+    Fenced,
+    /// In recovery: a standby, promotable.
+    Replica,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Fenced => "fenced",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// One member as it answered (or did not).
+#[derive(Debug, Clone)]
+pub(crate) struct MemberState {
+    pub(crate) name: String,
+    pub(crate) answer: Result<Status, String>,
+}
+
+/// What an answering member said.
+#[derive(Debug, Clone)]
+pub(crate) struct Status {
+    pub(crate) role: Role,
+    /// A primary's current WAL position.
+    pub(crate) current_lsn: Option<u64>,
+    /// A replica's received and replayed positions.
+    pub(crate) receive_lsn: Option<u64>,
+    pub(crate) replay_lsn: Option<u64>,
+    /// How long `SELECT 1` took, connection included.
+    pub(crate) millis: u128,
+}
+
+impl Status {
+    /// The furthest position this member knows of.
+    pub(crate) fn known_lsn(&self) -> Option<u64> {
+        [self.current_lsn, self.receive_lsn, self.replay_lsn].into_iter().flatten().max()
+    }
+}
+
+const STATUS_SQL: &str = "SELECT 1, pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text";
+
+/// Asks one member `SELECT 1` and what it is.
+pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberState {
+    let started = std::time::Instant::now();
+    let answer = async {
+        let session = Session::open(db, member).await?;
+        let row = session.rows(STATUS_SQL, None).await?.into_iter().next().ok_or("no row for SELECT 1")?;
+        let text = |i: usize| row.get(i).cloned().flatten();
+        if text(0).as_deref() != Some("1") {
+            return Err("SELECT 1 did not answer 1".to_owned());
+        }
+        let in_recovery = text(1).as_deref() == Some("t");
+        let read_only = text(2).as_deref() == Some("on");
+        let role = match (in_recovery, read_only) {
+            (true, _) => Role::Replica,
+            (false, true) => Role::Fenced,
+            (false, false) => Role::Primary,
+        };
+        Ok(Status {
+            role,
+            current_lsn: text(3).as_deref().and_then(parse_lsn),
+            receive_lsn: text(4).as_deref().and_then(parse_lsn),
+            replay_lsn: text(5).as_deref().and_then(parse_lsn),
+            millis: started.elapsed().as_millis(),
+        })
+    }
+    .await;
+    MemberState { name: member.name().to_owned(), answer }
+}
+
+/// Asks every member at once.
+pub(crate) async fn probe_all(db: &DatabaseConfig) -> Vec<MemberState> {
+    futures::future::join_all(db.members().map(|m| probe(db, m))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_read_and_write_as_postgres_spells_them() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("garbage"), None);
+        assert_eq!(parse_lsn("1/zz"), None);
+    }
+}

@@ -1,0 +1,366 @@
+//! Real PostgreSQL and Redis servers for the data-plane tests, from the
+//! Debian packages `scripts/deps.sh` installs, on free loopback ports.
+//!
+//! PostgreSQL refuses to run as root, so its processes run as the
+//! `postgres` user the package creates (through `setpriv`, which execs, so
+//! the process we hold is the postmaster itself). A primary is made with
+//! `initdb` (scram passwords, loopback only) and a streaming replica with
+//! `pg_basebackup -R`. Every server is stopped when its handle drops; the
+//! tests stop, kill and restart them to play failures.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::procs::{eventually, free_addr};
+
+/// The superuser's password in every test cluster.
+pub const PG_PASSWORD: &str = "remedy-test-secret";
+/// The password every test Redis requires.
+pub const REDIS_PASSWORD: &str = "redis-test-secret";
+
+/// The directory holding the packaged PostgreSQL's programs (the newest
+/// major version installed). Panics, naming the fix, when there is none.
+pub fn pg_bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_basebackup").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!("no PostgreSQL under /usr/lib/postgresql/*/bin: run scripts/deps.sh (Debian package `postgresql`)")
+    })
+}
+
+fn postgres_ids() -> (String, String) {
+    let out = |args: &[&str]| {
+        let o = Command::new("id").args(args).arg("postgres").output().expect("run id");
+        assert!(o.status.success(), "no `postgres` user: run scripts/deps.sh (Debian package `postgresql`)");
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    (out(&["-u"]), out(&["-g"]))
+}
+
+/// A command run as the `postgres` user.
+fn as_postgres(program: &Path) -> Command {
+    let (uid, gid) = postgres_ids();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &uid, "--regid", &gid, "--init-groups", "--"]).arg(program);
+    cmd.env("PGPASSWORD", PG_PASSWORD).env_remove("PGUSER").env_remove("PGDATABASE");
+    cmd
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `dir` (and its parents up to the test's temporary directory)
+/// reachable by the `postgres` user and owned by it.
+pub fn give_to_postgres(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("create a directory for postgres");
+    let mut parent = dir.parent();
+    while let Some(p) = parent {
+        if p == Path::new("/") || p == Path::new("/tmp") {
+            break;
+        }
+        if let Ok(meta) = std::fs::metadata(p) {
+            let mut perms = meta.permissions();
+            perms.set_mode(perms.mode() | 0o711);
+            let _ = std::fs::set_permissions(p, perms);
+        }
+        parent = p.parent();
+    }
+    run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir), "chown to postgres");
+}
+
+/// One PostgreSQL server: a primary or a streaming replica.
+#[derive(Debug)]
+pub struct Postgres {
+    /// Its name in logs and in the coordinator's configuration.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data: PathBuf,
+    log: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    /// `initdb`s a primary under `dir/<name>` and starts it. `synchronous`:
+    /// commits wait until a standby has flushed them, so a crash of the
+    /// primary loses nothing a client was told is committed.
+    pub async fn primary(dir: &Path, name: &str, synchronous: bool) -> Postgres {
+        let root = dir.join(name);
+        give_to_postgres(&root);
+        let pwfile = root.join("pwfile");
+        std::fs::write(&pwfile, PG_PASSWORD).expect("write the password file");
+        give_to_postgres(&root);
+        let data = root.join("data");
+        run_ok(
+            as_postgres(&pg_bin_dir().join("initdb"))
+                .args(["--auth=scram-sha-256", "--username=postgres", "--no-sync", "--encoding=UTF8"])
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .arg("-D")
+                .arg(&data),
+            "initdb",
+        );
+        let mut extra = vec![];
+        if synchronous {
+            // On the command line, not in postgresql.conf: the replica's copy
+            // of the configuration must not wait for standbys once promoted.
+            extra.push("synchronous_standby_names=*".to_owned());
+        }
+        let mut pg = Postgres {
+            name: name.to_owned(),
+            addr: free_addr(),
+            data,
+            log: root.join("server.log"),
+            extra,
+            child: None,
+        };
+        pg.start().await;
+        pg
+    }
+
+    /// A streaming replica of `primary` under `dir/<name>`, made with
+    /// `pg_basebackup -R`, started and streaming.
+    pub async fn replica_of(primary: &Postgres, dir: &Path, name: &str) -> Postgres {
+        let root = dir.join(name);
+        give_to_postgres(&root);
+        let data = root.join("data");
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres password={PG_PASSWORD} application_name={name}",
+            primary.addr.port()
+        );
+        run_ok(
+            as_postgres(&pg_bin_dir().join("pg_basebackup"))
+                .args(["-R", "-X", "stream", "--no-sync", "-c", "fast", "-d", &conninfo])
+                .arg("-D")
+                .arg(&data),
+            "pg_basebackup",
+        );
+        let mut pg = Postgres {
+            name: name.to_owned(),
+            addr: free_addr(),
+            data,
+            log: root.join("server.log"),
+            extra: vec![],
+            child: None,
+        };
+        pg.start().await;
+        let replica = pg.addr;
+        eventually(&format!("{name} streaming from the primary"), Duration::from_secs(30), || async move {
+            let client = connect(replica).await.ok()?;
+            let row = client.query_one("SELECT status FROM pg_stat_wal_receiver", &[]).await.ok()?;
+            (row.get::<_, String>(0) == "streaming").then_some(())
+        })
+        .await;
+        pg
+    }
+
+    /// Starts the server on its port and waits until it answers.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open the server log");
+        let err = log.try_clone().expect("clone the log handle");
+        let socket_dir = self.data.parent().expect("a data directory's parent").to_path_buf();
+        let mut cmd = as_postgres(&pg_bin_dir().join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", &format!("port={}", self.addr.port())])
+            .args(["-c", &format!("unix_socket_directories={}", socket_dir.display())])
+            .args(["-c", "fsync=off", "-c", "wal_sender_timeout=5s", "-c", "wal_receiver_status_interval=1s"]);
+        for setting in &self.extra {
+            cmd.args(["-c", setting]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start postgres {}: {e}", self.name));
+        self.child = Some(child);
+        let addr = self.addr;
+        let name = self.name.clone();
+        eventually(&format!("postgres {name} accepting connections"), Duration::from_secs(60), || async move {
+            connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Stops it the way a crash would: immediate shutdown (SIGQUIT), no
+    /// checkpoint; what was committed is in the WAL and the replicas.
+    pub fn crash(&mut self) {
+        self.signal_and_wait("-QUIT");
+    }
+
+    /// Freezes the replica's startup (recovery) process, so a promotion
+    /// asked of it cannot finish until [`Postgres::thaw_recovery`].
+    pub async fn freeze_recovery(&self) -> u32 {
+        let client = connect(self.addr).await.expect("connect to freeze recovery");
+        let row = client
+            .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'", &[])
+            .await
+            .expect("find the startup process");
+        let pid: i32 = row.get(0);
+        run_ok(Command::new("kill").args(["-STOP", &pid.to_string()]), "kill -STOP");
+        pid as u32
+    }
+
+    /// Lets a frozen startup process go on.
+    pub fn thaw_recovery(pid: u32) {
+        run_ok(Command::new("kill").args(["-CONT", &pid.to_string()]), "kill -CONT");
+    }
+
+    fn signal_and_wait(&mut self, signal: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+            // Bounded: a postmaster that ignores the signal is killed.
+            for _ in 0..200 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client on this server, as the superuser.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(self.addr).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("---- last lines of postgres {} ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.signal_and_wait("-QUIT");
+    }
+}
+
+/// Connects to the server at `addr` as the superuser, within 5 seconds.
+pub async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user("postgres")
+        .password(PG_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A Redis server with no persistence, requiring [`REDIS_PASSWORD`].
+#[derive(Debug)]
+pub struct Redis {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Redis {
+    /// Starts `redis-server` under `dir` on a free loopback port.
+    pub async fn start(dir: &Path) -> Redis {
+        let root = dir.join(format!("redis-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("create the redis directory");
+        let program = Path::new("/usr/bin/redis-server");
+        assert!(program.exists(), "no /usr/bin/redis-server: run scripts/deps.sh (Debian package `redis-server`)");
+        let addr = free_addr();
+        let log = root.join("redis.log");
+        let child = Command::new(program)
+            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--requirepass", REDIS_PASSWORD, "--databases", "16", "--logfile"])
+            .arg(&log)
+            .arg("--dir")
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let redis = Redis { addr, child: Some(child), log };
+        let url = redis.url(0);
+        eventually("redis-server answering PING", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let mut c = redis_connection(&url).await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            }
+        })
+        .await;
+        redis
+    }
+
+    /// A URL for database `db` with the password.
+    pub fn url(&self, db: u32) -> String {
+        format!("redis://:{REDIS_PASSWORD}@{}/{db}", self.addr)
+    }
+
+    /// A connection to database `db`.
+    pub async fn connection(&self, db: u32) -> redis::aio::MultiplexedConnection {
+        redis_connection(&self.url(db)).await.unwrap_or_else(|e| panic!("connect to redis: {e}"))
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("---- last lines of redis-server ----");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The data-plane actions against real servers on loopback: a PostgreSQL
+//! primary with a streaming replica (Debian's `postgresql`), and Redis
+//! (Debian's `redis-server`), driven by a real coordinator through its
+//! runbooks, approvals and timeline.
+
+use std::path::Path;
+use std::time::Duration;
+
+use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis};
+use remedy_e2e::procs::{Coordinator, eventually, free_addr};
+use remedy_e2e::runs::{
+    about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
+};
+use remedy_e2e::world::{World, alert_payload};
+use remedy_proto::v1 as pb;
+
+/// `databases:` for one cluster named `main`, plus `extra` lines under it.
+fn databases(dir: &Path, primary: &Postgres, replica: &Postgres, world: &World, extra: &str) -> String {
+    let password_file = dir.join("pg-password");
+    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).expect("write the password file");
+    let member = |pg: &Postgres| {
+        format!(
+            "{{name: {}, host: 127.0.0.1, port: {}, user: postgres, password_file: {}}}",
+            pg.name,
+            pg.addr.port(),
+            password_file.display()
+        )
+    };
+    format!(
+        "databases:\n  main:\n    primary: {}\n    replicas:\n      - {}\n    connect_timeout: 2s\n    query_timeout: 5s\n\
+         \x20   fence_watch_interval: 200ms\n    repoint_hook: {}/hooks/repoint\n{extra}",
+        member(primary),
+        member(replica),
+        world.url()
+    )
+}
+
+/// Writes `rows` rows in commits of 20; each commit returns only once the
+/// synchronous standby has it.
+async fn write_rows(pg: &Postgres, rows: i64) {
+    let client = pg.client().await;
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, note text NOT NULL)")
+        .await
+        .expect("create the table");
+    for start in (1..=rows).step_by(20) {
+        let end = (start + 19).min(rows);
+        client
+            .execute(
+                "INSERT INTO orders SELECT g, 'order ' || g FROM generate_series($1::bigint, $2::bigint) g",
+                &[&start, &end],
+            )
+            .await
+            .expect("insert orders");
+    }
+}
+
+async fn approve(coordinator: &Coordinator, incident: &str, step: &str) {
+    let mut admin = coordinator.admin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pending = loop {
+        let list = admin.list_approvals(pb::ListApprovalsRequest { all: false }).await.expect("list approvals");
+        if let Some(found) =
+            list.into_inner().approvals.into_iter().find(|a| a.incident_id == incident && a.step_id == step)
+        {
+            break found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no approval request for {step}:\n{}",
+            show(&timeline(coordinator, incident).await)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    admin
+        .answer_approval(pb::AnswerApprovalRequest {
+            incident_id: pending.incident_id.clone(),
+            step_id: pending.step_id.clone(),
+            attempt: pending.attempt,
+            approve: true,
+            requested_by: "dba".into(),
+            reason: "primary is gone".into(),
+        })
+        .await
+        .expect("approve");
+}
+
+/// The result entry of one step.
+fn result_of<'a>(entries: &'a [pb::TimelineEntry], step: &str) -> Option<&'a pb::TimelineEntry> {
+    about(entries, step).into_iter().find(|e| e.kind == "result")
+}
+
+fn status_of(entries: &[pb::TimelineEntry], step: &str) -> Option<String> {
+    result_of(entries, step).and_then(|e| e.details.get("status").cloned())
+}
+
+async fn read_only_setting(pg: &Postgres) -> Option<String> {
+    let client = remedy_e2e::datastores::connect(pg.addr).await.ok()?;
+    client.query_one("SHOW default_transaction_read_only", &[]).await.ok().map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_leaves_a_second_failure_to_people() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
+    let mut replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
+    write_rows(&primary, 1000).await;
+
+    let world = World::start().await;
+    let catalog = seed_catalog(dir.path(), &world);
+    let config = databases(dir.path(), &primary, &replica, &world, "    promote_timeout: 20s\n");
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    // The primary crashes: everything it acknowledged is on the replica.
+    primary.crash();
+    let started = now_rfc3339();
+    post_alert(&coordinator, &alert_payload("P0_DatabaseDown", &[], "firing", &started)).await;
+    let incident = incident_for(&coordinator, "P0-002").await;
+    // A failover waits for a person.
+    approve(&coordinator, &incident.id, "failover").await;
+    let entries = run_end(&coordinator, &incident.id).await;
+    let log = show(&entries);
+    println!("first failover:\n{log}");
+    assert_eq!(status_of(&entries, "primary").as_deref(), Some("failed"), "no member took writes:\n{log}");
+    assert_eq!(status_of(&entries, "failover").as_deref(), Some("succeeded"), "{log}");
+    let failover = result_of(&entries, "failover").expect("a failover result");
+    assert_eq!(failover.details.get("evidence.promoted").map(String::as_str), Some("db-1"), "{log}");
+    let steps: Vec<&String> =
+        failover.details.iter().filter(|(k, _)| k.starts_with("evidence.step.")).map(|(_, v)| v).collect();
+    assert!(steps.iter().any(|s| s.starts_with("chose db-1: replayed ")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.starts_with("promoted db-1: accepts writes, lsn ")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.contains("db-0 did not answer: watched")), "{steps:?}");
+    assert_eq!(status_of(&entries, "new_primary").as_deref(), Some("succeeded"), "{log}");
+    assert!(entries.iter().any(|e| e.message.contains("runbook P0-002 finished")), "{log}");
+    assert!(!log.contains(PG_PASSWORD), "no password on the timeline");
+
+    // The replica takes writes, and every row committed before holds.
+    let client = replica.client().await;
+    client.execute("INSERT INTO orders VALUES (1001, 'after the failover')", &[]).await.expect("write to db-1");
+    let count: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.expect("count").get(0);
+    let max: i64 = client.query_one("SELECT max(id) FROM orders WHERE id <= 1000", &[]).await.expect("max").get(0);
+    assert_eq!((count, max), (1001, 1000), "nothing committed before the crash was lost");
+
+    // The application is told where the primary is now.
+    let repoints = world.requests("POST", "/hooks/repoint");
+    assert_eq!(repoints.len(), 1, "{log}");
+    let told: serde_json::Value = serde_json::from_str(&repoints[0].body).expect("a JSON body");
+    assert_eq!(told["primary"], "db-1");
+    assert_eq!(told["url"], format!("postgresql://127.0.0.1:{}/postgres", replica.addr.port()));
+    // Without a cluster the ConfigMap patch rehearses; it is reached, not
+    // skipped, once the new primary answers.
+    assert_eq!(status_of(&entries, "repoint_app").as_deref(), Some("dry_run"), "{log}");
+
+    // The old primary comes back: it is fenced before it takes writes for
+    // long, and it is no candidate for anything.
+    primary.start().await;
+    eventually("the returning old primary fenced", Duration::from_secs(30), || async {
+        (read_only_setting(&primary).await.as_deref() == Some("on")).then_some(())
+    })
+    .await;
+    let old = primary.client().await;
+    let refused = old.execute("INSERT INTO orders VALUES (2000, 'split brain')", &[]).await;
+    let error = refused.expect_err("the fenced old primary refuses writes");
+    let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
+    assert!(why.contains("read-only transaction"), "{why}");
+    println!("write to the fenced old primary: {why:?}");
+
+    // A second failure within the window goes to people: the rails stop
+    // the failover before it runs, and nothing is promoted.
+    let mut admin = coordinator.admin().await;
+    admin
+        .resolve_incident(pb::IncidentCommand {
+            id: incident.id.clone(),
+            requested_by: "dba".into(),
+            reason: "failed over".into(),
+        })
+        .await
+        .expect("resolve the first incident");
+    replica.crash();
+    post_alert(&coordinator, &alert_payload("P0_DatabaseDown", &[("attempt", "2")], "firing", &now_rfc3339())).await;
+    let second = eventually("a second P0-002 incident", Duration::from_secs(30), || {
+        let (mut admin, first) = (admin.clone(), incident.id.clone());
+        async move {
+            let list = admin
+                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+                .await
+                .ok()?
+                .into_inner();
+            list.incidents.into_iter().find(|i| i.runbook_id == "P0-002" && i.id != first)
+        }
+    })
+    .await;
+    let entries = run_end(&coordinator, &second.id).await;
+    let log = show(&entries);
+    println!("second failure:\n{log}");
+    let decisions: Vec<&pb::TimelineEntry> =
+        about(&entries, "failover").into_iter().filter(|e| e.kind == "decision").collect();
+    assert!(
+        decisions.iter().any(|e| matches!(e.details.get("outcome").map(String::as_str), Some("escalated" | "refused"))),
+        "the rails stop a second automatic failover:\n{log}"
+    );
+    assert!(result_of(&entries, "failover").is_none(), "the actuator never ran:\n{log}");
+    assert!(entries.iter().any(|e| e.kind == "escalated"), "a person is called:\n{log}");
+    assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"), "the old primary stays fenced");
+    let in_recovery: bool = old.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get(0)).unwrap_or(true);
+    assert!(!in_recovery, "the old primary is no standby, so never promoted again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failovers_are_refused_with_the_reason_and_bad_credentials_or_servers_say_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = Postgres::primary(dir.path(), "db-0", false).await;
+    let mut replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
+    let world = World::start().await;
+    let wrong_password = dir.path().join("wrong-password");
+    std::fs::write(&wrong_password, "not-the-password\n").expect("write a wrong password");
+    let nobody = free_addr();
+    let extra = format!(
+        "    max_lag_bytes: 65536\n  wrong:\n    primary: {{host: 127.0.0.1, port: {}, user: postgres, password_file: {}}}\n\
+         \x20 gone:\n    primary: {{host: 127.0.0.1, port: {}, user: postgres}}\n    connect_timeout: 1s\n\
+         guard_rails: {{approval: {{kinds: []}}}}\n",
+        primary.addr.port(),
+        wrong_password.display(),
+        nobody.port()
+    );
+    let config = databases(dir.path(), &primary, &replica, &world, &extra);
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
+    runbook(
+        dir.path(),
+        "MAINT",
+        "  - id: maintenance\n    pg_maintenance: {database: main, operations: [reload_conf, stat_reset]}\n",
+        rails,
+    );
+    let catalog = runbook(
+        dir.path(),
+        "PROBES",
+        "  - id: wrong\n    pg_select1: {database: wrong}\n  - id: gone\n    pg_select1: {database: gone}\n\
+         \x20 - id: replica\n    pg_select1: {database: main, member: db-1}\n",
+        rails,
+    );
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    // Wrong credentials and a server nobody runs: each says why, and no
+    // password reaches the timeline.
+    let id = run_manual(&coordinator, "PROBES", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    let wrong = result_of(&entries, "wrong").expect("a result for wrong credentials");
+    assert!(wrong.message.contains("password authentication failed"), "{log}");
+    let gone = result_of(&entries, "gone").expect("a result for the server nobody runs");
+    assert_eq!(gone.details.get("status").map(String::as_str), Some("failed"), "{log}");
+    assert!(gone.message.contains("no member of `gone` takes writes") && gone.message.contains("unreachable"), "{log}");
+    assert_eq!(status_of(&entries, "replica").as_deref(), Some("succeeded"), "{log}");
+    assert_eq!(
+        result_of(&entries, "replica").and_then(|e| e.details.get("evidence.role")).map(String::as_str),
+        Some("replica")
+    );
+    assert!(!log.contains(PG_PASSWORD) && !log.contains("not-the-password"), "{log}");
+
+    // Maintenance on the primary: the statements running before it are
+    // attached, then the configuration is reloaded and statistics reset.
+    let sleeper = primary.client().await;
+    let slow = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(30)").await });
+    let watcher = primary.client().await;
+    eventually("the slow statement running", Duration::from_secs(10), || async {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+                &[],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) > 0).then_some(())
+    })
+    .await;
+    let id = run_manual(&coordinator, "MAINT", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    let maintenance = result_of(&entries, "maintenance").expect("a maintenance result");
+    assert_eq!(maintenance.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert_eq!(maintenance.details.get("evidence.member").map(String::as_str), Some("db-0"), "{log}");
+    assert_eq!(maintenance.details.get("evidence.operations.reload_conf").map(String::as_str), Some("t"), "{log}");
+    assert!(
+        maintenance
+            .details
+            .iter()
+            .any(|(k, v)| k.starts_with("evidence.slow_queries.") && v.contains("SELECT pg_sleep(30)")),
+        "the running statement is attached:\n{log}"
+    );
+    let reset: bool = watcher
+        .query_one(
+            "SELECT stats_reset > now() - interval '1 minute' FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("read stats_reset")
+        .get(0);
+    assert!(reset, "statistics were reset just now");
+    slow.abort();
+
+    // The replica falls behind (replay paused while the primary writes):
+    // promoting it would lose writes, so the failover is refused and
+    // nothing changes.
+    let standby = replica.client().await;
+    standby.batch_execute("SELECT pg_wal_replay_pause()").await.expect("pause replay");
+    let writer = primary.client().await;
+    writer
+        .batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        .await
+        .expect("write WAL on the primary");
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("lagging replica:\n{log}");
+    let refused = result_of(&entries, "failover").expect("a failover result");
+    assert!(refused.message.contains("refused, nothing changed") && refused.message.contains("max_lag_bytes"), "{log}");
+    assert_eq!(read_only_setting(&primary).await.as_deref(), Some("off"), "the primary was not fenced");
+    let in_recovery: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("ask").get(0);
+    assert!(in_recovery, "the replica was not promoted");
+    standby.batch_execute("SELECT pg_wal_replay_resume()").await.expect("resume replay");
+
+    // No healthy replica: refused, with each member's state.
+    replica.crash();
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    let refused = result_of(&entries, "failover").expect("a failover result");
+    assert!(
+        refused.message.contains("no healthy replica") && refused.message.contains("db-1 does not answer"),
+        "{log}"
+    );
+    assert_eq!(read_only_setting(&primary).await.as_deref(), Some("off"), "the primary was not fenced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
+    let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
+    write_rows(&primary, 100).await;
+    let world = World::start().await;
+    let extra = "    promote_timeout: 2s\nguard_rails: {approval: {kinds: []}}\n";
+    let config = databases(dir.path(), &primary, &replica, &world, extra);
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
+    let catalog = runbook(dir.path(), "PROBE", "  - id: primary\n    pg_select1: {database: main}\n", rails);
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    primary.crash();
+    // The replica's recovery is frozen: it answers, but cannot finish a
+    // promotion.
+    let startup = replica.freeze_recovery().await;
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("frozen promotion:\n{log}");
+    let result = result_of(&entries, "failover").expect("a failover result");
+    assert_eq!(result.details.get("status").map(String::as_str), Some("timed_out"), "{log}");
+    assert!(result.message.contains("promotion of db-1 not confirmed"), "{log}");
+    assert!(result.message.contains("it may still complete on its own"), "{log}");
+    assert!(result.message.contains("nobody fenced"), "what was and was not done is said:\n{log}");
+    assert!(world.requests("POST", "/hooks/repoint").is_empty(), "nothing repointed to an unconfirmed primary");
+
+    // A second failover is refused while the first promotion is unconfirmed.
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let again = result_of(&entries, "failover").expect("a second failover result");
+    assert!(again.message.contains("never confirmed"), "{}", show(&entries));
+    Postgres::thaw_recovery(startup);
+
+    // Thawed, the promotion completes by itself, as the timeline said.
+    eventually("db-1 taking writes after the thaw", Duration::from_secs(30), || async {
+        let client = remedy_e2e::datastores::connect(replica.addr).await.ok()?;
+        client.execute("INSERT INTO orders VALUES (101, 'late')", &[]).await.ok()
+    })
+    .await;
+    let id = run_manual(&coordinator, "PROBE", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let probe = result_of(&entries, "primary").expect("a probe result");
+    assert_eq!(probe.details.get("evidence.primary").map(String::as_str), Some("db-1"), "{}", show(&entries));
+}
+
+async fn dbsize(redis: &Redis, db: u32) -> u64 {
+    let mut c = redis.connection(db).await;
+    redis::cmd("DBSIZE").query_async(&mut c).await.expect("DBSIZE")
+}
+
+/// Writes `count` keys named by `name` with MSET, a thousand at a time.
+async fn fill(redis: &Redis, db: u32, count: u64, name: impl Fn(u64) -> String) {
+    let mut c = redis.connection(db).await;
+    let mut i = 0;
+    while i < count {
+        let mut cmd = redis::cmd("MSET");
+        for j in i..(i + 1000).min(count) {
+            cmd.arg(name(j)).arg("v");
+        }
+        let _: () = cmd.query_async(&mut c).await.expect("MSET");
+        i += 1000;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushes_one_database_deletes_sessions_by_pattern_in_batches_and_warms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path()).await;
+    let world = World::start().await;
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, format!("{REDIS_PASSWORD}\n")).expect("write the password");
+    let wrong_file = dir.path().join("wrong-redis-password");
+    std::fs::write(&wrong_file, "not-the-password").expect("write a wrong password");
+    let config = format!(
+        "caches:\n  auth-cache:\n    host: 127.0.0.1\n    port: {port}\n    password_file: {pw}\n    scan_batch: 1000\n\
+         \x20   warm_sets:\n      critical: {{db: 2, commands: [[SET, 'config:flags', 'on'], [HSET, 'tenant:1', plan, pro]]}}\n\
+         \x20 wrong:\n    host: 127.0.0.1\n    port: {port}\n    password_file: {wrong}\n\
+         \x20 gone:\n    host: 127.0.0.1\n    port: {gone}\n    connect_timeout: 1s\n",
+        port = redis.addr.port(),
+        pw = password_file.display(),
+        wrong = wrong_file.display(),
+        gone = free_addr().port()
+    );
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    runbook(dir.path(), "FLUSH", "  - id: flush\n    redis_flush: {instance: auth-cache, db: 1}\n", rails);
+    runbook(
+        dir.path(),
+        "SESSIONS",
+        "  - id: sessions\n    redis_delete_keys: {instance: auth-cache, db: 3, pattern: 'session:{user}:*', max_keys: 200000}\n",
+        rails,
+    );
+    runbook(
+        dir.path(),
+        "SCOPED",
+        "  - id: sessions\n    redis_delete_keys: {instance: auth-cache, db: 5, pattern: 'session:{user}:*', scoped_to_users: 'alice, bob'}\n",
+        rails,
+    );
+    runbook(dir.path(), "WARM", "  - id: warm\n    cache_warm: {instance: auth-cache, set: critical}\n", rails);
+    let catalog = runbook(
+        dir.path(),
+        "PINGS",
+        "  - id: ok\n    redis_ping: {instance: auth-cache}\n  - id: wrong\n    redis_ping: {instance: wrong}\n\
+         \x20 - id: gone\n    redis_ping: {instance: gone}\n",
+        rails,
+    );
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    // A flush of database 1 leaves database 0 alone.
+    fill(&redis, 0, 500, |i| format!("keep:{i}")).await;
+    fill(&redis, 1, 300, |i| format!("auth:{i}")).await;
+    let id = run_manual(&coordinator, "FLUSH", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    assert_eq!(status_of(&entries, "flush").as_deref(), Some("succeeded"), "{log}");
+    assert_eq!(
+        result_of(&entries, "flush").and_then(|e| e.details.get("evidence.keys_before")).map(String::as_str),
+        Some("300")
+    );
+    assert_eq!((dbsize(&redis, 1).await, dbsize(&redis, 0).await), (0, 500), "only database 1 was flushed");
+
+    // 100,000 sessions among keys that look like them: exactly the
+    // matching ones go, in batches, while another client keeps working.
+    fill(&redis, 3, 100_000, |i| format!("session:u{}:{i}", i % 1000)).await;
+    fill(&redis, 3, 1000, |i| format!("session-archive:{i}")).await;
+    fill(&redis, 3, 5000, |i| format!("user:{i}")).await;
+    fill(&redis, 3, 1, |_| "session:no-user".to_owned()).await;
+    let busy = tokio::sync::watch::channel(false);
+    let mut other = redis.connection(4).await;
+    let mut done = busy.1.clone();
+    let bystander = tokio::spawn(async move {
+        let (mut ops, mut slowest) = (0u64, Duration::ZERO);
+        // Bounded by the deletion: it stops when told, or after 100,000 rounds.
+        while !*done.borrow_and_update() && ops < 100_000 {
+            let started = std::time::Instant::now();
+            let _: () =
+                redis::cmd("SET").arg("bystander").arg(ops).query_async(&mut other).await.expect("SET during deletion");
+            let back: u64 =
+                redis::cmd("GET").arg("bystander").query_async(&mut other).await.expect("GET during deletion");
+            assert_eq!(back, ops);
+            slowest = slowest.max(started.elapsed());
+            ops += 1;
+        }
+        (ops, slowest)
+    });
+    let started = std::time::Instant::now();
+    let id = run_manual(&coordinator, "SESSIONS", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let took = started.elapsed();
+    busy.0.send(true).expect("stop the bystander");
+    let (ops, slowest) = bystander.await.expect("the bystander ran");
+    let log = show(&entries);
+    let result = result_of(&entries, "sessions").expect("a deletion result");
+    assert_eq!(result.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert_eq!(result.details.get("evidence.deleted").map(String::as_str), Some("100000"), "{log}");
+    let batches: u64 = result.details.get("evidence.scanned_batches").and_then(|b| b.parse().ok()).unwrap_or(0);
+    assert!(batches > 1, "in batches: {log}");
+    assert_eq!(dbsize(&redis, 3).await, 6001, "the look-alikes are all still there");
+    let mut c = redis.connection(3).await;
+    let (_, left): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("session:u1:*")
+        .arg("COUNT")
+        .arg(100_000)
+        .query_async(&mut c)
+        .await
+        .expect("SCAN");
+    assert!(left.is_empty(), "{left:?}");
+    assert!(ops > 0, "the other client was served during the deletion");
+    println!(
+        "deleted 100000 keys in {batches} SCAN batches, run {took:?} end to end; a bystander did {ops} SET+GET rounds, slowest {slowest:?}"
+    );
+
+    // Scoped to the users a finding names: only theirs.
+    fill(&redis, 5, 60, |i| format!("session:{}:{i}", ["alice", "bob", "carol"][(i % 3) as usize])).await;
+    let id = run_manual(&coordinator, "SCOPED", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let result = result_of(&entries, "sessions").expect("a scoped result");
+    assert_eq!(result.details.get("evidence.deleted").map(String::as_str), Some("40"), "{}", show(&entries));
+    assert_eq!(dbsize(&redis, 5).await, 20, "carol's sessions stay");
+
+    // Warming runs the configured commands.
+    let id = run_manual(&coordinator, "WARM", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    assert_eq!(status_of(&entries, "warm").as_deref(), Some("succeeded"), "{}", show(&entries));
+    let mut c = redis.connection(2).await;
+    let flags: String = redis::cmd("GET").arg("config:flags").query_async(&mut c).await.expect("GET");
+    assert_eq!(flags, "on");
+
+    // PING as evidence; wrong credentials and a server nobody runs say so.
+    let id = run_manual(&coordinator, "PINGS", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    assert_eq!(
+        result_of(&entries, "ok").and_then(|e| e.details.get("evidence.answer")).map(String::as_str),
+        Some("PONG"),
+        "{log}"
+    );
+    let wrong = result_of(&entries, "wrong").expect("a result for wrong credentials");
+    assert!(wrong.message.contains("Password authentication failed"), "{log}");
+    let gone = result_of(&entries, "gone").expect("a result for the server nobody runs");
+    assert_eq!(gone.details.get("status").map(String::as_str), Some("failed"), "{log}");
+    assert!(!log.contains(REDIS_PASSWORD) && !log.contains("not-the-password"), "{log}");
+}
