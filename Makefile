@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /usr/bin/env bash
 
-.PHONY: run build test lint fmt e2e cluster-bins bench toolchain deps clean
+.PHONY: run build test lint fmt e2e cluster-bins bench fuzz toolchain deps clean
 
 ## Build everything and start a coordinator and an agent on this machine.
 run: build
@@ -42,6 +42,13 @@ cluster-bins:
 ## Benchmarks; figures and how to read them are in docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+
+## Fuzzes every parser of outside input, FUZZ_SECONDS (default 30) per target;
+## crashes land in fuzz/regressions/ (docs/fuzzing.md). Needs cargo-fuzz.
+FUZZ_SECONDS ?= 30
+fuzz: toolchain
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) fuzz/run.sh
 
 ## The real services tests start (Alertmanager), from Debian's packages.
 deps:
