@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /usr/bin/env bash
 
-.PHONY: run build test lint fmt e2e cluster-bins bench toolchain deps clean
+.PHONY: run build test lint fmt e2e cluster-bins bench fuzz toolchain deps clean
 
 ## Build everything and start a coordinator and an agent on this machine.
 run: build
@@ -20,7 +20,7 @@ test: toolchain deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --lib --bins --tests --exclude remedy-e2e
-	$(CARGO) test -p remedy-e2e --test core --test alertmanager --test engine --test ctl_engine --test directives --test log_tailer --test log_signals --test nft_blocking --test process_signals --test local_actions --test cluster_blocking
+	$(CARGO) test -p remedy-e2e --test core --test alertmanager --test engine --test ctl_engine --test directives --test log_tailer --test log_signals --test nft_blocking --test process_signals --test local_actions --test cluster_blocking --test trust --test faults --test data_plane
 
 lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -42,6 +42,13 @@ cluster-bins:
 ## Benchmarks; figures and how to read them are in docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+
+## Fuzzes every parser of outside input, FUZZ_SECONDS (default 30) per target;
+## crashes land in fuzz/regressions/ (docs/fuzzing.md). Needs cargo-fuzz.
+FUZZ_SECONDS ?= 30
+fuzz: toolchain
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) fuzz/run.sh
 
 ## The real services tests start (Alertmanager), from Debian's packages.
 deps:

@@ -8,7 +8,6 @@
 //! [`tailer`] for the exact guarantee).
 
 pub mod checkpoint;
-pub mod cri;
 pub mod detect;
 pub mod tailer;
 
@@ -22,7 +21,7 @@ use std::time::Duration;
 use remedy_shared::Timestamp;
 use serde::Serialize;
 
-pub use cri::Stream;
+pub use remedy_shared::logs::cri::Stream;
 pub use tailer::{TailerHandle, spawn};
 
 /// What kind of source a line came from.

@@ -53,9 +53,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use remedy_shared::Timestamp;
+use remedy_shared::logs::cri::{self, FileRole, Stream};
 
 use super::checkpoint::{self, Entry, FINGERPRINT_BYTES, FileId};
-use super::cri::{self, FileRole, Stream};
 use super::{
     CheckpointStatus, FileStatus, LineSink, LogLine, LogSource, LogsStatus, SourceKind, StartAt, TailerConfig,
     Unreadable,

@@ -8,6 +8,7 @@
 
 pub mod bruteforce;
 pub mod classify;
+pub mod cri;
 pub mod net;
 pub mod window;
 

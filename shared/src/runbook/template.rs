@@ -157,6 +157,12 @@ pub fn is_template(text: &str) -> bool {
     text.contains("{{") || text.contains("{%") || text.contains("{#")
 }
 
+/// Most instructions one template may run. Templates fill in a URL, a
+/// message or a list of targets; a loop over a few thousand pods stays far
+/// below this, while nested loops over large ranges (which would run for
+/// hours, at load while a runbook is validated or in a run) stop here.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// Renders templates with strict undefined values.
 #[derive(Debug)]
 pub struct Renderer {
@@ -176,6 +182,7 @@ impl Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         Renderer { env }
     }
 
@@ -191,6 +198,9 @@ impl Renderer {
                 && let Some(path) = first_undefined(&template.undeclared_variables(true), context)
             {
                 return fail(format!("`{path}` is not defined"));
+            }
+            if e.kind() == ErrorKind::OutOfFuel {
+                return fail(format!("runs more than {TEMPLATE_FUEL} instructions; templates must not loop this much"));
             }
             fail(e.to_string())
         })
@@ -350,6 +360,17 @@ mod tests {
 
     fn render(text: &str, ctx: &Value) -> Result<String, TemplateError> {
         Renderer::new().render_str(text, ctx)
+    }
+
+    #[test]
+    fn a_template_that_loops_without_end_in_sight_is_stopped_with_a_reason() {
+        let v = TemplateContext::default().to_value();
+        let nested = "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
+        let err = render(nested, &v).unwrap_err();
+        assert!(err.message.contains("runs more than"), "{err}");
+        // A loop over a few thousand items, as over a node's pods, renders.
+        let pods = render("{% for p in range(5000) %}{{ p }},{% endfor %}", &v).unwrap();
+        assert_eq!(pods.matches(',').count(), 5000);
     }
 
     #[test]

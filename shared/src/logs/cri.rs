@@ -8,7 +8,7 @@
 //! container's log at `<root>/<namespace>_<pod>_<uid>/<container>/<N>.log`
 //! and rotates it by renaming it to `<N>.log.<timestamp>` (later gzipped).
 
-use remedy_shared::Timestamp;
+use crate::time::Timestamp;
 use serde::Serialize;
 
 /// The stream a container wrote a line to.
