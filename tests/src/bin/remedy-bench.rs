@@ -38,6 +38,8 @@
 mod blocks;
 #[path = "remedy-bench/engine.rs"]
 mod engine;
+#[path = "remedy-bench/handshake.rs"]
+mod handshake;
 #[path = "remedy-bench/tail.rs"]
 mod tail;
 
@@ -108,7 +110,8 @@ Options (defaults in brackets):
   --blocks-directive-secs S  time spent adding bans one directive at a time;
                          the rest go in through the agent's blocks.json [60]
   --blocks-probes N      TCP connects timed through the ruleset [500]
-  --only LIST            run only some parts: agent,fanin,postgres,engine,tail,blocks (or
+  --tls-secs S           seconds of new connections per transport (tls part) [10]
+  --only LIST            run only some parts: agent,fanin,postgres,engine,tail,blocks,tls (or
                          one engine part: engine-latency,engine-decide,engine-runs)
   --quick                short smoke run (small counts, short windows)
 ";
@@ -133,6 +136,8 @@ struct Opts {
     engine: engine::EngineOpts,
     tail: tail::TailOpts,
     blocks: blocks::BlocksOpts,
+    /// Seconds of new connections per transport in the `tls` part.
+    tls_secs: u64,
 }
 
 impl Default for Opts {
@@ -156,6 +161,7 @@ impl Default for Opts {
             engine: engine::EngineOpts::default(),
             tail: tail::TailOpts::default(),
             blocks: blocks::BlocksOpts::default(),
+            tls_secs: 10,
         }
     }
 }
@@ -186,6 +192,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             opts.engine = engine::EngineOpts::quick();
             opts.tail = tail::TailOpts::quick();
             opts.blocks = blocks::BlocksOpts::quick();
+            opts.tls_secs = 2;
             continue;
         }
         let value = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
@@ -206,6 +213,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--pg-secs" => opts.pg_secs = number(&value)?,
             "--pg-clients" => opts.pg_clients = parse_list(&flag, &value)?,
             "--pg-rows" => opts.pg_rows = Some(number(&value)? as usize),
+            "--tls-secs" => opts.tls_secs = value.parse().context("--tls-secs")?,
             "--only" => opts.only = value.split(',').map(|s| s.trim().to_owned()).collect(),
             "--engine-alerts" => opts.engine.alerts = number(&value)? as usize,
             "--engine-rate" => opts.engine.rate = real(&value)?,
@@ -248,8 +256,18 @@ fn parse_opts() -> anyhow::Result<Opts> {
     opts.engine.validate()?;
     opts.tail.validate()?;
     opts.blocks.validate()?;
-    let parts =
-        ["agent", "fanin", "postgres", "engine", "engine-latency", "engine-decide", "engine-runs", "tail", "blocks"];
+    let parts = [
+        "agent",
+        "fanin",
+        "postgres",
+        "engine",
+        "engine-latency",
+        "engine-decide",
+        "engine-runs",
+        "tail",
+        "blocks",
+        "tls",
+    ];
     if let Some(unknown) = opts.only.iter().find(|p| !parts.contains(&p.as_str())) {
         bail!("--only: unknown part `{unknown}` (known: {})", parts.join(", "));
     }
@@ -474,12 +492,14 @@ impl CoordinatorProc {
         let dir = tempfile::Builder::new().prefix("remedy-bench-coordinator-").tempdir().context("temp dir")?;
         let (grpc, http) = (free_addr(), free_addr());
         let mut cmd = Command::new(bin("remedy-coordinator"));
+        // Plaintext unless TLS is asked for: the figures compare the work,
+        // not TLS (the mTLS handshake has its own part, `tls`).
+        if !extra.iter().any(|a| a == "--tls-cert") {
+            cmd.arg("--insecure");
+        }
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--grpc-listen", &grpc.to_string(), "--http-listen", &http.to_string(), "--id", "bench"])
-            // Plaintext: the figures compare the work, not TLS (the mTLS
-            // handshake has its own benchmark).
-            .arg("--insecure")
             .args(extra)
             .env("REMEDY_LOG", "info")
             .env_remove("REMEDY_COORDINATOR_CONFIG");
@@ -1556,7 +1576,18 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         None
     };
 
+    let tls = if opts.runs("tls") {
+        let r = handshake::run(Duration::from_secs(opts.tls_secs)).await;
+        if let Err(e) = &r {
+            eprintln!("remedy-bench: TLS handshakes failed: {e:#}");
+        }
+        Some(r)
+    } else {
+        None
+    };
+
     let ok = agent.as_ref().is_none_or(|r| r.is_ok())
+        && tls.as_ref().is_none_or(|r| r.is_ok())
         && fanins.iter().all(|r| r.is_ok())
         && pg.as_ref().is_none_or(|r| r.is_ok())
         && engine.as_ref().is_none_or(|r| r.as_ref().is_ok_and(engine::EngineFigures::ok))
@@ -1564,6 +1595,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         && blocks.as_ref().is_none_or(|r| r.as_ref().is_ok_and(|f| f.hold.is_some()));
     print!("{}", report(&opts, &agent, &fanins, &pg, &pg_note, &engine, &tail));
     print!("{}", blocks::report(&opts.blocks, &blocks));
+    print!("{}", handshake::report(&tls));
     Ok(ok)
 }
 
