@@ -472,8 +472,8 @@ impl Admin {
         };
         if req.approve && self.two_person_approvals {
             let id = key.incident_id;
-            if let Some(run) = self.read(move |s| s.get_run(id)).await? {
-                remedy_shared::auth::may_approve(&by, &run.started_by).map_err(crate::auth::denied_status)?;
+            if let Some(starter) = self.read(move |s| s.get_run(id)).await?.and_then(|run| run.requested_by) {
+                remedy_shared::auth::may_approve(&by, &starter).map_err(crate::auth::denied_status)?;
             }
         }
         let deny = (!req.approve).then_some(req.reason.as_str());

@@ -956,7 +956,10 @@ impl Writer {
         };
         let mode = if request.dry_run { guard::Mode::DryRun } else { guard::Mode::Live };
         let context = run_context(&incident, runbook, mode, AlertContext::default(), FindingContext::default(), params);
-        let run = RunRecord::new(id, runbook, mode, signal.summary.clone(), context, now);
+        let run = RunRecord {
+            requested_by: Some(request.by.clone()),
+            ..RunRecord::new(id, runbook, mode, signal.summary.clone(), context, now)
+        };
         incident.runbook = Some(runbook.id().to_owned());
         incident.mttr_target_ms = Some(u64::try_from(runbook.mttr_target.as_millis()).unwrap_or(u64::MAX));
         entries.push(TimelineEntry {

@@ -180,6 +180,10 @@ pub struct RunRecord {
     pub mode: guard::Mode,
     /// Who or what started it, for the timeline.
     pub started_by: String,
+    /// The person who asked for a manual run (their identity); `None` for
+    /// runs an alert or a finding started. The two-person rule reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     /// What templates and conditions read: incident, alert, finding, params,
     /// and the results of the steps so far.
     pub context: runbook::TemplateContext,
@@ -217,6 +221,7 @@ impl RunRecord {
             runbook_id: runbook.id().to_owned(),
             mode,
             started_by,
+            requested_by: None,
             context,
             next_step: 0,
             attempt: 1,

@@ -472,3 +472,62 @@ async fn certificates_rotated_on_disk_serve_new_connections_and_drop_nobody() {
     let agents = client.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents;
     assert!(agents.iter().any(|a| a.node_name == "node-1" && a.connected), "{agents:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_two_person_rule_whoever_starts_a_run_cannot_approve_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "trusted");
+    let steps = "  - id: gated\n    http: {method: POST, url: 'http://127.0.0.1:9/gated', timeout: 1s}\n    requires_approval: true\n    on_failure: continue\n";
+    let runbooks = remedy_e2e::runs::runbook(dir.path(), "GATE", steps, "guard_rails: {cooldown: 0s}\n");
+    let (cert, key) = pki.server();
+    let ca = pki.ca();
+    let config = dir.path().join("coordinator.yaml");
+    std::fs::write(&config, format!("{ROLES}  two_person_approvals: true\n")).unwrap();
+    let coordinator = Coordinator::start_with(
+        &dir.path().join("c"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-ca",
+            ca.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--runbooks-dir",
+            runbooks.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let ada = pki.client("user-ada", "user:ada");
+    let otto = pki.client("user-otto", "user:otto");
+    let mut as_ada = admin(&coordinator, &ca, Some(&ada));
+    let id = as_ada
+        .run_runbook(pb::RunRunbookRequest { runbook_id: "GATE".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .incident_id;
+    let pending = eventually("the approval request", WAIT, || {
+        let mut a = as_ada.clone();
+        let id = id.clone();
+        async move {
+            let list = a.list_approvals(pb::ListApprovalsRequest { all: false }).await.ok()?.into_inner();
+            list.approvals.into_iter().find(|p| p.incident_id == id)
+        }
+    })
+    .await;
+    let answer = pb::AnswerApprovalRequest {
+        incident_id: id.clone(),
+        step_id: pending.step_id.clone(),
+        attempt: pending.attempt,
+        approve: true,
+        requested_by: String::new(),
+        reason: String::new(),
+    };
+    let own = as_ada.answer_approval(answer.clone()).await.unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied, "{own:?}");
+    assert!(own.message().contains("two-person rule"), "{own:?}");
+    let granted = admin(&coordinator, &ca, Some(&otto)).answer_approval(answer).await.unwrap().into_inner();
+    assert_eq!((granted.status.as_str(), granted.answered_by.as_str()), ("granted", "user:otto"));
+}

@@ -1431,6 +1431,7 @@ fn run_desired(run: &RunRecord) -> Result<Desired, StoreError> {
             "runbookId": run.runbook_id,
             "mode": run.mode.as_str(),
             "startedBy": clip(&run.started_by, 512),
+            "requestedBy": run.requested_by,
             "createdAt": rfc3339(run.created_at, "createdAt")?,
         })),
         status: json!({
@@ -1472,6 +1473,7 @@ fn run_from_object(object: &DynamicObject) -> Result<RunRecord, StoreError> {
         runbook_id: f.str(spec, "spec.runbookId")?.to_owned(),
         mode: f.parse(spec, "spec.mode")?,
         started_by: f.opt_str(spec, "spec.startedBy")?.unwrap_or_default().to_owned(),
+        requested_by: f.opt_str(spec, "spec.requestedBy")?.map(str::to_owned),
         context,
         next_step: usize::try_from(next_step).map_err(|_| f.corrupt("status.nextStep is too large".into()))?,
         attempt: u32::try_from(attempt).map_err(|_| f.corrupt("status.attempt is too large".into()))?,
@@ -1909,6 +1911,7 @@ mod tests {
             runbook_id: "P2-001".into(),
             mode: Mode::Live,
             started_by: "finding disk_usage_high".into(),
+            requested_by: Some("user:ada".into()),
             context,
             next_step: 2,
             attempt: 1,
