@@ -81,22 +81,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Says, at start and every minute, that the stream is plaintext: nobody
-/// should run this way by accident.
-async fn warn_insecure(coordinator: String, stopped: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stopped);
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = every.tick() => tracing::warn!(
-                %coordinator,
-                "INSECURE: the stream to the coordinator is plaintext (--insecure): neither side is authenticated"
-            ),
-        }
-    }
-}
-
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REMEDY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -150,7 +134,11 @@ async fn run(
             Some((tls, server_name.clone()))
         }
         _ => {
-            tokio::spawn(warn_insecure(config.coordinator.clone(), stopped()));
+            let what = format!(
+                "the stream to the coordinator {} is plaintext (--insecure): neither side is authenticated",
+                config.coordinator
+            );
+            tokio::spawn(remedy_proto::tls::warn_plaintext_every_minute(what, stopped()));
             None
         }
     };

@@ -252,7 +252,11 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
             )
         }
         None => {
-            tokio::spawn(warn_insecure(config.grpc_listen, stopped()));
+            let what = format!(
+                "gRPC on {} is served in plaintext (--insecure); agents and admin callers are not authenticated by certificate",
+                config.grpc_listen
+            );
+            tokio::spawn(remedy_proto::tls::warn_plaintext_every_minute(what, stopped()));
             Box::pin(
                 router.serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
@@ -366,22 +370,6 @@ fn until_stopped(mut rx: watch::Receiver<bool>) -> StopFuture {
 }
 
 type GrpcServing = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
-
-/// Says, at start and every minute, that gRPC is plaintext: nobody should
-/// run this way by accident.
-async fn warn_insecure(listen: std::net::SocketAddr, stopped: impl Future<Output = ()>) {
-    tokio::pin!(stopped);
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = every.tick() => tracing::warn!(
-                grpc = %listen,
-                "INSECURE: gRPC is served in plaintext (--insecure); agents and admin callers are not authenticated by certificate"
-            ),
-        }
-    }
-}
 
 /// A configuration problem found after the file was read (exit 64).
 #[derive(Debug, thiserror::Error)]

@@ -225,6 +225,19 @@ impl<C> Reloading<C> {
     }
 }
 
+/// Says `what` at start and every minute until `stop`: plaintext must never
+/// go unnoticed (`--insecure` on the coordinator or an agent).
+pub async fn warn_plaintext_every_minute(what: String, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = every.tick() => tracing::warn!("INSECURE: {what}"),
+        }
+    }
+}
+
 /// The server side: certificate, key and the CAs that sign clients.
 pub type ServerTls = Reloading<ServerConfig>;
 /// The client side: the CAs that sign the coordinator, and optionally a

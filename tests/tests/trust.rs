@@ -81,6 +81,19 @@ async fn secure_coordinator(dir: &Path, pki: &Pki, config: &str) -> Coordinator 
     Coordinator::start_with(&dir.join("c"), &args).await
 }
 
+/// The agent of node-1 with its certificate.
+async fn secure_agent(dir: &Path, c: &Coordinator, cert: &(PathBuf, PathBuf), ca: &Path) -> Agent {
+    let args = [
+        "--tls-cert",
+        cert.0.to_str().unwrap(),
+        "--tls-key",
+        cert.1.to_str().unwrap(),
+        "--tls-ca",
+        ca.to_str().unwrap(),
+    ];
+    Agent::start_with(dir, "node-1", &https(c), &args).await
+}
+
 const ROLES: &str = "tls: {reload_every: 200ms}\nauthorization:\n  roles:\n    viewer: ['user:vera']\n    operator: ['user:otto', 'user:ci-bot']\n    admin: ['user:ada']\n";
 
 fn https(c: &Coordinator) -> String {
@@ -189,15 +202,7 @@ async fn only_certified_callers_get_in_and_each_speaks_only_for_itself() {
     assert!(agents.is_empty(), "refused agents were recorded: {agents:?}");
 
     // The real agent of node-1, with its certificate, gets in and delivers.
-    let agent_args = [
-        "--tls-cert",
-        node1.0.to_str().unwrap(),
-        "--tls-key",
-        node1.1.to_str().unwrap(),
-        "--tls-ca",
-        ca.to_str().unwrap(),
-    ];
-    let agent = Agent::start_with(&dir.path().join("a"), "node-1", &https(&coordinator), &agent_args).await;
+    let agent = secure_agent(&dir.path().join("a"), &coordinator, &node1, &ca).await;
     let finding =
         json!([{ "kind": "probe_failed", "severity": "warning", "target": "service/api", "summary": "down" }]);
     // With TLS on and no tokens file, nobody may submit by hand.
@@ -434,15 +439,7 @@ async fn certificates_rotated_on_disk_serve_new_connections_and_drop_nobody() {
     let before = served_certificate(coordinator.grpc, &ca).await;
 
     let node1 = pki.client("agent-node-1", "agent:node-1");
-    let agent_args = [
-        "--tls-cert",
-        node1.0.to_str().unwrap(),
-        "--tls-key",
-        node1.1.to_str().unwrap(),
-        "--tls-ca",
-        ca.to_str().unwrap(),
-    ];
-    let agent = Agent::start_with(&dir.path().join("a"), "node-1", &https(&coordinator), &agent_args).await;
+    let agent = secure_agent(&dir.path().join("a"), &coordinator, &node1, &ca).await;
     eventually("the agent connected", WAIT, || {
         let agent = &agent;
         async move { (agent.readyz().await == 200).then_some(()) }
