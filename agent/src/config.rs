@@ -466,10 +466,7 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
         return Err(err("coordinator", format!("`{coordinator}` is not a URL like https://127.0.0.1:7070")));
     }
-    let security = security(cli, source, &coordinator, file.tls)?;
-    if let Some(path) = &file.diagnostics.tokens_file {
-        remedy_proto::tokens::load(path).map_err(|e| err("diagnostics.tokens_file", e))?;
-    }
+
     let listen_text =
         cli.diagnostics_listen.clone().or(file.diagnostics_listen).unwrap_or_else(|| "127.0.0.1:7072".into());
     let diagnostics_listen = listen_text
@@ -515,6 +512,12 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     let blocking = blocking(source, file.blocking)?;
     let local_actions = crate::local::config::resolve(source, file.local_actions)?;
     let processes = crate::procsig::config::resolve(source, file.processes, sample_interval)?;
+    // Last, so that a mistake in the file is named before a missing
+    // certificate is.
+    let security = security(cli, source, &coordinator, file.tls)?;
+    if let Some(path) = &file.diagnostics.tokens_file {
+        remedy_proto::tokens::load(path).map_err(|e| err("diagnostics.tokens_file", e))?;
+    }
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
