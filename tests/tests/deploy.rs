@@ -662,7 +662,10 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
         let volume = pod_spec["volumes"]
             .as_array()
             .and_then(|vs| {
-                vs.iter().find(|v| v["configMap"]["name"].as_str().is_some_and(|n| n.starts_with(configmap_prefix)))
+                vs.iter().find(|v| {
+                    let name = v["configMap"]["name"].as_str().or(v["secret"]["secretName"].as_str());
+                    name.is_some_and(|n| n.starts_with(configmap_prefix))
+                })
             })
             .unwrap_or_else(|| panic!("no volume of ConfigMap {configmap_prefix}*"));
         container["volumeMounts"]
@@ -722,9 +725,13 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
         .unwrap_or_else(|| panic!("state_dir {state_dir} is not mounted"));
     assert_ne!(state_mount["readOnly"], true, "the state directory is writable");
     assert!(
-        yaml_scalar(&agent_config, "coordinator").starts_with("http://remedy-coordinator.remedy-system.svc:7070"),
-        "agents dial the leader's Service"
+        yaml_scalar(&agent_config, "coordinator").starts_with("https://remedy-coordinator.remedy-system.svc:7070"),
+        "agents dial the leader's Service, over TLS"
     );
+    // Both speak mutual TLS from the mounted Secret and node files.
+    assert!(coordinator_config.contains("client_ca: /etc/remedy/tls/ca.crt"), "{coordinator_config}");
+    assert_eq!(mount_of(container, pod_spec, "remedy-coordinator-tls"), "/etc/remedy/tls");
+    assert!(agent_config.contains("cert: /etc/remedy-agent/tls/tls.crt"), "{agent_config}");
 
     // ---- the binaries take them ----
     // The files as the pods would see them; flags move the listen
@@ -737,8 +744,15 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
     for (file, text) in &catalog {
         std::fs::write(runbooks.join(file), text.as_str().expect("text")).expect("write runbook");
     }
+    // A CA of this test stands for the cluster's issuer; flags point the
+    // files' TLS paths at it, and an overlay's role binding lets the test's
+    // user list runbooks (the shipped file binds nobody).
+    let pki = remedy_proto::pki::init_local(&dir.path().join("pki"), "node-a", "tester").expect("a local CA");
+    let path = |p: &Path| p.display().to_string();
     let coordinator_file = dir.path().join("coordinator.yaml");
-    std::fs::write(&coordinator_file, &coordinator_config).expect("write coordinator.yaml");
+    let with_role = coordinator_config.replacen("roles: {}", "roles: {viewer: ['user:tester']}", 1);
+    assert_ne!(with_role, coordinator_config, "the shipped file has an empty `roles: {{}}` to bind in an overlay");
+    std::fs::write(&coordinator_file, &with_role).expect("write coordinator.yaml");
     let agent_file = dir.path().join("agent.yaml");
     std::fs::write(&agent_file, &agent_config).expect("write agent.yaml");
 
@@ -754,14 +768,30 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
             &runbooks.display().to_string(),
             "--kubeconfig",
             &cluster.kubeconfig_path().display().to_string(),
+            "--tls-cert",
+            &path(&pki.coordinator.0),
+            "--tls-key",
+            &path(&pki.coordinator.1),
+            "--tls-client-ca",
+            &path(&pki.ca),
         ],
     )
     .await;
+    let https = format!("https://{}", coordinator.grpc);
     let agent = Agent::start_with(
         &dir.path().join("agent"),
         "node-a",
-        &coordinator.url(),
-        &["--config", &agent_file.display().to_string()],
+        &https,
+        &[
+            "--config",
+            &agent_file.display().to_string(),
+            "--tls-cert",
+            &path(&pki.agent.0),
+            "--tls-key",
+            &path(&pki.agent.1),
+            "--tls-ca",
+            &path(&pki.ca),
+        ],
     )
     .await;
     wait_until("the agent to connect with the shipped configuration", Duration::from_secs(30), || async {
@@ -769,9 +799,12 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
     })
     .await
     .unwrap_or_else(|e| fail(e));
-    let url = coordinator.url();
-    let (status, stdout, stderr) =
-        tokio::task::spawn_blocking(move || remedyctl(&url, &["runbooks", "list"])).await.expect("remedyctl");
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.user.0), path(&pki.user.1));
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        remedyctl(&https, &["--ca", &ca, "--cert", &cert, "--key", &key, "runbooks", "list"])
+    })
+    .await
+    .expect("remedyctl");
     assert!(status.success(), "{stderr}");
     for id in ["P0-001", "P0-002", "P0-003", "P1-001", "P1-002", "P2-001", "SEC-001"] {
         assert!(stdout.contains(id), "{id} missing from the mounted catalog:\n{stdout}");
