@@ -12,6 +12,7 @@
 #   scripts/bench.sh --only logs --logs-size-mib 256
 #   scripts/bench.sh --only tail      # the agent tailing CRI logs, and line → finding latency
 #   scripts/bench.sh --only blocks    # nftables bans on 1 and 50 agents (network namespaces; root)
+#   scripts/bench.sh --only tls       # new connections per second, mutual TLS beside plaintext
 # Everything runs on loopback; every loop is bounded; the whole run takes
 # about 12 minutes after the build on a 2-core machine (the engine part
 # alone about 2, the tail part about 3).

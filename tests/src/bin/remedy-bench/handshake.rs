@@ -158,8 +158,9 @@ pub fn report(figures: &Option<anyhow::Result<HandshakeFigures>>) -> String {
     };
     format!(
         "\n### New connections: mTLS vs plaintext\n\n\
-         Each connection: TCP (and for mTLS the TLS 1.3 handshake with client certificate, ECDSA P-256, ring), \
-         HTTP/2 setup, one `GetAutomation` call, close; {CONCURRENCY} at a time for {} s per transport, \
+         Each connection: TCP (and for mTLS the TLS 1.3 handshake with a client certificate, ECDSA P-256, ring), \
+         the HTTP/2 preface and the server's SETTINGS, close (no call: every admin call writes an audit entry, \
+         whose fsync would be measured instead); {CONCURRENCY} at a time for {} s per transport, \
          against a release coordinator on loopback.\n\n\
          | transport | connections | per second | p50 ms | p99 ms |\n|---|--:|--:|--:|--:|\n{}{}\n\
          mTLS costs {:.1}x the time per new connection; streams and admin clients keep their connection, so \
