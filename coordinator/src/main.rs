@@ -246,10 +246,7 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let grpc: GrpcServing = match server_tls {
         Some((tls, reload_every)) => {
             tokio::spawn(tls.clone().keep_reloading(reload_every, stopped()));
-            let stats = Arc::new(remedy_proto::tls::HandshakeStats::default());
-            Box::pin(
-                router.serve_with_incoming_shutdown(remedy_proto::tls::incoming(grpc_listener, tls, stats), stopped()),
-            )
+            Box::pin(router.serve_with_incoming_shutdown(remedy_proto::tls::incoming(grpc_listener, tls), stopped()))
         }
         None => {
             let what = format!(

@@ -16,7 +16,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -163,30 +162,18 @@ pub struct Reloading<C> {
     build: fn(&TlsFiles, &Material) -> Result<C, TlsError>,
     current: RwLock<Arc<C>>,
     material: Mutex<Material>,
-    reloads: AtomicU64,
 }
 
 impl<C> Reloading<C> {
     fn load(files: TlsFiles, build: fn(&TlsFiles, &Material) -> Result<C, TlsError>) -> Result<Self, TlsError> {
         let material = files.read()?;
         let config = build(&files, &material)?;
-        Ok(Reloading {
-            files,
-            build,
-            current: RwLock::new(Arc::new(config)),
-            material: Mutex::new(material),
-            reloads: AtomicU64::new(0),
-        })
+        Ok(Reloading { files, build, current: RwLock::new(Arc::new(config)), material: Mutex::new(material) })
     }
 
     /// The configuration new connections use.
     pub fn current(&self) -> Arc<C> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// How many times new material was taken since start.
-    pub fn reloads(&self) -> u64 {
-        self.reloads.load(Ordering::Relaxed)
     }
 
     /// Reads the files again and, when they changed and make a usable
@@ -201,7 +188,6 @@ impl<C> Reloading<C> {
         let config = (self.build)(&self.files, &material)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *last = material;
-        self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -323,21 +309,10 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// Counts handshakes refused, for the metrics.
-#[derive(Debug, Default)]
-pub struct HandshakeStats {
-    /// Handshakes that failed (bad certificate, wrong CA, expired, timeout).
-    pub refused: AtomicU64,
-}
-
 /// Accepts connections on `listener` and hands tonic each one after its
 /// TLS handshake. Handshakes run concurrently, each bounded in time, so one
 /// slow client delays nobody. Stops accepting when tonic drops the stream.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    stats: Arc<HandshakeStats>,
-) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
+pub fn incoming(listener: TcpListener, tls: Arc<ServerTls>) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
         loop {
@@ -356,7 +331,7 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let (tx, stats) = (tx.clone(), stats.clone());
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -369,11 +344,9 @@ pub fn incoming(
                         let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
                     }
                     Ok(Err(e)) => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
                     }
                     Err(_) => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(peer = %remote, "TLS handshake not finished in {HANDSHAKE_TIMEOUT:?}; dropped");
                     }
                 }

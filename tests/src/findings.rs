@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use remedy_proto::v1 as pb;
+use remedy_proto::v1::admin_service_client::AdminServiceClient;
 use serde_json::json;
+use tonic::transport::Channel;
 
 use crate::procs::Agent;
 
@@ -49,4 +52,25 @@ pub async fn spools_drained(agents: &[Agent]) -> bool {
         }
     }
     true
+}
+
+/// Each incident counted exactly the findings submitted for its target (a
+/// finding applied twice would show as one too many), and there are
+/// `incidents` of them.
+pub async fn assert_each_incident_counts_its_findings_once(
+    admin: &mut AdminServiceClient<Channel>,
+    submitted: &BTreeMap<String, Vec<(String, String)>>,
+    incidents: usize,
+) {
+    let listed = admin
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+        .await
+        .expect("list incidents")
+        .into_inner()
+        .incidents;
+    assert_eq!(listed.len(), incidents);
+    for incident in listed {
+        let expected = submitted.values().flatten().filter(|(t, _)| *t == incident.target).count() as u64;
+        assert_eq!(incident.finding_count, expected, "findings counted for {}", incident.target);
+    }
 }

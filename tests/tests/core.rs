@@ -9,7 +9,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use remedy_e2e::findings::{post_batches, probe, spools_drained, submit_spread};
+use remedy_e2e::findings::{
+    assert_each_incident_counts_its_findings_once, post_batches, probe, spools_drained, submit_spread,
+};
 use remedy_e2e::procs::{Agent, Coordinator, all_findings, eventually, remedyctl};
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::agent_message::Body;
@@ -146,19 +148,7 @@ async fn a_coordinator_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
         let expected: BTreeSet<&str> = submitted[&a.node].iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(summaries, expected, "every submitted finding of {} arrived", a.node);
     }
-    // Each incident counted exactly the findings submitted for its target:
-    // a finding applied twice would show as one too many.
-    let incidents = admin
-        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .incidents;
-    assert_eq!(incidents.len(), AGENTS * TARGETS);
-    for incident in incidents {
-        let expected = submitted.values().flatten().filter(|(t, _)| *t == incident.target).count() as u64;
-        assert_eq!(incident.finding_count, expected, "findings counted for {}", incident.target);
-    }
+    assert_each_incident_counts_its_findings_once(&mut admin, &submitted, AGENTS * TARGETS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use remedy_coordinator::store::COORDINATOR_SOURCE;
 use remedy_e2e::fault_proxy::FaultProxy;
-use remedy_e2e::findings::{post_batches, spools_drained, submit_spread};
+use remedy_e2e::findings::{
+    assert_each_incident_counts_its_findings_once, post_batches, spools_drained, submit_spread,
+};
 use remedy_e2e::procs::{Agent, Coordinator, all_findings, eventually, http_request, metric_value};
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::admin_service_client::AdminServiceClient;
@@ -195,19 +197,7 @@ async fn a_coordinator_killed_ten_times_during_100_000_findings_from_20_agents_l
     println!("  all submitted by {submitted_by:?}, all stored and acknowledged by {delivered_by:?}");
     assert_exactly_once(&tally);
 
-    // Each incident counted exactly the findings submitted for its target:
-    // a finding applied twice would show as one too many.
-    let incidents = admin
-        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .incidents;
-    assert_eq!(incidents.len(), AGENTS * TARGETS);
-    for incident in incidents {
-        let expected = submitted.values().flatten().filter(|(t, _)| *t == incident.target).count() as u64;
-        assert_eq!(incident.finding_count, expected, "findings counted for {}", incident.target);
-    }
+    assert_each_incident_counts_its_findings_once(&mut admin, &submitted, AGENTS * TARGETS).await;
     println!("  test took {:?}", started.elapsed());
 }
 

@@ -64,6 +64,11 @@ impl Pki {
 
 /// A coordinator serving mutual TLS with `pki`'s server certificate.
 async fn secure_coordinator(dir: &Path, pki: &Pki, config: &str) -> Coordinator {
+    secure_coordinator_with(dir, pki, config, &[]).await
+}
+
+/// The same, with more arguments.
+async fn secure_coordinator_with(dir: &Path, pki: &Pki, config: &str, extra: &[&str]) -> Coordinator {
     let (cert, key) = pki.server();
     let ca = pki.ca();
     let config_path = dir.join("coordinator.yaml");
@@ -78,6 +83,7 @@ async fn secure_coordinator(dir: &Path, pki: &Pki, config: &str) -> Coordinator 
         "--config",
         config_path.to_str().unwrap(),
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     Coordinator::start_with(&dir.join("c"), &args).await
 }
 
@@ -476,26 +482,10 @@ async fn with_the_two_person_rule_whoever_starts_a_run_cannot_approve_it() {
     let pki = Pki::new(dir.path(), "trusted");
     let steps = "  - id: gated\n    http: {method: POST, url: 'http://127.0.0.1:9/gated', timeout: 1s}\n    requires_approval: true\n    on_failure: continue\n";
     let runbooks = remedy_e2e::runs::runbook(dir.path(), "GATE", steps, "guard_rails: {cooldown: 0s}\n");
-    let (cert, key) = pki.server();
+    let config = format!("{ROLES}  two_person_approvals: true\n");
+    let coordinator =
+        secure_coordinator_with(dir.path(), &pki, &config, &["--runbooks-dir", runbooks.to_str().unwrap()]).await;
     let ca = pki.ca();
-    let config = dir.path().join("coordinator.yaml");
-    std::fs::write(&config, format!("{ROLES}  two_person_approvals: true\n")).unwrap();
-    let coordinator = Coordinator::start_with(
-        &dir.path().join("c"),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-client-ca",
-            ca.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--runbooks-dir",
-            runbooks.to_str().unwrap(),
-        ],
-    )
-    .await;
     let ada = pki.client("user-ada", "user:ada");
     let otto = pki.client("user-otto", "user:otto");
     let mut as_ada = admin(&coordinator, &ca, Some(&ada));
