@@ -820,8 +820,7 @@ impl Writer {
         let mode = guard::Mode::Live;
         let context = run_context(&incident, runbook, mode, alert, finding, runbook.params.clone());
         let run = RunRecord::new(incident.id, runbook, mode, started_by.clone(), context, now);
-        incident.runbook = Some(runbook.id().to_owned());
-        incident.mttr_target_ms = Some(u64::try_from(runbook.mttr_target.as_millis()).unwrap_or(u64::MAX));
+        incident.adopt(runbook);
         entries.push(TimelineEntry {
             at: now,
             kind: EntryKind::Runbook,
@@ -960,8 +959,7 @@ impl Writer {
             requested_by: Some(request.by.clone()),
             ..RunRecord::new(id, runbook, mode, signal.summary.clone(), context, now)
         };
-        incident.runbook = Some(runbook.id().to_owned());
-        incident.mttr_target_ms = Some(u64::try_from(runbook.mttr_target.as_millis()).unwrap_or(u64::MAX));
+        incident.adopt(runbook);
         entries.push(TimelineEntry {
             at: now,
             kind: EntryKind::Runbook,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertStatus};
 use crate::finding::{ConditionKey, ConditionKind, Finding, FindingState, Severity};
+use crate::runbook::{Priority, Runbook};
 use crate::time::Timestamp;
 
 /// An incident's id: a number shown as `INC-000042`.
@@ -165,6 +166,30 @@ pub struct Incident {
     /// of its target (see `run::mttr_check`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mttr_status: Option<String>,
+    /// The handling runbook's priority, once one matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// The handling runbook's tags (`total_outage`, `security`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// When a person first acknowledged it (time to acknowledge counts to
+    /// here), and who.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<Timestamp>,
+    /// Who acknowledged it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+}
+
+impl Incident {
+    /// Hands the incident to `runbook`: its id, time-to-recovery target,
+    /// priority and tags are the incident's from now on.
+    pub fn adopt(&mut self, runbook: &Runbook) {
+        self.runbook = Some(runbook.id().to_owned());
+        self.mttr_target_ms = Some(u64::try_from(runbook.mttr_target.as_millis()).unwrap_or(u64::MAX));
+        self.priority = Some(runbook.priority);
+        self.tags = runbook.metadata.tags.clone();
+    }
 }
 
 /// The result of applying a finding.
@@ -294,6 +319,10 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 runbook: None,
                 mttr_target_ms: None,
                 mttr_status: None,
+                priority: None,
+                tags: Vec::new(),
+                acknowledged_at: None,
+                acknowledged_by: None,
             };
             let entry = TimelineEntry {
                 at: now,
@@ -571,6 +600,10 @@ pub fn acknowledge(open: &Incident, by: &str, now: Timestamp) -> Result<(Inciden
     let mut incident = open.clone();
     incident.state = IncidentState::Acknowledged;
     incident.updated_at = now;
+    if incident.acknowledged_at.is_none() {
+        incident.acknowledged_at = Some(now);
+        incident.acknowledged_by = Some(by.to_owned());
+    }
     let entry = TimelineEntry {
         at: now,
         kind: EntryKind::Acknowledged,

@@ -1317,6 +1317,18 @@ fn incident_desired(incident: &Incident, timeline: &Timeline) -> Result<Desired,
     if let Some(at) = incident.resolved_at {
         status["resolvedAt"] = json!(rfc3339(at, "resolvedAt")?);
     }
+    if let Some(priority) = incident.priority {
+        status["priority"] = json!(priority.as_str());
+    }
+    if !incident.tags.is_empty() {
+        status["tags"] = json!(incident.tags.iter().take(32).map(|t| clip(t, 63)).collect::<Vec<_>>());
+    }
+    if let Some(at) = incident.acknowledged_at {
+        status["acknowledgedAt"] = json!(rfc3339(at, "acknowledgedAt")?);
+    }
+    if let Some(by) = &incident.acknowledged_by {
+        status["acknowledgedBy"] = json!(clip(by, 253));
+    }
     Ok(Desired {
         kind: Kind::Incident,
         name: object_name_of(incident.id),
@@ -1360,6 +1372,19 @@ fn incident_from_object(object: &DynamicObject) -> Result<ClusterIncident, Store
         runbook: f.opt_str(status, "status.runbook")?.map(str::to_owned),
         mttr_target_ms: f.opt_u64(status, "status.mttrTargetSeconds")?.map(|s| s.saturating_mul(1000)),
         mttr_status: f.opt_str(status, "status.mttrStatus")?.map(str::to_owned),
+        priority: match f.opt_str(status, "status.priority")? {
+            Some(_) => Some(f.parse(status, "status.priority")?),
+            None => None,
+        },
+        tags: f
+            .array(status, "status.tags")?
+            .iter()
+            .map(|t| {
+                t.as_str().map(str::to_owned).ok_or_else(|| f.corrupt(format!("status.tags: {t} is not a string")))
+            })
+            .collect::<Result<_, _>>()?,
+        acknowledged_at: f.opt_time(status, "status.acknowledgedAt")?,
+        acknowledged_by: f.opt_str(status, "status.acknowledgedBy")?.map(str::to_owned),
     };
     Ok(ClusterIncident { incident, timeline: timeline.entries, dropped: timeline.dropped })
 }
@@ -1898,6 +1923,10 @@ mod tests {
             runbook: Some("P2-001".into()),
             mttr_target_ms: Some(900_000),
             mttr_status: Some("at_risk".into()),
+            priority: Some(remedy_shared::runbook::Priority::P2),
+            tags: vec!["total_outage".into()],
+            acknowledged_at: Some(at(3)),
+            acknowledged_by: Some("user:alice".into()),
         }
     }
 
