@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::Stream;
 use remedy_proto::convert;
 use remedy_proto::v1 as pb;
+use remedy_shared::Timestamp;
 use remedy_shared::incident::IncidentId;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use remedy_shared::auth::AdminCall;
 
 use crate::auth::Authenticator;
 use crate::engine::{Engine, EngineError};
-use crate::recorder::{ManualRun, RecordError, Recorder};
+use crate::recorder::{ManualRun, RecordError, Recorder, now};
 use crate::registry::Registry;
 use crate::store::{AgentRecord, BanRecord, FindingQuery, Store, StoreError, StoredFinding};
 
@@ -42,6 +43,8 @@ pub struct Admin {
     pub bans: crate::bans::Bans,
     /// Whoever started a run may not approve its steps (two-person rule).
     pub two_person_approvals: bool,
+    /// The runbooks, for their titles in reviews.
+    pub catalog: Arc<remedy_shared::run::Catalog>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -604,6 +607,43 @@ impl Admin {
         let entries = self.read(move |s| s.list_audit(req.after_seq, limit)).await?;
         Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(audit_to_proto).collect() }))
     }
+
+    async fn review_incident(
+        &self,
+        request: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::IncidentReview>, Status> {
+        let id = parse_incident_id(&request.into_inner().id)?;
+        let found = self.read(move |s| s.get_incident(id)).await?;
+        let (incident, timeline) = found.ok_or_else(|| Status::not_found(format!("no incident {id}")))?;
+        let title = incident.runbook.as_deref().and_then(|r| self.catalog.get(r)).map(|r| r.metadata.title.clone());
+        let markdown = remedy_shared::review::review_markdown(&remedy_shared::review::ReviewInput {
+            incident: &incident,
+            timeline: &timeline,
+            runbook_title: title.as_deref(),
+            now: now(),
+        });
+        Ok(Response::new(pb::IncidentReview { id: id.to_string(), markdown }))
+    }
+
+    async fn get_report(&self, request: Request<pb::GetReportRequest>) -> Result<Response<pb::IncidentReport>, Status> {
+        let req = request.into_inner();
+        let at = now();
+        let until = if req.until_ms == 0 { at } else { Timestamp::from_millis(req.until_ms) };
+        let since = if req.since_ms == 0 {
+            Timestamp::from_millis(until.as_millis().saturating_sub(crate::reports::METRICS_WINDOW.as_millis() as i64))
+        } else {
+            Timestamp::from_millis(req.since_ms)
+        };
+        if since >= until || since.as_millis() < 0 {
+            return Err(Status::invalid_argument(format!(
+                "the period [{since}, {until}) is empty: since_ms must be before until_ms"
+            )));
+        }
+        let period = remedy_shared::report::Period { from: since, to: until };
+        let report = self.read(move |s| crate::reports::for_period(s, period, at)).await?;
+        let json = serde_json::to_string(&report).map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
+        Ok(Response::new(pb::IncidentReport { since_ms: since.as_millis(), until_ms: until.as_millis(), json }))
+    }
 }
 
 fn audit_to_proto(e: &AuditEntry) -> pb::AuditEntry {
@@ -771,6 +811,17 @@ impl pb::admin_service_server::AdminService for AdminService {
 
     async fn get_incident(&self, r: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
         self.guarded(r, AdminCall::GetIncident, |a, r| async move { a.get_incident(r).await }).await
+    }
+
+    async fn review_incident(
+        &self,
+        r: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::IncidentReview>, Status> {
+        self.guarded(r, AdminCall::ReviewIncident, |a, r| async move { a.review_incident(r).await }).await
+    }
+
+    async fn get_report(&self, r: Request<pb::GetReportRequest>) -> Result<Response<pb::IncidentReport>, Status> {
+        self.guarded(r, AdminCall::GetReport, |a, r| async move { a.get_report(r).await }).await
     }
 
     type WatchIncidentsStream = WatchStream;

@@ -12,7 +12,6 @@ use remedy_shared::config::{self, ConfigError};
 use remedy_shared::guard::GuardPolicy;
 use serde::Deserialize;
 
-use crate::engine::Contacts;
 use remedy_shared::config::opt_duration;
 
 /// Command line of `remedy-coordinator`.
@@ -81,9 +80,11 @@ struct FileConfig {
     max_batch_findings: Option<usize>,
     runbooks_dir: Option<PathBuf>,
     #[serde(default)]
-    webhooks: BTreeMap<String, String>,
+    channels: BTreeMap<String, crate::channels::ChannelConfig>,
     #[serde(default)]
-    escalation_policies: BTreeMap<String, EscalationPolicy>,
+    people: BTreeMap<String, remedy_shared::escalation::Person>,
+    #[serde(default)]
+    links: LinksFile,
     #[serde(default)]
     guard_rails: Option<GuardPolicy>,
     #[serde(default)]
@@ -186,12 +187,13 @@ pub struct LeaderElectionConfig {
     pub timings: crate::leader::LeaseTimings,
 }
 
-/// Who an escalation policy tells.
+/// `links:` in the file: what communication templates link to.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EscalationPolicy {
-    /// Webhook names, in order.
-    notify: Vec<String>,
+struct LinksFile {
+    war_room: Option<String>,
+    status_page: Option<String>,
+    incident_base: Option<String>,
 }
 
 /// A validated configuration.
@@ -215,8 +217,12 @@ pub struct Config {
     pub max_batch_findings: usize,
     /// Where the runbook catalog is read from, if anywhere.
     pub runbooks_dir: Option<PathBuf>,
-    /// Named webhooks and the escalation policies that use them.
-    pub contacts: Contacts,
+    /// The channels people are told through, their secrets read.
+    pub channels: crate::channels::Channels,
+    /// People escalation policies and schedules name.
+    pub people: BTreeMap<String, remedy_shared::escalation::Person>,
+    /// What communication templates link to.
+    pub links: remedy_shared::comms::Links,
     /// The global guard rails.
     pub guard_rails: GuardPolicy,
     /// The cluster to act on, if any.
@@ -281,33 +287,24 @@ impl Config {
         if id.trim().is_empty() {
             return Err(ConfigError::new(source, "id", "must not be empty"));
         }
-        for (name, url) in &file.webhooks {
-            let parsed = reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
-            if parsed.is_none() || name.trim().is_empty() {
-                return Err(ConfigError::new(
-                    source,
-                    format!("webhooks.{name}"),
-                    format!("`{url}` is not an http(s) URL"),
-                ));
+        let channels = crate::channels::Channels::from_config(source, &file.channels)?;
+        for (name, person) in &file.people {
+            if person.notify.is_empty() {
+                return Err(ConfigError::new(source, format!("people.{name}.notify"), "name at least one channel"));
             }
-        }
-        for (name, policy) in &file.escalation_policies {
-            for (i, webhook) in policy.notify.iter().enumerate() {
-                if !file.webhooks.contains_key(webhook) {
+            for (i, channel) in person.notify.iter().enumerate() {
+                if !channels.contains(channel) {
                     return Err(ConfigError::new(
                         source,
-                        format!("escalation_policies.{name}.notify[{i}]"),
-                        format!("no webhook named `{webhook}` (declare it under webhooks)"),
+                        format!("people.{name}.notify[{i}]"),
+                        format!("no channel named `{channel}` (declare it under channels)"),
                     ));
                 }
             }
         }
+        let links = links(source, file.links)?;
         let guard_rails = file.guard_rails.unwrap_or_default();
         guard_rails.validate(source)?;
-        let contacts = Contacts {
-            webhooks: file.webhooks,
-            escalation: file.escalation_policies.into_iter().map(|(k, v)| (k, v.notify)).collect(),
-        };
         let kubernetes = kubernetes(source, cli.kubeconfig.clone(), file.kubernetes)?;
         if let Some(edge) = &file.edge {
             edge.validate().map_err(|e| ConfigError::new(source, "edge", e))?;
@@ -325,7 +322,9 @@ impl Config {
             expiry_sweep_interval: file.expiry_sweep_interval.unwrap_or(Duration::from_secs(5)),
             max_batch_findings,
             runbooks_dir: cli.runbooks_dir.clone().or(file.runbooks_dir).map(|d| absolute(&d)),
-            contacts,
+            channels,
+            people: file.people,
+            links,
             guard_rails,
             kubernetes,
             edge: file.edge,
@@ -335,6 +334,23 @@ impl Config {
             caches: file.caches,
         })
     }
+}
+
+fn links(source: &str, file: LinksFile) -> Result<remedy_shared::comms::Links, ConfigError> {
+    let check = |field: &str, url: &Option<String>| match url {
+        Some(u) if reqwest::Url::parse(u).ok().filter(|u| matches!(u.scheme(), "http" | "https")).is_none() => {
+            Err(ConfigError::new(source, format!("links.{field}"), format!("`{u}` is not an http(s) URL")))
+        }
+        _ => Ok(()),
+    };
+    check("war_room", &file.war_room)?;
+    check("status_page", &file.status_page)?;
+    check("incident_base", &file.incident_base)?;
+    Ok(remedy_shared::comms::Links {
+        war_room: file.war_room,
+        status_page: file.status_page,
+        incident_base: file.incident_base,
+    })
 }
 
 fn security(cli: &Cli, source: &str, file: Option<TlsFile>) -> Result<GrpcSecurity, ConfigError> {
@@ -579,13 +595,16 @@ mod tests {
     }
 
     #[test]
-    fn escalation_policies_must_name_declared_webhooks() {
-        let text = "webhooks: {oncall: 'http://127.0.0.1:9/hook'}\nescalation_policies: {p0-chain: {notify: [oncall, pager]}}\n";
+    fn people_must_name_declared_channels_and_links_must_be_urls() {
+        let text = "channels: {oncall: {type: webhook, url: 'http://127.0.0.1:9/hook'}}\n\
+                    people: {alice: {email: alice@example.com, notify: [oncall, pager]}}\n";
         let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
         let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
-        assert_eq!(err.field, "escalation_policies.p0-chain.notify[1]", "{err}");
-        let file: FileConfig = config::parse_yaml("c.yaml", "webhooks: {oncall: 'ftp://x'}\n").unwrap();
-        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "webhooks.oncall");
+        assert_eq!(err.field, "people.alice.notify[1]", "{err}");
+        let file: FileConfig = config::parse_yaml("c.yaml", "links: {war_room: 'ftp://x'}\n").unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "links.war_room");
+        let err = config::parse_yaml::<FileConfig>("c.yaml", "webhooks: {oncall: 'http://x'}\n").unwrap_err();
+        assert!(err.message.contains("webhooks"), "channels replaced webhooks: {err}");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! then the runbook escalates (or retries, if it says so, up to its
 //! `max_attempts`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,16 +37,6 @@ use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
 use crate::leader::{FencingToken, LeaderElector};
 use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate, now};
 
-/// How people are reached: named webhooks, and which of them each
-/// escalation policy tells.
-#[derive(Debug, Clone, Default)]
-pub struct Contacts {
-    /// Webhook name -> URL.
-    pub webhooks: BTreeMap<String, String>,
-    /// Escalation policy name -> the webhooks it tells, in order.
-    pub escalation: BTreeMap<String, Vec<String>>,
-}
-
 /// The engine; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -59,7 +49,8 @@ struct Inner {
     policy: GuardPolicy,
     actuators: Actuators,
     recorder: Recorder,
-    contacts: Contacts,
+    /// The names of the configured channels `notify` steps may use.
+    channels: BTreeSet<String>,
     guard: Mutex<GuardState>,
     /// Woken when an approval is answered.
     answered: Notify,
@@ -106,7 +97,7 @@ impl Engine {
         base_policy: &GuardPolicy,
         actuators: Actuators,
         recorder: Recorder,
-        contacts: Contacts,
+        channels: BTreeSet<String>,
         guard: Option<GuardState>,
     ) -> Engine {
         Engine {
@@ -115,7 +106,7 @@ impl Engine {
                 catalog,
                 actuators,
                 recorder,
-                contacts,
+                channels,
                 guard: Mutex::new(guard.unwrap_or_default()),
                 answered: Notify::new(),
                 driving: Mutex::new(HashSet::new()),
@@ -338,9 +329,6 @@ impl Driver {
             let details = BTreeMap::from([("mode".to_owned(), run.mode.to_string())]);
             self.save(&mut run, vec![entry(EntryKind::Runbook, message, details)], Some(IncidentState::Mitigating))
                 .await?;
-            if runbook.escalation.page_on_open {
-                self.tell_people(&mut run, &runbook, "opened; automation is working on it").await?;
-            }
         }
         if let Some(interrupted) = run.interrupted().cloned() {
             // Recorded, never reported done: the coordinator stopped while
@@ -649,16 +637,9 @@ impl Driver {
             return (serde_json::Value::Null, Some(format!("no actuator performs `{kind}` in this release")));
         }
         match action {
-            Action::Notify(n) => match self.inner.contacts.webhooks.get(&n.webhook) {
-                Some(url) => {
-                    let message = match &n.title {
-                        Some(title) => format!("{title}\n{}", n.message),
-                        None => n.message.clone(),
-                    };
-                    (serde_json::json!({ "url": url, "message": message }), None)
-                }
-                None => (serde_json::Value::Null, Some(format!("webhook `{}` is not configured", n.webhook))),
-            },
+            Action::Notify(n) if !self.inner.channels.contains(&n.channel) => {
+                (serde_json::Value::Null, Some(format!("channel `{}` is not configured", n.channel)))
+            }
             other => {
                 let json = serde_json::to_value(other).unwrap_or_default();
                 (json.get(kind).cloned().unwrap_or_default(), None)
@@ -780,38 +761,30 @@ impl Driver {
         self.inner.recorder.run_update(update).await
     }
 
+    /// Hands the incident to people: its state says so, and (for a live
+    /// run) the escalator starts the policy's climb, telling each level
+    /// in turn until someone acknowledges or the incident resolves. A
+    /// rehearsal only records who would have been called.
     async fn escalate(&self, run: &mut RunRecord, runbook: Option<&Runbook>, why: String) -> Result<(), RecordError> {
         run.status = RunStatus::Escalated;
         let policy = runbook.map(|r| r.escalation.policy.clone()).unwrap_or_default();
         let details = BTreeMap::from([("policy".to_owned(), policy.clone()), ("reason".to_owned(), why.clone())]);
-        let message = format!("escalated to {policy}: {why}");
-        self.save(run, vec![entry(EntryKind::Escalated, message, details)], Some(IncidentState::Escalated)).await?;
-        if let Some(runbook) = runbook {
-            self.tell_people(run, runbook, &format!("needs people: {why}")).await?;
-        }
-        Ok(())
-    }
-
-    /// Tells the runbook's escalation policy's webhooks, each as a `notify`
-    /// action through the rails (exempt from pause and budgets).
-    async fn tell_people(&self, run: &mut RunRecord, runbook: &Runbook, what: &str) -> Result<(), RecordError> {
-        let policy = &runbook.escalation.policy;
-        let Some(webhooks) = self.inner.contacts.escalation.get(policy).cloned() else {
-            let message = format!("escalation policy `{policy}` has no contacts configured; nobody was told");
-            self.save(run, vec![entry(EntryKind::Escalated, message, BTreeMap::new())], None).await?;
-            return Ok(());
+        let live = run.mode == Mode::Live && !policy.is_empty();
+        let message = if live {
+            format!("escalated to {policy}: {why}")
+        } else {
+            format!("{}would escalate to {policy}: {why}", mode_prefix(run.mode))
         };
-        for webhook in webhooks {
-            let action = Action::Notify(remedy_shared::runbook::Notify {
-                webhook: webhook.clone(),
-                title: Some(format!("[{}] {} {}", runbook.priority, run.incident_id, runbook.metadata.title)),
-                message: format!("{} {what}", run.incident_id),
-            });
-            // Pages are their own steps, keyed by the moment they are sent.
-            let step_id = format!("page_{webhook}_{}", run.intents.len());
-            self.action(run, runbook, &step_id, &action, false, false).await?;
-        }
-        Ok(())
+        self.still_leading()?;
+        run.updated_at = now();
+        let update = RunUpdate {
+            run: Some(run.clone()),
+            state: Some(IncidentState::Escalated),
+            entries: vec![entry(EntryKind::Escalated, message, details)],
+            escalate: live.then(|| (policy, why)),
+            ..RunUpdate::default()
+        };
+        self.inner.recorder.run_update(update).await
     }
 }
 

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::cluster::ClusterStore;
 use remedy_coordinator::store::embedded::EmbeddedStore;
+use remedy_coordinator::escalator::{self, Clock, Directory, Escalator};
 use remedy_coordinator::{admin_service, agent_service, http, runbooks};
 use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_BAD_CONFIG as u8);
             }
         },
-        None => Vec::new(),
+        None => runbooks::LoadedCatalog::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -59,8 +61,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let catalog = Arc::new(Catalog::new(catalog.into_iter().map(|l| l.runbook).collect()));
-    match runtime.block_on(run(config, catalog)) {
+    let directory = Directory {
+        policies: catalog.policies,
+        schedules: catalog.schedules,
+        templates: catalog.templates,
+        people: config.people.clone(),
+        links: config.links.clone(),
+    };
+    let catalog = Arc::new(Catalog::new(catalog.runbooks.into_iter().map(|l| l.runbook).collect()));
+    match runtime.block_on(run(config, catalog, Arc::new(directory))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<BadConfig>() => {
             eprintln!("remedy-coordinator: {e:#}");
@@ -87,7 +96,7 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || until_stopped(stop_rx.clone());
     let signal_stop = stop_tx.clone();
@@ -158,9 +167,17 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
                 actuators::postgres::PostgresActuator::new(config.databases.clone())
                     .context("cannot build the HTTP client for the PostgreSQL repoint hook")?,
             ))
-            .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())));
+            .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())))
+            .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.clone())));
+    let channel_names: BTreeSet<String> = config.channels.names().map(str::to_owned).collect();
     let mut engine =
-        Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), config.contacts.clone(), guard);
+        Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), channel_names.clone(), guard);
+    // People and channels are this site's; a policy naming one that is not
+    // configured still loads (the default catalog runs anywhere) and says
+    // so here and, when it pages, on the incident's timeline.
+    for (field, problem) in escalator::missing_references(&directory, &channel_names) {
+        tracing::warn!(field = %field, "{problem}: pages to it will say nobody was told");
+    }
     if let Some((elector, _)) = &election {
         engine = engine.fenced_by(elector.clone());
     }
@@ -227,11 +244,16 @@ async fn run(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
         engine: engine.clone(),
         bans: bans.clone(),
         two_person_approvals: auth.two_person_approvals(),
+        catalog: catalog.clone(),
     };
     let admin_service = admin_service::AdminService::new(admin, auth.clone());
     tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));
     tokio::spawn(engine.drive(runs, stopped()));
+    let escalator =
+        Escalator::new(recorder.clone(), store.clone(), config.channels.clone(), directory.clone(), Clock::System, metrics.clone());
+    tokio::spawn(escalator.run(stopped()));
+    tokio::spawn(remedy_coordinator::reports::keep_metrics(store.clone(), metrics.clone(), stopped()));
 
     tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));

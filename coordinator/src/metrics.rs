@@ -2,9 +2,12 @@
 //! the help text says which question it answers.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -36,6 +39,42 @@ pub struct Metrics {
     pub stale_agents: Gauge,
     /// Directive results that matched no waiting directive.
     pub directive_results_unmatched: Counter,
+    /// Deliveries to people's channels, by channel and outcome.
+    pub notifications: Family<NotificationLabels, Counter>,
+    /// Mean time to recovery over the report window, in seconds.
+    pub mttr_seconds: Family<WindowLabels, Gauge<f64, AtomicU64>>,
+    /// Mean time to acknowledge over the report window, in seconds.
+    pub mtta_seconds: Family<WindowLabels, Gauge<f64, AtomicU64>>,
+    /// Availability over the report window, from total-outage incidents.
+    pub availability_percent: Family<WindowLabels, Gauge<f64, AtomicU64>>,
+    /// Incidents opened in the report window, by priority.
+    pub window_incidents: Family<PriorityLabels, Gauge>,
+}
+
+/// Labels of a delivery to a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// The channel's name.
+    pub channel: String,
+    /// `delivered`, `failed` or `breaker_open`.
+    pub outcome: String,
+}
+
+/// The window a reported figure covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WindowLabels {
+    /// `30d`.
+    pub window: String,
+}
+
+/// A count of incidents by priority in a window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PriorityLabels {
+    /// `30d`.
+    pub window: String,
+    /// `P0`..`P3`, `security`, `none`; `security_tagged` counts the
+    /// incidents tagged security whatever their priority.
+    pub priority: String,
 }
 
 impl Metrics {
@@ -56,6 +95,11 @@ impl Metrics {
             agent_streams: Gauge::default(),
             stale_agents: Gauge::default(),
             directive_results_unmatched: Counter::default(),
+            notifications: Family::default(),
+            mttr_seconds: Family::default(),
+            mtta_seconds: Family::default(),
+            availability_percent: Family::default(),
+            window_incidents: Family::default(),
         };
         registry.register("findings_persisted", "Findings persisted, each counted once", m.findings_persisted.clone());
         registry.register(
@@ -85,6 +129,27 @@ impl Metrics {
             "Directive results nobody waited for (late after a timeout, duplicate, unknown id, wrong agent); logged and ignored",
             m.directive_results_unmatched.clone(),
         );
+        registry.register(
+            "notifications",
+            "Deliveries to people's channels (pages, follow-ups, updates) by channel and outcome",
+            m.notifications.clone(),
+        );
+        registry.register(
+            "mttr_seconds",
+            "Mean time to recovery of the incidents opened in the window and resolved",
+            m.mttr_seconds.clone(),
+        );
+        registry.register(
+            "mtta_seconds",
+            "Mean time to acknowledge of the incidents opened in the window and acknowledged",
+            m.mtta_seconds.clone(),
+        );
+        registry.register(
+            "availability_percent",
+            "Availability over the window: time outside incidents tagged total_outage, overlaps counted once",
+            m.availability_percent.clone(),
+        );
+        registry.register("window_incidents", "Incidents opened in the window, by priority", m.window_incidents.clone());
         Metrics { registry: Arc::new(registry), ..m }
     }
 

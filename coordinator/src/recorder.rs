@@ -19,6 +19,7 @@ use remedy_shared::audit::AuditEntry;
 use remedy_shared::finding::ConditionKind;
 use remedy_shared::finding::{ConditionKey, Finding};
 use remedy_shared::guard::{self, GuardState};
+use remedy_shared::escalation::Progress;
 use remedy_shared::incident::{self, EntryKind, Incident, IncidentId, IncidentState, Outcome, Signal, TimelineEntry};
 use remedy_shared::run::{Catalog, RunRecord};
 use remedy_shared::runbook::{AcrossNodesSum, AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext};
@@ -106,6 +107,27 @@ pub struct RunUpdate {
     pub guard: Option<GuardState>,
     /// Audit entries, written in the same transaction.
     pub audit: Vec<AuditEntry>,
+    /// Hand the incident to people: start its escalation policy's climb
+    /// (policy, why), unless one is already under way.
+    pub escalate: Option<(String, String)>,
+}
+
+/// What the escalator writes after telling people: the climb's progress,
+/// what the timeline records, and the state after a lapsed
+/// acknowledgement.
+#[derive(Debug, Clone)]
+pub struct EscalationUpdate {
+    /// The incident.
+    pub id: IncidentId,
+    /// The hold the escalator saw when it decided (`held_since`): a person
+    /// who acknowledged meanwhile keeps their hold.
+    pub seen_hold: Option<Timestamp>,
+    /// The progress after telling.
+    pub progress: remedy_shared::escalation::Progress,
+    /// Entries: who was told through which channel, what failed.
+    pub entries: Vec<TimelineEntry>,
+    /// The new state, if the decision changed it.
+    pub state: Option<IncidentState>,
 }
 
 /// A person's request to run a runbook now.
@@ -178,6 +200,10 @@ enum Command {
         id: IncidentId,
         reply: oneshot::Sender<Option<Incident>>,
     },
+    Escalation {
+        update: Box<EscalationUpdate>,
+        reply: oneshot::Sender<Result<(), RecordError>>,
+    },
 }
 
 /// Handle to the writer.
@@ -207,6 +233,7 @@ impl std::fmt::Debug for Command {
             Command::Acknowledge { .. } => "Acknowledge",
             Command::Resolve { .. } => "Resolve",
             Command::Open { .. } => "Open",
+            Command::Escalation { .. } => "Escalation",
         })
     }
 }
@@ -280,6 +307,11 @@ impl Recorder {
     /// A person resolves an open incident.
     pub async fn resolve(&self, id: IncidentId, by: String, reason: String) -> Result<Incident, RecordError> {
         self.ask(|reply| Command::Resolve { id, by, reason, reply }).await?
+    }
+
+    /// Commits what the escalator did; returns once it is durable.
+    pub async fn escalation_update(&self, update: EscalationUpdate) -> Result<(), RecordError> {
+        self.ask(|reply| Command::Escalation { update: Box::new(update), reply }).await?
     }
 
     /// The incident as it stands, if it is open.
@@ -501,6 +533,14 @@ impl Writer {
                 Command::Open { id, reply } => {
                     let _ = reply.send(self.current(&stage, id));
                 }
+                Command::Escalation { update, reply } => match self.stage_escalation(&mut stage, *update, now) {
+                    Ok(()) => replies.push(Box::new(move |r| {
+                        let _ = reply.send(r.map_err(|e| RecordError::Store(e.to_owned())));
+                    })),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
             }
         }
         if let Some(c) = stage.counters {
@@ -821,6 +861,9 @@ impl Writer {
         let context = run_context(&incident, runbook, mode, alert, finding, runbook.params.clone());
         let run = RunRecord::new(incident.id, runbook, mode, started_by.clone(), context, now);
         incident.adopt(runbook);
+        if runbook.escalation.page_on_open && incident.escalation.is_none() {
+            incident.escalation = Some(Progress::start(&runbook.escalation.policy, "opened", now));
+        }
         entries.push(TimelineEntry {
             at: now,
             kind: EntryKind::Runbook,
@@ -898,6 +941,12 @@ impl Writer {
             match self.current(stage, id) {
                 Some(open) => {
                     let mut changed = update.state.and_then(|s| incident::progress(&open, s, now));
+                    if let Some((policy, why)) = &update.escalate {
+                        let base = changed.get_or_insert_with(|| open.clone());
+                        if base.escalation.is_none() {
+                            base.escalation = Some(Progress::start(policy, why, now));
+                        }
+                    }
                     if let Some(by) = &update.resolve {
                         let base = changed.clone().unwrap_or(open);
                         if let Ok((closed, entry)) = incident::resolve(&base, by, "verification passed", now) {
@@ -921,6 +970,49 @@ impl Writer {
         }
         if let Some(guard) = update.guard {
             stage.batch.guard = Some(guard);
+        }
+        Ok(())
+    }
+
+    /// The escalator's progress, merged into the incident as it stands now:
+    /// an acknowledgement that arrived after the escalator decided keeps
+    /// its hold (and the state it set). A closed incident still takes its
+    /// progress (the channels told of the resolution), without touching
+    /// the open incidents of its condition.
+    fn stage_escalation(&self, stage: &mut Stage, update: EscalationUpdate, now: Timestamp) -> Result<(), RecordError> {
+        let (current, open) = match self.current(stage, update.id) {
+            Some(open) => (open, true),
+            None => match stage.changed.get(&update.id).cloned() {
+                Some(staged) => (staged, false),
+                None => {
+                    let stored = self.store.get_incident(update.id).map_err(|e| RecordError::Store(e.to_string()))?;
+                    (stored.ok_or(RecordError::NoOpenIncident(update.id))?.0, false)
+                }
+            },
+        };
+        let mut incident = current.clone();
+        let mut progress = update.progress;
+        let now_hold = current.escalation.as_ref().and_then(|p| p.held_since);
+        let same_hold = now_hold == update.seen_hold;
+        if !same_hold && let Some(held) = &current.escalation {
+            progress.held_since = held.held_since;
+            progress.held_by = held.held_by.clone();
+            progress.hold_told = held.hold_told;
+        }
+        incident.escalation = Some(progress);
+        if same_hold && let Some(state) = update.state
+            && !incident.state.is_closed()
+        {
+            incident.state = state;
+        }
+        incident.updated_at = incident.updated_at.max(now);
+        if open {
+            self.stage_incident(stage, incident, update.entries);
+        } else {
+            stage.batch.timeline.extend(update.entries.into_iter().map(|e| (incident.id, e)));
+            if stage.changed.insert(incident.id, incident).is_none() {
+                stage.changed_order.push(update.id);
+            }
         }
         Ok(())
     }

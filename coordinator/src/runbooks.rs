@@ -1,13 +1,20 @@
-//! The runbook catalog: every `*.yaml` file of a directory, parsed and
-//! validated before the coordinator starts. A bad runbook stops the start
-//! with the file, line and field named (exit 64): a catalog that half loads
-//! would leave incidents without the response someone wrote for them.
+//! The catalog: every `*.yaml` file of a directory, parsed and validated
+//! before the coordinator starts. Runbooks, and what tells people about
+//! their incidents: escalation policies, on-call schedules and
+//! communication templates, each file one object named by its `kind:`. A
+//! bad file stops the start with the file, line and field named (exit 64):
+//! a catalog that half loads would leave incidents without the response
+//! someone wrote for them, and a template with a typo would fail at 3 a.m.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use remedy_shared::comms::{CommunicationTemplate, load_template};
 use remedy_shared::config::ConfigError;
+use remedy_shared::escalation::{EscalationPolicy, load_policy};
+use remedy_shared::oncall::{Schedule, load_schedule};
 use remedy_shared::runbook::{ActionCatalog, Runbook, ValidationReport, load_runbook};
+use serde::Deserialize;
 
 /// A loaded runbook and what it cannot do yet.
 #[derive(Debug, Clone)]
@@ -18,8 +25,30 @@ pub struct Loaded {
     pub report: ValidationReport,
 }
 
-/// Loads every `*.yaml`/`*.yml` file under `dir` (not recursively), in name order.
-pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<Vec<Loaded>, ConfigError> {
+/// Everything a catalog directory holds.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedCatalog {
+    /// Runbooks, in file name order.
+    pub runbooks: Vec<Loaded>,
+    /// Escalation policies by id.
+    pub policies: BTreeMap<String, EscalationPolicy>,
+    /// On-call schedules by id.
+    pub schedules: BTreeMap<String, Schedule>,
+    /// Communication templates by id.
+    pub templates: BTreeMap<String, CommunicationTemplate>,
+}
+
+/// Just the kind, to choose the parser.
+#[derive(Deserialize)]
+struct Kind {
+    #[serde(default)]
+    kind: String,
+}
+
+/// Loads every `*.yaml`/`*.yml` file under `dir` (not recursively), in name
+/// order. Runbooks must name policies the catalog has, and policies the
+/// schedules and templates it has.
+pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<LoadedCatalog, ConfigError> {
     let source = dir.display().to_string();
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::new(&source, "runbooks_dir", format!("cannot read the directory: {e}")))?;
@@ -29,26 +58,93 @@ pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<Vec<Loaded>, Conf
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml") && p.is_file())
         .collect();
     files.sort();
-    let mut loaded = Vec::with_capacity(files.len());
-    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut loaded = LoadedCatalog::default();
+    let mut ids: BTreeMap<(String, String), String> = BTreeMap::new();
     for path in files {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| ConfigError::new(&name, "", format!("cannot read the file: {e}")))?;
-        let (runbook, report) = load_runbook(&name, &text, catalog).map_err(|invalid| {
-            let first = invalid.errors.first().map(|e| (e.field.clone(), e.to_string())).unwrap_or_default();
-            ConfigError::new(&name, first.0, invalid.to_string())
-        })?;
-        if let Some(other) = ids.insert(runbook.id().to_owned(), name.clone()) {
+        let kind = serde_saphyr::from_str::<Kind>(&text).map(|k| k.kind).unwrap_or_default();
+        let id = match kind.as_str() {
+            "EscalationPolicy" => {
+                let policy = load_policy(&name, &text)?;
+                let id = policy.id.clone();
+                loaded.policies.insert(id.clone(), policy);
+                id
+            }
+            "OnCallSchedule" => {
+                let schedule = load_schedule(&name, &text)?;
+                let id = schedule.id().to_owned();
+                loaded.schedules.insert(id.clone(), schedule);
+                id
+            }
+            "CommunicationTemplate" => {
+                let template = load_template(&name, &text)?;
+                let id = template.id.clone();
+                loaded.templates.insert(id.clone(), template);
+                id
+            }
+            // A runbook, or a file whose kind is wrong: the runbook parser
+            // names the field and line.
+            _ => {
+                let (runbook, report) = load_runbook(&name, &text, catalog).map_err(|invalid| {
+                    let first = invalid.errors.first().map(|e| (e.field.clone(), e.to_string())).unwrap_or_default();
+                    ConfigError::new(&name, first.0, invalid.to_string())
+                })?;
+                let id = runbook.id().to_owned();
+                loaded.runbooks.push(Loaded { runbook, report });
+                id
+            }
+        };
+        let kind = if kind.is_empty() { "Runbook".to_owned() } else { kind };
+        if let Some(other) = ids.insert((kind.clone(), id.clone()), name.clone()) {
+            return Err(ConfigError::new(&name, "metadata.id", format!("`{id}` is also the id of the {kind} in {other}")));
+        }
+    }
+    check_references(&loaded, &ids)?;
+    Ok(loaded)
+}
+
+/// References inside the catalog must resolve; people and channels are
+/// the coordinator's configuration and are checked against it at start.
+fn check_references(loaded: &LoadedCatalog, files: &BTreeMap<(String, String), String>) -> Result<(), ConfigError> {
+    for l in &loaded.runbooks {
+        let policy = &l.runbook.escalation.policy;
+        if !loaded.policies.contains_key(policy) {
             return Err(ConfigError::new(
-                &name,
-                "metadata.id",
-                format!("`{}` is also the id of {other}", runbook.id()),
+                &l.runbook.source,
+                "escalation.policy",
+                format!("no escalation policy `{policy}` in the catalog (a file with kind: EscalationPolicy)"),
             ));
         }
-        loaded.push(Loaded { runbook, report });
     }
-    Ok(loaded)
+    for policy in loaded.policies.values() {
+        let file = files.get(&("EscalationPolicy".to_owned(), policy.id.clone())).map_or(policy.id.as_str(), String::as_str);
+        let templates = policy.template.iter().chain(policy.updates.iter().map(|u| &u.template));
+        for template in templates {
+            if !loaded.templates.contains_key(template) {
+                return Err(ConfigError::new(
+                    file,
+                    "template",
+                    format!("no communication template `{template}` in the catalog"),
+                ));
+            }
+        }
+        for (i, level) in policy.levels.iter().enumerate() {
+            for target in &level.notify {
+                if let remedy_shared::escalation::Target::Schedule(s) = target
+                    && !loaded.schedules.contains_key(s)
+                {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("levels[{i}].notify"),
+                        format!("no on-call schedule `{s}` in the catalog (a file with kind: OnCallSchedule)"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

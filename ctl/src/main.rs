@@ -8,6 +8,7 @@ mod connection;
 mod engine;
 mod incidents;
 mod output;
+mod reports;
 mod runbooks;
 mod views;
 mod who;
@@ -129,6 +130,18 @@ enum Command {
     /// `blocks unblock IP` lifts one everywhere.
     #[command(alias = "block")]
     Blocks(BlocksArgs),
+    /// Incident metrics over a period: MTTR, MTTA, availability, counts by
+    /// priority, each runbook's MTTR-target hit rate.
+    Report {
+        /// Start of the period: a duration back from its end (`30d`,
+        /// `12h`) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// End of the period (RFC 3339 or a duration back from now);
+        /// default: now.
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +156,15 @@ enum IncidentCommand {
     Timeline {
         /// Incident id, e.g. INC-000042.
         id: String,
+    },
+    /// The post-incident review draft (Markdown): summary, the whole
+    /// timeline in order, and sections for people to fill.
+    Review {
+        /// Incident id, e.g. INC-000042.
+        id: String,
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -208,6 +230,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Incidents { all, watch: true } => incidents::watch(ctx, all).await,
         Command::Incident { command: IncidentCommand::Show { id } } => incidents::show(ctx, &id).await,
         Command::Incident { command: IncidentCommand::Timeline { id } } => incidents::timeline(ctx, &id).await,
+        Command::Incident { command: IncidentCommand::Review { id, out } } => {
+            reports::review(ctx, &id, out.as_deref()).await
+        }
         Command::Ack { id } => incidents::command(ctx, Verb::Acknowledge, &id, None).await,
         Command::Resolve { id, reason } => incidents::command(ctx, Verb::Resolve, &id, reason).await,
         Command::Runbooks { command: RunbookCommand::List } => runbooks::list(ctx).await,
@@ -223,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Automation => engine::automation(ctx).await,
         Command::Breaker { command } => engine::breaker(ctx, command).await,
         Command::Blocks(args) => blocks::blocks(ctx, args).await,
+        Command::Report { since, until } => reports::report(ctx, &since, until.as_deref()).await,
     }
 }
 

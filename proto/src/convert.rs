@@ -182,6 +182,12 @@ pub fn incident_to_proto(i: &Incident, timeline: &[TimelineEntry]) -> pb::Incide
         timeline: timeline.iter().map(entry_to_proto).collect(),
         runbook_id: i.runbook.clone().unwrap_or_default(),
         mttr_target_ms: i.mttr_target_ms.unwrap_or(0),
+        priority: i.priority.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        tags: i.tags.clone(),
+        acknowledged_at_ms: i.acknowledged_at.map_or(0, Timestamp::as_millis),
+        acknowledged_by: i.acknowledged_by.clone().unwrap_or_default(),
+        escalation_policy: i.escalation.as_ref().map(|p| p.policy.clone()).unwrap_or_default(),
+        escalation_levels_told: i.escalation.as_ref().map_or(0, |p| p.told),
     }
 }
 

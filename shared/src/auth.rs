@@ -169,11 +169,15 @@ pub enum AdminCall {
     Unblock,
     /// `ListAudit`.
     ListAudit,
+    /// `ReviewIncident`.
+    ReviewIncident,
+    /// `GetReport`.
+    GetReport,
 }
 
 impl AdminCall {
     /// Every call, with both forms of `RunRunbook`.
-    pub const ALL: [AdminCall; 22] = [
+    pub const ALL: [AdminCall; 24] = [
         AdminCall::ListAgents,
         AdminCall::GetAgent,
         AdminCall::ListFindings,
@@ -196,6 +200,8 @@ impl AdminCall {
         AdminCall::ListBans,
         AdminCall::Unblock,
         AdminCall::ListAudit,
+        AdminCall::ReviewIncident,
+        AdminCall::GetReport,
     ];
 
     /// The gRPC method name.
@@ -222,6 +228,8 @@ impl AdminCall {
             AdminCall::ListBans => "ListBans",
             AdminCall::Unblock => "Unblock",
             AdminCall::ListAudit => "ListAudit",
+            AdminCall::ReviewIncident => "ReviewIncident",
+            AdminCall::GetReport => "GetReport",
         }
     }
 }
@@ -231,7 +239,9 @@ pub fn required_role(call: AdminCall) -> Role {
     use AdminCall::*;
     match call {
         ListAgents | GetAgent | ListFindings | GetFinding | ListIncidents | GetIncident | WatchIncidents
-        | ListRunbooks | GetRunbook | ListApprovals | GetAutomation | ListBans => Role::Viewer,
+        | ListRunbooks | GetRunbook | ListApprovals | GetAutomation | ListBans | ReviewIncident | GetReport => {
+            Role::Viewer
+        }
         AcknowledgeIncident | ResolveIncident | AnswerApproval | Unblock | RunRunbook { dry_run: true } => {
             Role::Operator
         }

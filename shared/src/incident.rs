@@ -108,6 +108,9 @@ pub enum EntryKind {
     Approval,
     /// The incident's time to recovery neared or passed its target.
     Mttr,
+    /// People or a channel were told (a page, an update, a follow-up), or
+    /// could not be.
+    Notified,
 }
 
 impl EntryKind {
@@ -128,6 +131,7 @@ impl EntryKind {
             EntryKind::Acknowledged => "acknowledged",
             EntryKind::Approval => "approval",
             EntryKind::Mttr => "mttr",
+            EntryKind::Notified => "notified",
         }
     }
 }
@@ -179,6 +183,9 @@ pub struct Incident {
     /// Who acknowledged it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<String>,
+    /// How far telling people got, once an escalation policy took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<crate::escalation::Progress>,
 }
 
 impl Incident {
@@ -323,6 +330,7 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 tags: Vec::new(),
                 acknowledged_at: None,
                 acknowledged_by: None,
+                escalation: None,
             };
             let entry = TimelineEntry {
                 at: now,
@@ -603,6 +611,12 @@ pub fn acknowledge(open: &Incident, by: &str, now: Timestamp) -> Result<(Inciden
     if incident.acknowledged_at.is_none() {
         incident.acknowledged_at = Some(now);
         incident.acknowledged_by = Some(by.to_owned());
+    }
+    // The acknowledgement holds the escalation's climb (until it lapses).
+    if let Some(progress) = incident.escalation.as_mut() {
+        progress.held_since = Some(now);
+        progress.held_by = Some(by.to_owned());
+        progress.hold_told = false;
     }
     let entry = TimelineEntry {
         at: now,

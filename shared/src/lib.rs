@@ -13,6 +13,7 @@ pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod detector;
+pub mod escalation;
 pub mod finding;
 pub mod guard;
 pub mod incident;

@@ -301,7 +301,7 @@ pub fn targets(action: &Action) -> Vec<TargetRef> {
     match action {
         Action::Http(a) => vec![TargetRef::new("url", a.url.clone())],
         Action::ProbeHttp(a) => vec![TargetRef::new("url", a.url.clone())],
-        Action::Notify(a) => vec![TargetRef::new("webhook", a.webhook.clone())],
+        Action::Notify(a) => vec![TargetRef::new("channel", a.channel.clone())],
         Action::Agent(_) | Action::AgentSnapshot(_) | Action::LogCleanup(_) => Vec::new(),
         Action::Scale(a) => vec![ns(workload(a.kind), &a.namespace, &a.name)],
         Action::RolloutRestart(a) => vec![ns(workload(a.kind), &a.namespace, &a.name)],

@@ -254,7 +254,7 @@ fn sec_001_blocks_at_the_edge_invalidates_sessions_hardens_config_and_tells_secu
     ));
     assert!(actions(&rb).any(|a| matches!(a, Action::PatchConfigmap(c)
         if c.name == "security-config" && c.data["RATE_LIMIT_STRICT"] == "true" && c.data["MFA_REQUIRED"] == "true")));
-    assert!(actions(&rb).any(|a| matches!(a, Action::Notify(n) if n.webhook == "security-slack")));
+    assert!(actions(&rb).any(|a| matches!(a, Action::Notify(n) if n.channel == "security-slack")));
 
     // The attacker's address comes from the finding, else from the alert.
     let mut ctx = TemplateContext::default();

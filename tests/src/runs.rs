@@ -42,21 +42,38 @@ pub fn seed_catalog(dir: &Path, world: &World) -> PathBuf {
     target
 }
 
-/// A coordinator configuration whose webhooks all point at the world.
+/// The people the seed catalog's escalation policies and schedules name.
+pub const SEED_PEOPLE: &[&str] =
+    &["engineer-1", "engineer-2", "engineer-3", "engineering-manager", "cto", "ceo", "security-lead"];
+
+/// A coordinator configuration whose channels all post to the world (as
+/// generic webhooks, `/hooks/<channel>`), with the seed's people all
+/// reached through `oncall`.
 pub fn config(dir: &Path, world: &World, extra: &str) -> PathBuf {
     let hooks = ["status-page", "executives", "customer-notifications", "oncall", "security-slack"];
-    let mut text = String::from("webhooks:\n");
+    let mut text = String::from("channels:\n");
     for hook in hooks {
-        text.push_str(&format!("  {hook}: {}/hooks/{hook}\n", world.url()));
+        text.push_str(&format!(
+            "  {hook}: {{type: webhook, url: '{}/hooks/{hook}', retries: {{attempts: 2, initial: 10ms, max: 50ms}}}}\n",
+            world.url()
+        ));
     }
-    text.push_str("escalation_policies:\n");
-    for policy in ["p0-chain", "p1-chain", "p2-chain", "security-chain", "test-chain"] {
-        text.push_str(&format!("  {policy}: {{notify: [oncall]}}\n"));
+    text.push_str("people:\n");
+    for person in SEED_PEOPLE {
+        text.push_str(&format!("  {person}: {{notify: [oncall]}}\n"));
     }
     text.push_str(extra);
     let path = dir.join("coordinator.yaml");
     std::fs::write(&path, text).expect("write the coordinator configuration");
     path
+}
+
+/// Writes the escalation policy `test-chain` (tell the `oncall` channel at
+/// once) into a catalog directory, for catalogs tests write themselves.
+pub fn test_policy(catalog: &Path) {
+    let text = "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: test-chain}\n\
+                levels: [{name: on-call, after: 0m, notify: [{channel: oncall}]}]\n";
+    std::fs::write(catalog.join("test-chain.policy.yaml"), text).expect("write the test policy");
 }
 
 pub async fn start(dir: &Path, world: &World, runbooks: &Path, extra_config: &str) -> Coordinator {
@@ -163,6 +180,7 @@ pub fn runbook(dir: &Path, id: &str, steps: &str, rails: &str) -> PathBuf {
          triggers: {{manual: true}}\nsteps:\n{steps}escalation: {{policy: test-chain}}\n{rails}"
     );
     std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
+    test_policy(&target);
     target
 }
 

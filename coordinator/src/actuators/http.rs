@@ -1,6 +1,6 @@
 //! The `http` action (call a URL and check the answer: a circuit-breaker
-//! reset, a cache-warm endpoint) and the `notify` action (post a message to
-//! a generic webhook).
+//! reset, a cache-warm endpoint) and `probe_http` (record a URL's status
+//! and latency).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use remedy_shared::config::opt_duration;
 /// Longest part of a response body kept as evidence.
 const MAX_EVIDENCE_BODY: usize = 512;
 
-/// Performs `http` and `notify` actions with one shared client.
+/// Performs `http` and `probe_http` actions with one shared client.
 #[derive(Debug, Clone)]
 pub struct HttpActuator {
     client: reqwest::Client,
@@ -63,15 +63,6 @@ fn ok_status() -> u16 {
     200
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NotifyParams {
-    url: String,
-    message: String,
-    #[serde(default, with = "opt_duration")]
-    timeout: Option<Duration>,
-}
-
 fn get() -> String {
     "GET".to_owned()
 }
@@ -89,11 +80,6 @@ struct Prepared {
 fn prepare(call: &ActionCall) -> Result<Prepared, String> {
     let params = call.params.clone();
     let (method, url, body, headers, expected, timeout) = match call.kind.as_str() {
-        "notify" => {
-            let p: NotifyParams = serde_json::from_value(params).map_err(|e| format!("notify parameters: {e}"))?;
-            let body = serde_json::json!({ "text": p.message, "incident_id": call.incident_id });
-            ("POST".to_owned(), p.url, Some(body), Default::default(), None, p.timeout)
-        }
         "probe_http" => {
             let p: ProbeParams = serde_json::from_value(params).map_err(|e| format!("probe_http parameters: {e}"))?;
             (p.method, p.url, None, Default::default(), Some(p.expected_status), p.timeout)
@@ -116,7 +102,7 @@ fn prepare(call: &ActionCall) -> Result<Prepared, String> {
 #[tonic::async_trait]
 impl Actuator for HttpActuator {
     fn kinds(&self) -> &'static [&'static str] {
-        &["http", "notify", "probe_http"]
+        &["http", "probe_http"]
     }
 
     async fn execute(&self, call: &ActionCall) -> ActionReport {
@@ -270,7 +256,7 @@ mod tests {
     async fn dry_run_sends_nothing_and_bad_parameters_are_invalid() {
         let report = HttpActuator::new()
             .unwrap()
-            .execute(&call("notify", serde_json::json!({ "url": "http://127.0.0.1:9/hook", "message": "hi" }), true))
+            .execute(&call("http", serde_json::json!({ "method": "POST", "url": "http://127.0.0.1:9/hook" }), true))
             .await;
         assert_eq!(report.status, ActionStatus::DryRun);
         assert_eq!(report.message, "would send POST http://127.0.0.1:9/hook");

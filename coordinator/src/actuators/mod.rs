@@ -10,6 +10,7 @@ pub mod agent;
 pub mod block;
 pub mod http;
 pub mod kube;
+pub mod notify;
 pub mod postgres;
 pub mod redis;
 

@@ -1329,6 +1329,10 @@ fn incident_desired(incident: &Incident, timeline: &Timeline) -> Result<Desired,
     if let Some(by) = &incident.acknowledged_by {
         status["acknowledgedBy"] = json!(clip(by, 253));
     }
+    if let Some(progress) = &incident.escalation {
+        status["escalation"] = serde_json::to_value(progress)
+            .map_err(|e| StoreError::Corrupt { table: Kind::Incident.table(), message: format!("escalation: {e}") })?;
+    }
     Ok(Desired {
         kind: Kind::Incident,
         name: object_name_of(incident.id),
@@ -1385,6 +1389,10 @@ fn incident_from_object(object: &DynamicObject) -> Result<ClusterIncident, Store
             .collect::<Result<_, _>>()?,
         acknowledged_at: f.opt_time(status, "status.acknowledgedAt")?,
         acknowledged_by: f.opt_str(status, "status.acknowledgedBy")?.map(str::to_owned),
+        escalation: match status.get("escalation") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(f.parse(status, "status.escalation")?),
+        },
     };
     Ok(ClusterIncident { incident, timeline: timeline.entries, dropped: timeline.dropped })
 }
@@ -1927,6 +1935,7 @@ mod tests {
             tags: vec!["total_outage".into()],
             acknowledged_at: Some(at(3)),
             acknowledged_by: Some("user:alice".into()),
+            escalation: None,
         }
     }
 

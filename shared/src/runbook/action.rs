@@ -303,12 +303,15 @@ pub struct AgentDirective {
     pub timeout: Duration,
 }
 
-/// `notify`: a message to a webhook configured on the coordinator.
+/// `notify`: a message through a channel configured on the coordinator
+/// (Slack, PagerDuty, a signed webhook, email, a status page).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
-    /// The webhook's name in the coordinator's configuration.
-    pub webhook: String,
+    /// The channel's name in the coordinator's `channels:` (`webhook:`,
+    /// its name before channels had kinds, is still read).
+    #[serde(alias = "webhook")]
+    pub channel: String,
     /// A title (templated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,

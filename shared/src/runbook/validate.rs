@@ -403,8 +403,8 @@ impl Validator<'_> {
                 }
             }
             Action::Notify(n) => {
-                if n.webhook.trim().is_empty() {
-                    p(".webhook", "must name a webhook configured on the coordinator".into());
+                if n.channel.trim().is_empty() {
+                    p(".channel", "must name a channel configured on the coordinator".into());
                 }
             }
             Action::AgentSnapshot(s) => {
