@@ -17,6 +17,7 @@ pub mod finding;
 pub mod guard;
 pub mod incident;
 pub mod logs;
+pub mod report;
 pub mod run;
 pub mod runbook;
 pub mod sequence;
