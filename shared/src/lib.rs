@@ -18,6 +18,8 @@ pub mod finding;
 pub mod guard;
 pub mod incident;
 pub mod logs;
+pub mod report;
+pub mod review;
 pub mod run;
 pub mod runbook;
 pub mod sequence;
