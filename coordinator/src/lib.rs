@@ -10,6 +10,7 @@ pub mod agent_service;
 pub mod alertmanager;
 pub mod auth;
 pub mod bans;
+pub mod channels;
 pub mod config;
 pub mod directives;
 pub mod edge;
