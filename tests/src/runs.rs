@@ -51,11 +51,14 @@ pub const SEED_PEOPLE: &[&str] =
 /// reached through `oncall`.
 pub fn config(dir: &Path, world: &World, extra: &str) -> PathBuf {
     let hooks = ["status-page", "executives", "customer-notifications", "oncall", "security-slack"];
+    let secret = webhook_secret(dir);
     let mut text = String::from("channels:\n");
     for hook in hooks {
         text.push_str(&format!(
-            "  {hook}: {{type: webhook, url: '{}/hooks/{hook}', retries: {{attempts: 2, initial: 10ms, max: 50ms}}}}\n",
-            world.url()
+            "  {hook}: {{type: webhook, url: '{}/hooks/{hook}', secret_file: '{}', \
+             retries: {{attempts: 2, initial: 10ms, max: 50ms}}}}\n",
+            world.url(),
+            secret.display()
         ));
     }
     text.push_str("people:\n");
@@ -65,6 +68,13 @@ pub fn config(dir: &Path, world: &World, extra: &str) -> PathBuf {
     text.push_str(extra);
     let path = dir.join("coordinator.yaml");
     std::fs::write(&path, text).expect("write the coordinator configuration");
+    path
+}
+
+/// The key test webhooks sign their payloads with, written under `dir`.
+pub fn webhook_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("webhook-secret");
+    std::fs::write(&path, "test-signing-key").expect("write the webhook secret");
     path
 }
 

@@ -53,10 +53,11 @@ fn catalog_dir(dir: &Path) -> PathBuf {
 
 /// Every person of the seed catalog has a webhook of their own
 /// (`/hooks/<name>`); the updates' channels post to theirs.
-fn channels(world: &World) -> (Channels, BTreeMap<String, remedy_shared::escalation::Person>) {
+fn channels(world: &World, dir: &Path) -> (Channels, BTreeMap<String, remedy_shared::escalation::Person>) {
     let mut text = String::new();
     let mut people = BTreeMap::new();
-    let retries = "retries: {attempts: 2, initial: 10ms, max: 20ms}";
+    let secret = remedy_e2e::runs::webhook_secret(dir);
+    let retries = format!("secret_file: '{}', retries: {{attempts: 2, initial: 10ms, max: 20ms}}", secret.display());
     for person in SEED_PEOPLE {
         text.push_str(&format!("page-{person}: {{type: webhook, url: '{}/hooks/{person}', {retries}}}\n", world.url()));
         people.insert(
@@ -94,7 +95,7 @@ impl Rig {
         let world = World::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let loaded = runbooks::load_dir(&catalog_dir(dir.path()), &ActionCatalog::this_release()).expect("catalog");
-        let (channels, people) = channels(&world);
+        let (channels, people) = channels(&world, dir.path());
         let directory = Directory {
             policies: loaded.policies,
             schedules: loaded.schedules,
