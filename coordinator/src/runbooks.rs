@@ -2,10 +2,13 @@
 //! validated before the coordinator starts. A bad runbook stops the start
 //! with the file, line and field named (exit 64): a catalog that half loads
 //! would leave incidents without the response someone wrote for them.
+//! Files of the other kinds that live beside runbooks (communication
+//! templates) are passed over here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use remedy_shared::catalog::{CatalogKind, peek_kind};
 use remedy_shared::config::ConfigError;
 use remedy_shared::runbook::{ActionCatalog, Runbook, ValidationReport, load_runbook};
 
@@ -18,7 +21,8 @@ pub struct Loaded {
     pub report: ValidationReport,
 }
 
-/// Loads every `*.yaml`/`*.yml` file under `dir` (not recursively), in name order.
+/// Loads every `*.yaml`/`*.yml` file under `dir` (not recursively), in name
+/// order, but those whose `kind` is another known kind (not `Runbook`).
 pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<Vec<Loaded>, ConfigError> {
     let source = dir.display().to_string();
     let entries = std::fs::read_dir(dir)
@@ -35,6 +39,9 @@ pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<Vec<Loaded>, Conf
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| ConfigError::new(&name, "", format!("cannot read the file: {e}")))?;
+        if peek_kind(&text).is_some_and(|kind| kind != CatalogKind::Runbook) {
+            continue;
+        }
         let (runbook, report) = load_runbook(&name, &text, catalog).map_err(|invalid| {
             let first = invalid.errors.first().map(|e| (e.field.clone(), e.to_string())).unwrap_or_default();
             ConfigError::new(&name, first.0, invalid.to_string())
@@ -114,5 +121,22 @@ mod tests {
         std::fs::write(dir.path().join("b.yaml"), &text).unwrap();
         let err = load_dir(dir.path(), &ActionCatalog::this_release()).unwrap_err();
         assert_eq!(err.field, "metadata.id", "{err}");
+    }
+
+    #[test]
+    fn other_kinds_beside_the_runbooks_are_passed_over_and_a_misspelt_kind_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(catalog_dir().join("p0-003-authentication-failure.yaml")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), &text).unwrap();
+        let comms = "apiVersion: remedy.dev/v1\nkind: CommunicationTemplate\nmetadata: {id: c, title: C}\n\
+                     audience: internal\nsubject: \"{{INCIDENT_ID}}\"\nbody: \"{{STATUS}}\"\n";
+        std::fs::write(dir.path().join("comms.yaml"), comms).unwrap();
+        let loaded = load_dir(dir.path(), &ActionCatalog::this_release()).unwrap();
+        assert_eq!(loaded.iter().map(|l| l.runbook.id()).collect::<Vec<_>>(), ["P0-003"]);
+
+        std::fs::write(dir.path().join("comms.yaml"), comms.replace("kind: CommunicationTemplate", "kind: Runbok"))
+            .unwrap();
+        let err = load_dir(dir.path(), &ActionCatalog::this_release()).unwrap_err();
+        assert!(err.file.ends_with("comms.yaml") && err.message.contains("Runbok"), "{err}");
     }
 }

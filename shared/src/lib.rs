@@ -11,6 +11,7 @@ pub mod alert;
 pub mod audit;
 pub mod auth;
 pub mod backoff;
+pub mod catalog;
 pub mod config;
 pub mod detector;
 pub mod finding;
