@@ -18,6 +18,7 @@ pub mod finding;
 pub mod guard;
 pub mod incident;
 pub mod logs;
+pub mod oncall;
 pub mod run;
 pub mod runbook;
 pub mod sequence;
