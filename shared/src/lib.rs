@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod catalog;
+pub mod comms;
 pub mod config;
 pub mod detector;
 pub mod finding;
