@@ -641,7 +641,8 @@ impl Admin {
         }
         let period = remedy_shared::report::Period { from: since, to: until };
         let report = self.read(move |s| crate::reports::for_period(s, period, at)).await?;
-        let json = serde_json::to_string(&report).map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
+        let json =
+            serde_json::to_string(&report).map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
         Ok(Response::new(pb::IncidentReport { since_ms: since.as_millis(), until_ms: until.as_millis(), json }))
     }
 }
@@ -700,7 +701,8 @@ no_requested_by!(
     pb::ListApprovalsRequest,
     pb::GetAutomationRequest,
     pb::ListBansRequest,
-    pb::ListAuditRequest
+    pb::ListAuditRequest,
+    pb::GetReportRequest
 );
 
 /// The admin API: every call is admitted by the [`Authenticator`] (who is

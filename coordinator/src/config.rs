@@ -596,8 +596,15 @@ mod tests {
 
     #[test]
     fn people_must_name_declared_channels_and_links_must_be_urls() {
-        let text = "channels: {oncall: {type: webhook, url: 'http://127.0.0.1:9/hook'}}\n\
-                    people: {alice: {email: alice@example.com, notify: [oncall, pager]}}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hmac");
+        std::fs::write(&secret, "k").unwrap();
+        let text = format!(
+            "channels: {{oncall: {{type: webhook, url: 'http://127.0.0.1:9/hook', secret_file: '{}'}}}}\n\
+             people: {{alice: {{email: alice@example.com, notify: [oncall, pager]}}}}\n",
+            secret.display()
+        );
+        let text = text.as_str();
         let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
         let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
         assert_eq!(err.field, "people.alice.notify[1]", "{err}");

@@ -781,7 +781,7 @@ impl Driver {
             run: Some(run.clone()),
             state: Some(IncidentState::Escalated),
             entries: vec![entry(EntryKind::Escalated, message, details)],
-            escalate: live.then(|| (policy, why)),
+            escalate: live.then_some((policy, why)),
             ..RunUpdate::default()
         };
         self.inner.recorder.run_update(update).await

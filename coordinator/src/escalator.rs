@@ -15,7 +15,7 @@
 //! page is never lost for fear of a duplicate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
@@ -23,11 +23,12 @@ use remedy_shared::comms::{CommsContext, CommunicationTemplate, Links};
 use remedy_shared::escalation::{self, Advance, EscalationPolicy, FollowUp, Page, Person, Progress};
 use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::oncall::Schedule;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::channels::{Channels, Delivery, Event, Message, StatusUpdate};
+pub use crate::clock::{Clock, ManualClock};
 use crate::metrics::Metrics;
-use crate::recorder::{EscalationUpdate, Recorder, now};
+use crate::recorder::{EscalationUpdate, Recorder};
 use crate::store::Store;
 
 /// Who can be told and how: the catalog's policies, schedules and
@@ -44,65 +45,6 @@ pub struct Directory {
     pub people: BTreeMap<String, Person>,
     /// Links templates show (war room, status page, incident pages).
     pub links: Links,
-}
-
-/// The escalator's time: the wall clock, or one a test moves by hand.
-#[derive(Debug, Clone, Default)]
-pub enum Clock {
-    /// The system clock.
-    #[default]
-    System,
-    /// A clock that moves only when told to.
-    Manual(Arc<ManualClock>),
-}
-
-/// A clock that moves only when told to, waking whoever waits on it.
-#[derive(Debug)]
-pub struct ManualClock {
-    now: Mutex<Timestamp>,
-    moved: watch::Sender<Timestamp>,
-}
-
-impl ManualClock {
-    /// A clock showing `start`.
-    pub fn new(start: Timestamp) -> Arc<ManualClock> {
-        Arc::new(ManualClock { now: Mutex::new(start), moved: watch::channel(start).0 })
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *now = now.plus(by);
-        self.moved.send_replace(*now);
-    }
-
-    fn now(&self) -> Timestamp {
-        *self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl Clock {
-    /// The time now.
-    pub fn now(&self) -> Timestamp {
-        match self {
-            Clock::System => now(),
-            Clock::Manual(clock) => clock.now(),
-        }
-    }
-
-    async fn sleep_until(&self, at: Option<Timestamp>) {
-        match (self, at) {
-            (_, None) => std::future::pending().await,
-            (Clock::System, Some(at)) => {
-                let wait = u64::try_from(at.as_millis().saturating_sub(now().as_millis())).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            (Clock::Manual(clock), Some(at)) => {
-                let mut moved = clock.moved.subscribe();
-                let _ = moved.wait_for(|now| *now >= at).await;
-            }
-        }
-    }
 }
 
 /// The task; see the module documentation.
@@ -125,6 +67,9 @@ impl std::fmt::Debug for Escalator {
 /// Incidents the escalator looks at when it starts: open ones and the
 /// recently resolved whose channels may not have heard of the resolution.
 const STARTUP_SCAN: usize = 1_000;
+
+/// The wake-up for a scan that failed (no incident has id 0).
+const RESCAN: IncidentId = IncidentId(0);
 
 impl Escalator {
     /// An escalator over the committed incidents of `store`.
@@ -162,7 +107,11 @@ impl Escalator {
                     let now = self.clock.now();
                     let due: Vec<IncidentId> = wake.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
                     for id in due {
-                        self.look_at(id, &mut wake).await;
+                        if id == RESCAN {
+                            self.rescan(&mut wake).await;
+                        } else {
+                            self.look_at(id, &mut wake).await;
+                        }
                     }
                 }
             }
@@ -174,11 +123,11 @@ impl Escalator {
             Ok(list) => list,
             Err(e) => {
                 tracing::error!(error = %e, "the escalator cannot list incidents; retrying in 5s");
-                wake.insert(IncidentId(0), self.clock.now().plus(Duration::from_secs(5)));
+                wake.insert(RESCAN, self.clock.now().plus(Duration::from_secs(5)));
                 return;
             }
         };
-        wake.remove(&IncidentId(0));
+        wake.remove(&RESCAN);
         for incident in incidents {
             let pending = incident.escalation.as_ref().is_some_and(|p| !p.resolution_told);
             if pending {
@@ -191,9 +140,6 @@ impl Escalator {
     /// event may be older than what this task itself just wrote).
     async fn look_at(&self, id: IncidentId, wake: &mut BTreeMap<IncidentId, Timestamp>) {
         wake.remove(&id);
-        if id == IncidentId(0) {
-            return self.rescan(wake).await;
-        }
         let (incident, timeline) = match self.store.get_incident(id) {
             Ok(Some(found)) => found,
             Ok(None) => return,
@@ -259,18 +205,14 @@ impl Escalator {
         now: Timestamp,
     ) {
         let directory = &self.directory;
-        let (recipients, missing) = escalation::recipients(&page.targets, &directory.people, |id| match directory
-            .schedules
-            .get(id)
-        {
-            Some(schedule) => Ok(schedule.on_call(now)),
-            None => Err(format!("schedule {id} is not in the catalog")),
-        });
+        let (recipients, missing) =
+            escalation::recipients(&page.targets, &directory.people, |id| match directory.schedules.get(id) {
+                Some(schedule) => Ok(schedule.on_call(now)),
+                None => Err(format!("schedule {id} is not in the catalog")),
+            });
         let details = |extra: &[(&str, &str)]| {
-            let mut d = BTreeMap::from([
-                ("policy".to_owned(), policy.id.clone()),
-                ("level".to_owned(), page.name.clone()),
-            ]);
+            let mut d =
+                BTreeMap::from([("policy".to_owned(), policy.id.clone()), ("level".to_owned(), page.name.clone())]);
             d.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             d
         };
@@ -297,14 +239,12 @@ impl Escalator {
             let how = describe(&deliveries);
             let (message, outcome) = match &told {
                 Some(channel) => (format!("told {who} ({}, {}) through {channel}: {how}", page.name, page.why), "told"),
-                None if recipient.channels.is_empty() => (format!("{who} has no channels to be told through"), "failed"),
+                None if recipient.channels.is_empty() => {
+                    (format!("{who} has no channels to be told through"), "failed")
+                }
                 None => (format!("could not tell {who} ({}): {how}", page.name), "failed"),
             };
-            entries.push(entry(
-                now,
-                message,
-                details(&[("who", who), ("via", &recipient.via), ("outcome", outcome)]),
-            ));
+            entries.push(entry(now, message, details(&[("who", who), ("via", &recipient.via), ("outcome", outcome)])));
         }
     }
 
@@ -370,7 +310,11 @@ impl Escalator {
             self.record(std::slice::from_ref(&delivery), progress);
             entries.push(entry(
                 now,
-                format!("update {} sent through {channel}: {}", updates.template, describe(std::slice::from_ref(&delivery))),
+                format!(
+                    "update {} sent through {channel}: {}",
+                    updates.template,
+                    describe(std::slice::from_ref(&delivery))
+                ),
                 BTreeMap::from([
                     ("channel".to_owned(), channel.clone()),
                     ("template".to_owned(), updates.template.clone()),
@@ -421,7 +365,14 @@ impl Escalator {
         }
     }
 
-    fn message(&self, incident: &Incident, event: Event, title: &str, body: &str, reference: Option<String>) -> Message {
+    fn message(
+        &self,
+        incident: &Incident,
+        event: Event,
+        title: &str,
+        body: &str,
+        reference: Option<String>,
+    ) -> Message {
         let mut links = BTreeMap::new();
         if let Some(base) = &self.directory.links.incident_base {
             links.insert("incident".to_owned(), format!("{}/{}", base.trim_end_matches('/'), incident.id));

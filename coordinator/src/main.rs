@@ -21,6 +21,7 @@ use remedy_coordinator::auth::{Authenticator, Transport};
 use remedy_coordinator::config::{Cli, Config, GrpcSecurity, KubernetesConfig, LeaderElectionConfig};
 use remedy_coordinator::directives::Directives;
 use remedy_coordinator::engine::Engine;
+use remedy_coordinator::escalator::{self, Clock, Directory, Escalator};
 use remedy_coordinator::leader::{LeaderElector, PodLabeler};
 use remedy_coordinator::metrics::Metrics;
 use remedy_coordinator::recorder::{Recorder, now};
@@ -28,7 +29,6 @@ use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::cluster::ClusterStore;
 use remedy_coordinator::store::embedded::EmbeddedStore;
-use remedy_coordinator::escalator::{self, Clock, Directory, Escalator};
 use remedy_coordinator::{admin_service, agent_service, http, runbooks};
 use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
@@ -250,8 +250,14 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));
     tokio::spawn(engine.drive(runs, stopped()));
-    let escalator =
-        Escalator::new(recorder.clone(), store.clone(), config.channels.clone(), directory.clone(), Clock::System, metrics.clone());
+    let escalator = Escalator::new(
+        recorder.clone(),
+        store.clone(),
+        config.channels.clone(),
+        directory.clone(),
+        Clock::System,
+        metrics.clone(),
+    );
     tokio::spawn(escalator.run(stopped()));
     tokio::spawn(remedy_coordinator::reports::keep_metrics(store.clone(), metrics.clone(), stopped()));
 

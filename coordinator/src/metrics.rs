@@ -149,7 +149,11 @@ impl Metrics {
             "Availability over the window: time outside incidents tagged total_outage, overlaps counted once",
             m.availability_percent.clone(),
         );
-        registry.register("window_incidents", "Incidents opened in the window, by priority", m.window_incidents.clone());
+        registry.register(
+            "window_incidents",
+            "Incidents opened in the window, by priority",
+            m.window_incidents.clone(),
+        );
         Metrics { registry: Arc::new(registry), ..m }
     }
 

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use remedy_shared::Timestamp;
 use remedy_shared::alert::Alert;
 use remedy_shared::audit::AuditEntry;
+use remedy_shared::escalation::Progress;
 use remedy_shared::finding::ConditionKind;
 use remedy_shared::finding::{ConditionKey, Finding};
 use remedy_shared::guard::{self, GuardState};
-use remedy_shared::escalation::Progress;
+
+use crate::clock::Clock;
 use remedy_shared::incident::{self, EntryKind, Incident, IncidentId, IncidentState, Outcome, Signal, TimelineEntry};
 use remedy_shared::run::{Catalog, RunRecord};
 use remedy_shared::runbook::{AcrossNodesSum, AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext};
@@ -260,6 +262,16 @@ impl Recorder {
         metrics: Metrics,
         catalog: Arc<Catalog>,
     ) -> Result<(Recorder, RunFeed, Option<GuardState>), StoreError> {
+        Self::start_with_clock(store, metrics, catalog, Clock::System)
+    }
+
+    /// As [`Recorder::start`], stamping with `clock`.
+    pub fn start_with_clock(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        catalog: Arc<Catalog>,
+        clock: Clock,
+    ) -> Result<(Recorder, RunFeed, Option<GuardState>), StoreError> {
         let mut loaded = store.load()?;
         let guard = loaded.guard.take();
         let (tx, rx) = mpsc::channel(4096);
@@ -269,7 +281,8 @@ impl Recorder {
             let _ = runs_tx.send(run.clone());
         }
         let store_failure = StoreFailure::default();
-        let writer = Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone());
+        let writer =
+            Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone(), clock);
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
@@ -394,6 +407,8 @@ struct Writer {
     sums: HashMap<(String, usize), (AcrossNodesSum, bool)>,
     new_runs: mpsc::UnboundedSender<RunRecord>,
     store_failure: StoreFailure,
+    /// Stamps every group of commands.
+    clock: Clock,
 }
 
 /// What made a signal, for trigger matching.
@@ -434,6 +449,7 @@ impl Writer {
         catalog: Arc<Catalog>,
         new_runs: mpsc::UnboundedSender<RunRecord>,
         store_failure: StoreFailure,
+        clock: Clock,
     ) -> Self {
         let sums = catalog
             .aggregated_triggers()
@@ -453,6 +469,7 @@ impl Writer {
             sums,
             new_runs,
             store_failure,
+            clock,
         }
     }
 
@@ -477,7 +494,7 @@ impl Writer {
     }
 
     fn apply_group(&mut self, group: Vec<Command>) {
-        let now = now();
+        let now = self.clock.now();
         let mut stage = Stage::default();
         let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
         for cmd in group {
@@ -1000,7 +1017,8 @@ impl Writer {
             progress.hold_told = held.hold_told;
         }
         incident.escalation = Some(progress);
-        if same_hold && let Some(state) = update.state
+        if same_hold
+            && let Some(state) = update.state
             && !incident.state.is_closed()
         {
             incident.state = state;

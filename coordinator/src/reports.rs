@@ -42,7 +42,8 @@ pub async fn keep_metrics(store: Arc<dyn Store>, metrics: Metrics, stopped: impl
         }
         let store = store.clone();
         let at = now();
-        let period = Period { from: Timestamp::from_millis(at.as_millis() - METRICS_WINDOW.as_millis() as i64), to: at };
+        let period =
+            Period { from: Timestamp::from_millis(at.as_millis() - METRICS_WINDOW.as_millis() as i64), to: at };
         match tokio::task::spawn_blocking(move || for_period(store.as_ref(), period, at)).await {
             Ok(Ok(r)) => publish(&metrics, &r),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot compute the incident metrics"),

@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use remedy_shared::catalog::{CatalogKind, peek_kind};
 use remedy_shared::comms::{CommunicationTemplate, load_template};
 use remedy_shared::config::ConfigError;
 use remedy_shared::escalation::{EscalationPolicy, load_policy};
 use remedy_shared::oncall::{Schedule, load_schedule};
 use remedy_shared::runbook::{ActionCatalog, Runbook, ValidationReport, load_runbook};
-use serde::Deserialize;
 
 /// A loaded runbook and what it cannot do yet.
 #[derive(Debug, Clone)]
@@ -38,13 +38,6 @@ pub struct LoadedCatalog {
     pub templates: BTreeMap<String, CommunicationTemplate>,
 }
 
-/// Just the kind, to choose the parser.
-#[derive(Deserialize)]
-struct Kind {
-    #[serde(default)]
-    kind: String,
-}
-
 /// Loads every `*.yaml`/`*.yml` file under `dir` (not recursively), in name
 /// order. Runbooks must name policies the catalog has, and policies the
 /// schedules and templates it has.
@@ -64,21 +57,21 @@ pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<LoadedCatalog, Co
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| ConfigError::new(&name, "", format!("cannot read the file: {e}")))?;
-        let kind = serde_saphyr::from_str::<Kind>(&text).map(|k| k.kind).unwrap_or_default();
-        let id = match kind.as_str() {
-            "EscalationPolicy" => {
+        let kind = peek_kind(&text).unwrap_or(CatalogKind::Runbook);
+        let id = match kind {
+            CatalogKind::EscalationPolicy => {
                 let policy = load_policy(&name, &text)?;
                 let id = policy.id.clone();
                 loaded.policies.insert(id.clone(), policy);
                 id
             }
-            "OnCallSchedule" => {
+            CatalogKind::OnCallSchedule => {
                 let schedule = load_schedule(&name, &text)?;
                 let id = schedule.id().to_owned();
                 loaded.schedules.insert(id.clone(), schedule);
                 id
             }
-            "CommunicationTemplate" => {
+            CatalogKind::CommunicationTemplate => {
                 let template = load_template(&name, &text)?;
                 let id = template.id.clone();
                 loaded.templates.insert(id.clone(), template);
@@ -86,7 +79,7 @@ pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<LoadedCatalog, Co
             }
             // A runbook, or a file whose kind is wrong: the runbook parser
             // names the field and line.
-            _ => {
+            CatalogKind::Runbook => {
                 let (runbook, report) = load_runbook(&name, &text, catalog).map_err(|invalid| {
                     let first = invalid.errors.first().map(|e| (e.field.clone(), e.to_string())).unwrap_or_default();
                     ConfigError::new(&name, first.0, invalid.to_string())
@@ -96,9 +89,13 @@ pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<LoadedCatalog, Co
                 id
             }
         };
-        let kind = if kind.is_empty() { "Runbook".to_owned() } else { kind };
-        if let Some(other) = ids.insert((kind.clone(), id.clone()), name.clone()) {
-            return Err(ConfigError::new(&name, "metadata.id", format!("`{id}` is also the id of the {kind} in {other}")));
+        let kind = kind.as_str();
+        if let Some(other) = ids.insert((kind.to_owned(), id.clone()), name.clone()) {
+            return Err(ConfigError::new(
+                &name,
+                "metadata.id",
+                format!("`{id}` is also the id of the {kind} in {other}"),
+            ));
         }
     }
     check_references(&loaded, &ids)?;
@@ -119,7 +116,8 @@ fn check_references(loaded: &LoadedCatalog, files: &BTreeMap<(String, String), S
         }
     }
     for policy in loaded.policies.values() {
-        let file = files.get(&("EscalationPolicy".to_owned(), policy.id.clone())).map_or(policy.id.as_str(), String::as_str);
+        let file =
+            files.get(&("EscalationPolicy".to_owned(), policy.id.clone())).map_or(policy.id.as_str(), String::as_str);
         let templates = policy.template.iter().chain(policy.updates.iter().map(|u| &u.template));
         for template in templates {
             if !loaded.templates.contains_key(template) {
@@ -159,16 +157,16 @@ mod tests {
     #[test]
     fn the_seed_catalog_loads_and_says_what_runs_in_dry_run() {
         let loaded = load_dir(&catalog_dir(), &ActionCatalog::this_release()).unwrap();
-        let ids: Vec<&str> = loaded.iter().map(|l| l.runbook.id()).collect();
+        let ids: Vec<&str> = loaded.runbooks.iter().map(|l| l.runbook.id()).collect();
         assert_eq!(ids.len(), 7, "{ids:?}");
         for id in ["P0-001", "P0-002", "P0-003", "P1-001", "P1-002", "P2-001", "SEC-001"] {
             assert!(ids.contains(&id), "{id} missing from {ids:?}");
         }
-        let p0 = loaded.iter().find(|l| l.runbook.id() == "P0-001").unwrap();
+        let p0 = loaded.runbooks.iter().find(|l| l.runbook.id() == "P0-001").unwrap();
         let waiting: Vec<&str> = p0.report.unavailable.iter().map(|u| u.kind.as_str()).collect();
         assert!(!waiting.contains(&"scale") && !waiting.contains(&"delete_pods"), "Kubernetes kinds run: {waiting:?}");
         assert!(!waiting.contains(&"pg_failover"), "database failover has its actuator: {waiting:?}");
-        let p1 = loaded.iter().find(|l| l.runbook.id() == "P1-001").unwrap();
+        let p1 = loaded.runbooks.iter().find(|l| l.runbook.id() == "P1-001").unwrap();
         let waiting: Vec<&str> = p1.report.unavailable.iter().map(|u| u.kind.as_str()).collect();
         assert!(waiting.contains(&"circuit_breaker"), "circuit breakers wait for their actuator: {waiting:?}");
     }
@@ -210,5 +208,32 @@ mod tests {
         std::fs::write(dir.path().join("b.yaml"), &text).unwrap();
         let err = load_dir(dir.path(), &ActionCatalog::this_release()).unwrap_err();
         assert_eq!(err.field, "metadata.id", "{err}");
+    }
+
+    #[test]
+    fn other_kinds_beside_the_runbooks_load_as_their_kind_and_a_misspelt_kind_is_not_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(catalog_dir().join("p0-003-authentication-failure.yaml")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), &text).unwrap();
+        std::fs::copy(catalog_dir().join("escalation-p0-chain.yaml"), dir.path().join("p0.yaml")).unwrap();
+        for f in [
+            "oncall-primary.yaml",
+            "oncall-secondary.yaml",
+            "comms-p0-internal.yaml",
+            "comms-customer-notification.yaml",
+        ] {
+            std::fs::copy(catalog_dir().join(f), dir.path().join(f)).unwrap();
+        }
+        let comms = "apiVersion: remedy.dev/v1\nkind: CommunicationTemplate\nmetadata: {id: c, title: C}\n\
+                     audience: internal\nsubject: \"{{INCIDENT_ID}}\"\nbody: \"{{STATUS}}\"\n";
+        std::fs::write(dir.path().join("comms.yaml"), comms).unwrap();
+        let loaded = load_dir(dir.path(), &ActionCatalog::this_release()).unwrap();
+        assert_eq!(loaded.runbooks.iter().map(|l| l.runbook.id()).collect::<Vec<_>>(), ["P0-003"]);
+        assert!(loaded.templates.contains_key("c"));
+
+        std::fs::write(dir.path().join("comms.yaml"), comms.replace("kind: CommunicationTemplate", "kind: Runbok"))
+            .unwrap();
+        let err = load_dir(dir.path(), &ActionCatalog::this_release()).unwrap_err();
+        assert!(err.file.ends_with("comms.yaml") && err.message.contains("Runbok"), "{err}");
     }
 }

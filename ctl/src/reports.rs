@@ -9,7 +9,7 @@ use remedy_proto::v1 as pb;
 use remedy_shared::Timestamp;
 
 use crate::client::Ctx;
-use crate::output::{self, Format};
+use crate::output;
 
 /// `incident review ID [--out FILE]`: the Markdown review, to stdout or
 /// a file.
@@ -93,12 +93,15 @@ fn report_text(report: &serde_json::Value) -> String {
     if let Some(runbooks) = report.get("runbooks").and_then(|r| r.as_array()).filter(|r| !r.is_empty()) {
         out.push_str("\nRUNBOOK     INCIDENTS  RESOLVED  WITHIN TARGET  HIT RATE  MTTR\n");
         for r in runbooks {
-            let field = |k: &str| r.get(k).map_or("-".to_owned(), |v| if v.is_null() { "-".into() } else { v.to_string() });
-            let rate = r.get("target_hit_rate").and_then(|v| v.as_f64()).map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0));
-            let mttr = r
-                .get("mttr_seconds")
+            let field =
+                |k: &str| r.get(k).map_or("-".to_owned(), |v| if v.is_null() { "-".into() } else { v.to_string() });
+            let rate = r
+                .get("target_hit_rate")
                 .and_then(|v| v.as_f64())
-                .map_or("-".to_owned(), |s| remedy_shared::config::format_duration(Duration::from_secs_f64(s.max(0.0).round())));
+                .map_or("-".to_owned(), |v| format!("{:.0} %", v * 100.0));
+            let mttr = r.get("mttr_seconds").and_then(|v| v.as_f64()).map_or("-".to_owned(), |s| {
+                remedy_shared::config::format_duration(Duration::from_secs_f64(s.max(0.0).round()))
+            });
             out.push_str(&format!(
                 "{:<11} {:<10} {:<9} {:<14} {:<9} {}\n",
                 r.get("runbook").and_then(|v| v.as_str()).unwrap_or("-"),

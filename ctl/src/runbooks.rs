@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use remedy_proto::v1 as pb;
+use remedy_shared::catalog::{CatalogKind, peek_kind};
 use remedy_shared::runbook::{ActionCatalog, load_runbook};
 use serde::Serialize;
 
@@ -26,7 +27,9 @@ pub enum RunbookCommand {
     },
     /// Checks runbook files (or directories of them) offline, as the
     /// coordinator of this release would load them, and says which steps
-    /// run in dry-run until their actuator arrives.
+    /// run in dry-run until their actuator arrives. In a directory, files of
+    /// other kinds (communication templates) are passed over, as the
+    /// coordinator passes over them.
     Validate {
         /// Files or directories.
         #[arg(required = true)]
@@ -82,7 +85,9 @@ impl Row for Verdict {
     }
 }
 
-fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+/// The files to check, each with whether it was found in a directory
+/// (rather than named).
+fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, bool)>> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -93,15 +98,17 @@ fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
                 .collect();
             inner.sort();
-            out.extend(inner);
+            out.extend(inner.into_iter().map(|p| (p, true)));
         } else {
-            out.push(path.clone());
+            out.push((path.clone(), false));
         }
     }
     Ok(out)
 }
 
-fn check(path: &Path, catalog: &ActionCatalog) -> Verdict {
+/// The verdict on one file; `None` for a file of another kind found in a
+/// directory.
+fn check(path: &Path, in_dir: bool, catalog: &ActionCatalog) -> Option<Verdict> {
     let file = path.display().to_string();
     let mut verdict = Verdict {
         file: file.clone(),
@@ -116,9 +123,17 @@ fn check(path: &Path, catalog: &ActionCatalog) -> Verdict {
         Ok(t) => t,
         Err(e) => {
             verdict.errors.push(format!("{file}: cannot read the file: {e}"));
-            return verdict;
+            return Some(verdict);
         }
     };
+    match peek_kind(&text) {
+        Some(kind) if kind != CatalogKind::Runbook && in_dir => return None,
+        Some(kind) if kind != CatalogKind::Runbook => {
+            verdict.errors.push(format!("{file}: a {}, not a runbook", kind.as_str()));
+            return Some(verdict);
+        }
+        _ => {}
+    }
     match load_runbook(&file, &text, catalog) {
         Ok((runbook, report)) => {
             verdict.valid = true;
@@ -130,13 +145,14 @@ fn check(path: &Path, catalog: &ActionCatalog) -> Verdict {
         }
         Err(invalid) => verdict.errors = invalid.errors.iter().map(ToString::to_string).collect(),
     }
-    verdict
+    Some(verdict)
 }
 
 /// Validates every file; fails (exit 1) when any is invalid, after printing all.
 pub fn validate(paths: &[PathBuf], fmt: Format) -> anyhow::Result<()> {
     let catalog = ActionCatalog::this_release();
-    let verdicts: Vec<Verdict> = files(paths)?.iter().map(|p| check(p, &catalog)).collect();
+    let verdicts: Vec<Verdict> =
+        files(paths)?.iter().filter_map(|(path, in_dir)| check(path, *in_dir, &catalog)).collect();
     let invalid = verdicts.iter().filter(|v| !v.valid).count();
     output::print_list(fmt, &verdicts)?;
     if matches!(fmt, Format::Table | Format::Wide) {

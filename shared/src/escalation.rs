@@ -176,8 +176,8 @@ pub fn load_policy(source: &str, text: &str) -> Result<EscalationPolicy, ConfigE
     if file.kind != "EscalationPolicy" {
         return err("kind", format!("`{}` is not EscalationPolicy", file.kind));
     }
-    if !valid_id(&file.metadata.id) {
-        return err("metadata.id", format!("`{}` is not a name ([A-Za-z0-9][A-Za-z0-9._-]*)", file.metadata.id));
+    if let Err(e) = crate::catalog::check_id(&file.metadata.id) {
+        return err("metadata.id", e);
     }
     if file.levels.is_empty() {
         return err("levels", "a policy needs at least one level".into());
@@ -230,13 +230,6 @@ pub fn load_policy(source: &str, text: &str) -> Result<EscalationPolicy, ConfigE
         template: file.template,
         updates: file.updates,
     })
-}
-
-fn valid_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && id.len() <= 63
 }
 
 /// How far an incident's escalation got; kept on the incident, so in the
@@ -400,7 +393,10 @@ pub fn advance(policy: &EscalationPolicy, incident: &Incident, progress: &Progre
                 out.entries.push(entry(
                     now,
                     EntryKind::Escalated,
-                    format!("acknowledgement by {by} lapsed after {waited} without a resolution; {} starts again", policy.id),
+                    format!(
+                        "acknowledgement by {by} lapsed after {waited} without a resolution; {} starts again",
+                        policy.id
+                    ),
                     &[("policy", &policy.id), ("by", &by)],
                 ));
                 p.held_since = None;
@@ -560,18 +556,14 @@ pub fn recipients(
     let mut found = Vec::new();
     let mut missing = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut person = |name: &str, via: String, found: &mut Vec<Recipient>, missing: &mut Vec<String>| {
-        match people.get(name) {
-            Some(p) if seen.insert(name.to_owned()) => found.push(Recipient {
-                who: name.to_owned(),
-                via,
-                channels: p.notify.clone(),
-                email: p.email.clone(),
-            }),
+    let mut person =
+        |name: &str, via: String, found: &mut Vec<Recipient>, missing: &mut Vec<String>| match people.get(name) {
+            Some(p) if seen.insert(name.to_owned()) => {
+                found.push(Recipient { who: name.to_owned(), via, channels: p.notify.clone(), email: p.email.clone() })
+            }
             Some(_) => {}
             None => missing.push(format!("{via} names {name}, who is not among the coordinator's people")),
-        }
-    };
+        };
     for target in targets {
         match target {
             Target::Person(name) => person(name, target.to_string(), &mut found, &mut missing),

@@ -361,6 +361,7 @@ mod tests {
             tags: Vec::new(),
             acknowledged_at: None,
             acknowledged_by: None,
+            escalation: None,
         }
     }
 

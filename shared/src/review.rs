@@ -357,6 +357,7 @@ mod tests {
             tags: vec!["total_outage".into()],
             acknowledged_at: Some(at("2026-11-26T10:02:00Z")),
             acknowledged_by: Some("alice".into()),
+            escalation: None,
         }
     }
 

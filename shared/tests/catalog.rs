@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use remedy_shared::FindingKind;
+use remedy_shared::catalog::{CatalogKind, peek_kind};
 use remedy_shared::runbook::{
     Action, ActionCatalog, ActionKind, Aggregate, Availability, Combine, HttpMethod, PodPhase, Priority, Renderer,
     Runbook, TemplateContext, ValidationReport, load_runbook,
@@ -28,6 +29,10 @@ fn catalog() -> BTreeMap<String, (Runbook, ValidationReport)> {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Communication templates live beside the runbooks.
+        if peek_kind(&text).is_some_and(|kind| kind != CatalogKind::Runbook) {
+            continue;
+        }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let (runbook, report) = load_runbook(&name, &text, &engine_catalog()).unwrap_or_else(|e| panic!("{e}"));
         let id = runbook.id().to_owned();

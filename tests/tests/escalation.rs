@@ -111,14 +111,16 @@ impl Rig {
     fn start(&self) -> Running {
         let store: Arc<dyn Store> = Arc::new(open_store(&self.dir.path().join("data")));
         let metrics = Metrics::new();
+        let clock = Clock::Manual(self.clock.clone());
         let (recorder, _runs, _guard) =
-            Recorder::start(store.clone(), metrics.clone(), self.catalog.clone()).expect("start the writer");
+            Recorder::start_with_clock(store.clone(), metrics.clone(), self.catalog.clone(), clock.clone())
+                .expect("start the writer");
         let escalator = Escalator::new(
             recorder.clone(),
             store.clone(),
             self.channels.clone(),
             self.directory.clone(),
-            Clock::Manual(self.clock.clone()),
+            clock,
             metrics,
         );
         let (stop, mut stopped) = watch::channel(false);

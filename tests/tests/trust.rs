@@ -306,6 +306,10 @@ async fn call(client: &mut AdminServiceClient<Channel>, call: AdminCall) -> Resu
             client.unblock(pb::UnblockRequest { ip: "203.0.113.9".into(), requested_by: by }).await.map(drop)
         }
         AdminCall::ListAudit => client.list_audit(pb::ListAuditRequest::default()).await.map(drop),
+        AdminCall::ReviewIncident => {
+            client.review_incident(pb::GetIncidentRequest { id: "INC-999999".into() }).await.map(drop)
+        }
+        AdminCall::GetReport => client.get_report(pb::GetReportRequest::default()).await.map(drop),
     }
 }
 

@@ -138,7 +138,10 @@ pub fn this_release(
         // No database configured here: a step naming one rehearses and says
         // so; the coordinator registers the configured ones over these.
         .with(Arc::new(postgres::PostgresActuator::new(BTreeMap::new())?))
-        .with(Arc::new(redis::RedisActuator::default()));
+        .with(Arc::new(redis::RedisActuator::default()))
+        // No channel configured here: a `notify` to one rehearses and says
+        // so; the coordinator registers the configured ones over this.
+        .with(Arc::new(notify::NotifyActuator::new(crate::channels::Channels::none()?)));
     if let Some(client) = kube {
         actuators = actuators.with(Arc::new(kube::KubeActuator::new(client)));
     }

@@ -42,8 +42,11 @@ impl Actuator for NotifyActuator {
             return ActionReport::new(ActionStatus::Invalid, format!("channel `{}` is not configured", p.channel));
         }
         if call.dry_run {
-            return ActionReport::new(ActionStatus::DryRun, format!("would tell {} through {}", call.incident_id, p.channel))
-                .with("channel", &p.channel);
+            return ActionReport::new(
+                ActionStatus::DryRun,
+                format!("would tell {} through {}", call.incident_id, p.channel),
+            )
+            .with("channel", &p.channel);
         }
         let title = p.title.unwrap_or_else(|| format!("{} {}", call.incident_id, call.step_id));
         let message = Message {

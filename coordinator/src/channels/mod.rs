@@ -350,16 +350,20 @@ impl Setup<'_> {
     }
 }
 
+fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // A notification goes where it was configured to go.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("remedy-coordinator/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl Channels {
     /// Checks every channel and reads every secret file now. Errors name
     /// the field as `channels.<name>.<field>`, from `source` (the
     /// configuration file).
     pub fn from_config(source: &str, config: &BTreeMap<String, ChannelConfig>) -> Result<Channels, ConfigError> {
-        let client = reqwest::Client::builder()
-            // A notification goes where it was configured to go.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("remedy-coordinator/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let client = http_client()
             .map_err(|e| ConfigError::new(source, "channels", format!("cannot set up the HTTP client: {e}")))?;
         let mut channels = BTreeMap::new();
         for (name, cfg) in config {
@@ -374,6 +378,12 @@ impl Channels {
             channels.insert(name.clone(), build_channel(&setup, cfg)?);
         }
         Ok(Channels { inner: Arc::new(Inner { client, channels, start: tokio::time::Instant::now() }) })
+    }
+
+    /// No channels: every send fails saying the channel is not configured.
+    pub fn none() -> Result<Channels, reqwest::Error> {
+        let inner = Inner { client: http_client()?, channels: BTreeMap::new(), start: tokio::time::Instant::now() };
+        Ok(Channels { inner: Arc::new(inner) })
     }
 
     /// The channels' names, in order.

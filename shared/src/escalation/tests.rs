@@ -197,7 +197,10 @@ fn periodic_updates_come_due_every_interval_and_once_more_at_resolution() {
 fn bad_policies_are_refused_naming_the_field() {
     let cases = [
         ("levels: []", "levels"),
-        ("levels: [{name: a, after: 5m, notify: [{person: x}]}, {name: b, after: 1m, notify: [{person: y}]}]", "levels[1].after"),
+        (
+            "levels: [{name: a, after: 5m, notify: [{person: x}]}, {name: b, after: 1m, notify: [{person: y}]}]",
+            "levels[1].after",
+        ),
         ("levels: [{name: a, after: 0m, notify: []}]", "levels[0].notify"),
         ("levels: [{name: a, after: 0m, notify: [{pager: x}]}]", "levels[0].notify[0]"),
         ("levels: [{name: a, after: 0m, notify: [{person: x}]}]\nack_timeout: 5s", "ack_timeout"),
@@ -214,7 +217,10 @@ fn bad_policies_are_refused_naming_the_field() {
 #[test]
 fn recipients_follow_the_schedule_and_say_who_cannot_be_reached() {
     let people = BTreeMap::from([
-        ("alice".to_owned(), Person { email: Some("alice@example.com".into()), notify: vec!["pager".into(), "mail".into()] }),
+        (
+            "alice".to_owned(),
+            Person { email: Some("alice@example.com".into()), notify: vec!["pager".into(), "mail".into()] },
+        ),
         ("em".to_owned(), Person { email: None, notify: vec!["slack".into()] }),
     ]);
     let targets = [

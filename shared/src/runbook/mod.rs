@@ -40,7 +40,7 @@
 mod action;
 mod condition;
 mod guard_rails;
-mod locate;
+pub(crate) mod locate;
 mod step;
 mod template;
 mod trigger;

@@ -149,6 +149,8 @@ pub struct TemplateError {
     pub template: String,
     /// What went wrong, naming the undefined placeholder when that is it.
     pub message: String,
+    /// The template's line (1-based) where it went wrong, when known.
+    pub line: Option<usize>,
 }
 
 /// Whether `text` contains template syntax. Plain text is used as is, so
@@ -191,28 +193,62 @@ impl Renderer {
         if !is_template(text) {
             return Ok(text.to_owned());
         }
-        let fail = |message: String| TemplateError { template: text.to_owned(), message };
-        let template = self.env.template_from_str(text).map_err(|e| fail(e.to_string()))?;
+        let fail = |e: &minijinja::Error, message: String| TemplateError {
+            template: text.to_owned(),
+            message,
+            line: e.line(),
+        };
+        let template = self.env.template_from_str(text).map_err(|e| fail(&e, e.to_string()))?;
         template.render(context.clone()).map_err(|e| {
             if e.kind() == ErrorKind::UndefinedError
                 && let Some(path) = first_undefined(&template.undeclared_variables(true), context)
             {
-                return fail(format!("`{path}` is not defined"));
+                return fail(&e, format!("`{path}` is not defined"));
             }
             if e.kind() == ErrorKind::OutOfFuel {
-                return fail(format!("runs more than {TEMPLATE_FUEL} instructions; templates must not loop this much"));
+                return fail(
+                    &e,
+                    format!("runs more than {TEMPLATE_FUEL} instructions; templates must not loop this much"),
+                );
             }
-            fail(e.to_string())
+            fail(&e, e.to_string())
         })
+    }
+
+    /// The top-level names `text` reads that it does not set itself and
+    /// that are not the renderer's own (`range`, `namespace`...), sorted.
+    /// This looks at every branch, taken or not, so a name checked against
+    /// it cannot hide in an `{% if %}` that a sample context never enters.
+    /// Empty for plain text and for text that does not parse (rendering
+    /// reports that).
+    pub fn undeclared_names(&self, text: &str) -> Vec<String> {
+        if !is_template(text) {
+            return Vec::new();
+        }
+        let Ok(template) = self.env.template_from_str(text) else { return Vec::new() };
+        let mut names: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|name| self.env.globals().all(|(global, _)| global != name))
+            .collect();
+        names.sort();
+        names
     }
 
     /// The action with every text parameter rendered.
     pub fn render_action(&self, action: &Action, context: &TemplateContext) -> Result<Action, TemplateError> {
         let value = context.to_value();
-        let mut json = serde_json::to_value(action)
-            .map_err(|e| TemplateError { template: String::new(), message: e.to_string() })?;
+        let mut json = serde_json::to_value(action).map_err(|e| TemplateError {
+            template: String::new(),
+            message: e.to_string(),
+            line: None,
+        })?;
         self.render_strings(&mut json, &value)?;
-        serde_json::from_value(json).map_err(|e| TemplateError { template: String::new(), message: e.to_string() })
+        serde_json::from_value(json).map_err(|e| TemplateError {
+            template: String::new(),
+            message: e.to_string(),
+            line: None,
+        })
     }
 
     /// Renders every string inside `json` in place.
@@ -430,6 +466,25 @@ mod tests {
         assert!(render("{{ steps.later.status }}", &v).is_err());
         assert!(render("{{ incident.nope }}", &v).is_err());
         assert!(render("{{ nothing }}", &v).is_err());
+    }
+
+    #[test]
+    fn undeclared_names_cover_every_branch_but_not_what_the_template_sets_or_the_renderer_has() {
+        let r = Renderer::new();
+        let text = "{% set n = 2 %}{% for i in range(n) %}{{ loop.index }}{{ a }}{% endfor %}\
+                    {% if b %}{{ c.d }}{% else %}{{ namespace() }}{% endif %}";
+        assert_eq!(r.undeclared_names(text), ["a", "b", "c"]);
+        assert!(r.undeclared_names("plain {text}").is_empty());
+        assert!(r.undeclared_names("{{ broken").is_empty(), "rendering reports syntax errors");
+    }
+
+    #[test]
+    fn errors_carry_the_template_line() {
+        let v = sample_context(&incident(), &params(), &[]);
+        let err = render("one\ntwo\n{{ params.nope }}", &v).unwrap_err();
+        assert_eq!(err.line, Some(3));
+        let err = render("one\n{{ params.api_base", &v).unwrap_err();
+        assert_eq!(err.line, Some(2));
     }
 
     #[test]

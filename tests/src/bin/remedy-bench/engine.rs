@@ -48,6 +48,7 @@ use remedy_e2e::world::alert_payload;
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::admin_service_client::AdminServiceClient;
 use remedy_shared::Timestamp;
+use remedy_shared::catalog::{CatalogKind, peek_kind};
 use remedy_shared::guard::{self, ActionRequest, Decision, GuardPolicy, GuardState};
 use remedy_shared::incident::IncidentId;
 use remedy_shared::run::{self, Catalog};
@@ -579,6 +580,9 @@ fn seed_catalog() -> anyhow::Result<Vec<Runbook>> {
     for path in files {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path).with_context(|| format!("read {name}"))?;
+        if peek_kind(&text).is_some_and(|kind| kind != CatalogKind::Runbook) {
+            continue; // a communication template, beside the runbooks
+        }
         let (runbook, _) = load_runbook(&name, &text, &actions).map_err(|e| anyhow!("{name}: {e}"))?;
         out.push(runbook);
     }

@@ -1,0 +1,73 @@
+//! The coordinator's clock. Everything that stamps or schedules by the wall
+//! clock (the writer, the escalator) reads it here, so a test can give them
+//! one clock that moves only when the test says: minutes of an escalation
+//! pass at once, and the writer's stamps agree with the escalator's timers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use remedy_shared::Timestamp;
+use tokio::sync::watch;
+
+use crate::recorder::now;
+
+/// The coordinator's time: the wall clock, or one a test moves by hand.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// A clock that moves only when told to.
+    Manual(Arc<ManualClock>),
+}
+
+/// A clock that moves only when told to, waking whoever waits on it.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: Mutex<Timestamp>,
+    moved: watch::Sender<Timestamp>,
+}
+
+impl ManualClock {
+    /// A clock showing `start`.
+    pub fn new(start: Timestamp) -> Arc<ManualClock> {
+        Arc::new(ManualClock { now: Mutex::new(start), moved: watch::channel(start).0 })
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let mut now = self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *now = now.plus(by);
+        self.moved.send_replace(*now);
+    }
+
+    /// The time it shows.
+    pub fn now(&self) -> Timestamp {
+        *self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clock {
+    /// The time now.
+    pub fn now(&self) -> Timestamp {
+        match self {
+            Clock::System => now(),
+            Clock::Manual(clock) => clock.now(),
+        }
+    }
+
+    /// Waits until the clock shows `at` (forever when `None`).
+    pub async fn sleep_until(&self, at: Option<Timestamp>) {
+        match (self, at) {
+            (_, None) => std::future::pending().await,
+            (Clock::System, Some(at)) => {
+                let wait = u64::try_from(at.as_millis().saturating_sub(now().as_millis())).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            (Clock::Manual(clock), Some(at)) => {
+                let mut moved = clock.moved.subscribe();
+                let _ = moved.wait_for(|now| *now >= at).await;
+            }
+        }
+    }
+}

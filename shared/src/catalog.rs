@@ -1,0 +1,118 @@
+//! What the files of a catalog directory hold, and the header they share.
+//!
+//! Runbooks are not the only kind of file written in Remedy's shape
+//! (`apiVersion: remedy.dev/v1`, `kind`, `metadata`): communication
+//! templates (`comms`) and on-call schedules (`oncall`) are too, and a
+//! communication template lives beside the runbooks whose incidents it
+//! announces. A loader that reads one kind peeks at each file's `kind` with
+//! [`peek_kind`] and leaves the other kinds to their own loaders.
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of file this release reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CatalogKind {
+    /// `kind: Runbook` (`runbook`).
+    Runbook,
+    /// `kind: CommunicationTemplate` (`comms`).
+    CommunicationTemplate,
+    /// `kind: OnCallSchedule` (`oncall`).
+    OnCallSchedule,
+    /// `kind: EscalationPolicy` (`escalation`).
+    EscalationPolicy,
+}
+
+impl CatalogKind {
+    /// The name files use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatalogKind::Runbook => "Runbook",
+            CatalogKind::CommunicationTemplate => "CommunicationTemplate",
+            CatalogKind::OnCallSchedule => "OnCallSchedule",
+            CatalogKind::EscalationPolicy => "EscalationPolicy",
+        }
+    }
+}
+
+/// The `kind` a file's text declares, when it is one this release knows.
+///
+/// `None` when the text is not YAML, has no `kind`, or names a kind that is
+/// unknown (a misspelt `Runbok`, say): the runbook loader then takes the
+/// file and says what is wrong with it, so a typo in `kind` is refused
+/// instead of the file being passed over in silence.
+pub fn peek_kind(text: &str) -> Option<CatalogKind> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        kind: Option<CatalogKind>,
+    }
+    // Anything that does not read as a known kind is the runbook loader's
+    // to report.
+    serde_saphyr::from_str::<Peek>(text).ok().and_then(|p| p.kind)
+}
+
+/// Who a catalog file is and what it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Unique among files of its kind: `[A-Za-z0-9][A-Za-z0-9._-]*`, at
+    /// most 63 characters.
+    pub id: String,
+    /// One line for humans.
+    pub title: String,
+    /// More for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl Metadata {
+    /// What is wrong with the id, if anything (the field is `metadata.id`).
+    pub fn check_id(&self) -> Result<(), String> {
+        check_id(&self.id)
+    }
+}
+
+/// What is wrong with a catalog file's id, if anything.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let valid = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.len() <= 63
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{id}` is not an id: letters, digits, `.`, `_` and `-`, starting with a letter or digit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_is_read_without_the_rest_of_the_file() {
+        let comms = "apiVersion: remedy.dev/v1\nkind: CommunicationTemplate\nmetadata: {id: x}\nbody: |\n  {{ X }}\n";
+        assert_eq!(peek_kind(comms), Some(CatalogKind::CommunicationTemplate));
+        assert_eq!(peek_kind("kind: OnCallSchedule\nrotation: {every: 1w}\n"), Some(CatalogKind::OnCallSchedule));
+        assert_eq!(peek_kind("kind: Runbook\nsteps: []\n"), Some(CatalogKind::Runbook));
+    }
+
+    #[test]
+    fn an_unknown_missing_or_unreadable_kind_is_left_to_the_runbook_loader() {
+        assert_eq!(peek_kind("kind: Runbok\n"), None);
+        assert_eq!(peek_kind("metadata: {id: x}\n"), None);
+        assert_eq!(peek_kind("kind: [1, 2]\n"), None);
+        assert_eq!(peek_kind(": : :\n  - ["), None);
+        assert_eq!(peek_kind(""), None);
+    }
+
+    #[test]
+    fn ids_follow_the_runbook_rule() {
+        let meta = |id: &str| Metadata { id: id.to_owned(), title: "t".to_owned(), description: None };
+        assert!(meta("p0-internal").check_id().is_ok());
+        assert!(meta("P0.primary_2").check_id().is_ok());
+        assert!(meta("").check_id().is_err());
+        assert!(meta("-x").check_id().is_err());
+        assert!(meta("a b").check_id().is_err());
+        assert!(meta(&"a".repeat(64)).check_id().is_err());
+    }
+}
