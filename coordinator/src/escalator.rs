@@ -180,7 +180,10 @@ impl Escalator {
         now: Timestamp,
     ) -> EscalationUpdate {
         let seen_hold = incident.escalation.as_ref().and_then(|p| p.held_since);
-        let Advance { mut progress, pages, follow_up, update_due, mut entries, state, wake_at: _ } = advance;
+        let Advance { mut progress, pages, follow_up, news, update_due, mut entries, state, wake_at: _ } = advance;
+        if let Some(news) = news {
+            self.tell_news(incident, &news, &mut progress, &mut entries, now).await;
+        }
         for page in &pages {
             self.page(policy, incident, timeline, page, &mut progress, &mut entries, now).await;
         }
@@ -248,6 +251,19 @@ impl Escalator {
         }
     }
 
+    /// Tells every channel already told that automation gave up, and why.
+    async fn tell_news(
+        &self,
+        incident: &Incident,
+        news: &str,
+        progress: &mut Progress,
+        entries: &mut Vec<TimelineEntry>,
+        now: Timestamp,
+    ) {
+        let title = format!("{} needs people: {news}", incident.id);
+        self.tell_told(incident, Event::Update, &title, "told that automation gave up", progress, entries, now).await;
+    }
+
     async fn follow_up(
         &self,
         incident: &Incident,
@@ -264,19 +280,33 @@ impl Escalator {
             FollowUp::Resolved => (Event::Resolve, "resolved".to_owned()),
         };
         let title = format!("{} {what}", incident.id);
+        let phrase = format!("told the incident is {what}");
+        self.tell_told(incident, event, &title, &phrase, progress, entries, now).await;
+    }
+
+    /// Sends `title` to every channel told so far (continuing each one's
+    /// conversation), recording each delivery as `<channel> <phrase>: ...`.
+    #[allow(clippy::too_many_arguments)] // the message, and where its outcome is kept
+    async fn tell_told(
+        &self,
+        incident: &Incident,
+        event: Event,
+        title: &str,
+        phrase: &str,
+        progress: &mut Progress,
+        entries: &mut Vec<TimelineEntry>,
+        now: Timestamp,
+    ) {
         let channels: Vec<(String, String)> = progress.channels.clone().into_iter().collect();
         for (channel, reference) in channels {
             let reference = (!reference.is_empty()).then_some(reference);
-            let message = self.message(incident, event, &title, &title, reference);
+            let message = self.message(incident, event, title, title, reference);
             let delivery = self.channels.send(&channel, &message).await;
             self.record(std::slice::from_ref(&delivery), progress);
             entries.push(entry(
                 now,
-                format!("{channel} told the incident is {what}: {}", describe(std::slice::from_ref(&delivery))),
-                BTreeMap::from([
-                    ("channel".to_owned(), channel.clone()),
-                    ("outcome".to_owned(), if delivery.ok { "told" } else { "failed" }.to_owned()),
-                ]),
+                format!("{channel} {phrase}: {}", describe(std::slice::from_ref(&delivery))),
+                outcome_details(&[("channel", &channel)], delivery.ok),
             ));
         }
     }
@@ -315,11 +345,7 @@ impl Escalator {
                     updates.template,
                     describe(std::slice::from_ref(&delivery))
                 ),
-                BTreeMap::from([
-                    ("channel".to_owned(), channel.clone()),
-                    ("template".to_owned(), updates.template.clone()),
-                    ("outcome".to_owned(), if delivery.ok { "told" } else { "failed" }.to_owned()),
-                ]),
+                outcome_details(&[("channel", channel), ("template", &updates.template)], delivery.ok),
             ));
         }
     }
@@ -437,6 +463,12 @@ fn describe(deliveries: &[Delivery]) -> String {
         })
         .collect();
     parts.join("; ")
+}
+
+fn outcome_details(pairs: &[(&str, &str)], ok: bool) -> BTreeMap<String, String> {
+    let mut details: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    details.insert("outcome".to_owned(), if ok { "told" } else { "failed" }.to_owned());
+    details
 }
 
 fn entry(at: Timestamp, message: String, details: BTreeMap<String, String>) -> TimelineEntry {

@@ -281,8 +281,10 @@ impl Recorder {
             let _ = runs_tx.send(run.clone());
         }
         let store_failure = StoreFailure::default();
-        let writer =
-            Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone(), clock);
+        let writer = Writer {
+            clock,
+            ..Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone())
+        };
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
@@ -449,7 +451,6 @@ impl Writer {
         catalog: Arc<Catalog>,
         new_runs: mpsc::UnboundedSender<RunRecord>,
         store_failure: StoreFailure,
-        clock: Clock,
     ) -> Self {
         let sums = catalog
             .aggregated_triggers()
@@ -469,7 +470,7 @@ impl Writer {
             sums,
             new_runs,
             store_failure,
-            clock,
+            clock: Clock::System,
         }
     }
 
@@ -960,8 +961,11 @@ impl Writer {
                     let mut changed = update.state.and_then(|s| incident::progress(&open, s, now));
                     if let Some((policy, why)) = &update.escalate {
                         let base = changed.get_or_insert_with(|| open.clone());
-                        if base.escalation.is_none() {
-                            base.escalation = Some(Progress::start(policy, why, now));
+                        match base.escalation.as_mut() {
+                            None => base.escalation = Some(Progress::start(policy, why, now)),
+                            // People already paged (on open) hear that
+                            // automation gave up, and why.
+                            Some(progress) => progress.news = Some(why.clone()),
                         }
                     }
                     if let Some(by) = &update.resolve {

@@ -276,6 +276,10 @@ pub struct Progress {
     /// Whether the channels were told of the resolution.
     #[serde(default)]
     pub resolution_told: bool,
+    /// News for the channels already told (automation gave up: why), not
+    /// yet sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub news: Option<String>,
 }
 
 impl Progress {
@@ -297,6 +301,7 @@ impl Progress {
             next_update_at: None,
             updates_sent: 0,
             resolution_told: false,
+            news: None,
         }
     }
 }
@@ -333,6 +338,8 @@ pub struct Advance {
     /// Channels already told that must hear of an acknowledgement or the
     /// resolution.
     pub follow_up: Option<FollowUp>,
+    /// News for the channels already told, to send now.
+    pub news: Option<String>,
     /// Whether a periodic update is due now.
     pub update_due: bool,
     /// Timeline entries (a lapsed acknowledgement, a skipped level).
@@ -349,6 +356,7 @@ impl Advance {
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
             && self.follow_up.is_none()
+            && self.news.is_none()
             && !self.update_due
             && self.entries.is_empty()
             && self.state.is_none()
@@ -369,12 +377,14 @@ pub fn advance(policy: &EscalationPolicy, incident: &Incident, progress: &Progre
         progress: progress.clone(),
         pages: Vec::new(),
         follow_up: None,
+        news: None,
         update_due: false,
         entries: Vec::new(),
         state: None,
         wake_at: None,
     };
     let p = &mut out.progress;
+    out.news = p.news.take();
     if incident.state.is_closed() {
         if !p.resolution_told {
             p.resolution_told = true;

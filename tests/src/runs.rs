@@ -78,12 +78,14 @@ pub fn webhook_secret(dir: &Path) -> PathBuf {
     path
 }
 
-/// Writes the escalation policy `test-chain` (tell the `oncall` channel at
-/// once) into a catalog directory, for catalogs tests write themselves.
-pub fn test_policy(catalog: &Path) {
-    let text = "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: test-chain}\n\
-                levels: [{name: on-call, after: 0m, notify: [{channel: oncall}]}]\n";
-    std::fs::write(catalog.join("test-chain.policy.yaml"), text).expect("write the test policy");
+/// Writes an escalation policy `id` (tell the `oncall` channel at once)
+/// into a catalog directory, for catalogs tests write themselves.
+pub fn policy(catalog: &Path, id: &str) {
+    let text = format!(
+        "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {{id: {id}}}\n\
+         levels: [{{name: on-call, after: 0m, notify: [{{channel: oncall}}]}}]\n"
+    );
+    std::fs::write(catalog.join(format!("{id}.policy.yaml")), text).expect("write the test policy");
 }
 
 pub async fn start(dir: &Path, world: &World, runbooks: &Path, extra_config: &str) -> Coordinator {
@@ -190,7 +192,7 @@ pub fn runbook(dir: &Path, id: &str, steps: &str, rails: &str) -> PathBuf {
          triggers: {{manual: true}}\nsteps:\n{steps}escalation: {{policy: test-chain}}\n{rails}"
     );
     std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
-    test_policy(&target);
+    policy(&target, "test-chain");
     target
 }
 

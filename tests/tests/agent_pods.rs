@@ -525,6 +525,7 @@ guard_rails:
 "#
     );
     std::fs::write(runbooks.join(format!("{}.yaml", id.to_lowercase())), text).unwrap();
+    remedy_e2e::runs::policy(runbooks, "test-chain");
 }
 
 /// `remedyctl run <runbook> --param pod=<pod> [--dry-run] --wait`, off the

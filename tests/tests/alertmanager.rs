@@ -99,6 +99,7 @@ fn outage_runbook(dir: &Path, world: &World) -> std::path::PathBuf {
         ),
     )
     .unwrap();
+    remedy_e2e::runs::policy(&runbooks, "p0-chain");
     runbooks
 }
 

@@ -182,6 +182,7 @@ fn runbooks(dir: &Path) -> PathBuf {
          steps:\n  - id: block_briefly\n    block_ip: {{ip: \"{BRIEF}\", duration: 2s, edge: true, reason: brief}}\n"
     );
     std::fs::write(catalog.join("short.yaml"), format!("{}{short}", head("SHORT"))).unwrap();
+    remedy_e2e::runs::policy(&catalog, "test-chain");
     catalog
 }
 

@@ -52,6 +52,7 @@ guard_rails:
         base = world.url()
     );
     std::fs::write(runbooks.join("ctl-001.yaml"), text).unwrap();
+    remedy_e2e::runs::policy(&runbooks, "test-chain");
     runbooks
 }
 

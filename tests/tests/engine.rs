@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use remedy_e2e::procs::eventually;
+use remedy_e2e::procs::{eventually, remedyctl};
 use remedy_e2e::runs::{
     about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
 };
@@ -39,7 +39,11 @@ async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
     let status_page = world.requests("POST", "/hooks/status-page");
     assert_eq!(status_page.len(), 1);
     assert!(status_page[0].body.contains(&p0.id), "{}", status_page[0].body);
-    assert!(!world.requests("POST", "/hooks/oncall").is_empty(), "page_on_open told the p0-chain");
+    // page_on_open: the p0-chain's first level (the primary on-call, who
+    // is reached through `oncall`) is told, written with the P0 notice.
+    let pages = world.wait_for("POST", "/hooks/oncall", 1).await;
+    assert!(pages.iter().any(|p| p.body.contains("[P0 INCIDENT]") && p.body.contains(&p0.id)), "{pages:?}");
+    assert!(pages[0].headers.contains_key("x-remedy-signature"), "webhooks are signed: {:?}", pages[0].headers);
     // This coordinator has no cluster: scaling rehearses through the same
     // rails, and without the current replicas the rails refuse it.
     let scale = about(&entries, "scale_api");
@@ -64,12 +68,13 @@ async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
         post_alert(&coordinator, &alert_payload(alert, labels, "firing", &started)).await;
         let incident = incident_for(&coordinator, runbook).await;
         run_end(&coordinator, &incident.id).await;
-        // A run that escalates pages after it records the escalation, so
-        // its last result (the page's) may follow the end of the run.
-        let what = format!("{runbook} to record a result");
+        // Each either acted (a result) or handed the incident to people,
+        // who were told (the escalator pages after the escalation is
+        // recorded, so that entry may follow the end of the run).
+        let what = format!("{runbook} to record a result or a page");
         let entries = eventually(&what, Duration::from_secs(30), || async {
             let entries = timeline(&coordinator, &incident.id).await;
-            entries.iter().any(|e| e.kind == "result").then_some(entries)
+            entries.iter().any(|e| e.kind == "result" || e.kind == "notified").then_some(entries)
         })
         .await;
         let log = show(&entries);
@@ -111,6 +116,42 @@ async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
             .any(|e| e.details.get("rail").map(String::as_str) == Some("empty_target_set")),
         "{log}"
     );
+
+    // The review draft of SEC-001, through remedyctl: the automation, the
+    // guard rail's refusal, the escalation and the people told, in the
+    // order they happened, and the sections people fill in.
+    let told = eventually("people told that automation gave up", Duration::from_secs(30), || async {
+        let entries = timeline(&coordinator, &sec.id).await;
+        entries.iter().any(|e| e.kind == "notified" && e.message.contains("automation gave up")).then_some(())
+    });
+    told.await;
+    let (status, review, err) = remedyctl(&coordinator.url(), &["incident", "review", &sec.id]);
+    assert!(status.success(), "{err}");
+    let row = |needle: &str| {
+        review
+            .lines()
+            .position(|l| l.starts_with('|') && l.contains(needle))
+            .unwrap_or_else(|| panic!("no timeline row with {needle:?} in\n{review}"))
+    };
+    let order = [
+        row("matched alert P1_BruteForceAttackDetected"),
+        row("told engineer-"),
+        row("empty_target_set"),
+        row("ip/203.0.113.7"),
+        row("no agent can block 203.0.113.7"),
+        row("escalated to security-chain"),
+        row("automation gave up"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "rows out of order {order:?} in\n{review}");
+    for section in ["# Post-Incident Review - ", "## Timeline", "## What Went Well", "## Action Items"] {
+        assert!(review.contains(section), "{section} missing from\n{review}");
+    }
+    let (status, report, err) = remedyctl(&coordinator.url(), &["report", "--since", "1h", "-o", "json"]);
+    assert!(status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("the report is JSON");
+    assert_eq!(report["total_incidents"], 7, "{report}");
+    assert_eq!(report["p0_incidents"], 3, "{report}");
+    assert_eq!(report["security_incidents"], 1, "{report}");
 
     // The alert's resolution resolves the incident.
     post_alert(&coordinator, &alert_payload("P0_SystemDown", &[("severity", "critical")], "resolved", &started)).await;
@@ -282,6 +323,7 @@ fn write_runbook(dir: &Path, id: &str, text: &str) -> PathBuf {
     std::fs::create_dir_all(&target).expect("create the catalog directory");
     let text = format!("apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id} test}}\n{text}");
     std::fs::write(target.join(format!("{id}.yaml")), text).expect("write the runbook");
+    remedy_e2e::runs::policy(&target, "test-chain");
     target
 }
 

@@ -47,6 +47,7 @@ fn write_runbook(dir: &Path, id: &str, text: &str) -> PathBuf {
     std::fs::create_dir_all(&catalog).expect("catalog dir");
     let head = format!("apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id} test}}\n");
     std::fs::write(catalog.join(format!("{id}.yaml")), format!("{head}{text}")).expect("write runbook");
+    remedy_e2e::runs::policy(&catalog, "test-chain");
     catalog
 }
 

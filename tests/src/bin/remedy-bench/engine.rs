@@ -409,13 +409,16 @@ fn write_catalog(dir: &Path, sink: &str, steps: usize) -> anyhow::Result<(PathBu
         let text = std::fs::read_to_string(&path).context("read back a bench runbook")?;
         load_runbook(name, &text, &ActionCatalog::this_release()).map_err(|e| anyhow!("{name} is invalid: {e}"))?;
     }
+    remedy_e2e::runs::policy(&runbooks, "bench-chain");
+    let secret = remedy_e2e::runs::webhook_secret(dir);
     let config = dir.join("coordinator.yaml");
     std::fs::write(
         &config,
         format!(
-            "webhooks:\n  bench: {sink}/hooks/bench\nescalation_policies:\n  bench-chain: {{notify: [bench]}}\n\
+            "channels:\n  oncall: {{type: webhook, url: '{sink}/hooks/bench', secret_file: '{}'}}\n\
              guard_rails:\n  budgets:\n    - {{scope: global, window: 1h, max_actions: {BENCH_BUDGET}}}\n    \
-             - {{scope: each_runbook, window: 1h, max_actions: {BENCH_BUDGET}}}\n"
+             - {{scope: each_runbook, window: 1h, max_actions: {BENCH_BUDGET}}}\n",
+            secret.display()
         ),
     )
     .context("write the coordinator configuration")?;
