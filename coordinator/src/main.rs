@@ -259,7 +259,12 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         metrics.clone(),
     );
     tokio::spawn(escalator.run(stopped()));
-    tokio::spawn(remedy_coordinator::reports::keep_metrics(store.clone(), metrics.clone(), stopped()));
+    tokio::spawn(remedy_coordinator::reports::keep_metrics(
+        store.clone(),
+        metrics.clone(),
+        recorder.subscribe(),
+        stopped(),
+    ));
 
     tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));

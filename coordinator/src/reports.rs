@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
+use remedy_shared::incident::Incident;
 use remedy_shared::report::{Period, Report, report};
+
+use tokio::sync::broadcast;
 
 use crate::metrics::{Metrics, PriorityLabels, WindowLabels};
 use crate::recorder::now;
@@ -30,8 +33,14 @@ pub fn for_period(store: &dyn Store, period: Period, now: Timestamp) -> Result<R
 }
 
 /// Keeps the gauges (`remedy_mttr_seconds{window="30d"}`, ...) current
-/// until `stopped` completes.
-pub async fn keep_metrics(store: Arc<dyn Store>, metrics: Metrics, stopped: impl Future<Output = ()>) {
+/// until `stopped` completes: after incidents change (at most once a
+/// second), and every minute as the window moves.
+pub async fn keep_metrics(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    mut changes: broadcast::Receiver<Incident>,
+    stopped: impl Future<Output = ()>,
+) {
     tokio::pin!(stopped);
     let mut tick = tokio::time::interval(METRICS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -39,6 +48,14 @@ pub async fn keep_metrics(store: Arc<dyn Store>, metrics: Metrics, stopped: impl
         tokio::select! {
             () = &mut stopped => return,
             _ = tick.tick() => {}
+            change = changes.recv() => {
+                if matches!(change, Err(broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+                // A burst of changes is one recomputation.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                while !matches!(changes.try_recv(), Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)) {}
+            }
         }
         let store = store.clone();
         let at = now();

@@ -251,8 +251,14 @@ pub fn incident_text(incident: &IncidentDetail, wide: bool) -> String {
         format!("Severity:    {}", i.severity),
         format!("Condition:   {} on {}", i.kind, i.target),
         format!("Summary:     {}", one_line(i.summary.clone())),
-        format!("Runbook:     {}", or_dash(&i.runbook_id)),
+        format!("Runbook:     {} (priority {})", or_dash(&i.runbook_id), or_dash(&i.priority)),
         format!("MTTR target: {}", or_dash(&i.mttr_target)),
+        format!("Escalation:  {}", or_dash(&i.escalation)),
+        format!(
+            "Acknowledged: {}{}",
+            or_dash(&i.acknowledged_at),
+            i.acknowledged_by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
+        ),
         format!("Opened:      {}", or_dash(&i.opened_at)),
         format!("Resolved:    {}", or_dash(&i.resolved_at)),
         format!("Findings:    {}", i.finding_count),

@@ -143,6 +143,15 @@ pub struct Incident {
     pub runbook_id: Option<String>,
     /// The runbook's time-to-recovery target (`5m`), when it has one.
     pub mttr_target: Option<String>,
+    /// The runbook's priority, when one matched.
+    pub priority: Option<String>,
+    /// When and by whom it was first acknowledged.
+    pub acknowledged_at: Option<String>,
+    /// Who first acknowledged it.
+    pub acknowledged_by: Option<String>,
+    /// The escalation policy telling people, and how many of its levels
+    /// were told in the current pass.
+    pub escalation: Option<String>,
 }
 
 impl From<pb::Incident> for Incident {
@@ -160,6 +169,11 @@ impl From<pb::Incident> for Incident {
             finding_count: i.finding_count,
             runbook_id: non_empty(i.runbook_id),
             mttr_target: mttr(i.mttr_target_ms),
+            priority: non_empty(i.priority),
+            acknowledged_at: time(i.acknowledged_at_ms),
+            acknowledged_by: non_empty(i.acknowledged_by),
+            escalation: non_empty(i.escalation_policy)
+                .map(|p| format!("{p}, {} level(s) told", i.escalation_levels_told)),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use remedy_e2e::procs::{eventually, remedyctl};
+use remedy_e2e::procs::{eventually, http_request, remedyctl};
 use remedy_e2e::runs::{
     about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
 };
@@ -152,6 +152,14 @@ async fn each_seed_runbook_runs_from_its_alert_through_its_timeline() {
     assert_eq!(report["total_incidents"], 7, "{report}");
     assert_eq!(report["p0_incidents"], 3, "{report}");
     assert_eq!(report["security_incidents"], 1, "{report}");
+    // The same figures for Prometheus, over the last 30 days.
+    eventually("the incident gauges on /metrics", Duration::from_secs(30), || async {
+        let (_, text) = http_request(coordinator.http, "GET", "/metrics", None).await.ok()?;
+        (text.contains("remedy_window_incidents{window=\"30d\",priority=\"all\"} 7")
+            && text.contains("remedy_window_incidents{window=\"30d\",priority=\"P0\"} 3"))
+        .then_some(())
+    })
+    .await;
 
     // The alert's resolution resolves the incident.
     post_alert(&coordinator, &alert_payload("P0_SystemDown", &[("severity", "critical")], "resolved", &started)).await;
