@@ -519,6 +519,14 @@ pub fn missing_references(directory: &Directory, channels: &BTreeSet<String>) ->
             }
         }
     }
+    for (id, schedule) in &directory.schedules {
+        let named = schedule.participants().iter().chain(schedule.overrides().iter().map(|o| &o.person));
+        for person in named.collect::<BTreeSet<_>>() {
+            if !directory.people.contains_key(person) {
+                missing.push((format!("schedule {id}"), format!("`{person}` is not among the coordinator's people")));
+            }
+        }
+    }
     for (name, person) in &directory.people {
         for c in &person.notify {
             if !channels.contains(c) {
@@ -527,4 +535,40 @@ pub fn missing_references(directory: &Directory, channels: &BTreeSet<String>) ->
         }
     }
     missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(participants: &str) -> Schedule {
+        let text = format!(
+            "apiVersion: remedy.dev/v1\nkind: OnCallSchedule\nmetadata: {{id: primary, title: Primary}}\n\
+             time_zone: UTC\nrotation: {{participants: [{participants}], every: 1d, handoff: {{time: '09:00'}}, starts: 2026-01-05}}\n"
+        );
+        remedy_shared::oncall::load_schedule("s.yaml", &text).unwrap()
+    }
+
+    #[test]
+    fn every_name_the_catalog_uses_that_the_site_lacks_is_listed() {
+        let policy = remedy_shared::escalation::load_policy(
+            "p.yaml",
+            "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: p0}\n\
+             levels: [{name: a, after: 0m, notify: [{schedule: primary}, {person: cto}, {channel: ops}, {channel: pager}]}]\n",
+        )
+        .unwrap();
+        let directory = Directory {
+            policies: BTreeMap::from([("p0".to_owned(), policy)]),
+            schedules: BTreeMap::from([("primary".to_owned(), schedule("alice, bob"))]),
+            people: BTreeMap::from([("alice".to_owned(), Person { email: None, notify: vec!["pager".into()] })]),
+            ..Directory::default()
+        };
+        let channels = BTreeSet::from(["pager".to_owned()]);
+        let missing = missing_references(&directory, &channels);
+        let text = format!("{missing:?}");
+        assert_eq!(missing.len(), 3, "{text}");
+        assert!(text.contains("`cto` is not among"), "{text}");
+        assert!(text.contains("no channel `ops`"), "{text}");
+        assert!(text.contains("schedule primary") && text.contains("`bob`"), "{text}");
+    }
 }

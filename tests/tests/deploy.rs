@@ -236,7 +236,7 @@ async fn base_applies_with_server_side_dry_run_and_leaves_out_what_a_bare_cluste
     for entry in std::fs::read_dir(deploy_dir().join("runbooks")).expect("deploy/runbooks") {
         let text = std::fs::read_to_string(entry.expect("entry").path()).expect("runbook");
         if peek_kind(&text).is_some_and(|kind| kind != CatalogKind::Runbook) {
-            continue; // a communication template, beside the runbooks
+            continue; // a policy, schedule or template, beside the runbooks
         }
         let after = text.split_once("\n  alerts:\n").map(|(_, rest)| rest).expect("a runbook with an alert trigger");
         let name = after.lines().next().and_then(|l| l.trim().strip_prefix("- name: ")).expect("the alert's name");
@@ -744,7 +744,10 @@ async fn configuration_the_manifests_hand_over_is_what_the_binaries_accept() {
     let runbooks = dir.path().join("runbooks");
     std::fs::create_dir_all(&runbooks).expect("runbooks dir");
     let catalog = find(&objects, "ConfigMap", "remedy-runbooks-")["data"].as_object().expect("catalog data").clone();
-    assert_eq!(catalog.len(), 7, "one key per runbook: {:?}", catalog.keys());
+    // One key per file of deploy/runbooks: runbooks, escalation policies,
+    // schedules and templates alike.
+    let shipped = std::fs::read_dir(deploy_dir().join("runbooks")).expect("deploy/runbooks").count();
+    assert_eq!(catalog.len(), shipped, "one key per catalog file: {:?}", catalog.keys());
     for (file, text) in &catalog {
         std::fs::write(runbooks.join(file), text.as_str().expect("text")).expect("write runbook");
     }
