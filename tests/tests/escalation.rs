@@ -255,8 +255,12 @@ async fn an_acknowledgement_stops_the_climb_and_the_resolution_is_told_to_every_
     rig.world.wait_for("POST", "/hooks/customer-notifications", 2).await;
     assert_eq!(rig.pages(&primary).len(), 3, "page, acknowledgement, resolution");
     assert!(rig.pages(&secondary).is_empty() && rig.pages("engineering-manager").is_empty());
-    let (incident, timeline) = running.incident(id);
-    assert!(incident.escalation.as_ref().is_some_and(|p| p.resolution_told), "{incident:?}");
+    // The deliveries are committed together once the last is done.
+    let timeline = eventually("the resolution's deliveries to be recorded", Duration::from_secs(10), || async {
+        let (incident, timeline) = running.incident(id);
+        incident.escalation.as_ref().is_some_and(|p| p.resolution_told).then_some(timeline)
+    })
+    .await;
     assert!(timeline.iter().any(|e| e.message.contains("told the incident is resolved")), "{timeline:#?}");
     running.stop().await;
 }
