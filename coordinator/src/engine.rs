@@ -770,7 +770,9 @@ impl Driver {
         let policy = runbook.map(|r| r.escalation.policy.clone()).unwrap_or_default();
         let details = BTreeMap::from([("policy".to_owned(), policy.clone()), ("reason".to_owned(), why.clone())]);
         let live = run.mode == Mode::Live && !policy.is_empty();
-        let message = if live {
+        let message = if policy.is_empty() {
+            format!("escalated: {why}; with no escalation policy nobody is paged")
+        } else if live {
             format!("escalated to {policy}: {why}")
         } else {
             format!("{}would escalate to {policy}: {why}", mode_prefix(run.mode))
