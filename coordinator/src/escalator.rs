@@ -12,7 +12,9 @@
 //! channel and is on the timeline, but never holds the climb. A crash
 //! between a delivery and its commit repeats that one level on restart
 //! (PagerDuty's dedup key folds the repeat into the same incident); a
-//! page is never lost for fear of a duplicate.
+//! page is never lost for fear of a duplicate. Incidents that come due at
+//! the same moment are handled together, so a slow channel for one does
+//! not hold up another's pages.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -106,13 +108,11 @@ impl Escalator {
                 () = self.clock.sleep_until(next) => {
                     let now = self.clock.now();
                     let due: Vec<IncidentId> = wake.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
-                    for id in due {
-                        if id == RESCAN {
-                            self.rescan(&mut wake).await;
-                        } else {
-                            self.look_at(id, &mut wake).await;
-                        }
+                    if due.contains(&RESCAN) {
+                        self.rescan(&mut wake).await;
                     }
+                    let due = due.into_iter().filter(|id| *id != RESCAN).collect();
+                    self.look_at_all(due, &mut wake).await;
                 }
             }
         }
@@ -128,47 +128,64 @@ impl Escalator {
             }
         };
         wake.remove(&RESCAN);
-        for incident in incidents {
-            let pending = incident.escalation.as_ref().is_some_and(|p| !p.resolution_told);
-            if pending {
-                self.look_at(incident.id, wake).await;
-            }
-        }
+        let pending = incidents
+            .iter()
+            .filter(|i| i.escalation.as_ref().is_some_and(|p| !p.resolution_told))
+            .map(|i| i.id)
+            .collect();
+        self.look_at_all(pending, wake).await;
     }
 
     /// Moves one incident's escalation to now, reading it as committed (an
     /// event may be older than what this task itself just wrote).
     async fn look_at(&self, id: IncidentId, wake: &mut BTreeMap<IncidentId, Timestamp>) {
-        wake.remove(&id);
+        self.look_at_all(vec![id], wake).await;
+    }
+
+    /// Looks at several incidents at once: a channel that is slow for one
+    /// incident's people does not hold up another's.
+    async fn look_at_all(&self, ids: Vec<IncidentId>, wake: &mut BTreeMap<IncidentId, Timestamp>) {
+        for id in &ids {
+            wake.remove(id);
+        }
+        let next = futures::future::join_all(ids.iter().map(|id| self.advance_one(*id))).await;
+        for (id, at) in ids.into_iter().zip(next) {
+            if let Some(at) = at {
+                wake.insert(id, at);
+            }
+        }
+    }
+
+    /// Moves one incident's escalation to now; when to look at it again.
+    async fn advance_one(&self, id: IncidentId) -> Option<Timestamp> {
+        let retry = || Some(self.clock.now().plus(Duration::from_secs(5)));
         let (incident, timeline) = match self.store.get_incident(id) {
             Ok(Some(found)) => found,
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::error!(incident = %id, error = %e, "cannot read the incident; trying again in 5s");
-                wake.insert(id, self.clock.now().plus(Duration::from_secs(5)));
-                return;
+                return retry();
             }
         };
-        let Some(progress) = incident.escalation.clone() else { return };
+        let progress = incident.escalation.clone()?;
         let Some(policy) = self.directory.policies.get(&progress.policy) else {
             tracing::error!(incident = %id, policy = %progress.policy, "the escalation policy is not in the catalog; nobody is told");
-            return;
+            return None;
         };
         let now = self.clock.now();
         let advance = escalation::advance(policy, &incident, &progress, now);
-        if let Some(at) = advance.wake_at {
-            wake.insert(id, at);
-        }
+        let wake_at = advance.wake_at;
         if advance.is_empty() && advance.progress == progress {
-            return;
+            return wake_at;
         }
         let update = self.carry_out(policy, &incident, &timeline, advance, now).await;
         if let Err(e) = self.recorder.escalation_update(update).await {
             // Told but not recorded: looked at again shortly, when the
             // store may take it. The deliveries may then repeat.
             tracing::error!(incident = %id, error = %e, "cannot record the escalation's progress");
-            wake.insert(id, now.plus(Duration::from_secs(5)));
+            return retry();
         }
+        wake_at
     }
 
     async fn carry_out(
