@@ -165,7 +165,8 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
             .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())))
             .with(Arc::new(
                 actuators::postgres::PostgresActuator::new(config.databases.clone())
-                    .context("cannot build the HTTP client for the PostgreSQL repoint hook")?,
+                    .context("cannot build the HTTP client for the PostgreSQL repoint hook")?
+                    .with_timeline(recorder.clone()),
             ))
             .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())))
             .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.clone())));

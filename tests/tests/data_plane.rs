@@ -164,6 +164,19 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
     assert!(why.contains("read-only transaction"), "{why}");
     println!("write to the fenced old primary: {why:?}");
+    // The incident's record says so, not only the coordinator's log.
+    eventually("the fence of the returning old primary on the timeline", Duration::from_secs(30), || async {
+        let entries = timeline(&coordinator, &incident.id).await;
+        entries
+            .iter()
+            .any(|e| {
+                e.kind == "result"
+                    && e.message.contains("the old primary db-0 came back taking writes: fenced (read-only)")
+                    && e.details.get("watch").map(String::as_str) == Some("db-0")
+            })
+            .then_some(())
+    })
+    .await;
 
     // A second failure within the window goes to people: the rails stop
     // the failover before it runs, and nothing is promoted.

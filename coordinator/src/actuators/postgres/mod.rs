@@ -101,6 +101,8 @@ impl Cluster {
 pub struct PostgresActuator {
     clusters: Arc<BTreeMap<String, Arc<Cluster>>>,
     http: reqwest::Client,
+    /// Where the watch on an old primary records what became of it.
+    timeline: Option<crate::recorder::Recorder>,
 }
 
 impl PostgresActuator {
@@ -113,7 +115,14 @@ impl PostgresActuator {
                 (name, Arc::new(cluster))
             })
             .collect();
-        Ok(PostgresActuator { clusters: Arc::new(clusters), http: reqwest::Client::builder().build()? })
+        Ok(PostgresActuator { clusters: Arc::new(clusters), http: reqwest::Client::builder().build()?, timeline: None })
+    }
+
+    /// Records what the watch on an unreachable old primary finds (fenced
+    /// when it came back, or never seen) on the failover's incident.
+    pub fn with_timeline(mut self, recorder: crate::recorder::Recorder) -> Self {
+        self.timeline = Some(recorder);
+        self
     }
 
     fn cluster(&self, name: &str) -> Result<Arc<Cluster>, ActionReport> {
@@ -322,7 +331,7 @@ impl PostgresActuator {
         let mut progress = Progress::default();
         // Leave room for the report inside the engine's own deadline.
         let limit = call.deadline.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
-        let outcome = tokio::time::timeout(limit, self.fail_over(&cluster, &p, call.dry_run, &mut progress)).await;
+        let outcome = tokio::time::timeout(limit, self.fail_over(&cluster, &p, call, &mut progress)).await;
         let mut report = match outcome {
             Ok(Ok(report)) => report,
             Ok(Err(report)) => report,
@@ -342,9 +351,10 @@ impl PostgresActuator {
         &self,
         cluster: &Arc<Cluster>,
         p: &PgFailover,
-        dry_run: bool,
+        call: &ActionCall,
         progress: &mut Progress,
     ) -> Result<ActionReport, ActionReport> {
+        let dry_run = call.dry_run;
         let db = &cluster.config;
         let members = probe_all(db).await;
         cluster.learn(&members);
@@ -494,7 +504,7 @@ impl PostgresActuator {
         .with("lag_bytes", plan.lag_bytes)
         .with("promoted_lsn", format_lsn(new_lsn));
         if let Some(old) = &plan.unreachable_primary {
-            self.watch_and_fence(cluster.clone(), old.clone());
+            self.watch_and_fence(cluster.clone(), old.clone(), call);
             progress.step(format!("{old} did not answer: watched for {:?}, fenced when it answers", db.fence_watch));
             report = report.with("old_primary", format!("{old} unreachable, watched to be fenced"));
         }
@@ -525,11 +535,20 @@ impl PostgresActuator {
 
     /// Watches `old` (the primary that did not answer) and fences it as
     /// soon as it answers taking writes; gives up after `fence_watch`.
-    fn watch_and_fence(&self, cluster: Arc<Cluster>, old: String) {
+    /// What it found goes on the failover's incident timeline.
+    fn watch_and_fence(&self, cluster: Arc<Cluster>, old: String, call: &ActionCall) {
+        let record = WatchRecord {
+            timeline: self.timeline.clone(),
+            incident: call.incident_id.parse().ok(),
+            step: call.step_id.clone(),
+            member: old.clone(),
+        };
         tokio::spawn(async move {
             let db = &cluster.config;
             let Some(member) = db.member(&old) else { return };
             let until = tokio::time::Instant::now() + db.fence_watch;
+            // A fence that keeps failing is said once, not every interval.
+            let mut failure_said = false;
             while tokio::time::Instant::now() < until {
                 tokio::time::sleep(db.fence_watch_interval).await;
                 let state = probe(db, member).await;
@@ -537,26 +556,69 @@ impl PostgresActuator {
                     Err(_) => continue,
                     Ok(Role::Primary) => match fence(db, member).await {
                         Ok(f) => {
-                            tracing::warn!(
-                                database = %old, terminated = f.terminated,
-                                lsn = %f.lsn.map(format_lsn).unwrap_or_default(),
-                                "the old primary came back taking writes: fenced (read-only)"
+                            let lsn = f.lsn.map(format_lsn).unwrap_or_default();
+                            tracing::warn!(database = %old, terminated = f.terminated, lsn = %lsn, "the old primary came back taking writes: fenced (read-only)");
+                            let message = format!(
+                                "the old primary {old} came back taking writes: fenced (read-only), {} sessions terminated, last lsn {lsn}",
+                                f.terminated
                             );
-                            return;
+                            return record.say("succeeded", message).await;
                         }
                         Err(e) => {
-                            tracing::error!(member = %old, error = %e, "fencing the returning old primary failed")
+                            tracing::error!(member = %old, error = %e, "fencing the returning old primary failed");
+                            let message = format!(
+                                "the old primary {old} came back taking writes and could not be fenced ({e}): trying again"
+                            );
+                            if !std::mem::replace(&mut failure_said, true) {
+                                record.say("failed", message).await;
+                            }
                         }
                     },
                     // Read-only already, or rejoined as a standby by a person.
                     Ok(role) => {
                         tracing::info!(member = %old, role = role.as_str(), "the old primary answers and takes no writes");
-                        return;
+                        let message = format!("the old primary {old} answers as {} and takes no writes", role.as_str());
+                        return record.say("succeeded", message).await;
                     }
                 }
             }
             tracing::warn!(member = %old, "the old primary never answered while watched: fence it before starting it");
+            let message = format!(
+                "the old primary {old} did not answer within {:?}: no longer watched; fence it before starting it",
+                db.fence_watch
+            );
+            record.say("failed", message).await;
         });
+    }
+}
+
+/// Where a watch on an old primary writes what it found.
+struct WatchRecord {
+    timeline: Option<crate::recorder::Recorder>,
+    incident: Option<remedy_shared::incident::IncidentId>,
+    step: String,
+    member: String,
+}
+
+impl WatchRecord {
+    async fn say(&self, status: &str, message: String) {
+        let (Some(recorder), Some(incident)) = (&self.timeline, self.incident) else { return };
+        let details = BTreeMap::from([
+            ("step".to_owned(), self.step.clone()),
+            ("status".to_owned(), status.to_owned()),
+            ("watch".to_owned(), self.member.clone()),
+        ]);
+        let entry = remedy_shared::incident::TimelineEntry {
+            at: crate::recorder::now(),
+            kind: remedy_shared::incident::EntryKind::Result,
+            message,
+            details,
+        };
+        let update =
+            crate::recorder::RunUpdate { incident: Some(incident), entries: vec![entry], ..Default::default() };
+        if let Err(e) = recorder.run_update(update).await {
+            tracing::error!(incident = %incident, error = %e, "cannot record what the watch on the old primary found");
+        }
     }
 }
 
