@@ -17,6 +17,7 @@ pub mod comms;
 pub mod config;
 pub mod detector;
 pub mod escalation;
+pub mod failover;
 pub mod finding;
 pub mod guard;
 pub mod incident;

@@ -28,7 +28,6 @@
 //! appear in evidence or logs.
 
 pub mod config;
-mod plan;
 mod session;
 
 use std::collections::BTreeMap;
@@ -39,8 +38,9 @@ use remedy_shared::runbook::{PgFailover, PgMaintenance, PgOperation, PgSelect1};
 use serde::de::DeserializeOwned;
 
 pub use self::config::{DatabaseConfig, MemberConfig};
-use self::session::{MemberState, Role, Session, format_lsn, parse_lsn, probe, probe_all};
+use self::session::{Session, probe, probe_all};
 use super::{ActionCall, ActionReport, ActionStatus, Actuator};
+use remedy_shared::failover::{self as plan, MemberState, Role, format_lsn, parse_lsn};
 
 /// The kinds this actuator performs.
 pub const KINDS: &[&str] = &["pg_select1", "pg_maintenance", "pg_failover"];

@@ -2,6 +2,7 @@
 //! credentials (the password read from its file at each connection),
 //! bounded queries, and what a member says about itself.
 
+use remedy_shared::failover::{MemberState, Role, Status, parse_lsn};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
@@ -98,65 +99,6 @@ impl Session {
     }
 }
 
-/// A WAL position, parsed from PostgreSQL's `X/Y` text.
-pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-/// A WAL position as PostgreSQL writes it.
-pub(crate) fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// What a member is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// Takes writes.
-    Primary,
-    /// Out of recovery but read-only by default: a fenced old primary.
-    Fenced,
-    /// In recovery: a standby, promotable.
-    Replica,
-}
-
-impl Role {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Fenced => "fenced",
-            Role::Replica => "replica",
-        }
-    }
-}
-
-/// One member as it answered (or did not).
-#[derive(Debug, Clone)]
-pub(crate) struct MemberState {
-    pub(crate) name: String,
-    pub(crate) answer: Result<Status, String>,
-}
-
-/// What an answering member said.
-#[derive(Debug, Clone)]
-pub(crate) struct Status {
-    pub(crate) role: Role,
-    /// A primary's current WAL position.
-    pub(crate) current_lsn: Option<u64>,
-    /// A replica's received and replayed positions.
-    pub(crate) receive_lsn: Option<u64>,
-    pub(crate) replay_lsn: Option<u64>,
-    /// How long `SELECT 1` took, connection included.
-    pub(crate) millis: u128,
-}
-
-impl Status {
-    /// The furthest position this member knows of.
-    pub(crate) fn known_lsn(&self) -> Option<u64> {
-        [self.current_lsn, self.receive_lsn, self.replay_lsn].into_iter().flatten().max()
-    }
-}
-
 const STATUS_SQL: &str = "SELECT 1, pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text";
@@ -193,18 +135,4 @@ pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberS
 /// Asks every member at once.
 pub(crate) async fn probe_all(db: &DatabaseConfig) -> Vec<MemberState> {
     futures::future::join_all(db.members().map(|m| probe(db, m))).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsns_read_and_write_as_postgres_spells_them() {
-        assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
-        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
-        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
-        assert_eq!(parse_lsn("garbage"), None);
-        assert_eq!(parse_lsn("1/zz"), None);
-    }
 }

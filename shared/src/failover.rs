@@ -1,45 +1,104 @@
-//! The failover decision, from what the members answered: which replica,
-//! how far behind, whom to fence, or why not at all. Pure, so every
-//! refusal is tested without a server.
+//! PostgreSQL failover, decided: what a member answered (its role and WAL
+//! positions), and the plan made from the answers of all of them: which
+//! replica, how far behind, whom to fence, or why not at all. Pure, so
+//! every refusal is tested without a server; the coordinator's actuator
+//! asks the members and carries the plan out.
 
-use super::session::{MemberState, Role, format_lsn};
+/// A WAL position, parsed from PostgreSQL's `X/Y` text.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A WAL position as PostgreSQL writes it.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// What a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Out of recovery but read-only by default: a fenced old primary.
+    Fenced,
+    /// In recovery: a standby, promotable.
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Fenced => "fenced",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// One member as it answered (or did not).
+#[derive(Debug, Clone)]
+pub struct MemberState {
+    pub name: String,
+    pub answer: Result<Status, String>,
+}
+
+/// What an answering member said.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub role: Role,
+    /// A primary's current WAL position.
+    pub current_lsn: Option<u64>,
+    /// A replica's received and replayed positions.
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// How long `SELECT 1` took, connection included.
+    pub millis: u128,
+}
+
+impl Status {
+    /// The furthest position this member knows of.
+    pub fn known_lsn(&self) -> Option<u64> {
+        [self.current_lsn, self.receive_lsn, self.replay_lsn].into_iter().flatten().max()
+    }
+}
 
 /// What a failover will do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Plan {
+pub struct Plan {
     /// The replica to promote.
-    pub(crate) candidate: String,
+    pub candidate: String,
     /// Its replayed position now.
-    pub(crate) candidate_replay_lsn: u64,
+    pub candidate_replay_lsn: u64,
     /// The furthest position any member or the last probe knew of.
-    pub(crate) reference_lsn: u64,
+    pub reference_lsn: u64,
     /// Bytes the candidate has not replayed.
-    pub(crate) lag_bytes: u64,
+    pub lag_bytes: u64,
     /// Members that answer and take writes: fenced before the promotion.
-    pub(crate) to_fence: Vec<String>,
+    pub to_fence: Vec<String>,
     /// The current primary, when it did not answer (fenced when it does).
-    pub(crate) unreachable_primary: Option<String>,
+    pub unreachable_primary: Option<String>,
 }
 
 /// What the plan is made from.
 #[derive(Debug, Clone)]
-pub(crate) struct Inputs<'a> {
-    pub(crate) members: &'a [MemberState],
+pub struct Inputs<'a> {
+    pub members: &'a [MemberState],
     /// The replica the step names, if it does.
-    pub(crate) preferred: Option<&'a str>,
+    pub preferred: Option<&'a str>,
     /// The member believed to be the primary (configured, or promoted by
     /// the last failover).
-    pub(crate) current_primary: &'a str,
+    pub current_primary: &'a str,
     /// The primary's furthest position seen by earlier probes.
-    pub(crate) last_primary_lsn: Option<u64>,
-    pub(crate) max_lag_bytes: u64,
-    pub(crate) fence_primary: bool,
+    pub last_primary_lsn: Option<u64>,
+    pub max_lag_bytes: u64,
+    pub fence_primary: bool,
     /// A promotion asked earlier and never confirmed.
-    pub(crate) pending_promotion: Option<&'a str>,
+    pub pending_promotion: Option<&'a str>,
 }
 
 /// Decides, or says why not. A refusal changes nothing.
-pub(crate) fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
+pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
     if let Some(pending) = i.pending_promotion {
         return Err(format!(
             "a promotion of {pending} was asked earlier and never confirmed: promoting another could make two \
@@ -122,7 +181,7 @@ pub(crate) fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::session::Status;
+
     use super::*;
 
     fn up(name: &str, role: Role, replay: u64) -> MemberState {
@@ -196,5 +255,14 @@ mod tests {
         assert!(plan(&named).is_err_and(|e| e.contains("r2 cannot be promoted") && e.contains("does not answer")));
         named.preferred = Some("r1");
         assert_eq!(plan(&named).map(|p| p.candidate), Ok("r1".to_owned()));
+    }
+
+    #[test]
+    fn lsns_read_and_write_as_postgres_spells_them() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("garbage"), None);
+        assert_eq!(parse_lsn("1/zz"), None);
     }
 }
