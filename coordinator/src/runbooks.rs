@@ -6,7 +6,7 @@
 //! a catalog that half loads would leave incidents without the response
 //! someone wrote for them, and a template with a typo would fail at 3 a.m.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use remedy_shared::catalog::{CatalogKind, peek_kind};
@@ -105,44 +105,15 @@ pub fn load_dir(dir: &Path, catalog: &ActionCatalog) -> Result<LoadedCatalog, Co
 /// References inside the catalog must resolve; people and channels are
 /// the coordinator's configuration and are checked against it at start.
 fn check_references(loaded: &LoadedCatalog, files: &BTreeMap<(String, String), String>) -> Result<(), ConfigError> {
-    for l in &loaded.runbooks {
-        let policy = &l.runbook.escalation.policy;
-        if !loaded.policies.contains_key(policy) {
-            return Err(ConfigError::new(
-                &l.runbook.source,
-                "escalation.policy",
-                format!("no escalation policy `{policy}` in the catalog (a file with kind: EscalationPolicy)"),
-            ));
-        }
-    }
-    for policy in loaded.policies.values() {
-        let file =
-            files.get(&("EscalationPolicy".to_owned(), policy.id.clone())).map_or(policy.id.as_str(), String::as_str);
-        let templates = policy.template.iter().chain(policy.updates.iter().map(|u| &u.template));
-        for template in templates {
-            if !loaded.templates.contains_key(template) {
-                return Err(ConfigError::new(
-                    file,
-                    "template",
-                    format!("no communication template `{template}` in the catalog"),
-                ));
-            }
-        }
-        for (i, level) in policy.levels.iter().enumerate() {
-            for target in &level.notify {
-                if let remedy_shared::escalation::Target::Schedule(s) = target
-                    && !loaded.schedules.contains_key(s)
-                {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("levels[{i}].notify"),
-                        format!("no on-call schedule `{s}` in the catalog (a file with kind: OnCallSchedule)"),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
+    let file_of = |kind: &str, id: &str| files.get(&(kind.to_owned(), id.to_owned())).map_or("", String::as_str);
+    let missing = remedy_shared::catalog::missing_references(
+        loaded.runbooks.iter().map(|l| (l.runbook.source.as_str(), &l.runbook)),
+        loaded.policies.values().map(|p| (file_of("EscalationPolicy", &p.id), p)),
+        &loaded.policies.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        &loaded.schedules.keys().map(String::as_str).collect(),
+        &loaded.templates.keys().map(String::as_str).collect(),
+    );
+    missing.into_iter().next().map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -59,6 +59,12 @@ pub async fn show(ctx: &mut Ctx, id: String) -> anyhow::Result<()> {
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     pub file: String,
+    /// `Runbook`, `EscalationPolicy`, `OnCallSchedule` or
+    /// `CommunicationTemplate`.
+    pub kind: String,
+    /// The object's id, whatever its kind.
+    pub id: Option<String>,
+    /// The runbook's id (runbooks only).
     pub runbook: Option<String>,
     pub priority: Option<String>,
     pub mttr_target: Option<String>,
@@ -70,13 +76,14 @@ pub struct Verdict {
 
 impl Row for Verdict {
     fn header(_wide: bool) -> Vec<&'static str> {
-        vec!["FILE", "RUNBOOK", "PRIORITY", "MTTR", "VALID", "DRY-RUN UNTIL ACTUATOR"]
+        vec!["FILE", "KIND", "ID", "PRIORITY", "MTTR", "VALID", "DRY-RUN UNTIL ACTUATOR"]
     }
     fn cells(&self, _wide: bool) -> Vec<String> {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         vec![
             self.file.clone(),
-            dash(&self.runbook),
+            self.kind.clone(),
+            dash(&self.id),
             dash(&self.priority),
             dash(&self.mttr_target),
             self.valid.to_string(),
@@ -106,12 +113,21 @@ fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, bool)>> {
     Ok(out)
 }
 
-/// The verdict on one file; `None` for a file of another kind found in a
-/// directory.
-fn check(path: &Path, in_dir: bool, catalog: &ActionCatalog) -> Option<Verdict> {
+/// What a valid file holds, for the checks across files.
+enum Object {
+    Runbook(Box<remedy_shared::runbook::Runbook>),
+    Policy(remedy_shared::escalation::EscalationPolicy),
+    Other,
+}
+
+/// The verdict on one file, as the coordinator would load it, and what it
+/// holds when valid.
+fn check(path: &Path, catalog: &ActionCatalog) -> (Verdict, Option<Object>) {
     let file = path.display().to_string();
     let mut verdict = Verdict {
         file: file.clone(),
+        kind: CatalogKind::Runbook.as_str().to_owned(),
+        id: None,
         runbook: None,
         priority: None,
         mttr_target: None,
@@ -123,36 +139,83 @@ fn check(path: &Path, in_dir: bool, catalog: &ActionCatalog) -> Option<Verdict> 
         Ok(t) => t,
         Err(e) => {
             verdict.errors.push(format!("{file}: cannot read the file: {e}"));
-            return Some(verdict);
+            return (verdict, None);
         }
     };
-    match peek_kind(&text) {
-        Some(kind) if kind != CatalogKind::Runbook && in_dir => return None,
-        Some(kind) if kind != CatalogKind::Runbook => {
-            verdict.errors.push(format!("{file}: a {}, not a runbook", kind.as_str()));
-            return Some(verdict);
-        }
-        _ => {}
-    }
-    match load_runbook(&file, &text, catalog) {
-        Ok((runbook, report)) => {
+    let kind = peek_kind(&text).unwrap_or(CatalogKind::Runbook);
+    verdict.kind = kind.as_str().to_owned();
+    let loaded = match kind {
+        CatalogKind::Runbook => match load_runbook(&file, &text, catalog) {
+            Ok((runbook, report)) => {
+                verdict.runbook = Some(runbook.id().to_owned());
+                verdict.priority = Some(runbook.priority.to_string());
+                verdict.mttr_target = Some(short_duration(runbook.mttr_target));
+                verdict.dry_run_until_actuator =
+                    report.unavailable.iter().map(|u| format!("{} ({})", u.step, u.kind.as_str())).collect();
+                Ok((runbook.id().to_owned(), Object::Runbook(Box::new(runbook))))
+            }
+            Err(invalid) => Err(invalid.errors.iter().map(ToString::to_string).collect()),
+        },
+        CatalogKind::EscalationPolicy => remedy_shared::escalation::load_policy(&file, &text)
+            .map(|p| (p.id.clone(), Object::Policy(p)))
+            .map_err(|e| vec![e.to_string()]),
+        CatalogKind::OnCallSchedule => remedy_shared::oncall::load_schedule(&file, &text)
+            .map(|s| (s.id().to_owned(), Object::Other))
+            .map_err(|e| vec![e.to_string()]),
+        CatalogKind::CommunicationTemplate => remedy_shared::comms::load_template(&file, &text)
+            .map(|t| (t.id.clone(), Object::Other))
+            .map_err(|e| vec![e.to_string()]),
+    };
+    match loaded {
+        Ok((id, object)) => {
             verdict.valid = true;
-            verdict.runbook = Some(runbook.id().to_owned());
-            verdict.priority = Some(runbook.priority.to_string());
-            verdict.mttr_target = Some(short_duration(runbook.mttr_target));
-            verdict.dry_run_until_actuator =
-                report.unavailable.iter().map(|u| format!("{} ({})", u.step, u.kind.as_str())).collect();
+            verdict.id = Some(id);
+            (verdict, Some(object))
         }
-        Err(invalid) => verdict.errors = invalid.errors.iter().map(ToString::to_string).collect(),
+        Err(errors) => {
+            verdict.errors = errors;
+            (verdict, None)
+        }
     }
-    Some(verdict)
+}
+
+/// Within a directory, what one file names another must provide (a
+/// runbook's policy, a policy's schedules and templates), as the
+/// coordinator checks it at start: each miss invalidates the file that
+/// names it.
+fn check_references(verdicts: &mut [Verdict], objects: &[Option<Object>]) {
+    let ids = |kind: CatalogKind| -> std::collections::BTreeSet<&str> {
+        verdicts.iter().filter(|v| v.valid && v.kind == kind.as_str()).filter_map(|v| v.id.as_deref()).collect()
+    };
+    let (policies, schedules, templates) =
+        (ids(CatalogKind::EscalationPolicy), ids(CatalogKind::OnCallSchedule), ids(CatalogKind::CommunicationTemplate));
+    let pairs = || verdicts.iter().zip(objects).filter_map(|(v, o)| o.as_ref().map(|o| (v.file.as_str(), o)));
+    let missing = remedy_shared::catalog::missing_references(
+        pairs().filter_map(|(f, o)| if let Object::Runbook(r) = o { Some((f, r.as_ref())) } else { None }),
+        pairs().filter_map(|(f, o)| if let Object::Policy(p) = o { Some((f, p)) } else { None }),
+        &policies,
+        &schedules,
+        &templates,
+    );
+    let missing: Vec<(String, String)> = missing.into_iter().map(|e| (e.file.clone(), e.to_string())).collect();
+    for (file, error) in missing {
+        if let Some(v) = verdicts.iter_mut().find(|v| v.file == file) {
+            v.valid = false;
+            v.errors.push(error);
+        }
+    }
 }
 
 /// Validates every file; fails (exit 1) when any is invalid, after printing all.
 pub fn validate(paths: &[PathBuf], fmt: Format) -> anyhow::Result<()> {
     let catalog = ActionCatalog::this_release();
-    let verdicts: Vec<Verdict> =
-        files(paths)?.iter().filter_map(|(path, in_dir)| check(path, *in_dir, &catalog)).collect();
+    let files = files(paths)?;
+    let (mut verdicts, objects): (Vec<Verdict>, Vec<Option<Object>>) =
+        files.iter().map(|(path, _)| check(path, &catalog)).unzip();
+    // A directory is a catalog, loaded whole: its files must agree.
+    if files.iter().any(|(_, in_dir)| *in_dir) {
+        check_references(&mut verdicts, &objects);
+    }
     let invalid = verdicts.iter().filter(|v| !v.valid).count();
     output::print_list(fmt, &verdicts)?;
     if matches!(fmt, Format::Table | Format::Wide) {
@@ -163,7 +226,7 @@ pub fn validate(paths: &[PathBuf], fmt: Format) -> anyhow::Result<()> {
         }
     }
     if invalid > 0 {
-        anyhow::bail!("{invalid} of {} runbooks are invalid", verdicts.len());
+        anyhow::bail!("{invalid} of {} catalog files are invalid", verdicts.len());
     }
     Ok(())
 }

@@ -84,6 +84,58 @@ pub fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
+/// What one file of a catalog names that another file must provide: a
+/// runbook's escalation policy, a policy's schedules and templates. Given
+/// (file, object) pairs and the ids present, every reference that does not
+/// resolve, naming the referring file and field. People and channels are
+/// not catalog files and are not checked here.
+pub fn missing_references<'a>(
+    runbooks: impl IntoIterator<Item = (&'a str, &'a crate::runbook::Runbook)>,
+    policies: impl IntoIterator<Item = (&'a str, &'a crate::escalation::EscalationPolicy)>,
+    policy_ids: &std::collections::BTreeSet<&str>,
+    schedule_ids: &std::collections::BTreeSet<&str>,
+    template_ids: &std::collections::BTreeSet<&str>,
+) -> Vec<crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let mut missing = Vec::new();
+    for (file, runbook) in runbooks {
+        let policy = runbook.escalation.policy.as_str();
+        if !policy_ids.contains(policy) {
+            missing.push(ConfigError::new(
+                file,
+                "escalation.policy",
+                format!("no escalation policy `{policy}` in the catalog (a file with kind: EscalationPolicy)"),
+            ));
+        }
+    }
+    for (file, policy) in policies {
+        if let Some(t) = policy.template.as_deref().filter(|t| !template_ids.contains(t)) {
+            missing.push(ConfigError::new(file, "template", format!("no communication template `{t}` in the catalog")));
+        }
+        if let Some(t) = policy.updates.as_ref().map(|u| u.template.as_str()).filter(|t| !template_ids.contains(t)) {
+            missing.push(ConfigError::new(
+                file,
+                "updates.template",
+                format!("no communication template `{t}` in the catalog"),
+            ));
+        }
+        for (i, level) in policy.levels.iter().enumerate() {
+            for (j, target) in level.notify.iter().enumerate() {
+                if let crate::escalation::Target::Schedule(s) = target
+                    && !schedule_ids.contains(s.as_str())
+                {
+                    missing.push(ConfigError::new(
+                        file,
+                        format!("levels[{i}].notify[{j}]"),
+                        format!("no on-call schedule `{s}` in the catalog (a file with kind: OnCallSchedule)"),
+                    ));
+                }
+            }
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

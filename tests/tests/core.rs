@@ -421,8 +421,13 @@ fn remedyctl_validates_runbooks_offline_and_names_what_waits_for_an_actuator() {
     let (status, out, err) = remedyctl(unused, &["runbooks", "validate", catalog.to_str().unwrap(), "-o", "json"]);
     assert!(status.success(), "{err}");
     let verdicts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(verdicts.len(), 7);
-    assert!(verdicts.iter().all(|v| v["valid"] == true));
+    // Every file of the catalog, whatever its kind, checked as the
+    // coordinator loads it.
+    assert_eq!(verdicts.len(), std::fs::read_dir(&catalog).unwrap().count());
+    assert!(verdicts.iter().all(|v| v["valid"] == true), "{verdicts:#?}");
+    let kinds: std::collections::BTreeSet<&str> = verdicts.iter().filter_map(|v| v["kind"].as_str()).collect();
+    assert_eq!(kinds.len(), 4, "runbooks, policies, schedules and templates: {kinds:?}");
+    assert_eq!(verdicts.iter().filter(|v| v["kind"] == "Runbook").count(), 7);
     let p0 = verdicts.iter().find(|v| v["runbook"] == "P0-001").unwrap();
     let waiting = p0["dry_run_until_actuator"].as_array().unwrap();
     assert!(!waiting.iter().any(|s| s == "scale_api (scale)"), "scaling has its actuator: {p0}");
@@ -438,7 +443,16 @@ fn remedyctl_validates_runbooks_offline_and_names_what_waits_for_an_actuator() {
     let (status, _, err) = remedyctl(unused, &["runbooks", "validate", broken.to_str().unwrap()]);
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("broken.yaml:") && err.contains("mttr_targt"), "{err}");
-    assert!(err.contains("1 of 1 runbooks are invalid"), "{err}");
+    assert!(err.contains("1 of 1 catalog files are invalid"), "{err}");
+
+    // A catalog whose runbook names a policy it does not have is refused,
+    // as the coordinator would refuse it at start.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(seed_runbook(), alone.join("p0-003.yaml")).unwrap();
+    let (status, _, err) = remedyctl(unused, &["runbooks", "validate", alone.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("field `escalation.policy`") && err.contains("no escalation policy `p0-chain`"), "{err}");
 }
 
 #[test]
