@@ -291,22 +291,20 @@ impl Driver {
         entries: Vec<TimelineEntry>,
         state: Option<IncidentState>,
     ) -> Result<(), RecordError> {
-        self.still_leading()?;
-        run.updated_at = now();
-        self.inner
-            .recorder
-            .run_update(RunUpdate { run: Some(run.clone()), state, entries, ..RunUpdate::default() })
-            .await
+        self.commit(run, RunUpdate { state, entries, ..RunUpdate::default() }).await
     }
 
     async fn save_with_guard(&self, run: &mut RunRecord, entries: Vec<TimelineEntry>) -> Result<(), RecordError> {
+        let guard = Some(lock(&self.inner.guard).clone());
+        self.commit(run, RunUpdate { entries, guard, ..RunUpdate::default() }).await
+    }
+
+    /// Commits `update` with the run as it now stands, while this
+    /// coordinator still leads.
+    async fn commit(&self, run: &mut RunRecord, update: RunUpdate) -> Result<(), RecordError> {
         self.still_leading()?;
         run.updated_at = now();
-        let guard = Some(lock(&self.inner.guard).clone());
-        self.inner
-            .recorder
-            .run_update(RunUpdate { run: Some(run.clone()), entries, guard, ..RunUpdate::default() })
-            .await
+        self.inner.recorder.run_update(RunUpdate { run: Some(run.clone()), ..update }).await
     }
 
     /// A deposed leader writes nothing more: the new leader owns the
@@ -560,10 +558,7 @@ impl Driver {
         } else {
             None
         };
-        self.still_leading()?;
-        run.updated_at = now();
-        let update = RunUpdate { run: Some(run.clone()), entries, guard, audit: vec![audit], ..RunUpdate::default() };
-        self.inner.recorder.run_update(update).await?;
+        self.commit(run, RunUpdate { entries, guard, audit: vec![audit], ..RunUpdate::default() }).await?;
         Ok(if failed { StepEnd::Failed(format!("step {step_id}: {}", report.message)) } else { StepEnd::Done })
     }
 
@@ -777,16 +772,13 @@ impl Driver {
         } else {
             format!("{}would escalate to {policy}: {why}", mode_prefix(run.mode))
         };
-        self.still_leading()?;
-        run.updated_at = now();
         let update = RunUpdate {
-            run: Some(run.clone()),
             state: Some(IncidentState::Escalated),
             entries: vec![entry(EntryKind::Escalated, message, details)],
             escalate: live.then_some((policy, why)),
             ..RunUpdate::default()
         };
-        self.inner.recorder.run_update(update).await
+        self.commit(run, update).await
     }
 }
 

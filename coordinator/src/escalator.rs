@@ -49,6 +49,31 @@ pub struct Directory {
     pub links: Links,
 }
 
+/// What of an incident moves its escalation.
+#[derive(Debug, PartialEq)]
+struct Relevant {
+    state: IncidentState,
+    mttr_status: Option<String>,
+    tags: Vec<String>,
+    progress: Option<Progress>,
+}
+
+impl Relevant {
+    fn of(incident: &Incident) -> Relevant {
+        Relevant {
+            state: incident.state,
+            mttr_status: incident.mttr_status.clone(),
+            tags: incident.tags.clone(),
+            progress: incident.escalation.clone(),
+        }
+    }
+
+    /// Nothing more will happen: the resolution was told.
+    fn done(&self) -> bool {
+        self.progress.as_ref().is_some_and(|p| p.resolution_told)
+    }
+}
+
 /// The task; see the module documentation.
 #[derive(Clone)]
 pub struct Escalator {
@@ -91,13 +116,27 @@ impl Escalator {
         tokio::pin!(stopped);
         let mut events = self.recorder.subscribe();
         let mut wake: BTreeMap<IncidentId, Timestamp> = BTreeMap::new();
+        // What each escalating incident looked like at its last change that
+        // mattered here: findings joining an incident change it many times
+        // a second, and none of that moves its escalation.
+        let mut seen: BTreeMap<IncidentId, Relevant> = BTreeMap::new();
         self.rescan(&mut wake).await;
         loop {
             let next = wake.values().min().copied();
             tokio::select! {
                 () = &mut stopped => return,
                 event = events.recv() => match event {
-                    Ok(incident) if incident.escalation.is_some() => self.look_at(incident.id, &mut wake).await,
+                    Ok(incident) if incident.escalation.is_some() => {
+                        let relevant = Relevant::of(&incident);
+                        if seen.get(&incident.id) != Some(&relevant) {
+                            if relevant.done() {
+                                seen.remove(&incident.id);
+                            } else {
+                                seen.insert(incident.id, relevant);
+                            }
+                            self.look_at(incident.id, &mut wake).await;
+                        }
+                    }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the escalator fell behind the incident changes; looking at every incident again");
@@ -197,6 +236,7 @@ impl Escalator {
         now: Timestamp,
     ) -> EscalationUpdate {
         let seen_hold = incident.escalation.as_ref().and_then(|p| p.held_since);
+        let seen_news = incident.escalation.as_ref().and_then(|p| p.news.clone());
         let Advance { mut progress, pages, follow_up, news, update_due, mut entries, state, wake_at: _ } = advance;
         if let Some(news) = news {
             self.tell_news(incident, &news, &mut progress, &mut entries, now).await;
@@ -210,7 +250,7 @@ impl Escalator {
         if update_due && let Some(updates) = &policy.updates {
             self.update(incident, timeline, updates, &mut progress, &mut entries, now).await;
         }
-        EscalationUpdate { id: incident.id, seen_hold, progress, entries, state }
+        EscalationUpdate { id: incident.id, seen_hold, seen_news, progress, entries, state }
     }
 
     #[allow(clippy::too_many_arguments)] // one page's whole context; a struct would only rename it
@@ -416,22 +456,9 @@ impl Escalator {
         body: &str,
         reference: Option<String>,
     ) -> Message {
-        let mut links = BTreeMap::new();
-        if let Some(base) = &self.directory.links.incident_base {
-            links.insert("incident".to_owned(), format!("{}/{}", base.trim_end_matches('/'), incident.id));
-        }
-        Message {
-            incident_id: incident.id.to_string(),
-            event,
-            severity: incident.severity.as_str().to_owned(),
-            title: title.to_owned(),
-            body: body.to_owned(),
-            email_to: Vec::new(),
-            status: None,
-            reference,
-            links,
-            source: "remedy".to_owned(),
-        }
+        let id = incident.id.to_string();
+        let links = self.directory.links.incident(&id).map(|l| ("incident".to_owned(), l)).into_iter().collect();
+        Message { reference, links, ..Message::new(id, event, incident.severity.as_str(), title, body) }
     }
 
     /// Keeps what the channels returned and counts the deliveries; the

@@ -20,14 +20,13 @@ use remedy_shared::escalation::Progress;
 use remedy_shared::finding::ConditionKind;
 use remedy_shared::finding::{ConditionKey, Finding};
 use remedy_shared::guard::{self, GuardState};
-
-use crate::clock::Clock;
 use remedy_shared::incident::{self, EntryKind, Incident, IncidentId, IncidentState, Outcome, Signal, TimelineEntry};
 use remedy_shared::run::{Catalog, RunRecord};
 use remedy_shared::runbook::{AcrossNodesSum, AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext};
 use remedy_shared::sequence::{Accept, SequenceError, SequenceTracker};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{AgentRecord, COORDINATOR_SOURCE, Counters, Loaded, Store, StoreError, StoredFinding, WriteBatch};
 
@@ -124,6 +123,9 @@ pub struct EscalationUpdate {
     /// The hold the escalator saw when it decided (`held_since`): a person
     /// who acknowledged meanwhile keeps their hold.
     pub seen_hold: Option<Timestamp>,
+    /// The news the escalator saw (and sent): news that arrived meanwhile
+    /// stays to be sent.
+    pub seen_news: Option<String>,
     /// The progress after telling.
     pub progress: remedy_shared::escalation::Progress,
     /// Entries: who was told through which channel, what failed.
@@ -1011,14 +1013,19 @@ impl Writer {
                 }
             },
         };
-        let mut incident = current.clone();
+        let mut incident = current;
         let mut progress = update.progress;
-        let now_hold = current.escalation.as_ref().and_then(|p| p.held_since);
+        let now_hold = incident.escalation.as_ref().and_then(|p| p.held_since);
         let same_hold = now_hold == update.seen_hold;
-        if !same_hold && let Some(held) = &current.escalation {
-            progress.held_since = held.held_since;
-            progress.held_by = held.held_by.clone();
-            progress.hold_told = held.hold_told;
+        if let Some(current) = &incident.escalation {
+            if !same_hold {
+                progress.held_since = current.held_since;
+                progress.held_by = current.held_by.clone();
+                progress.hold_told = current.hold_told;
+            }
+            if current.news != update.seen_news {
+                progress.news = current.news.clone();
+            }
         }
         incident.escalation = Some(progress);
         if same_hold

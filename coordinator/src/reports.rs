@@ -26,6 +26,9 @@ pub const METRICS_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often the gauges are recomputed.
 const METRICS_EVERY: Duration = Duration::from_secs(60);
 
+/// Least time between two recomputations caused by incident changes.
+const MIN_SPACING: Duration = Duration::from_secs(10);
+
 /// The report over `period`, at `now`.
 pub fn for_period(store: &dyn Store, period: Period, now: Timestamp) -> Result<Report, StoreError> {
     let incidents = store.list_incidents(true, MAX_REPORT_INCIDENTS)?;
@@ -33,8 +36,10 @@ pub fn for_period(store: &dyn Store, period: Period, now: Timestamp) -> Result<R
 }
 
 /// Keeps the gauges (`remedy_mttr_seconds{window="30d"}`, ...) current
-/// until `stopped` completes: after incidents change (at most once a
-/// second), and every minute as the window moves.
+/// until `stopped` completes: after incidents change, and every minute as
+/// the window moves. A recomputation reads every incident of the window,
+/// so under a stream of changes (findings join incidents many times a
+/// second) it runs at most once per `MIN_SPACING`.
 pub async fn keep_metrics(
     store: Arc<dyn Store>,
     metrics: Metrics,
@@ -44,6 +49,7 @@ pub async fn keep_metrics(
     tokio::pin!(stopped);
     let mut tick = tokio::time::interval(METRICS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = &mut stopped => return,
@@ -53,10 +59,15 @@ pub async fn keep_metrics(
                     return;
                 }
                 // A burst of changes is one recomputation.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let at = (last + MIN_SPACING).max(tokio::time::Instant::now() + Duration::from_secs(1));
+                tokio::select! {
+                    () = &mut stopped => return,
+                    () = tokio::time::sleep_until(at) => {}
+                }
                 while !matches!(changes.try_recv(), Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)) {}
             }
         }
+        last = tokio::time::Instant::now();
         let store = store.clone();
         let at = now();
         let period =
@@ -71,26 +82,22 @@ pub async fn keep_metrics(
 
 fn publish(metrics: &Metrics, r: &Report) {
     let window = WindowLabels { window: "30d".to_owned() };
-    // A figure with nothing to average over is absent, not zero: zero
-    // would read as instant recovery.
-    match r.mttr_seconds {
-        Some(v) => {
-            metrics.mttr_seconds.get_or_create(&window).set(v);
+    // A figure with nothing to measure is absent, not zero: zero would read
+    // as instant recovery (or total downtime).
+    let figures = [
+        (&metrics.mttr_seconds, r.mttr_seconds),
+        (&metrics.mtta_seconds, r.mtta_seconds),
+        (&metrics.availability_percent, r.availability_percent),
+    ];
+    for (gauge, value) in figures {
+        match value {
+            Some(v) => {
+                gauge.get_or_create(&window).set(v);
+            }
+            None => {
+                gauge.remove(&window);
+            }
         }
-        None => {
-            metrics.mttr_seconds.remove(&window);
-        }
-    }
-    match r.mtta_seconds {
-        Some(v) => {
-            metrics.mtta_seconds.get_or_create(&window).set(v);
-        }
-        None => {
-            metrics.mtta_seconds.remove(&window);
-        }
-    }
-    if let Some(v) = r.availability_percent {
-        metrics.availability_percent.get_or_create(&window).set(v);
     }
     let counts = [
         ("P0", r.p0_incidents),
@@ -101,7 +108,7 @@ fn publish(metrics: &Metrics, r: &Report) {
         ("all", r.total_incidents),
     ];
     for (priority, n) in counts {
-        let labels = PriorityLabels { window: "30d".to_owned(), priority: priority.to_owned() };
+        let labels = PriorityLabels { window: window.window.clone(), priority: priority.to_owned() };
         metrics.window_incidents.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }

@@ -138,6 +138,14 @@ pub struct Links {
     pub incident_base: Option<String>,
 }
 
+impl Links {
+    /// Where the incident `id` is shown, when `incident_base` is set.
+    pub fn incident(&self, id: &str) -> Option<String> {
+        let base = self.incident_base.as_deref().map(str::trim).filter(|b| !b.is_empty())?;
+        Some(format!("{}/{id}", base.trim_end_matches('/')))
+    }
+}
+
 /// What an unset link renders as.
 pub const NO_LINK: &str = "n/a";
 
@@ -296,8 +304,7 @@ impl CommsContext {
             runbook: incident.runbook.clone().unwrap_or_else(|| "none".to_owned()),
             war_room_link: link(&links.war_room).unwrap_or_else(|| NO_LINK.to_owned()),
             status_page_link: link(&links.status_page).unwrap_or_else(|| NO_LINK.to_owned()),
-            incident_link: link(&links.incident_base)
-                .map_or_else(|| NO_LINK.to_owned(), |base| format!("{}/{id}", base.trim_end_matches('/'))),
+            incident_link: links.incident(&id).unwrap_or_else(|| NO_LINK.to_owned()),
             customer_name: customer_name.map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Customer").to_owned(),
             incident_id: id,
         };

@@ -14,7 +14,7 @@ use std::time::Duration;
 use remedy_coordinator::channels::{ChannelConfig, Channels};
 use remedy_coordinator::escalator::{Clock, Directory, Escalator, ManualClock};
 use remedy_coordinator::metrics::Metrics;
-use remedy_coordinator::recorder::Recorder;
+use remedy_coordinator::recorder::{EscalationUpdate, Recorder, RunUpdate};
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::embedded::EmbeddedStore;
 use remedy_coordinator::{alertmanager, runbooks};
@@ -22,6 +22,7 @@ use remedy_e2e::procs::eventually;
 use remedy_e2e::runs::SEED_PEOPLE;
 use remedy_e2e::world::{World, alert_payload};
 use remedy_shared::Timestamp;
+use remedy_shared::escalation::Progress;
 use remedy_shared::incident::{Incident, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
@@ -108,13 +109,21 @@ impl Rig {
         Rig { world, dir, clock, catalog, directory: Arc::new(directory), channels }
     }
 
-    fn start(&self) -> Running {
+    /// The writer alone, over the rig's store: what the escalator commits
+    /// through, without the escalator.
+    fn writer(&self) -> (Recorder, Arc<dyn Store>, Metrics) {
         let store: Arc<dyn Store> = Arc::new(open_store(&self.dir.path().join("data")));
         let metrics = Metrics::new();
         let clock = Clock::Manual(self.clock.clone());
         let (recorder, _runs, _guard) =
-            Recorder::start_with_clock(store.clone(), metrics.clone(), self.catalog.clone(), clock.clone())
+            Recorder::start_with_clock(store.clone(), metrics.clone(), self.catalog.clone(), clock)
                 .expect("start the writer");
+        (recorder, store, metrics)
+    }
+
+    fn start(&self) -> Running {
+        let (recorder, store, metrics) = self.writer();
+        let clock = Clock::Manual(self.clock.clone());
         let escalator = Escalator::new(
             recorder.clone(),
             store.clone(),
@@ -152,12 +161,7 @@ impl Rig {
 impl Running {
     /// Fires `TestPlatformDown`; returns the incident it opened.
     async fn open_incident(&self) -> IncidentId {
-        let starts = Timestamp::from_millis(now_ms()).to_string();
-        let payload = alert_payload("TestPlatformDown", &[("severity", "critical")], "firing", &starts);
-        let alerts = alertmanager::parse(payload.as_bytes()).expect("a valid payload");
-        self.recorder.alerts(alerts).await.expect("the alert is recorded");
-        let open = self.store.list_incidents(false, 10).expect("list incidents");
-        open.iter().find(|i| i.runbook.as_deref() == Some("P0-TEST")).map(|i| i.id).expect("the incident opened")
+        fire(&self.recorder, self.store.as_ref()).await
     }
 
     /// The incident and its timeline, as committed.
@@ -170,6 +174,17 @@ impl Running {
         let _ = self.stop.send(true);
         self.task.await.expect("the escalator ends");
     }
+}
+
+/// Fires `TestPlatformDown` through `recorder`; returns the incident it
+/// opened.
+async fn fire(recorder: &Recorder, store: &dyn Store) -> IncidentId {
+    let starts = Timestamp::from_millis(now_ms()).to_string();
+    let payload = alert_payload("TestPlatformDown", &[("severity", "critical")], "firing", &starts);
+    let alerts = alertmanager::parse(payload.as_bytes()).expect("a valid payload");
+    recorder.alerts(alerts).await.expect("the alert is recorded");
+    let open = store.list_incidents(false, 10).expect("list incidents");
+    open.iter().find(|i| i.runbook.as_deref() == Some("P0-TEST")).map(|i| i.id).expect("the incident opened")
 }
 
 /// The embedded store, once the previous writer let go of its file.
@@ -292,4 +307,38 @@ async fn a_restart_mid_climb_resumes_at_the_right_level_without_telling_anyone_t
     assert_eq!(rig.pages(&secondary).len(), 1, "the secondary was not told again");
     assert_eq!(rig.pages("engineering-manager").len(), 1);
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_while_the_escalator_delivers_survives_its_commit() {
+    let rig = Rig::new().await;
+    let (recorder, store, _) = rig.writer();
+    let id = fire(&recorder, store.as_ref()).await;
+    // What the escalator read before it started telling the first level.
+    let seen = store.get_incident(id).expect("read").expect("exists").0.escalation.expect("page on open");
+    // Meanwhile a person acknowledges and automation gives up.
+    recorder.acknowledge(id, "user:alice".into()).await.expect("acknowledge");
+    let gave_up = RunUpdate {
+        incident: Some(id),
+        escalate: Some(("p0-chain".into(), "verification did not pass".into())),
+        ..RunUpdate::default()
+    };
+    recorder.run_update(gave_up).await.expect("escalate");
+    // The escalator commits what it did from what it had read.
+    let told = Progress { told: 1, ..seen.clone() };
+    let update = EscalationUpdate {
+        id,
+        seen_hold: seen.held_since,
+        seen_news: seen.news.clone(),
+        progress: told,
+        entries: Vec::new(),
+        state: Some(IncidentState::Escalated),
+    };
+    recorder.escalation_update(update).await.expect("commit the progress");
+    let (incident, _) = store.get_incident(id).expect("read").expect("exists");
+    let progress = incident.escalation.expect("progress");
+    assert_eq!(progress.told, 1, "the escalator's progress is kept");
+    assert_eq!(progress.held_by.as_deref(), Some("user:alice"), "the acknowledgement keeps its hold");
+    assert_eq!(incident.state, IncidentState::Acknowledged, "and the state it set");
+    assert_eq!(progress.news.as_deref(), Some("verification did not pass"), "the news is still to be sent");
 }

@@ -49,18 +49,7 @@ impl Actuator for NotifyActuator {
             .with("channel", &p.channel);
         }
         let title = p.title.unwrap_or_else(|| format!("{} {}", call.incident_id, call.step_id));
-        let message = Message {
-            incident_id: call.incident_id.clone(),
-            event: Event::Trigger,
-            severity: "critical".to_owned(),
-            title,
-            body: p.message,
-            email_to: Vec::new(),
-            status: None,
-            reference: None,
-            links: Default::default(),
-            source: "remedy".to_owned(),
-        };
+        let message = Message::new(&call.incident_id, Event::Trigger, "critical", title, p.message);
         let delivery = self.channels.send(&p.channel, &message).await;
         let status = if delivery.ok { ActionStatus::Succeeded } else { ActionStatus::Failed };
         let verb = if delivery.ok { "told" } else { "could not tell" };
