@@ -3,7 +3,7 @@
 //! one clock that moves only when the test says: minutes of an escalation
 //! pass at once, and the writer's stamps agree with the escalator's timers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
@@ -24,26 +24,23 @@ pub enum Clock {
 /// A clock that moves only when told to, waking whoever waits on it.
 #[derive(Debug)]
 pub struct ManualClock {
-    now: Mutex<Timestamp>,
-    moved: watch::Sender<Timestamp>,
+    shows: watch::Sender<Timestamp>,
 }
 
 impl ManualClock {
     /// A clock showing `start`.
     pub fn new(start: Timestamp) -> Arc<ManualClock> {
-        Arc::new(ManualClock { now: Mutex::new(start), moved: watch::channel(start).0 })
+        Arc::new(ManualClock { shows: watch::channel(start).0 })
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *now = now.plus(by);
-        self.moved.send_replace(*now);
+        self.shows.send_modify(|now| *now = now.plus(by));
     }
 
     /// The time it shows.
     pub fn now(&self) -> Timestamp {
-        *self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.shows.borrow()
     }
 }
 
@@ -65,7 +62,7 @@ impl Clock {
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
             (Clock::Manual(clock), Some(at)) => {
-                let mut moved = clock.moved.subscribe();
+                let mut moved = clock.shows.subscribe();
                 let _ = moved.wait_for(|now| *now >= at).await;
             }
         }

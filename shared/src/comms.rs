@@ -216,41 +216,46 @@ impl CommsContext {
     /// A context with every variable filled as a real incident would fill
     /// it; templates are checked against it when they load.
     pub fn sample() -> CommsContext {
+        use crate::finding::{ConditionKey, ConditionKind, Severity};
         let opened = Timestamp::from_millis(1_795_687_200_000); // 2026-11-26T10:00:00Z
-        let mut context = CommsContext {
-            incident_id: "INC-000042".to_owned(),
-            title: "P0_SystemDown".to_owned(),
+        let incident = Incident {
+            id: crate::incident::IncidentId(42),
+            key: ConditionKey { kind: ConditionKind::Alert("P0_SystemDown".to_owned()), target: "alert/0".to_owned() },
+            severity: Severity::Critical,
+            state: IncidentState::Mitigating,
             summary: "saas-idp-api answers no health checks".to_owned(),
-            priority: "P0".to_owned(),
-            severity: "critical".to_owned(),
-            status: status_text(IncidentState::Mitigating).to_owned(),
-            start_time: rfc3339_seconds(opened),
-            date: utc_date(opened),
-            duration: "4m 10s".to_owned(),
-            impact: String::new(),
-            impact_description: String::new(),
-            eta: rfc3339_seconds(opened.plus(Duration::from_secs(300))),
-            next_update_time: rfc3339_seconds(opened.plus(Duration::from_secs(1800))),
-            actions: Vec::new(),
-            action_1: String::new(),
-            action_2: String::new(),
-            action_3: String::new(),
-            action_4: String::new(),
-            action_5: String::new(),
-            actions_text: String::new(),
-            runbook: "P0-001".to_owned(),
-            war_room_link: "https://chat.example.com/incident-42".to_owned(),
-            status_page_link: "https://status.example.com".to_owned(),
-            incident_link: "https://remedy.example.com/incidents/INC-000042".to_owned(),
-            customer_name: "Example Corp".to_owned(),
+            opened_at: opened,
+            updated_at: opened,
+            resolved_at: None,
+            finding_count: 1,
+            active_sources: Default::default(),
+            runbook: Some("P0-001".to_owned()),
+            mttr_target_ms: Some(300_000),
+            mttr_status: None,
+            priority: Some(crate::runbook::Priority::P0),
+            tags: vec!["total_outage".to_owned()],
+            acknowledged_at: None,
+            acknowledged_by: None,
+            escalation: None,
         };
-        context.impact.clone_from(&context.summary);
-        context.impact_description.clone_from(&context.summary);
-        context.set_actions(vec![
-            "restart_api: restarted deployment/saas-idp-api".to_owned(),
-            "scale_api: scaled deployment/saas-idp-api to 6 replicas".to_owned(),
-        ]);
-        context
+        let result = |step: &str, message: &str| TimelineEntry {
+            at: opened,
+            kind: EntryKind::Result,
+            message: format!("succeeded: {message}"),
+            details: [("step".to_owned(), step.to_owned()), ("status".to_owned(), "succeeded".to_owned())].into(),
+        };
+        let timeline = [
+            result("restart_api", "restarted deployment/saas-idp-api"),
+            result("scale_api", "scaled deployment/saas-idp-api to 6 replicas"),
+        ];
+        let links = Links {
+            war_room: Some("https://chat.example.com/incident-42".to_owned()),
+            status_page: Some("https://status.example.com".to_owned()),
+            incident_base: Some("https://remedy.example.com/incidents".to_owned()),
+        };
+        let next_update = opened.plus(Duration::from_secs(1800));
+        let now = opened.plus(Duration::from_secs(250));
+        CommsContext::from_incident(&incident, &timeline, &links, Some("Example Corp"), Some(next_update), now)
     }
 
     /// The context of `incident` at `now`.
