@@ -1,9 +1,12 @@
 //! Directives from the coordinator: what this agent runs on its node when
 //! asked, and the one result each directive gets back.
 //!
-//! Two directives: [`SNAPSHOT`] answers with what the agent sees on its
-//! node; [`RESTART_POD`] restarts one named pod of its node (see
-//! [`crate::pods::directive`] for its parameters, checks and outcomes).
+//! [`SNAPSHOT`] answers with what the agent sees on its node;
+//! [`RESTART_POD`] restarts one named pod of its node (see
+//! [`crate::pods::directive`] for its parameters, checks and outcomes);
+//! [`REACH`] says whether this node reaches a server (see
+//! [`crate::reach`]). The IP blocking and local remediation directives are
+//! announced while they work here.
 //!
 //! The stream loop hands every directive to the [`Executor`] and goes back
 //! to its findings and heartbeats: directives run in their own tasks, at most
@@ -31,6 +34,7 @@ use crate::clock::now;
 use crate::logs::detect::LogDetectors;
 use crate::nft::directive::{self as blocking, BLOCK_IP, LIST_BLOCKS, UNBLOCK_IP};
 use crate::pods::directive::{RESTART_POD, restart_pod};
+use crate::reach::{REACH, reach};
 use crate::state::Shared;
 
 /// The directive that answers with what the agent sees on its node.
@@ -39,7 +43,7 @@ pub const SNAPSHOT: &str = "snapshot";
 /// coordinator sends no other. `restart_pod` is announced with pod watching
 /// off too, so that the coordinator hears why it cannot run here rather
 /// than that it is unknown.
-pub const CAPABILITIES: &[&str] = &[SNAPSHOT, RESTART_POD];
+pub const CAPABILITIES: &[&str] = &[SNAPSHOT, RESTART_POD, REACH];
 
 /// What the hello announces: [`CAPABILITIES`], and the IP blocking
 /// directives only while blocking is on and nft works here.
@@ -261,6 +265,8 @@ async fn execute(shared: Arc<Shared>, directive: pb::Directive) -> Reply {
             job.await.unwrap_or_else(|e| Reply::new(pb::ActionOutcome::Failed, format!("the directive failed: {e}")))
         }
         RESTART_POD => restart_pod(&shared, &directive.id, &directive.params, directive.dry_run).await,
+        // Changes nothing, so it runs in a dry run too.
+        REACH => reach(&directive.params).await,
         BLOCK_IP | UNBLOCK_IP | LIST_BLOCKS => {
             blocking::run(&shared, &directive.action, &directive.id, &directive.params, directive.dry_run).await
         }
@@ -577,7 +583,7 @@ mod tests {
         assert_eq!(got["d1"].outcome(), pb::ActionOutcome::Succeeded);
         assert_eq!(got["d1"].evidence["memory_total_bytes"], "4096");
         assert_eq!(got["d2"].outcome(), pb::ActionOutcome::Unsupported);
-        assert_eq!(got["d2"].message, "this agent cannot run `reboot`; it runs: snapshot, restart_pod");
+        assert_eq!(got["d2"].message, "this agent cannot run `reboot`; it runs: snapshot, restart_pod, reach");
         assert_eq!(got["d3"].outcome(), pb::ActionOutcome::Refused);
         assert!(got["d3"].message.starts_with("include: unknown section `bogus`"), "{}", got["d3"].message);
         assert_eq!(got["d4"].outcome(), pb::ActionOutcome::TimedOut);

@@ -15,6 +15,7 @@ mod metrics;
 mod nft;
 mod pods;
 mod procsig;
+mod reach;
 mod signals;
 mod spool;
 mod state;

@@ -159,15 +159,15 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         let edge = remedy_coordinator::edge::Edge::new(edge.clone()).map_err(anyhow::Error::msg)?;
         bans = bans.with_edge(Arc::new(edge));
     }
+    let postgres = actuators::postgres::PostgresActuator::new(config.databases.clone())
+        .context("cannot build the HTTP client for the PostgreSQL repoint hook")?
+        .with_timeline(recorder.clone())
+        .with_agents(directives.clone());
     let actuators =
         actuators::this_release(directives.clone(), store.clone(), kube.as_ref().map(|k| k.actuators.clone()))
             .context("cannot build the HTTP client for the http actuator")?
             .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())))
-            .with(Arc::new(
-                actuators::postgres::PostgresActuator::new(config.databases.clone())
-                    .context("cannot build the HTTP client for the PostgreSQL repoint hook")?
-                    .with_timeline(recorder.clone()),
-            ))
+            .with(Arc::new(postgres.clone()))
             .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())))
             .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.clone())));
     let channel_names: BTreeSet<String> = config.channels.names().map(str::to_owned).collect();
@@ -250,6 +250,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     let admin_service = admin_service::AdminService::new(admin, auth.clone());
     tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));
+    tokio::spawn(postgres.keep_guarding(stopped.clone()));
     tokio::spawn(engine.drive(runs, stopped()));
     let escalator = Escalator::new(
         recorder.clone(),

@@ -1,8 +1,10 @@
-//! PostgreSQL failover, decided: what a member answered (its role and WAL
-//! positions), and the plan made from the answers of all of them: which
-//! replica, how far behind, whom to fence, or why not at all. Pure, so
-//! every refusal is tested without a server; the coordinator's actuator
-//! asks the members and carries the plan out.
+//! PostgreSQL failover, decided: what a member answered (its role, WAL
+//! positions and timeline), the plan made from the answers of all of them
+//! and from what the agents saw of the primary (which replica, how far
+//! behind, whom to fence, or why not at all), and which of two members
+//! taking writes is the newer primary. Pure, so every refusal is tested
+//! without a server; the coordinator's actuator asks the members and the
+//! agents and carries the plan out.
 
 /// A WAL position, parsed from PostgreSQL's `X/Y` text.
 pub fn parse_lsn(text: &str) -> Option<u64> {
@@ -13,6 +15,13 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 /// A WAL position as PostgreSQL writes it.
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// The timeline in a WAL file name (`00000002000000000000000A`: its first
+/// eight hex digits).
+pub fn timeline_of_walfile(name: &str) -> Option<u32> {
+    let digits = name.get(..8).filter(|_| name.len() == 24)?;
+    u32::from_str_radix(digits, 16).ok()
 }
 
 /// What a member is.
@@ -52,6 +61,11 @@ pub struct Status {
     /// A replica's received and replayed positions.
     pub receive_lsn: Option<u64>,
     pub replay_lsn: Option<u64>,
+    /// The timeline a member out of recovery writes on. A promotion starts
+    /// a new one, higher than any before it on that history, so the member
+    /// with the higher timeline is the newer primary whatever anyone
+    /// remembers.
+    pub timeline: Option<u32>,
     /// How long `SELECT 1` took, connection included.
     pub millis: u128,
 }
@@ -95,6 +109,9 @@ pub struct Inputs<'a> {
     pub fence_primary: bool,
     /// A promotion asked earlier and never confirmed.
     pub pending_promotion: Option<&'a str>,
+    /// The nodes whose agents reached the current primary (PostgreSQL
+    /// answered them) when the coordinator could not.
+    pub primary_seen_from: &'a [String],
 }
 
 /// Decides, or says why not. A refusal changes nothing.
@@ -169,6 +186,16 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
         ));
     }
     let primary_answered = i.members.iter().any(|m| m.name == i.current_primary && m.answer.is_ok());
+    if !primary_answered && !i.primary_seen_from.is_empty() {
+        // The applications on those nodes may still be writing to it, and
+        // nobody here could fence it: promoting would make two primaries.
+        return Err(format!(
+            "{} does not answer the coordinator but answers from {}: the coordinator is cut off from it, not \
+             the primary down; promoting now would make two primaries",
+            i.current_primary,
+            i.primary_seen_from.join(", ")
+        ));
+    }
     Ok(Plan {
         candidate: chosen.0.name.clone(),
         candidate_replay_lsn,
@@ -177,6 +204,56 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
         to_fence,
         unreachable_primary: (!primary_answered).then(|| i.current_primary.to_owned()),
     })
+}
+
+/// The members taking writes, and which of them to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writers {
+    /// Nobody takes writes.
+    None,
+    /// One primary, as it should be.
+    One(String),
+    /// Several take writes: `keep` is on the highest timeline, the others
+    /// are on older histories and must be fenced.
+    Diverged { keep: String, fence: Vec<String> },
+    /// Several take writes and their timelines do not say which is newer.
+    Undecidable(String),
+}
+
+/// Who takes writes, from one probe of every member.
+pub fn writers(members: &[MemberState]) -> Writers {
+    let writable: Vec<(&str, Option<u32>)> = members
+        .iter()
+        .filter_map(|m| m.answer.as_ref().ok().filter(|s| s.role == Role::Primary).map(|s| (&*m.name, s.timeline)))
+        .collect();
+    match writable.as_slice() {
+        [] => Writers::None,
+        [(one, _)] => Writers::One((*one).to_owned()),
+        many => {
+            let describe = || {
+                many.iter()
+                    .map(|(name, tli)| match tli {
+                        Some(t) => format!("{name} on timeline {t}"),
+                        None => format!("{name} on an unknown timeline"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let highest = many.iter().filter_map(|(_, t)| *t).max();
+            let on_highest: Vec<&str> =
+                many.iter().filter(|(_, t)| t.is_some() && *t == highest).map(|(n, _)| *n).collect();
+            match on_highest.as_slice() {
+                [keep] if many.iter().all(|(_, t)| t.is_some()) => Writers::Diverged {
+                    keep: (*keep).to_owned(),
+                    fence: many.iter().map(|(n, _)| *n).filter(|n| n != keep).map(str::to_owned).collect(),
+                },
+                _ => Writers::Undecidable(format!(
+                    "{} take writes and their timelines do not say which is newer: fence all but one by hand",
+                    describe()
+                )),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +267,7 @@ mod tests {
             current_lsn: (role != Role::Replica).then_some(replay),
             receive_lsn: (role == Role::Replica).then_some(replay),
             replay_lsn: (role == Role::Replica).then_some(replay),
+            timeline: (role != Role::Replica).then_some(1),
             millis: 1,
         };
         MemberState { name: name.into(), answer: Ok(status) }
@@ -208,6 +286,7 @@ mod tests {
             max_lag_bytes: 1024,
             fence_primary: true,
             pending_promotion: None,
+            primary_seen_from: &[],
         }
     }
 
@@ -258,11 +337,50 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_only_the_coordinator_cannot_reach_is_not_failed_over() {
+        let members = [down("primary"), up("r1", Role::Replica, 1000)];
+        let seen = ["node-a".to_owned()];
+        let mut partitioned = inputs(&members);
+        partitioned.primary_seen_from = &seen;
+        assert!(plan(&partitioned).is_err_and(|e| e.contains("answers from node-a") && e.contains("cut off")));
+        // Reachable by the coordinator: the fence decides, not the agents.
+        let answering = [up("primary", Role::Primary, 1000), up("r1", Role::Replica, 1000)];
+        let mut fenced = inputs(&answering);
+        fenced.primary_seen_from = &seen;
+        assert_eq!(plan(&fenced).map(|p| p.to_fence), Ok(vec!["primary".to_owned()]));
+    }
+
+    fn on_timeline(name: &str, timeline: Option<u32>) -> MemberState {
+        let mut m = up(name, Role::Primary, 100);
+        if let Ok(s) = &mut m.answer {
+            s.timeline = timeline;
+        }
+        m
+    }
+
+    #[test]
+    fn of_two_writers_the_one_on_the_higher_timeline_is_kept() {
+        assert_eq!(writers(&[down("a"), up("b", Role::Replica, 1)]), Writers::None);
+        assert_eq!(writers(&[on_timeline("a", Some(1)), up("b", Role::Fenced, 1)]), Writers::One("a".into()));
+        assert_eq!(
+            writers(&[on_timeline("old", Some(1)), on_timeline("new", Some(2)), on_timeline("older", Some(1))]),
+            Writers::Diverged { keep: "new".into(), fence: vec!["old".into(), "older".into()] }
+        );
+        let tie = writers(&[on_timeline("a", Some(2)), on_timeline("b", Some(2))]);
+        assert!(matches!(&tie, Writers::Undecidable(why) if why.contains("a on timeline 2, b on timeline 2")));
+        let unknown = writers(&[on_timeline("a", None), on_timeline("b", Some(3))]);
+        assert!(matches!(&unknown, Writers::Undecidable(why) if why.contains("a on an unknown timeline")));
+    }
+
+    #[test]
     fn lsns_read_and_write_as_postgres_spells_them() {
         assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(parse_lsn("garbage"), None);
         assert_eq!(parse_lsn("1/zz"), None);
+        assert_eq!(timeline_of_walfile("00000002000000000000000A"), Some(2));
+        assert_eq!(timeline_of_walfile("0000000A"), None);
+        assert_eq!(timeline_of_walfile("zzzzzzzz000000000000000A"), None);
     }
 }

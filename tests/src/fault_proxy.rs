@@ -2,11 +2,13 @@
 //! of our processes: it forwards to a target, and on command stops
 //! forwarding in both directions while keeping every socket open (a black
 //! hole, which is how a dead network path looks from both ends: no error,
-//! no reset, just silence), forwards again, or cuts every connection.
+//! no reset, just silence), forwards again, or cuts every connection. It
+//! can also refuse one client address while serving the others: a path cut
+//! between two hosts only, as a partition looks.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -27,21 +29,34 @@ pub struct FaultProxy {
     /// generation close.
     generation: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
+    /// Connections from this address are closed as soon as accepted.
+    refused: Arc<Mutex<Option<IpAddr>>>,
     acceptor: JoinHandle<()>,
 }
 
 impl FaultProxy {
     /// Listens on an ephemeral loopback port and forwards to `target`.
     pub async fn start(target: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy on loopback");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), target).await
+    }
+
+    /// Listens on `bind` (an address of a link the test made, or loopback)
+    /// and forwards to `target`.
+    pub async fn start_on(bind: SocketAddr, target: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind(bind).await.unwrap_or_else(|e| panic!("bind the proxy on {bind}: {e}"));
         let addr = listener.local_addr().expect("the proxy's address");
         let (forwarding, forwarding_rx) = watch::channel(true);
         let (generation, generation_rx) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
         let count = accepted.clone();
+        let refused = Arc::new(Mutex::new(None));
+        let refusing = refused.clone();
         let acceptor = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            while let Ok((client, peer)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);
+                if *refusing.lock().unwrap_or_else(|p| p.into_inner()) == Some(peer.ip()) {
+                    continue;
+                }
                 let forwarding = forwarding_rx.clone();
                 let mut generation = generation_rx.clone();
                 let born = *generation.borrow_and_update();
@@ -63,7 +78,17 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { addr, forwarding, generation, accepted, acceptor }
+        FaultProxy { addr, forwarding, generation, accepted, refused, acceptor }
+    }
+
+    /// Closes every new connection from `client` at once; others are served.
+    pub fn refuse_from(&self, client: IpAddr) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+    }
+
+    /// Serves every client again.
+    pub fn serve_all(&self) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The URL our processes use to reach the target through the proxy.

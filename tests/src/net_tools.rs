@@ -36,3 +36,37 @@ pub fn require_tools() {
         assert!(ok, "`{program}` is missing or broken: this test needs it; install it with `{INSTALL}`");
     }
 }
+
+/// A network namespace this test made, deleted on drop with every link
+/// inside it (and so their host-side peers).
+#[derive(Debug)]
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Makes namespace `name` with its loopback up, replacing one left by a
+    /// run that was killed before its drop ran.
+    pub fn new(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        run("ip", &["netns", "add", name], None);
+        let ns = Netns(name.to_owned());
+        run("ip", &["-n", name, "link", "set", "lo", "up"], None);
+        ns
+    }
+
+    /// Links it to the host with a veth pair: `host_side` on the host with
+    /// `host_cidr`, `eth0` inside with `inner_cidr`.
+    pub fn link(&self, host_side: &str, host_cidr: &str, inner_cidr: &str) {
+        let _ = Command::new("ip").args(["link", "del", host_side]).stderr(Stdio::null()).status();
+        run("ip", &["link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", &self.0], None);
+        run("ip", &["addr", "add", host_cidr, "dev", host_side], None);
+        run("ip", &["link", "set", host_side, "up"], None);
+        run("ip", &["-n", &self.0, "addr", "add", inner_cidr, "dev", "eth0"], None);
+        run("ip", &["-n", &self.0, "link", "set", "eth0", "up"], None);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

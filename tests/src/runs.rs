@@ -2,6 +2,7 @@
 //! pointed at a local world server, a configuration whose webhooks reach
 //! it, alerts in, and the timeline read back until the run ends.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -105,6 +106,15 @@ pub async fn start_with_args(
         vec!["--config", config.to_str().unwrap_or_default(), "--runbooks-dir", runbooks.to_str().unwrap_or_default()];
     args.extend_from_slice(extra_args);
     Coordinator::start_with(&dir.join("coordinator"), &args).await
+}
+
+/// As [`start`], serving gRPC on `grpc` (an address agents in a network
+/// namespace can dial).
+pub async fn start_on(dir: &Path, world: &World, runbooks: &Path, extra_config: &str, grpc: SocketAddr) -> Coordinator {
+    let config = config(dir, world, extra_config);
+    let args =
+        ["--config", config.to_str().unwrap_or_default(), "--runbooks-dir", runbooks.to_str().unwrap_or_default()];
+    Coordinator::start_on(&dir.join("coordinator"), grpc, &args).await
 }
 
 pub async fn post_alert(coordinator: &Coordinator, payload: &str) {

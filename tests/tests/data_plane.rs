@@ -3,13 +3,17 @@
 //! (Debian's `redis-server`), driven by a real coordinator through its
 //! runbooks, approvals and timeline.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis};
-use remedy_e2e::procs::{Coordinator, eventually, free_addr};
+use remedy_e2e::fault_proxy::FaultProxy;
+use remedy_e2e::net_tools::{Netns, require_tools};
+use remedy_e2e::procs::{Coordinator, Proc, bin, eventually, free_addr};
 use remedy_e2e::runs::{
-    about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
+    about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, start_on,
+    timeline,
 };
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
@@ -154,17 +158,8 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     // The old primary comes back: it is fenced before it takes writes for
     // long, and it is no candidate for anything.
     primary.start().await;
-    eventually("the returning old primary fenced", Duration::from_secs(30), || async {
-        (read_only_setting(&primary).await.as_deref() == Some("on")).then_some(())
-    })
-    .await;
-    let old = primary.client().await;
-    let refused = old.execute("INSERT INTO orders VALUES (2000, 'split brain')", &[]).await;
-    let error = refused.expect_err("the fenced old primary refuses writes");
-    let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
-    assert!(why.contains("read-only transaction"), "{why}");
-    println!("write to the fenced old primary: {why:?}");
-    // The incident's record says so, not only the coordinator's log.
+    // The incident's record says so once the fence is complete (sessions
+    // ended included), not only the coordinator's log.
     eventually("the fence of the returning old primary on the timeline", Duration::from_secs(30), || async {
         let entries = timeline(&coordinator, &incident.id).await;
         entries
@@ -177,7 +172,13 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
             .then_some(())
     })
     .await;
-
+    assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"), "the returning old primary is fenced");
+    let old = primary.client().await;
+    let refused = old.execute("INSERT INTO orders VALUES (2000, 'split brain')", &[]).await;
+    let error = refused.expect_err("the fenced old primary refuses writes");
+    let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
+    assert!(why.contains("read-only transaction"), "{why}");
+    println!("write to the fenced old primary: {why:?}");
     // A second failure within the window goes to people: the rails stop
     // the failover before it runs, and nothing is promoted.
     let mut admin = coordinator.admin().await;
@@ -392,6 +393,164 @@ async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_i
     let entries = run_end(&coordinator, &id).await;
     let probe = result_of(&entries, "primary").expect("a probe result");
     assert_eq!(probe.details.get("evidence.primary").map(String::as_str), Some("db-1"), "{}", show(&entries));
+}
+
+/// The primary as the coordinator and one node reach it: through a proxy
+/// on the host side of a link to a network namespace, where an agent runs.
+/// The proxy can refuse the coordinator alone (a partition between the two)
+/// while the node is still served.
+struct Partition {
+    proxy: FaultProxy,
+    agent: Proc,
+    /// Held for the test: dropping it deletes the namespace and its link.
+    _namespace: Netns,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        // The agent goes before its namespace.
+        self.agent.kill();
+    }
+}
+
+const HOST_SIDE: &str = "10.78.0.1";
+
+async fn partition(dir: &Path, primary: &Postgres, grpc_port: u16) -> Partition {
+    require_tools();
+    let ns = Netns::new("rmd-dp");
+    ns.link("rmddph", &format!("{HOST_SIDE}/24"), "10.78.0.2/24");
+    let host: IpAddr = HOST_SIDE.parse().expect("an address");
+    let proxy = FaultProxy::start_on(SocketAddr::new(host, 0), primary.addr).await;
+    let agent_dir = dir.join("node-dp");
+    std::fs::create_dir_all(&agent_dir).expect("create the agent's directory");
+    let config = agent_dir.join("agent.yaml");
+    std::fs::write(&config, "pods: {enabled: false}\nlogs: {enabled: false}\n").expect("write the agent config");
+    let args = [
+        "netns",
+        "exec",
+        &ns.0,
+        bin("remedy-agent").to_str().expect("a path"),
+        "--node-name",
+        "node-dp",
+        "--state-dir",
+        agent_dir.join("state").to_str().expect("a path"),
+        "--insecure",
+        "--coordinator",
+        &format!("http://{HOST_SIDE}:{grpc_port}"),
+        "--diagnostics-listen",
+        "127.0.0.1:7072",
+        "--config",
+        config.to_str().expect("a path"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let agent = Proc::spawn_program("agent node-dp", Path::new("ip"), &args, agent_dir.join("agent.log"));
+    Partition { proxy, agent, _namespace: ns }
+}
+
+/// The `evidence.step.NN` lines of a failover result.
+fn steps_of(result: &pb::TimelineEntry) -> Vec<String> {
+    result.details.iter().filter(|(k, _)| k.starts_with("evidence.step.")).map(|(_, v)| v.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coordinator_still_fences_the_old_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
+    let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
+    write_rows(&primary, 200).await;
+    let world = World::start().await;
+    let grpc: SocketAddr = format!("0.0.0.0:{}", free_addr().port()).parse().expect("an address");
+    let cut = partition(dir.path(), &primary, grpc.port()).await;
+    let password_file = dir.path().join("pg-password");
+    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).expect("write the password file");
+    let config = format!(
+        "databases:\n  main:\n    primary: {{name: db-0, host: {HOST_SIDE}, port: {}, user: postgres, password_file: {pw}}}\n\
+         \x20   replicas:\n      - {{name: db-1, host: 127.0.0.1, port: {}, user: postgres, password_file: {pw}}}\n\
+         \x20   connect_timeout: 2s\n    fence_watch_interval: 200ms\n    split_brain_check: 300ms\n\
+         guard_rails: {{approval: {{kinds: []}}}}\n",
+        cut.proxy.addr.port(),
+        replica.addr.port(),
+        pw = password_file.display()
+    );
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    let catalog = runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
+    let mut coordinator = start_on(dir.path(), &world, &catalog, &config, grpc).await;
+    let admin = coordinator.admin().await;
+    eventually("the agent in the namespace connected", Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let agents = admin.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
+            agents
+                .iter()
+                .any(|a| a.node_name == "node-dp" && a.connected && a.capabilities.iter().any(|c| c == "reach"))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Cut between the coordinator and the primary only: the node still
+    // reaches it, so the primary is not dead and nothing is promoted.
+    cut.proxy.refuse_from(HOST_SIDE.parse().expect("an address"));
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("coordinator cut off:\n{log}");
+    let refused = result_of(&entries, "failover").expect("a failover result");
+    assert_eq!(refused.details.get("status").map(String::as_str), Some("failed"), "{log}");
+    assert!(refused.message.contains("refused, nothing changed"), "{log}");
+    assert!(refused.message.contains("db-0 does not answer the coordinator but answers from node-dp"), "{log}");
+    let steps = steps_of(refused);
+    assert!(
+        steps.iter().any(|s| s.contains("agents' view: db-0 seen from 1 of 1 nodes: node-dp: reached in")),
+        "{steps:?}"
+    );
+    let standby = replica.client().await;
+    let in_recovery: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("ask db-1").get(0);
+    assert!(in_recovery, "db-1 was not promoted beside a primary the nodes still use");
+    let writable = primary.client().await;
+    writable.execute("INSERT INTO orders VALUES (201, 'still the primary')", &[]).await.expect("db-0 takes writes");
+
+    // The primary dies: the node cannot reach it either (the proxy accepts
+    // and closes, as a load balancer in front of a dead server does), and
+    // the failover goes ahead.
+    primary.crash();
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("primary down:\n{log}");
+    let done = result_of(&entries, "failover").expect("a failover result");
+    assert_eq!(done.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    let steps = steps_of(done);
+    assert!(
+        steps.iter().any(|s| s.contains("agents' view: db-0 seen from 0 of 1 nodes: node-dp: cannot reach")),
+        "{steps:?}"
+    );
+    let count: i64 = standby.query_one("SELECT count(*) FROM orders", &[]).await.expect("count").get(0);
+    assert_eq!(count, 201, "nothing committed before the crash was lost");
+
+    // The coordinator that watched the old primary is gone; a new one knows
+    // nothing of the failover. The old primary comes back writable, on the
+    // timeline db-1 left: the new coordinator fences it from what the two
+    // servers say.
+    coordinator.kill();
+    coordinator.restart().await;
+    cut.proxy.serve_all();
+    primary.start().await;
+    // Logged once the fence is complete, its sessions ended included.
+    eventually("the old primary fenced by the restarted coordinator", Duration::from_secs(30), || async {
+        coordinator.log().contains("a member on an older timeline took writes beside the primary: fenced").then_some(())
+    })
+    .await;
+    assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"), "the old primary is fenced");
+    let old = primary.client().await;
+    let refused = old.execute("INSERT INTO orders VALUES (999, 'split brain')", &[]).await;
+    let error = refused.expect_err("the fenced old primary refuses writes");
+    let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
+    assert!(why.contains("read-only transaction"), "{why}");
+    let new: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("ask db-1").get(0);
+    assert!(!new, "db-1 is still the primary");
+    standby.execute("INSERT INTO orders VALUES (202, 'after the fence')", &[]).await.expect("db-1 takes writes");
 }
 
 async fn dbsize(redis: &Redis, db: u32) -> u64 {

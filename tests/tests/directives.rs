@@ -50,7 +50,7 @@ async fn a_real_agent_answers_snapshots_and_refuses_what_it_cannot_run() {
     .await;
     assert_eq!(
         registered.capabilities,
-        ["restart_pod".to_owned(), "snapshot".to_owned()].into(),
+        ["reach".to_owned(), "restart_pod".to_owned(), "snapshot".to_owned()].into(),
         "the hello lists what the agent runs"
     );
     eventually("the agent's first resource sample", WAIT, || async {
@@ -95,7 +95,7 @@ async fn a_real_agent_answers_snapshots_and_refuses_what_it_cannot_run() {
     assert_eq!(report.evidence["node-d.outcome"], "unsupported");
     assert_eq!(
         report.evidence["node-d.message"],
-        "the agent cannot run `reboot_node`: it announced restart_pod, snapshot"
+        "the agent cannot run `reboot_node`: it announced reach, restart_pod, snapshot"
     );
     assert_eq!(report.evidence["failed"], "1");
 

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use remedy_shared::config::duration;
+use remedy_shared::config::{duration, opt_duration};
 use serde::Deserialize;
 
 /// One PostgreSQL cluster.
@@ -40,6 +40,16 @@ pub struct DatabaseConfig {
     /// How often the watch asks.
     #[serde(default = "one_second", with = "duration")]
     pub fence_watch_interval: Duration,
+    /// How often every member is asked whether more than one takes writes
+    /// (the one on the highest timeline is kept, the others fenced), so an
+    /// old primary that comes back is caught even after the coordinator
+    /// restarted or another one took over; `null` turns it off.
+    #[serde(default = "ten_seconds", with = "opt_duration")]
+    pub split_brain_check: Option<Duration>,
+    /// How long the agents have to say whether their nodes reach a primary
+    /// the coordinator cannot.
+    #[serde(default = "two_seconds", with = "duration")]
+    pub agent_check_timeout: Duration,
     /// Told the new primary after a failover: `POST` with
     /// `{"database", "primary", "url"}` (`url` is the member's `app_url`).
     #[serde(default)]
@@ -77,6 +87,12 @@ pub struct MemberConfig {
 fn five_seconds() -> Duration {
     Duration::from_secs(5)
 }
+fn ten_seconds() -> Option<Duration> {
+    Some(Duration::from_secs(10))
+}
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
 }
@@ -100,6 +116,15 @@ impl MemberConfig {
     /// The member's name.
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("primary")
+    }
+
+    /// Its `host:port`, as an agent dials it.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The URL applications use for it.
@@ -165,10 +190,15 @@ impl DatabaseConfig {
             ("query_timeout", self.query_timeout),
             ("promote_timeout", self.promote_timeout),
             ("fence_watch_interval", self.fence_watch_interval),
+            ("split_brain_check", self.split_brain_check.unwrap_or(Duration::MAX)),
+            ("agent_check_timeout", self.agent_check_timeout),
         ] {
             if d.is_zero() {
                 return Err((field.into(), "must be longer than zero".into()));
             }
+        }
+        if self.agent_check_timeout > Duration::from_secs(60) {
+            return Err(("agent_check_timeout".into(), "at most 60s: agents give up on a reach check then".into()));
         }
         if let Some(hook) = &self.repoint_hook {
             let ok = reqwest::Url::parse(hook).ok().is_some_and(|u| matches!(u.scheme(), "http" | "https"));
@@ -195,6 +225,10 @@ mod tests {
         assert_eq!(db.primary.name(), "primary");
         assert_eq!(db.member("db-1").map(MemberConfig::app_url), Some("postgresql://db-1:5432/postgres".into()));
         assert_eq!(db.max_lag_bytes, 16 * 1024 * 1024);
+        assert_eq!(db.split_brain_check, Some(Duration::from_secs(10)));
+        assert_eq!(db.primary.address(), "db-0:5432");
+        let off = parse("primary: {host: '::1', user: remedy}\nsplit_brain_check: null\n");
+        assert_eq!((off.split_brain_check, off.primary.address()), (None, "[::1]:5432".to_owned()));
     }
 
     #[test]

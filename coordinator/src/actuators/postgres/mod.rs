@@ -4,31 +4,38 @@
 //!
 //! `pg_select1` asks `SELECT 1` of one member, or of every member to find
 //! the one that takes writes (evidence `primary`, `app_url`, `lsn`, and
-//! `members.<name>` for each). `pg_maintenance` runs `pg_reload_conf()` and
+//! `members.<name>` for each; with no primary, `agents`: what the nodes
+//! see of it). `pg_maintenance` runs `pg_reload_conf()` and
 //! `pg_stat_reset()` on the current primary and attaches the longest
 //! running statements from `pg_stat_activity` (`slow_queries.*`).
 //!
-//! `pg_failover`, one at a time per cluster: ask every member (refusing,
-//! with nothing changed, when no replica is healthy, when the chosen one is
-//! further behind than `max_lag_bytes`, or when a member would stay
-//! writable), fence every member that still takes writes (`ALTER SYSTEM SET
-//! default_transaction_read_only = on`, reload, its client sessions
-//! terminated), let the candidate replay up to the fenced primary's last
-//! position, `pg_promote()`, wait until it accepts writes, and tell the
-//! configured `repoint_hook`. A primary that did not answer is watched for
-//! `fence_watch` and fenced the moment it answers again, so it never takes
-//! writes beside the new one, and it is never a candidate (it is not a
-//! standby). Each of these steps is evidence `step.NN` with the LSNs it
-//! saw; a step that ran out of time says exactly what was done and what was
-//! not. The approval gate and the one-automatic-failover rule are the guard
-//! rails' (approval kind `pg_failover`, the runbook's repeat cap and
-//! budget), weighed before this runs.
+//! `pg_failover`, one at a time per cluster: ask every member and, when the
+//! primary does not answer, every agent ([`view`]); refuse, with nothing
+//! changed, when a node still reaches the primary (the coordinator is cut
+//! off, not the primary down), when no replica is healthy, when the chosen
+//! one is further behind than `max_lag_bytes`, or when a member would stay
+//! writable. Then fence every member that still takes writes (`ALTER
+//! SYSTEM SET default_transaction_read_only = on`, reload, its client
+//! sessions terminated), let the candidate replay up to the fenced
+//! primary's last position, `pg_promote()`, wait until it accepts writes,
+//! and tell the configured `repoint_hook`. A primary that did not answer is
+//! watched by the [`guard`] for `fence_watch` and fenced the moment it
+//! answers again, and the guard's timeline check fences it even after this
+//! coordinator is gone, so it never takes writes beside the new one; it is
+//! never a candidate (it is not a standby). Each of these steps is evidence
+//! `step.NN` with the LSNs it saw; a step that ran out of time says exactly
+//! what was done and what was not. The approval gate and the
+//! one-automatic-failover rule are the guard rails' (approval kind
+//! `pg_failover`, the runbook's repeat cap and budget), weighed before this
+//! runs.
 //!
 //! Passwords are read from their files at each connection and never
 //! appear in evidence or logs.
 
 pub mod config;
+mod guard;
 mod session;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +67,11 @@ struct ClusterState {
     last_primary_lsn: Option<u64>,
     /// A promotion asked and not confirmed.
     pending_promotion: Option<String>,
+    /// Old primaries that did not answer during a failover, watched.
+    watches: Vec<guard::Watch>,
+    /// Two primaries whose timelines do not say which is newer, as last
+    /// said: said again only when it changes.
+    split_brain_said: Option<String>,
 }
 
 #[derive(Debug)]
@@ -68,6 +80,8 @@ struct Cluster {
     state: Mutex<ClusterState>,
     /// Held for a whole failover: never two at once on one cluster.
     failing_over: tokio::sync::Mutex<()>,
+    /// Wakes the guard when a watch is added.
+    wake: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -75,24 +89,23 @@ impl Cluster {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Learns from a probe of every member: the writable one is the
-    /// primary (and a pending promotion of it is confirmed).
+    /// Learns from a probe of every member: the writable one, or of
+    /// several the one on the newest timeline, is the primary (and a
+    /// pending promotion of it is confirmed).
     fn learn(&self, members: &[MemberState]) {
-        let writable: Vec<(&str, Option<u64>)> = members
-            .iter()
-            .filter_map(|m| {
-                m.answer.as_ref().ok().filter(|s| s.role == Role::Primary).map(|s| (&*m.name, s.current_lsn))
-            })
-            .collect();
-        if let [(name, lsn)] = writable.as_slice() {
-            self.with_state(|s| {
-                s.current_primary = Some((*name).to_owned());
-                if s.pending_promotion.as_deref() == Some(*name) {
-                    s.pending_promotion = None;
-                }
-                s.last_primary_lsn = s.last_primary_lsn.max(*lsn);
-            });
-        }
+        let primary = match plan::writers(members) {
+            plan::Writers::One(name) => name,
+            plan::Writers::Diverged { keep, .. } => keep,
+            plan::Writers::None | plan::Writers::Undecidable(_) => return,
+        };
+        let lsn = members.iter().find(|m| m.name == primary).and_then(|m| m.answer.as_ref().ok()?.current_lsn);
+        self.with_state(|s| {
+            if s.pending_promotion.as_deref() == Some(primary.as_str()) {
+                s.pending_promotion = None;
+            }
+            s.current_primary = Some(primary);
+            s.last_primary_lsn = s.last_primary_lsn.max(lsn);
+        });
     }
 }
 
@@ -103,6 +116,9 @@ pub struct PostgresActuator {
     http: reqwest::Client,
     /// Where the watch on an old primary records what became of it.
     timeline: Option<crate::recorder::Recorder>,
+    /// The agents, asked whether their nodes reach a primary the
+    /// coordinator cannot.
+    agents: Option<crate::directives::Directives>,
 }
 
 impl PostgresActuator {
@@ -111,11 +127,39 @@ impl PostgresActuator {
         let clusters = databases
             .into_iter()
             .map(|(name, config)| {
-                let cluster = Cluster { config, state: Mutex::default(), failing_over: tokio::sync::Mutex::new(()) };
+                let cluster = Cluster {
+                    config,
+                    state: Mutex::default(),
+                    failing_over: tokio::sync::Mutex::new(()),
+                    wake: tokio::sync::Notify::new(),
+                };
                 (name, Arc::new(cluster))
             })
             .collect();
-        Ok(PostgresActuator { clusters: Arc::new(clusters), http: reqwest::Client::builder().build()?, timeline: None })
+        Ok(PostgresActuator {
+            clusters: Arc::new(clusters),
+            http: reqwest::Client::builder().build()?,
+            timeline: None,
+            agents: None,
+        })
+    }
+
+    /// Asks the agents connected to `hub` whether their nodes reach a
+    /// primary the coordinator cannot, before failing it over.
+    pub fn with_agents(mut self, hub: crate::directives::Directives) -> Self {
+        self.agents = Some(hub);
+        self
+    }
+
+    /// Guards every configured cluster against two primaries until
+    /// `stopped` (see [`guard`]); run it while this coordinator leads.
+    pub async fn keep_guarding<F>(self, stopped: impl Fn() -> F)
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let guards =
+            self.clusters.iter().map(|(name, cluster)| guard::keep_guarding(name.clone(), cluster.clone(), stopped()));
+        futures::future::join_all(guards).await;
     }
 
     /// Records what the watch on an unreachable old primary finds (fenced
@@ -231,10 +275,18 @@ impl PostgresActuator {
             }
             [] => {
                 let why: Vec<String> = members.iter().map(|m| format!("{} {}", m.name, describe_member(m))).collect();
-                ActionReport::new(
+                let report = ActionReport::new(
                     ActionStatus::Failed,
                     format!("no member of `{}` takes writes: {}", p.database, why.join("; ")),
-                )
+                );
+                // Evidence for people: a primary the nodes still reach is
+                // not the same incident as one nobody reaches.
+                let primary = cluster.with_state(|s| s.current_primary.clone());
+                let primary = primary.unwrap_or_else(|| db.primary.name().to_owned());
+                match self.agents_view(&cluster, &members, &primary, call).await {
+                    Some(look) => report.with("agents", look.summary(&primary)),
+                    None => report,
+                }
             }
             many => {
                 let names: Vec<&str> = many.iter().map(|m| m.name.as_str()).collect();
@@ -347,6 +399,39 @@ impl PostgresActuator {
         Ok(report)
     }
 
+    /// When `primary` did not answer the coordinator: what the agents'
+    /// nodes see of it. `None` when it answered (the coordinator's view
+    /// decides) or no agent hub is wired.
+    async fn agents_view(
+        &self,
+        cluster: &Cluster,
+        members: &[MemberState],
+        primary: &str,
+        call: &ActionCall,
+    ) -> Option<view::AgentsLook> {
+        let answered = members.iter().any(|m| m.name == primary && m.answer.is_ok());
+        let member = cluster.config.member(primary).filter(|_| !answered)?;
+        let hub = self.agents.as_ref()?;
+        Some(view::look(hub, &cluster.config, member, &call.incident_id, &call.step_id).await)
+    }
+
+    /// Watches `old`, the primary that did not answer during a failover:
+    /// the guard fences it when it answers and says so on the incident.
+    fn watch(&self, cluster: &Cluster, old: &str, call: &ActionCall) {
+        let watch = guard::Watch {
+            member: old.to_owned(),
+            until: tokio::time::Instant::now() + cluster.config.fence_watch,
+            record: guard::WatchRecord {
+                timeline: self.timeline.clone(),
+                incident: call.incident_id.parse().ok(),
+                step: call.step_id.clone(),
+            },
+            failure_said: false,
+        };
+        cluster.with_state(|s| s.watches.push(watch));
+        cluster.wake.notify_one();
+    }
+
     async fn fail_over(
         &self,
         cluster: &Arc<Cluster>,
@@ -363,6 +448,10 @@ impl PostgresActuator {
         let current_primary = current_primary.unwrap_or_else(|| db.primary.name().to_owned());
         let probed: Vec<String> = members.iter().map(|m| format!("{} {}", m.name, describe_member(m))).collect();
         progress.step(format!("probed: {}", probed.join("; ")));
+        let seen = self.agents_view(cluster, &members, &current_primary, call).await;
+        if let Some(look) = &seen {
+            progress.step(format!("agents' view: {}", look.summary(&current_primary)));
+        }
         let plan = plan::plan(&plan::Inputs {
             members: &members,
             preferred: p.replica.as_deref(),
@@ -371,6 +460,7 @@ impl PostgresActuator {
             max_lag_bytes: db.max_lag_bytes,
             fence_primary: p.fence_primary,
             pending_promotion: pending.as_deref(),
+            primary_seen_from: seen.as_ref().map(|l| l.reached.as_slice()).unwrap_or_default(),
         })
         .map_err(|why| ActionReport::new(ActionStatus::Failed, format!("refused, nothing changed: {why}")))?;
         progress.step(format!(
@@ -504,7 +594,7 @@ impl PostgresActuator {
         .with("lag_bytes", plan.lag_bytes)
         .with("promoted_lsn", format_lsn(new_lsn));
         if let Some(old) = &plan.unreachable_primary {
-            self.watch_and_fence(cluster.clone(), old.clone(), call);
+            self.watch(cluster, old, call);
             progress.step(format!("{old} did not answer: watched for {:?}, fenced when it answers", db.fence_watch));
             report = report.with("old_primary", format!("{old} unreachable, watched to be fenced"));
         }
@@ -532,97 +622,10 @@ impl PostgresActuator {
         }
         Ok(report)
     }
-
-    /// Watches `old` (the primary that did not answer) and fences it as
-    /// soon as it answers taking writes; gives up after `fence_watch`.
-    /// What it found goes on the failover's incident timeline.
-    fn watch_and_fence(&self, cluster: Arc<Cluster>, old: String, call: &ActionCall) {
-        let record = WatchRecord {
-            timeline: self.timeline.clone(),
-            incident: call.incident_id.parse().ok(),
-            step: call.step_id.clone(),
-            member: old.clone(),
-        };
-        tokio::spawn(async move {
-            let db = &cluster.config;
-            let Some(member) = db.member(&old) else { return };
-            let until = tokio::time::Instant::now() + db.fence_watch;
-            // A fence that keeps failing is said once, not every interval.
-            let mut failure_said = false;
-            while tokio::time::Instant::now() < until {
-                tokio::time::sleep(db.fence_watch_interval).await;
-                let state = probe(db, member).await;
-                match state.answer.map(|s| s.role) {
-                    Err(_) => continue,
-                    Ok(Role::Primary) => match fence(db, member).await {
-                        Ok(f) => {
-                            let lsn = f.lsn.map(format_lsn).unwrap_or_default();
-                            tracing::warn!(database = %old, terminated = f.terminated, lsn = %lsn, "the old primary came back taking writes: fenced (read-only)");
-                            let message = format!(
-                                "the old primary {old} came back taking writes: fenced (read-only), {} sessions terminated, last lsn {lsn}",
-                                f.terminated
-                            );
-                            return record.say("succeeded", message).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(member = %old, error = %e, "fencing the returning old primary failed");
-                            let message = format!(
-                                "the old primary {old} came back taking writes and could not be fenced ({e}): trying again"
-                            );
-                            if !std::mem::replace(&mut failure_said, true) {
-                                record.say("failed", message).await;
-                            }
-                        }
-                    },
-                    // Read-only already, or rejoined as a standby by a person.
-                    Ok(role) => {
-                        tracing::info!(member = %old, role = role.as_str(), "the old primary answers and takes no writes");
-                        let message = format!("the old primary {old} answers as {} and takes no writes", role.as_str());
-                        return record.say("succeeded", message).await;
-                    }
-                }
-            }
-            tracing::warn!(member = %old, "the old primary never answered while watched: fence it before starting it");
-            let message = format!(
-                "the old primary {old} did not answer within {:?}: no longer watched; fence it before starting it",
-                db.fence_watch
-            );
-            record.say("failed", message).await;
-        });
-    }
-}
-
-/// Where a watch on an old primary writes what it found.
-struct WatchRecord {
-    timeline: Option<crate::recorder::Recorder>,
-    incident: Option<remedy_shared::incident::IncidentId>,
-    step: String,
-    member: String,
-}
-
-impl WatchRecord {
-    async fn say(&self, status: &str, message: String) {
-        let (Some(recorder), Some(incident)) = (&self.timeline, self.incident) else { return };
-        let details = BTreeMap::from([
-            ("step".to_owned(), self.step.clone()),
-            ("status".to_owned(), status.to_owned()),
-            ("watch".to_owned(), self.member.clone()),
-        ]);
-        let entry = remedy_shared::incident::TimelineEntry {
-            at: crate::recorder::now(),
-            kind: remedy_shared::incident::EntryKind::Result,
-            message,
-            details,
-        };
-        let update =
-            crate::recorder::RunUpdate { incident: Some(incident), entries: vec![entry], ..Default::default() };
-        if let Err(e) = recorder.run_update(update).await {
-            tracing::error!(incident = %incident, error = %e, "cannot record what the watch on the old primary found");
-        }
-    }
 }
 
 /// What a fence did.
+#[derive(Debug)]
 struct Fenced {
     terminated: u64,
     lsn: Option<u64>,

@@ -2,7 +2,7 @@
 //! credentials (the password read from its file at each connection),
 //! bounded queries, and what a member says about itself.
 
-use remedy_shared::failover::{MemberState, Role, Status, parse_lsn};
+use remedy_shared::failover::{MemberState, Role, Status, parse_lsn, timeline_of_walfile};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
@@ -101,7 +101,8 @@ impl Session {
 
 const STATUS_SQL: &str = "SELECT 1, pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
-     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text";
+     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END";
 
 /// Asks one member `SELECT 1` and what it is.
 pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberState {
@@ -125,6 +126,7 @@ pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberS
             current_lsn: text(3).as_deref().and_then(parse_lsn),
             receive_lsn: text(4).as_deref().and_then(parse_lsn),
             replay_lsn: text(5).as_deref().and_then(parse_lsn),
+            timeline: text(6).as_deref().and_then(timeline_of_walfile),
             millis: started.elapsed().as_millis(),
         })
     }
