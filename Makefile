@@ -28,10 +28,11 @@ lint: toolchain
 fmt:
 	$(CARGO) fmt --all
 
-## Tests against a real Kubernetes control plane built from Go modules.
-e2e: toolchain cluster-bins
+## Tests against a real Kubernetes control plane built from Go modules
+## (P0-002's failover on it also runs real PostgreSQL, from `make deps`).
+e2e: toolchain deps cluster-bins
 	$(CARGO) build --workspace --bins
-	$(CARGO) test -p remedy-e2e --test cluster_harness --test leader --test kube_actuators --test agent_pods --test deploy --test runbooks_on_cluster --test cluster_store --test failover
+	$(CARGO) test -p remedy-e2e --test cluster_harness --test leader --test kube_actuators --test agent_pods --test deploy --test runbooks_on_cluster --test cluster_store --test failover --test failover_repoint
 
 ## etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok,
 ## built from the Go module proxy and cached under ~/.cache/remedy.

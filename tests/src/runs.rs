@@ -174,6 +174,48 @@ pub async fn run_end(coordinator: &Coordinator, id: &str) -> Vec<pb::TimelineEnt
     }
 }
 
+/// Approves the request for `step` of `incident` once the coordinator has
+/// asked for it, as a person would through the admin API.
+pub async fn approve(coordinator: &Coordinator, incident: &str, step: &str) {
+    let mut admin = coordinator.admin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pending = loop {
+        let list = admin.list_approvals(pb::ListApprovalsRequest { all: false }).await.expect("list approvals");
+        if let Some(found) =
+            list.into_inner().approvals.into_iter().find(|a| a.incident_id == incident && a.step_id == step)
+        {
+            break found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no approval request for {step}:\n{}",
+            show(&timeline(coordinator, incident).await)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    admin
+        .answer_approval(pb::AnswerApprovalRequest {
+            incident_id: pending.incident_id.clone(),
+            step_id: pending.step_id.clone(),
+            attempt: pending.attempt,
+            approve: true,
+            requested_by: "dba".into(),
+            reason: "approved by the test".into(),
+        })
+        .await
+        .expect("approve");
+}
+
+/// The result entry of one step.
+pub fn result_of<'a>(entries: &'a [pb::TimelineEntry], step: &str) -> Option<&'a pb::TimelineEntry> {
+    about(entries, step).into_iter().find(|e| e.kind == "result")
+}
+
+/// The status of one step's result (`succeeded`, `failed`, `dry_run`...).
+pub fn status_of(entries: &[pb::TimelineEntry], step: &str) -> Option<String> {
+    result_of(entries, step).and_then(|e| e.details.get("status").cloned())
+}
+
 pub fn show(entries: &[pb::TimelineEntry]) -> String {
     entries.iter().map(|e| format!("  [{}] {} {:?}\n", e.kind, e.message, e.details)).collect()
 }
