@@ -66,6 +66,9 @@ pub struct Status {
     /// with the higher timeline is the newer primary whatever anyone
     /// remembers.
     pub timeline: Option<u32>,
+    /// A replica asked to promote that has not finished (its `promote`
+    /// signal file is there): a promotion under way, whoever asked for it.
+    pub promoting: bool,
     /// How long `SELECT 1` took, connection included.
     pub millis: u128,
 }
@@ -125,6 +128,13 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
     let answering = |role: Role| {
         i.members.iter().filter_map(move |m| m.answer.as_ref().ok().filter(|s| s.role == role).map(|s| (m, s)))
     };
+    if let Some((promoting, _)) = answering(Role::Replica).find(|(_, s)| s.promoting) {
+        return Err(format!(
+            "{} is being promoted (asked earlier and not finished): promoting another could make two primaries; \
+             a person decides",
+            promoting.name
+        ));
+    }
     let to_fence: Vec<String> = answering(Role::Primary).map(|(m, _)| m.name.clone()).collect();
     if !to_fence.is_empty() && !i.fence_primary {
         return Err(format!(
@@ -268,6 +278,7 @@ mod tests {
             receive_lsn: (role == Role::Replica).then_some(replay),
             replay_lsn: (role == Role::Replica).then_some(replay),
             timeline: (role != Role::Replica).then_some(1),
+            promoting: false,
             millis: 1,
         };
         MemberState { name: name.into(), answer: Ok(status) }
@@ -324,6 +335,12 @@ mod tests {
         let mut pending = inputs(&behind);
         pending.pending_promotion = Some("r2");
         assert!(plan(&pending).is_err_and(|e| e.contains("never confirmed")));
+        // Asked by a coordinator that is gone: the replica itself says so.
+        let mut promoting = [down("primary"), up("r1", Role::Replica, 1000), up("r2", Role::Replica, 1000)];
+        if let Ok(s) = &mut promoting[1].answer {
+            s.promoting = true;
+        }
+        assert!(plan(&inputs(&promoting)).is_err_and(|e| e.contains("r1 is being promoted")));
     }
 
     #[test]

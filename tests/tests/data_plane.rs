@@ -10,10 +10,10 @@ use std::time::Duration;
 use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis};
 use remedy_e2e::fault_proxy::FaultProxy;
 use remedy_e2e::net_tools::{Netns, require_tools};
-use remedy_e2e::procs::{Coordinator, Proc, bin, eventually, free_addr};
+use remedy_e2e::procs::{Proc, bin, eventually, free_addr};
 use remedy_e2e::runs::{
-    about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, start_on,
-    timeline,
+    about, approve, incident_for, now_rfc3339, post_alert, result_of, run_end, run_manual, runbook, seed_catalog, show,
+    start, start_on, status_of, timeline,
 };
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
@@ -57,45 +57,6 @@ async fn write_rows(pg: &Postgres, rows: i64) {
             .await
             .expect("insert orders");
     }
-}
-
-async fn approve(coordinator: &Coordinator, incident: &str, step: &str) {
-    let mut admin = coordinator.admin().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let pending = loop {
-        let list = admin.list_approvals(pb::ListApprovalsRequest { all: false }).await.expect("list approvals");
-        if let Some(found) =
-            list.into_inner().approvals.into_iter().find(|a| a.incident_id == incident && a.step_id == step)
-        {
-            break found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no approval request for {step}:\n{}",
-            show(&timeline(coordinator, incident).await)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    admin
-        .answer_approval(pb::AnswerApprovalRequest {
-            incident_id: pending.incident_id.clone(),
-            step_id: pending.step_id.clone(),
-            attempt: pending.attempt,
-            approve: true,
-            requested_by: "dba".into(),
-            reason: "primary is gone".into(),
-        })
-        .await
-        .expect("approve");
-}
-
-/// The result entry of one step.
-fn result_of<'a>(entries: &'a [pb::TimelineEntry], step: &str) -> Option<&'a pb::TimelineEntry> {
-    about(entries, step).into_iter().find(|e| e.kind == "result")
-}
-
-fn status_of(entries: &[pb::TimelineEntry], step: &str) -> Option<String> {
-    result_of(entries, step).and_then(|e| e.details.get("status").cloned())
 }
 
 async fn read_only_setting(pg: &Postgres) -> Option<String> {
@@ -359,7 +320,7 @@ async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_i
     let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
     runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
     let catalog = runbook(dir.path(), "PROBE", "  - id: primary\n    pg_select1: {database: main}\n", rails);
-    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+    let mut coordinator = start(dir.path(), &world, &catalog, &config).await;
 
     primary.crash();
     // The replica's recovery is frozen: it answers, but cannot finish a
@@ -381,6 +342,13 @@ async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_i
     let entries = run_end(&coordinator, &id).await;
     let again = result_of(&entries, "failover").expect("a second failover result");
     assert!(again.message.contains("never confirmed"), "{}", show(&entries));
+    // A coordinator that never asked for it (this one, restarted, remembers
+    // nothing) still sees the promotion under way, on the replica itself.
+    coordinator.restart().await;
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let third = result_of(&entries, "failover").expect("a third failover result");
+    assert!(third.message.contains("refused, nothing changed: db-1 is being promoted"), "{}", show(&entries));
     Postgres::thaw_recovery(startup);
 
     // Thawed, the promotion completes by itself, as the timeline said.

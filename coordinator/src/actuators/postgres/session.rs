@@ -104,6 +104,8 @@ const STATUS_SQL: &str = "SELECT 1, pg_is_in_recovery(), current_setting('defaul
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END";
 
+const PROMOTE_SIGNAL_SQL: &str = "SELECT (pg_stat_file('promote', true)).size IS NOT NULL";
+
 /// Asks one member `SELECT 1` and what it is.
 pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberState {
     let started = std::time::Instant::now();
@@ -121,8 +123,15 @@ pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberS
             (false, true) => Role::Fenced,
             (false, false) => Role::Primary,
         };
+        // A promotion asked of a replica leaves its signal file until the
+        // replica acts on it; seen here, it is known after the asker is
+        // gone. Reading it needs superuser or a grant on pg_stat_file: a
+        // role without one sees no promotion under way.
+        let promoting =
+            role == Role::Replica && session.value(PROMOTE_SIGNAL_SQL).await.ok().flatten().as_deref() == Some("t");
         Ok(Status {
             role,
+            promoting,
             current_lsn: text(3).as_deref().and_then(parse_lsn),
             receive_lsn: text(4).as_deref().and_then(parse_lsn),
             replay_lsn: text(5).as_deref().and_then(parse_lsn),
