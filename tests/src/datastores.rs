@@ -252,6 +252,62 @@ impl Postgres {
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(self.addr).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
     }
+
+    /// What the coordinator reports as this member's `app_url` when none
+    /// is configured.
+    pub fn app_url(&self) -> String {
+        format!("postgresql://127.0.0.1:{}/postgres", self.addr.port())
+    }
+
+    /// This server as a member under `databases:` (one flow mapping).
+    pub fn member_yaml(&self, password_file: &Path) -> String {
+        format!(
+            "{{name: {}, host: 127.0.0.1, port: {}, user: postgres, password_file: {}}}",
+            self.name,
+            self.addr.port(),
+            password_file.display()
+        )
+    }
+
+    /// Writes orders 1..=`rows` in commits of 20; on a synchronous primary
+    /// each commit returns only once the standby has it.
+    pub async fn write_orders(&self, rows: i64) {
+        let client = self.client().await;
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, note text NOT NULL)")
+            .await
+            .expect("create the table");
+        for start in (1..=rows).step_by(20) {
+            let end = (start + 19).min(rows);
+            client
+                .execute(
+                    "INSERT INTO orders SELECT g, 'order ' || g FROM generate_series($1::bigint, $2::bigint) g",
+                    &[&start, &end],
+                )
+                .await
+                .expect("insert orders");
+        }
+    }
+}
+
+/// Writes [`PG_PASSWORD`] to a file under `dir`, as the coordinator reads it.
+pub fn pg_password_file(dir: &Path) -> PathBuf {
+    let file = dir.join("pg-password");
+    std::fs::write(&file, format!("{PG_PASSWORD}\n")).expect("write the password file");
+    file
+}
+
+/// `databases:` for one cluster named `main` (as the seed runbooks name
+/// it) with `primary` and `replica`, short timeouts, and `extra` lines
+/// under it.
+pub fn databases_yaml(dir: &Path, primary: &Postgres, replica: &Postgres, extra: &str) -> String {
+    let password_file = pg_password_file(dir);
+    format!(
+        "databases:\n  main:\n    primary: {}\n    replicas:\n      - {}\n    connect_timeout: 2s\n    query_timeout: 5s\n\
+         \x20   fence_watch_interval: 200ms\n{extra}",
+        primary.member_yaml(&password_file),
+        replica.member_yaml(&password_file),
+    )
 }
 
 impl Drop for Postgres {

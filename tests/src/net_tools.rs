@@ -49,8 +49,36 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
         run("ip", &["netns", "add", name], None);
         let ns = Netns(name.to_owned());
-        run("ip", &["-n", name, "link", "set", "lo", "up"], None);
+        ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Runs `ip -n NAME ARGS…`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all, None)
+    }
+
+    /// Runs `nft ARGS…` inside it.
+    pub fn nft(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut all = vec!["netns", "exec", self.0.as_str(), "nft"];
+        all.extend_from_slice(args);
+        run("ip", &all, stdin)
+    }
+
+    /// Runs `f` on a thread that entered this namespace: sockets it opens
+    /// belong to the namespace, whichever thread uses them later.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("enter {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the thread in the namespace panicked"))
     }
 
     /// Links it to the host with a veth pair: `host_side` on the host with
@@ -60,8 +88,8 @@ impl Netns {
         run("ip", &["link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", &self.0], None);
         run("ip", &["addr", "add", host_cidr, "dev", host_side], None);
         run("ip", &["link", "set", host_side, "up"], None);
-        run("ip", &["-n", &self.0, "addr", "add", inner_cidr, "dev", "eth0"], None);
-        run("ip", &["-n", &self.0, "link", "set", "eth0", "up"], None);
+        self.ip(&["addr", "add", inner_cidr, "dev", "eth0"]);
+        self.ip(&["link", "set", "eth0", "up"]);
     }
 }
 

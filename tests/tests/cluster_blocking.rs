@@ -23,10 +23,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use remedy_e2e::net_tools::{self, INSTALL, require_tools};
+use remedy_e2e::net_tools::{self, INSTALL, Netns, require_tools};
 use remedy_e2e::procs::{Coordinator, Proc, bin, eventually, free_addr, remedyctl};
 use remedy_e2e::runs::{about, config, run_end, show, timeline};
 use remedy_e2e::world::World;
@@ -48,48 +48,27 @@ fn run(program: &str, args: &[&str]) -> String {
     net_tools::run(program, args, None)
 }
 
-/// A network namespace, deleted on drop with the veth link inside it (and
-/// so its host-side peer).
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        // Left over from a run that was killed before its drop ran.
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-        run("ip", &["netns", "add", name]);
-        let ns = Netns(name.to_owned());
-        run("ip", &["-n", name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// The addresses in `set` of `table inet remedy`; empty when the set
-    /// (or the table) is not there.
-    fn banned(&self, set: &str) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "-j", "list", "set", "inet", "remedy", set])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `ip netns exec … nft` ({e}); install it with `{INSTALL}`"));
-        let listing: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let mut found = Vec::new();
-        for object in listing["nftables"].as_array().into_iter().flatten() {
-            for element in object["set"]["elem"].as_array().into_iter().flatten() {
-                // Elements with a timeout are objects; plain ones are strings.
-                let value = element.get("elem").map(|e| &e["val"]).unwrap_or(element);
-                if let Some(text) = value.as_str() {
-                    found.push(text.to_owned());
-                } else if let Some(prefix) = value.get("prefix") {
-                    found.push(format!("{}/{}", prefix["addr"].as_str().unwrap_or(""), prefix["len"]));
-                }
+/// The addresses in `set` of `table inet remedy` in `ns`; empty when the
+/// set (or the table) is not there.
+fn banned(ns: &Netns, set: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-j", "list", "set", "inet", "remedy", set])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip netns exec … nft` ({e}); install it with `{INSTALL}`"));
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut found = Vec::new();
+    for object in listing["nftables"].as_array().into_iter().flatten() {
+        for element in object["set"]["elem"].as_array().into_iter().flatten() {
+            // Elements with a timeout are objects; plain ones are strings.
+            let value = element.get("elem").map(|e| &e["val"]).unwrap_or(element);
+            if let Some(text) = value.as_str() {
+                found.push(text.to_owned());
+            } else if let Some(prefix) = value.get("prefix") {
+                found.push(format!("{}/{}", prefix["addr"].as_str().unwrap_or(""), prefix["len"]));
             }
         }
-        found
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    found
 }
 
 /// One node: its namespace, its link to the host, its agent.
@@ -112,13 +91,7 @@ impl Drop for Node {
 /// host, 10.79.i.2 inside.
 fn node(i: usize) -> Node {
     let ns = Netns::new(&format!("rmd-cb-{i}"));
-    let host_side = format!("rmdcb{i}h");
-    let _ = Command::new("ip").args(["link", "del", &host_side]).stderr(Stdio::null()).status();
-    run("ip", &["link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &ns.0]);
-    run("ip", &["addr", "add", &format!("10.79.{i}.1/24"), "dev", &host_side]);
-    run("ip", &["link", "set", &host_side, "up"]);
-    run("ip", &["-n", &ns.0, "addr", "add", &format!("10.79.{i}.2/24"), "dev", "eth0"]);
-    run("ip", &["-n", &ns.0, "link", "set", "eth0", "up"]);
+    ns.link(&format!("rmdcb{i}h"), &format!("10.79.{i}.1/24"), &format!("10.79.{i}.2/24"));
     Node { name: format!("node-{i}"), agent: None, ns }
 }
 
@@ -339,7 +312,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     // Every node's table holds it, not only the attacked one.
     for node in &nodes {
         eventually(&format!("{ATTACKER} in {}'s banned_v4", node.name), WAIT, || async {
-            node.ns.banned("banned_v4").iter().any(|a| a == ATTACKER).then_some(())
+            banned(&node.ns, "banned_v4").iter().any(|a| a == ATTACKER).then_some(())
         })
         .await;
     }
@@ -367,11 +340,11 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     let late = &mut nodes[2];
     late.agent.take().unwrap().kill();
     run("ip", &["netns", "exec", &late.ns.0, "nft", "delete", "table", "inet", "remedy"]);
-    assert!(late.ns.banned("banned_v4").is_empty());
+    assert!(banned(&late.ns, "banned_v4").is_empty());
     let fresh = dir.path().join("fresh");
     start_agent(late, 2, &fresh, port, "logs: {enabled: false}\n");
     eventually(&format!("{ATTACKER} sent again to {}", late.name), WAIT, || async {
-        late.ns.banned("banned_v4").iter().any(|a| a == ATTACKER).then_some(())
+        banned(&late.ns, "banned_v4").iter().any(|a| a == ATTACKER).then_some(())
     })
     .await;
     let resent = eventually("the ban's record names the new agent", WAIT, || async {
@@ -389,7 +362,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     assert!(status.success(), "unblock failed: {out}{err}");
     for node in &nodes {
         eventually(&format!("{ATTACKER} gone from {}'s banned_v4", node.name), WAIT, || async {
-            (!node.ns.banned("banned_v4").iter().any(|a| a == ATTACKER)).then_some(())
+            (!banned(&node.ns, "banned_v4").iter().any(|a| a == ATTACKER)).then_some(())
         })
         .await;
     }
@@ -423,7 +396,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     let brief_rule = result.details.get("evidence.edge.rule_id").cloned().unwrap_or_default();
     for node in &nodes {
         eventually(&format!("{BRIEF} expired from {}'s banned_v4", node.name), WAIT, || async {
-            (!node.ns.banned("banned_v4").iter().any(|a| a == BRIEF)).then_some(())
+            (!banned(&node.ns, "banned_v4").iter().any(|a| a == BRIEF)).then_some(())
         })
         .await;
     }
@@ -452,6 +425,6 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     }
     assert!(ban_of(&blocks_json(&url), PROTECTED).is_none(), "no ban recorded");
     for node in &nodes {
-        assert!(!node.ns.banned("banned_v4").iter().any(|a| a == PROTECTED), "{} holds {PROTECTED}", node.name);
+        assert!(!banned(&node.ns, "banned_v4").iter().any(|a| a == PROTECTED), "{} holds {PROTECTED}", node.name);
     }
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis};
+use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis, databases_yaml, pg_password_file};
 use remedy_e2e::fault_proxy::FaultProxy;
 use remedy_e2e::net_tools::{Netns, require_tools};
 use remedy_e2e::procs::{Proc, bin, eventually, free_addr};
@@ -18,45 +18,10 @@ use remedy_e2e::runs::{
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
 
-/// `databases:` for one cluster named `main`, plus `extra` lines under it.
+/// `databases:` for one cluster named `main` whose repoint hook is the
+/// world's, plus `extra` lines under it.
 fn databases(dir: &Path, primary: &Postgres, replica: &Postgres, world: &World, extra: &str) -> String {
-    let password_file = dir.join("pg-password");
-    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).expect("write the password file");
-    let member = |pg: &Postgres| {
-        format!(
-            "{{name: {}, host: 127.0.0.1, port: {}, user: postgres, password_file: {}}}",
-            pg.name,
-            pg.addr.port(),
-            password_file.display()
-        )
-    };
-    format!(
-        "databases:\n  main:\n    primary: {}\n    replicas:\n      - {}\n    connect_timeout: 2s\n    query_timeout: 5s\n\
-         \x20   fence_watch_interval: 200ms\n    repoint_hook: {}/hooks/repoint\n{extra}",
-        member(primary),
-        member(replica),
-        world.url()
-    )
-}
-
-/// Writes `rows` rows in commits of 20; each commit returns only once the
-/// synchronous standby has it.
-async fn write_rows(pg: &Postgres, rows: i64) {
-    let client = pg.client().await;
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, note text NOT NULL)")
-        .await
-        .expect("create the table");
-    for start in (1..=rows).step_by(20) {
-        let end = (start + 19).min(rows);
-        client
-            .execute(
-                "INSERT INTO orders SELECT g, 'order ' || g FROM generate_series($1::bigint, $2::bigint) g",
-                &[&start, &end],
-            )
-            .await
-            .expect("insert orders");
-    }
+    databases_yaml(dir, primary, replica, &format!("    repoint_hook: {}/hooks/repoint\n{extra}", world.url()))
 }
 
 async fn read_only_setting(pg: &Postgres) -> Option<String> {
@@ -69,7 +34,7 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     let dir = tempfile::tempdir().expect("temp dir");
     let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
     let mut replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
-    write_rows(&primary, 1000).await;
+    primary.write_orders(1000).await;
 
     let world = World::start().await;
     let catalog = seed_catalog(dir.path(), &world);
@@ -313,7 +278,7 @@ async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_i
     let dir = tempfile::tempdir().expect("temp dir");
     let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
     let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
-    write_rows(&primary, 100).await;
+    primary.write_orders(100).await;
     let world = World::start().await;
     let extra = "    promote_timeout: 2s\nguard_rails: {approval: {kinds: []}}\n";
     let config = databases(dir.path(), &primary, &replica, &world, extra);
@@ -426,20 +391,19 @@ async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coo
     let dir = tempfile::tempdir().expect("temp dir");
     let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
     let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
-    write_rows(&primary, 200).await;
+    primary.write_orders(200).await;
     let world = World::start().await;
     let grpc: SocketAddr = format!("0.0.0.0:{}", free_addr().port()).parse().expect("an address");
     let cut = partition(dir.path(), &primary, grpc.port()).await;
-    let password_file = dir.path().join("pg-password");
-    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).expect("write the password file");
+    let password_file = pg_password_file(dir.path());
     let config = format!(
-        "databases:\n  main:\n    primary: {{name: db-0, host: {HOST_SIDE}, port: {}, user: postgres, password_file: {pw}}}\n\
-         \x20   replicas:\n      - {{name: db-1, host: 127.0.0.1, port: {}, user: postgres, password_file: {pw}}}\n\
+        "databases:\n  main:\n    primary: {{name: db-0, host: {HOST_SIDE}, port: {}, user: postgres, password_file: {}}}\n\
+         \x20   replicas:\n      - {}\n\
          \x20   connect_timeout: 2s\n    fence_watch_interval: 200ms\n    split_brain_check: 300ms\n\
          guard_rails: {{approval: {{kinds: []}}}}\n",
         cut.proxy.addr.port(),
-        replica.addr.port(),
-        pw = password_file.display()
+        password_file.display(),
+        replica.member_yaml(&password_file),
     );
     let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
     let catalog = runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use remedy_e2e::cluster::{ClusterOptions, TestCluster, kwok_deployment, wait_for};
-use remedy_e2e::datastores::{PG_PASSWORD, Postgres};
+use remedy_e2e::datastores::{PG_PASSWORD, Postgres, databases_yaml};
 use remedy_e2e::runs::{
     approve, incident_for, now_rfc3339, post_alert, result_of, run_end, seed_catalog, show, start_with_args, status_of,
 };
@@ -101,50 +101,6 @@ fn p0_002() -> Targets {
         configmap: patch.name,
         key: key.to_owned(),
         restarts,
-    }
-}
-
-/// `databases:` naming the pair `main`, as P0-002 expects.
-fn databases(dir: &Path, primary: &Postgres, replica: &Postgres) -> String {
-    let password_file = dir.join("pg-password");
-    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).expect("write the password file");
-    let member = |pg: &Postgres| {
-        format!(
-            "{{name: {}, host: 127.0.0.1, port: {}, user: postgres, password_file: {}}}",
-            pg.name,
-            pg.addr.port(),
-            password_file.display()
-        )
-    };
-    format!(
-        "databases:\n  main:\n    primary: {}\n    replicas:\n      - {}\n    connect_timeout: 2s\n    query_timeout: 5s\n\
-         \x20   promote_timeout: 20s\n    fence_watch_interval: 200ms\n",
-        member(primary),
-        member(replica),
-    )
-}
-
-/// What the coordinator reports as a member's `app_url` when none is
-/// configured.
-fn app_url(pg: &Postgres) -> String {
-    format!("postgresql://127.0.0.1:{}/postgres", pg.addr.port())
-}
-
-async fn write_rows(pg: &Postgres) {
-    let client = pg.client().await;
-    client
-        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, note text NOT NULL)")
-        .await
-        .expect("create the table");
-    for start in (1..=ROWS).step_by(50) {
-        let end = (start + 49).min(ROWS);
-        client
-            .execute(
-                "INSERT INTO orders SELECT g, 'order ' || g FROM generate_series($1::bigint, $2::bigint) g",
-                &[&start, &end],
-            )
-            .await
-            .expect("insert orders");
     }
 }
 
@@ -234,7 +190,7 @@ async fn p0_002_fails_over_then_repoints_the_configmap_and_restarts_the_applicat
     let dir = tempfile::tempdir().expect("temp dir");
     let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
     let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
-    write_rows(&primary).await;
+    primary.write_orders(ROWS).await;
 
     // The application as deployed before the incident: its settings point
     // at the primary, and its pods run.
@@ -242,7 +198,7 @@ async fn p0_002_fails_over_then_repoints_the_configmap_and_restarts_the_applicat
     let client = cluster.client();
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &targets.namespace);
     let settings =
-        BTreeMap::from([(targets.key.clone(), app_url(&primary)), ("LOG_LEVEL".to_owned(), "info".to_owned())]);
+        BTreeMap::from([(targets.key.clone(), primary.app_url()), ("LOG_LEVEL".to_owned(), "info".to_owned())]);
     let cm = ConfigMap {
         metadata: ObjectMeta { name: Some(targets.configmap.clone()), ..Default::default() },
         data: Some(settings),
@@ -271,7 +227,7 @@ async fn p0_002_fails_over_then_repoints_the_configmap_and_restarts_the_applicat
 
     let world = World::start().await;
     let catalog = seed_catalog(dir.path(), &world);
-    let config = databases(dir.path(), &primary, &replica);
+    let config = databases_yaml(dir.path(), &primary, &replica, "    promote_timeout: 20s\n");
     let kubeconfig = cluster.kubeconfig_path().display().to_string();
     let coordinator = start_with_args(dir.path(), &world, &catalog, &config, &["--kubeconfig", &kubeconfig]).await;
 
@@ -294,7 +250,7 @@ async fn p0_002_fails_over_then_repoints_the_configmap_and_restarts_the_applicat
     let promoted = result_of(&entries, &targets.failover_step).expect("a failover result");
     assert_eq!(promoted.details.get("evidence.promoted").map(String::as_str), Some("db-1"), "{log}");
     let found = result_of(&entries, &targets.new_primary_step).expect("a new primary result");
-    assert_eq!(found.details.get("evidence.app_url"), Some(&app_url(&replica)), "{log}");
+    assert_eq!(found.details.get("evidence.app_url"), Some(&replica.app_url()), "{log}");
     let mut order = vec![targets.failover_step.clone(), targets.new_primary_step.clone(), targets.repoint_step.clone()];
     order.extend(targets.restarts.iter().map(|(step, _)| step.clone()));
     for step in &order {
@@ -310,14 +266,14 @@ async fn p0_002_fails_over_then_repoints_the_configmap_and_restarts_the_applicat
     // marked with the incident and the step.
     let cm = configmaps.get(&targets.configmap).await.expect("read the ConfigMap");
     let data = cm.data.clone().unwrap_or_default();
-    assert_eq!(data.get(&targets.key), Some(&app_url(&replica)), "{log}");
+    assert_eq!(data.get(&targets.key), Some(&replica.app_url()), "{log}");
     assert_eq!(data.get("LOG_LEVEL").map(String::as_str), Some("info"), "other keys untouched");
     let marks = annotations(&cm.metadata);
     assert_eq!(marks.get(INCIDENT_ANNOTATION), Some(&incident.id), "{marks:?}");
     assert_eq!(marks.get(STEP_ANNOTATION), Some(&targets.repoint_step), "{marks:?}");
     let patched_at = marks.get(CHANGED_AT_ANNOTATION).cloned().expect("when the ConfigMap was changed");
     let repointed = result_of(&entries, &targets.repoint_step).expect("a repoint result");
-    assert_eq!(repointed.details.get(&format!("evidence.before.{}", targets.key)), Some(&app_url(&primary)), "{log}");
+    assert_eq!(repointed.details.get(&format!("evidence.before.{}", targets.key)), Some(&primary.app_url()), "{log}");
 
     // Every Deployment was restarted after the patch, so its new pods read
     // the new URL; the rollout replaced every pod.

@@ -17,14 +17,14 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use remedy_coordinator::actuators::agent::AgentActuator;
 use remedy_coordinator::actuators::{ActionCall, ActionReport, ActionStatus, Actuator};
 use remedy_coordinator::directives::Directives;
-use remedy_e2e::net_tools::{require_tools, run};
+use remedy_e2e::net_tools::{Netns, require_tools};
 use remedy_e2e::procs::{Proc, bin, eventually, metric_value};
 use serde_json::{Value, json};
 
@@ -34,67 +34,22 @@ const CONNECT: Duration = Duration::from_millis(700);
 const PORT: u16 = 8080;
 const DIAGNOSTICS: &str = "127.0.0.1:7072";
 
-/// A network namespace, deleted on drop (a failing test leaves none).
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        // Left over from a run that was killed before its drop ran.
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        run("ip", &["netns", "add", &name], None);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all, None)
-    }
-
-    fn nft(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut all = vec!["netns", "exec", self.0.as_str(), "nft"];
-        all.extend_from_slice(args);
-        run("ip", &all, stdin)
-    }
-
-    /// `nft -j list ruleset`, as JSON objects without the metainfo.
-    fn ruleset(&self) -> Vec<Value> {
-        let listing: Value = serde_json::from_str(&self.nft(&["-j", "list", "ruleset"], None)).unwrap();
-        listing["nftables"].as_array().unwrap().iter().filter(|o| o.get("metainfo").is_none()).cloned().collect()
-    }
-
-    /// Everything in the ruleset that is not `table inet remedy`'s.
-    fn others(&self) -> Vec<Value> {
-        self.ruleset()
-            .into_iter()
-            .filter(|o| {
-                let body = o.as_object().and_then(|m| m.values().next()).unwrap();
-                let table = body.get("table").or_else(|| o.get("table").and(body.get("name"))).unwrap();
-                !(body["family"] == "inet" && table == "remedy")
-            })
-            .collect()
-    }
-
-    /// Runs `f` on a thread that entered this namespace: sockets it opens
-    /// belong to the namespace, whichever thread uses them later.
-    fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    }
+/// `nft -j list ruleset` in `ns`, as JSON objects without the metainfo.
+fn ruleset(ns: &Netns) -> Vec<Value> {
+    let listing: Value = serde_json::from_str(&ns.nft(&["-j", "list", "ruleset"], None)).unwrap();
+    listing["nftables"].as_array().unwrap().iter().filter(|o| o.get("metainfo").is_none()).cloned().collect()
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// Everything in `ns`'s ruleset that is not `table inet remedy`'s.
+fn others(ns: &Netns) -> Vec<Value> {
+    ruleset(ns)
+        .into_iter()
+        .filter(|o| {
+            let body = o.as_object().and_then(|m| m.values().next()).unwrap();
+            let table = body.get("table").or_else(|| o.get("table").and(body.get("name"))).unwrap();
+            !(body["family"] == "inet" && table == "remedy")
+        })
+        .collect()
 }
 
 /// Two namespaces, a server in one, an agent beside it, a coordinator's
@@ -129,8 +84,8 @@ impl Lab {
         require_tools();
         let k = LABS.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{k}", std::process::id() % 100_000);
-        let srv = Netns::new(format!("rmd-srv-{tag}"));
-        let cli = Netns::new(format!("rmd-cli-{tag}"));
+        let srv = Netns::new(&format!("rmd-srv-{tag}"));
+        let cli = Netns::new(&format!("rmd-cli-{tag}"));
         srv.ip(&["link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli.0]);
         let (srv_v4, cli_v4) = (format!("10.77.{k}.1"), format!("10.77.{k}.2"));
         let (srv_v6, cli_v6) = (format!("fd00:77:{k}::1"), format!("fd00:77:{k}::2"));
@@ -315,8 +270,8 @@ async fn a_ban_stops_the_client_until_it_is_lifted_or_expires_and_touches_no_oth
             "table inet other {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 9 accept\n  }\n}\ntable ip nat_like {\n  chain post {\n    type nat hook postrouting priority 100;\n  }\n}\n",
         ),
     );
-    let others = lab.srv.others();
-    assert!(others.len() >= 4, "{others:?}");
+    let untouched = others(&lab.srv);
+    assert!(untouched.len() >= 4, "{untouched:?}");
     assert!(lab.connects(lab.srv_v4) && lab.connects(lab.srv_v6), "the client connects before any ban");
 
     let v4 = lab.cli_v4.to_string();
@@ -347,11 +302,11 @@ async fn a_ban_stops_the_client_until_it_is_lifted_or_expires_and_touches_no_oth
     assert!(!lab.connects(lab.srv_v6), "IPv6 still blocked");
 
     // A rehearsal checks everything and changes nothing.
-    let before = lab.srv.ruleset();
+    let before = ruleset(&lab.srv);
     let report = lab.directive("block_ip", json!({ "ip": v4, "duration": "1h" }), true).await;
     assert_eq!(lab.outcome(&report).0, "dry_run", "{report:?}");
     assert!(lab.outcome(&report).1.contains("nft accepted the change (--check)"), "{report:?}");
-    assert_eq!(lab.srv.ruleset(), before, "a dry run changes nothing");
+    assert_eq!(ruleset(&lab.srv), before, "a dry run changes nothing");
     assert!(lab.connects(lab.srv_v4));
 
     // A short ban lifts itself.
@@ -366,7 +321,7 @@ async fn a_ban_stops_the_client_until_it_is_lifted_or_expires_and_touches_no_oth
     .await;
     assert_eq!(lab.drift_total().await, 0.0, "an expiry is no drift");
 
-    assert_eq!(lab.srv.others(), others, "nothing outside table inet remedy changed");
+    assert_eq!(others(&lab.srv), untouched, "nothing outside table inet remedy changed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +368,7 @@ async fn the_agent_puts_back_a_deleted_table_or_ban_and_reports_the_drift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_addresses_are_refused_with_their_reason_and_nothing_changes() {
     let lab = Lab::start().await;
-    let before = lab.srv.ruleset();
+    let before = ruleset(&lab.srv);
     let k = lab.srv_v4.to_string().split('.').nth(2).unwrap().to_owned();
     let cases = [
         ("127.0.0.1".to_owned(), "loopback", "it covers loopback addresses"),
@@ -434,7 +389,7 @@ async fn protected_addresses_are_refused_with_their_reason_and_nothing_changes()
         assert!(message.starts_with(&format!("not blocking {ip}: ")) && message.contains(says), "{ip}: {message}");
         assert_eq!(lab.evidence(&report, "reason"), *reason, "{ip}: {report:?}");
     }
-    assert_eq!(lab.srv.ruleset(), before, "a refused block changes nothing");
+    assert_eq!(ruleset(&lab.srv), before, "a refused block changes nothing");
     assert_eq!(lab.blocking_state().await["bans_total"], 0);
     let metrics = lab.get("/metrics").await;
     assert_eq!(metric_value(&metrics, "remedy_agent_blocks_refused_total{reason=\"loopback\"}"), 2.0, "{metrics}");
