@@ -668,6 +668,25 @@ mod tests {
     }
 
     #[test]
+    fn cache_tls_errors_name_the_cache_and_the_tls_field() {
+        let text = "caches:\n  auth-cache:\n    host: redis\n    tls: {ca: /nonexistent/ca.crt}\n";
+        let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "caches.auth-cache.tls.ca");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["redis-ca".to_owned()]).unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+        let text = format!(
+            "caches:\n  auth-cache:\n    host: redis\n    tls: {{ca: {}, cert: {}}}\n",
+            ca_file.display(),
+            ca_file.display()
+        );
+        let file: FileConfig = config::parse_yaml("c.yaml", &text).unwrap();
+        let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();
+        assert_eq!(err.field, "caches.auth-cache.tls.key", "{err}");
+    }
+
+    #[test]
     fn stale_after_must_leave_room_for_a_late_heartbeat() {
         let file: FileConfig = config::parse_yaml("c.yaml", "heartbeat_interval: 10s\nstale_after: 15s\n").unwrap();
         let err = Config::resolve(&cli(), "c.yaml", file).unwrap_err();

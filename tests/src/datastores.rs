@@ -5,8 +5,9 @@
 //! `postgres` user the package creates (through `setpriv`, which execs, so
 //! the process we hold is the postmaster itself). A primary is made with
 //! `initdb` (scram passwords, loopback only) and a streaming replica with
-//! `pg_basebackup -R`. Every server is stopped when its handle drops; the
-//! tests stop, kill and restart them to play failures.
+//! `pg_basebackup -R`. A Redis can serve TLS only, with certificates from a
+//! CA made for the test, and have ACL users. Every server is stopped when
+//! its handle drops; the tests stop, kill and restart them to play failures.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -341,11 +342,64 @@ pub async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, String>
     Ok(client)
 }
 
-/// A Redis server with no persistence, requiring [`REDIS_PASSWORD`].
+/// Certificates for a TLS Redis, all PEM files under one directory: a CA of
+/// its own, a serving certificate it issued, and a client certificate it
+/// issued (what `--tls-auth-clients yes` asks for).
+#[derive(Debug, Clone)]
+pub struct RedisTlsFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The serving certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+impl RedisTlsFiles {
+    /// A new CA named `name` under `dir`, a serving certificate for
+    /// `server_names` (DNS names or IP addresses), and a client certificate.
+    pub fn generate(dir: &Path, name: &str, server_names: &[&str]) -> RedisTlsFiles {
+        use remedy_proto::pki::{Authority, Leaf};
+        let dir = dir.join(format!("tls-{name}"));
+        std::fs::create_dir_all(&dir).expect("create the certificate directory");
+        let authority = Authority::generate(&format!("{name} test CA")).expect("generate a CA");
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, &authority.certificate().cert_pem).expect("write the CA");
+        let day = Duration::from_secs(24 * 3600);
+        let names = server_names.iter().map(|n| (*n).to_owned()).collect();
+        let server = authority.issue(&Leaf::Server(names), day).expect("issue the serving certificate");
+        let identity = remedy_shared::auth::Identity::User { name: "remedy-coordinator".into() };
+        let client = authority.issue(&Leaf::Client(identity), day).expect("issue a client certificate");
+        RedisTlsFiles {
+            ca,
+            server: server.write(&dir, "server").expect("write the serving certificate"),
+            client: client.write(&dir, "client").expect("write the client certificate"),
+        }
+    }
+}
+
+/// How a test Redis is set up beyond the defaults (plain TCP, the default
+/// user with [`REDIS_PASSWORD`]).
+#[derive(Debug, Clone, Default)]
+pub struct RedisSetup {
+    /// TLS only (`--port 0`): the serving certificate and the CA it trusts
+    /// for clients; the harness connects with the client certificate.
+    pub tls: Option<RedisTlsFiles>,
+    /// `--tls-auth-clients yes`: a client must present a certificate the
+    /// CA issued.
+    pub tls_auth_clients: bool,
+    /// ACL users, one `user` directive each, as its words
+    /// (`["app", "on", ">secret", "~*", "+@all"]`).
+    pub users: Vec<Vec<String>>,
+}
+
+/// A Redis server with no persistence, whose default user requires
+/// [`REDIS_PASSWORD`].
 #[derive(Debug)]
 pub struct Redis {
-    /// Where it listens.
+    /// Where it listens (its TLS port when it serves TLS).
     pub addr: SocketAddr,
+    tls: Option<RedisTlsFiles>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -353,14 +407,36 @@ pub struct Redis {
 impl Redis {
     /// Starts `redis-server` under `dir` on a free loopback port.
     pub async fn start(dir: &Path) -> Redis {
-        let root = dir.join(format!("redis-{}", std::process::id()));
+        Redis::start_with(dir, RedisSetup::default()).await
+    }
+
+    /// Starts `redis-server` under `dir` on a free loopback port, set up as
+    /// `setup` says.
+    pub async fn start_with(dir: &Path, setup: RedisSetup) -> Redis {
+        let addr = free_addr();
+        let root = dir.join(format!("redis-{}-{}", std::process::id(), addr.port()));
         std::fs::create_dir_all(&root).expect("create the redis directory");
         let program = Path::new("/usr/bin/redis-server");
         assert!(program.exists(), "no /usr/bin/redis-server: run scripts/deps.sh (Debian package `redis-server`)");
-        let addr = free_addr();
         let log = root.join("redis.log");
-        let child = Command::new(program)
-            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new(program);
+        match &setup.tls {
+            None => {
+                command.args(["--port", &addr.port().to_string()]);
+            }
+            Some(tls) => {
+                remedy_proto::tls::install_default_provider();
+                command.args(["--port", "0", "--tls-port", &addr.port().to_string(), "--tls-cert-file"]);
+                command.arg(&tls.server.0).arg("--tls-key-file").arg(&tls.server.1);
+                command.arg("--tls-ca-cert-file").arg(&tls.ca);
+                command.args(["--tls-auth-clients", if setup.tls_auth_clients { "yes" } else { "no" }]);
+            }
+        }
+        for user in &setup.users {
+            command.arg("--user").args(user);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--requirepass", REDIS_PASSWORD, "--databases", "16", "--logfile"])
             .arg(&log)
             .arg("--dir")
@@ -370,12 +446,12 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-        let redis = Redis { addr, child: Some(child), log };
-        let url = redis.url(0);
+        let redis = Redis { addr, tls: setup.tls, child: Some(child), log };
+        let client = redis.client(0);
         eventually("redis-server answering PING", Duration::from_secs(30), || {
-            let url = url.clone();
+            let client = client.clone();
             async move {
-                let mut c = redis_connection(&url).await.ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut c).await.ok()
             }
         })
@@ -383,25 +459,47 @@ impl Redis {
         redis
     }
 
-    /// A URL for database `db` with the password.
+    /// A URL for database `db` with the password, on a server without TLS.
     pub fn url(&self, db: u32) -> String {
         format!("redis://:{REDIS_PASSWORD}@{}/{db}", self.addr)
     }
 
+    /// A client for database `db` as the default user, over TLS (with the
+    /// client certificate) when the server serves TLS.
+    pub fn client(&self, db: u32) -> redis::Client {
+        let Some(tls) = &self.tls else {
+            return redis::Client::open(self.url(db)).expect("a Redis URL");
+        };
+        let read = |path: &Path| std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let certificates = redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&tls.client.0),
+                client_key: read(&tls.client.1),
+            }),
+            root_cert: Some(read(&tls.ca)),
+        };
+        let addr = redis::ConnectionAddr::TcpTls {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+            insecure: false,
+            tls_params: None,
+        };
+        let settings = redis::RedisConnectionInfo::default().set_db(i64::from(db)).set_password(REDIS_PASSWORD);
+        let info = redis::IntoConnectionInfo::into_connection_info(addr)
+            .expect("connection info")
+            .set_redis_settings(settings);
+        redis::Client::build_with_tls(info, certificates).expect("a TLS client")
+    }
+
     /// A connection to database `db`.
     pub async fn connection(&self, db: u32) -> redis::aio::MultiplexedConnection {
-        redis_connection(&self.url(db)).await.unwrap_or_else(|e| panic!("connect to redis: {e}"))
+        self.client(db).get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("connect to redis: {e}"))
     }
 
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
-
-async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-    client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())
 }
 
 impl Drop for Redis {

@@ -644,3 +644,83 @@ async fn redis_flushes_one_database_deletes_sessions_by_pattern_in_batches_and_w
     assert_eq!(gone.details.get("status").map(String::as_str), Some("failed"), "{log}");
     assert!(!log.contains(REDIS_PASSWORD) && !log.contains("not-the-password"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_as_an_acl_user_and_failed_connections_say_why_without_the_password() {
+    const ACL_PASSWORD: &str = "acl-user-secret";
+    const WRONG_PASSWORD: &str = "not-the-acl-password";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = remedy_e2e::datastores::RedisTlsFiles::generate(dir.path(), "cache", &["redis.test", "127.0.0.1"]);
+    // The same names from a CA the server never heard of.
+    let stranger = remedy_e2e::datastores::RedisTlsFiles::generate(dir.path(), "stranger", &["redis.test"]);
+    let user = ["remedy", "on", &format!(">{ACL_PASSWORD}"), "~*", "&*", "+@all"];
+    let setup = remedy_e2e::datastores::RedisSetup {
+        tls: Some(tls.clone()),
+        tls_auth_clients: true,
+        users: vec![user.iter().map(|w| (*w).to_owned()).collect()],
+    };
+    let redis = Redis::start_with(dir.path(), setup).await;
+    let world = World::start().await;
+    let password_file = dir.path().join("acl-password");
+    std::fs::write(&password_file, format!("{ACL_PASSWORD}\n")).expect("write the password");
+    let wrong_file = dir.path().join("wrong-acl-password");
+    std::fs::write(&wrong_file, WRONG_PASSWORD).expect("write a wrong password");
+    let instance = |name: &str, ca: &Path, password: &Path| {
+        format!(
+            "  {name}:\n    host: 127.0.0.1\n    port: {}\n    username: remedy\n    password_file: {}\n\
+             \x20   tls: {{ca: {}, cert: {}, key: {}, server_name: redis.test}}\n",
+            redis.addr.port(),
+            password.display(),
+            ca.display(),
+            tls.client.0.display(),
+            tls.client.1.display()
+        )
+    };
+    let config = format!(
+        "caches:\n{}{}{}",
+        instance("secure", &tls.ca, &password_file),
+        instance("untrusted", &stranger.ca, &password_file),
+        instance("wrong", &tls.ca, &wrong_file)
+    );
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    runbook(dir.path(), "TLS-FLUSH", "  - id: flush\n    redis_flush: {instance: secure, db: 1}\n", rails);
+    let catalog = runbook(
+        dir.path(),
+        "TLS-PINGS",
+        "  - id: ok\n    redis_ping: {instance: secure}\n  - id: untrusted\n    redis_ping: {instance: untrusted}\n\
+         \x20 - id: wrong\n    redis_ping: {instance: wrong}\n",
+        rails,
+    );
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    // Over TLS, as the ACL user: PING answers and a flush of database 1
+    // leaves database 0 alone.
+    fill(&redis, 0, 200, |i| format!("keep:{i}")).await;
+    fill(&redis, 1, 100, |i| format!("auth:{i}")).await;
+    let id = run_manual(&coordinator, "TLS-FLUSH", false).await;
+    let flush = run_end(&coordinator, &id).await;
+    assert_eq!(status_of(&flush, "flush").as_deref(), Some("succeeded"), "{}", show(&flush));
+    assert_eq!((dbsize(&redis, 1).await, dbsize(&redis, 0).await), (0, 200), "only database 1 was flushed");
+
+    let id = run_manual(&coordinator, "TLS-PINGS", false).await;
+    let pings = run_end(&coordinator, &id).await;
+    let log = show(&pings);
+    assert_eq!(
+        result_of(&pings, "ok").and_then(|e| e.details.get("evidence.answer")).map(String::as_str),
+        Some("PONG"),
+        "{log}"
+    );
+    // A server whose certificate the configured CA did not issue.
+    let untrusted = result_of(&pings, "untrusted").expect("a result for the untrusted server");
+    assert_eq!(untrusted.details.get("status").map(String::as_str), Some("failed"), "{log}");
+    assert!(untrusted.message.contains("certificate was not trusted"), "{log}");
+    // The right user with the wrong password.
+    let wrong = result_of(&pings, "wrong").expect("a result for the wrong password");
+    assert_eq!(wrong.details.get("status").map(String::as_str), Some("failed"), "{log}");
+    assert!(wrong.message.contains("credentials were refused"), "{log}");
+
+    let everything = format!("{}{log}{}", show(&flush), coordinator.log());
+    for secret in [ACL_PASSWORD, WRONG_PASSWORD, REDIS_PASSWORD] {
+        assert!(!everything.contains(secret), "a password was printed:\n{everything}");
+    }
+}

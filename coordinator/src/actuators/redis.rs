@@ -9,17 +9,31 @@
 //! other clients keep being served), never `KEYS`, at most `max_keys` per
 //! run; with `scoped_to_users` only the named users' keys (`{user}` in the
 //! pattern). Warm-up sets are configured lists of commands, run in order.
-//! Every action reports the keys it touched. Passwords come from files,
-//! read at each connection, never in evidence or logs.
+//! Every action reports the keys it touched.
+//!
+//! An instance is reached as an ACL user (`username`, else the default
+//! user) with the password from `password_file`, and over TLS when `tls`
+//! is set: the server's certificate must chain to `tls.ca`, the only root
+//! trusted, and carry `tls.server_name` (else `host`); there is no way to
+//! skip that check. `tls.cert` and `tls.key` present a client certificate
+//! to servers with `tls-auth-clients yes`. The password and the TLS files
+//! are read at each connection, so rotating them needs no restart, and the
+//! password is never in evidence or logs. A connection that fails says
+//! which way: certificate not trusted, handshake refused, credentials
+//! refused (`WRONGPASS`), or server unreachable.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
+};
 use remedy_shared::config::duration;
 use remedy_shared::runbook::{CacheWarm, RedisDeleteKeys, RedisFlush, RedisPing, USER_PLACEHOLDER};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -68,6 +82,9 @@ pub struct CacheConfig {
     /// A file holding the password; none: no password is sent.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to the server; none: plain TCP.
+    #[serde(default)]
+    pub tls: Option<CacheTls>,
     /// Longest a connection may take to open.
     #[serde(default = "five_seconds", with = "duration")]
     pub connect_timeout: Duration,
@@ -94,6 +111,84 @@ pub struct WarmSet {
     pub commands: Vec<Vec<String>>,
 }
 
+/// `caches.<name>.tls`. Every file is PEM and read at each connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheTls {
+    /// The CA certificates the server's certificate must chain to; the
+    /// only roots trusted for this instance.
+    pub ca: PathBuf,
+    /// A client certificate chain, for servers that require one
+    /// (`tls-auth-clients yes`); given with `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key; given with `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry when it is not `host`
+    /// (a Service address that is not in the certificate, an IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl CacheTls {
+    /// Reads and parses the files. The error names the field under the
+    /// cache (`tls.key`) and the file.
+    fn load(&self) -> Result<TlsCertificates, (String, String)> {
+        let read = |field: &str, path: &Path| {
+            if path.as_os_str().is_empty() {
+                return Err((format!("tls.{field}"), "must name a file".to_owned()));
+            }
+            std::fs::read(path).map_err(|e| (format!("tls.{field}"), format!("`{}`: {e}", path.display())))
+        };
+        let certificates = |field: &str, path: &Path| {
+            let pem = read(field, path)?;
+            let parsed: Result<Vec<CertificateDer<'_>>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+            match parsed {
+                Ok(certs) if !certs.is_empty() => Ok(pem),
+                Ok(_) => Err((format!("tls.{field}"), format!("`{}` holds no PEM certificate", path.display()))),
+                Err(e) => Err((format!("tls.{field}"), format!("`{}`: {e}", path.display()))),
+            }
+        };
+        let root_cert = certificates("ca", &self.ca)?;
+        let client_tls = match (&self.cert, &self.key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err((
+                    "tls.key".into(),
+                    "a client certificate needs its key: give tls.cert and tls.key together".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "tls.cert".into(),
+                    "a client key needs its certificate: give tls.cert and tls.key together".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                let client_cert = certificates("cert", cert)?;
+                let client_key = read("key", key)?;
+                // The key's bytes never reach an error message.
+                PrivateKeyDer::from_pem_slice(&client_key).map_err(|e| {
+                    ("tls.key".to_owned(), format!("`{}` holds no usable private key: {e}", key.display()))
+                })?;
+                Some(ClientTlsConfig { client_cert, client_key })
+            }
+        };
+        Ok(TlsCertificates { client_tls, root_cert: Some(root_cert) })
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.load()?;
+        if let Some(name) = &self.server_name
+            && ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err(("tls.server_name".into(), format!("`{name}` is not a DNS name or an IP address")));
+        }
+        Ok(())
+    }
+}
+
 fn default_port() -> u16 {
     6379
 }
@@ -117,6 +212,12 @@ impl CacheConfig {
             && let Err(e) = std::fs::metadata(file)
         {
             return Err(("password_file".into(), format!("`{}`: {e}", file.display())));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
+        if self.username.as_deref().is_some_and(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+            return Err(("username".into(), "must be a name without spaces".into()));
         }
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
             return Err(("connect_timeout".into(), "timeouts must be longer than zero".into()));
@@ -172,9 +273,124 @@ fn params<T: DeserializeOwned>(call: &ActionCall) -> Result<T, ActionReport> {
 }
 
 /// A Redis error as one line (the server's answer, or the client's
-/// reason); never the password, which the client does not print.
+/// reason), saying what the server refused in plain words first. Never the
+/// password: neither the client nor the server repeats it.
 fn describe(e: &redis::RedisError) -> String {
-    e.to_string()
+    match e.code() {
+        Some("NOPERM") => format!("the ACL user may not do this (NOPERM): {e}"),
+        Some("NOAUTH") => format!("the server wants a password and none was sent (set password_file): {e}"),
+        Some("WRONGPASS") => format!("the credentials were refused (WRONGPASS): {e}"),
+        _ => e.to_string(),
+    }
+}
+
+/// The I/O error under a Redis error, if it is one.
+fn io_error(e: &redis::RedisError) -> Option<&std::io::Error> {
+    use std::error::Error;
+    let source = e.source()?;
+    // The client keeps its cause behind an `Arc`, which hides the I/O
+    // error from `source()` chains; both shapes are looked through.
+    if let Some(shared) = source.downcast_ref::<std::sync::Arc<dyn Error + Send + Sync>>() {
+        return shared.downcast_ref::<std::io::Error>();
+    }
+    source.downcast_ref::<std::io::Error>()
+}
+
+/// The TLS error under a Redis error, if the handshake or the TLS layer
+/// failed.
+fn tls_error(e: &redis::RedisError) -> Option<&rustls::Error> {
+    io_error(e)?.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// Why a connection to `cache` failed, in the words an operator acts on,
+/// with the client's own text after them.
+fn connect_failure(cache: &CacheConfig, e: &redis::RedisError) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    let at = format!("{}:{}", cache.host, cache.port);
+    let name = cache.tls.as_ref().and_then(|t| t.server_name.as_deref()).unwrap_or(&cache.host);
+    if let Some(tls) = tls_error(e) {
+        let what = match tls {
+            rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+                "the server's certificate was not trusted: it is not issued by the CA in tls.ca".to_owned()
+            }
+            rustls::Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+                format!("the server's certificate is not valid for `{name}` (tls.server_name names the one it carries)")
+            }
+            rustls::Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+                "the server's certificate has expired".to_owned()
+            }
+            rustls::Error::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
+                "the server's certificate is not valid yet".to_owned()
+            }
+            rustls::Error::InvalidCertificate(_) => "the server's certificate was not accepted".to_owned(),
+            rustls::Error::AlertReceived(
+                Alert::CertificateRequired
+                | Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateExpired
+                | Alert::CertificateRevoked
+                | Alert::AccessDenied,
+            ) => {
+                if cache.tls.as_ref().is_some_and(|t| t.cert.is_some()) {
+                    "the server refused the TLS handshake: it does not accept the client certificate in tls.cert"
+                        .to_owned()
+                } else {
+                    "the server refused the TLS handshake: it requires a client certificate (tls.cert, tls.key)"
+                        .to_owned()
+                }
+            }
+            rustls::Error::AlertReceived(_) => "the server refused the TLS handshake".to_owned(),
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => {
+                format!("the server at {at} does not speak TLS (is {} its tls-port?)", cache.port)
+            }
+            _ => "the TLS handshake failed".to_owned(),
+        };
+        return format!("TLS to {at} failed: {what} ({tls})");
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") {
+        let user = cache.username.as_deref().unwrap_or("default");
+        return format!(
+            "the credentials were refused (WRONGPASS): wrong password, or user `{user}` unknown or disabled ({e})"
+        );
+    }
+    if let Some(io) = io_error(e) {
+        use std::io::ErrorKind as Io;
+        return match io.kind() {
+            Io::ConnectionRefused => format!("unreachable: nothing accepts connections at {at} ({io})"),
+            Io::TimedOut => format!("unreachable: {at} did not answer within {:?} ({io})", cache.connect_timeout),
+            Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof | Io::BrokenPipe if cache.tls.is_none() => {
+                format!(
+                    "the server at {at} closed the connection while it was set up (does it want TLS? set tls) ({io})"
+                )
+            }
+            Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof | Io::BrokenPipe => {
+                format!("the server at {at} closed the connection while it was set up ({io})")
+            }
+            _ => format!("unreachable: {at}: {io}"),
+        };
+    }
+    describe(e)
+}
+
+/// Resolves every name to the configured host, so the TLS name checked
+/// (`tls.server_name`) can differ from the address dialled.
+struct DialHost(String);
+
+impl redis::io::AsyncDNSResolver for DialHost {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _name: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let addrs = tokio::net::lookup_host((self.0.as_str(), port)).await?;
+            Ok(Box::new(addrs) as Box<dyn Iterator<Item = std::net::SocketAddr> + Send>)
+        })
+    }
 }
 
 async fn connect(cache: &CacheConfig, db: u32) -> Result<MultiplexedConnection, String> {
@@ -187,19 +403,38 @@ async fn connect(cache: &CacheConfig, db: u32) -> Result<MultiplexedConnection, 
             .map_err(|e| format!("cannot read the password file {}: {e}", file.display()))?;
         settings = settings.set_password(password.trim_end_matches(['\r', '\n']));
     }
-    let info = ConnectionAddr::Tcp(cache.host.clone(), cache.port)
-        .into_connection_info()
-        .map_err(|e| describe(&e))?
-        .set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(|e| describe(&e))?;
-    let config = AsyncConnectionConfig::new()
+    let mut config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(cache.connect_timeout))
         .set_response_timeout(Some(cache.response_timeout));
+    let client = match &cache.tls {
+        None => {
+            let info = ConnectionAddr::Tcp(cache.host.clone(), cache.port)
+                .into_connection_info()
+                .map_err(|e| describe(&e))?
+                .set_redis_settings(settings);
+            redis::Client::open(info).map_err(|e| describe(&e))?
+        }
+        Some(tls) => {
+            let certificates = tls.load().map_err(|(field, e)| format!("cannot use {field}: {e}"))?;
+            if tls.server_name.is_some() {
+                config = config.set_dns_resolver(DialHost(cache.host.clone()));
+            }
+            let host = tls.server_name.clone().unwrap_or_else(|| cache.host.clone());
+            let info = ConnectionAddr::TcpTls { host, port: cache.port, insecure: false, tls_params: None }
+                .into_connection_info()
+                .map_err(|e| describe(&e))?
+                .set_redis_settings(settings);
+            redis::Client::build_with_tls(info, certificates).map_err(|e| describe(&e))?
+        }
+    };
     let connecting = client.get_multiplexed_async_connection_with_config(&config);
     match tokio::time::timeout(cache.connect_timeout + cache.response_timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(describe(&e)),
-        Err(_) => Err(format!("no connection within {:?}", cache.connect_timeout)),
+        Ok(Err(e)) => Err(connect_failure(cache, &e)),
+        Err(_) => Err(format!(
+            "unreachable: no connection to {}:{} within {:?}",
+            cache.host, cache.port, cache.connect_timeout
+        )),
     }
 }
 
@@ -488,5 +723,87 @@ mod tests {
         let text = "host: cache\nwarm_sets:\n  critical: {commands: [[SET, a, b], [flushall]]}\n";
         let cache: CacheConfig = remedy_shared::config::parse_yaml("test", text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cache.validate().map_err(|e| e.0), Err("warm_sets.critical.commands[1]".into()));
+    }
+
+    /// A CA certificate, a client certificate and its key, written under `dir`.
+    fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let ca = rcgen::generate_simple_self_signed(vec!["redis-ca".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+        let client = rcgen::generate_simple_self_signed(vec!["remedy".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+        let (ca_file, cert, key) = (dir.join("ca.crt"), dir.join("client.crt"), dir.join("client.key"));
+        for (path, text) in
+            [(&ca_file, ca.cert.pem()), (&cert, client.cert.pem()), (&key, client.signing_key.serialize_pem())]
+        {
+            std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+        }
+        (ca_file, cert, key)
+    }
+
+    fn field_of(text: &str) -> Result<(), String> {
+        let cache: CacheConfig = remedy_shared::config::parse_yaml("test", text).unwrap_or_else(|e| panic!("{e}"));
+        cache.validate().map_err(|(field, _)| field)
+    }
+
+    #[test]
+    fn tls_settings_are_checked_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (ca, cert, key) = tls_files(dir.path());
+        let (ca, cert, key) = (ca.display(), cert.display(), key.display());
+        let ok = format!(
+            "host: cache\nusername: remedy\ntls: {{ca: {ca}, cert: {cert}, key: {key}, server_name: redis.cache}}\n"
+        );
+        assert_eq!(field_of(&ok), Ok(()));
+        assert_eq!(field_of(&format!("host: cache\ntls: {{ca: {ca}}}\n")), Ok(()));
+
+        // A certificate without its key, or a key without its certificate.
+        assert_eq!(field_of(&format!("host: cache\ntls: {{ca: {ca}, cert: {cert}}}\n")), Err("tls.key".into()));
+        assert_eq!(field_of(&format!("host: cache\ntls: {{ca: {ca}, key: {key}}}\n")), Err("tls.cert".into()));
+        // Files that are missing or hold the wrong thing.
+        assert_eq!(field_of("host: cache\ntls: {ca: /nonexistent/ca.crt}\n"), Err("tls.ca".into()));
+        assert_eq!(field_of(&format!("host: cache\ntls: {{ca: {key}}}\n")), Err("tls.ca".into()));
+        assert_eq!(
+            field_of(&format!("host: cache\ntls: {{ca: {ca}, cert: {key}, key: {key}}}\n")),
+            Err("tls.cert".into())
+        );
+        assert_eq!(
+            field_of(&format!("host: cache\ntls: {{ca: {ca}, cert: {cert}, key: {cert}}}\n")),
+            Err("tls.key".into())
+        );
+        assert_eq!(field_of("host: cache\ntls: {ca: ''}\n"), Err("tls.ca".into()));
+        assert_eq!(
+            field_of(&format!("host: cache\ntls: {{ca: {ca}, server_name: 'not a name'}}\n")),
+            Err("tls.server_name".into())
+        );
+        assert_eq!(field_of("host: cache\nusername: ''\n"), Err("username".into()));
+    }
+
+    #[test]
+    fn there_is_no_way_to_skip_verifying_the_server() {
+        for field in ["insecure: true", "verify: false", "skip_verify: true"] {
+            let text = format!("host: cache\ntls: {{ca: /etc/ca.crt, {field}}}\n");
+            assert!(remedy_shared::config::parse_yaml::<CacheConfig>("test", &text).is_err(), "{field}");
+        }
+        assert!(remedy_shared::config::parse_yaml::<CacheConfig>("test", "host: cache\ntls: {}\n").is_err());
+    }
+
+    #[test]
+    fn connection_failures_say_which_way_they_failed() {
+        let text = "host: cache\nport: 6380\nusername: remedy\n";
+        let cache: CacheConfig = remedy_shared::config::parse_yaml("test", text).unwrap_or_else(|e| panic!("{e}"));
+        let tls = |e: rustls::Error| {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            connect_failure(&cache, &redis::RedisError::from(io))
+        };
+        let untrusted = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        assert!(untrusted.contains("certificate was not trusted"), "{untrusted}");
+        let refused = tls(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired));
+        assert!(refused.contains("refused the TLS handshake") && refused.contains("tls.cert"), "{refused}");
+        let plain = tls(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType));
+        assert!(plain.contains("does not speak TLS"), "{plain}");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let gone = connect_failure(&cache, &redis::RedisError::from(io));
+        assert!(gone.starts_with("unreachable") && gone.contains("cache:6380"), "{gone}");
+        let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "Password authentication failed"));
+        let auth = connect_failure(&cache, &auth);
+        assert!(auth.contains("credentials were refused") && auth.contains("`remedy`"), "{auth}");
     }
 }
