@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use remedy_e2e::datastores::{PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis, databases_yaml, pg_password_file};
+use remedy_e2e::datastores::{
+    PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis, RedisSetup, RedisTlsFiles, databases_yaml, pg_password_file,
+};
 use remedy_e2e::fault_proxy::FaultProxy;
 use remedy_e2e::net_tools::{Netns, require_tools};
 use remedy_e2e::procs::{Proc, bin, eventually, free_addr};
@@ -650,11 +652,11 @@ async fn redis_over_tls_as_an_acl_user_and_failed_connections_say_why_without_th
     const ACL_PASSWORD: &str = "acl-user-secret";
     const WRONG_PASSWORD: &str = "not-the-acl-password";
     let dir = tempfile::tempdir().expect("temp dir");
-    let tls = remedy_e2e::datastores::RedisTlsFiles::generate(dir.path(), "cache", &["redis.test", "127.0.0.1"]);
+    let tls = RedisTlsFiles::generate(dir.path(), "cache", &["redis.test", "127.0.0.1"]);
     // The same names from a CA the server never heard of.
-    let stranger = remedy_e2e::datastores::RedisTlsFiles::generate(dir.path(), "stranger", &["redis.test"]);
+    let stranger = RedisTlsFiles::generate(dir.path(), "stranger", &["redis.test"]);
     let user = ["remedy", "on", &format!(">{ACL_PASSWORD}"), "~*", "&*", "+@all"];
-    let setup = remedy_e2e::datastores::RedisSetup {
+    let setup = RedisSetup {
         tls: Some(tls.clone()),
         tls_auth_clients: true,
         users: vec![user.iter().map(|w| (*w).to_owned()).collect()],
