@@ -161,7 +161,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     }
     let postgres = actuators::postgres::PostgresActuator::new(config.databases.clone())
         .context("cannot build the HTTP client for the PostgreSQL repoint hook")?
-        .with_timeline(recorder.clone())
+        .with_recorder(recorder.clone())
         .with_agents(directives.clone());
     let actuators =
         actuators::this_release(directives.clone(), store.clone(), kube.as_ref().map(|k| k.actuators.clone()))

@@ -6,6 +6,16 @@
 //! without a server; the coordinator's actuator asks the members and the
 //! agents and carries the plan out.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::finding::{Finding, FindingKind, FindingState, Severity};
+use crate::time::Timestamp;
+
+/// How long the finding about a split brain the guard fenced stays: long
+/// enough to be seen, and for a runbook on it to run.
+const FENCED_FINDING_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// A WAL position, parsed from PostgreSQL's `X/Y` text.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.split_once('/')?;
@@ -266,6 +276,56 @@ pub fn writers(members: &[MemberState]) -> Writers {
     }
 }
 
+/// The coordinator's finding about two writers on `database`: a warning
+/// once the older ones are fenced (`fenced`), critical while nobody could
+/// tell which is newer, and cleared when one writer is left. `None` when
+/// there is nothing to say.
+pub fn split_brain_finding(
+    database: &str,
+    writers: &Writers,
+    fenced: &[String],
+    was_undecidable: bool,
+    now: Timestamp,
+) -> Option<Finding> {
+    let (severity, state, summary, expires_at, mut labels) = match writers {
+        Writers::Diverged { keep, .. } if !fenced.is_empty() => (
+            Severity::Warning,
+            FindingState::Active,
+            format!(
+                "{} took writes beside {keep}, the primary on a newer timeline, and were fenced (read-only); \
+                 rewind or rebuild them as standbys",
+                fenced.join(", ")
+            ),
+            Some(now.plus(FENCED_FINDING_LIFETIME)),
+            BTreeMap::from([("kept".to_owned(), keep.clone()), ("fenced".to_owned(), fenced.join(","))]),
+        ),
+        Writers::Undecidable(why) if !was_undecidable => {
+            (Severity::Critical, FindingState::Active, why.clone(), None, BTreeMap::new())
+        }
+        Writers::None | Writers::One(_) if was_undecidable => (
+            Severity::Critical,
+            FindingState::Cleared,
+            format!("`{database}` has at most one member taking writes again"),
+            None,
+            BTreeMap::new(),
+        ),
+        _ => return None,
+    };
+    labels.insert("database".to_owned(), database.to_owned());
+    Some(Finding {
+        kind: FindingKind::DatabaseSplitBrain,
+        severity,
+        state,
+        target: format!("database/{database}"),
+        labels,
+        evidence: BTreeMap::new(),
+        summary,
+        first_seen: now,
+        last_seen: now,
+        expires_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -387,6 +447,28 @@ mod tests {
         assert!(matches!(&tie, Writers::Undecidable(why) if why.contains("a on timeline 2, b on timeline 2")));
         let unknown = writers(&[on_timeline("a", None), on_timeline("b", Some(3))]);
         assert!(matches!(&unknown, Writers::Undecidable(why) if why.contains("a on an unknown timeline")));
+    }
+
+    #[test]
+    fn a_split_brain_is_a_finding_fenced_or_not_and_clears_when_one_writer_is_left() {
+        let now = Timestamp::from_millis(1_000);
+        let diverged = Writers::Diverged { keep: "new".into(), fence: vec!["old".into()] };
+        let fenced = split_brain_finding("main", &diverged, &["old".into()], false, now).unwrap_or_else(|| panic!());
+        assert_eq!((fenced.severity, fenced.state), (Severity::Warning, FindingState::Active));
+        assert_eq!(
+            (fenced.target.as_str(), fenced.labels.get("fenced").map(String::as_str)),
+            ("database/main", Some("old"))
+        );
+        assert!(fenced.expires_at.is_some_and(|at| at > now));
+        // A fence that failed is no news: the guard tries again.
+        assert_eq!(split_brain_finding("main", &diverged, &[], false, now), None);
+        let tie = Writers::Undecidable("a on timeline 2, b on timeline 2 take writes".into());
+        let stuck = split_brain_finding("main", &tie, &[], false, now).unwrap_or_else(|| panic!());
+        assert_eq!((stuck.severity, stuck.state, stuck.expires_at), (Severity::Critical, FindingState::Active, None));
+        assert_eq!(split_brain_finding("main", &tie, &[], true, now), None, "said once");
+        let over = split_brain_finding("main", &Writers::One("a".into()), &[], true, now).unwrap_or_else(|| panic!());
+        assert_eq!(over.state, FindingState::Cleared);
+        assert_eq!(split_brain_finding("main", &Writers::One("a".into()), &[], false, now), None);
     }
 
     #[test]

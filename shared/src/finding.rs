@@ -116,6 +116,10 @@ finding_kinds! {
     /// An incident's time to recovery neared or passed its runbook's target
     /// (raised by the coordinator; a runbook may react to it).
     MttrAtRisk => "mttr_at_risk",
+    /// Two members of a PostgreSQL cluster took writes at once (raised by
+    /// the coordinator's guard: `fenced` names the members it fenced; none
+    /// when their timelines could not tell which is newer).
+    DatabaseSplitBrain => "database_split_brain",
 }
 
 impl fmt::Display for FindingKind {

@@ -485,6 +485,20 @@ async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coo
     let new: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("ask db-1").get(0);
     assert!(!new, "db-1 is still the primary");
     standby.execute("INSERT INTO orders VALUES (202, 'after the fence')", &[]).await.expect("db-1 takes writes");
+    // People see what the guard did, and a runbook may act on it.
+    let admin = coordinator.admin().await;
+    let finding = eventually("the split-brain finding", Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let request = pb::ListFindingsRequest { kind: "database_split_brain".into(), ..Default::default() };
+            let found = admin.list_findings(request).await.ok()?.into_inner().findings;
+            found.into_iter().find_map(|f| f.finding)
+        }
+    })
+    .await;
+    assert_eq!(finding.target, "database/main", "{finding:?}");
+    assert_eq!(finding.labels.get("fenced").map(String::as_str), Some("db-0"), "{finding:?}");
+    assert_eq!(finding.labels.get("kept").map(String::as_str), Some("db-1"), "{finding:?}");
 }
 
 async fn dbsize(redis: &Redis, db: u32) -> u64 {

@@ -13,16 +13,24 @@
 //! moment it answers taking writes (even while the new primary does not
 //! answer), and what became of it goes on the failover's incident. Watches
 //! live in this process; the timeline check is what survives it.
+//!
+//! What the timeline check finds is a `database_split_brain` finding: a
+//! warning once it fenced, critical while two writers' timelines do not
+//! say which is newer (nothing is fenced then: a person decides), cleared
+//! when one writer is left.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use remedy_shared::failover::{MemberState, Role, Writers, format_lsn, writers};
+use remedy_shared::failover::{MemberState, Role, Writers, format_lsn, split_brain_finding, writers};
 use remedy_shared::incident::{EntryKind, IncidentId, TimelineEntry};
 
 use super::session::probe_all;
 use super::{Cluster, Fenced, fence};
 use crate::recorder::{Recorder, RunUpdate};
+
+/// The node name the guard's findings are recorded under.
+const FINDINGS_SOURCE: &str = "coordinator";
 
 /// An old primary that did not answer during a failover, watched.
 #[derive(Debug)]
@@ -59,7 +67,12 @@ impl WatchRecord {
 }
 
 /// Guards `cluster` until `stopped`.
-pub(super) async fn keep_guarding(name: String, cluster: Arc<Cluster>, stopped: impl std::future::Future<Output = ()>) {
+pub(super) async fn keep_guarding(
+    name: String,
+    cluster: Arc<Cluster>,
+    findings: Option<Recorder>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stopped);
     let db = &cluster.config;
     loop {
@@ -79,7 +92,7 @@ pub(super) async fn keep_guarding(name: String, cluster: Arc<Cluster>, stopped: 
         }
         let members = probe_all(db).await;
         cluster.learn(&members);
-        let fenced = resolve_split_brain(&name, &cluster, &members).await;
+        let fenced = resolve_split_brain(&name, &cluster, &members, findings.as_ref()).await;
         look_after_watches(&cluster, &members, &fenced).await;
     }
 }
@@ -93,33 +106,44 @@ fn came_back(old: &str, f: &Fenced) -> String {
     )
 }
 
-/// Fences every writer but the newest; returns what each fence did.
-async fn resolve_split_brain(name: &str, cluster: &Cluster, members: &[MemberState]) -> BTreeMap<String, Fenced> {
+/// Fences every writer but the newest; returns what each fence did. What
+/// it found is a `database_split_brain` finding, for people and runbooks.
+async fn resolve_split_brain(
+    name: &str,
+    cluster: &Cluster,
+    members: &[MemberState],
+    findings: Option<&Recorder>,
+) -> BTreeMap<String, Fenced> {
+    let found = writers(members);
     let mut fenced = BTreeMap::new();
-    match writers(members) {
-        Writers::None | Writers::One(_) => cluster.with_state(|s| s.split_brain_said = None),
-        Writers::Undecidable(why) => {
-            let new = cluster.with_state(|s| s.split_brain_said.replace(why.clone()) != Some(why.clone()));
-            if new {
-                tracing::error!(database = %name, "two primaries: {why}");
-            }
-        }
-        Writers::Diverged { keep, fence: old } => {
-            for member in old {
-                let Some(config) = cluster.config.member(&member) else { continue };
-                match fence(&cluster.config, config).await {
-                    Ok(f) => {
-                        tracing::warn!(database = %name, member = %member, keep = %keep, terminated = f.terminated,
-                            "a member on an older timeline took writes beside the primary: fenced (read-only)");
-                        fenced.insert(member, f);
-                    }
-                    Err(e) => {
-                        tracing::error!(database = %name, member = %member, keep = %keep, error = %e,
-                            "an old primary takes writes beside the newer one and could not be fenced");
-                    }
+    if let Writers::Diverged { keep, fence: old } = &found {
+        for member in old {
+            let Some(config) = cluster.config.member(member) else { continue };
+            match fence(&cluster.config, config).await {
+                Ok(f) => {
+                    tracing::warn!(database = %name, member = %member, keep = %keep, terminated = f.terminated,
+                        "a member on an older timeline took writes beside the primary: fenced (read-only)");
+                    fenced.insert(member.clone(), f);
+                }
+                Err(e) => {
+                    tracing::error!(database = %name, member = %member, keep = %keep, error = %e,
+                        "an old primary takes writes beside the newer one and could not be fenced");
                 }
             }
         }
+    }
+    let undecidable = match &found {
+        Writers::Undecidable(why) => Some(why.clone()),
+        _ => None,
+    };
+    let was_undecidable = cluster.with_state(|s| std::mem::replace(&mut s.split_brain_said, undecidable.clone()));
+    if let (Some(why), None) = (&undecidable, &was_undecidable) {
+        tracing::error!(database = %name, "two primaries: {why}");
+    }
+    let names: Vec<String> = fenced.keys().cloned().collect();
+    let finding = split_brain_finding(name, &found, &names, was_undecidable.is_some(), crate::recorder::now());
+    if let (Some(finding), Some(recorder)) = (finding, findings) {
+        recorder.raise(vec![finding], FINDINGS_SOURCE.to_owned()).await;
     }
     fenced
 }

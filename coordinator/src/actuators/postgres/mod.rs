@@ -114,8 +114,9 @@ impl Cluster {
 pub struct PostgresActuator {
     clusters: Arc<BTreeMap<String, Arc<Cluster>>>,
     http: reqwest::Client,
-    /// Where the watch on an old primary records what became of it.
-    timeline: Option<crate::recorder::Recorder>,
+    /// The writer: the watch on an old primary records what became of it
+    /// on the failover's incident, and the guard its findings.
+    recorder: Option<crate::recorder::Recorder>,
     /// The agents, asked whether their nodes reach a primary the
     /// coordinator cannot.
     agents: Option<crate::directives::Directives>,
@@ -139,7 +140,7 @@ impl PostgresActuator {
         Ok(PostgresActuator {
             clusters: Arc::new(clusters),
             http: reqwest::Client::builder().build()?,
-            timeline: None,
+            recorder: None,
             agents: None,
         })
     }
@@ -157,15 +158,17 @@ impl PostgresActuator {
     where
         F: std::future::Future<Output = ()>,
     {
-        let guards =
-            self.clusters.iter().map(|(name, cluster)| guard::keep_guarding(name.clone(), cluster.clone(), stopped()));
+        let guards = self.clusters.iter().map(|(name, cluster)| {
+            guard::keep_guarding(name.clone(), cluster.clone(), self.recorder.clone(), stopped())
+        });
         futures::future::join_all(guards).await;
     }
 
     /// Records what the watch on an unreachable old primary finds (fenced
-    /// when it came back, or never seen) on the failover's incident.
-    pub fn with_timeline(mut self, recorder: crate::recorder::Recorder) -> Self {
-        self.timeline = Some(recorder);
+    /// when it came back, or never seen) on the failover's incident, and
+    /// what the guard finds as findings.
+    pub fn with_recorder(mut self, recorder: crate::recorder::Recorder) -> Self {
+        self.recorder = Some(recorder);
         self
     }
 
@@ -422,7 +425,7 @@ impl PostgresActuator {
             member: old.to_owned(),
             until: tokio::time::Instant::now() + cluster.config.fence_watch,
             record: guard::WatchRecord {
-                timeline: self.timeline.clone(),
+                timeline: self.recorder.clone(),
                 incident: call.incident_id.parse().ok(),
                 step: call.step_id.clone(),
             },
