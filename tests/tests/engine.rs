@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use remedy_e2e::procs::{eventually, http_request, remedyctl};
 use remedy_e2e::runs::{
-    about, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start, timeline,
+    about, approve, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start,
+    timeline,
 };
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
@@ -297,25 +298,7 @@ async fn guard_rails_refuse_through_the_engine_in_live_and_dry_run_alike() {
 
     // Approval: granted, the action runs once.
     let id = run_manual(&coordinator, "GATE", false).await;
-    let pending = eventually("an approval request", Duration::from_secs(30), || {
-        let (mut admin, id) = (admin.clone(), id.clone());
-        async move {
-            let list = admin.list_approvals(pb::ListApprovalsRequest { all: false }).await.ok()?.into_inner();
-            list.approvals.into_iter().find(|a| a.incident_id == id)
-        }
-    })
-    .await;
-    admin
-        .answer_approval(pb::AnswerApprovalRequest {
-            incident_id: pending.incident_id.clone(),
-            step_id: pending.step_id.clone(),
-            attempt: pending.attempt,
-            approve: true,
-            requested_by: "lead".into(),
-            reason: String::new(),
-        })
-        .await
-        .expect("approve");
+    approve(&coordinator, &id, "gated").await;
     run_end(&coordinator, &id).await;
     assert_eq!(world.requests("POST", "/admin/gated").len(), 1);
 
