@@ -327,15 +327,24 @@ impl Drop for Postgres {
 
 /// Connects to the server at `addr` as the superuser, within 5 seconds.
 pub async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, String> {
+    connect_to(addr, "postgres").await
+}
+
+/// Connects to database `dbname` on the server at `addr` as the superuser,
+/// within 5 seconds; the error is the server's message when it sent one.
+pub async fn connect_to(addr: SocketAddr, dbname: &str) -> Result<tokio_postgres::Client, String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
         .port(addr.port())
         .user("postgres")
         .password(PG_PASSWORD)
-        .dbname("postgres")
+        .dbname(dbname)
         .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

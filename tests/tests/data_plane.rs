@@ -37,6 +37,8 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     let mut primary = Postgres::primary(dir.path(), "db-0", true).await;
     let mut replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
     primary.write_orders(1000).await;
+    // The application's own database, beside the one the coordinator uses.
+    primary.client().await.batch_execute("CREATE DATABASE app").await.expect("create the application's database");
 
     let world = World::start().await;
     let catalog = seed_catalog(dir.path(), &world);
@@ -107,6 +109,12 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
     assert!(why.contains("read-only transaction"), "{why}");
     println!("write to the fenced old primary: {why:?}");
+    // Nor can a session that asks for a read-write transaction write there:
+    // the application's database takes no connections on the old primary,
+    // and still does on the new one.
+    let closed = remedy_e2e::datastores::connect_to(primary.addr, "app").await.err().unwrap_or_default();
+    assert!(closed.contains("is not currently accepting connections"), "{closed}");
+    remedy_e2e::datastores::connect_to(replica.addr, "app").await.expect("the new primary serves the application");
     // A second failure within the window goes to people: the rails stop
     // the failover before it runs, and nothing is promoted.
     let mut admin = coordinator.admin().await;

@@ -37,6 +37,12 @@ pub struct DatabaseConfig {
     /// this long and fenced as soon as it answers again.
     #[serde(default = "one_hour", with = "duration")]
     pub fence_watch: Duration,
+    /// A fence also stops every database of the member but the one the
+    /// coordinator connects to (`dbname`) from taking connections
+    /// (`ALTER DATABASE … ALLOW_CONNECTIONS false`): read-only by default
+    /// still lets a session ask for a read-write transaction.
+    #[serde(default = "yes")]
+    pub fence_connections: bool,
     /// How often the watch asks.
     #[serde(default = "one_second", with = "duration")]
     pub fence_watch_interval: Duration,
@@ -86,6 +92,9 @@ pub struct MemberConfig {
 
 fn five_seconds() -> Duration {
     Duration::from_secs(5)
+}
+fn yes() -> bool {
+    true
 }
 fn ten_seconds() -> Option<Duration> {
     Some(Duration::from_secs(10))

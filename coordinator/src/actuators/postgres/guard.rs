@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use remedy_shared::failover::{MemberState, Role, Writers, format_lsn, split_brain_finding, writers};
+use remedy_shared::failover::{MemberState, Role, Writers, split_brain_finding, writers};
 use remedy_shared::incident::{EntryKind, IncidentId, TimelineEntry};
 
 use super::session::probe_all;
@@ -99,11 +99,7 @@ pub(super) async fn keep_guarding(
 
 /// What a returning old primary's fence did, in words.
 fn came_back(old: &str, f: &Fenced) -> String {
-    format!(
-        "the old primary {old} came back taking writes: fenced (read-only), {} sessions terminated, last lsn {}",
-        f.terminated,
-        f.lsn.map(format_lsn).unwrap_or_else(|| "unknown".into())
-    )
+    format!("the old primary {old} came back taking writes: fenced (read-only): {}", f.describe())
 }
 
 /// Fences every writer but the newest; returns what each fence did. What

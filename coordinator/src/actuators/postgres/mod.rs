@@ -15,7 +15,8 @@
 //! off, not the primary down), when no replica is healthy, when the chosen
 //! one is further behind than `max_lag_bytes`, or when a member would stay
 //! writable. Then fence every member that still takes writes (`ALTER
-//! SYSTEM SET default_transaction_read_only = on`, reload, its client
+//! SYSTEM SET default_transaction_read_only = on`, reload, its other
+//! databases closed to connections with `fence_connections`, its client
 //! sessions terminated), let the candidate replay up to the fenced
 //! primary's last position, `pg_promote()`, wait until it accepts writes,
 //! and tell the configured `repoint_hook`. A primary that did not answer is
@@ -489,11 +490,7 @@ impl PostgresActuator {
             match fence(db, member).await {
                 Ok(f) => {
                     progress.fenced.push(name.clone());
-                    progress.step(format!(
-                        "fenced {name}: default_transaction_read_only = on, {} sessions terminated, last lsn {}",
-                        f.terminated,
-                        f.lsn.map(format_lsn).unwrap_or_else(|| "unknown".into())
-                    ));
+                    progress.step(format!("fenced {name}: {}", f.describe()));
                     fenced_at = fenced_at.max(f.lsn);
                 }
                 Err(e) => {
@@ -632,9 +629,30 @@ impl PostgresActuator {
 struct Fenced {
     terminated: u64,
     lsn: Option<u64>,
+    /// The databases that stopped taking connections.
+    closed: Vec<String>,
+    /// Why the other databases still take connections, when closing them
+    /// failed.
+    still_open: Option<String>,
 }
 
-/// Makes `member` read-only for every new transaction and ends the
+impl Fenced {
+    /// The fence in words, for the timeline: what was done, and how a
+    /// person undoes it.
+    fn describe(&self) -> String {
+        let lsn = self.lsn.map(format_lsn).unwrap_or_else(|| "unknown".into());
+        let closed = match (&self.still_open, self.closed.is_empty()) {
+            (Some(e), _) => format!(", but its databases still take connections ({e})"),
+            (None, true) => String::new(),
+            (None, false) => format!(", connections refused to {} (ALLOW_CONNECTIONS false)", self.closed.join(", ")),
+        };
+        format!("default_transaction_read_only = on{closed}, {} sessions terminated, last lsn {lsn}", self.terminated)
+    }
+}
+
+/// Makes `member` read-only for every new transaction, with
+/// `fence_connections` refuses new connections to its other databases (a
+/// session could still ask for a read-write transaction), and ends the
 /// sessions that could still write.
 async fn fence(db: &DatabaseConfig, member: &MemberConfig) -> Result<Fenced, String> {
     let session = Session::open(db, member).await?;
@@ -654,6 +672,15 @@ async fn fence(db: &DatabaseConfig, member: &MemberConfig) -> Result<Fenced, Str
     if !confirmed {
         return Err("default_transaction_read_only is still off after the reload".to_owned());
     }
+    // Read-only is the fence the failover relies on; a role that may not
+    // alter databases keeps that, and the timeline says what is missing.
+    let (closed, still_open) = match db.fence_connections {
+        false => (Vec::new(), None),
+        true => match close_databases(&session).await {
+            Ok(closed) => (closed, None),
+            Err(e) => (Vec::new(), Some(e)),
+        },
+    };
     let terminated = session
         .value(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -663,7 +690,34 @@ async fn fence(db: &DatabaseConfig, member: &MemberConfig) -> Result<Fenced, Str
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let lsn = session.value("SELECT pg_current_wal_lsn()::text").await?.as_deref().and_then(parse_lsn);
-    Ok(Fenced { terminated, lsn })
+    Ok(Fenced { terminated, lsn, closed, still_open })
+}
+
+/// Every database of the member but the one the coordinator uses (and the
+/// templates) stops taking connections, superusers' included. In a
+/// transaction of its own that explicitly writes, and commits locally: the
+/// member is read-only by default now, and a synchronous standby it waited
+/// for may be the one being promoted.
+async fn close_databases(session: &Session) -> Result<Vec<String>, String> {
+    let open = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate \
+                AND datname <> current_database() ORDER BY datname";
+    let names: Vec<String> =
+        session.rows(open, None).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    session
+        .execute(
+            "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; \
+             DO $fence$ DECLARE d text; BEGIN \
+               FOR d IN SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate \
+                        AND datname <> current_database() LOOP \
+                 EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS false', d); \
+               END LOOP; END $fence$; COMMIT",
+        )
+        .await
+        .map_err(|e| format!("refusing connections to {} failed: {e}", names.join(", ")))?;
+    Ok(names)
 }
 
 /// Waits (within the promote timeout) until `candidate` has replayed up to
@@ -754,5 +808,34 @@ impl Progress {
             Phase::Promoted(name) => format!("after {name} was promoted and took writes"),
         };
         format!("{at}; {fenced}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_says_what_it_closed_or_why_it_could_not() {
+        let fenced = |closed: &[&str], still_open: Option<&str>| Fenced {
+            terminated: 3,
+            lsn: Some(0x300_0148),
+            closed: closed.iter().map(|c| (*c).to_owned()).collect(),
+            still_open: still_open.map(str::to_owned),
+        };
+        assert_eq!(
+            fenced(&["app", "billing"], None).describe(),
+            "default_transaction_read_only = on, connections refused to app, billing (ALLOW_CONNECTIONS false), \
+             3 sessions terminated, last lsn 0/3000148"
+        );
+        assert_eq!(
+            fenced(&[], Some("must be owner of database app")).describe(),
+            "default_transaction_read_only = on, but its databases still take connections (must be owner of \
+             database app), 3 sessions terminated, last lsn 0/3000148"
+        );
+        assert_eq!(
+            fenced(&[], None).describe(),
+            "default_transaction_read_only = on, 3 sessions terminated, last lsn 0/3000148"
+        );
     }
 }
