@@ -13,6 +13,14 @@ HTTP=${REMEDY_HTTP_LISTEN:-127.0.0.1:7071}
 DIAG=${REMEDY_DIAGNOSTICS_LISTEN:-127.0.0.1:7072}
 NODE=${NODE_NAME:-$(hostname)}
 
+# Prefixes a process's log lines with its name. Ctrl-C reaches the whole
+# process group: the prefixer ignores it, so the processes' last lines
+# (how they stopped) still show, and it ends when they close their stderr.
+prefix() {
+	trap '' INT TERM
+	exec sed -u "s/^/[$1] /" >&2
+}
+
 pids=()
 stop() {
 	trap - INT TERM EXIT
@@ -43,7 +51,7 @@ YAML
 "$BIN/remedy-coordinator" --data-dir "$STATE/coordinator" --grpc-listen "$GRPC" --http-listen "$HTTP" \
 	--runbooks-dir deploy/runbooks --config "$STATE/coordinator.yaml" \
 	--tls-cert "$PKI/coordinator.crt" --tls-key "$PKI/coordinator.key" --tls-client-ca "$PKI/ca.crt" \
-	2> >(sed -u 's/^/[coordinator] /' >&2) &
+	2> >(prefix coordinator) &
 pids+=($!)
 
 # Wait for the coordinator before starting the agent, with a bound.
@@ -65,7 +73,7 @@ YAML
 "$BIN/remedy-agent" --node-name "$NODE" --state-dir "$STATE/agent" --coordinator "https://$GRPC" \
 	--config "$STATE/agent.yaml" \
 	--tls-cert "$PKI/agent-$NODE.crt" --tls-key "$PKI/agent-$NODE.key" --tls-ca "$PKI/ca.crt" \
-	--diagnostics-listen "$DIAG" 2> >(sed -u 's/^/[agent] /' >&2) &
+	--diagnostics-listen "$DIAG" 2> >(prefix agent) &
 pids+=($!)
 
 cat <<MSG

@@ -88,6 +88,11 @@ fn init_tracing(format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log sink that went away (a closed pipe) must not stop the
+        // process: by default a failed write is reported with `eprintln!`,
+        // which panics on that same closed stderr, in whichever task logged,
+        // and the signal task that logs "stopping" was one of them.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
@@ -101,6 +106,7 @@ async fn run(
     kube: pods::Connection,
     client_tls: Option<Arc<remedy_proto::tls::ClientTls>>,
 ) -> anyhow::Result<()> {
+    let shutdown = remedy_proto::shutdown::listen().context("cannot listen for SIGTERM and SIGINT")?;
     let agent_id = identity::agent_id(config.agent_id.as_deref(), &config.state_dir, &config.node_name)
         .with_context(|| format!("cannot read or create the agent id in {}", config.state_dir.display()))?;
     let spool = spool::Spool::open(&config.state_dir, config.spool_capacity).context("cannot open the spool")?;
@@ -174,7 +180,7 @@ async fn run(
     let log_tasks = start_logs(&shared, &config)?;
     let processes_task = procsig::start(&shared, &config, stopped());
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     if let Some(tasks) = log_tasks {
@@ -294,20 +300,6 @@ fn start_logs(shared: &Arc<Shared>, config: &Config) -> anyhow::Result<Option<Lo
         .context("cannot start the log tailer")?;
     tracing::info!(root = %c.root.display(), files = c.files.len(), "log tailing on");
     Ok(Some(LogTasks { tailer, flush, stop_flush }))
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Samples resources, runs the detectors and spools what they raise.

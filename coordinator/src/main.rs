@@ -88,6 +88,11 @@ fn init_tracing(format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log sink that went away (a closed pipe) must not stop the
+        // process: by default a failed write is reported with `eprintln!`,
+        // which panics on that same closed stderr, in whichever task logged,
+        // and the signal task that logs "stopping" was one of them.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
@@ -100,8 +105,9 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || until_stopped(stop_rx.clone());
     let signal_stop = stop_tx.clone();
+    let shutdown = remedy_proto::shutdown::listen().context("cannot listen for SIGTERM and SIGINT")?;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("stopping");
         let _ = signal_stop.send(true);
     });
@@ -410,28 +416,6 @@ struct BadConfig(ConfigError);
 
 fn bad_config(field: &str, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadConfig(ConfigError::new("the coordinator's configuration", field, message)))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// Marks agents stale when they miss their heartbeats, which is itself a

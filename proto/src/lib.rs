@@ -1,8 +1,9 @@
 //! Remedy's wire protocol, generated from `proto/remedy/v1/*.proto`.
 //!
-//! Nothing here carries behaviour: conversions to the domain types live at
-//! the edges of the binaries, so the protocol can evolve without touching
-//! the domain.
+//! The protocol carries no behaviour: conversions to the domain types live
+//! at the edges of the binaries, so the protocol can evolve without
+//! touching the domain. Beside it are the runtime pieces the three
+//! binaries share: TLS, tokens, the local PKI and how they hear to stop.
 
 /// Package `remedy.v1`.
 pub mod v1 {
@@ -13,6 +14,7 @@ pub mod v1 {
 pub mod convert;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod shutdown;
 pub mod tls;
 pub mod tokens;
 

@@ -1,7 +1,9 @@
 //! Faults between and under Remedy's processes, with real processes on
 //! loopback: a coordinator killed again and again mid-stream, a network path
 //! that silently drops everything, and a store whose disk fills up. None of
-//! them may lose a finding or record one twice.
+//! them may lose a finding or record one twice. And a log reader that went
+//! away (the pipe to it closed) must not keep either process from stopping
+//! on SIGTERM.
 //!
 //! Each test prints what it sent, what the store holds, duplicates and
 //! losses, and how long the phases took (`--nocapture` to see them).
@@ -20,7 +22,7 @@ use remedy_e2e::fault_proxy::FaultProxy;
 use remedy_e2e::findings::{
     assert_each_incident_counts_its_findings_once, post_batches, spools_drained, submit_spread,
 };
-use remedy_e2e::procs::{Agent, Coordinator, all_findings, eventually, http_request, metric_value};
+use remedy_e2e::procs::{Agent, Coordinator, all_findings, bin, eventually, free_addr, http_request, metric_value};
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
@@ -405,4 +407,93 @@ async fn a_full_disk_stops_acknowledgements_says_why_and_delivery_resumes_once_s
     println!("  everything delivered {resumed_in:?} after the space was freed");
     println!("  test took {:?}", started.elapsed());
     assert_exactly_once(&tally);
+}
+
+/// Waits (bounded) for `child` to exit; `None` when it is still running.
+async fn exit_of(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if let Some(status) = child.try_wait().expect("ask whether the process exited") {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_processes_stop_on_sigterm_after_whatever_read_their_log_went_away() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (grpc, http, diagnostics) = (free_addr(), free_addr(), free_addr());
+    let spawn = |name: &str, args: Vec<String>| {
+        Command::new(bin(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Read by nobody once the handle is dropped below: every log
+            // line after that is a write to a closed pipe.
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"))
+    };
+    let mut coordinator = spawn(
+        "remedy-coordinator",
+        [
+            "--data-dir",
+            &dir.path().join("coordinator").display().to_string(),
+            "--grpc-listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+            "--insecure",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    eventually("the coordinator's /healthz", WAIT, || async move {
+        http_request(http, "GET", "/healthz", None).await.ok().filter(|(code, _)| *code == 200)
+    })
+    .await;
+    let mut agent = spawn(
+        "remedy-agent",
+        [
+            "--node-name",
+            "node-pipe",
+            "--state-dir",
+            &dir.path().join("agent").display().to_string(),
+            "--coordinator",
+            &format!("http://{grpc}"),
+            "--insecure",
+            "--diagnostics-listen",
+            &diagnostics.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    // Ready once it reached the coordinator over its stream.
+    eventually("the agent's /readyz", WAIT, || async move {
+        http_request(diagnostics, "GET", "/readyz", None).await.ok().filter(|(code, _)| *code == 200)
+    })
+    .await;
+    drop(coordinator.stderr.take());
+    drop(agent.stderr.take());
+
+    for child in [&coordinator, &agent] {
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "SIGTERM to {pid}");
+    }
+    let agent_exit = exit_of(&mut agent, WAIT).await;
+    let coordinator_exit = exit_of(&mut coordinator, WAIT).await;
+    // Neither is left running, whatever is asserted next.
+    for (child, exit) in [(&mut agent, agent_exit), (&mut coordinator, coordinator_exit)] {
+        if exit.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    for (name, exit) in [("agent", agent_exit), ("coordinator", coordinator_exit)] {
+        assert!(exit.is_some_and(|s| s.success()), "the {name} did not stop cleanly on SIGTERM: {exit:?}");
+    }
 }
