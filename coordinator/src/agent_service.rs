@@ -44,6 +44,19 @@ pub struct AgentService {
     pub directives: Directives,
     /// Checks that each agent speaks only for its own node.
     pub auth: crate::auth::Authenticator,
+    /// Turns true when this process stops. Every open stream then ends
+    /// with UNAVAILABLE and its agent reconnects (to the new leader, or to
+    /// this coordinator restarted): an agent's stream never ends by itself,
+    /// and would otherwise hold the stopping process open, taking findings
+    /// nobody acts on.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once `stopping` turns true; never when nobody can set it.
+async fn until_stopping(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -160,11 +173,15 @@ impl AgentService {
         inbound: &mut Streaming<pb::AgentMessage>,
         tx: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
     ) -> Result<(), Status> {
+        let mut stopping = self.stopping.clone();
         loop {
             let next = tokio::select! {
                 next = inbound.message() => next.map_err(inbound_status)?,
                 () = session.replaced.notified() => {
                     return Err(Status::aborted("a newer stream from the same agent took over"));
+                }
+                () = until_stopping(&mut stopping) => {
+                    return Err(Status::unavailable("the coordinator is stopping: connect again"));
                 }
             };
             let Some(msg) = next else { return Ok(()) };

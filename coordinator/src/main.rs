@@ -243,6 +243,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         max_batch_findings: config.max_batch_findings,
         directives: directives.clone(),
         auth: auth.clone(),
+        stopping: stop_tx.subscribe(),
     };
     let admin = admin_service::Admin {
         store: store.clone(),

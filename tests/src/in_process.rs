@@ -39,6 +39,8 @@ pub fn serve_agents(dir: &Path, listener: tokio::net::TcpListener) -> Directives
             &Default::default(),
         )
         .expect("an authenticator without a tokens file"),
+        // Serves until the test ends: nothing stops it.
+        stopping: tokio::sync::watch::channel(false).1,
     };
     tokio::spawn(
         tonic::transport::Server::builder()

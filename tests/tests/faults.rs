@@ -1,9 +1,9 @@
 //! Faults between and under Remedy's processes, with real processes on
 //! loopback: a coordinator killed again and again mid-stream, a network path
 //! that silently drops everything, and a store whose disk fills up. None of
-//! them may lose a finding or record one twice. And a log reader that went
-//! away (the pipe to it closed) must not keep either process from stopping
-//! on SIGTERM.
+//! them may lose a finding or record one twice. And neither a connected
+//! agent nor a log reader that went away (the pipe to it closed) may keep
+//! a process from stopping on SIGTERM.
 //!
 //! Each test prints what it sent, what the store holds, duplicates and
 //! losses, and how long the phases took (`--nocapture` to see them).
@@ -422,7 +422,7 @@ async fn exit_of(child: &mut std::process::Child, limit: Duration) -> Option<std
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_processes_stop_on_sigterm_after_whatever_read_their_log_went_away() {
+async fn both_processes_stop_on_sigterm_with_agents_connected_and_whatever_read_their_log_gone() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().expect("temp dir");
     let (grpc, http, diagnostics) = (free_addr(), free_addr(), free_addr());
@@ -479,13 +479,18 @@ async fn both_processes_stop_on_sigterm_after_whatever_read_their_log_went_away(
     drop(coordinator.stderr.take());
     drop(agent.stderr.take());
 
-    for child in [&coordinator, &agent] {
+    let terminate = |child: &std::process::Child| {
         let pid = child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(sent.success(), "SIGTERM to {pid}");
-    }
-    let agent_exit = exit_of(&mut agent, WAIT).await;
+    };
+    // The coordinator first, its agent still connected: the agent's stream
+    // must not hold it open.
+    terminate(&coordinator);
     let coordinator_exit = exit_of(&mut coordinator, WAIT).await;
+    let agent_running = agent.try_wait().expect("ask whether the agent exited").is_none();
+    terminate(&agent);
+    let agent_exit = exit_of(&mut agent, WAIT).await;
     // Neither is left running, whatever is asserted next.
     for (child, exit) in [(&mut agent, agent_exit), (&mut coordinator, coordinator_exit)] {
         if exit.is_none() {
@@ -493,7 +498,8 @@ async fn both_processes_stop_on_sigterm_after_whatever_read_their_log_went_away(
             let _ = child.wait();
         }
     }
-    for (name, exit) in [("agent", agent_exit), ("coordinator", coordinator_exit)] {
+    for (name, exit) in [("coordinator", coordinator_exit), ("agent", agent_exit)] {
         assert!(exit.is_some_and(|s| s.success()), "the {name} did not stop cleanly on SIGTERM: {exit:?}");
     }
+    assert!(agent_running, "the agent outlived its coordinator, reconnecting");
 }
