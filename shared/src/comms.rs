@@ -113,16 +113,6 @@ impl CommunicationTemplate {
         let body = renderer.render_str(&self.body, &value)?;
         Ok(Rendered { subject: subject.split_whitespace().collect::<Vec<_>>().join(" "), body })
     }
-
-    /// The subject's template text.
-    pub fn subject_template(&self) -> &str {
-        &self.subject
-    }
-
-    /// The body's template text.
-    pub fn body_template(&self) -> &str {
-        &self.body
-    }
 }
 
 /// Where people and customers can follow an incident; what a site

@@ -71,19 +71,6 @@ pub enum ChannelKind {
     },
 }
 
-impl ChannelKind {
-    /// The `type:` this kind is written as.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            ChannelKind::Slack { .. } => "slack",
-            ChannelKind::Pagerduty { .. } => "pagerduty",
-            ChannelKind::Webhook { .. } => "webhook",
-            ChannelKind::Email { .. } => "email",
-            ChannelKind::Statuspage { .. } => "statuspage",
-        }
-    }
-}
-
 /// PagerDuty's enqueue endpoint (US service region).
 pub const DEFAULT_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 

@@ -128,16 +128,13 @@ async fn resolve_split_brain(
             }
         }
     }
-    let undecidable = match &found {
-        Writers::Undecidable(why) => Some(why.clone()),
-        _ => None,
-    };
-    let was_undecidable = cluster.with_state(|s| std::mem::replace(&mut s.split_brain_said, undecidable.clone()));
-    if let (Some(why), None) = (&undecidable, &was_undecidable) {
+    let undecidable = matches!(found, Writers::Undecidable(_));
+    let was_undecidable = cluster.with_state(|s| std::mem::replace(&mut s.split_brain_undecided, undecidable));
+    if let (Writers::Undecidable(why), false) = (&found, was_undecidable) {
         tracing::error!(database = %name, "two primaries: {why}");
     }
     let names: Vec<String> = fenced.keys().cloned().collect();
-    let finding = split_brain_finding(name, &found, &names, was_undecidable.is_some(), crate::recorder::now());
+    let finding = split_brain_finding(name, &found, &names, was_undecidable, crate::recorder::now());
     if let (Some(finding), Some(recorder)) = (finding, findings) {
         recorder.raise(vec![finding], FINDINGS_SOURCE.to_owned()).await;
     }

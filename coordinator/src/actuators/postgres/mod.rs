@@ -46,7 +46,7 @@ use remedy_shared::runbook::{PgFailover, PgMaintenance, PgOperation, PgSelect1};
 use serde::de::DeserializeOwned;
 
 pub use self::config::{DatabaseConfig, MemberConfig};
-use self::session::{Session, probe, probe_all};
+use self::session::{Session, mark_promotions, probe, probe_all};
 use super::{ActionCall, ActionReport, ActionStatus, Actuator};
 use remedy_shared::failover::{self as plan, MemberState, Role, format_lsn, parse_lsn};
 
@@ -70,9 +70,9 @@ struct ClusterState {
     pending_promotion: Option<String>,
     /// Old primaries that did not answer during a failover, watched.
     watches: Vec<guard::Watch>,
-    /// Two primaries whose timelines do not say which is newer, as last
-    /// said: said again only when it changes.
-    split_brain_said: Option<String>,
+    /// Two primaries whose timelines do not say which is newer were seen
+    /// at the last look: said once, and cleared when it ends.
+    split_brain_undecided: bool,
 }
 
 #[derive(Debug)]
@@ -445,7 +445,8 @@ impl PostgresActuator {
     ) -> Result<ActionReport, ActionReport> {
         let dry_run = call.dry_run;
         let db = &cluster.config;
-        let members = probe_all(db).await;
+        let mut members = probe_all(db).await;
+        mark_promotions(db, &mut members).await;
         cluster.learn(&members);
         let (current_primary, last_primary_lsn, pending) =
             cluster.with_state(|s| (s.current_primary.clone(), s.last_primary_lsn, s.pending_promotion.clone()));

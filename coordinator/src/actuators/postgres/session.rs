@@ -123,15 +123,10 @@ pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberS
             (false, true) => Role::Fenced,
             (false, false) => Role::Primary,
         };
-        // A promotion asked of a replica leaves its signal file until the
-        // replica acts on it; seen here, it is known after the asker is
-        // gone. Reading it needs superuser or a grant on pg_stat_file: a
-        // role without one sees no promotion under way.
-        let promoting =
-            role == Role::Replica && session.value(PROMOTE_SIGNAL_SQL).await.ok().flatten().as_deref() == Some("t");
         Ok(Status {
             role,
-            promoting,
+            // Asked only while a failover is planned: see `mark_promotions`.
+            promoting: false,
             current_lsn: text(3).as_deref().and_then(parse_lsn),
             receive_lsn: text(4).as_deref().and_then(parse_lsn),
             replay_lsn: text(5).as_deref().and_then(parse_lsn),
@@ -141,6 +136,24 @@ pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberS
     }
     .await;
     MemberState { name: member.name().to_owned(), answer }
+}
+
+/// Marks the replicas of `members` with a promotion under way. A promotion
+/// asked of a replica leaves its signal file until the replica acts on it,
+/// so it is known after whoever asked is gone. Asked only while a failover
+/// is planned, not by every probe: reading the file needs superuser or a
+/// grant on pg_stat_file, and a role without one (which then sees no
+/// promotion under way) would put an error in the server's log each time.
+pub(crate) async fn mark_promotions(db: &DatabaseConfig, members: &mut [MemberState]) {
+    let asks = members.iter_mut().filter_map(|m| {
+        let config = db.member(&m.name)?;
+        let status = m.answer.as_mut().ok().filter(|s| s.role == Role::Replica)?;
+        Some(async move {
+            let Ok(session) = Session::open(db, config).await else { return };
+            status.promoting = session.value(PROMOTE_SIGNAL_SQL).await.ok().flatten().as_deref() == Some("t");
+        })
+    });
+    futures::future::join_all(asks).await;
 }
 
 /// Asks every member at once.
