@@ -11,7 +11,10 @@ use remedy_shared::config::{self, ConfigError};
 use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
-use crate::logs::StartAt;
+use crate::detectors::{DetectorConfig, Detectors};
+use crate::logs::{LogsConfig, StartAt};
+use crate::nft::BlockingConfig;
+use crate::pods::config::{CrashLoopRule, FailedRule, OomKilledRule, PodRules, PodsConfig, PodsMode, RestartFailed};
 use remedy_shared::config::opt_duration;
 use remedy_shared::logs::{BruteForceConfig, BruteForceDetector, ClassifierConfig, ErrorClassifier};
 
@@ -253,109 +256,6 @@ struct DetectorFile {
     severity: Option<Severity>,
 }
 
-/// One threshold detector, validated.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DetectorConfig {
-    /// When it raises and clears.
-    pub rule: ThresholdRule,
-    /// Severity of its findings.
-    pub severity: Severity,
-}
-
-/// The node-level detectors; `None` is disabled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Detectors {
-    /// Node CPU percent.
-    pub node_cpu_high: Option<DetectorConfig>,
-    /// Node memory percent.
-    pub node_memory_high: Option<DetectorConfig>,
-    /// One-minute load per core.
-    pub node_load_high: Option<DetectorConfig>,
-    /// Filesystem use percent, per mount.
-    pub disk_usage_high: Option<DetectorConfig>,
-}
-
-/// Whether the agent watches its node's pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodsMode {
-    /// When a Kubernetes client can be built.
-    Auto,
-    /// Always; no client is a configuration error.
-    On,
-    /// Never.
-    Off,
-}
-
-/// `pod_crash_loop`: a container waiting in CrashLoopBackOff, or a restart
-/// storm (`restarts` or more within `window`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CrashLoopRule {
-    /// Restarts within `window` that make a storm.
-    pub restarts: u32,
-    /// The storm's sliding window.
-    pub window: Duration,
-    /// How long after the last CrashLoopBackOff or storm restart the finding
-    /// clears (a crash loop runs between back-offs; this keeps it from
-    /// flapping with each short run).
-    pub clear_after: Duration,
-    /// Severity of its findings.
-    pub severity: Severity,
-}
-
-/// `pod_oom_killed`: a container whose last termination was OOMKilled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OomKilledRule {
-    /// How long after the termination the finding clears, unless another
-    /// follows; an older termination is not reported at all.
-    pub clear_after: Duration,
-    /// Severity of its findings.
-    pub severity: Severity,
-}
-
-/// `pod_failed`: a pod in phase Failed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FailedRule {
-    /// Severity of its findings.
-    pub severity: Severity,
-}
-
-/// The pod detectors; `None` is disabled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PodRules {
-    /// Crash loops and restart storms.
-    pub crash_loop: Option<CrashLoopRule>,
-    /// OOM kills.
-    pub oom_killed: Option<OomKilledRule>,
-    /// Failed pods.
-    pub failed: Option<FailedRule>,
-    /// While a finding holds it is sent again this often; it expires after
-    /// three missed refreshes.
-    pub refresh: Duration,
-}
-
-/// Deleting Failed pods of this node so their controller replaces them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartFailed {
-    /// Off by default.
-    pub enabled: bool,
-    /// Deletions within any sliding hour, at most: this rule's and the
-    /// `restart_pod` directive's together, even while this rule is off.
-    pub max_per_hour: u32,
-}
-
-/// Watching the pods bound to this node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PodsConfig {
-    /// On, off, or when a client can be built.
-    pub mode: PodsMode,
-    /// Kubeconfig named by `--kubeconfig` or the file's `kubeconfig`.
-    pub kubeconfig: Option<PathBuf>,
-    /// Detectors.
-    pub rules: PodRules,
-    /// Local remediation.
-    pub restart_failed: RestartFailed,
-}
-
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -405,36 +305,6 @@ pub struct Config {
     pub blocking: BlockingConfig,
     /// Log cleanup and GC nudges.
     pub local_actions: crate::local::config::LocalActionsConfig,
-}
-
-/// Tailing container logs and plain files.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogsConfig {
-    /// On by default: a pod log directory that does not exist (a laptop, a
-    /// node whose kubelet has not started) is reported in /debug/state and
-    /// looked for again at every scan, not an error.
-    pub enabled: bool,
-    /// The kubelet's pod log directory.
-    pub root: PathBuf,
-    /// Plain files, one message per line, named exactly (no patterns).
-    pub files: Vec<PathBuf>,
-    /// Longest logical line kept, bytes; longer ones are cut and counted.
-    pub max_line_bytes: usize,
-    /// How often the directories are listed for new and rotated files.
-    pub discover_interval: Duration,
-    /// How long to wait after finding nothing new to read.
-    pub poll_interval: Duration,
-    /// How often delivered offsets are written to the state directory; after
-    /// a crash, at most this much is read twice.
-    pub checkpoint_interval: Duration,
-    /// Where files found at the first start on a node (no checkpoint yet)
-    /// are read from: `end` by default, so that an agent rolled out onto
-    /// busy nodes does not judge days-old lines as new.
-    pub first_start: StartAt,
-    /// Error lines by category per workload (P1-002's `high_error_rate`).
-    pub errors: ClassifierConfig,
-    /// Failed logins per source address (SEC-001's `brute_force`).
-    pub brute_force: BruteForceConfig,
 }
 
 /// Smallest and largest `logs.max_line_bytes`.
@@ -755,21 +625,6 @@ struct BlockingFile {
     max_bans: Option<usize>,
 }
 
-/// IP blocking with nftables, in this agent's own table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BlockingConfig {
-    /// Off by default: it needs root (CAP_NET_ADMIN) and the nft program.
-    pub enabled: bool,
-    /// The `inet` table's name.
-    pub table: String,
-    /// What no ban may cover, and how wide a ban may be.
-    pub protected: crate::nft::Protected,
-    /// How often the table is checked and put back.
-    pub reconcile_interval: Duration,
-    /// Most bans held.
-    pub max_bans: usize,
-}
-
 fn blocking(source: &str, file: BlockingFile) -> Result<BlockingConfig, ConfigError> {
     let err = |field: &str, message: &str| ConfigError::new(source, format!("blocking.{field}"), message);
     let table = file.table.unwrap_or_else(|| "remedy".to_owned());
@@ -824,8 +679,17 @@ fn hostname() -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Parses a command line as the agent does, but never reads the process
+    /// environment: a machine where `REMEDY_TLS_CERT` or `NODE_NAME` is set
+    /// must not change what these tests see.
+    fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_args(|a| a.env(clap::builder::Resettable::Reset));
+        Cli::from_arg_matches(&command.get_matches_from(args)).expect("a command line the agent accepts")
+    }
+
     fn cli() -> Cli {
-        Cli::parse_from([
+        parse([
             "remedy-agent",
             "--node-name",
             "n1",
@@ -843,18 +707,17 @@ mod tests {
         let c = load("{}").unwrap();
         let CoordinatorSecurity::Tls { files, server_name, .. } = c.security else { panic!("TLS by default") };
         assert_eq!((files.ca.as_path(), server_name), (std::path::Path::new("/ca.crt"), None));
-        let bare = Cli::parse_from(["remedy-agent", "--node-name", "n1"]);
+        let bare = parse(["remedy-agent", "--node-name", "n1"]);
         assert_eq!(resolve(&bare, "defaults", FileConfig::default()).unwrap_err().field, "tls.cert");
-        let plain = Cli::parse_from(["remedy-agent", "--node-name", "n1", "--coordinator", "http://c:7070"]);
+        let plain = parse(["remedy-agent", "--node-name", "n1", "--coordinator", "http://c:7070"]);
         let err = resolve(&plain, "defaults", FileConfig::default()).unwrap_err();
         assert!(err.field == "coordinator" && err.message.contains("--insecure"), "{err}");
-        let insecure =
-            Cli::parse_from(["remedy-agent", "--node-name", "n1", "--insecure", "--coordinator", "http://c:7070"]);
+        let insecure = parse(["remedy-agent", "--node-name", "n1", "--insecure", "--coordinator", "http://c:7070"]);
         assert_eq!(
             resolve(&insecure, "defaults", FileConfig::default()).unwrap().security,
             CoordinatorSecurity::Insecure
         );
-        let mixed = Cli::parse_from(["remedy-agent", "--node-name", "n1", "--insecure"]);
+        let mixed = parse(["remedy-agent", "--node-name", "n1", "--insecure"]);
         assert_eq!(resolve(&mixed, "defaults", FileConfig::default()).unwrap_err().field, "coordinator");
     }
 
@@ -938,7 +801,7 @@ mod tests {
         assert_eq!(crash.severity, Severity::Critical);
         assert!(c.pods.rules.oom_killed.is_none());
         assert_eq!(c.pods.restart_failed, RestartFailed { enabled: true, max_per_hour: 1 });
-        let flag = Cli::parse_from([
+        let flag = parse([
             "remedy-agent",
             "--node-name",
             "n1",

@@ -7,7 +7,30 @@ use remedy_shared::detector::{ThresholdDetector, Transition};
 use remedy_shared::finding::{Finding, FindingKind, FindingState};
 use remedy_shared::signals::ResourceSnapshot;
 
-use crate::config::{DetectorConfig, Detectors};
+use remedy_shared::Severity;
+use remedy_shared::detector::ThresholdRule;
+
+/// One threshold detector, validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectorConfig {
+    /// When it raises and clears.
+    pub rule: ThresholdRule,
+    /// Severity of its findings.
+    pub severity: Severity,
+}
+
+/// The node-level detectors; `None` is disabled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detectors {
+    /// Node CPU percent.
+    pub node_cpu_high: Option<DetectorConfig>,
+    /// Node memory percent.
+    pub node_memory_high: Option<DetectorConfig>,
+    /// One-minute load per core.
+    pub node_load_high: Option<DetectorConfig>,
+    /// Filesystem use percent, per mount.
+    pub disk_usage_high: Option<DetectorConfig>,
+}
 
 /// One value to check, with what a finding about it says.
 struct Reading {

@@ -20,7 +20,17 @@ use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now;
-use crate::state::{ConnectionState, Shared, SpoolFigures, Status};
+use crate::local::LocalStatus;
+use crate::logs::LogsStatus;
+use crate::logs::detect::DetectorsStatus;
+use crate::metrics::Metrics;
+use crate::nft::BlockingStatus;
+use crate::outbox::{Outbox, SpoolFigures};
+use crate::pods::PodsStatus;
+use crate::procsig::ProcessesStatus;
+use crate::published::Published;
+use crate::signals::NodeStatus;
+use crate::stream::{Connection, ConnectionState};
 
 /// Largest request body accepted, bytes.
 const MAX_BODY: usize = 1024 * 1024;
@@ -59,20 +69,50 @@ impl SubmitGate {
     }
 }
 
+/// What the endpoint shows, and where findings submitted by hand go: each
+/// feature's published status, handed over by `main`.
+#[derive(Debug, Clone)]
+pub struct Board {
+    /// This agent's identity.
+    pub agent_id: String,
+    /// The node.
+    pub node_name: String,
+    /// Where submitted findings go; its figures are shown.
+    pub outbox: Outbox,
+    /// Every metric.
+    pub metrics: Metrics,
+    /// The stream to the coordinator.
+    pub connection: Published<Connection>,
+    /// The latest sample and the node's findings.
+    pub node: Published<NodeStatus>,
+    /// This node's pods.
+    pub pods: Published<PodsStatus>,
+    /// Log tailing.
+    pub logs: Published<LogsStatus>,
+    /// IP blocking.
+    pub blocking: Published<BlockingStatus>,
+    /// What the log detectors have seen.
+    pub log_detectors: Published<DetectorsStatus>,
+    /// Process signals.
+    pub processes: Published<ProcessesStatus>,
+    /// Log cleanup and GC nudges.
+    pub local_actions: Published<LocalStatus>,
+}
+
 /// Serves the endpoint until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    board: Board,
     gate: Arc<SubmitGate>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(shared).layer(axum::Extension(gate));
+    let app = router(Arc::new(board)).layer(axum::Extension(gate));
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(board: Arc<Board>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -80,11 +120,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/debug/state", get(debug_state))
         .route("/v1/findings", post(submit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(shared)
+        .with_state(board)
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let connection = shared.status().connection.clone();
+async fn readyz(State(board): State<Arc<Board>>) -> Response {
+    let connection = board.connection.get();
     if connection.state == ConnectionState::Connected {
         (StatusCode::OK, "ready: connected to the coordinator\n").into_response()
     } else {
@@ -93,29 +133,45 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.render())
+async fn metrics(State(board): State<Arc<Board>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], board.metrics.render())
         .into_response()
 }
 
+/// `/debug/state`: every feature's status at one moment.
 #[derive(Serialize)]
 struct DebugState {
     agent_id: String,
     node_name: String,
     version: &'static str,
+    /// The stream.
+    connection: Connection,
+    /// The latest snapshot and the findings raised and not cleared.
     #[serde(flatten)]
-    status: Status,
+    node: NodeStatus,
+    pods: PodsStatus,
+    logs: LogsStatus,
+    blocking: BlockingStatus,
+    log_detectors: DetectorsStatus,
+    processes: ProcessesStatus,
+    local_actions: LocalStatus,
     spool: SpoolFigures,
 }
 
-async fn debug_state(State(shared): State<Arc<Shared>>) -> Json<DebugState> {
-    let status = shared.status().clone();
+async fn debug_state(State(board): State<Arc<Board>>) -> Json<DebugState> {
     Json(DebugState {
-        agent_id: shared.agent_id.clone(),
-        node_name: shared.node_name.clone(),
+        agent_id: board.agent_id.clone(),
+        node_name: board.node_name.clone(),
         version: env!("CARGO_PKG_VERSION"),
-        status,
-        spool: shared.spool_figures(),
+        connection: board.connection.get(),
+        node: board.node.get(),
+        pods: board.pods.get(),
+        logs: board.logs.get(),
+        blocking: board.blocking.get(),
+        log_detectors: board.log_detectors.get(),
+        processes: board.processes.get(),
+        local_actions: board.local_actions.get(),
+        spool: board.outbox.figures(),
     })
 }
 
@@ -156,7 +212,7 @@ fn bad_request(message: String) -> Response {
 }
 
 async fn submit(
-    State(shared): State<Arc<Shared>>,
+    State(board): State<Arc<Board>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::Extension(gate): axum::Extension<Arc<SubmitGate>>,
     headers: axum::http::HeaderMap,
@@ -203,7 +259,7 @@ async fn submit(
         }
         findings.push(finding);
     }
-    match shared.submit(findings).await {
+    match board.outbox.submit(findings).await {
         Ok(r) => (
             StatusCode::ACCEPTED,
             Json(Accepted {

@@ -3,24 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-mod clock;
-mod config;
-mod detectors;
-mod diagnostics;
-mod directives;
-mod identity;
-mod local;
-mod logs;
-mod metrics;
-mod nft;
-mod pods;
-mod procsig;
-mod reach;
-mod signals;
-mod spool;
-mod state;
-mod stream;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -29,9 +11,16 @@ use clap::Parser;
 use remedy_shared::config::EXIT_BAD_CONFIG;
 use tokio::sync::watch;
 
-use crate::clock::now;
-use crate::config::{Cli, Config, CoordinatorSecurity};
-use crate::state::Shared;
+use remedy_agent::clock::now;
+use remedy_agent::config::{Cli, Config, CoordinatorSecurity};
+use remedy_agent::diagnostics::{self, Board};
+use remedy_agent::handler::Handlers;
+use remedy_agent::local::{self, LocalActions};
+use remedy_agent::metrics::Metrics;
+use remedy_agent::outbox::Outbox;
+use remedy_agent::published::Published;
+use remedy_agent::stream::{self, Connection, Link};
+use remedy_agent::{detectors, identity, logs, nft, pods, procsig, reach, signals, snapshot, spool};
 
 fn main() -> ExitCode {
     remedy_proto::tls::install_default_provider();
@@ -110,9 +99,8 @@ async fn run(
     let agent_id = identity::agent_id(config.agent_id.as_deref(), &config.state_dir, &config.node_name)
         .with_context(|| format!("cannot read or create the agent id in {}", config.state_dir.display()))?;
     let spool = spool::Spool::open(&config.state_dir, config.spool_capacity).context("cannot open the spool")?;
-    let metrics = metrics::Metrics::new();
-    let shared =
-        Shared::new(agent_id.clone(), config.node_name.clone(), config.coordinator.clone(), spool, metrics, now());
+    let metrics = Metrics::new();
+    let outbox = Outbox::new(spool, metrics.outbox.clone());
 
     let listener = tokio::net::TcpListener::bind(config.diagnostics_listen)
         .await
@@ -159,16 +147,47 @@ async fn run(
         keepalive_timeout: config.keepalive_timeout,
         labels: config.labels.clone(),
     };
-    // Pods first: a restart_pod directive that arrives on the first stream
-    // finds the restarter in place.
-    let pods_task = start_pods(&shared, &config, kube, stopped());
-    // Before the stream: the hello announces the block directives only
-    // once the table is in place.
-    let blocking_task = nft::start(&shared, &config.blocking, &config.state_dir, stopped()).await;
-    local::start(&shared, &config.local_actions);
-    let stream_task = tokio::spawn(stream::run(shared.clone(), stream_config, stop_rx.clone()));
+
+    // Every feature is in place before the stream opens, so the hello
+    // announces exactly the directives this agent can run.
+    let pods = pods::start(&config.node_name, &config.pods, kube, outbox.clone(), metrics.pods.clone(), stopped());
+    let blocking = nft::start(&config.blocking, &config.state_dir, metrics.blocks.clone(), stopped()).await;
+    let logs = logs::start(&config.logs, &config.state_dir, outbox.clone(), metrics.logs.clone())
+        .map_err(anyhow::Error::msg)?;
+    let local = Arc::new(LocalActions::new(config.local_actions.clone(), metrics.local.clone(), logs.status.clone()));
+    let processes =
+        procsig::start(&config.processes, &config.node_name, outbox.clone(), metrics.processes.clone(), stopped());
     let sampler = signals::Sampler::new(config.top_processes).context("cannot read this node's resources")?;
-    let sampler_task = tokio::spawn(sample_loop(shared.clone(), sampler, config.clone(), stopped()));
+    let node_detectors = detectors::NodeDetectors::new(config.detectors, config.node_name.clone(), sampler.cores());
+    let node = Published::default();
+    let sampler_task = tokio::spawn(signals::run(
+        sampler,
+        node_detectors,
+        outbox.clone(),
+        node.clone(),
+        metrics.samples.clone(),
+        config.sample_interval,
+        stopped(),
+    ));
+
+    let mut handlers = Handlers::new();
+    snapshot::register(&mut handlers, node.clone(), logs.detectors.clone());
+    pods::directive::register(&mut handlers, &pods);
+    reach::register(&mut handlers);
+    nft::directive::register(&mut handlers, &blocking);
+    local::register(&mut handlers, &local);
+
+    let connection = Published::new(Connection::connecting(config.coordinator.clone(), now()));
+    let link = Link {
+        agent_id: agent_id.clone(),
+        node_name: config.node_name.clone(),
+        outbox: outbox.clone(),
+        handlers: Arc::new(handlers),
+        node: node.clone(),
+        connection: connection.clone(),
+        metrics: metrics.stream.clone(),
+    };
+    let stream_task = tokio::spawn(stream::run(link, stream_config, stop_rx.clone()));
     let gate = match (&config.diagnostics_tokens, &config.security) {
         (Some(path), _) => {
             diagnostics::SubmitGate::Tokens(remedy_proto::tokens::load(path).map_err(anyhow::Error::msg)?)
@@ -176,159 +195,33 @@ async fn run(
         (None, CoordinatorSecurity::Insecure) => diagnostics::SubmitGate::AnyLocalProcess,
         (None, CoordinatorSecurity::Tls { .. }) => diagnostics::SubmitGate::Closed,
     };
-    let diagnostics_task = tokio::spawn(diagnostics::serve(listener, shared.clone(), Arc::new(gate), stopped()));
-    let log_tasks = start_logs(&shared, &config)?;
-    let processes_task = procsig::start(&shared, &config, stopped());
+    let board = Board {
+        agent_id,
+        node_name: config.node_name.clone(),
+        outbox,
+        metrics,
+        connection,
+        node,
+        pods: pods.report.status.clone(),
+        logs: logs.status.clone(),
+        blocking: blocking.status.clone(),
+        log_detectors: logs.detectors_status.clone(),
+        processes: processes.status.clone(),
+        local_actions: local.status(),
+    };
+    let diagnostics_task = tokio::spawn(diagnostics::serve(listener, board, Arc::new(gate), stopped()));
 
     shutdown.await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    if let Some(tasks) = log_tasks {
+    if let Some(tasks) = logs.tasks {
         tasks.stop().await;
     }
     let _ = stream_task.await;
     let _ = sampler_task.await;
-    if let Some(task) = processes_task {
-        let _ = task.await;
-    }
-    if let Some(task) = blocking_task {
-        let _ = task.await;
-    }
-    if let Some(task) = pods_task {
+    for task in [processes.task, blocking.task, pods.task].into_iter().flatten() {
         let _ = task.await;
     }
     diagnostics_task.await.context("diagnostics task failed")?.context("diagnostics endpoint failed")?;
     Ok(())
-}
-
-/// Starts watching this node's pods when there is a client; says which way
-/// it went either way.
-fn start_pods(
-    shared: &Arc<Shared>,
-    config: &Config,
-    kube: pods::Connection,
-    stopped: impl Future<Output = ()> + Send + 'static,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let mode = match config.pods.mode {
-        config::PodsMode::Auto => "auto",
-        config::PodsMode::On => "true",
-        config::PodsMode::Off => "false",
-    };
-    let restart = config.pods.restart_failed;
-    let mut status = shared.status();
-    status.pods.restarts.enabled = restart.enabled;
-    status.pods.restarts.max_per_hour = restart.max_per_hour;
-    match kube {
-        pods::Connection::On(client, from) => {
-            tracing::info!(
-                pods_enabled = mode,
-                client = %from,
-                restart_failed = restart.enabled,
-                max_per_hour = restart.max_per_hour,
-                "pod watching on: Kubernetes client from {from}"
-            );
-            status.pods.enabled = true;
-            status.pods.client = from;
-            drop(status);
-            // One restarter, so the local rule and directives spend one budget.
-            let restarter =
-                Arc::new(pods::restart::Restarter::new(config.node_name.clone(), client.clone(), restart.max_per_hour));
-            shared.set_restarter(restarter.clone());
-            Some(tokio::spawn(pods::watch(shared.clone(), client, config.pods.clone(), restarter, stopped)))
-        }
-        pods::Connection::Off(why) => {
-            tracing::info!(pods_enabled = mode, "pod watching off: {why}");
-            status.pods.client = why;
-            None
-        }
-    }
-}
-
-/// The log tailer and the task that hands what its detectors raise to the
-/// spool, when tailing is on.
-struct LogTasks {
-    tailer: logs::TailerHandle,
-    flush: tokio::task::JoinHandle<()>,
-    stop_flush: tokio::sync::oneshot::Sender<()>,
-}
-
-impl LogTasks {
-    /// Stops the tailer first (its final checkpoint is what makes a clean
-    /// restart read every line once), then spools what the detectors raised
-    /// from the last lines, so no line is checkpointed without its finding.
-    async fn stop(self) {
-        match tokio::task::spawn_blocking(move || self.tailer.stop()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "log tailer stopped without its checkpoint"),
-            Err(e) => tracing::error!(error = %e, "log tailer did not stop"),
-        }
-        let _ = self.stop_flush.send(());
-        let _ = self.flush.await;
-    }
-}
-
-/// Starts the log tailer feeding the error classifier and the brute-force
-/// detector, when enabled.
-fn start_logs(shared: &Arc<Shared>, config: &Config) -> anyhow::Result<Option<LogTasks>> {
-    let c = &config.logs;
-    if !c.enabled {
-        tracing::info!("log tailing off (logs.enabled: false)");
-        return Ok(None);
-    }
-    let tailer_config = logs::TailerConfig {
-        cri_root: Some(c.root.clone()),
-        plain_files: c.files.clone(),
-        max_line_bytes: c.max_line_bytes,
-        discover_interval: c.discover_interval,
-        poll_interval: c.poll_interval,
-        checkpoint_interval: c.checkpoint_interval,
-        checkpoint_path: config.state_dir.join("log-checkpoint.json"),
-        first_start: c.first_start,
-    };
-    // Validated with the configuration; a failure here is a bug, not input.
-    let detectors = logs::detect::LogDetectors::new(c.errors.clone(), c.brute_force.clone())
-        .map_err(|e| anyhow::anyhow!("log detectors: {}: {}", e.field, e.message))?;
-    let (stop_flush, flush_stopped) = tokio::sync::oneshot::channel::<()>();
-    let flush = tokio::spawn(detectors.clone().flush(shared.clone(), async move {
-        let _ = flush_stopped.await;
-    }));
-    shared.set_log_detectors(detectors.clone());
-    let sink = detectors.sink(shared.metrics.logs.lines_accepted.clone());
-    let published = shared.clone();
-    let publish: logs::tailer::Publish = Box::new(move |status| published.status().logs = status);
-    let tailer = logs::spawn(tailer_config, sink, shared.metrics.logs.clone(), publish)
-        .context("cannot start the log tailer")?;
-    tracing::info!(root = %c.root.display(), files = c.files.len(), "log tailing on");
-    Ok(Some(LogTasks { tailer, flush, stop_flush }))
-}
-
-/// Samples resources, runs the detectors and spools what they raise.
-async fn sample_loop(
-    shared: Arc<Shared>,
-    mut sampler: signals::Sampler,
-    config: Config,
-    stopped: impl Future<Output = ()>,
-) {
-    let mut detectors = detectors::NodeDetectors::new(config.detectors, config.node_name.clone(), sampler.cores());
-    let mut tick = tokio::time::interval(config.sample_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = &mut stopped => return,
-        }
-        let at = now();
-        let snapshot = sampler.sample(at);
-        shared.metrics.samples.inc();
-        let findings = detectors.observe(&snapshot, at);
-        {
-            let mut status = shared.status();
-            status.snapshot = Some(snapshot);
-            status.active_findings = detectors.raised().cloned().collect();
-        }
-        if let Err(e) = shared.submit(findings).await {
-            tracing::error!(error = %e, "cannot spool findings");
-        }
-    }
 }

@@ -15,11 +15,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use remedy_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::directives::Reply;
+use crate::handler::{Handlers, Outcome, Reply, Request};
 
 /// The directive's name.
 pub const REACH: &str = "reach";
@@ -73,10 +72,15 @@ fn reach_params(params: &HashMap<String, String>) -> Result<ReachParams, String>
 }
 
 /// Runs a `reach` directive.
+/// Serves `reach`. It changes nothing, so it runs in a dry run too.
+pub fn register(handlers: &mut Handlers) {
+    handlers.announce(REACH, |request: Request| async move { reach(&request.params).await });
+}
+
 pub(crate) async fn reach(params: &HashMap<String, String>) -> Reply {
     let wanted = match reach_params(params) {
         Ok(p) => p,
-        Err(e) => return Reply::new(pb::ActionOutcome::Refused, e),
+        Err(e) => return Reply::new(Outcome::Refused, e),
     };
     let started = Instant::now();
     let outcome = tokio::time::timeout(wanted.timeout, attempt(&wanted))
@@ -88,8 +92,8 @@ pub(crate) async fn reach(params: &HashMap<String, String>) -> Reply {
         Protocol::Postgres => "PostgreSQL answered",
     };
     let mut reply = match &outcome {
-        Ok(()) => Reply::new(pb::ActionOutcome::Succeeded, format!("reached {}: {what}", wanted.address)),
-        Err(e) => Reply::new(pb::ActionOutcome::Succeeded, format!("cannot reach {}: {e}", wanted.address)),
+        Ok(()) => Reply::new(Outcome::Succeeded, format!("reached {}: {what}", wanted.address)),
+        Err(e) => Reply::new(Outcome::Succeeded, format!("cannot reach {}: {e}", wanted.address)),
     };
     reply.evidence.insert("reached".into(), outcome.is_ok().to_string());
     reply.evidence.insert("millis".into(), millis);

@@ -2,8 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 use remedy_shared::Timestamp;
+use remedy_shared::finding::Finding;
 use remedy_shared::signals::{DiskUsage, ProcessUsage, ResourceSnapshot};
+use serde::Serialize;
 use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System};
 
 /// Filesystems that say nothing about a node's disks.
@@ -97,6 +102,50 @@ impl Sampler {
         top.extend(all.iter().take(self.top_processes).map(|p| p.pid));
         all.retain(|p| top.contains(&p.pid));
         all
+    }
+}
+
+/// The node as the latest sample saw it: what snapshots and heartbeats
+/// report, and what /debug/state shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeStatus {
+    /// The latest snapshot.
+    pub snapshot: Option<ResourceSnapshot>,
+    /// Findings raised and not cleared.
+    pub active_findings: Vec<Finding>,
+}
+
+/// Samples resources every `interval`, runs the detectors, publishes the
+/// node's status and spools what the detectors raise, until `stopped`.
+pub async fn run(
+    mut sampler: Sampler,
+    mut detectors: crate::detectors::NodeDetectors,
+    outbox: crate::outbox::Outbox,
+    node: crate::published::Published<NodeStatus>,
+    samples: Counter,
+    interval: Duration,
+    stopped: impl Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stopped => return,
+        }
+        let at = crate::clock::now();
+        let snapshot = sampler.sample(at);
+        samples.inc();
+        let findings = detectors.observe(&snapshot, at);
+        {
+            let mut status = node.lock();
+            status.snapshot = Some(snapshot);
+            status.active_findings = detectors.raised().cloned().collect();
+        }
+        if let Err(e) = outbox.submit(findings).await {
+            tracing::error!(error = %e, "cannot spool findings");
+        }
     }
 }
 

@@ -5,20 +5,28 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use remedy_proto::MAX_MESSAGE_BYTES;
 use remedy_proto::convert;
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::agent_message::Body as AgentBody;
 use remedy_proto::v1::agent_service_client::AgentServiceClient;
 use remedy_proto::v1::coordinator_message::Body as CoordinatorBody;
+use remedy_shared::Timestamp;
 use remedy_shared::backoff::Backoff;
+use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use crate::clock::now;
-use crate::directives::{self, Executor};
-use crate::state::{ConnectionState, Shared};
+use crate::directives::Executor;
+use crate::handler::Handlers;
+use crate::outbox::Outbox;
+use crate::published::Published;
+use crate::signals::NodeStatus;
 
 /// Findings per batch.
 const BATCH: usize = 500;
@@ -48,6 +56,85 @@ pub struct StreamConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Where the stream to the coordinator stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Dialling.
+    Connecting,
+    /// Stream open and welcomed.
+    Connected,
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+/// The stream's status, for /readyz and /debug/state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// Where it stands.
+    pub state: ConnectionState,
+    /// The coordinator dialled.
+    pub coordinator: String,
+    /// The coordinator replica that welcomed us.
+    pub coordinator_id: Option<String>,
+    /// Since when in this state.
+    pub since: Timestamp,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Highest sequence the coordinator acknowledged.
+    pub last_acked: u64,
+}
+
+impl Connection {
+    /// Not connected yet: dialling `coordinator` since `now`.
+    pub fn connecting(coordinator: String, now: Timestamp) -> Connection {
+        Connection {
+            state: ConnectionState::Connecting,
+            coordinator,
+            coordinator_id: None,
+            since: now,
+            last_error: None,
+            last_acked: 0,
+        }
+    }
+}
+
+/// The stream's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StreamMetrics {
+    /// 1 while a stream to the coordinator is open.
+    pub connected: Gauge,
+    /// Connection attempts that failed or streams that broke.
+    pub reconnects: Counter,
+}
+
+impl StreamMetrics {
+    /// Registers them.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("connected", "1 while the stream to the coordinator is open", self.connected.clone());
+        registry.register("reconnects", "Failed connection attempts and broken streams", self.reconnects.clone());
+    }
+}
+
+/// What the stream works with, besides its settings.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// This agent's identity, as the hello says it.
+    pub agent_id: String,
+    /// The node, as the hello says it.
+    pub node_name: String,
+    /// Findings to send; acknowledgements drop them.
+    pub outbox: Outbox,
+    /// The directives this agent runs; the hello announces them.
+    pub handlers: Arc<Handlers>,
+    /// The latest sample, sent with each heartbeat.
+    pub node: Published<NodeStatus>,
+    /// Where the stream stands, published for /readyz and /debug/state.
+    pub connection: Published<Connection>,
+    /// The stream's metrics.
+    pub metrics: StreamMetrics,
+}
+
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
@@ -62,26 +149,26 @@ enum StreamError {
 }
 
 /// Keeps a stream to the coordinator open until `stop` turns true.
-pub async fn run(shared: Arc<Shared>, config: StreamConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run(link: Link, config: StreamConfig, mut stop: watch::Receiver<bool>) {
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
     // One executor for every stream: a directive still running when a stream
     // breaks sends its result on the next one.
-    let (executor, mut results) = Executor::new(shared.clone());
+    let (executor, mut results) = Executor::new(link.handlers.clone());
     loop {
-        set_state(&shared, ConnectionState::Connecting, None);
+        set_state(&link, ConnectionState::Connecting, None);
         let outcome = tokio::select! {
-            r = session(&shared, &config, &mut backoff, &executor, &mut results) => r,
+            r = session(&link, &config, &mut backoff, &executor, &mut results) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        shared.metrics.connected.set(0);
-        shared.metrics.reconnects.inc();
+        link.metrics.connected.set(0);
+        link.metrics.reconnects.inc();
         let error = match outcome {
             Ok(()) => "the coordinator closed the stream".to_owned(),
             Err(e) => e.to_string(),
         };
         let delay = backoff.next_delay(rand::random::<f64>());
         tracing::warn!(error = %error, retry_in = ?delay, "stream to the coordinator ended");
-        set_state(&shared, ConnectionState::Backoff, Some(error));
+        set_state(&link, ConnectionState::Backoff, Some(error));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -89,17 +176,17 @@ pub async fn run(shared: Arc<Shared>, config: StreamConfig, mut stop: watch::Rec
     }
 }
 
-fn set_state(shared: &Shared, state: ConnectionState, error: Option<String>) {
-    let mut status = shared.status();
-    status.connection.state = state;
-    status.connection.since = now();
+fn set_state(link: &Link, state: ConnectionState, error: Option<String>) {
+    let mut connection = link.connection.lock();
+    connection.state = state;
+    connection.since = now();
     if error.is_some() {
-        status.connection.last_error = error;
+        connection.last_error = error;
     }
 }
 
 async fn session(
-    shared: &Arc<Shared>,
+    link: &Link,
     config: &StreamConfig,
     backoff: &mut Backoff,
     executor: &Executor,
@@ -119,12 +206,12 @@ async fn session(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(16);
-    let last_sequence = shared.spool_figures().last_sequence;
+    let last_sequence = link.outbox.figures().last_sequence;
     let hello = pb::Hello {
-        agent_id: shared.agent_id.clone(),
-        node_name: shared.node_name.clone(),
+        agent_id: link.agent_id.clone(),
+        node_name: link.node_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        capabilities: directives::capabilities(shared),
+        capabilities: link.handlers.announced(),
         labels: config.labels.clone().into_iter().collect(),
         last_sequence,
     };
@@ -135,22 +222,22 @@ async fn session(
         other => return Err(StreamError::Protocol(format!("expected a welcome, got {other:?}"))),
     };
     let mut acked = welcome.acked_sequence;
-    apply_ack(shared, acked).await?;
+    apply_ack(link, acked).await?;
     if acked > last_sequence {
         tracing::warn!(
             acked,
             last_sequence,
             "the coordinator holds sequences this agent never assigned; skipping past them"
         );
-        shared.with_spool(move |s| s.fast_forward(acked)).await?;
+        link.outbox.with_spool(move |s| s.fast_forward(acked)).await?;
     }
     {
-        let mut status = shared.status();
-        status.connection.coordinator_id = Some(welcome.coordinator_id.clone());
-        status.connection.last_error = None;
+        let mut connection = link.connection.lock();
+        connection.coordinator_id = Some(welcome.coordinator_id.clone());
+        connection.last_error = None;
     }
-    set_state(shared, ConnectionState::Connected, None);
-    shared.metrics.connected.set(1);
+    set_state(link, ConnectionState::Connected, None);
+    link.metrics.connected.set(1);
     backoff.reset();
     tracing::info!(coordinator = %welcome.coordinator_id, acked, "connected to the coordinator");
 
@@ -163,7 +250,7 @@ async fn session(
     // Everything at or below `sent` is on the wire or acknowledged.
     let mut sent = acked;
     loop {
-        sent = send_pending(shared, &out, sent, acked).await?;
+        sent = send_pending(link, &out, sent, acked).await?;
         tokio::select! {
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
@@ -171,7 +258,7 @@ async fn session(
                     Some(CoordinatorBody::Ack(ack)) => {
                         if ack.acked_sequence > acked {
                             acked = ack.acked_sequence;
-                            apply_ack(shared, acked).await?;
+                            apply_ack(link, acked).await?;
                         }
                     }
                     Some(CoordinatorBody::Directive(d)) => {
@@ -192,15 +279,15 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let figures = shared.spool_figures();
-                let snapshot = shared.status().snapshot.as_ref().map(convert::snapshot_to_proto);
+                let figures = link.outbox.figures();
+                let snapshot = link.node.lock().snapshot.as_ref().map(convert::snapshot_to_proto);
                 send(&out, AgentBody::Heartbeat(pb::Heartbeat {
                     snapshot,
                     spool_depth: figures.depth as u64,
                     spool_dropped_total: figures.dropped_total,
                 })).await?;
             }
-            () = shared.new_findings.notified() => {}
+            () = link.outbox.submitted() => {}
             Some(result) = results.recv() => {
                 let id = result.directive_id.clone();
                 if let Err(e) = send(&out, AgentBody::ActionResult(result)).await {
@@ -218,17 +305,16 @@ async fn send(out: &mpsc::Sender<pb::AgentMessage>, body: AgentBody) -> Result<(
         .map_err(|_| StreamError::Protocol("the stream closed while sending".into()))
 }
 
-async fn apply_ack(shared: &Arc<Shared>, acked: u64) -> Result<(), StreamError> {
-    let removed = shared.with_spool(move |s| s.ack(acked)).await?;
-    shared.metrics.findings_acked.inc_by(removed as u64);
-    shared.status().connection.last_acked = acked;
+async fn apply_ack(link: &Link, acked: u64) -> Result<(), StreamError> {
+    link.outbox.acknowledge(acked).await?;
+    link.connection.lock().last_acked = acked;
     Ok(())
 }
 
 /// Sends spooled findings above `sent` while the in-flight window allows;
 /// returns the new `sent` mark.
 async fn send_pending(
-    shared: &Arc<Shared>,
+    link: &Link,
     out: &mpsc::Sender<pb::AgentMessage>,
     mut sent: u64,
     acked: u64,
@@ -237,7 +323,7 @@ async fn send_pending(
         let room = (MAX_IN_FLIGHT - sent.saturating_sub(acked)).min(BATCH as u64) as usize;
         let after = sent;
         let (findings, oldest) =
-            shared.with_spool(move |s| Ok((s.read_after(after, room)?, s.oldest_retained()?))).await?;
+            link.outbox.with_spool(move |s| Ok((s.read_after(after, room)?, s.oldest_retained()?))).await?;
         let Some(last) = findings.last().map(|f| f.sequence) else { break };
         send(out, AgentBody::Findings(pb::FindingBatch { findings, oldest_retained_sequence: oldest })).await?;
         sent = last;

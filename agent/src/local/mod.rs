@@ -9,21 +9,21 @@ pub mod limit;
 pub mod nudge;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use remedy_proto::v1 as pb;
 use remedy_shared::Timestamp;
 use serde::Serialize;
 
 use self::config::LocalActionsConfig;
 use self::limit::{Exhausted, LimitStatus, Limiter};
 use crate::clock::now;
-use crate::directives::Reply;
-use crate::state::Shared;
+use crate::handler::{Handlers, Outcome, Reply, Request};
+use crate::logs::LogsStatus;
+use crate::published::{Published, lock};
 
 /// Deletes old log files under the configured roots.
 pub const LOG_CLEANUP: &str = "log_cleanup";
@@ -116,26 +116,37 @@ pub struct LocalActions {
     nudge_limit: Mutex<Limiter>,
     /// One cleanup at a time: two walks would race for the same files.
     cleanup_running: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A limiter stays usable across a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// What /debug/state shows under `local_actions`.
+    status: Published<LocalStatus>,
+    metrics: LocalMetrics,
+    /// The log tailer's files: cleanup never deletes a file being read.
+    tailed: Published<LogsStatus>,
 }
 
 impl LocalActions {
-    /// Local actions as configured.
-    pub fn new(config: LocalActionsConfig) -> LocalActions {
+    /// Local actions as configured, their status published for
+    /// /debug/state; `tailed` tells which files the log tailer reads.
+    pub fn new(config: LocalActionsConfig, metrics: LocalMetrics, tailed: Published<LogsStatus>) -> LocalActions {
         let c = &config;
-        LocalActions {
+        let local = LocalActions {
             cleanup_limit: Mutex::new(Limiter::new(c.log_cleanup.max_per_hour, c.log_cleanup.cooldown)),
             nudge_limit: Mutex::new(Limiter::new(c.gc_nudge.max_per_hour, c.gc_nudge.cooldown)),
             cleanup_running: tokio::sync::Mutex::new(()),
             config,
-        }
+            status: Published::default(),
+            metrics,
+            tailed,
+        };
+        *local.status.lock() = local.describe(now());
+        local
     }
 
-    fn status(&self, at: Timestamp) -> LocalStatus {
+    /// What /debug/state shows under `local_actions`.
+    pub fn status(&self) -> Published<LocalStatus> {
+        self.status.clone()
+    }
+
+    fn describe(&self, at: Timestamp) -> LocalStatus {
         let c = &self.config;
         LocalStatus {
             log_cleanup: ActionStatus {
@@ -167,325 +178,311 @@ impl LocalActions {
     }
 }
 
-/// Sets up local actions on `shared`, and their /debug/state entry.
-pub fn start(shared: &Shared, config: &LocalActionsConfig) {
-    let local = LocalActions::new(config.clone());
-    let status = local.status(now());
-    shared.status().local_actions = status;
-    shared.set_local_actions(Arc::new(local));
+/// Serves `log_cleanup` and `gc_nudge`: each announced while enabled, and
+/// answered with why not while it is off.
+pub fn register(handlers: &mut Handlers, local: &Arc<LocalActions>) {
+    for (name, enabled) in [(LOG_CLEANUP, local.config.log_cleanup.enabled), (GC_NUDGE, local.config.gc_nudge.enabled)]
+    {
+        let local = local.clone();
+        let handler = move |request: Request| {
+            let local = local.clone();
+            async move { local.run(&request).await }
+        };
+        if enabled {
+            handlers.announce(name, handler);
+        } else {
+            handlers.answer_unannounced(name, handler);
+        }
+    }
 }
 
-/// The directives the hello announces: each enabled local action.
-pub fn capabilities(shared: &Shared) -> Vec<&'static str> {
-    let Some(local) = shared.local_actions() else { return Vec::new() };
-    let mut out = Vec::new();
-    if local.config.log_cleanup.enabled {
-        out.push(LOG_CLEANUP);
+impl LocalActions {
+    fn record(&self, action: &str, directive_id: &str, reply: &Reply) {
+        let outcome = reply.outcome.as_str().to_owned();
+        let m = &self.metrics;
+        m.runs.get_or_create(&vec![("action".into(), action.into()), ("outcome".into(), outcome.clone())]).inc();
+        if reply.outcome == Outcome::Refused {
+            let reason = reply.evidence.get("reason").cloned().unwrap_or_else(|| "parameters".into());
+            m.refused.get_or_create(&vec![("action".into(), action.into()), ("reason".into(), reason)]).inc();
+        }
+        let at = now();
+        let fresh = self.describe(at);
+        let mut s = self.status.lock();
+        let last_cleanup = s.log_cleanup.last.take();
+        let last_nudge = s.gc_nudge.last.take();
+        *s = fresh;
+        s.log_cleanup.last = last_cleanup;
+        s.gc_nudge.last = last_nudge;
+        let last = LastRun { at, directive: directive_id.to_owned(), outcome, message: reply.message.clone() };
+        match action {
+            LOG_CLEANUP => s.log_cleanup.last = Some(last),
+            _ => s.gc_nudge.last = Some(last),
+        }
     }
-    if local.config.gc_nudge.enabled {
-        out.push(GC_NUDGE);
-    }
-    out
-}
 
-fn record(shared: &Shared, action: &str, directive_id: &str, reply: &Reply) {
-    let outcome = reply.outcome.as_str_name().trim_start_matches("ACTION_OUTCOME_").to_ascii_lowercase();
-    let m = &shared.metrics.local;
-    m.runs.get_or_create(&vec![("action".into(), action.into()), ("outcome".into(), outcome.clone())]).inc();
-    if reply.outcome == pb::ActionOutcome::Refused {
-        let reason = reply.evidence.get("reason").cloned().unwrap_or_else(|| "parameters".into());
-        m.refused.get_or_create(&vec![("action".into(), action.into()), ("reason".into(), reason)]).inc();
-    }
-    let at = now();
-    let status = shared.local_actions().map(|l| l.status(at));
-    let mut s = shared.status();
-    if let Some(fresh) = status {
-        let last_cleanup = s.local_actions.log_cleanup.last.take();
-        let last_nudge = s.local_actions.gc_nudge.last.take();
-        s.local_actions = fresh;
-        s.local_actions.log_cleanup.last = last_cleanup;
-        s.local_actions.gc_nudge.last = last_nudge;
-    }
-    let last = LastRun { at, directive: directive_id.to_owned(), outcome, message: reply.message.clone() };
-    match action {
-        LOG_CLEANUP => s.local_actions.log_cleanup.last = Some(last),
-        _ => s.local_actions.gc_nudge.last = Some(last),
+    /// Runs a `log_cleanup` or `gc_nudge` directive.
+    pub async fn run(self: &Arc<Self>, request: &Request) -> Reply {
+        let (params, dry_run) = (&request.params, request.dry_run);
+        let reply = match request.action.as_str() {
+            LOG_CLEANUP => self.log_cleanup(params, dry_run).await,
+            _ => self.gc_nudge(params, dry_run).await,
+        };
+        self.record(&request.action, &request.id, &reply);
+        reply
     }
 }
 
 fn refused(message: String, reason: &str, dry_run: bool, mut evidence: BTreeMap<String, String>) -> Reply {
     evidence.insert("reason".into(), reason.to_owned());
     let prefix = if dry_run { "dry run: " } else { "" };
-    Reply { outcome: pb::ActionOutcome::Refused, message: format!("{prefix}{message}"), evidence }
+    Reply { outcome: Outcome::Refused, message: format!("{prefix}{message}"), evidence }
 }
 
 fn exhausted(action: &str, e: &Exhausted, dry_run: bool, evidence: BTreeMap<String, String>) -> Reply {
     refused(format!("not running {action}: {e}"), e.reason(), dry_run, evidence)
 }
 
-/// Runs a `log_cleanup` or `gc_nudge` directive.
-pub async fn run(
-    shared: &Arc<Shared>,
-    action: &str,
-    directive_id: &str,
-    params: &HashMap<String, String>,
-    dry_run: bool,
-) -> Reply {
-    let reply = match action {
-        LOG_CLEANUP => log_cleanup(shared, params, dry_run).await,
-        _ => gc_nudge(shared, params, dry_run).await,
-    };
-    record(shared, action, directive_id, &reply);
-    reply
-}
-
-async fn log_cleanup(shared: &Arc<Shared>, params: &HashMap<String, String>, dry_run: bool) -> Reply {
-    let base = BTreeMap::from([("dry_run".to_owned(), dry_run.to_string())]);
-    let Some(local) = shared.local_actions().cloned() else {
-        return refused("log cleanup is not set up on this agent".into(), "off", dry_run, base);
-    };
-    let config = &local.config.log_cleanup;
-    let wanted = match cleanup::cleanup_params(params, config) {
-        Ok(p) => p,
-        Err(e) => return refused(e, "parameters", dry_run, base),
-    };
-    if !config.enabled {
-        return refused(
-            "log cleanup is off on this agent (local_actions.log_cleanup.enabled is false)".into(),
-            "off",
-            dry_run,
-            base,
-        );
-    }
-    let _one = local.cleanup_running.lock().await;
-    let at = now();
-    let spent = {
-        let mut limiter = lock(&local.cleanup_limit);
-        let r = if dry_run { limiter.check(NODE, at) } else { limiter.take(NODE, at) };
-        r.map(|()| (limiter.used(at), limiter.max_per_hour()))
-    };
-    let (used, max) = match spent {
-        Ok(u) => u,
-        Err(e) => return exhausted(LOG_CLEANUP, &e, dry_run, base),
-    };
-    let tailed: HashSet<(u64, u64)> = shared.status().logs.files.iter().map(|f| (f.dev, f.ino)).collect();
-    let limits = cleanup::Limits {
-        max_files: wanted.max_files,
-        max_depth: config.max_depth,
-        deadline: Instant::now() + config.max_duration,
-    };
-    let job = tokio::task::spawn_blocking(move || cleanup::run(&wanted, limits, &tailed, dry_run));
-    let out = match job.await {
-        Ok(o) => o,
-        Err(e) => {
-            return Reply {
-                outcome: pb::ActionOutcome::Failed,
-                message: format!("log cleanup failed: {e}"),
-                evidence: base,
-            };
+impl LocalActions {
+    async fn log_cleanup(self: &Arc<Self>, params: &HashMap<String, String>, dry_run: bool) -> Reply {
+        let base = BTreeMap::from([("dry_run".to_owned(), dry_run.to_string())]);
+        let local = self;
+        let config = &local.config.log_cleanup;
+        let wanted = match cleanup::cleanup_params(params, config) {
+            Ok(p) => p,
+            Err(e) => return refused(e, "parameters", dry_run, base),
+        };
+        if !config.enabled {
+            return refused(
+                "log cleanup is off on this agent (local_actions.log_cleanup.enabled is false)".into(),
+                "off",
+                dry_run,
+                base,
+            );
         }
-    };
-    let m = &shared.metrics.local;
-    if !dry_run {
-        m.files_deleted.inc_by(out.deleted);
-        m.bytes_freed.inc_by(out.bytes);
+        let _one = local.cleanup_running.lock().await;
+        let at = now();
+        let spent = {
+            let mut limiter = lock(&local.cleanup_limit);
+            let r = if dry_run { limiter.check(NODE, at) } else { limiter.take(NODE, at) };
+            r.map(|()| (limiter.used(at), limiter.max_per_hour()))
+        };
+        let (used, max) = match spent {
+            Ok(u) => u,
+            Err(e) => return exhausted(LOG_CLEANUP, &e, dry_run, base),
+        };
+        let tailed: HashSet<(u64, u64)> = self.tailed.lock().files.iter().map(|f| (f.dev, f.ino)).collect();
+        let limits = cleanup::Limits {
+            max_files: wanted.max_files,
+            max_depth: config.max_depth,
+            deadline: Instant::now() + config.max_duration,
+        };
+        let job = tokio::task::spawn_blocking(move || cleanup::run(&wanted, limits, &tailed, dry_run));
+        let out = match job.await {
+            Ok(o) => o,
+            Err(e) => {
+                return Reply { outcome: Outcome::Failed, message: format!("log cleanup failed: {e}"), evidence: base };
+            }
+        };
+        let m = &self.metrics;
+        if !dry_run {
+            m.files_deleted.inc_by(out.deleted);
+            m.bytes_freed.inc_by(out.bytes);
+            for (reason, n) in &out.skipped {
+                m.files_skipped.get_or_create(&vec![("reason".into(), (*reason).to_owned())]).inc_by(*n);
+            }
+        }
+        let mut evidence = base;
+        evidence.extend(out.roots.clone());
+        let (files_key, bytes_key) =
+            if dry_run { ("files_would_delete", "bytes_would_free") } else { ("files_deleted", "bytes_freed") };
+        evidence.insert(files_key.into(), out.deleted.to_string());
+        evidence.insert(bytes_key.into(), out.bytes.to_string());
+        evidence.insert("files_matched".into(), out.matched.to_string());
         for (reason, n) in &out.skipped {
-            m.files_skipped.get_or_create(&vec![("reason".into(), (*reason).to_owned())]).inc_by(*n);
+            evidence.insert(format!("skipped.{reason}"), n.to_string());
+        }
+        for (path, what) in &out.files {
+            evidence.insert(format!("file.{}", path.display()), what.clone());
+        }
+        if let Some(t) = &out.truncated {
+            evidence.insert("truncated".into(), t.clone());
+        }
+        if out.procs_unreadable > 0 {
+            evidence.insert("open_check.unreadable_processes".into(), out.procs_unreadable.to_string());
+        }
+        if !dry_run {
+            evidence.insert("budget_used".into(), used.to_string());
+        }
+        evidence.insert("budget_max".into(), max.to_string());
+        let skipped: u64 = out.skipped.iter().filter(|(r, _)| **r != "too_young").map(|(_, n)| n).sum();
+        let stopped = out.truncated.as_ref().map(|t| format!("; stopped early ({t})")).unwrap_or_default();
+        let any_emergency = out.roots.iter().any(|(k, v)| k.ends_with(".emergency") && v == "true");
+        let mode = if any_emergency { " (emergency)" } else { "" };
+        if dry_run {
+            Reply {
+                outcome: Outcome::DryRun,
+                message: format!(
+                    "dry run{mode}: would delete {} files ({} bytes); {skipped} kept for safety{stopped}",
+                    out.deleted, out.bytes
+                ),
+                evidence,
+            }
+        } else {
+            Reply {
+                outcome: Outcome::Succeeded,
+                message: format!(
+                    "deleted {} files{mode}, {} bytes freed; {skipped} kept for safety{stopped}",
+                    out.deleted, out.bytes
+                ),
+                evidence,
+            }
         }
     }
-    let mut evidence = base;
-    evidence.extend(out.roots.clone());
-    let (files_key, bytes_key) =
-        if dry_run { ("files_would_delete", "bytes_would_free") } else { ("files_deleted", "bytes_freed") };
-    evidence.insert(files_key.into(), out.deleted.to_string());
-    evidence.insert(bytes_key.into(), out.bytes.to_string());
-    evidence.insert("files_matched".into(), out.matched.to_string());
-    for (reason, n) in &out.skipped {
-        evidence.insert(format!("skipped.{reason}"), n.to_string());
-    }
-    for (path, what) in &out.files {
-        evidence.insert(format!("file.{}", path.display()), what.clone());
-    }
-    if let Some(t) = &out.truncated {
-        evidence.insert("truncated".into(), t.clone());
-    }
-    if out.procs_unreadable > 0 {
-        evidence.insert("open_check.unreadable_processes".into(), out.procs_unreadable.to_string());
-    }
-    if !dry_run {
-        evidence.insert("budget_used".into(), used.to_string());
-    }
-    evidence.insert("budget_max".into(), max.to_string());
-    let skipped: u64 = out.skipped.iter().filter(|(r, _)| **r != "too_young").map(|(_, n)| n).sum();
-    let stopped = out.truncated.as_ref().map(|t| format!("; stopped early ({t})")).unwrap_or_default();
-    let any_emergency = out.roots.iter().any(|(k, v)| k.ends_with(".emergency") && v == "true");
-    let mode = if any_emergency { " (emergency)" } else { "" };
-    if dry_run {
-        Reply {
-            outcome: pb::ActionOutcome::DryRun,
-            message: format!(
-                "dry run{mode}: would delete {} files ({} bytes); {skipped} kept for safety{stopped}",
-                out.deleted, out.bytes
-            ),
-            evidence,
-        }
-    } else {
-        Reply {
-            outcome: pb::ActionOutcome::Succeeded,
-            message: format!(
-                "deleted {} files{mode}, {} bytes freed; {skipped} kept for safety{stopped}",
-                out.deleted, out.bytes
-            ),
-            evidence,
-        }
-    }
-}
 
-async fn gc_nudge(shared: &Arc<Shared>, params: &HashMap<String, String>, dry_run: bool) -> Reply {
-    let mut evidence = BTreeMap::from([("dry_run".to_owned(), dry_run.to_string())]);
-    let Some(local) = shared.local_actions().cloned() else {
-        return refused("GC nudges are not set up on this agent".into(), "off", dry_run, evidence);
-    };
-    let config = &local.config.gc_nudge;
-    let wanted = match nudge::nudge_params(params, config) {
-        Ok(p) => p,
-        Err(e) => return refused(e, "parameters", dry_run, evidence),
-    };
-    if !config.enabled {
-        return refused(
-            "GC nudges are off on this agent (local_actions.gc_nudge.enabled is false)".into(),
-            "off",
-            dry_run,
-            evidence,
-        );
-    }
-    let selector = match nudge::choose(config, &wanted) {
-        Ok(s) => s.clone(),
-        Err(e) => return refused(e, "selector", dry_run, evidence),
-    };
-    evidence.insert("selector".into(), selector.name.clone());
-    evidence.insert("method".into(), selector.method.describe());
-    let targets = match wanted.pid {
-        Some(pid) => {
-            let Some(p) = nudge::read_process(pid) else {
-                return Reply {
-                    outcome: pb::ActionOutcome::Failed,
-                    message: format!("no process {pid} on this node"),
-                    evidence,
+    async fn gc_nudge(self: &Arc<Self>, params: &HashMap<String, String>, dry_run: bool) -> Reply {
+        let mut evidence = BTreeMap::from([("dry_run".to_owned(), dry_run.to_string())]);
+        let local = self;
+        let config = &local.config.gc_nudge;
+        let wanted = match nudge::nudge_params(params, config) {
+            Ok(p) => p,
+            Err(e) => return refused(e, "parameters", dry_run, evidence),
+        };
+        if !config.enabled {
+            return refused(
+                "GC nudges are off on this agent (local_actions.gc_nudge.enabled is false)".into(),
+                "off",
+                dry_run,
+                evidence,
+            );
+        }
+        let selector = match nudge::choose(config, &wanted) {
+            Ok(s) => s.clone(),
+            Err(e) => return refused(e, "selector", dry_run, evidence),
+        };
+        evidence.insert("selector".into(), selector.name.clone());
+        evidence.insert("method".into(), selector.method.describe());
+        let targets = match wanted.pid {
+            Some(pid) => {
+                let Some(p) = nudge::read_process(pid) else {
+                    return Reply {
+                        outcome: Outcome::Failed,
+                        message: format!("no process {pid} on this node"),
+                        evidence,
+                    };
                 };
-            };
-            if pid == std::process::id() as i32 {
-                return refused(
-                    format!("pid {pid} is this agent: it never nudges itself"),
-                    "not_matching",
-                    dry_run,
-                    evidence,
-                );
+                if pid == std::process::id() as i32 {
+                    return refused(
+                        format!("pid {pid} is this agent: it never nudges itself"),
+                        "not_matching",
+                        dry_run,
+                        evidence,
+                    );
+                }
+                if let Some(why) = nudge::mismatch(&selector, &p) {
+                    evidence.insert("pid".into(), pid.to_string());
+                    return refused(
+                        format!(
+                            "not nudging pid {pid} (`{}`): it does not match selector `{}`: {why}",
+                            p.name, selector.name
+                        ),
+                        "not_matching",
+                        dry_run,
+                        evidence,
+                    );
+                }
+                let rss = nudge::rss_bytes(pid).unwrap_or(0);
+                vec![(p, rss)]
             }
-            if let Some(why) = nudge::mismatch(&selector, &p) {
-                evidence.insert("pid".into(), pid.to_string());
-                return refused(
-                    format!(
-                        "not nudging pid {pid} (`{}`): it does not match selector `{}`: {why}",
-                        p.name, selector.name
-                    ),
-                    "not_matching",
-                    dry_run,
-                    evidence,
-                );
+            None => {
+                let s = selector.clone();
+                let max = wanted.max;
+                tokio::task::spawn_blocking(move || nudge::matching(&s, max)).await.unwrap_or_default()
             }
-            let rss = nudge::rss_bytes(pid).unwrap_or(0);
-            vec![(p, rss)]
-        }
-        None => {
-            let s = selector.clone();
-            let max = wanted.max;
-            tokio::task::spawn_blocking(move || nudge::matching(&s, max)).await.unwrap_or_default()
-        }
-    };
-    if targets.is_empty() {
-        return Reply {
-            outcome: pb::ActionOutcome::Failed,
-            message: format!("no process on this node matches selector `{}`", selector.name),
-            evidence,
         };
-    }
-    let at = now();
-    let spent = {
-        let mut limiter = lock(&local.nudge_limit);
-        let r = if dry_run { limiter.check(&selector.name, at) } else { limiter.take(&selector.name, at) };
-        r.map(|()| (limiter.used(at), limiter.max_per_hour()))
-    };
-    let (used, max) = match spent {
-        Ok(u) => u,
-        Err(e) => return exhausted(GC_NUDGE, &e, dry_run, evidence),
-    };
-    let pids: Vec<String> = targets.iter().map(|(p, _)| p.pid.to_string()).collect();
-    evidence.insert("pids".into(), pids.join(","));
-    evidence.insert("budget_max".into(), max.to_string());
-    if dry_run {
-        for (p, rss) in &targets {
-            let n = nudge::Nudged {
-                process: p.clone(),
-                before: *rss,
-                after: None,
-                settled: false,
-                result: Ok(String::new()),
+        if targets.is_empty() {
+            return Reply {
+                outcome: Outcome::Failed,
+                message: format!("no process on this node matches selector `{}`", selector.name),
+                evidence,
             };
-            nudge::evidence(&n, true, &mut evidence);
         }
-        return Reply {
-            outcome: pb::ActionOutcome::DryRun,
-            message: format!(
-                "dry run: would nudge {} process(es) of selector `{}` ({}): {}",
-                targets.len(),
-                selector.name,
-                selector.method.describe(),
-                pids.join(", ")
-            ),
-            evidence,
+        let at = now();
+        let spent = {
+            let mut limiter = lock(&local.nudge_limit);
+            let r = if dry_run { limiter.check(&selector.name, at) } else { limiter.take(&selector.name, at) };
+            r.map(|()| (limiter.used(at), limiter.max_per_hour()))
         };
-    }
-    evidence.insert("budget_used".into(), used.to_string());
-    let results = nudge::nudge(&selector.method, targets, config.settle).await;
-    let mut ok = 0;
-    let (mut before, mut after) = (0u64, 0u64);
-    for n in &results {
-        nudge::evidence(n, false, &mut evidence);
-        let result = if n.result.is_ok() { "nudged" } else { "failed" };
-        shared
-            .metrics
-            .local
-            .nudges
-            .get_or_create(&vec![("selector".into(), selector.name.clone()), ("result".into(), result.into())])
-            .inc();
-        if n.result.is_ok() {
-            ok += 1;
-            before += n.before;
-            after += n.after.unwrap_or(n.before);
+        let (used, max) = match spent {
+            Ok(u) => u,
+            Err(e) => return exhausted(GC_NUDGE, &e, dry_run, evidence),
+        };
+        let pids: Vec<String> = targets.iter().map(|(p, _)| p.pid.to_string()).collect();
+        evidence.insert("pids".into(), pids.join(","));
+        evidence.insert("budget_max".into(), max.to_string());
+        if dry_run {
+            for (p, rss) in &targets {
+                let n = nudge::Nudged {
+                    process: p.clone(),
+                    before: *rss,
+                    after: None,
+                    settled: false,
+                    result: Ok(String::new()),
+                };
+                nudge::evidence(&n, true, &mut evidence);
+            }
+            return Reply {
+                outcome: Outcome::DryRun,
+                message: format!(
+                    "dry run: would nudge {} process(es) of selector `{}` ({}): {}",
+                    targets.len(),
+                    selector.name,
+                    selector.method.describe(),
+                    pids.join(", ")
+                ),
+                evidence,
+            };
         }
-    }
-    evidence.insert("nudged".into(), ok.to_string());
-    let mib = |b: u64| b as f64 / 1_048_576.0;
-    if ok == results.len() {
-        Reply {
-            outcome: pb::ActionOutcome::Succeeded,
-            message: format!(
-                "nudged {ok} process(es) of selector `{}` ({}): RSS {:.1} MiB before, {:.1} MiB after",
-                selector.name,
-                selector.method.describe(),
-                mib(before),
-                mib(after)
-            ),
-            evidence,
+        evidence.insert("budget_used".into(), used.to_string());
+        let results = nudge::nudge(&selector.method, targets, config.settle).await;
+        let mut ok = 0;
+        let (mut before, mut after) = (0u64, 0u64);
+        for n in &results {
+            nudge::evidence(n, false, &mut evidence);
+            let result = if n.result.is_ok() { "nudged" } else { "failed" };
+            self.metrics
+                .nudges
+                .get_or_create(&vec![("selector".into(), selector.name.clone()), ("result".into(), result.into())])
+                .inc();
+            if n.result.is_ok() {
+                ok += 1;
+                before += n.before;
+                after += n.after.unwrap_or(n.before);
+            }
         }
-    } else {
-        let failures: Vec<String> =
-            results.iter().filter_map(|n| n.result.as_ref().err().map(|e| format!("{}: {e}", n.process.pid))).collect();
-        Reply {
-            outcome: pb::ActionOutcome::Failed,
-            message: format!("nudged {ok} of {} process(es): {}", results.len(), failures.join("; ")),
-            evidence,
+        evidence.insert("nudged".into(), ok.to_string());
+        let mib = |b: u64| b as f64 / 1_048_576.0;
+        if ok == results.len() {
+            Reply {
+                outcome: Outcome::Succeeded,
+                message: format!(
+                    "nudged {ok} process(es) of selector `{}` ({}): RSS {:.1} MiB before, {:.1} MiB after",
+                    selector.name,
+                    selector.method.describe(),
+                    mib(before),
+                    mib(after)
+                ),
+                evidence,
+            }
+        } else {
+            let failures: Vec<String> = results
+                .iter()
+                .filter_map(|n| n.result.as_ref().err().map(|e| format!("{}: {e}", n.process.pid)))
+                .collect();
+            Reply {
+                outcome: Outcome::Failed,
+                message: format!("nudged {ok} of {} process(es): {}", results.len(), failures.join("; ")),
+                evidence,
+            }
         }
     }
 }

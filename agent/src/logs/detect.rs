@@ -23,9 +23,11 @@ use remedy_shared::logs::{InvalidLogConfig, LineRef};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::LogMetrics;
 use super::{LineSink, LogLine};
 use crate::clock::now;
-use crate::state::Shared;
+use crate::outbox::Outbox;
+use crate::published::{Published, lock};
 
 /// Findings waiting for the spool beyond which lines are refused.
 const MAX_PENDING: usize = 4096;
@@ -81,12 +83,19 @@ impl LogDetectors {
 
     fn lock(&self) -> MutexGuard<'_, Detectors> {
         // Counters and windows are always left consistent; keep serving.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Ticks the detectors every second and hands every finding they raise
     /// to the spool, until `stopped`; what is raised by then is spooled.
-    pub async fn flush(self, shared: Arc<Shared>, stopped: impl Future<Output = ()>) {
+    /// `status` is what /debug/state shows under `log_detectors`.
+    pub async fn flush(
+        self,
+        outbox: Outbox,
+        status: Published<DetectorsStatus>,
+        metrics: LogMetrics,
+        stopped: impl Future<Output = ()>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stopped);
@@ -104,25 +113,25 @@ impl LogDetectors {
                 () = self.raised.notified() => false,
                 () = &mut stopped => true,
             };
-            let (findings, status) = {
+            let (findings, fresh) = {
                 let mut d = self.lock();
                 let findings = std::mem::take(&mut d.pending);
-                let status = DetectorsStatus {
+                let fresh = DetectorsStatus {
                     categories: d.errors.categories().to_vec(),
                     errors: d.errors.stats(),
                     brute_force: d.brute_force.stats(),
                     pending: 0,
                     refused: d.refused,
                 };
-                (findings, status)
+                (findings, fresh)
             };
-            let m = &shared.metrics.logs;
-            m.error_lines.inc_by(status.errors.errors.saturating_sub(last.errors.errors));
-            m.auth_failures.inc_by(status.brute_force.failures.saturating_sub(last.brute_force.failures));
-            shared.status().log_detectors = status.clone();
-            last = status;
+            let m = &metrics;
+            m.error_lines.inc_by(fresh.errors.errors.saturating_sub(last.errors.errors));
+            m.auth_failures.inc_by(fresh.brute_force.failures.saturating_sub(last.brute_force.failures));
+            *status.lock() = fresh.clone();
+            last = fresh;
             if !findings.is_empty()
-                && let Err(e) = shared.submit(findings).await
+                && let Err(e) = outbox.submit(findings).await
             {
                 tracing::error!(error = %e, "cannot spool findings from logs");
             }

@@ -16,13 +16,23 @@ mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use remedy_shared::Timestamp;
 use serde::Serialize;
 
 pub use remedy_shared::logs::cri::Stream;
 pub use tailer::{TailerHandle, spawn};
+
+use remedy_shared::logs::{BruteForceConfig, ClassifierConfig};
+
+use self::detect::{DetectorsStatus, LogDetectors};
+use crate::outbox::Outbox;
+use crate::published::Published;
 
 /// What kind of source a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -186,4 +196,192 @@ pub struct CheckpointStatus {
     pub last_written: Option<Timestamp>,
     /// The last failure to read or write it, if the latest attempt failed.
     pub last_error: Option<String>,
+}
+
+/// The log tailer's metrics (`remedy_agent_log_*`).
+#[derive(Debug, Clone, Default)]
+pub struct LogMetrics {
+    /// Logical lines delivered to the sink.
+    pub lines_read: Counter,
+    /// Bytes consumed from log files.
+    pub bytes_read: Counter,
+    /// Lines longer than the maximum, cut.
+    pub lines_cut: Counter,
+    /// Lines with bytes that are not UTF-8.
+    pub invalid_utf8_lines: Counter,
+    /// Files open.
+    pub files_open: Gauge,
+    /// Live files replaced by a new one (renamed or deleted).
+    pub rotations: Counter,
+    /// Files that shrank below the read offset or whose first bytes changed.
+    pub truncations: Counter,
+    /// Failed reads and opens of files being tailed.
+    pub read_errors: Counter,
+    /// Failed checkpoint writes.
+    pub checkpoint_errors: Counter,
+    /// Seconds spent waiting for a full sink.
+    pub sink_blocked_seconds: Counter<f64, AtomicU64>,
+    /// Lines the consumer of log lines took.
+    pub lines_accepted: Counter,
+    /// Lines the error classifier counted as errors.
+    pub error_lines: Counter,
+    /// Failed logins the brute-force detector counted against an address.
+    pub auth_failures: Counter,
+}
+
+impl LogMetrics {
+    /// Registers them.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("log_lines_read", "Log lines delivered (CRI partial lines joined)", self.lines_read.clone());
+        registry.register("log_bytes_read", "Bytes consumed from log files", self.bytes_read.clone());
+        registry.register("log_lines_cut", "Log lines longer than logs.max_line_bytes, cut", self.lines_cut.clone());
+        registry.register(
+            "log_invalid_utf8_lines",
+            "Log lines with bytes that are not UTF-8 (passed on with U+FFFD)",
+            self.invalid_utf8_lines.clone(),
+        );
+        registry.register("log_files_open", "Log files open", self.files_open.clone());
+        registry.register(
+            "log_rotations",
+            "Live log files replaced by a new file (renamed or deleted)",
+            self.rotations.clone(),
+        );
+        registry.register(
+            "log_truncations",
+            "Log files truncated or rewritten in place (read again from the start)",
+            self.truncations.clone(),
+        );
+        registry.register("log_read_errors", "Failed opens and reads of log files", self.read_errors.clone());
+        registry.register(
+            "log_checkpoint_errors",
+            "Failed writes of the log offsets checkpoint",
+            self.checkpoint_errors.clone(),
+        );
+        registry.register(
+            "log_sink_blocked_seconds",
+            "Seconds the log tailer waited because the line consumer was full",
+            self.sink_blocked_seconds.clone(),
+        );
+        registry.register("log_lines_accepted", "Log lines the line consumer took", self.lines_accepted.clone());
+        registry.register("log_error_lines", "Log lines classified as errors", self.error_lines.clone());
+        registry.register(
+            "log_auth_failures",
+            "Failed logins in logs counted against a source address (allow-listed ones excluded)",
+            self.auth_failures.clone(),
+        );
+    }
+}
+
+/// Tailing container logs and plain files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogsConfig {
+    /// On by default: a pod log directory that does not exist (a laptop, a
+    /// node whose kubelet has not started) is reported in /debug/state and
+    /// looked for again at every scan, not an error.
+    pub enabled: bool,
+    /// The kubelet's pod log directory.
+    pub root: PathBuf,
+    /// Plain files, one message per line, named exactly (no patterns).
+    pub files: Vec<PathBuf>,
+    /// Longest logical line kept, bytes; longer ones are cut and counted.
+    pub max_line_bytes: usize,
+    /// How often the directories are listed for new and rotated files.
+    pub discover_interval: Duration,
+    /// How long to wait after finding nothing new to read.
+    pub poll_interval: Duration,
+    /// How often delivered offsets are written to the state directory; after
+    /// a crash, at most this much is read twice.
+    pub checkpoint_interval: Duration,
+    /// Where files found at the first start on a node (no checkpoint yet)
+    /// are read from: `end` by default, so that an agent rolled out onto
+    /// busy nodes does not judge days-old lines as new.
+    pub first_start: StartAt,
+    /// Error lines by category per workload (P1-002's `high_error_rate`).
+    pub errors: ClassifierConfig,
+    /// Failed logins per source address (SEC-001's `brute_force`).
+    pub brute_force: BruteForceConfig,
+}
+
+/// Log tailing as started: what it shows in /debug/state, the detectors
+/// snapshots read, and its tasks while it runs.
+#[derive(Debug, Default)]
+pub struct Logs {
+    /// `/debug/state`'s `logs`: files, offsets, sources that cannot be read.
+    pub status: Published<LogsStatus>,
+    /// `/debug/state`'s `log_detectors`.
+    pub detectors_status: Published<DetectorsStatus>,
+    /// The detectors, while tailing is on.
+    pub detectors: Option<LogDetectors>,
+    /// The tailer and the flush task, while tailing is on.
+    pub tasks: Option<LogTasks>,
+}
+
+/// The log tailer and the task that hands what its detectors raise to the
+/// spool.
+#[derive(Debug)]
+pub struct LogTasks {
+    tailer: TailerHandle,
+    flush: tokio::task::JoinHandle<()>,
+    stop_flush: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LogTasks {
+    /// Stops the tailer first (its final checkpoint is what makes a clean
+    /// restart read every line once), then spools what the detectors raised
+    /// from the last lines, so no line is checkpointed without its finding.
+    pub async fn stop(self) {
+        match tokio::task::spawn_blocking(move || self.tailer.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "log tailer stopped without its checkpoint"),
+            Err(e) => tracing::error!(error = %e, "log tailer did not stop"),
+        }
+        let _ = self.stop_flush.send(());
+        let _ = self.flush.await;
+    }
+}
+
+/// Starts the log tailer feeding the error classifier and the brute-force
+/// detector, when enabled; offsets are checkpointed in `state_dir`.
+pub fn start(
+    config: &LogsConfig,
+    state_dir: &std::path::Path,
+    outbox: Outbox,
+    metrics: LogMetrics,
+) -> Result<Logs, String> {
+    let c = config;
+    if !c.enabled {
+        tracing::info!("log tailing off (logs.enabled: false)");
+        return Ok(Logs::default());
+    }
+    let tailer_config = TailerConfig {
+        cri_root: Some(c.root.clone()),
+        plain_files: c.files.clone(),
+        max_line_bytes: c.max_line_bytes,
+        discover_interval: c.discover_interval,
+        poll_interval: c.poll_interval,
+        checkpoint_interval: c.checkpoint_interval,
+        checkpoint_path: state_dir.join("log-checkpoint.json"),
+        first_start: c.first_start,
+    };
+    // Validated with the configuration; a failure here is a bug, not input.
+    let detectors = LogDetectors::new(c.errors.clone(), c.brute_force.clone())
+        .map_err(|e| format!("log detectors: {}: {}", e.field, e.message))?;
+    let detectors_status = Published::default();
+    let (stop_flush, flush_stopped) = tokio::sync::oneshot::channel::<()>();
+    let flush = tokio::spawn(detectors.clone().flush(outbox, detectors_status.clone(), metrics.clone(), async move {
+        let _ = flush_stopped.await;
+    }));
+    let sink = detectors.sink(metrics.lines_accepted.clone());
+    let status: Published<LogsStatus> = Published::default();
+    let published = status.clone();
+    let publish: tailer::Publish = Box::new(move |fresh| *published.lock() = fresh);
+    let tailer =
+        spawn(tailer_config, sink, metrics, publish).map_err(|e| format!("cannot start the log tailer: {e}"))?;
+    tracing::info!(root = %c.root.display(), files = c.files.len(), "log tailing on");
+    Ok(Logs {
+        status,
+        detectors_status,
+        detectors: Some(detectors),
+        tasks: Some(LogTasks { tailer, flush, stop_flush }),
+    })
 }

@@ -55,13 +55,13 @@ use std::time::{Duration, Instant};
 use remedy_shared::Timestamp;
 use remedy_shared::logs::cri::{self, FileRole, Stream};
 
+use super::LogMetrics;
 use super::checkpoint::{self, Entry, FINGERPRINT_BYTES, FileId};
 use super::{
     CheckpointStatus, FileStatus, LineSink, LogLine, LogSource, LogsStatus, SourceKind, StartAt, TailerConfig,
     Unreadable,
 };
 use crate::clock::now;
-use crate::metrics::LogMetrics;
 
 /// Bytes read from a file at a time.
 const CHUNK: usize = 64 * 1024;

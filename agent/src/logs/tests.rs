@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::LogMetrics;
 use super::checkpoint::{self, Entry, FileId};
 use super::tailer::to_message;
 use super::*;
-use crate::metrics::LogMetrics;
 
 /// Collects lines; refuses once it holds `limit` of them.
 #[derive(Clone)]

@@ -49,7 +49,7 @@ impl Cidr {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -274,8 +274,8 @@ impl Protected {
             return Err(Refusal::NeverBlock(*c));
         }
         let max = if ban.is_v4() { self.max_prefix_v4 } else { self.max_prefix_v6 };
-        if ban.len() < max {
-            return Err(Refusal::TooWide { len: ban.len(), max });
+        if ban.prefix_len() < max {
+            return Err(Refusal::TooWide { len: ban.prefix_len(), max });
         }
         Ok(())
     }

@@ -31,13 +31,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use nftables::batch::Batch;
-use remedy_proto::v1 as pb;
 
 use super::cidr::{self, Cidr, Refusal};
-use super::{Ban, Blocker, Tracked, ruleset};
+use super::{Ban, Blocker, Blocking, BlockingStatus, Tracked, ruleset};
 use crate::clock::now;
-use crate::directives::Reply;
-use crate::state::Shared;
+use crate::handler::{Handlers, Outcome, Reply, Request};
+use crate::published::Published;
 
 /// Blocks an address or a prefix for a while.
 pub const BLOCK_IP: &str = "block_ip";
@@ -97,47 +96,61 @@ pub fn block_params(params: &HashMap<String, String>) -> Result<BlockParams, Str
 }
 
 fn refused(message: impl Into<String>) -> Reply {
-    Reply::new(pb::ActionOutcome::Refused, message)
+    Reply::new(Outcome::Refused, message)
 }
 
-fn off(shared: &Shared) -> Reply {
-    let why = shared.status().blocking.off.clone().unwrap_or_else(|| "not started".into());
+fn off(status: &Published<BlockingStatus>) -> Reply {
+    let why = status.lock().off.clone().unwrap_or_else(|| "not started".into());
     refused(format!("IP blocking is off on this agent ({why})"))
 }
 
+/// Serves the three directives: announced while blocking is on, answered
+/// with why not while it is off.
+pub fn register(handlers: &mut Handlers, blocking: &Blocking) {
+    for name in DIRECTIVES {
+        let blocker = blocking.blocker.clone();
+        let status = blocking.status.clone();
+        let handler = move |request: Request| {
+            let blocker = blocker.clone();
+            let status = status.clone();
+            async move { run(blocker.as_deref(), &status, &request).await }
+        };
+        if blocking.blocker.is_some() {
+            handlers.announce(name, handler);
+        } else {
+            handlers.answer_unannounced(name, handler);
+        }
+    }
+}
+
 /// Runs one of the three directives.
-pub(crate) async fn run(
-    shared: &Shared,
-    action: &str,
-    directive_id: &str,
-    params: &HashMap<String, String>,
-    dry_run: bool,
-) -> Reply {
-    let reply = match action {
+async fn run(blocker: Option<&Blocker>, status: &Published<BlockingStatus>, request: &Request) -> Reply {
+    let (params, dry_run) = (&request.params, request.dry_run);
+    let reply = match request.action.as_str() {
         BLOCK_IP => match block_params(params) {
             Err(e) => refused(e),
-            Ok(wanted) => match shared.blocker() {
-                None => off(shared),
-                Some(b) => b.block(shared, directive_id, wanted, dry_run).await,
+            Ok(wanted) => match blocker {
+                None => off(status),
+                Some(b) => b.block(&request.id, wanted, dry_run).await,
             },
         },
         UNBLOCK_IP => match only(params, UNBLOCK_IP, &["ip"]).and_then(|()| ip_param(params)) {
             Err(e) => refused(e),
-            Ok(ip) => match shared.blocker() {
-                None => off(shared),
-                Some(b) => b.unblock(shared, ip, dry_run).await,
+            Ok(ip) => match blocker {
+                None => off(status),
+                Some(b) => b.unblock(ip, dry_run).await,
             },
         },
         _ => match only(params, LIST_BLOCKS, &[]) {
             Err(e) => refused(e),
-            Ok(()) => match shared.blocker() {
-                None => off(shared),
-                Some(b) => b.list(shared, dry_run).await,
+            Ok(()) => match blocker {
+                None => off(status),
+                Some(b) => b.list(dry_run).await,
             },
         },
     };
     match (dry_run, reply.outcome) {
-        (true, pb::ActionOutcome::Refused | pb::ActionOutcome::Failed) if !reply.message.starts_with("dry run") => {
+        (true, Outcome::Refused | Outcome::Failed) if !reply.message.starts_with("dry run") => {
             Reply { message: format!("dry run: {}", reply.message), ..reply }
         }
         _ => reply,
@@ -151,10 +164,10 @@ impl Blocker {
         }
         evidence.insert("reason".into(), refusal.reason().into());
         tracing::info!(%ip, reason = refusal.reason(), "block refused: {refusal}");
-        Reply { outcome: pb::ActionOutcome::Refused, message: format!("not blocking {ip}: {refusal}"), evidence }
+        Reply { outcome: Outcome::Refused, message: format!("not blocking {ip}: {refusal}"), evidence }
     }
 
-    async fn block(&self, shared: &Shared, directive_id: &str, wanted: BlockParams, dry_run: bool) -> Reply {
+    async fn block(&self, directive_id: &str, wanted: BlockParams, dry_run: bool) -> Reply {
         let ip = wanted.ip;
         let mut evidence = BTreeMap::from([
             ("ip".to_owned(), ip.to_string()),
@@ -167,7 +180,7 @@ impl Blocker {
             Ok(n) => n,
             Err(e) => {
                 return Reply {
-                    outcome: pb::ActionOutcome::Failed,
+                    outcome: Outcome::Failed,
                     message: format!("not blocking {ip}: cannot read this node's addresses to protect them: {e}"),
                     evidence,
                 };
@@ -196,7 +209,7 @@ impl Blocker {
             ruleset::add_bans(&mut batch, &self.config.table, &[(ip, wanted.duration.as_secs())]);
             return match self.apply(batch, true).await {
                 Ok(()) => Reply {
-                    outcome: pb::ActionOutcome::DryRun,
+                    outcome: Outcome::DryRun,
                     message: format!(
                         "dry run: would block {what} in table {}; nft accepted the change (--check)",
                         self.table()
@@ -204,7 +217,7 @@ impl Blocker {
                     evidence,
                 },
                 Err(e) => Reply {
-                    outcome: pb::ActionOutcome::Failed,
+                    outcome: Outcome::Failed,
                     message: format!("dry run: nft would not take the ban of {ip}: {e}"),
                     evidence,
                 },
@@ -228,12 +241,12 @@ impl Blocker {
                 None => inner.bans.remove(&ip),
             };
             return Reply {
-                outcome: pb::ActionOutcome::Failed,
+                outcome: Outcome::Failed,
                 message: format!("not blocking {ip}: the ban cannot be kept: {e}"),
                 evidence,
             };
         }
-        let pass = self.pass(&mut inner, shared).await;
+        let pass = self.pass(&mut inner).await;
         let state = inner.bans.get(&ip).map(|t| t.state);
         evidence.insert("state".into(), state.map(state_name).unwrap_or("expired").to_owned());
         match pass {
@@ -241,13 +254,13 @@ impl Blocker {
                 evidence.insert("blocked".into(), "true".into());
                 let verb = if again { "blocked again (new end)" } else { "blocked" };
                 Reply {
-                    outcome: pb::ActionOutcome::Succeeded,
+                    outcome: Outcome::Succeeded,
                     message: format!("{verb} {what} in table {} (input and forward)", self.table()),
                     evidence,
                 }
             }
             Err(e) => Reply {
-                outcome: pb::ActionOutcome::Failed,
+                outcome: Outcome::Failed,
                 message: format!(
                     "the ban of {ip} is kept but not in force: {e}; tried again every {:?}",
                     self.config.reconcile_interval
@@ -257,7 +270,7 @@ impl Blocker {
         }
     }
 
-    async fn unblock(&self, shared: &Shared, ip: Cidr, dry_run: bool) -> Reply {
+    async fn unblock(&self, ip: Cidr, dry_run: bool) -> Reply {
         let mut evidence = BTreeMap::from([
             ("ip".to_owned(), ip.to_string()),
             ("table".to_owned(), self.table()),
@@ -266,14 +279,14 @@ impl Blocker {
         let mut inner = self.inner.lock().await;
         let Some(previous) = inner.bans.get(&ip).cloned() else {
             evidence.insert("was_blocked".into(), "false".into());
-            let outcome = if dry_run { pb::ActionOutcome::DryRun } else { pb::ActionOutcome::Succeeded };
+            let outcome = if dry_run { Outcome::DryRun } else { Outcome::Succeeded };
             let prefix = if dry_run { "dry run: " } else { "" };
             return Reply { outcome, message: format!("{prefix}{ip} is not blocked here: nothing to do"), evidence };
         };
         evidence.insert("was_blocked".into(), "true".into());
         if dry_run {
             return Reply {
-                outcome: pb::ActionOutcome::DryRun,
+                outcome: Outcome::DryRun,
                 message: format!("dry run: would unblock {ip} (blocked until {})", previous.ban.expires_at),
                 evidence,
             };
@@ -282,31 +295,31 @@ impl Blocker {
         if let Err(e) = self.persist(&inner) {
             inner.bans.insert(ip, previous);
             return Reply {
-                outcome: pb::ActionOutcome::Failed,
+                outcome: Outcome::Failed,
                 message: format!("not unblocking {ip}: the change cannot be kept: {e}"),
                 evidence,
             };
         }
         inner.removals.insert(ip);
-        match self.pass(&mut inner, shared).await {
+        match self.pass(&mut inner).await {
             Ok(_) => Reply {
-                outcome: pb::ActionOutcome::Succeeded,
+                outcome: Outcome::Succeeded,
                 message: format!("unblocked {ip} in table {}", self.table()),
                 evidence,
             },
             Err(e) => Reply {
-                outcome: pb::ActionOutcome::Failed,
+                outcome: Outcome::Failed,
                 message: format!("{ip} is no longer kept, but nft failed to remove it: {e}; tried again at every pass"),
                 evidence,
             },
         }
     }
 
-    async fn list(&self, shared: &Shared, dry_run: bool) -> Reply {
+    async fn list(&self, dry_run: bool) -> Reply {
         let mut inner = self.inner.lock().await;
         // Checking the table first makes the list say what is in force now;
         // a rehearsal only reads what the last pass found.
-        let pass = if dry_run { Ok(Default::default()) } else { self.pass(&mut inner, shared).await };
+        let pass = if dry_run { Ok(Default::default()) } else { self.pass(&mut inner).await };
         let at = now();
         let mut evidence = BTreeMap::from([
             ("table".to_owned(), self.table()),
@@ -338,7 +351,7 @@ impl Blocker {
                     format!("; put back just now: {}", pass.drift.join("; "))
                 };
                 Reply {
-                    outcome: if dry_run { pb::ActionOutcome::DryRun } else { pb::ActionOutcome::Succeeded },
+                    outcome: if dry_run { Outcome::DryRun } else { Outcome::Succeeded },
                     message: format!(
                         "{} bans in table {}, {} not enforced at the last check{fixed}",
                         inner.bans.len(),
@@ -349,7 +362,7 @@ impl Blocker {
                 }
             }
             Err(e) => Reply {
-                outcome: pb::ActionOutcome::Failed,
+                outcome: Outcome::Failed,
                 message: format!("cannot check table {}: {e}", self.table()),
                 evidence,
             },
@@ -382,7 +395,7 @@ mod tests {
         assert_eq!(p.duration, Duration::from_secs(3600));
         assert_eq!(p.reason, "ssh brute force");
         let p = block_params(&params(&[("ip", "2001:db8::/64"), ("duration", "90s")])).unwrap();
-        assert_eq!((p.ip.len(), p.reason.as_str()), (64, ""));
+        assert_eq!((p.ip.prefix_len(), p.reason.as_str()), (64, ""));
     }
 
     #[test]
@@ -404,30 +417,25 @@ mod tests {
         assert!(only(&params(&[("ip", "1")]), LIST_BLOCKS, &[]).unwrap_err().contains("list_blocks takes none"));
     }
 
-    fn shared() -> (std::sync::Arc<Shared>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = crate::spool::Spool::open(dir.path(), 10).unwrap();
-        let shared = Shared::new(
-            "a".into(),
-            "n".into(),
-            "http://127.0.0.1:1".into(),
-            spool,
-            crate::metrics::Metrics::new(),
-            now(),
-        );
-        (shared, dir)
-    }
-
     #[tokio::test]
     async fn with_blocking_off_each_directive_says_so_after_checking_its_parameters() {
-        let (shared, _dir) = shared();
-        shared.status().blocking.off = Some("blocking.enabled is false".into());
-        let reply = run(&shared, BLOCK_IP, "d1", &params(&[("ip", "198.51.100.7"), ("duration", "1h")]), false).await;
-        assert_eq!(reply.outcome, pb::ActionOutcome::Refused);
+        let status = Published::new(BlockingStatus {
+            off: Some("blocking.enabled is false".into()),
+            ..BlockingStatus::default()
+        });
+        let request = |id: &str, action: &str, p: &[(&str, &str)], dry_run: bool| Request {
+            id: id.into(),
+            action: action.into(),
+            params: params(p),
+            dry_run,
+        };
+        let reply =
+            run(None, &status, &request("d1", BLOCK_IP, &[("ip", "198.51.100.7"), ("duration", "1h")], false)).await;
+        assert_eq!(reply.outcome, Outcome::Refused);
         assert_eq!(reply.message, "IP blocking is off on this agent (blocking.enabled is false)");
-        let reply = run(&shared, UNBLOCK_IP, "d2", &params(&[]), true).await;
+        let reply = run(None, &status, &request("d2", UNBLOCK_IP, &[], true)).await;
         assert_eq!(reply.message, "dry run: ip: missing; name an address or a CIDR");
-        let reply = run(&shared, LIST_BLOCKS, "d3", &params(&[]), false).await;
-        assert_eq!(reply.outcome, pb::ActionOutcome::Refused);
+        let reply = run(None, &status, &request("d3", LIST_BLOCKS, &[], false)).await;
+        assert_eq!(reply.outcome, Outcome::Refused);
     }
 }

@@ -15,6 +15,7 @@
 //! `/debug/state` (`state`, `drifts`, `last_drift_at`) and `list_blocks`.
 
 pub mod cidr;
+pub mod config;
 pub mod directive;
 pub mod ruleset;
 
@@ -34,9 +35,9 @@ use remedy_shared::Timestamp;
 use serde::{Deserialize, Serialize};
 
 pub use self::cidr::{Cidr, Protected};
+pub use self::config::BlockingConfig;
 use crate::clock::now;
-use crate::config::BlockingConfig;
-use crate::state::Shared;
+use crate::published::Published;
 
 /// Longest an `nft` run may take before it counts as failed.
 const NFT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -187,6 +188,8 @@ pub struct Blocker {
     path: PathBuf,
     inner: tokio::sync::Mutex<Inner>,
     metrics: BlockMetrics,
+    /// What /debug/state shows under `blocking`, kept by every pass.
+    status: Published<BlockingStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -196,7 +199,12 @@ struct Persisted {
 
 impl Blocker {
     /// Loads the bans kept in `state_dir`, dropping those that expired.
-    pub fn open(config: BlockingConfig, state_dir: &Path, metrics: BlockMetrics) -> Result<Blocker, String> {
+    pub fn open(
+        config: BlockingConfig,
+        state_dir: &Path,
+        metrics: BlockMetrics,
+        status: Published<BlockingStatus>,
+    ) -> Result<Blocker, String> {
         let path = state_dir.join("blocks.json");
         let mut inner = Inner::default();
         match std::fs::read(&path) {
@@ -212,7 +220,7 @@ impl Blocker {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
         metrics.active.set(inner.bans.len() as i64);
-        Ok(Blocker { config, path, inner: tokio::sync::Mutex::new(inner), metrics })
+        Ok(Blocker { config, path, inner: tokio::sync::Mutex::new(inner), metrics, status })
     }
 
     /// The table, as nft names it.
@@ -235,15 +243,14 @@ impl Blocker {
     }
 
     /// One enforcement pass.
-    pub async fn reconcile(&self, shared: &Shared) -> Result<Pass, String> {
+    pub async fn reconcile(&self) -> Result<Pass, String> {
         let mut inner = self.inner.lock().await;
-        self.pass(&mut inner, shared).await
+        self.pass(&mut inner).await
     }
 
-    async fn pass(&self, inner: &mut Inner, shared: &Shared) -> Result<Pass, String> {
+    async fn pass(&self, inner: &mut Inner) -> Result<Pass, String> {
         let result = self.pass_inner(inner).await;
-        let mut status = shared.status();
-        let b = &mut status.blocking;
+        let mut b = self.status.lock();
         b.last_pass_at = Some(now());
         match &result {
             Ok(pass) => {
@@ -255,7 +262,7 @@ impl Blocker {
             }
             Err(e) => b.last_error = Some(e.clone()),
         }
-        self.describe(inner, b);
+        self.describe(inner, &mut b);
         result
     }
 
@@ -417,45 +424,55 @@ fn ban_status(t: &Tracked, at: Timestamp) -> BanStatus {
     }
 }
 
+/// IP blocking as started: its status, and the blocker while it is on.
+#[derive(Debug)]
+pub struct Blocking {
+    /// What /debug/state shows under `blocking`.
+    pub status: Published<BlockingStatus>,
+    /// Sets and lifts bans; `None` while blocking is off.
+    pub blocker: Option<Arc<Blocker>>,
+    /// The enforcement loop, while blocking is on.
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
 /// Starts IP blocking when enabled and nft works here: the first pass puts
 /// the table and the persisted bans in place, then the enforcement loop
 /// runs until `stopped`. Otherwise says why in /debug/state and the log,
 /// and the block directives are not announced.
 pub async fn start(
-    shared: &Arc<Shared>,
     config: &BlockingConfig,
     state_dir: &Path,
+    metrics: BlockMetrics,
     stopped: impl Future<Output = ()> + Send + 'static,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Blocking {
+    let status = Published::new(BlockingStatus { table: format!("inet {}", config.table), ..Default::default() });
     let off = |why: String| {
-        let mut status = shared.status();
-        status.blocking.enabled = false;
-        status.blocking.table = format!("inet {}", config.table);
-        status.blocking.off = Some(why);
+        let mut s = status.lock();
+        s.enabled = false;
+        s.off = Some(why);
     };
     if !config.enabled {
         tracing::info!("IP blocking off (blocking.enabled: false)");
         off("blocking.enabled is false".into());
-        return None;
+        return Blocking { status, blocker: None, task: None };
     }
-    let blocker = match Blocker::open(config.clone(), state_dir, shared.metrics.blocks.clone()) {
+    let blocker = match Blocker::open(config.clone(), state_dir, metrics, status.clone()) {
         Ok(b) => Arc::new(b),
         Err(e) => {
             tracing::error!(error = %e, "IP blocking off: cannot load the bans");
             off(e);
-            return None;
+            return Blocking { status, blocker: None, task: None };
         }
     };
-    if let Err(e) = blocker.reconcile(shared).await {
+    if let Err(e) = blocker.reconcile().await {
         tracing::error!(error = %e, table = %blocker.table(), "IP blocking off: nftables does not work here");
         off(format!("nftables does not work here: {e}"));
-        return None;
+        return Blocking { status, blocker: None, task: None };
     }
-    tracing::info!(table = %blocker.table(), bans = shared.status().blocking.bans_total, "IP blocking on");
-    shared.set_blocker(blocker.clone());
-    let shared = shared.clone();
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(blocker.config.reconcile_interval);
+    tracing::info!(table = %blocker.table(), bans = status.lock().bans_total, "IP blocking on");
+    let enforcer = blocker.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(enforcer.config.reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         tokio::pin!(stopped);
@@ -464,9 +481,10 @@ pub async fn start(
                 _ = tick.tick() => {}
                 () = &mut stopped => return,
             }
-            if let Err(e) = blocker.reconcile(&shared).await {
-                tracing::error!(error = %e, table = %blocker.table(), "cannot enforce the IP bans; trying again");
+            if let Err(e) = enforcer.reconcile().await {
+                tracing::error!(error = %e, table = %enforcer.table(), "cannot enforce the IP bans; trying again");
             }
         }
-    }))
+    });
+    Blocking { status, blocker: Some(blocker), task: Some(task) }
 }

@@ -116,7 +116,7 @@ fn value(c: &Cidr) -> Expression<'static> {
     if c.is_host() {
         addr
     } else {
-        Expression::Named(NamedExpression::Prefix(Prefix { addr: Box::new(addr), len: u32::from(c.len()) }))
+        Expression::Named(NamedExpression::Prefix(Prefix { addr: Box::new(addr), len: u32::from(c.prefix_len()) }))
     }
 }
 

@@ -39,13 +39,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use remedy_proto::v1 as pb;
-
 use super::restart::{self, DeleteError, Refusal, Restarter};
 use super::view::{self, PHASES, PodView};
+use super::{Pods, PodsReport};
 use crate::clock::now;
-use crate::directives::Reply;
-use crate::state::Shared;
+use crate::handler::{Handlers, Outcome, Reply, Request};
 
 /// The directive's name, as announced in the hello.
 pub const RESTART_POD: &str = "restart_pod";
@@ -117,22 +115,30 @@ fn dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(dns_label)
 }
 
+/// Serves `restart_pod`. It is announced with pod watching off too, so that
+/// the coordinator hears why it cannot run here rather than that it is
+/// unknown.
+pub fn register(handlers: &mut Handlers, pods: &Pods) {
+    let restarter = pods.restarter.clone();
+    let report = pods.report.clone();
+    handlers.announce(RESTART_POD, move |request: Request| {
+        let restarter = restarter.clone();
+        let report = report.clone();
+        async move { restart_pod(restarter.as_deref(), &report, &request).await }
+    });
+}
+
 /// Runs a `restart_pod` directive; never panics on what the API returns.
-pub(crate) async fn restart_pod(
-    shared: &Shared,
-    directive_id: &str,
-    params: &HashMap<String, String>,
-    dry_run: bool,
-) -> Reply {
-    let wanted = match restart_pod_params(params) {
+async fn restart_pod(restarter: Option<&Restarter>, report: &PodsReport, request: &Request) -> Reply {
+    let wanted = match restart_pod_params(&request.params) {
         Ok(p) => p,
-        Err(e) => return Reply::new(pb::ActionOutcome::Refused, e),
+        Err(e) => return Reply::new(Outcome::Refused, e),
     };
-    let mut run = Run::new(shared, directive_id, &wanted, dry_run);
-    let Some(restarter) = shared.restarter() else {
-        let why = shared.status().pods.client.clone();
+    let mut run = Run::new(report, &request.id, &wanted, request.dry_run);
+    let Some(restarter) = restarter else {
+        let why = report.status.lock().client.clone();
         return run.reply(
-            pb::ActionOutcome::Refused,
+            Outcome::Refused,
             format!("pod watching is off on this agent ({why}): it has no Kubernetes client to restart pods with"),
         );
     };
@@ -142,7 +148,7 @@ pub(crate) async fn restart_pod(
 
 /// One `restart_pod` on its way to a reply.
 struct Run<'a> {
-    shared: &'a Shared,
+    report: &'a PodsReport,
     /// Who asked, in `/debug/state`.
     by: String,
     /// `<namespace>/<name>`.
@@ -152,7 +158,7 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(shared: &'a Shared, directive_id: &str, wanted: &RestartPodParams, dry_run: bool) -> Run<'a> {
+    fn new(report: &'a PodsReport, directive_id: &str, wanted: &RestartPodParams, dry_run: bool) -> Run<'a> {
         let pod = format!("{}/{}", wanted.namespace, wanted.name);
         let evidence = BTreeMap::from([
             ("pod".to_owned(), pod.clone()),
@@ -161,7 +167,7 @@ impl<'a> Run<'a> {
             ("dry_run".to_owned(), dry_run.to_string()),
             ("deleted".to_owned(), "false".to_owned()),
         ]);
-        Run { shared, by: format!("directive {directive_id}"), pod, dry_run, evidence }
+        Run { report, by: format!("directive {directive_id}"), pod, dry_run, evidence }
     }
 
     async fn attempts(&mut self, restarter: &Restarter, wanted: &RestartPodParams) -> Reply {
@@ -173,26 +179,23 @@ impl<'a> Run<'a> {
                 Ok(Some(pod)) => pod,
                 Ok(None) if read_uid.is_some() => {
                     return self.reply(
-                        pb::ActionOutcome::Failed,
+                        Outcome::Failed,
                         format!("pod {} was deleted by someone else before this agent could", self.pod),
                     );
                 }
                 Ok(None) => {
-                    return self.reply(
-                        pb::ActionOutcome::Failed,
-                        format!("pod {} does not exist: nothing to restart", self.pod),
-                    );
+                    return self.reply(Outcome::Failed, format!("pod {} does not exist: nothing to restart", self.pod));
                 }
-                Err(e) => return self.reply(pb::ActionOutcome::Failed, format!("cannot read pod {}: {e}", self.pod)),
+                Err(e) => return self.reply(Outcome::Failed, format!("cannot read pod {}: {e}", self.pod)),
             };
             let Some(current) = view::view(&fresh) else {
-                return self.reply(pb::ActionOutcome::Failed, format!("pod {} came back without a name", self.pod));
+                return self.reply(Outcome::Failed, format!("pod {} came back without a name", self.pod));
             };
             if let Some(uid) = read_uid.as_deref()
                 && uid != current.uid
             {
                 return self.reply(
-                    pb::ActionOutcome::Failed,
+                    Outcome::Failed,
                     format!(
                         "pod {} was replaced (UID {uid}, now {}) before it could be deleted; the new one is left alone",
                         self.pod, current.uid
@@ -215,7 +218,7 @@ impl<'a> Run<'a> {
             match restarter.delete(&fresh, self.dry_run).await {
                 Ok(()) if self.dry_run => {
                     return self.reply(
-                        pb::ActionOutcome::DryRun,
+                        Outcome::DryRun,
                         format!(
                             "dry run: would delete pod {} (UID {}, {}) on node {} so that {} replaces it; \
                              the API server accepted the delete as a dry run",
@@ -231,7 +234,7 @@ impl<'a> Run<'a> {
                 Err(DeleteError::Refused(refusal)) => return self.refuse(&current, &refusal),
                 Err(DeleteError::Gone) => {
                     return self.reply(
-                        pb::ActionOutcome::Failed,
+                        Outcome::Failed,
                         format!("pod {} was deleted by someone else just before this agent could", self.pod),
                     );
                 }
@@ -240,16 +243,16 @@ impl<'a> Run<'a> {
                 }
                 Err(DeleteError::Changed(message)) => {
                     return self.reply(
-                        pb::ActionOutcome::Failed,
+                        Outcome::Failed,
                         format!("pod {} changed before each of {ATTEMPTS} deletes: {message}", self.pod),
                     );
                 }
                 Err(DeleteError::Failed(e)) => {
                     let message = format!("the delete of pod {} failed: {e}", self.pod);
                     if !self.dry_run {
-                        restart::record_failed(self.shared, &current, "delete_failed", &self.by, message.clone());
+                        restart::record_failed(self.report, &current, "delete_failed", &self.by, message.clone());
                     }
-                    return self.reply(pb::ActionOutcome::Failed, message);
+                    return self.reply(Outcome::Failed, message);
                 }
             }
         }
@@ -271,9 +274,9 @@ impl<'a> Run<'a> {
         self.evidence.insert("reason".into(), refusal.reason().to_owned());
         // A rehearsal's refusal is no refusal of anything: not counted.
         if !self.dry_run {
-            restart::record_refused(self.shared, pod, refusal, &self.by, message.clone());
+            restart::record_refused(self.report, pod, refusal, &self.by, message.clone());
         }
-        self.reply(pb::ActionOutcome::Refused, message)
+        self.reply(Outcome::Refused, message)
     }
 
     fn restarted(&mut self, restarter: &Restarter, pod: &PodView) -> Reply {
@@ -286,16 +289,16 @@ impl<'a> Run<'a> {
             pod.node,
             controller(pod)
         );
-        restart::record_restarted(self.shared, pod, used, &self.by, message.clone());
+        restart::record_restarted(self.report, pod, used, &self.by, message.clone());
         self.evidence.insert("deleted".into(), "true".to_owned());
         self.evidence.insert("budget_used".into(), used.to_string());
         self.evidence.insert("budget_max".into(), restarter.max_per_hour().to_string());
-        self.reply(pb::ActionOutcome::Succeeded, message)
+        self.reply(Outcome::Succeeded, message)
     }
 
-    fn reply(&mut self, outcome: pb::ActionOutcome, message: String) -> Reply {
+    fn reply(&mut self, outcome: Outcome, message: String) -> Reply {
         let message = match (self.dry_run, outcome) {
-            (true, pb::ActionOutcome::Refused | pb::ActionOutcome::Failed) => format!("dry run: {message}"),
+            (true, Outcome::Refused | Outcome::Failed) => format!("dry run: {message}"),
             _ => message,
         };
         Reply { outcome, message, evidence: std::mem::take(&mut self.evidence) }
@@ -388,28 +391,20 @@ mod tests {
         assert_eq!(restart::check_phase(&bare, "node-a", None).unwrap_err().reason(), "no_controller");
     }
 
-    fn shared() -> (std::sync::Arc<Shared>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let spool = crate::spool::Spool::open(dir.path(), 100).expect("open a spool");
-        let shared = Shared::new(
-            "agent-1".into(),
-            "node-1".into(),
-            "http://127.0.0.1:1".into(),
-            spool,
-            crate::metrics::Metrics::new(),
-            now(),
-        );
-        (shared, dir)
-    }
-
     #[tokio::test]
     async fn without_a_kubernetes_client_it_is_refused_saying_pod_watching_is_off() {
-        let (shared, _dir) = shared();
-        shared.status().pods.client = "pods.enabled is false".into();
-        let p = params(&[("namespace", "shop"), ("name", "api-1")]);
+        let report = PodsReport::default();
+        report.status.lock().client = "pods.enabled is false".into();
+        let request = |id: &str, p: &[(&str, &str)], dry_run: bool| Request {
+            id: id.into(),
+            action: RESTART_POD.into(),
+            params: params(p),
+            dry_run,
+        };
         for dry_run in [false, true] {
-            let reply = restart_pod(&shared, "d1", &p, dry_run).await;
-            assert_eq!(reply.outcome, pb::ActionOutcome::Refused, "{reply:?}");
+            let reply =
+                restart_pod(None, &report, &request("d1", &[("namespace", "shop"), ("name", "api-1")], dry_run)).await;
+            assert_eq!(reply.outcome, Outcome::Refused, "{reply:?}");
             assert!(
                 reply
                     .message
@@ -421,11 +416,8 @@ mod tests {
             assert_eq!(reply.evidence["deleted"], "false");
         }
         // Parameters are checked first, with or without a client.
-        let reply = restart_pod(&shared, "d2", &params(&[("namespace", "shop")]), false).await;
-        assert_eq!(
-            (reply.outcome, reply.message.as_str()),
-            (pb::ActionOutcome::Refused, "name: missing; name the pod")
-        );
-        assert_eq!(shared.status().pods.restarts.refused, 0, "nothing about a pod was decided");
+        let reply = restart_pod(None, &report, &request("d2", &[("namespace", "shop")], false)).await;
+        assert_eq!((reply.outcome, reply.message.as_str()), (Outcome::Refused, "name: missing; name the pod"));
+        assert_eq!(report.status.lock().restarts.refused, 0, "nothing about a pod was decided");
     }
 }

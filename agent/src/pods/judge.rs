@@ -27,8 +27,8 @@ use remedy_shared::Timestamp;
 use remedy_shared::config::format_duration;
 use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
 
+use super::config::PodRules;
 use super::view::{ContainerView, PodView};
-use crate::config::PodRules;
 
 /// The kinds this module raises, in the order they are judged.
 const KINDS: [FindingKind; 3] = [FindingKind::PodCrashLoop, FindingKind::PodOomKilled, FindingKind::PodFailed];
@@ -431,7 +431,7 @@ fn cleared(mut finding: Finding, why: &str, now: Timestamp) -> Finding {
 mod tests {
     use super::super::view::Termination;
     use super::*;
-    use crate::config::{CrashLoopRule, FailedRule, OomKilledRule};
+    use crate::pods::config::{CrashLoopRule, FailedRule, OomKilledRule};
 
     const MIN: i64 = 60_000;
 

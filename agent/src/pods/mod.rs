@@ -9,6 +9,7 @@
 //! other finding. The watch resumes by itself; on errors it waits with a
 //! growing, jittered delay, and never stops the agent.
 
+pub mod config;
 pub mod directive;
 pub mod judge;
 pub mod restart;
@@ -24,6 +25,10 @@ use kube::Client;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use remedy_shared::Timestamp;
 use remedy_shared::backoff::Backoff;
 use remedy_shared::config::ConfigError;
@@ -31,9 +36,10 @@ use remedy_shared::finding::Finding;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use self::config::{PodsConfig, PodsMode};
 use crate::clock::now;
-use crate::config::{PodsConfig, PodsMode};
-use crate::state::Shared;
+use crate::outbox::Outbox;
+use crate::published::Published;
 use judge::{Judge, PodKey};
 use restart::{RestartStatus, Restarter};
 
@@ -46,6 +52,59 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// Watch retry delays.
 const RETRY_INITIAL: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The pod metrics (`remedy_agent_pod*`).
+#[derive(Debug, Clone, Default)]
+pub struct PodMetrics {
+    /// Pods of this node being watched.
+    pub watched: Gauge,
+    /// Pod findings raised and not cleared.
+    pub findings_active: Gauge,
+    /// Errors of the pod watch (each followed by a retry).
+    pub watch_errors: Counter,
+    /// Pods deleted so that their controller replaces them (by the local
+    /// rule or a `restart_pod` directive).
+    pub restarts: Counter,
+    /// Pod restarts refused, by reason (the local rule's once per pod and
+    /// reason).
+    pub restarts_refused: Family<Vec<(String, String)>, Counter>,
+    /// Restarts whose API calls failed.
+    pub restart_failures: Counter,
+}
+
+impl PodMetrics {
+    /// Registers them.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("pods_watched", "Pods bound to this node being watched", self.watched.clone());
+        registry.register("pod_findings_active", "Pod findings raised and not cleared", self.findings_active.clone());
+        registry.register(
+            "pod_watch_errors",
+            "Errors of the pod watch, each followed by a retry",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "pod_restarts",
+            "Pods deleted so that their controller replaces them (local rule or restart_pod directive)",
+            self.restarts.clone(),
+        );
+        registry.register(
+            "pod_restarts_refused",
+            "Pod restarts refused, by reason (the local rule's: each pod and reason once)",
+            self.restarts_refused.clone(),
+        );
+        registry.register("pod_restart_failures", "Pod restarts whose API calls failed", self.restart_failures.clone());
+    }
+}
+
+/// What the pods feature tells people: the `pods` section of `/debug/state`
+/// and the pod metrics. Cheap to clone; clones report to the same place.
+#[derive(Debug, Clone, Default)]
+pub struct PodsReport {
+    /// The `pods` section of `/debug/state`.
+    pub status: Published<PodsStatus>,
+    /// The pod metrics.
+    pub metrics: PodMetrics,
+}
 
 /// The pods section of `/debug/state`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -162,13 +221,14 @@ async fn infer() -> Result<(kube::Config, String), String> {
 /// Watches this node's pods until `stopped` resolves; the local rule
 /// restarts through `restarter`, as directives do.
 pub async fn watch(
-    shared: Arc<Shared>,
+    node: String,
+    report: PodsReport,
+    outbox: Outbox,
     client: Client,
     config: PodsConfig,
     restarter: Arc<Restarter>,
     stopped: impl Future<Output = ()>,
 ) {
-    let node = shared.node_name.clone();
     let api: Api<Pod> = Api::all(client);
     // From the API server's watch cache: a DaemonSet's relists stay off etcd.
     let selector = format!("spec.nodeName={node}");
@@ -177,9 +237,9 @@ pub async fn watch(
     tokio::pin!(stopped);
     let (restarts_tx, restarts_rx) = mpsc::channel::<Vec<view::PodView>>(8);
     let remediator =
-        config.restart_failed.enabled.then(|| tokio::spawn(restart::run(shared.clone(), restarter, restarts_rx)));
+        config.restart_failed.enabled.then(|| tokio::spawn(restart::run(report.clone(), restarter, restarts_rx)));
     let mut w = Watch {
-        shared: shared.clone(),
+        report,
         judge: Judge::new(config.rules),
         relist: None,
         restarts: remediator.as_ref().map(|_| restarts_tx),
@@ -224,7 +284,7 @@ pub async fn watch(
         w.publish();
         w.offer_failed();
         // Spooled like every other finding (nothing happens when empty).
-        if let Err(e) = shared.submit(findings).await {
+        if let Err(e) = outbox.submit(findings).await {
             tracing::error!(error = %e, "cannot spool pod findings");
         }
     }
@@ -237,7 +297,7 @@ pub async fn watch(
 
 /// The watch loop's state.
 struct Watch {
-    shared: Arc<Shared>,
+    report: PodsReport,
     judge: Judge,
     /// Pods listed since the last `Init`, while a full list arrives.
     relist: Option<HashSet<PodKey>>,
@@ -250,14 +310,14 @@ struct Watch {
 impl Watch {
     fn apply(&mut self, event: Event<Pod>, now: Timestamp) -> Vec<Finding> {
         {
-            let mut status = self.shared.status();
-            status.pods.watch.events += 1;
-            status.pods.watch.last_event_at = Some(now);
+            let mut status = self.report.status.lock();
+            status.watch.events += 1;
+            status.watch.last_event_at = Some(now);
         }
         match event {
             Event::Init => {
                 self.relist = Some(HashSet::new());
-                self.shared.status().pods.watch.lists += 1;
+                self.report.status.lock().watch.lists += 1;
                 Vec::new()
             }
             Event::InitApply(pod) | Event::Apply(pod) => {
@@ -270,7 +330,7 @@ impl Watch {
             }
             Event::InitDone => {
                 let present = self.relist.take().unwrap_or_else(|| self.judge.keys());
-                self.shared.status().pods.synced = true;
+                self.report.status.lock().synced = true;
                 self.failed_changed = true;
                 self.judge.keep_only(&present, now)
             }
@@ -282,22 +342,21 @@ impl Watch {
     }
 
     fn error(&mut self, e: &watcher::Error, retry_in: Duration) {
-        self.shared.metrics.pod_watch_errors.inc();
+        self.report.metrics.watch_errors.inc();
         tracing::warn!(error = %e, ?retry_in, "the pod watch failed; retrying");
-        let mut status = self.shared.status();
-        status.pods.watch.errors += 1;
-        status.pods.watch.last_error = Some(e.to_string());
-        status.pods.watch.last_error_at = Some(now());
+        let mut status = self.report.status.lock();
+        status.watch.errors += 1;
+        status.watch.last_error = Some(e.to_string());
+        status.watch.last_error_at = Some(now());
     }
 
     /// Updates `/debug/state` and the gauges.
     fn publish(&self) {
         let watched = self.judge.watched();
         let active = self.judge.active_count();
-        self.shared.metrics.pods_watched.set(watched as i64);
-        self.shared.metrics.pod_findings_active.set(active as i64);
-        let mut status = self.shared.status();
-        let pods = &mut status.pods;
+        self.report.metrics.watched.set(watched as i64);
+        self.report.metrics.findings_active.set(active as i64);
+        let mut pods = self.report.status.lock();
         pods.watched = watched;
         if pods.findings_active != active || active > 0 {
             pods.findings_active = active;
@@ -316,6 +375,72 @@ impl Watch {
         if tx.try_send(failed).is_err() {
             // Busy: the next recheck offers them again.
             tracing::debug!("the remediator is busy; Failed pods are offered again later");
+        }
+    }
+}
+
+/// This node's pods as started: what they report, and the restarter while
+/// there is a Kubernetes client.
+#[derive(Debug)]
+pub struct Pods {
+    /// `/debug/state`'s `pods` and the pod metrics.
+    pub report: PodsReport,
+    /// Restarts this node's pods; `None` while pod watching is off.
+    pub restarter: Option<Arc<Restarter>>,
+    /// The watch, while on.
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts watching this node's pods when there is a client; says which way
+/// it went either way.
+pub fn start(
+    node: &str,
+    config: &PodsConfig,
+    connection: Connection,
+    outbox: Outbox,
+    metrics: PodMetrics,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Pods {
+    let mode = match config.mode {
+        PodsMode::Auto => "auto",
+        PodsMode::On => "true",
+        PodsMode::Off => "false",
+    };
+    let restart = config.restart_failed;
+    let report = PodsReport { status: Published::default(), metrics };
+    let mut status = report.status.lock();
+    status.restarts.enabled = restart.enabled;
+    status.restarts.max_per_hour = restart.max_per_hour;
+    match connection {
+        Connection::On(client, from) => {
+            tracing::info!(
+                pods_enabled = mode,
+                client = %from,
+                restart_failed = restart.enabled,
+                max_per_hour = restart.max_per_hour,
+                "pod watching on: Kubernetes client from {from}"
+            );
+            status.enabled = true;
+            status.client = from;
+            drop(status);
+            // One restarter, so the local rule and directives spend one budget.
+            let restarter = Arc::new(Restarter::new(node.to_owned(), client.clone(), restart.max_per_hour));
+            let task = tokio::spawn(watch(
+                node.to_owned(),
+                report.clone(),
+                outbox,
+                client,
+                config.clone(),
+                restarter.clone(),
+                stopped,
+            ));
+            Pods { report, restarter: Some(restarter), task: Some(task) }
+        }
+        Connection::Off(why) => {
+            tracing::info!(pods_enabled = mode, "pod watching off: {why}");
+            status.client = why;
+            drop(status);
+            Pods { report, restarter: None, task: None }
         }
     }
 }

@@ -19,7 +19,7 @@
 //! `/debug/state` once per pod and reason; it is never silent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -30,9 +30,10 @@ use remedy_shared::guard::HOLD_ANNOTATION;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::PodsReport;
 use super::view::{self, FAILED, PodView};
 use crate::clock::now;
-use crate::state::Shared;
+use crate::published::lock;
 
 /// How long a namespace's hold is believed without reading it again.
 pub const NAMESPACE_TTL: Duration = Duration::from_secs(30);
@@ -201,11 +202,6 @@ impl Budget {
             self.used.remove(i);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A budget and a cache stay usable across a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Deletes pods of this node for whoever restarts them. Locks are never
@@ -379,48 +375,48 @@ pub struct RestartEntry {
 }
 
 /// Records a restart: log, metrics, `/debug/state`.
-pub fn record_restarted(shared: &Shared, pod: &PodView, used: usize, by: &str, message: String) {
+pub fn record_restarted(report: &PodsReport, pod: &PodView, used: usize, by: &str, message: String) {
     tracing::info!(pod = %pod.full_name(), uid = %pod.uid, by, "{message}");
-    shared.metrics.pod_restarts.inc();
-    let mut status = shared.status();
-    let restarts = &mut status.pods.restarts;
+    report.metrics.restarts.inc();
+    let mut status = report.status.lock();
+    let restarts = &mut status.restarts;
     restarts.done += 1;
     restarts.used_in_last_hour = used;
     push(restarts, pod, "restarted", "", message, by);
 }
 
 /// Records a refusal: log, metrics, `/debug/state`.
-pub fn record_refused(shared: &Shared, pod: &PodView, refusal: &Refusal, by: &str, message: String) {
+pub fn record_refused(report: &PodsReport, pod: &PodView, refusal: &Refusal, by: &str, message: String) {
     let reason = refusal.reason();
     tracing::warn!(pod = %pod.full_name(), reason, by, "{message}");
-    shared.metrics.pod_restarts_refused.get_or_create(&vec![("reason".to_owned(), reason.to_owned())]).inc();
-    let mut status = shared.status();
-    let restarts = &mut status.pods.restarts;
+    report.metrics.restarts_refused.get_or_create(&vec![("reason".to_owned(), reason.to_owned())]).inc();
+    let mut status = report.status.lock();
+    let restarts = &mut status.restarts;
     restarts.refused += 1;
     *restarts.refused_by_reason.entry(reason.to_owned()).or_default() += 1;
     push(restarts, pod, "refused", reason, message, by);
 }
 
 /// Records a restart whose API calls failed: log, metrics, `/debug/state`.
-pub fn record_failed(shared: &Shared, pod: &PodView, reason: &str, by: &str, message: String) {
+pub fn record_failed(report: &PodsReport, pod: &PodView, reason: &str, by: &str, message: String) {
     tracing::warn!(pod = %pod.full_name(), reason, by, "restart of pod {} failed: {message}", pod.full_name());
-    shared.metrics.pod_restart_failures.inc();
-    let mut status = shared.status();
-    status.pods.restarts.failed += 1;
-    push(&mut status.pods.restarts, pod, "failed", reason, message, by);
+    report.metrics.restart_failures.inc();
+    let mut status = report.status.lock();
+    status.restarts.failed += 1;
+    push(&mut status.restarts, pod, "failed", reason, message, by);
 }
 
 /// Restarts the Failed pods it is sent (each message: every Failed pod of
 /// the node as the watch sees it) until the sender goes away.
-pub async fn run(shared: Arc<Shared>, restarter: Arc<Restarter>, mut rx: mpsc::Receiver<Vec<PodView>>) {
-    let mut r = Remediator { shared, restarter, decided: HashMap::new() };
+pub async fn run(report: PodsReport, restarter: Arc<Restarter>, mut rx: mpsc::Receiver<Vec<PodView>>) {
+    let mut r = Remediator { report, restarter, decided: HashMap::new() };
     while let Some(failed) = rx.recv().await {
         r.decided.retain(|uid, _| failed.iter().any(|p| &p.uid == uid));
         for pod in failed {
             r.consider(pod).await;
         }
         let used = r.restarter.budget_used(now());
-        r.shared.status().pods.restarts.used_in_last_hour = used;
+        r.report.status.lock().restarts.used_in_last_hour = used;
     }
 }
 
@@ -432,7 +428,7 @@ enum Decided {
 }
 
 struct Remediator {
-    shared: Arc<Shared>,
+    report: PodsReport,
     restarter: Arc<Restarter>,
     /// By pod UID; only pods still Failed are remembered.
     decided: HashMap<String, Decided>,
@@ -487,7 +483,7 @@ impl Remediator {
             return; // already counted and said for this pod
         }
         let message = format!("not restarting Failed pod {}: {refusal}", pod.full_name());
-        record_refused(&self.shared, pod, &refusal, LOCAL_RULE, message);
+        record_refused(&self.report, pod, &refusal, LOCAL_RULE, message);
     }
 
     fn restarted(&mut self, pod: &PodView) {
@@ -497,12 +493,12 @@ impl Remediator {
             pod.full_name(),
             pod.controller.as_deref().unwrap_or("its controller")
         );
-        record_restarted(&self.shared, pod, self.restarter.budget_used(now()), LOCAL_RULE, message);
+        record_restarted(&self.report, pod, self.restarter.budget_used(now()), LOCAL_RULE, message);
     }
 
     fn fail(&mut self, pod: &PodView, reason: &str, message: String) {
         // Not remembered: the next batch tries again, within the budget.
-        record_failed(&self.shared, pod, reason, LOCAL_RULE, message);
+        record_failed(&self.report, pod, reason, LOCAL_RULE, message);
     }
 }
 

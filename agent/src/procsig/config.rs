@@ -9,7 +9,7 @@ use remedy_shared::config::ConfigError;
 use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
-use crate::config::DetectorConfig;
+use crate::detectors::DetectorConfig;
 use remedy_shared::config::opt_duration;
 
 /// As written in the file.

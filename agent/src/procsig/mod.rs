@@ -17,7 +17,6 @@ pub mod oom;
 pub mod table;
 pub mod zombies;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -28,7 +27,8 @@ use remedy_shared::finding::Finding;
 use serde::Serialize;
 
 use crate::clock::now;
-use crate::state::Shared;
+use crate::outbox::Outbox;
+use crate::published::Published;
 pub use config::ProcessesConfig;
 
 /// How often the kernel log is read.
@@ -126,16 +126,28 @@ pub struct ProcessesStatus {
     pub restarts: &'static str,
 }
 
-/// Starts the process signals' task, when enabled.
+/// Process signals as started: what /debug/state shows under `processes`,
+/// and the task while it runs.
+#[derive(Debug, Default)]
+pub struct Processes {
+    /// `/debug/state`'s `processes`.
+    pub status: Published<ProcessesStatus>,
+    /// The task, while process signals are on.
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the process signals' task on `node`, when enabled.
 pub fn start(
-    shared: &Arc<Shared>,
-    config: &crate::config::Config,
+    config: &ProcessesConfig,
+    node: &str,
+    outbox: Outbox,
+    metrics: ProcessMetrics,
     stopped: impl Future<Output = ()> + Send + 'static,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let c = config.processes.clone();
+) -> Processes {
+    let c = config.clone();
     if !c.enabled {
         tracing::info!("process signals off (processes.enabled: false)");
-        return None;
+        return Processes::default();
     }
     tracing::info!(
         interval = ?c.interval,
@@ -145,7 +157,9 @@ pub fn start(
         oom_kills = ?c.oom_kills.as_ref().map(|o| o.source.display().to_string()),
         "process signals on"
     );
-    Some(tokio::spawn(run(shared.clone(), c, config.node_name.clone(), stopped)))
+    let status = Published::new(ProcessesStatus { enabled: true, restarts: RESTARTS, ..ProcessesStatus::default() });
+    let task = tokio::spawn(run(status.clone(), outbox, metrics, c, node.to_owned(), stopped));
+    Processes { status, task: Some(task) }
 }
 
 struct Judges {
@@ -155,7 +169,14 @@ struct Judges {
     kills: Vec<oom::OomKill>,
 }
 
-async fn run(shared: Arc<Shared>, config: ProcessesConfig, node: String, stopped: impl Future<Output = ()>) {
+async fn run(
+    status: Published<ProcessesStatus>,
+    outbox: Outbox,
+    metrics: ProcessMetrics,
+    config: ProcessesConfig,
+    node: String,
+    stopped: impl Future<Output = ()>,
+) {
     let mut collector = match table::Collector::new(config.cmdline_bytes) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -176,8 +197,6 @@ async fn run(shared: Arc<Shared>, config: ProcessesConfig, node: String, stopped
         }),
         kills: Vec::new(),
     };
-    let metrics = shared.metrics.processes.clone();
-    shared.status().processes = ProcessesStatus { enabled: true, restarts: RESTARTS, ..ProcessesStatus::default() };
     let mut sample = tokio::time::interval(config.interval);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut kernel = tokio::time::interval(KERNEL_LOG_POLL);
@@ -204,8 +223,7 @@ async fn run(shared: Arc<Shared>, config: ProcessesConfig, node: String, stopped
                 if let Some(z) = judges.zombies.as_mut() {
                     findings.extend(z.observe(&table, at));
                 }
-                let mut status = shared.status();
-                let s = &mut status.processes;
+                let mut s = status.lock();
                 s.last_read = Some(at);
                 s.processes = table.processes.len();
                 let tracked = judges.hot.tracked();
@@ -221,14 +239,14 @@ async fn run(shared: Arc<Shared>, config: ProcessesConfig, node: String, stopped
                 metrics.zombies.set(s.zombies.count as i64);
                 findings
             }
-            _ = kernel.tick(), if judges.oom.is_some() => read_kernel_log(&shared, &mut judges, &metrics),
+            _ = kernel.tick(), if judges.oom.is_some() => read_kernel_log(&status, &mut judges, &metrics),
         };
         let held = held(&judges);
         metrics
             .hot_active
             .set(held.iter().filter(|f| f.kind == remedy_shared::finding::FindingKind::ProcessHot).count() as i64);
-        shared.status().processes.findings = held;
-        if let Err(e) = shared.submit(findings).await {
+        status.lock().findings = held;
+        if let Err(e) = outbox.submit(findings).await {
             tracing::error!(error = %e, "cannot spool process findings");
         }
     }
@@ -237,7 +255,7 @@ async fn run(shared: Arc<Shared>, config: ProcessesConfig, node: String, stopped
 const RESTARTS: &str = "container restarts are counted by the pods watch (pod_crash_loop)";
 
 /// Reads what the kernel logged since the last read; returns the findings.
-fn read_kernel_log(shared: &Shared, judges: &mut Judges, metrics: &ProcessMetrics) -> Vec<Finding> {
+fn read_kernel_log(status: &Published<ProcessesStatus>, judges: &mut Judges, metrics: &ProcessMetrics) -> Vec<Finding> {
     let Some((log, parser, judge)) = judges.oom.as_mut() else { return Vec::new() };
     let at = now();
     let lost_before = log.status().lost;
@@ -259,10 +277,10 @@ fn read_kernel_log(shared: &Shared, judges: &mut Judges, metrics: &ProcessMetric
     }
     let excess = judges.kills.len().saturating_sub(STATUS_KILLS);
     judges.kills.drain(..excess);
-    let mut status = shared.status();
-    status.processes.kernel_log = Some(log.status().clone());
+    let mut status = status.lock();
+    status.kernel_log = Some(log.status().clone());
     if excess > 0 || !findings.is_empty() {
-        status.processes.oom_kills.clone_from(&judges.kills);
+        status.oom_kills.clone_from(&judges.kills);
     }
     findings
 }

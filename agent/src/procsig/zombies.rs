@@ -10,7 +10,7 @@ use remedy_shared::finding::{Finding, FindingKind, FindingState};
 use serde::Serialize;
 
 use super::table::ProcTable;
-use crate::config::DetectorConfig;
+use crate::detectors::DetectorConfig;
 
 /// Parents named in findings and /debug/state.
 const TOP_PARENTS: usize = 5;
