@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod breaker;
+pub mod budget;
 pub mod catalog;
 pub mod comms;
 pub mod config;

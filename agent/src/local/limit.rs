@@ -1,11 +1,12 @@
 //! A budget per sliding hour and a cooldown per target, for actions the
 //! agent takes on its own node. A dry run checks and spends nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
+use remedy_shared::budget::SlidingBudget;
 use serde::Serialize;
 
 /// The budget's window.
@@ -78,22 +79,18 @@ pub struct LimitStatus {
 /// same target.
 #[derive(Debug)]
 pub struct Limiter {
-    max_per_hour: u32,
+    budget: SlidingBudget,
     cooldown: Duration,
-    used: VecDeque<Timestamp>,
     last: HashMap<String, Timestamp>,
 }
 
 impl Limiter {
     /// A limiter; `max_per_hour` is at least 1 (checked in configuration).
     pub fn new(max_per_hour: u32, cooldown: Duration) -> Limiter {
-        Limiter { max_per_hour, cooldown, used: VecDeque::new(), last: HashMap::new() }
+        Limiter { budget: SlidingBudget::new(max_per_hour, HOUR), cooldown, last: HashMap::new() }
     }
 
     fn forget(&mut self, now: Timestamp) {
-        while self.used.front().is_some_and(|at| now.since(*at) >= HOUR) {
-            self.used.pop_front();
-        }
         let cooldown = self.cooldown;
         self.last.retain(|_, at| now.since(*at) < cooldown);
     }
@@ -108,21 +105,18 @@ impl Limiter {
                 until: last.plus(self.cooldown),
             });
         }
-        let used = self.used.len();
-        if used >= self.max_per_hour as usize {
-            return Err(Exhausted::Budget {
-                used,
-                max: self.max_per_hour,
-                next_free: self.used.front().map(|at| at.plus(HOUR)),
-            });
-        }
-        Ok(())
+        self.budget.check(now).map_err(|spent| Exhausted::Budget {
+            used: spent.used,
+            max: spent.max,
+            next_free: spent.next_free,
+        })
     }
 
     /// Checks and takes one run on `target`.
     pub fn take(&mut self, target: &str, now: Timestamp) -> Result<(), Exhausted> {
         self.check(target, now)?;
-        self.used.push_back(now);
+        // Checked just above, under the same `&mut`: it fits.
+        let _ = self.budget.take(now);
         if !self.cooldown.is_zero() {
             self.last.insert(target.to_owned(), now);
         }
@@ -131,13 +125,12 @@ impl Limiter {
 
     /// Runs in the last hour.
     pub fn used(&mut self, now: Timestamp) -> usize {
-        self.forget(now);
-        self.used.len()
+        self.budget.used(now)
     }
 
     /// The budget per hour.
     pub fn max_per_hour(&self) -> u32 {
-        self.max_per_hour
+        self.budget.max()
     }
 
     /// For /debug/state.
@@ -147,8 +140,8 @@ impl Limiter {
             self.last.iter().map(|(t, at)| (t.clone(), at.plus(self.cooldown))).collect();
         cooling.sort();
         LimitStatus {
-            used_last_hour: self.used.len(),
-            max_per_hour: self.max_per_hour,
+            used_last_hour: self.budget.used(now),
+            max_per_hour: self.budget.max(),
             cooldown_seconds: self.cooldown.as_secs(),
             cooling,
         }

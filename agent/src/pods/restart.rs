@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Preconditions};
 use remedy_shared::Timestamp;
+use remedy_shared::budget::{SlidingBudget, Spent};
 use remedy_shared::guard::HOLD_ANNOTATION;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -154,54 +155,40 @@ pub fn check_phase(pod: &PodView, node: &str, wanted: Option<&'static str>) -> R
     Ok(())
 }
 
-/// At most `max` uses within any sliding `window`.
-#[derive(Debug, Clone)]
-pub struct Budget {
-    max: u32,
-    window: Duration,
-    used: VecDeque<Timestamp>,
-}
+/// The restarts budget: the project's sliding budget, refusing in this
+/// module's words.
+#[derive(Debug)]
+pub struct Budget(SlidingBudget);
 
 impl Budget {
     /// A budget of `max` per `window`.
     pub fn new(max: u32, window: Duration) -> Budget {
-        Budget { max, window, used: VecDeque::new() }
-    }
-
-    fn prune(&mut self, now: Timestamp) {
-        while self.used.front().is_some_and(|at| now.since(*at) >= self.window) {
-            self.used.pop_front();
-        }
+        Budget(SlidingBudget::new(max, window))
     }
 
     /// Uses within the window ending at `now`.
     pub fn used(&mut self, now: Timestamp) -> usize {
-        self.prune(now);
-        self.used.len()
+        self.0.used(now)
     }
 
     /// `Ok` when one more use fits at `now` (nothing is taken).
     pub fn check(&mut self, now: Timestamp) -> Result<(), Refusal> {
-        let used = self.used(now);
-        if used < self.max as usize {
-            return Ok(());
-        }
-        Err(Refusal::Budget { used, max: self.max, next_free: self.used.front().map(|at| at.plus(self.window)) })
+        self.0.check(now).map_err(spent)
     }
 
     /// Takes one use at `now`, if it fits.
     pub fn take(&mut self, now: Timestamp) -> Result<(), Refusal> {
-        self.check(now)?;
-        self.used.push_back(now);
-        Ok(())
+        self.0.take(now).map_err(spent)
     }
 
     /// Gives back the use taken at `at` (the action did not happen).
     pub fn give_back(&mut self, at: Timestamp) {
-        if let Some(i) = self.used.iter().rposition(|u| *u == at) {
-            self.used.remove(i);
-        }
+        self.0.give_back(at);
     }
+}
+
+fn spent(s: Spent) -> Refusal {
+    Refusal::Budget { used: s.used, max: s.max, next_free: s.next_free }
 }
 
 /// Deletes pods of this node for whoever restarts them. Locks are never
