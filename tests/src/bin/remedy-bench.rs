@@ -30,10 +30,13 @@
 //! printed to stdout as Markdown.
 //!
 //! `scripts/bench.sh` builds the binaries and installs the peers, then runs
-//! this. Run `remedy-bench --help` for the knobs.
+//! this. Run `remedy-bench --help` for the knobs; `remedy-bench/args.rs`
+//! defines them.
 
 #![forbid(unsafe_code)]
 
+#[path = "remedy-bench/args.rs"]
+mod args;
 #[path = "remedy-bench/blocks.rs"]
 mod blocks;
 #[path = "remedy-bench/engine.rs"]
@@ -54,6 +57,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use args::{Args, Opts};
+use clap::Parser as _;
 use remedy_e2e::procs::{bin, free_addr, http_request, metric_value};
 use remedy_proto::MAX_MESSAGE_BYTES;
 use remedy_proto::v1 as pb;
@@ -67,223 +72,6 @@ use tonic::transport::Endpoint;
 
 /// The whole run may not take longer than this.
 const OVERALL_LIMIT: Duration = Duration::from_secs(20 * 60);
-/// Most findings per batch the coordinator accepts by default.
-const COORDINATOR_MAX_BATCH: usize = 1_000;
-
-const USAGE: &str = "\
-remedy-bench: benchmarks of Remedy's core against real release processes on loopback
-
-Options (defaults in brackets):
-  --fanin N,N,...        simulated agent counts for the fan-in runs [1000,5000]
-  --idle-streams N       the fan-in run with this many agents first measures
-                         the coordinator idle (heartbeats only) [5000]
-  --idle-secs S          idle phase before measuring RSS [25]
-  --batch N              findings per batch [100]
-  --window N             batches in flight per agent [2]
-  --warmup-secs S        load before the measurement window [5]
-  --measure-secs S       measurement window under load [30]
-  --connect-parallel N   streams being opened at once [200]
-  --agent-secs S         agent / node_exporter idle window [60]
-  --node-exporter PATH   node_exporter binary (peer of the agent); omitted: skipped
-  --pg-bin DIR           PostgreSQL bin directory (peer of the ingest path); omitted: skipped
-  --pg-secs S            each pgbench run [20]
-  --pg-clients N,N,...   pgbench client counts [1,8]
-  --pg-rows N            rows per PostgreSQL transaction [the coordinator's measured findings per commit]
-  --engine-alerts N      spaced alerts for webhook → first action [500]
-  --engine-rate R        their rate, alerts per second [20]
-  --engine-bursts N      bursts after the spaced alerts [5]
-  --engine-burst N       alerts per burst [50]
-  --engine-burst-gap S   seconds between bursts [3]
-  --engine-incidents N,N active incidents for the in-process decision bench [1,100,1000]
-  --engine-decide-secs S time measured per incident count [3]
-  --engine-runs N,N,...  concurrent manual runs, end to end [1,100,1000]
-  --engine-steps N       http steps per run [5]
-  --engine-run-secs S    longest one end-to-end measurement may take [240]
-  --tail-rate N          log lines per second written in the tail part [10000]
-  --tail-files N         container log files they are spread over [50]
-  --tail-secs S          how long they are written [60]
-  --tail-trials N        line → finding latency trials [200]
-  --tail-burst N         error lines written per trial [5]
-  --blocks-agents N      agents (one network namespace each) sent one block [50]
-  --blocks-reps N        blocks timed per agent count [10]
-  --blocks-bans N        bans held by one agent [100000]
-  --blocks-directive-secs S  time spent adding bans one directive at a time;
-                         the rest go in through the agent's blocks.json [60]
-  --blocks-probes N      TCP connects timed through the ruleset [500]
-  --tls-secs S           seconds of new connections per transport (tls part) [10]
-  --only LIST            run only some parts: agent,fanin,postgres,engine,tail,blocks,tls (or
-                         one engine part: engine-latency,engine-decide,engine-runs)
-  --quick                short smoke run (small counts, short windows)
-";
-
-#[derive(Debug, Clone)]
-struct Opts {
-    fanin: Vec<usize>,
-    idle_streams: usize,
-    idle_secs: u64,
-    batch: usize,
-    window: usize,
-    warmup_secs: u64,
-    measure_secs: u64,
-    connect_parallel: usize,
-    agent_secs: u64,
-    node_exporter: Option<PathBuf>,
-    pg_bin: Option<PathBuf>,
-    pg_secs: u64,
-    pg_clients: Vec<usize>,
-    pg_rows: Option<usize>,
-    only: Vec<String>,
-    engine: engine::EngineOpts,
-    tail: tail::TailOpts,
-    blocks: blocks::BlocksOpts,
-    /// Seconds of new connections per transport in the `tls` part.
-    tls_secs: u64,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            fanin: vec![1_000, 5_000],
-            idle_streams: 5_000,
-            idle_secs: 25,
-            batch: 100,
-            window: 2,
-            warmup_secs: 5,
-            measure_secs: 30,
-            connect_parallel: 200,
-            agent_secs: 60,
-            node_exporter: None,
-            pg_bin: None,
-            pg_secs: 20,
-            pg_clients: vec![1, 8],
-            pg_rows: None,
-            only: Vec::new(),
-            engine: engine::EngineOpts::default(),
-            tail: tail::TailOpts::default(),
-            blocks: blocks::BlocksOpts::default(),
-            tls_secs: 10,
-        }
-    }
-}
-
-fn parse_list(flag: &str, value: &str) -> anyhow::Result<Vec<usize>> {
-    value
-        .split(',')
-        .map(|v| v.trim().parse::<usize>().with_context(|| format!("{flag}: `{v}` is not a number")))
-        .collect()
-}
-
-fn parse_opts() -> anyhow::Result<Opts> {
-    let mut opts = Opts::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            print!("{USAGE}");
-            std::process::exit(0);
-        }
-        if flag == "--quick" {
-            opts.fanin = vec![200];
-            opts.idle_streams = 200;
-            opts.idle_secs = 3;
-            opts.warmup_secs = 2;
-            opts.measure_secs = 5;
-            opts.agent_secs = 10;
-            opts.pg_secs = 3;
-            opts.engine = engine::EngineOpts::quick();
-            opts.tail = tail::TailOpts::quick();
-            opts.blocks = blocks::BlocksOpts::quick();
-            opts.tls_secs = 2;
-            continue;
-        }
-        let value = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-        let number = |v: &str| v.parse::<u64>().with_context(|| format!("{flag}: `{v}` is not a number"));
-        let real = |v: &str| v.parse::<f64>().with_context(|| format!("{flag}: `{v}` is not a number"));
-        match flag.as_str() {
-            "--fanin" => opts.fanin = parse_list(&flag, &value)?,
-            "--idle-streams" => opts.idle_streams = number(&value)? as usize,
-            "--idle-secs" => opts.idle_secs = number(&value)?,
-            "--batch" => opts.batch = number(&value)? as usize,
-            "--window" => opts.window = number(&value)? as usize,
-            "--warmup-secs" => opts.warmup_secs = number(&value)?,
-            "--measure-secs" => opts.measure_secs = number(&value)?,
-            "--connect-parallel" => opts.connect_parallel = number(&value)? as usize,
-            "--agent-secs" => opts.agent_secs = number(&value)?,
-            "--node-exporter" => opts.node_exporter = Some(PathBuf::from(value)),
-            "--pg-bin" => opts.pg_bin = Some(PathBuf::from(value)),
-            "--pg-secs" => opts.pg_secs = number(&value)?,
-            "--pg-clients" => opts.pg_clients = parse_list(&flag, &value)?,
-            "--pg-rows" => opts.pg_rows = Some(number(&value)? as usize),
-            "--tls-secs" => opts.tls_secs = value.parse().context("--tls-secs")?,
-            "--only" => opts.only = value.split(',').map(|s| s.trim().to_owned()).collect(),
-            "--engine-alerts" => opts.engine.alerts = number(&value)? as usize,
-            "--engine-rate" => opts.engine.rate = real(&value)?,
-            "--engine-bursts" => opts.engine.bursts = number(&value)? as usize,
-            "--engine-burst" => opts.engine.burst_size = number(&value)? as usize,
-            "--engine-burst-gap" => opts.engine.burst_gap_secs = real(&value)?,
-            "--engine-incidents" => opts.engine.incidents = parse_list(&flag, &value)?,
-            "--engine-decide-secs" => opts.engine.decide_secs = real(&value)?,
-            "--engine-runs" => opts.engine.runs = parse_list(&flag, &value)?,
-            "--engine-steps" => opts.engine.steps = number(&value)? as usize,
-            "--engine-run-secs" => opts.engine.run_secs = number(&value)?,
-            "--tail-rate" => opts.tail.rate = number(&value)?,
-            "--tail-files" => opts.tail.files = number(&value)? as usize,
-            "--tail-secs" => opts.tail.secs = number(&value)?,
-            "--tail-trials" => opts.tail.trials = number(&value)? as usize,
-            "--tail-burst" => opts.tail.burst = number(&value)? as usize,
-            "--blocks-agents" => opts.blocks.agents = number(&value)? as usize,
-            "--blocks-reps" => opts.blocks.reps = number(&value)? as usize,
-            "--blocks-bans" => opts.blocks.bans = number(&value)? as usize,
-            "--blocks-directive-secs" => opts.blocks.directive_secs = number(&value)?,
-            "--blocks-probes" => opts.blocks.probes = number(&value)? as usize,
-            other => bail!("unknown option `{other}`\n\n{USAGE}"),
-        }
-    }
-    if opts.batch == 0 || opts.batch > COORDINATOR_MAX_BATCH {
-        bail!("--batch must be between 1 and {COORDINATOR_MAX_BATCH} (the coordinator's default max_batch_findings)");
-    }
-    if opts.window == 0 || opts.connect_parallel == 0 || opts.measure_secs == 0 || opts.agent_secs == 0 {
-        bail!("--window, --connect-parallel, --measure-secs and --agent-secs must be greater than zero");
-    }
-    if opts.fanin.iter().any(|&n| n == 0 || n > 20_000) {
-        bail!("--fanin counts must be between 1 and 20000");
-    }
-    if opts.pg_clients.iter().any(|&n| n == 0 || n > 32) {
-        bail!("--pg-clients counts must be between 1 and 32");
-    }
-    if opts.pg_rows.is_some_and(|r| r == 0 || r > 200_000) {
-        bail!("--pg-rows must be between 1 and 200000");
-    }
-    opts.engine.validate()?;
-    opts.tail.validate()?;
-    opts.blocks.validate()?;
-    let parts = [
-        "agent",
-        "fanin",
-        "postgres",
-        "engine",
-        "engine-latency",
-        "engine-decide",
-        "engine-runs",
-        "tail",
-        "blocks",
-        "tls",
-    ];
-    if let Some(unknown) = opts.only.iter().find(|p| !parts.contains(&p.as_str())) {
-        bail!("--only: unknown part `{unknown}` (known: {})", parts.join(", "));
-    }
-    Ok(opts)
-}
-
-impl Opts {
-    fn runs(&self, part: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| p == part)
-    }
-
-    /// Whether any part of the engine's benchmark runs.
-    fn runs_engine(&self) -> bool {
-        self.runs("engine") || self.only.iter().any(|p| p.starts_with("engine-"))
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Processes and /proc
@@ -1600,7 +1388,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
 }
 
 fn main() -> std::process::ExitCode {
-    let opts = match parse_opts() {
+    let opts = match Args::parse().into_opts() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("remedy-bench: {e:#}");

@@ -33,7 +33,7 @@ use super::{Proc, mib, rss_kib, wait_for};
 const WAIT: Duration = Duration::from_secs(120);
 const DIAGNOSTICS_PORT: u16 = 7072;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BlocksOpts {
     pub agents: usize,
     pub reps: usize,

@@ -73,7 +73,7 @@ const HISTORY_PER_INCIDENT: usize = 3;
 // Knobs and figures
 
 /// What the engine part measures.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EngineOpts {
     /// Spaced alerts.
     pub alerts: usize,

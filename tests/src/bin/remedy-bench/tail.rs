@@ -37,7 +37,7 @@ const NAMESPACE: &str = "bench";
 /// A Deployment's pod-template hash and pod suffix, so pods map to workloads.
 const POD_TAIL: &str = "7d9f8b6c5d-x2x4k";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TailOpts {
     pub rate: u64,
     pub files: usize,
