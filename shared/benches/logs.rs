@@ -12,6 +12,7 @@
 //! deterministic (a fixed-seed generator), so runs are comparable.
 //!
 //! `cargo bench -p remedy-shared --bench logs -- [--size-mib N] [--auth-lines N] [--quick] [--keep]`
+#![allow(clippy::disallowed_methods, reason = "a benchmark measures elapsed time with the real clock")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

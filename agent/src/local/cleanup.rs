@@ -46,7 +46,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -457,7 +459,7 @@ pub struct Limits {
 /// what the agent's tailer reads, by device and inode.
 pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>, dry_run: bool) -> Outcome {
     let mut out = Outcome::default();
-    let now = SystemTime::now();
+    let now = crate::clock::wall();
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut held_dirs = 0usize;
     let mut roots: Vec<Option<Arc<DirHandle>>> = Vec::new();
@@ -608,7 +610,7 @@ pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>,
             Ok(st)
                 if kind(&st) == SFlag::S_IFREG
                     && (st.st_dev, st.st_ino) == (c.dev, c.ino)
-                    && old_enough(mtime(&st), c.age, SystemTime::now()) =>
+                    && old_enough(mtime(&st), c.age, crate::clock::wall()) =>
             {
                 st.st_nlink
             }
@@ -883,7 +885,7 @@ mod tests {
     fn aged(path: &Path, ago: Duration) {
         let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(path).unwrap();
         std::io::Write::write_all(&mut &f, b"0123456789").unwrap();
-        f.set_modified(SystemTime::now() - ago).unwrap();
+        f.set_modified(crate::clock::wall() - ago).unwrap();
     }
 
     fn limits(max_files: usize) -> Limits {

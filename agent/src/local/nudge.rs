@@ -31,7 +31,9 @@
 //! `<pid>.settled` and `<pid>.result`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
