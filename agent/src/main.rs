@@ -152,8 +152,7 @@ async fn run(
     // announces exactly the directives this agent can run.
     let pods = pods::start(&config.node_name, &config.pods, kube, outbox.clone(), metrics.pods.clone(), stopped());
     let blocking = nft::start(&config.blocking, &config.state_dir, metrics.blocks.clone(), stopped()).await;
-    let logs = logs::start(&config.logs, &config.state_dir, outbox.clone(), metrics.logs.clone())
-        .map_err(anyhow::Error::msg)?;
+    let logs = logs::start(&config.logs, &config.state_dir, outbox.clone(), metrics.logs.clone())?;
     let local = Arc::new(LocalActions::new(config.local_actions.clone(), metrics.local.clone(), logs.status.clone()));
     let processes =
         procsig::start(&config.processes, &config.node_name, outbox.clone(), metrics.processes.clone(), stopped());

@@ -340,6 +340,18 @@ impl LogTasks {
     }
 }
 
+/// Why log tailing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The detectors' settings are wrong. They were validated with the
+    /// configuration, so this is a bug, not input.
+    #[error("log detectors: {}: {}", .0.field, .0.message)]
+    Detectors(#[from] remedy_shared::logs::InvalidLogConfig),
+    /// The tailer's thread could not be started.
+    #[error("cannot start the log tailer: {0}")]
+    Tailer(#[from] std::io::Error),
+}
+
 /// Starts the log tailer feeding the error classifier and the brute-force
 /// detector, when enabled; offsets are checkpointed in `state_dir`.
 pub fn start(
@@ -347,7 +359,7 @@ pub fn start(
     state_dir: &std::path::Path,
     outbox: Outbox,
     metrics: LogMetrics,
-) -> Result<Logs, String> {
+) -> Result<Logs, StartError> {
     let c = config;
     if !c.enabled {
         tracing::info!("log tailing off (logs.enabled: false)");
@@ -364,8 +376,7 @@ pub fn start(
         first_start: c.first_start,
     };
     // Validated with the configuration; a failure here is a bug, not input.
-    let detectors = LogDetectors::new(c.errors.clone(), c.brute_force.clone())
-        .map_err(|e| format!("log detectors: {}: {}", e.field, e.message))?;
+    let detectors = LogDetectors::new(c.errors.clone(), c.brute_force.clone())?;
     let detectors_status = Published::default();
     let (stop_flush, flush_stopped) = tokio::sync::oneshot::channel::<()>();
     let flush = tokio::spawn(detectors.clone().flush(outbox, detectors_status.clone(), metrics.clone(), async move {
@@ -375,8 +386,7 @@ pub fn start(
     let status: Published<LogsStatus> = Published::default();
     let published = status.clone();
     let publish: tailer::Publish = Box::new(move |fresh| *published.lock() = fresh);
-    let tailer =
-        spawn(tailer_config, sink, metrics, publish).map_err(|e| format!("cannot start the log tailer: {e}"))?;
+    let tailer = spawn(tailer_config, sink, metrics, publish)?;
     tracing::info!(root = %c.root.display(), files = c.files.len(), "log tailing on");
     Ok(Logs {
         status,

@@ -74,6 +74,44 @@ impl BlockMetrics {
     }
 }
 
+/// Why blocking could not do what it was asked. Each says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockingError {
+    /// `blocks.json` in the state directory cannot be read or is not a list
+    /// of bans: blocking stays off rather than start without bans it owes.
+    #[error("cannot read the bans in {path}: {reason}")]
+    StateUnreadable {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The bans cannot be written to the state directory: the change is not
+    /// made, since it would not survive a restart.
+    #[error("cannot write {path}: {reason}")]
+    StateUnwritable {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The `nft` program is not on this node.
+    #[error("{command}: the nft program is not installed (Debian package nftables)")]
+    NftMissing {
+        /// What was run.
+        command: &'static str,
+    },
+    /// `nft` ran and failed, or did not finish in time; the next pass tries
+    /// again.
+    #[error("{command} {reason}")]
+    Nft {
+        /// What was run.
+        command: &'static str,
+        /// Its error output, or why it did not finish.
+        reason: String,
+    },
+}
+
 /// One ban, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ban {
@@ -204,20 +242,21 @@ impl Blocker {
         state_dir: &Path,
         metrics: BlockMetrics,
         status: Published<BlockingStatus>,
-    ) -> Result<Blocker, String> {
+    ) -> Result<Blocker, BlockingError> {
         let path = state_dir.join("blocks.json");
+        let unreadable = |reason: String| BlockingError::StateUnreadable { path: path.display().to_string(), reason };
         let mut inner = Inner::default();
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let kept: Persisted = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{} is not a list of bans: {e}", path.display()))?;
+                let kept: Persisted =
+                    serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("not a list of bans: {e}")))?;
                 let at = now();
                 for ban in kept.bans.into_iter().filter(|b| b.expires_at > at) {
                     inner.bans.insert(ban.ip, Tracked::new(ban));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return Err(unreadable(e.to_string())),
         }
         metrics.active.set(inner.bans.len() as i64);
         Ok(Blocker { config, path, inner: tokio::sync::Mutex::new(inner), metrics, status })
@@ -228,9 +267,11 @@ impl Blocker {
         format!("inet {}", self.config.table)
     }
 
-    fn persist(&self, inner: &Inner) -> Result<(), String> {
+    fn persist(&self, inner: &Inner) -> Result<(), BlockingError> {
+        let unwritable =
+            |reason: String| BlockingError::StateUnwritable { path: self.path.display().to_string(), reason };
         let kept = Persisted { bans: inner.bans.values().map(|t| t.ban.clone()).collect() };
-        let bytes = serde_json::to_vec(&kept).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&kept).map_err(|e| unwritable(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             use std::io::Write;
@@ -239,16 +280,16 @@ impl Blocker {
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
-        write().map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        write().map_err(|e| unwritable(e.to_string()))
     }
 
     /// One enforcement pass.
-    pub async fn reconcile(&self) -> Result<Pass, String> {
+    pub async fn reconcile(&self) -> Result<Pass, BlockingError> {
         let mut inner = self.inner.lock().await;
         self.pass(&mut inner).await
     }
 
-    async fn pass(&self, inner: &mut Inner) -> Result<Pass, String> {
+    async fn pass(&self, inner: &mut Inner) -> Result<Pass, BlockingError> {
         let result = self.pass_inner(inner).await;
         let mut b = self.status.lock();
         b.last_pass_at = Some(now());
@@ -260,13 +301,13 @@ impl Blocker {
                     b.last_drift = pass.drift.clone();
                 }
             }
-            Err(e) => b.last_error = Some(e.clone()),
+            Err(e) => b.last_error = Some(e.to_string()),
         }
         self.describe(inner, &mut b);
         result
     }
 
-    async fn pass_inner(&self, inner: &mut Inner) -> Result<Pass, String> {
+    async fn pass_inner(&self, inner: &mut Inner) -> Result<Pass, BlockingError> {
         let at = now();
         let before = inner.bans.len();
         inner.bans.retain(|_, t| t.ban.expires_at > at);
@@ -369,45 +410,51 @@ impl Blocker {
     }
 
     /// `nft -j list table inet <name>`; `None` when there is no such table.
-    async fn list_table(&self) -> Result<Option<Nftables<'static>>, String> {
+    async fn list_table(&self) -> Result<Option<Nftables<'static>>, BlockingError> {
         let table = self.config.table.clone();
         let run = tokio::task::spawn_blocking(move || {
             helper::get_current_ruleset_with_args(DEFAULT_NFT, ["list", "table", "inet", table.as_str()])
         });
         match tokio::time::timeout(NFT_TIMEOUT, run).await {
-            Err(_) => Err(format!("nft list table took longer than {NFT_TIMEOUT:?}")),
-            Ok(Err(e)) => Err(format!("nft list table did not finish: {e}")),
+            Err(_) => Err(BlockingError::Nft { command: LIST, reason: format!("took longer than {NFT_TIMEOUT:?}") }),
+            Ok(Err(e)) => Err(BlockingError::Nft { command: LIST, reason: format!("did not finish: {e}") }),
             Ok(Ok(Ok(listing))) => Ok(Some(listing)),
             Ok(Ok(Err(NftablesError::NftFailed { stderr, .. }))) if stderr.contains("No such file or directory") => {
                 Ok(None)
             }
-            Ok(Ok(Err(e))) => Err(nft_error("nft list table", e)),
+            Ok(Ok(Err(e))) => Err(nft_error(LIST, e)),
         }
     }
 
     /// Runs a batch with `nft -j -f -` (with `--check`: validated by the
     /// kernel, then thrown away).
-    async fn apply(&self, batch: Batch<'static>, check: bool) -> Result<(), String> {
+    async fn apply(&self, batch: Batch<'static>, check: bool) -> Result<(), BlockingError> {
         let nftables = batch.to_nftables();
         let run = tokio::task::spawn_blocking(move || {
             let args: &[&str] = if check { &["--check"] } else { &[] };
             helper::apply_ruleset_with_args(&nftables, DEFAULT_NFT, args)
         });
         match tokio::time::timeout(NFT_TIMEOUT, run).await {
-            Err(_) => Err(format!("nft took longer than {NFT_TIMEOUT:?}")),
-            Ok(Err(e)) => Err(format!("nft did not finish: {e}")),
-            Ok(Ok(result)) => result.map_err(|e| nft_error("nft -j -f -", e)),
+            Err(_) => Err(BlockingError::Nft { command: APPLY, reason: format!("took longer than {NFT_TIMEOUT:?}") }),
+            Ok(Err(e)) => Err(BlockingError::Nft { command: APPLY, reason: format!("did not finish: {e}") }),
+            Ok(Ok(result)) => result.map_err(|e| nft_error(APPLY, e)),
         }
     }
 }
 
-fn nft_error(what: &str, e: NftablesError) -> String {
+/// The two commands the agent runs.
+const LIST: &str = "nft list table";
+const APPLY: &str = "nft -j -f -";
+
+fn nft_error(command: &'static str, e: NftablesError) -> BlockingError {
     match e {
-        NftablesError::NftFailed { stderr, .. } => format!("{what} failed: {}", stderr.trim()),
-        NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound => {
-            format!("{what}: the nft program is not installed (Debian package nftables)")
+        NftablesError::NftFailed { stderr, .. } => {
+            BlockingError::Nft { command, reason: format!("failed: {}", stderr.trim()) }
         }
-        other => format!("{what}: {other}"),
+        NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound => {
+            BlockingError::NftMissing { command }
+        }
+        other => BlockingError::Nft { command, reason: format!("failed: {other}") },
     }
 }
 
@@ -460,7 +507,7 @@ pub async fn start(
         Ok(b) => Arc::new(b),
         Err(e) => {
             tracing::error!(error = %e, "IP blocking off: cannot load the bans");
-            off(e);
+            off(e.to_string());
             return Blocking { status, blocker: None, task: None };
         }
     };
