@@ -342,9 +342,14 @@ impl Admin {
     async fn get_incident(&self, request: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
         let raw = request.into_inner().id;
         let id = parse_incident_id(&raw)?;
-        let found = self.read(move |s| s.get_incident(id)).await?;
+        let found = self.read(move |s| Ok((s.get_incident(id)?, s.get_run(id)?))).await?;
+        let (found, run) = found;
         let (incident, timeline) = found.ok_or_else(|| Status::not_found(format!("no incident {id}")))?;
-        Ok(Response::new(convert::incident_to_proto(&incident, &timeline)))
+        let mut reply = convert::incident_to_proto(&incident, &timeline);
+        if let Some(run) = run {
+            reply.run_status = convert::run_status_to_proto(run.status) as i32;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn watch_incidents(

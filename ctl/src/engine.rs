@@ -180,18 +180,18 @@ pub fn approval_key(incident: &str, step: Option<&str>, attempt: Option<u32>) ->
     Ok(ApprovalKey { incident_id: incident_id.to_owned(), step_id: step_id.to_owned(), attempt })
 }
 
-/// How a run ended, read from its incident: a `runbook` entry saying it
-/// finished, an `escalated` entry, or the incident resolved (by a person,
-/// which also stops the run).
+/// How a run ended, from the run status the coordinator sends with the
+/// incident (a resolved incident stops its run too); `None` while it goes
+/// on. The words are the timeline's newest entry of the kind that ended it.
 pub fn run_end(incident: &pb::Incident) -> Option<String> {
-    let timeline = &incident.timeline;
-    if let Some(e) = timeline.iter().find(|e| e.kind == "runbook" && e.message.contains("finished")) {
-        return Some(e.message.clone());
+    let newest = |kind: &str| incident.timeline.iter().rev().find(|e| e.kind == kind).map(|e| e.message.clone());
+    match incident.run_status() {
+        pb::RunStatus::Succeeded => Some(newest("runbook").unwrap_or_else(|| "the run succeeded".to_owned())),
+        pb::RunStatus::Escalated => Some(newest("escalated").unwrap_or_else(|| "the run was escalated".to_owned())),
+        pb::RunStatus::Cancelled => Some("the incident was resolved".to_owned()),
+        _ if incident.state == pb::IncidentState::Resolved as i32 => Some("the incident was resolved".to_owned()),
+        _ => None,
     }
-    if let Some(e) = timeline.iter().find(|e| e.kind == "escalated") {
-        return Some(e.message.clone());
-    }
-    (incident.state == pb::IncidentState::Resolved as i32).then(|| "the incident was resolved".to_owned())
 }
 
 /// What `run` prints.
@@ -419,15 +419,19 @@ mod tests {
         let mut incident = pb::Incident {
             state: pb::IncidentState::Mitigating as i32,
             timeline: vec![entry("opened", "x"), entry("runbook", "runbook R started")],
+            run_status: pb::RunStatus::Running as i32,
             ..Default::default()
         };
         assert_eq!(run_end(&incident), None);
-        incident.timeline.push(entry("escalated", "escalated to p2-chain: step failed"));
-        assert_eq!(run_end(&incident).as_deref(), Some("escalated to p2-chain: step failed"));
-        incident.timeline.pop();
+        // Words on the timeline alone end nothing: the status does.
         incident.timeline.push(entry("runbook", "runbook R finished: every step ran"));
+        assert_eq!(run_end(&incident), None);
+        incident.run_status = pb::RunStatus::Succeeded as i32;
         assert_eq!(run_end(&incident).as_deref(), Some("runbook R finished: every step ran"));
-        incident.timeline.pop();
+        incident.timeline.push(entry("escalated", "escalated to p2-chain: step failed"));
+        incident.run_status = pb::RunStatus::Escalated as i32;
+        assert_eq!(run_end(&incident).as_deref(), Some("escalated to p2-chain: step failed"));
+        incident.run_status = pb::RunStatus::Running as i32;
         incident.state = pb::IncidentState::Resolved as i32;
         assert_eq!(run_end(&incident).as_deref(), Some("the incident was resolved"));
     }

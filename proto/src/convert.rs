@@ -188,6 +188,8 @@ pub fn incident_to_proto(i: &Incident, timeline: &[TimelineEntry]) -> pb::Incide
         acknowledged_by: i.acknowledged_by.clone().unwrap_or_default(),
         escalation_policy: i.escalation.as_ref().map(|p| p.policy.clone()).unwrap_or_default(),
         escalation_levels_told: i.escalation.as_ref().map_or(0, |p| p.told),
+        // The run is a record of its own; GetIncident adds its status.
+        run_status: pb::RunStatus::Unspecified as i32,
     }
 }
 
@@ -203,6 +205,19 @@ fn entry_to_proto(e: &TimelineEntry) -> pb::TimelineEntry {
 /// Labels or evidence from the wire, sorted.
 pub fn sorted(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
+}
+
+/// Where a run stands, on the wire.
+pub fn run_status_to_proto(status: remedy_shared::run::RunStatus) -> pb::RunStatus {
+    use remedy_shared::run::RunStatus;
+    match status {
+        RunStatus::Pending => pb::RunStatus::Pending,
+        RunStatus::Running => pb::RunStatus::Running,
+        RunStatus::Verifying => pb::RunStatus::Verifying,
+        RunStatus::Succeeded => pb::RunStatus::Succeeded,
+        RunStatus::Escalated => pb::RunStatus::Escalated,
+        RunStatus::Cancelled => pb::RunStatus::Cancelled,
+    }
 }
 
 #[cfg(test)]
