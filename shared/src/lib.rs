@@ -30,6 +30,7 @@ pub mod runbook;
 pub mod sequence;
 pub mod signals;
 pub mod spool;
+pub mod text;
 pub mod time;
 
 pub use finding::{Finding, FindingKind, FindingState, Severity};

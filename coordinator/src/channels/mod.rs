@@ -579,14 +579,6 @@ pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The first `max` characters of `text`.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => text[..end].to_owned(),
-        None => text.to_owned(),
-    }
-}
-
 fn round_to_millis(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -596,10 +588,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_line_folds_breaks_and_truncation_respects_characters() {
+    fn one_line_folds_breaks() {
         assert_eq!(one_line(" a\nb\r\n\tc "), "a b c");
-        assert_eq!(truncate_chars("héllo", 2), "hé");
-        assert_eq!(truncate_chars("hi", 5), "hi");
     }
 
     #[test]
