@@ -242,12 +242,7 @@ impl Admin {
             title: r.metadata.title.clone(),
             priority: r.priority.to_string(),
             mttr_target_ms: u64::try_from(r.mttr_target.as_millis()).unwrap_or(u64::MAX),
-            mode: match r.guard_rails.mode {
-                remedy_shared::runbook::Mode::Live => "live",
-                remedy_shared::runbook::Mode::DryRun => "dry_run",
-                remedy_shared::runbook::Mode::Shadow => "shadow",
-            }
-            .to_owned(),
+            mode: r.guard_rails.mode.as_str().to_owned(),
             steps: r.steps.iter().map(|s| s.id.clone()).collect(),
             dry_run_steps: self.engine.rehearsed_steps(r),
             manual: r.triggers.manual,

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 
 pub use action::*;
 pub use condition::{CompareOp, Condition, ConditionSyntaxError, EvalError, Expr, Path};
-pub use guard_rails::{Budget, BudgetScope, GuardRails, Mode, Protected};
+pub use guard_rails::{Budget, BudgetScope, GuardRails, Protected};
 pub use step::{Check, OnFailure, Step, Verification};
 pub use template::{
     AlertContext, FindingContext, IncidentContext, Renderer, TemplateContext, TemplateError, is_template,
