@@ -30,6 +30,7 @@ pub mod runbook;
 pub mod sequence;
 pub mod signals;
 pub mod spool;
+pub mod sync;
 pub mod text;
 pub mod time;
 

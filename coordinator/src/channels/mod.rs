@@ -99,7 +99,7 @@ mod webhook;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,7 @@ use serde::{Deserialize, Serialize};
 use remedy_shared::backoff::Backoff;
 use remedy_shared::breaker::{Admission, Breaker, Transition};
 use remedy_shared::config::{ConfigError, format_duration};
+use remedy_shared::sync::lock;
 
 pub use config::{
     BreakerConfig, ChannelConfig, ChannelKind, DEFAULT_EVENTS_URL, DEFAULT_STATUSPAGE_API, DEFAULT_TIMEOUT, Retries,
@@ -566,12 +567,6 @@ fn build_channel(setup: &Setup<'_>, cfg: &ChannelConfig) -> Result<Channel, Conf
         timeout: cfg.timeout,
         breaker: Mutex::new(Breaker::new(cfg.breaker.failure_threshold, cfg.breaker.recovery)),
     })
-}
-
-/// The breaker's lock. Its holders never panic, but a poisoned lock still
-/// holds a consistent state machine: use it rather than panic in turn.
-fn lock(breaker: &Mutex<Breaker>) -> MutexGuard<'_, Breaker> {
-    breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Text on one line: line breaks and tabs become single spaces.
