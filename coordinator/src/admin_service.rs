@@ -188,40 +188,6 @@ fn engine_status(e: EngineError) -> Status {
     }
 }
 
-fn approval_to_proto(a: &remedy_shared::guard::Approval, now: remedy_shared::Timestamp) -> pb::Approval {
-    use remedy_shared::guard::ApprovalStatus;
-    let (status, by, why) = match &a.status {
-        ApprovalStatus::Pending if now >= a.expires_at => ("expired", String::new(), String::new()),
-        ApprovalStatus::Pending => ("pending", String::new(), String::new()),
-        ApprovalStatus::Granted { by, .. } => ("granted", by.clone(), String::new()),
-        ApprovalStatus::Denied { by, reason, .. } => ("denied", by.clone(), reason.clone()),
-    };
-    pb::Approval {
-        incident_id: a.key.incident_id.to_string(),
-        step_id: a.key.step_id.clone(),
-        attempt: a.key.attempt,
-        runbook_id: a.runbook_id.clone(),
-        action: a.action.clone(),
-        reason: a.reason.to_string(),
-        status: status.to_owned(),
-        requested_at_ms: a.requested_at.as_millis(),
-        expires_at_ms: a.expires_at.as_millis(),
-        answered_by: by,
-        answer_reason: why,
-    }
-}
-
-fn automation_to_proto(state: &remedy_shared::guard::GuardState) -> pb::Automation {
-    let pause = state.paused();
-    pb::Automation {
-        paused: pause.is_some(),
-        paused_by: pause.map(|p| p.by.clone()).unwrap_or_default(),
-        pause_reason: pause.map(|p| p.reason.clone()).unwrap_or_default(),
-        paused_since_ms: pause.map_or(0, |p| p.since.as_millis()),
-        open_breakers: state.open_breakers().map(|(scope, b)| (scope.to_string(), b.reason.clone())).collect(),
-    }
-}
-
 impl Admin {
     /// A command on an incident that is not open: FAILED_PRECONDITION if it
     /// exists (it is resolved), NOT_FOUND if it never did.
@@ -233,27 +199,6 @@ impl Admin {
             }
             Ok(None) => Status::not_found(format!("no incident {id}")),
             Err(status) => status,
-        }
-    }
-
-    fn runbook_to_proto(&self, r: &remedy_shared::runbook::Runbook, with_definition: bool) -> pb::Runbook {
-        pb::Runbook {
-            id: r.id().to_owned(),
-            title: r.metadata.title.clone(),
-            priority: r.priority.to_string(),
-            mttr_target_ms: u64::try_from(r.mttr_target.as_millis()).unwrap_or(u64::MAX),
-            mode: match r.guard_rails.mode {
-                remedy_shared::runbook::Mode::Live => "live",
-                remedy_shared::runbook::Mode::DryRun => "dry_run",
-                remedy_shared::runbook::Mode::Shadow => "shadow",
-            }
-            .to_owned(),
-            steps: r.steps.iter().map(|s| s.id.clone()).collect(),
-            dry_run_steps: self.engine.rehearsed_steps(r),
-            manual: r.triggers.manual,
-            params: r.params.clone().into_iter().collect(),
-            source: r.source.clone(),
-            definition: if with_definition { r.to_yaml() } else { String::new() },
         }
     }
 }
@@ -418,7 +363,13 @@ impl Admin {
         &self,
         _: Request<pb::ListRunbooksRequest>,
     ) -> Result<Response<pb::ListRunbooksResponse>, Status> {
-        let runbooks = self.engine.catalog().runbooks().iter().map(|r| self.runbook_to_proto(r, false)).collect();
+        let runbooks = self
+            .engine
+            .catalog()
+            .runbooks()
+            .iter()
+            .map(|r| convert::runbook_to_proto(r, self.engine.rehearsed_steps(r), false))
+            .collect();
         Ok(Response::new(pb::ListRunbooksResponse { runbooks }))
     }
 
@@ -429,7 +380,7 @@ impl Admin {
             .catalog()
             .get(&id)
             .ok_or_else(|| Status::not_found(format!("no runbook `{id}` in the catalog")))?;
-        Ok(Response::new(self.runbook_to_proto(runbook, true)))
+        Ok(Response::new(convert::runbook_to_proto(runbook, self.engine.rehearsed_steps(runbook), true)))
     }
 
     async fn run_runbook(
@@ -458,8 +409,12 @@ impl Admin {
         let all = request.into_inner().all;
         let now = crate::recorder::now();
         let guard = self.engine.guard();
-        let mut approvals: Vec<pb::Approval> =
-            guard.approvals().iter().filter(|a| all || a.is_pending(now)).map(|a| approval_to_proto(a, now)).collect();
+        let mut approvals: Vec<pb::Approval> = guard
+            .approvals()
+            .iter()
+            .filter(|a| all || a.is_pending(now))
+            .map(|a| convert::approval_to_proto(a, now))
+            .collect();
         approvals.sort_by_key(|a| (a.status != "pending", a.requested_at_ms));
         Ok(Response::new(pb::ListApprovalsResponse { approvals }))
     }
@@ -488,11 +443,11 @@ impl Admin {
         self.engine.answer(&key, &by, deny).await.map_err(engine_status)?;
         let guard = self.engine.guard();
         let approval = guard.approval(&key).ok_or_else(|| Status::not_found(format!("no approval request {key}")))?;
-        Ok(Response::new(approval_to_proto(approval, crate::recorder::now())))
+        Ok(Response::new(convert::approval_to_proto(approval, crate::recorder::now())))
     }
 
     async fn get_automation(&self, _: Request<pb::GetAutomationRequest>) -> Result<Response<pb::Automation>, Status> {
-        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+        Ok(Response::new(convert::automation_to_proto(&self.engine.guard())))
     }
 
     async fn pause_automation(
@@ -502,7 +457,7 @@ impl Admin {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
         self.engine.pause(&by, &req.reason).await.map_err(engine_status)?;
-        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+        Ok(Response::new(convert::automation_to_proto(&self.engine.guard())))
     }
 
     async fn resume_automation(
@@ -511,7 +466,7 @@ impl Admin {
     ) -> Result<Response<pb::Automation>, Status> {
         let by = required_by(&request.into_inner().requested_by)?;
         self.engine.resume(&by).await.map_err(engine_status)?;
-        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+        Ok(Response::new(convert::automation_to_proto(&self.engine.guard())))
     }
 
     async fn list_bans(&self, request: Request<pb::ListBansRequest>) -> Result<Response<pb::ListBansResponse>, Status> {
@@ -598,7 +553,7 @@ impl Admin {
         let by = required_by(&req.requested_by)?;
         let scope: remedy_shared::guard::Scope = req.scope.parse().map_err(Status::invalid_argument)?;
         self.engine.reset_breaker(&scope, &by).await.map_err(engine_status)?;
-        Ok(Response::new(automation_to_proto(&self.engine.guard())))
+        Ok(Response::new(convert::automation_to_proto(&self.engine.guard())))
     }
     async fn list_audit(
         &self,
@@ -610,7 +565,7 @@ impl Admin {
             n => n.min(MAX_PAGE),
         };
         let entries = self.read(move |s| s.list_audit(req.after_seq, limit)).await?;
-        Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(audit_to_proto).collect() }))
+        Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(convert::audit_to_proto).collect() }))
     }
 
     async fn review_incident(
@@ -649,23 +604,6 @@ impl Admin {
         let json =
             serde_json::to_string(&report).map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
         Ok(Response::new(pb::IncidentReport { since_ms: since.as_millis(), until_ms: until.as_millis(), json }))
-    }
-}
-
-fn audit_to_proto(e: &AuditEntry) -> pb::AuditEntry {
-    pb::AuditEntry {
-        seq: e.seq,
-        at_ms: e.at.as_millis(),
-        actor: e.actor.clone(),
-        kind: match e.kind {
-            AuditKind::AdminCall => "admin_call",
-            AuditKind::Action => "action",
-        }
-        .to_owned(),
-        operation: e.operation.clone(),
-        target: e.target.clone(),
-        arguments: e.arguments.clone().into_iter().collect(),
-        outcome: e.outcome.clone(),
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use remedy_proto::tls::PeerInfo;
 use remedy_proto::tokens::{self, Bearer};
 use remedy_shared::auth::{AdminCall, Bindings, Denied, Identity, Role, Tokens};
+use remedy_shared::sync;
 use tonic::{Request, Status};
 
 /// How the gRPC port is protected.
@@ -166,7 +167,7 @@ impl Authenticator {
             Bearer::Absent => Ok(None),
             Bearer::Malformed => Err(Status::unauthenticated("the authorization header is not `Bearer TOKEN`")),
             Bearer::Token(token) => {
-                let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+                let tokens = sync::read(&self.tokens);
                 match tokens::identify(&tokens, token) {
                     Some(identity) => Ok(Some(identity.clone())),
                     None => Err(Status::unauthenticated("the bearer token is not known")),
@@ -187,7 +188,7 @@ impl Authenticator {
                 _ = &mut stop => return,
                 _ = tick.tick() => match tokens::load(&path) {
                     Ok(fresh) => {
-                        let mut current = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+                        let mut current = sync::write(&self.tokens);
                         if *current != fresh {
                             tracing::info!(file = %path.display(), users = fresh.len(), "bearer tokens reloaded");
                             *current = fresh;

@@ -25,6 +25,7 @@ use std::time::Duration;
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::coordinator_message::Body as CoordinatorBody;
 use remedy_shared::Timestamp;
+use remedy_shared::sync;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -371,8 +372,7 @@ impl Default for Directives {
 
 impl Directives {
     fn lock(&self) -> MutexGuard<'_, Hub> {
-        // Plain maps behind this lock stay consistent across a panic elsewhere.
-        self.inner.hub.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.inner.hub)
     }
 
     /// Makes an agent reachable through `outbound` until the returned

@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use remedy_shared::text::Unit;
 use serde::Deserialize;
 
 /// `edge:` in the coordinator's configuration.
@@ -170,7 +171,7 @@ async fn read(response: reqwest::Response) -> Result<Envelope, String> {
             let errors: Vec<String> = e.errors.iter().map(|x| format!("{} {}", x.code, x.message)).collect();
             Err(format!("HTTP {}: {}", status.as_u16(), errors.join("; ")))
         }
-        _ => Err(format!("HTTP {}: {}", status.as_u16(), text.chars().take(200).collect::<String>())),
+        _ => Err(format!("HTTP {}: {}", status.as_u16(), remedy_shared::text::prefix(&text, 200, Unit::Chars))),
     }
 }
 

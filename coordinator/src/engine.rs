@@ -22,7 +22,7 @@
 //! `max_attempts`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
@@ -31,6 +31,7 @@ use remedy_shared::guard::{self, ActionRequest, ApprovalKey, Decision, GuardPoli
 use remedy_shared::incident::{EntryKind, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::run::{self, Catalog, RunRecord, RunStatus};
 use remedy_shared::runbook::{Action, ActionClass, AfterFailure, OnFailure, Renderer, Runbook, Step};
+use remedy_shared::sync::lock;
 use tokio::sync::Notify;
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
@@ -260,11 +261,6 @@ impl Engine {
         self.inner.answered.notify_waiters();
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks is always left consistent; keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn entry(kind: EntryKind, message: impl Into<String>, details: BTreeMap<String, String>) -> TimelineEntry {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use remedy_shared::Timestamp;
 use remedy_shared::signals::ResourceSnapshot;
+use remedy_shared::sync;
 use tokio::sync::Notify;
 
 /// What is known live about one agent.
@@ -52,8 +53,7 @@ pub struct Registry {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LiveAgent>> {
-        // A panic while holding this lock leaves plain data behind; keep serving.
-        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.agents)
     }
 
     /// Remembers an agent known from the store, not yet connected.
@@ -69,7 +69,7 @@ impl Registry {
     /// Returns the session and whether the agent was stale until now.
     pub fn connect(&self, agent_id: &str, node_name: &str, now: Timestamp) -> (Session, bool) {
         let generation = {
-            let mut next = self.next_generation.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = sync::lock(&self.next_generation);
             *next += 1;
             *next
         };

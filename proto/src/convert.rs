@@ -6,8 +6,11 @@
 use std::collections::BTreeMap;
 
 use remedy_shared::Timestamp;
+use remedy_shared::audit::{AuditEntry, AuditKind};
 use remedy_shared::finding::{Finding, FindingKind, FindingState, InvalidFinding, Severity, UnknownKind};
+use remedy_shared::guard::{Approval, ApprovalStatus, GuardState};
 use remedy_shared::incident::{EntryKind, Incident, IncidentState, TimelineEntry};
+use remedy_shared::runbook::Runbook;
 use remedy_shared::signals::{DiskUsage, ProcessUsage, ResourceSnapshot};
 
 use crate::v1 as pb;
@@ -199,6 +202,79 @@ fn entry_to_proto(e: &TimelineEntry) -> pb::TimelineEntry {
         kind: EntryKind::as_str(e.kind).to_owned(),
         message: e.message.clone(),
         details: e.details.clone().into_iter().collect(),
+    }
+}
+
+/// A runbook to the wire: `dry_run_steps` names the steps and checks that
+/// rehearse here because no actuator performs their kind; the YAML
+/// definition only when asked for.
+pub fn runbook_to_proto(r: &Runbook, dry_run_steps: Vec<String>, with_definition: bool) -> pb::Runbook {
+    pb::Runbook {
+        id: r.id().to_owned(),
+        title: r.metadata.title.clone(),
+        priority: r.priority.to_string(),
+        mttr_target_ms: u64::try_from(r.mttr_target.as_millis()).unwrap_or(u64::MAX),
+        mode: r.guard_rails.mode.as_str().to_owned(),
+        steps: r.steps.iter().map(|s| s.id.clone()).collect(),
+        dry_run_steps,
+        manual: r.triggers.manual,
+        params: r.params.clone().into_iter().collect(),
+        source: r.source.clone(),
+        definition: if with_definition { r.to_yaml() } else { String::new() },
+    }
+}
+
+/// An approval request to the wire, its status as of `now` (a pending one
+/// past its expiry is `expired`).
+pub fn approval_to_proto(a: &Approval, now: Timestamp) -> pb::Approval {
+    let (status, by, why) = match &a.status {
+        ApprovalStatus::Pending if now >= a.expires_at => ("expired", String::new(), String::new()),
+        ApprovalStatus::Pending => ("pending", String::new(), String::new()),
+        ApprovalStatus::Granted { by, .. } => ("granted", by.clone(), String::new()),
+        ApprovalStatus::Denied { by, reason, .. } => ("denied", by.clone(), reason.clone()),
+    };
+    pb::Approval {
+        incident_id: a.key.incident_id.to_string(),
+        step_id: a.key.step_id.clone(),
+        attempt: a.key.attempt,
+        runbook_id: a.runbook_id.clone(),
+        action: a.action.clone(),
+        reason: a.reason.to_string(),
+        status: status.to_owned(),
+        requested_at_ms: a.requested_at.as_millis(),
+        expires_at_ms: a.expires_at.as_millis(),
+        answered_by: by,
+        answer_reason: why,
+    }
+}
+
+/// Whether automation is paused, and the open breakers, to the wire.
+pub fn automation_to_proto(state: &GuardState) -> pb::Automation {
+    let pause = state.paused();
+    pb::Automation {
+        paused: pause.is_some(),
+        paused_by: pause.map(|p| p.by.clone()).unwrap_or_default(),
+        pause_reason: pause.map(|p| p.reason.clone()).unwrap_or_default(),
+        paused_since_ms: pause.map_or(0, |p| p.since.as_millis()),
+        open_breakers: state.open_breakers().map(|(scope, b)| (scope.to_string(), b.reason.clone())).collect(),
+    }
+}
+
+/// An audit entry to the wire.
+pub fn audit_to_proto(e: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        seq: e.seq,
+        at_ms: e.at.as_millis(),
+        actor: e.actor.clone(),
+        kind: match e.kind {
+            AuditKind::AdminCall => "admin_call",
+            AuditKind::Action => "action",
+        }
+        .to_owned(),
+        operation: e.operation.clone(),
+        target: e.target.clone(),
+        arguments: e.arguments.clone().into_iter().collect(),
+        outcome: e.outcome.clone(),
     }
 }
 

@@ -1,9 +1,10 @@
 //! Remedy's wire protocol, generated from `proto/remedy/v1/*.proto`.
 //!
-//! The protocol carries no behaviour: conversions to the domain types live
-//! at the edges of the binaries, so the protocol can evolve without
-//! touching the domain. Beside it are the runtime pieces the three
-//! binaries share: TLS, tokens, the local PKI and how they hear to stop.
+//! The protocol carries no behaviour: conversions between it and the
+//! domain types live in [`convert`], one module beside the generated code,
+//! so the protocol can evolve without touching the domain. Beside it are the runtime pieces the three
+//! binaries share: TLS, tokens, the local PKI, how they log and how they
+//! hear to stop.
 
 /// Package `remedy.v1`.
 pub mod v1 {
@@ -12,6 +13,7 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod logging;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod shutdown;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use remedy_shared::auth::Identity;
+use remedy_shared::sync;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -173,7 +174,7 @@ impl<C> Reloading<C> {
 
     /// The configuration new connections use.
     pub fn current(&self) -> Arc<C> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::read(&self.current).clone()
     }
 
     /// Reads the files again and, when they changed and make a usable
@@ -181,12 +182,12 @@ impl<C> Reloading<C> {
     /// written before its key, say) keeps the old configuration serving.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let material = self.files.read()?;
-        let mut last = self.material.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = sync::lock(&self.material);
         if *last == material {
             return Ok(false);
         }
         let config = (self.build)(&self.files, &material)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *sync::write(&self.current) = Arc::new(config);
         *last = material;
         Ok(true)
     }

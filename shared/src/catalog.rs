@@ -2,12 +2,33 @@
 //!
 //! Runbooks are not the only kind of file written in Remedy's shape
 //! (`apiVersion: remedy.dev/v1`, `kind`, `metadata`): communication
-//! templates (`comms`) and on-call schedules (`oncall`) are too, and a
-//! communication template lives beside the runbooks whose incidents it
-//! announces. A loader that reads one kind peeks at each file's `kind` with
-//! [`peek_kind`] and leaves the other kinds to their own loaders.
+//! templates (`comms`), on-call schedules (`oncall`) and escalation policies
+//! (`escalation`) are too, and a communication template lives beside the
+//! runbooks whose incidents it announces. A loader that reads one kind peeks
+//! at each file's `kind` with [`peek_kind`] and leaves the other kinds to
+//! their own loaders.
+//!
+//! The header is declared here once: [`ApiVersion`], [`CatalogKind`] and
+//! [`Metadata`] are the types of its three fields in every kind's file, and
+//! [`header_problems`] is the one rule they follow. Each file names the
+//! three fields itself, beside its own: serde refuses unknown fields only in
+//! a struct that lists all of them, so a shared struct cannot be flattened
+//! in.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// The only `apiVersion` understood.
+pub const API_VERSION: &str = "remedy.dev/v1";
+
+/// `apiVersion: remedy.dev/v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiVersion {
+    /// The first version.
+    #[serde(rename = "remedy.dev/v1")]
+    V1,
+}
 
 /// The kinds of file this release reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,6 +55,12 @@ impl CatalogKind {
     }
 }
 
+impl fmt::Display for CatalogKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The `kind` a file's text declares, when it is one this release knows.
 ///
 /// `None` when the text is not YAML, has no `kind`, or names a kind that is
@@ -55,14 +82,20 @@ pub fn peek_kind(text: &str) -> Option<CatalogKind> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
-    /// Unique among files of its kind: `[A-Za-z0-9][A-Za-z0-9._-]*`, at
-    /// most 63 characters.
+    /// Unique among files of its kind, e.g. `P0-001`:
+    /// `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 63 characters.
     pub id: String,
-    /// One line for humans.
+    /// One line for humans. Every kind needs one but escalation policies,
+    /// which are shown by their id without it.
+    #[serde(default)]
     pub title: String,
-    /// More for humans.
+    /// More for humans: impact, context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Runbooks only: tags copied to incidents; `total_outage` counts
+    /// against availability, `security` counts as a security incident.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl Metadata {
@@ -70,6 +103,30 @@ impl Metadata {
     pub fn check_id(&self) -> Result<(), String> {
         check_id(&self.id)
     }
+}
+
+/// What is wrong with the header of a file read as `expected` that declares
+/// `declared` and `metadata`, as (field, message) pairs: another kind, an
+/// id that is not one, a missing title, tags outside a runbook.
+pub fn header_problems(
+    expected: CatalogKind,
+    declared: CatalogKind,
+    metadata: &Metadata,
+) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if declared != expected {
+        problems.push(("kind", format!("`{declared}` is not {expected}")));
+    }
+    if let Err(e) = metadata.check_id() {
+        problems.push(("metadata.id", e));
+    }
+    if expected != CatalogKind::EscalationPolicy && metadata.title.trim().is_empty() {
+        problems.push(("metadata.title", "must not be empty".to_owned()));
+    }
+    if expected != CatalogKind::Runbook && !metadata.tags.is_empty() {
+        problems.push(("metadata.tags", format!("only runbooks have tags, not a {expected}")));
+    }
+    problems
 }
 
 /// What is wrong with a catalog file's id, if anything.
@@ -158,8 +215,32 @@ mod tests {
     }
 
     #[test]
+    fn a_header_is_refused_for_another_kind_a_bad_id_a_missing_title_or_misplaced_tags() {
+        let meta = |id: &str, title: &str, tags: &[&str]| Metadata {
+            id: id.to_owned(),
+            title: title.to_owned(),
+            description: None,
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let fields = |expected, declared, m: &Metadata| {
+            header_problems(expected, declared, m).into_iter().map(|(field, _)| field).collect::<Vec<_>>()
+        };
+        let good = meta("p0", "P0", &["total_outage"]);
+        assert!(fields(CatalogKind::Runbook, CatalogKind::Runbook, &good).is_empty());
+        assert_eq!(fields(CatalogKind::Runbook, CatalogKind::OnCallSchedule, &good), ["kind"]);
+        assert_eq!(fields(CatalogKind::OnCallSchedule, CatalogKind::OnCallSchedule, &good), ["metadata.tags"]);
+        let bare = meta("-p0", "", &[]);
+        assert_eq!(
+            fields(CatalogKind::CommunicationTemplate, CatalogKind::CommunicationTemplate, &bare),
+            ["metadata.id", "metadata.title"]
+        );
+        assert_eq!(fields(CatalogKind::EscalationPolicy, CatalogKind::EscalationPolicy, &bare), ["metadata.id"]);
+    }
+
+    #[test]
     fn ids_follow_the_runbook_rule() {
-        let meta = |id: &str| Metadata { id: id.to_owned(), title: "t".to_owned(), description: None };
+        let meta =
+            |id: &str| Metadata { id: id.to_owned(), title: "t".to_owned(), description: None, tags: Vec::new() };
         assert!(meta("p0-internal").check_id().is_ok());
         assert!(meta("P0.primary_2").check_id().is_ok());
         assert!(meta("").check_id().is_err());

@@ -52,11 +52,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Metadata;
+use crate::catalog::{self, ApiVersion, CatalogKind, Metadata};
 use crate::config::{ConfigError, parse_yaml};
 use crate::incident::{EntryKind, Incident, IncidentState, TimelineEntry};
 use crate::runbook::locate::SourceMap;
-use crate::runbook::{ApiVersion, Renderer, TemplateError};
+use crate::runbook::{Renderer, TemplateError};
 use crate::time::Timestamp;
 
 /// Who a template is written for.
@@ -384,19 +384,12 @@ fn utc_date(t: Timestamp) -> String {
 
 // ---------------------------------------------------------------- the file
 
-/// `kind: CommunicationTemplate`.
-#[derive(Debug, Deserialize)]
-enum Kind {
-    CommunicationTemplate,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(rename = "apiVersion")]
     _api_version: ApiVersion,
-    #[serde(rename = "kind")]
-    _kind: Kind,
+    kind: CatalogKind,
     metadata: Metadata,
     audience: Audience,
     subject: String,
@@ -423,7 +416,11 @@ pub fn load_template(source: &str, text: &str) -> Result<CommunicationTemplate, 
         };
         ConfigError::new(source, field, message)
     };
-    file.metadata.check_id().map_err(|e| fail("metadata.id", None, e))?;
+    if let Some((field, message)) =
+        catalog::header_problems(CatalogKind::CommunicationTemplate, file.kind, &file.metadata).into_iter().next()
+    {
+        return Err(fail(field, None, message));
+    }
     if file.subject.trim().is_empty() {
         return Err(fail("subject", None, "a message needs a subject".to_owned()));
     }

@@ -35,9 +35,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{self, ApiVersion, CatalogKind, Metadata};
 use crate::config::{ConfigError, duration, opt_duration};
 use crate::incident::{EntryKind, Incident, IncidentState, TimelineEntry};
-use crate::runbook::ApiVersion;
 use crate::time::Timestamp;
 
 /// Tags that make an incident customer-impacting (levels marked
@@ -136,10 +136,9 @@ pub struct Updates {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(rename = "apiVersion")]
-    #[allow(dead_code)] // checked by serde: only remedy.dev/v1 parses
-    api_version: ApiVersion,
-    kind: String,
-    metadata: PolicyMetadata,
+    _api_version: ApiVersion,
+    kind: CatalogKind,
+    metadata: Metadata,
     levels: Vec<Level>,
     #[serde(default, with = "opt_duration")]
     ack_timeout: Option<Duration>,
@@ -157,27 +156,15 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyMetadata {
-    id: String,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)] // for people reading the file
-    description: Option<String>,
-}
-
 /// Parses and checks a policy file. References to people, schedules,
 /// channels and templates are checked by the caller, which knows them.
 pub fn load_policy(source: &str, text: &str) -> Result<EscalationPolicy, ConfigError> {
     let file: PolicyFile = crate::config::parse_yaml(source, text)?;
     let err = |field: &str, message: String| Err(ConfigError::new(source, field, message));
-    if file.kind != "EscalationPolicy" {
-        return err("kind", format!("`{}` is not EscalationPolicy", file.kind));
-    }
-    if let Err(e) = crate::catalog::check_id(&file.metadata.id) {
-        return err("metadata.id", e);
+    if let Some((field, message)) =
+        catalog::header_problems(CatalogKind::EscalationPolicy, file.kind, &file.metadata).into_iter().next()
+    {
+        return err(field, message);
     }
     if file.levels.is_empty() {
         return err("levels", "a policy needs at least one level".into());
@@ -221,7 +208,7 @@ pub fn load_policy(source: &str, text: &str) -> Result<EscalationPolicy, ConfigE
         }
     }
     Ok(EscalationPolicy {
-        title: file.metadata.title.unwrap_or_else(|| file.metadata.id.clone()),
+        title: if file.metadata.title.is_empty() { file.metadata.id.clone() } else { file.metadata.title },
         id: file.metadata.id,
         levels: file.levels,
         ack_timeout: file.ack_timeout,

@@ -31,6 +31,8 @@ pub mod runbook;
 pub mod sequence;
 pub mod signals;
 pub mod spool;
+pub mod sync;
+pub mod text;
 pub mod time;
 
 pub use finding::{Finding, FindingKind, FindingState, Severity};

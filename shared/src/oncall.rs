@@ -38,9 +38,8 @@ use jiff::civil::{Date, DateTime, Time, Weekday};
 use jiff::tz::{TimeZone, TimeZoneDatabase};
 use serde::Deserialize;
 
-use crate::catalog::Metadata;
+use crate::catalog::{self, ApiVersion, CatalogKind, Metadata};
 use crate::config::{ConfigError, parse_yaml};
-use crate::runbook::ApiVersion;
 use crate::runbook::locate::SourceMap;
 use crate::time::Timestamp;
 
@@ -173,19 +172,12 @@ fn from_jiff(t: jiff::Timestamp) -> Timestamp {
 
 // ---------------------------------------------------------------- the file
 
-/// `kind: OnCallSchedule`.
-#[derive(Debug, Deserialize)]
-enum Kind {
-    OnCallSchedule,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(rename = "apiVersion")]
     _api_version: ApiVersion,
-    #[serde(rename = "kind")]
-    _kind: Kind,
+    kind: CatalogKind,
     metadata: Metadata,
     time_zone: String,
     rotation: RotationFile,
@@ -232,7 +224,11 @@ pub fn load_schedule(source: &str, text: &str) -> Result<Schedule, ConfigError> 
         ConfigError::new(source, field, message)
     };
 
-    file.metadata.check_id().map_err(|e| fail("metadata.id", e))?;
+    if let Some((field, message)) =
+        catalog::header_problems(CatalogKind::OnCallSchedule, file.kind, &file.metadata).into_iter().next()
+    {
+        return Err(fail(field, message));
+    }
     let time_zone = lookup_time_zone(&file.time_zone).map_err(|e| fail("time_zone", e))?;
 
     let rotation = &file.rotation;

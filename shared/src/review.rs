@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::incident::{EntryKind, Incident, TimelineEntry};
+use crate::text::{Unit, truncate};
 use crate::time::Timestamp;
 
 /// What a review is made from.
@@ -272,15 +273,11 @@ fn details_text(entry: &TimelineEntry) -> String {
         .filter_map(|&key| entry.details.get_key_value(key))
         .filter(|(key, value)| !(key.as_str() == "mode" && value.as_str() == "live"));
     let evidence = entry.details.iter().filter(|(key, _)| key.starts_with("evidence."));
-    shown.chain(evidence).map(|(key, value)| format!("{key}={}", clip(value))).collect::<Vec<_>>().join("; ")
-}
-
-/// At most [`MAX_DETAIL_CHARS`] characters of `text`, marked when cut.
-fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    shown
+        .chain(evidence)
+        .map(|(key, value)| format!("{key}={}", truncate(value, MAX_DETAIL_CHARS, Unit::Chars)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Text made safe for one Markdown table cell: `\` and `|` escaped, line

@@ -273,13 +273,8 @@ impl RunRecord {
 /// The mode one step runs in: the run's, made hypothetical when the
 /// runbook says dry-run or shadow, or when no actuator performs the step's
 /// kind here yet (it then rehearses through the same rails).
-pub fn step_mode(run: guard::Mode, runbook: runbook::Mode, actuator_available: bool) -> guard::Mode {
-    let by_runbook = match runbook {
-        runbook::Mode::Live => guard::Mode::Live,
-        runbook::Mode::DryRun => guard::Mode::DryRun,
-        runbook::Mode::Shadow => guard::Mode::Shadow,
-    };
-    match (run, by_runbook) {
+pub fn step_mode(run: guard::Mode, runbook: guard::Mode, actuator_available: bool) -> guard::Mode {
+    match (run, runbook) {
         (guard::Mode::Shadow, _) | (_, guard::Mode::Shadow) => guard::Mode::Shadow,
         (guard::Mode::DryRun, _) | (_, guard::Mode::DryRun) => guard::Mode::DryRun,
         _ if !actuator_available => guard::Mode::DryRun,
@@ -506,10 +501,10 @@ mod tests {
     #[test]
     fn a_step_without_its_actuator_rehearses() {
         use guard::Mode::*;
-        assert_eq!(step_mode(Live, runbook::Mode::Live, true), Live);
-        assert_eq!(step_mode(Live, runbook::Mode::Live, false), DryRun);
-        assert_eq!(step_mode(DryRun, runbook::Mode::Live, true), DryRun);
-        assert_eq!(step_mode(Live, runbook::Mode::Shadow, false), Shadow);
+        assert_eq!(step_mode(Live, Live, true), Live);
+        assert_eq!(step_mode(Live, Live, false), DryRun);
+        assert_eq!(step_mode(DryRun, Live, true), DryRun);
+        assert_eq!(step_mode(Live, Shadow, false), Shadow);
     }
 
     #[test]

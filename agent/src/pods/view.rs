@@ -98,14 +98,7 @@ impl PodView {
 
 /// Cuts `text` to [`MAX_TEXT`] bytes at a character boundary, marking the cut.
 pub fn cut(text: &str) -> String {
-    if text.len() <= MAX_TEXT {
-        return text.to_owned();
-    }
-    let mut end = MAX_TEXT - '…'.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    remedy_shared::text::truncate_to_fit(text, MAX_TEXT, remedy_shared::text::Unit::Bytes).into_owned()
 }
 
 fn cut_opt(text: Option<&String>) -> Option<String> {

@@ -84,14 +84,7 @@ impl Collector {
 
 /// `text` cut to at most `max` bytes on a character boundary, marked when cut.
 pub fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    remedy_shared::text::truncate_to_fit(text, max, remedy_shared::text::Unit::Bytes).into_owned()
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use std::time::Duration;
 use remedy_shared::guard::TargetRef;
 use remedy_shared::incident::IncidentId;
 use remedy_shared::runbook::BlockIp;
+use remedy_shared::text::{self, Unit};
 
 use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
 use crate::actuators::agent::AgentAnswer;
@@ -72,14 +73,6 @@ fn seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn cut(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
 #[tonic::async_trait]
 impl Actuator for BlockActuator {
     fn kinds(&self) -> &'static [&'static str] {
@@ -107,7 +100,7 @@ impl Actuator for BlockActuator {
             );
         }
         let until = now().plus(Duration::from_secs(secs));
-        let reason = cut(p.reason.trim(), MAX_REASON);
+        let reason = text::prefix(p.reason.trim(), MAX_REASON, Unit::Bytes).to_owned();
         let base = |report: ActionReport| {
             let report = report.with("ip", &ip).with("duration_seconds", secs).with("until", until);
             match (p.edge, self.bans.edge()) {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{ActionCall, ActionReport, ActionStatus, Actuator};
 use remedy_shared::config::opt_duration;
+use remedy_shared::text::{self, Unit};
 
 /// Longest part of a response body kept as evidence.
 const MAX_EVIDENCE_BODY: usize = 512;
@@ -146,10 +147,7 @@ impl Actuator for HttpActuator {
         let status = response.status().as_u16();
         let latency_ms = started.elapsed().as_millis();
         let body = if probe { String::new() } else { response.text().await.unwrap_or_default() };
-        let mut snippet: String = body.chars().take(MAX_EVIDENCE_BODY).collect();
-        if snippet.len() < body.len() {
-            snippet.push('…');
-        }
+        let snippet = text::truncate(&body, MAX_EVIDENCE_BODY, Unit::Chars);
         let ok = match p.expected {
             Some(want) => status == want,
             None => (200..300).contains(&status),

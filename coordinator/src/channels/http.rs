@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use remedy_shared::text::{self, Unit};
 use reqwest::header::RETRY_AFTER;
 
 use super::Outcome;
@@ -109,11 +110,7 @@ pub(super) fn failure(answer: &Answer, credential: &str) -> Outcome {
 /// The start of a body, on one line.
 pub(super) fn snippet(body: &str) -> String {
     let flat: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = flat.chars().take(MAX_SNIPPET).collect();
-    if out.len() < flat.len() {
-        out.push('…');
-    }
-    out
+    text::truncate(&flat, MAX_SNIPPET, Unit::Chars).into_owned()
 }
 
 /// Parses a configured URL: absolute, http or https.

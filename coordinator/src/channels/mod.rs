@@ -99,7 +99,7 @@ mod webhook;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,7 @@ use serde::{Deserialize, Serialize};
 use remedy_shared::backoff::Backoff;
 use remedy_shared::breaker::{Admission, Breaker, Transition};
 use remedy_shared::config::{ConfigError, format_duration};
+use remedy_shared::sync::lock;
 
 pub use config::{
     BreakerConfig, ChannelConfig, ChannelKind, DEFAULT_EVENTS_URL, DEFAULT_STATUSPAGE_API, DEFAULT_TIMEOUT, Retries,
@@ -568,23 +569,9 @@ fn build_channel(setup: &Setup<'_>, cfg: &ChannelConfig) -> Result<Channel, Conf
     })
 }
 
-/// The breaker's lock. Its holders never panic, but a poisoned lock still
-/// holds a consistent state machine: use it rather than panic in turn.
-fn lock(breaker: &Mutex<Breaker>) -> MutexGuard<'_, Breaker> {
-    breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Text on one line: line breaks and tabs become single spaces.
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The first `max` characters of `text`.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => text[..end].to_owned(),
-        None => text.to_owned(),
-    }
 }
 
 fn round_to_millis(d: Duration) -> Duration {
@@ -596,10 +583,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_line_folds_breaks_and_truncation_respects_characters() {
+    fn one_line_folds_breaks() {
         assert_eq!(one_line(" a\nb\r\n\tc "), "a b c");
-        assert_eq!(truncate_chars("héllo", 2), "hé");
-        assert_eq!(truncate_chars("hi", 5), "hi");
     }
 
     #[test]

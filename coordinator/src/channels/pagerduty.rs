@@ -17,11 +17,12 @@
 
 use std::fmt;
 
+use remedy_shared::text::{self, Unit};
 use serde_json::{Value, json};
 
 use super::http::{exchange, failure};
 use super::secret::Secret;
-use super::{Event, Message, Outcome, Setup, one_line, truncate_chars};
+use super::{Event, Message, Outcome, Setup, one_line};
 
 /// PagerDuty refuses summaries longer than this.
 const MAX_SUMMARY: usize = 1024;
@@ -79,7 +80,7 @@ impl PagerDuty {
 
 /// The dedup key of an incident's alert.
 pub fn dedup_key(incident_id: &str) -> String {
-    truncate_chars(&format!("remedy-{incident_id}"), MAX_DEDUP_KEY)
+    text::prefix(&format!("remedy-{incident_id}"), MAX_DEDUP_KEY, Unit::Chars).to_owned()
 }
 
 /// PagerDuty's severity for a message's.
@@ -111,7 +112,7 @@ fn event(routing_key: &str, message: &Message) -> Value {
     if action(message.event) == "trigger" {
         let source = if message.source.trim().is_empty() { "remedy" } else { message.source.as_str() };
         event["payload"] = json!({
-            "summary": truncate_chars(&one_line(&message.title), MAX_SUMMARY),
+            "summary": text::prefix(&one_line(&message.title), MAX_SUMMARY, Unit::Chars),
             "source": source,
             "severity": severity(&message.severity),
             "custom_details": {

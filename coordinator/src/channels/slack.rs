@@ -5,9 +5,11 @@
 
 use std::fmt;
 
+use remedy_shared::text::Unit;
+
 use super::http::{exchange, failure};
 use super::secret::Secret;
-use super::{Message, Outcome, Setup, one_line, truncate_chars};
+use super::{Message, Outcome, Setup, one_line};
 
 /// Slack truncates a message's text past 40,000 characters; staying under
 /// keeps the end of a long body (the links) from silently disappearing.
@@ -71,7 +73,7 @@ pub(super) fn text(message: &Message) -> String {
         text.push('\n');
         text.push_str(&links.join(" · "));
     }
-    truncate_chars(&text, MAX_TEXT)
+    remedy_shared::text::prefix(&text, MAX_TEXT, Unit::Chars).to_owned()
 }
 
 /// Slack's three control characters in message text.

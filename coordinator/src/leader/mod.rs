@@ -46,6 +46,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use remedy_shared::Timestamp;
+use remedy_shared::sync;
 use tokio::sync::watch;
 
 pub use decide::LeaseTimings;
@@ -605,8 +606,7 @@ impl LeaderElector {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Local> {
-        // Local is always left consistent; keep serving.
-        self.local.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.local)
     }
 
     fn step_down(&self, why: &str) {

@@ -9,20 +9,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::incident::IncidentId;
 
-/// How an action is carried out.
+/// How an action is carried out: what a runbook asks for all its actions
+/// (`guard_rails.mode`), what a run asks for, and what one step gets of
+/// the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// For real.
     #[default]
     Live,
-    /// A one-off rehearsal (`remedyctl run --dry-run`, or a step whose
-    /// actuator is not there yet): same rails, nothing executed, the outcome
-    /// recorded as "would have".
+    /// A rehearsal (a runbook that says so, `remedyctl run --dry-run`, or a
+    /// step whose actuator is not there yet): same rails, nothing executed,
+    /// the outcome recorded as "would have".
     DryRun,
-    /// A runbook running continuously beside live automation to prove
-    /// itself: same rails, nothing executed, outcomes recorded as "would
-    /// have" and remembered apart from live ones.
+    /// A runbook running continuously beside live automation, and the
+    /// people who still handle the incident, to prove itself: same rails,
+    /// nothing executed, outcomes recorded as "would have" and remembered
+    /// apart from live ones, to compare decisions.
     Shadow,
 }
 

@@ -16,9 +16,10 @@ use serde_json::Value;
 
 use super::net::{Cidr, any_contains, client_addr, parse_addr};
 use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
-use super::{InvalidLogConfig, LineRef, clip};
+use super::{InvalidLogConfig, LineRef};
 use crate::config::{duration, format_duration};
 use crate::finding::{Finding, FindingKind, FindingState, Severity};
+use crate::text::{Unit, truncate};
 use crate::time::Timestamp;
 
 /// The log formats failed logins are read from.
@@ -467,7 +468,7 @@ impl BruteForceDetector {
             if state.samples.len() == self.config.max_samples {
                 state.samples.pop_front();
             }
-            state.samples.push_back(clip(line.message, self.config.max_sample_len));
+            state.samples.push_back(truncate(line.message, self.config.max_sample_len, Unit::Bytes).into_owned());
         }
         judge(&self.config, self.width, &mut self.stats, failure.source, state, now)
     }

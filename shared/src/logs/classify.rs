@@ -11,9 +11,10 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
-use super::{InvalidLogConfig, LineRef, clip, deployment_of};
+use super::{InvalidLogConfig, LineRef, deployment_of};
 use crate::config::{duration, format_duration};
 use crate::finding::{Finding, FindingKind, FindingState, Severity};
+use crate::text::{Unit, truncate};
 use crate::time::Timestamp;
 
 /// Compiled programs bigger than this are refused: patterns come from
@@ -375,7 +376,7 @@ impl ErrorClassifier {
             if key.samples.len() == self.config.max_samples {
                 key.samples.pop_front();
             }
-            key.samples.push_back(clip(line.message, self.config.max_sample_len));
+            key.samples.push_back(truncate(line.message, self.config.max_sample_len, Unit::Bytes).into_owned());
         }
         judge(&self.config, &self.names, self.width, &mut self.stats, key, now)
     }

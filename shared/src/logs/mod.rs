@@ -87,19 +87,6 @@ pub fn deployment_of(pod: &str) -> Option<&str> {
     (!deployment.is_empty() && is_safe_encoded(suffix, 5..=5) && is_safe_encoded(hash, 6..=10)).then_some(deployment)
 }
 
-/// `text` cut to at most `max` bytes at a character boundary, with `…`
-/// when cut.
-pub(crate) fn clip(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,11 +99,5 @@ mod tests {
         assert_eq!(deployment_of("web-0"), None, "a StatefulSet pod");
         assert_eq!(deployment_of("node-exporter-x7k2p"), None, "a DaemonSet pod");
         assert_eq!(deployment_of("-7d9f8b6c5d-x2k7p"), None);
-    }
-
-    #[test]
-    fn clipping_respects_characters() {
-        assert_eq!(clip("héllo", 2), "h…");
-        assert_eq!(clip("hello", 5), "hello");
     }
 }

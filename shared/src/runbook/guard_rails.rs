@@ -12,21 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::action::ActionKind;
 use crate::config::duration;
-
-/// How a runbook's actions run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Actions run.
-    #[default]
-    Live,
-    /// Nothing runs; the rails are applied and the timeline records what
-    /// would have run.
-    DryRun,
-    /// Like dry-run, recorded apart: for trying a runbook beside the people
-    /// who still handle the incident, to compare decisions.
-    Shadow,
-}
+use crate::guard::Mode;
 
 /// Which actions a budget counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 
 pub use action::*;
 pub use condition::{CompareOp, Condition, ConditionSyntaxError, EvalError, Expr, Path};
-pub use guard_rails::{Budget, BudgetScope, GuardRails, Mode, Protected};
+pub use guard_rails::{Budget, BudgetScope, GuardRails, Protected};
 pub use step::{Check, OnFailure, Step, Verification};
 pub use template::{
     AlertContext, FindingContext, IncidentContext, Renderer, TemplateContext, TemplateError, is_template,
@@ -66,25 +66,8 @@ pub use trigger::{
 };
 pub use validate::{ActionCatalog, Availability, UnavailableAction, ValidationReport, validate};
 
+use crate::catalog::{ApiVersion, CatalogKind, Metadata};
 use crate::config::{ConfigError, duration};
-
-/// The only `apiVersion` understood.
-pub const API_VERSION: &str = "remedy.dev/v1";
-
-/// `apiVersion: remedy.dev/v1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ApiVersion {
-    /// The first version.
-    #[serde(rename = "remedy.dev/v1")]
-    V1,
-}
-
-/// `kind: Runbook`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ResourceKind {
-    /// A runbook.
-    Runbook,
-}
 
 /// How urgent incidents handled by the runbook are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -121,23 +104,6 @@ impl fmt::Display for Priority {
     }
 }
 
-/// Who the runbook is and what it is about.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Metadata {
-    /// Unique in the catalog, e.g. `P0-001`.
-    pub id: String,
-    /// One line for humans.
-    pub title: String,
-    /// More for humans: impact, context.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Tags copied to incidents; `total_outage` counts against availability,
-    /// `security` counts as a security incident.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-}
-
 /// What happens after remediation fails (a step says `escalate`, or
 /// verification misses its deadline).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,8 +138,8 @@ pub struct Runbook {
     /// `remedy.dev/v1`.
     #[serde(rename = "apiVersion")]
     pub api_version: ApiVersion,
-    /// `Runbook`.
-    pub kind: ResourceKind,
+    /// `Runbook` (checked by [`validate`]).
+    pub kind: CatalogKind,
     /// Id, title, description, tags.
     pub metadata: Metadata,
     /// How urgent.

@@ -14,6 +14,7 @@ use super::locate::SourceMap;
 use super::template::{IncidentContext, Renderer, is_template, sample_context, unresolved_prefix};
 use super::trigger::Aggregate;
 use super::{InvalidRunbook, Runbook, RunbookError};
+use crate::catalog::CatalogKind;
 
 /// Whether the coordinator can run an action kind yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,13 +155,6 @@ pub(crate) fn validate_with_source(
     Err(InvalidRunbook { errors })
 }
 
-/// Runbook and param ids: letters, digits, `.`, `_`, `-`.
-fn valid_runbook_id(id: &str) -> bool {
-    id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.len() <= 63
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// Step ids and param names: `[a-z][a-z0-9_]*`, readable as `steps.<id>`.
 fn valid_identifier(id: &str) -> bool {
     id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -190,14 +184,8 @@ impl Validator<'_> {
 
     fn header(&mut self) {
         let rb = self.runbook;
-        if !valid_runbook_id(&rb.metadata.id) {
-            self.problem(
-                "metadata.id",
-                "must start with a letter or digit and use only letters, digits, `.`, `_`, `-` (at most 63)",
-            );
-        }
-        if rb.metadata.title.trim().is_empty() {
-            self.problem("metadata.title", "must not be empty");
+        for (field, message) in crate::catalog::header_problems(CatalogKind::Runbook, rb.kind, &rb.metadata) {
+            self.problem(field, message);
         }
         if rb.mttr_target.is_zero() {
             self.problem("mttr_target", "must be longer than zero");

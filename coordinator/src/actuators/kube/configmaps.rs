@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, Patch};
 use remedy_shared::runbook::PatchConfigmap;
+use remedy_shared::text::{self, Unit};
 use serde_json::json;
 
 use super::fields::now_rfc3339;
@@ -68,10 +69,7 @@ pub(crate) async fn resolve(a: &KubeActuator, call: &ActionCall, d: Deadline) ->
 fn shown(value: Option<&String>) -> String {
     match value {
         None => "(absent)".to_owned(),
-        Some(v) if v.chars().count() > MAX_EVIDENCE_VALUE => {
-            format!("{}…", v.chars().take(MAX_EVIDENCE_VALUE).collect::<String>())
-        }
-        Some(v) => v.clone(),
+        Some(v) => text::truncate(v, MAX_EVIDENCE_VALUE, Unit::Chars).into_owned(),
     }
 }
 

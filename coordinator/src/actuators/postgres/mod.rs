@@ -49,6 +49,7 @@ pub use self::config::{DatabaseConfig, MemberConfig};
 use self::session::{Session, mark_promotions, probe, probe_all};
 use super::{ActionCall, ActionReport, ActionStatus, Actuator};
 use remedy_shared::failover::{self as plan, MemberState, Role, format_lsn, parse_lsn};
+use remedy_shared::sync;
 
 /// The kinds this actuator performs.
 pub const KINDS: &[&str] = &["pg_select1", "pg_maintenance", "pg_failover"];
@@ -87,7 +88,7 @@ struct Cluster {
 
 impl Cluster {
     fn with_state<T>(&self, f: impl FnOnce(&mut ClusterState) -> T) -> T {
-        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut sync::lock(&self.state))
     }
 
     /// Learns from a probe of every member: the writable one, or of
