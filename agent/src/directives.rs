@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::clock::now;
 use crate::handler::{Handlers, Outcome, Reply, Request};
-use crate::published::lock;
+use remedy_shared::sync::lock;
 
 /// Directives executing at once.
 const MAX_RUNNING: usize = 4;

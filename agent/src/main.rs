@@ -25,7 +25,7 @@ use remedy_agent::{detectors, identity, logs, nft, pods, procsig, reach, signals
 fn main() -> ExitCode {
     remedy_proto::tls::install_default_provider();
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    remedy_proto::logging::init_tracing(&cli.log_format);
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -68,25 +68,6 @@ fn main() -> ExitCode {
             eprintln!("remedy-agent: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REMEDY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A log sink that went away (a closed pipe) must not stop the
-        // process: by default a failed write is reported with `eprintln!`,
-        // which panics on that same closed stderr, in whichever task logged,
-        // and the signal task that logs "stopping" was one of them.
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

@@ -11,8 +11,8 @@ use remedy_shared::finding::Finding;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::published::lock;
 use crate::spool::{AppendReport, Spool, SpoolError};
+use remedy_shared::sync::lock;
 
 /// The outbox's metrics.
 #[derive(Debug, Clone, Default)]

@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use remedy_shared::sync::lock;
+
 /// A shared, always-readable value. Cheap to clone: clones share the value.
 #[derive(Debug, Default)]
 pub struct Published<T> {
@@ -37,11 +39,4 @@ impl<T: Clone> Published<T> {
     pub fn get(&self) -> T {
         self.lock().clone()
     }
-}
-
-/// Locks `m`, recovering the guard when another thread panicked while
-/// holding it: every value behind the agent's locks is left consistent
-/// between statements, so serving it on is better than stopping the agent.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

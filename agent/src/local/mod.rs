@@ -23,7 +23,9 @@ use self::limit::{Exhausted, LimitStatus, Limiter};
 use crate::clock::now;
 use crate::handler::{Handlers, Outcome, Reply, Request};
 use crate::logs::LogsStatus;
-use crate::published::{Published, lock};
+use remedy_shared::sync::lock;
+
+use crate::published::Published;
 
 /// Deletes old log files under the configured roots.
 pub const LOG_CLEANUP: &str = "log_cleanup";

@@ -233,7 +233,8 @@ async fn send(method: &Method, p: &Process) -> Result<String, String> {
                 .await
                 .map_err(|_| "jcmd timed out".to_owned())?
                 .map_err(|e| format!("cannot run jcmd: {e}"))?;
-            let text = String::from_utf8_lossy(&out.stdout).trim().chars().take(200).collect::<String>();
+            let said = String::from_utf8_lossy(&out.stdout);
+            let text = remedy_shared::text::prefix(said.trim(), 200, remedy_shared::text::Unit::Chars);
             if out.status.success() {
                 Ok(format!("jcmd GC.run: {text}"))
             } else {

@@ -27,7 +27,9 @@ use super::LogMetrics;
 use super::{LineSink, LogLine};
 use crate::clock::now;
 use crate::outbox::Outbox;
-use crate::published::{Published, lock};
+use remedy_shared::sync::lock;
+
+use crate::published::Published;
 
 /// Findings waiting for the spool beyond which lines are refused.
 const MAX_PENDING: usize = 4096;

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::PodsReport;
 use super::view::{self, FAILED, PodView};
 use crate::clock::now;
-use crate::published::lock;
+use remedy_shared::sync::lock;
 
 /// How long a namespace's hold is believed without reading it again.
 pub const NAMESPACE_TTL: Duration = Duration::from_secs(30);
