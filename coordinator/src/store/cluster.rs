@@ -2020,6 +2020,15 @@ mod tests {
     }
 
     #[test]
+    fn names_derived_from_keys_stay_what_earlier_releases_wrote() {
+        // Pinned with `echo -n KEY | sha256sum`: a new leader must find the
+        // idempotency keys and approvals an older coordinator named.
+        assert_eq!(keyed_name(IncidentId(42), "INC-000042/restart_api#1"), "inc-000042-694c46ebe70eceb3");
+        let approvals = approvals_desired(&guard()).expect("converts");
+        assert_eq!(approvals[0].name, "inc-000007-db9fd8d57bbb418f", "INC-000007/failover#1");
+    }
+
+    #[test]
     fn names_follow_the_crds() {
         assert_eq!(object_name_of(IncidentId(42)), "inc-000042");
         let name = keyed_name(IncidentId(42), "INC-000042/restart_api#1");
