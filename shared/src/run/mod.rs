@@ -4,7 +4,15 @@
 //!
 //! A run is created in the same transaction as the signal that triggered
 //! it, so a trigger is never forgotten; each step's idempotency key is
-//! recorded before the step runs, so a step is never run twice.
+//! recorded before the step runs, so a step is never run twice. How a run
+//! begins (a trigger matched, or a person's request) is `start.rs`; the
+//! sums of aggregated triggers across nodes are `sums.rs`.
+
+mod start;
+mod sums;
+
+pub use start::{Cause, ManualRun, Started, manual_run, triggered_run};
+pub use sums::{SumKey, TriggerSum, sum_signal, trigger_sums};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
