@@ -370,7 +370,7 @@ impl Recorder {
     /// Why the store refused the last commit, while it keeps refusing: a
     /// coordinator that cannot commit acknowledges nothing and is not ready.
     pub fn store_failure(&self) -> Option<String> {
-        self.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        remedy_shared::sync::lock(&self.store_failure).clone()
     }
 
     /// Every committed change to an incident, in commit order.
@@ -523,8 +523,7 @@ impl Writer {
         self.metrics.store_commits.inc();
         // An empty batch touches nothing, so it says nothing about the store.
         if !batch.is_empty() {
-            *self.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                result.as_ref().err().map(ToString::to_string);
+            *remedy_shared::sync::lock(&self.store_failure) = result.as_ref().err().map(ToString::to_string);
         }
         match result {
             Ok(()) => {

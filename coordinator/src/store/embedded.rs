@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, RwLock};
+
+use remedy_shared::sync::{lock, read, write};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use remedy_shared::audit::AuditEntry;
@@ -72,11 +74,11 @@ impl EmbeddedStore {
 
     /// Runs `f` on the open database.
     fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let guard = read(&self.db);
         match guard.as_ref() {
             Some(db) => f(db),
             None => {
-                let why = self.reopen_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let why = lock(&self.reopen_error).clone();
                 Err(backend(format!(
                     "the store is closed after a failed write and could not be reopened yet: {}",
                     why.unwrap_or_else(|| "reopening".into())
@@ -99,7 +101,7 @@ impl EmbeddedStore {
     }
 
     fn reopen(&self) -> Result<(), StoreError> {
-        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = write(&self.db);
         if !self.write_failed.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -110,12 +112,12 @@ impl EmbeddedStore {
             Ok(db) => {
                 *slot = Some(db);
                 self.write_failed.store(false, Ordering::Release);
-                *self.reopen_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                *lock(&self.reopen_error) = None;
                 tracing::info!(path = %self.path.display(), "store reopened after a failed write; writing resumes");
                 Ok(())
             }
             Err(e) => {
-                *self.reopen_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                *lock(&self.reopen_error) = Some(e.to_string());
                 Err(e)
             }
         }

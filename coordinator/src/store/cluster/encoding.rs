@@ -179,12 +179,7 @@ pub(super) struct ClusterIncident {
 /// `text` cut to `max` characters (the schemas' maxLength counts
 /// characters), marked as cut.
 fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
+    remedy_shared::text::truncate_to_fit(text, max, remedy_shared::text::Unit::Chars).into_owned()
 }
 
 /// The schema's maxLength of a message or a detail.
