@@ -20,7 +20,7 @@ use remedy_shared::auth::AdminCall;
 
 use crate::auth::Authenticator;
 use crate::engine::{Engine, EngineError};
-use crate::recorder::{ManualRun, RecordError, Recorder, now};
+use crate::recorder::{ManualRun, RecordError, Recorder};
 use crate::registry::Registry;
 use crate::store::{AgentRecord, BanRecord, FindingQuery, Store, StoreError, StoredFinding};
 
@@ -58,6 +58,11 @@ fn store_status(e: StoreError) -> Status {
 }
 
 impl Admin {
+    /// The time now, by the writer's clock.
+    fn now(&self) -> Timestamp {
+        self.recorder.clock().now()
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -407,7 +412,7 @@ impl Admin {
         request: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         let all = request.into_inner().all;
-        let now = crate::recorder::now();
+        let now = self.now();
         let guard = self.engine.guard();
         let mut approvals: Vec<pb::Approval> = guard
             .approvals()
@@ -443,7 +448,7 @@ impl Admin {
         self.engine.answer(&key, &by, deny).await.map_err(engine_status)?;
         let guard = self.engine.guard();
         let approval = guard.approval(&key).ok_or_else(|| Status::not_found(format!("no approval request {key}")))?;
-        Ok(Response::new(convert::approval_to_proto(approval, crate::recorder::now())))
+        Ok(Response::new(convert::approval_to_proto(approval, self.now())))
     }
 
     async fn get_automation(&self, _: Request<pb::GetAutomationRequest>) -> Result<Response<pb::Automation>, Status> {
@@ -471,7 +476,7 @@ impl Admin {
 
     async fn list_bans(&self, request: Request<pb::ListBansRequest>) -> Result<Response<pb::ListBansResponse>, Status> {
         let req = request.into_inner();
-        let at = crate::recorder::now();
+        let at = self.now();
         let bans = self.bans.list().await.map_err(store_status)?;
         let bans = bans
             .into_iter()
@@ -496,13 +501,12 @@ impl Admin {
             .ok_or_else(|| Status::not_found(format!("no ban of {ip} is recorded")))?;
         let guard_request = unblock_request(&ban);
         let mut guard = self.engine.guard();
-        let (decision, _) =
-            remedy_shared::guard::decide(self.engine.policy(), &mut guard, &guard_request, crate::recorder::now());
+        let (decision, _) = remedy_shared::guard::decide(self.engine.policy(), &mut guard, &guard_request, self.now());
         let note = decision.note(&guard_request);
         let mut details = note.details.clone();
         details.insert("requested_by".into(), by.clone());
         let mut entries = vec![remedy_shared::incident::TimelineEntry {
-            at: crate::recorder::now(),
+            at: self.now(),
             kind: remedy_shared::incident::EntryKind::Decision,
             message: note.message.clone(),
             details,
@@ -531,7 +535,7 @@ impl Admin {
                 details.insert("edge.state".into(), edge.state.clone());
             }
             entries.push(remedy_shared::incident::TimelineEntry {
-                at: crate::recorder::now(),
+                at: self.now(),
                 kind: remedy_shared::incident::EntryKind::Result,
                 message: format!("{by} unblocked {ip}: lifted on {lifted_on} of {} nodes", lifted.nodes.len()),
                 details,
@@ -542,7 +546,7 @@ impl Admin {
             self.recorder.run_update(update).await.map_err(record_status)?;
         }
         let lifted = outcome?;
-        Ok(Response::new(ban_to_proto(lifted, crate::recorder::now())))
+        Ok(Response::new(ban_to_proto(lifted, self.now())))
     }
 
     async fn reset_breaker(
@@ -580,14 +584,14 @@ impl Admin {
             incident: &incident,
             timeline: &timeline,
             runbook_title: title.as_deref(),
-            now: now(),
+            now: self.now(),
         });
         Ok(Response::new(pb::IncidentReview { id: id.to_string(), markdown }))
     }
 
     async fn get_report(&self, request: Request<pb::GetReportRequest>) -> Result<Response<pb::IncidentReport>, Status> {
         let req = request.into_inner();
-        let at = now();
+        let at = self.now();
         let until = if req.until_ms == 0 { at } else { Timestamp::from_millis(req.until_ms) };
         let since = if req.since_ms == 0 {
             Timestamp::from_millis(until.as_millis().saturating_sub(crate::reports::METRICS_WINDOW.as_millis() as i64))
@@ -698,7 +702,7 @@ impl AdminService {
         };
         let entry = AuditEntry {
             seq: 0,
-            at: crate::recorder::now(),
+            at: self.admin.now(),
             actor,
             kind: AuditKind::AdminCall,
             operation: call.method().to_owned(),

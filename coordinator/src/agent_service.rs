@@ -9,6 +9,7 @@ use remedy_proto::convert;
 use remedy_proto::v1 as pb;
 use remedy_proto::v1::agent_message::Body as AgentBody;
 use remedy_proto::v1::coordinator_message::Body as CoordinatorBody;
+use remedy_shared::Timestamp;
 use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +17,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::directives::{AgentInfo, Completion, Directives};
 use crate::metrics::Metrics;
-use crate::recorder::{AgentHello, RecordError, Recorder, now};
+use crate::recorder::{AgentHello, RecordError, Recorder};
 use crate::registry::{Registry, Session};
 
 /// How long a new stream may take to say hello.
@@ -125,7 +126,8 @@ impl pb::agent_service_server::AgentService for AgentService {
             return Err(status);
         }
         let acked = self.recorder.hello(hello.clone()).await.map_err(record_status)?;
-        let (session, was_stale) = self.registry.connect(&hello.agent_id, &hello.node_name, now());
+        let (session, was_stale) =
+            self.registry.connect(&hello.agent_id, &hello.node_name, self.recorder.clock().now());
         if was_stale {
             self.raise_stale(&hello.agent_id, &hello.node_name, FindingState::Cleared).await;
         }
@@ -185,7 +187,7 @@ impl AgentService {
                 }
             };
             let Some(msg) = next else { return Ok(()) };
-            if self.registry.touch(session, now()) {
+            if self.registry.touch(session, self.recorder.clock().now()) {
                 self.raise_stale(&session.agent_id, node, FindingState::Cleared).await;
             }
             match msg.body {
@@ -280,13 +282,14 @@ impl AgentService {
 
     /// Raises or clears the finding that says an agent went silent.
     pub async fn raise_stale(&self, agent_id: &str, node: &str, state: FindingState) {
-        self.recorder.raise(vec![stale_finding(agent_id, node, state)], node.to_owned()).await;
+        self.recorder
+            .raise(vec![stale_finding(agent_id, node, state, self.recorder.clock().now())], node.to_owned())
+            .await;
     }
 }
 
 /// The coordinator's own finding about a silent agent.
-pub fn stale_finding(agent_id: &str, node: &str, state: FindingState) -> Finding {
-    let at = now();
+pub fn stale_finding(agent_id: &str, node: &str, state: FindingState, at: Timestamp) -> Finding {
     Finding {
         kind: FindingKind::AgentStale,
         severity: Severity::Warning,

@@ -21,9 +21,9 @@ use std::time::Duration;
 use remedy_shared::Timestamp;
 
 use crate::actuators::agent::{AgentAnswer, Outcome, send_and_collect};
+use crate::clock::Clock;
 use crate::directives::{AgentInfo, DirectiveSpec, Directives, Target};
 use crate::edge::Edge;
-use crate::recorder::now;
 use crate::store::{BanNode, BanRecord, EdgeBan, Store, StoreError};
 
 /// The directive that blocks an address on an agent.
@@ -88,9 +88,15 @@ impl fmt::Debug for Bans {
 }
 
 impl Bans {
-    /// Bans kept in `store`, sent through `directives`.
+    /// Bans kept in `store`, sent through `directives` and dated by their
+    /// clock.
     pub fn new(store: Arc<dyn Store>, directives: Directives) -> Self {
         Bans { store, directives, edge: None }
+    }
+
+    /// The time now, by the clock directives are dated by.
+    pub fn now(&self) -> Timestamp {
+        self.directives.clock().now()
     }
 
     /// Also blocks at `edge` when a step asks for it.
@@ -155,12 +161,12 @@ impl Bans {
             Vec::new()
         } else {
             let params = BTreeMap::from([("ip".to_owned(), ip.to_owned())]);
-            self.send(ids, &spec(UNBLOCK_IP, params, false, &ban), AGENT_WAIT).await
+            self.send(ids, &spec(UNBLOCK_IP, params, false, &ban, self.now()), AGENT_WAIT).await
         };
         if at_edge && let Some(edge) = ban.edge.as_mut() {
-            lift_at_edge(self.edge(), edge, "unblocked").await;
+            lift_at_edge(self.edge(), edge, "unblocked", self.directives.clock()).await;
         }
-        let at = now();
+        let at = self.now();
         for a in answers {
             ban.nodes.insert(
                 a.label,
@@ -185,7 +191,7 @@ impl Bans {
         if new.is_empty() {
             return Ok(0);
         }
-        let at = now();
+        let at = self.now();
         let mut sent = 0;
         for mut ban in self.list().await?.into_iter().filter(|b| ban_state(b, at) == "active") {
             let remaining = ban.until.since(at);
@@ -195,9 +201,9 @@ impl Bans {
                 ("duration".to_owned(), format!("{}s", seconds.max(1))),
                 ("reason".to_owned(), ban.reason.clone()),
             ]);
-            let answers = self.send(new.clone(), &spec(BLOCK_IP, params, false, &ban), AGENT_WAIT).await;
+            let answers = self.send(new.clone(), &spec(BLOCK_IP, params, false, &ban, self.now()), AGENT_WAIT).await;
             sent += answers.len();
-            let at = now();
+            let at = self.now();
             for a in answers {
                 ban.nodes.insert(
                     a.label.clone(),
@@ -221,7 +227,7 @@ impl Bans {
         if self.edge.is_none() {
             return Ok(());
         }
-        let at = now();
+        let at = self.now();
         for mut ban in self.list().await? {
             let due = ban_state(&ban, at) == "expired"
                 && ban
@@ -232,7 +238,7 @@ impl Bans {
                 continue;
             }
             if let Some(edge) = ban.edge.as_mut() {
-                lift_at_edge(self.edge(), edge, "expired").await;
+                lift_at_edge(self.edge(), edge, "expired", self.directives.clock()).await;
             }
             self.put(ban).await?;
         }
@@ -266,13 +272,13 @@ impl Bans {
 }
 
 /// Deletes `edge`'s rule; its state becomes `done` or `failed` with why.
-async fn lift_at_edge(provider: Option<&Edge>, edge: &mut EdgeBan, done: &str) {
+async fn lift_at_edge(provider: Option<&Edge>, edge: &mut EdgeBan, done: &str, clock: &Clock) {
     let result = match provider {
         _ if edge.rule_id.is_empty() => Err("no rule was created at the edge".to_owned()),
         Some(provider) => provider.unblock(&edge.rule_id).await,
         None => Err("no edge provider is configured now".to_owned()),
     };
-    edge.at = now();
+    edge.at = clock.now();
     match result {
         Ok(()) => {
             edge.state = done.to_owned();
@@ -286,11 +292,17 @@ async fn lift_at_edge(provider: Option<&Edge>, edge: &mut EdgeBan, done: &str) {
 }
 
 /// A directive about `ban`, on the record of its incident and step.
-fn spec(action: &str, params: BTreeMap<String, String>, dry_run: bool, ban: &BanRecord) -> DirectiveSpec {
+fn spec(
+    action: &str,
+    params: BTreeMap<String, String>,
+    dry_run: bool,
+    ban: &BanRecord,
+    now: Timestamp,
+) -> DirectiveSpec {
     DirectiveSpec {
         action: action.to_owned(),
         params,
-        deadline: now().plus(AGENT_WAIT),
+        deadline: now.plus(AGENT_WAIT),
         dry_run,
         incident_id: ban.incident_id.map(|i| i.to_string()).unwrap_or_default(),
         step_id: ban.step_id.clone(),

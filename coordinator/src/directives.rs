@@ -29,7 +29,7 @@ use remedy_shared::sync;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::recorder::now;
+use crate::clock::Clock;
 
 /// The sending half of an agent stream, as the agent service holds it.
 pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
@@ -233,6 +233,8 @@ struct Inner {
     /// Prefix of every directive id this process makes: its start time, so
     /// ids do not repeat across restarts (agents ignore a reused id).
     id_prefix: String,
+    /// Dates deadlines, and what waits on the agents' answers.
+    clock: Clock,
 }
 
 #[derive(Debug)]
@@ -364,13 +366,23 @@ fn select_known(mut known: Vec<&Known>) -> Vec<Selected> {
 
 impl Default for Directives {
     fn default() -> Self {
-        Directives {
-            inner: Arc::new(Inner { hub: Mutex::new(Hub::default()), id_prefix: format!("d{:x}", now().as_millis()) }),
-        }
+        Directives::new(Clock::System)
     }
 }
 
 impl Directives {
+    /// A hub with no agents yet, dating directives by `clock`.
+    pub fn new(clock: Clock) -> Directives {
+        let id_prefix = format!("d{:x}", clock.now().as_millis());
+        Directives { inner: Arc::new(Inner { hub: Mutex::new(Hub::default()), id_prefix, clock }) }
+    }
+
+    /// The clock directives are dated by: what sends them dates their
+    /// deadlines by it too.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
     fn lock(&self) -> MutexGuard<'_, Hub> {
         sync::lock(&self.inner.hub)
     }
@@ -457,7 +469,7 @@ impl Directives {
             }
             slots
         };
-        let room = SEND_WAIT.min(spec.deadline.since(now()));
+        let room = SEND_WAIT.min(spec.deadline.since(self.inner.clock.now()));
         let sends = slots.into_iter().map(|slot| async move {
             let (agent, id, outbound, waiter) = match slot {
                 Slot::Ready(p) => return p,
@@ -549,7 +561,7 @@ mod tests {
         DirectiveSpec {
             action: action.into(),
             params: [("include".to_owned(), "resources".to_owned())].into(),
-            deadline: now().plus(Duration::from_secs(30)),
+            deadline: Clock::System.now().plus(Duration::from_secs(30)),
             dry_run: true,
             incident_id: "INC-000007".into(),
             step_id: "nodes".into(),
@@ -710,7 +722,7 @@ mod tests {
         let _reg = hub.register(info("a1", "node-1", &["snapshot"]), tx.clone());
         tx.send(Ok(pb::CoordinatorMessage::default())).await.ok();
         let mut short = spec("snapshot");
-        short.deadline = now().plus(Duration::from_millis(50));
+        short.deadline = Clock::System.now().plus(Duration::from_millis(50));
         let sent = hub.send(&Target::All, &short, true).await;
         assert!(matches!(sent[0].delivery, Delivery::NotSent(Undelivered::StreamFull)), "{sent:?}");
     }

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
 use crate::leader::{FencingToken, LeaderElector};
-use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate, now};
+use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate};
 
 /// The engine; cheap to clone.
 #[derive(Debug, Clone)]
@@ -176,7 +176,7 @@ impl Engine {
     pub async fn pause(&self, by: &str, reason: &str) -> Result<(), EngineError> {
         let snapshot = {
             let mut g = lock(&self.inner.guard);
-            if !g.pause(by, reason, now()) {
+            if !g.pause(by, reason, self.now()) {
                 return Err(EngineError::Nothing("automation is already paused".into()));
             }
             g.clone()
@@ -204,7 +204,7 @@ impl Engine {
     pub async fn reset_breaker(&self, scope: &guard::Scope, by: &str) -> Result<(), EngineError> {
         let snapshot = {
             let mut g = lock(&self.inner.guard);
-            if g.reset_breaker(scope, now()).is_none() {
+            if g.reset_breaker(scope, self.now()).is_none() {
                 return Err(EngineError::Nothing(format!("the {scope} breaker is not open")));
             }
             g.clone()
@@ -228,7 +228,7 @@ impl Engine {
 
     /// A person answers an approval request: `Some(reason)` denies it.
     pub async fn answer(&self, key: &ApprovalKey, by: &str, deny: Option<&str>) -> Result<(), EngineError> {
-        let at = now();
+        let at = self.now();
         let (snapshot, message) = {
             let mut g = lock(&self.inner.guard);
             let message = match deny {
@@ -263,8 +263,33 @@ impl Engine {
     }
 }
 
-fn entry(kind: EntryKind, message: impl Into<String>, details: BTreeMap<String, String>) -> TimelineEntry {
-    TimelineEntry { at: now(), kind, message: message.into(), details }
+impl Engine {
+    fn now(&self) -> Timestamp {
+        self.inner.now()
+    }
+}
+
+impl Driver {
+    fn now(&self) -> Timestamp {
+        self.inner.now()
+    }
+
+    fn entry(&self, kind: EntryKind, message: impl Into<String>, details: BTreeMap<String, String>) -> TimelineEntry {
+        self.inner.entry(kind, message, details)
+    }
+}
+
+impl Inner {
+    /// The time now, by the writer's clock: every stamp of a run agrees
+    /// with what the writer records.
+    fn now(&self) -> Timestamp {
+        self.recorder.clock().now()
+    }
+
+    /// A timeline entry stamped now.
+    fn entry(&self, kind: EntryKind, message: impl Into<String>, details: BTreeMap<String, String>) -> TimelineEntry {
+        TimelineEntry { at: self.now(), kind, message: message.into(), details }
+    }
 }
 
 fn step_details(run: &RunRecord, step_id: &str) -> BTreeMap<String, String> {
@@ -299,7 +324,7 @@ impl Driver {
     /// coordinator still leads.
     async fn commit(&self, run: &mut RunRecord, update: RunUpdate) -> Result<(), RecordError> {
         self.still_leading()?;
-        run.updated_at = now();
+        run.updated_at = self.now();
         self.inner.recorder.run_update(RunUpdate { run: Some(run.clone()), ..update }).await
     }
 
@@ -321,19 +346,23 @@ impl Driver {
             run.status = RunStatus::Running;
             let message = format!("runbook {} started ({}, attempt {})", runbook.id(), run.mode, run.attempt);
             let details = BTreeMap::from([("mode".to_owned(), run.mode.to_string())]);
-            self.save(&mut run, vec![entry(EntryKind::Runbook, message, details)], Some(IncidentState::Mitigating))
-                .await?;
+            self.save(
+                &mut run,
+                vec![self.entry(EntryKind::Runbook, message, details)],
+                Some(IncidentState::Mitigating),
+            )
+            .await?;
         }
         if let Some(interrupted) = run.interrupted().cloned() {
             // Recorded, never reported done: the coordinator stopped while
             // it ran. Its effect is unknown, so it is not run again.
-            run.record_outcome(&interrupted.key, "interrupted", now());
+            run.record_outcome(&interrupted.key, "interrupted", self.now());
             let message = format!(
                 "step {} ({}) was started but its end was never recorded (the coordinator stopped); not run again",
                 interrupted.step_id, interrupted.key
             );
             let details = step_details(&run, &interrupted.step_id);
-            self.save(&mut run, vec![entry(EntryKind::Result, message, details)], None).await?;
+            self.save(&mut run, vec![self.entry(EntryKind::Result, message, details)], None).await?;
             let position = runbook.steps.iter().position(|s| s.id == interrupted.step_id);
             match (position, runbook.step(&interrupted.step_id).map(Step::on_failure)) {
                 (Some(i), Some(on_failure @ (OnFailure::Next | OnFailure::Continue))) => {
@@ -391,7 +420,7 @@ impl Driver {
                     run.failures.clear();
                     run.status = RunStatus::Running;
                     let message = format!("{why}; trying again (attempt {})", run.attempt);
-                    self.save(&mut run, vec![entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
+                    self.save(&mut run, vec![self.entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
                 }
             }
         }
@@ -404,7 +433,7 @@ impl Driver {
         }
         run.status = RunStatus::Cancelled;
         let message = format!("runbook {} stopped: the incident was resolved", run.runbook_id);
-        self.save(run, vec![entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
+        self.save(run, vec![self.entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
         Ok(false)
     }
 
@@ -416,7 +445,8 @@ impl Driver {
                 Err(e) => Some(format!("step {} skipped: `{}` cannot be evaluated: {e}", step.id, when.as_str())),
             };
             if let Some(message) = skip {
-                self.save(run, vec![entry(EntryKind::Runbook, message, step_details(run, &step.id))], None).await?;
+                self.save(run, vec![self.entry(EntryKind::Runbook, message, step_details(run, &step.id))], None)
+                    .await?;
                 return Ok(StepEnd::Skipped);
             }
         }
@@ -441,7 +471,7 @@ impl Driver {
             Ok(a) => a,
             Err(e) => {
                 let message = format!("step {step_id} not run: {e}");
-                self.save(run, vec![entry(EntryKind::Result, message.clone(), details)], None).await?;
+                self.save(run, vec![self.entry(EntryKind::Result, message.clone(), details)], None).await?;
                 return Ok(StepEnd::Failed(message));
             }
         };
@@ -477,7 +507,7 @@ impl Driver {
                 }
                 Some(Err(e)) => {
                     let message = format!("step {step_id} not run: cannot see its targets: {e}");
-                    self.save(run, vec![entry(EntryKind::Result, message.clone(), details)], None).await?;
+                    self.save(run, vec![self.entry(EntryKind::Result, message.clone(), details)], None).await?;
                     return Ok(StepEnd::Failed(message));
                 }
             }
@@ -498,9 +528,9 @@ impl Driver {
         };
         // The idempotency key is durable before the action starts.
         let key = run.key_for(step_id);
-        if !run.record_intent(step_id, now()) {
+        if !run.record_intent(step_id, self.now()) {
             let message = format!("step {step_id} ({key}) already ran; not run again");
-            self.save(run, vec![entry(EntryKind::Result, message, details)], None).await?;
+            self.save(run, vec![self.entry(EntryKind::Result, message, details)], None).await?;
             return Ok(StepEnd::Done);
         }
         let mut started = details.clone();
@@ -509,7 +539,7 @@ impl Driver {
         started.extend(fencing.iter().flat_map(FencingToken::details));
         let message = format!("{}{} started", mode_prefix(mode), request.describe());
         // The rails' memory, this execution counted, was saved with the decision.
-        self.save(run, vec![entry(EntryKind::Action, message, started)], None).await?;
+        self.save(run, vec![self.entry(EntryKind::Action, message, started)], None).await?;
 
         let audited_params = call_params.clone();
         let report = match (&unavailable, mode) {
@@ -522,7 +552,7 @@ impl Driver {
             (None, Mode::Live) => self.call(run, step_id, kind.as_str(), call_params, false).await,
             (None, _) => self.call(run, step_id, kind.as_str(), call_params, true).await,
         };
-        run.record_outcome(&key, report.status.as_str(), now());
+        run.record_outcome(&key, report.status.as_str(), self.now());
         run.context.steps.insert(step_id.to_owned(), evidence_json(&report));
         let failed = matches!(report.status, ActionStatus::Failed | ActionStatus::TimedOut | ActionStatus::Invalid);
         let mut entries = Vec::new();
@@ -532,13 +562,13 @@ impl Driver {
         for (k, v) in &report.evidence {
             result.insert(format!("evidence.{k}"), v.clone());
         }
-        entries.push(entry(EntryKind::Result, format!("{}: {}", report.status.as_str(), report.message), result));
+        entries.push(self.entry(EntryKind::Result, format!("{}: {}", report.status.as_str(), report.message), result));
         let mut arguments = remedy_shared::audit::redact(&audited_params);
         arguments.insert("mode".into(), mode.to_string());
         arguments.insert("step".into(), step_id.to_owned());
         let audit = AuditEntry {
             seq: 0,
-            at: now(),
+            at: self.now(),
             actor: run.started_by.clone(),
             kind: AuditKind::Action,
             operation: kind.as_str().to_owned(),
@@ -547,8 +577,9 @@ impl Driver {
             outcome: format!("{}: {}", report.status.as_str(), report.message),
         };
         let guard = if failed && !evidence {
-            let events = lock(&self.inner.guard).record_failure(&self.inner.policy, &request, &report.message, now());
-            entries.extend(events.iter().map(|e| entry(EntryKind::Decision, e.to_string(), BTreeMap::new())));
+            let events =
+                lock(&self.inner.guard).record_failure(&self.inner.policy, &request, &report.message, self.now());
+            entries.extend(events.iter().map(|e| self.entry(EntryKind::Decision, e.to_string(), BTreeMap::new())));
             // A failure changes what the rails remember (breakers).
             Some(lock(&self.inner.guard).clone())
         } else {
@@ -575,7 +606,7 @@ impl Driver {
     async fn weigh(&self, run: &mut RunRecord, request: &ActionRequest) -> Result<Option<StepEnd>, RecordError> {
         let mut last_outcome = "";
         loop {
-            let at = now();
+            let at = self.now();
             let (decision, events) = {
                 let mut g = lock(&self.inner.guard);
                 // Forget what no rail looks back to any more, so the memory
@@ -593,7 +624,7 @@ impl Driver {
                 let note = decision.note(request);
                 let mut entries =
                     vec![TimelineEntry { at, kind: EntryKind::Decision, message: note.message, details: note.details }];
-                entries.extend(events.iter().map(|e| entry(EntryKind::Approval, e.to_string(), BTreeMap::new())));
+                entries.extend(events.iter().map(|e| self.entry(EntryKind::Approval, e.to_string(), BTreeMap::new())));
                 self.save_with_guard(run, entries).await?;
             }
             last_outcome = decision.outcome();
@@ -613,7 +644,7 @@ impl Driver {
 
     /// Waits until an approval is answered somewhere, or `until` passes.
     async fn await_answer(&self, until: Timestamp) {
-        let wait = Duration::from_millis(u64::try_from(until.as_millis() - now().as_millis()).unwrap_or(0));
+        let wait = Duration::from_millis(u64::try_from(until.as_millis() - self.now().as_millis()).unwrap_or(0));
         // Bounded by the request's expiry; re-checked at least every minute
         // so a resolved incident does not keep a waiting task.
         let wait = wait.min(Duration::from_secs(60));
@@ -675,10 +706,10 @@ impl Driver {
             .collect();
         if !blind.is_empty() {
             let why = format!("verification cannot run here: no actuator for {}", blind.join(", "));
-            self.save(run, vec![entry(EntryKind::Verification, why.clone(), BTreeMap::new())], None).await?;
+            self.save(run, vec![self.entry(EntryKind::Verification, why.clone(), BTreeMap::new())], None).await?;
             return Ok(Verified::No(why));
         }
-        let deadline = now().plus(verification.within);
+        let deadline = self.now().plus(verification.within);
         let mut round = 0u32;
         loop {
             round += 1;
@@ -693,12 +724,12 @@ impl Driver {
             }
             if failing.is_empty() {
                 let message = format!("verification passed (round {round})");
-                self.save(run, vec![entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
+                self.save(run, vec![self.entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
                 return Ok(Verified::Yes);
             }
             let message = format!("verification round {round} not passed: {}", failing.join("; "));
-            self.save(run, vec![entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
-            if now().plus(verification.interval) > deadline {
+            self.save(run, vec![self.entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
+            if self.now().plus(verification.interval) > deadline {
                 return Ok(Verified::No(format!(
                     "verification did not pass within {}",
                     remedy_shared::config::format_duration(verification.within)
@@ -745,7 +776,7 @@ impl Driver {
         let message = format!("runbook {} finished: every step ran and verification passed", runbook.id());
         let update = RunUpdate {
             run: Some(run.clone()),
-            entries: vec![entry(EntryKind::Runbook, message, BTreeMap::new())],
+            entries: vec![self.entry(EntryKind::Runbook, message, BTreeMap::new())],
             resolve: only_people.then(|| format!("runbook {}", runbook.id())),
             ..RunUpdate::default()
         };
@@ -770,7 +801,7 @@ impl Driver {
         };
         let update = RunUpdate {
             state: Some(IncidentState::Escalated),
-            entries: vec![entry(EntryKind::Escalated, message, details)],
+            entries: vec![self.entry(EntryKind::Escalated, message, details)],
             escalate: live.then_some((policy, why)),
             ..RunUpdate::default()
         };

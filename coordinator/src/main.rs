@@ -24,7 +24,7 @@ use remedy_coordinator::engine::Engine;
 use remedy_coordinator::escalator::{self, Clock, Directory, Escalator};
 use remedy_coordinator::leader::{LeaderElector, PodLabeler};
 use remedy_coordinator::metrics::Metrics;
-use remedy_coordinator::recorder::{Recorder, now};
+use remedy_coordinator::recorder::Recorder;
 use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::cluster::ClusterStore;
@@ -83,6 +83,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -> anyhow::Result<()> {
+    // One clock for everything that stamps or schedules by the time of day.
+    let clock = Clock::System;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || until_stopped(stop_rx.clone());
     let signal_stop = stop_tx.clone();
@@ -110,7 +112,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         Some(k) => Some(kube_clients(k).await?),
     };
     let election = match (&kube, config.kubernetes.as_ref().and_then(|k| k.leader_election.as_ref())) {
-        (Some(clients), Some(le)) => Some(start_election(&clients.control, le, &config.id, &stopped)?),
+        (Some(clients), Some(le)) => Some(start_election(&clients.control, le, &config.id, &clock, &stopped)?),
         _ => None,
     };
     if let Some((elector, _)) = &election
@@ -134,13 +136,14 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         _ => Arc::new(local),
     };
     let registry = Arc::new(Registry::default());
-    let start = now();
+    let start = clock.now();
     for agent in store.list_agents().context("cannot read agents from the store")? {
         registry.seed(&agent.agent_id, &agent.node_name, start);
     }
     let (recorder, runs, guard) =
-        Recorder::start(store.clone(), metrics.clone(), catalog.clone()).context("cannot start the writer")?;
-    let directives = Directives::default();
+        Recorder::start_with_clock(store.clone(), metrics.clone(), catalog.clone(), clock.clone())
+            .context("cannot start the writer")?;
+    let directives = Directives::new(clock.clone());
     let mut bans = remedy_coordinator::bans::Bans::new(store.clone(), directives.clone());
     if let Some(edge) = &config.edge {
         let edge = remedy_coordinator::edge::Edge::new(edge.clone()).map_err(anyhow::Error::msg)?;
@@ -156,7 +159,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
             .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())))
             .with(Arc::new(postgres.clone()))
             .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())))
-            .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.clone())));
+            .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.with_clock(clock.clone()))));
     let channel_names: BTreeSet<String> = config.channels.names().map(str::to_owned).collect();
     let mut engine =
         Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), channel_names.clone(), guard);
@@ -243,20 +246,21 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     let escalator = Escalator::new(
         recorder.clone(),
         store.clone(),
-        config.channels.clone(),
+        config.channels.with_clock(clock.clone()),
         directory.clone(),
-        Clock::System,
+        clock.clone(),
         metrics.clone(),
     );
     tokio::spawn(escalator.run(stopped()));
     tokio::spawn(remedy_coordinator::reports::keep_metrics(
         store.clone(),
         metrics.clone(),
+        clock.clone(),
         recorder.subscribe(),
         stopped(),
     ));
 
-    tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), stopped()));
+    tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), clock.clone(), stopped()));
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));
 
     let router = tonic::transport::Server::builder()
@@ -331,11 +335,12 @@ fn start_election(
     client: &::kube::Client,
     le: &LeaderElectionConfig,
     id: &str,
+    clock: &Clock,
     stopped: &impl Fn() -> StopFuture,
 ) -> anyhow::Result<(LeaderElector, tokio::task::JoinHandle<()>)> {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let identity = format!("{id}-{}", &suffix[..8]);
-    let elector = LeaderElector::new(client.clone(), &le.namespace, &le.lease, &identity, le.timings)
+    let elector = LeaderElector::new(client.clone(), &le.namespace, &le.lease, &identity, le.timings, clock.clone())
         .map_err(|e| bad_config("kubernetes.leader_election", e))?;
     let task = tokio::spawn(elector.clone().run(stopped()));
     if let Some(labeler) = PodLabeler::from_env(client.clone()) {
@@ -402,7 +407,12 @@ fn bad_config(field: &str, message: impl Into<String>) -> anyhow::Error {
 
 /// Marks agents stale when they miss their heartbeats, which is itself a
 /// finding: a silent node is an incident until it is back.
-async fn watch_staleness(service: agent_service::AgentService, config: Config, stopped: impl Future<Output = ()>) {
+async fn watch_staleness(
+    service: agent_service::AgentService,
+    config: Config,
+    clock: Clock,
+    stopped: impl Future<Output = ()>,
+) {
     let mut tick = tokio::time::interval(config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stopped);
@@ -411,7 +421,7 @@ async fn watch_staleness(service: agent_service::AgentService, config: Config, s
             _ = tick.tick() => {}
             () = &mut stopped => return,
         }
-        for (agent_id, node) in service.registry.mark_stale(now(), config.stale_after) {
+        for (agent_id, node) in service.registry.mark_stale(clock.now(), config.stale_after) {
             tracing::warn!(agent = %agent_id, node = %node, "agent missed its heartbeats");
             service.raise_stale(&agent_id, &node, FindingState::Active).await;
         }

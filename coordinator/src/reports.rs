@@ -11,8 +11,8 @@ use remedy_shared::report::{Period, Report, report};
 
 use tokio::sync::broadcast;
 
+use crate::clock::Clock;
 use crate::metrics::{Metrics, PriorityLabels, WindowLabels};
-use crate::recorder::now;
 use crate::store::{Store, StoreError};
 
 /// Most incidents a report reads, newest first. Ids grow with time, so a
@@ -43,6 +43,7 @@ pub fn for_period(store: &dyn Store, period: Period, now: Timestamp) -> Result<R
 pub async fn keep_metrics(
     store: Arc<dyn Store>,
     metrics: Metrics,
+    clock: Clock,
     mut changes: broadcast::Receiver<Incident>,
     stopped: impl Future<Output = ()>,
 ) {
@@ -69,7 +70,7 @@ pub async fn keep_metrics(
         }
         last = tokio::time::Instant::now();
         let store = store.clone();
-        let at = now();
+        let at = clock.now();
         let period =
             Period { from: Timestamp::from_millis(at.as_millis() - METRICS_WINDOW.as_millis() as i64), to: at };
         match tokio::task::spawn_blocking(move || for_period(store.as_ref(), period, at)).await {

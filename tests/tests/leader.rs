@@ -45,7 +45,9 @@ struct Candidate {
 
 impl Candidate {
     fn start(client: kube::Client, ns: &str, lease: &str, identity: &str) -> Candidate {
-        let elector = LeaderElector::new(client, ns, lease, identity, TIMINGS).expect("valid elector");
+        let elector =
+            LeaderElector::new(client, ns, lease, identity, TIMINGS, remedy_coordinator::clock::Clock::System)
+                .expect("valid elector");
         let rx = elector.subscribe();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(elector.clone().run(async move {

@@ -21,7 +21,6 @@ use remedy_shared::guard::TargetRef;
 
 use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
 use crate::directives::{Answer, Delivery, DirectiveSpec, Directives, Pending, Target, Undelivered};
-use crate::recorder::now;
 use crate::store::Store;
 
 /// The directive agents answer with a snapshot of their node.
@@ -235,7 +234,7 @@ impl AgentActuator {
         let spec = DirectiveSpec {
             action: directive.clone(),
             params: p.params,
-            deadline: now().plus(wait),
+            deadline: self.directives.clock().now().plus(wait),
             // The agent applies its own checks and reports what it would do.
             dry_run: call.dry_run,
             incident_id: call.incident_id.clone(),
@@ -271,7 +270,7 @@ impl AgentActuator {
         let spec = DirectiveSpec {
             action: SNAPSHOT_DIRECTIVE.to_owned(),
             params,
-            deadline: now().plus(wait),
+            deadline: self.directives.clock().now().plus(wait),
             // A snapshot only reads, so it runs in dry-run too and the
             // rehearsal decides on real evidence. `call.dry_run` is ignored
             // on purpose.

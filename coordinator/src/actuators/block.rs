@@ -39,7 +39,6 @@ use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
 use crate::actuators::agent::AgentAnswer;
 use crate::bans::{BLOCK_IP, Bans, node_state};
 use crate::directives::DirectiveSpec;
-use crate::recorder::now;
 use crate::store::{BanNode, BanRecord, EdgeBan};
 
 /// Longest the action waits for the agents, whatever its deadline.
@@ -99,7 +98,7 @@ impl Actuator for BlockActuator {
                 "block_ip parameters: `duration` must be longer than zero",
             );
         }
-        let until = now().plus(Duration::from_secs(secs));
+        let until = self.bans.now().plus(Duration::from_secs(secs));
         let reason = text::prefix(p.reason.trim(), MAX_REASON, Unit::Bytes).to_owned();
         let base = |report: ActionReport| {
             let report = report.with("ip", &ip).with("duration_seconds", secs).with("until", until);
@@ -127,7 +126,7 @@ impl Actuator for BlockActuator {
         }
 
         let previous = match self.bans.get(&ip).await {
-            Ok(found) => found.filter(|b| crate::bans::ban_state(b, now()) == "active"),
+            Ok(found) => found.filter(|b| crate::bans::ban_state(b, self.bans.now()) == "active"),
             Err(e) => {
                 return base(ActionReport::new(ActionStatus::Failed, format!("not sent: cannot read the bans: {e}")));
             }
@@ -137,7 +136,7 @@ impl Actuator for BlockActuator {
             reason: reason.clone(),
             incident_id: call.incident_id.parse::<IncidentId>().ok(),
             step_id: call.step_id.clone(),
-            blocked_at: now(),
+            blocked_at: self.bans.now(),
             until,
             nodes: BTreeMap::new(),
             unblocked: None,
@@ -159,7 +158,7 @@ impl Actuator for BlockActuator {
         let spec = DirectiveSpec {
             action: BLOCK_IP.to_owned(),
             params: directive,
-            deadline: now().plus(wait),
+            deadline: self.bans.now().plus(wait),
             dry_run: call.dry_run,
             incident_id: call.incident_id.clone(),
             step_id: call.step_id.clone(),
@@ -193,13 +192,13 @@ impl Actuator for BlockActuator {
                     report.message = format!("{}; edge: {why}", report.message);
                     report = report.with("edge.reason", &why);
                 }
-                record.edge = Some(EdgeBan { rule_id, state: state.to_owned(), reason: why, at: now() });
+                record.edge = Some(EdgeBan { rule_id, state: state.to_owned(), reason: why, at: self.bans.now() });
             }
         }
         if call.dry_run {
             return report;
         }
-        let at = now();
+        let at = self.bans.now();
         for a in &answers {
             record.nodes.insert(
                 a.label.clone(),

@@ -117,7 +117,7 @@ impl Actuator for HttpActuator {
         }
         let probe = call.kind == "probe_http";
         let mut request = self.client.request(p.method, p.url).timeout(p.timeout);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         for (k, v) in &p.headers {
             request = request.header(k, v);
         }

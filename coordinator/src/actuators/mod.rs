@@ -128,6 +128,9 @@ pub fn this_release(
     store: Arc<dyn crate::store::Store>,
     kube: Option<::kube::Client>,
 ) -> Result<Actuators, reqwest::Error> {
+    // The Kubernetes actuator dates its changes by the clock directives are
+    // dated by: the one `main` hands to everything.
+    let clock = directives.clock().clone();
     let bans = crate::bans::Bans::new(store.clone(), directives.clone());
     let mut actuators = Actuators::default()
         .with(Arc::new(http::HttpActuator::new()?))
@@ -143,7 +146,7 @@ pub fn this_release(
         // so; the coordinator registers the configured ones over this.
         .with(Arc::new(notify::NotifyActuator::new(crate::channels::Channels::none()?)));
     if let Some(client) = kube {
-        actuators = actuators.with(Arc::new(kube::KubeActuator::new(client)));
+        actuators = actuators.with(Arc::new(kube::KubeActuator::new(client).with_clock(clock)));
     }
     Ok(actuators)
 }

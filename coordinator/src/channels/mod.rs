@@ -104,10 +104,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use remedy_shared::Timestamp;
 use remedy_shared::backoff::Backoff;
 use remedy_shared::breaker::{Admission, Breaker, Transition};
 use remedy_shared::config::{ConfigError, format_duration};
 use remedy_shared::sync::lock;
+
+use crate::clock::Clock;
 
 pub use config::{
     BreakerConfig, ChannelConfig, ChannelKind, DEFAULT_EVENTS_URL, DEFAULT_STATUSPAGE_API, DEFAULT_TIMEOUT, Retries,
@@ -258,10 +261,14 @@ pub struct Channels {
 
 struct Inner {
     client: reqwest::Client,
-    channels: BTreeMap<String, Channel>,
+    /// Shared by every copy made with [`Channels::with_clock`], so each
+    /// channel keeps one breaker.
+    channels: Arc<BTreeMap<String, Channel>>,
     /// The breakers' clock starts here (tokio's, so a paused test clock
     /// drives it too).
     start: tokio::time::Instant,
+    /// Dates what is sent and when a breaker's next trial is due.
+    clock: Clock,
 }
 
 struct Channel {
@@ -320,11 +327,11 @@ impl Transport {
         }
     }
 
-    async fn attempt(&self, client: &reqwest::Client, message: &Message) -> Outcome {
+    async fn attempt(&self, client: &reqwest::Client, message: &Message, now: Timestamp) -> Outcome {
         match self {
             Transport::Slack(t) => t.attempt(client, message).await,
             Transport::PagerDuty(t) => t.attempt(client, message).await,
-            Transport::Webhook(t) => t.attempt(client, message).await,
+            Transport::Webhook(t) => t.attempt(client, message, now).await,
             Transport::Email(t) => t.attempt(message).await,
             Transport::Statuspage(t) => t.attempt(client, message).await,
         }
@@ -378,13 +385,27 @@ impl Channels {
             }
             channels.insert(name.clone(), build_channel(&setup, cfg)?);
         }
-        Ok(Channels { inner: Arc::new(Inner { client, channels, start: tokio::time::Instant::now() }) })
+        let inner =
+            Inner { client, channels: Arc::new(channels), start: tokio::time::Instant::now(), clock: Clock::System };
+        Ok(Channels { inner: Arc::new(inner) })
     }
 
     /// No channels: every send fails saying the channel is not configured.
     pub fn none() -> Result<Channels, reqwest::Error> {
-        let inner = Inner { client: http_client()?, channels: BTreeMap::new(), start: tokio::time::Instant::now() };
+        let inner = Inner {
+            client: http_client()?,
+            channels: Arc::default(),
+            start: tokio::time::Instant::now(),
+            clock: Clock::System,
+        };
         Ok(Channels { inner: Arc::new(inner) })
+    }
+
+    /// The same channels (and breakers), dating what they send by `clock`.
+    pub fn with_clock(&self, clock: Clock) -> Channels {
+        let i = &self.inner;
+        let inner = Inner { client: i.client.clone(), channels: i.channels.clone(), start: i.start, clock };
+        Channels { inner: Arc::new(inner) }
     }
 
     /// The channels' names, in order.
@@ -465,7 +486,7 @@ impl Channels {
 
     fn refusal(&self, ch: &Channel, until: Duration) -> String {
         let wait = until.saturating_sub(self.now());
-        let at = crate::recorder::now().plus(wait);
+        let at = self.inner.clock.now().plus(wait);
         format!(
             "not sent: the channel's breaker is open after {} consecutive failed deliveries; next trial at {at} (in {})",
             lock(&ch.breaker).failure_threshold(),
@@ -482,12 +503,15 @@ impl Channels {
             attempts += 1;
             // The transports set their own timeouts too (lettre's per
             // command); this one bounds the whole attempt, answer included.
-            let outcome = tokio::time::timeout(ch.timeout, ch.transport.attempt(&self.inner.client, message))
-                .await
-                .unwrap_or_else(|_| Outcome::Retry {
-                    detail: format!("no answer within {}", format_duration(ch.timeout)),
-                    after: None,
-                });
+            let outcome = tokio::time::timeout(
+                ch.timeout,
+                ch.transport.attempt(&self.inner.client, message, self.inner.clock.now()),
+            )
+            .await
+            .unwrap_or_else(|_| Outcome::Retry {
+                detail: format!("no answer within {}", format_duration(ch.timeout)),
+                after: None,
+            });
             let delivery = |ok: bool, detail: String, reference: Option<String>| Delivery {
                 channel: name.to_owned(),
                 ok,

@@ -77,8 +77,7 @@ impl Webhook {
         vec![&self.secret]
     }
 
-    pub(super) async fn attempt(&self, client: &reqwest::Client, message: &Message) -> Outcome {
-        let now = crate::recorder::now();
+    pub(super) async fn attempt(&self, client: &reqwest::Client, message: &Message, now: Timestamp) -> Outcome {
         let payload = Payload {
             incident_id: &message.incident_id,
             event: message.event.as_str(),

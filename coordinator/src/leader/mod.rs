@@ -39,7 +39,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -53,7 +53,7 @@ pub use decide::LeaseTimings;
 use decide::{LeaseRecord, Next, Observed, RoundEnd};
 pub use pod_label::{LEADER_LABEL, PodLabeler};
 
-use crate::recorder::now;
+use crate::clock::Clock;
 
 /// The proof of one term of leadership: who holds the lease and the
 /// lease's `leaseTransitions` when it was acquired. A later term, by anyone,
@@ -156,8 +156,11 @@ struct Shared {
     name: String,
     identity: String,
     timings: LeaseTimings,
-    /// The zero of this elector's monotonic offsets.
-    epoch: Instant,
+    /// The zero of this elector's monotonic offsets (tokio's clock, which
+    /// tests can pause).
+    epoch: tokio::time::Instant,
+    /// Dates the lease's times and a term's start.
+    clock: Clock,
     local: Mutex<Local>,
     tx: watch::Sender<Leadership>,
     conflicts: AtomicU64,
@@ -188,13 +191,16 @@ impl LeaderElector {
     /// An elector for Lease `namespace/lease_name`, taking part as
     /// `identity`. The identity must be unique to this process (a pod name
     /// with a random suffix): a lease naming it that this process did not
-    /// acquire is treated as someone else's.
+    /// acquire is treated as someone else's. `clock` dates the lease's
+    /// times, which are informational: expiry is judged on the monotonic
+    /// clock.
     pub fn new(
         client: Client,
         namespace: &str,
         lease_name: &str,
         identity: &str,
         timings: LeaseTimings,
+        clock: Clock,
     ) -> Result<LeaderElector, String> {
         timings.validate()?;
         if identity.is_empty() {
@@ -211,7 +217,8 @@ impl LeaderElector {
                 name: lease_name.to_owned(),
                 identity: identity.to_owned(),
                 timings,
-                epoch: Instant::now(),
+                epoch: tokio::time::Instant::now(),
+                clock,
                 local: Mutex::new(Local::default()),
                 tx,
                 conflicts: AtomicU64::new(0),
@@ -323,7 +330,7 @@ impl LeaderElector {
     }
 
     fn instant(&self, offset: Duration) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.shared.epoch + offset)
+        self.shared.epoch + offset
     }
 
     /// Sleeps until the monotonic offset `at`; forever when `None`.
@@ -448,7 +455,7 @@ impl LeaderElector {
         mut lease: Lease,
         lead_until: Option<Duration>,
     ) -> Result<RoundEnd, WriteFailed> {
-        let wall = micro_now();
+        let wall = micro_time(self.shared.clock.now());
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         spec.renew_time = Some(wall.clone());
         spec.lease_duration_seconds = Some(self.shared.timings.lease_seconds());
@@ -500,7 +507,7 @@ impl LeaderElector {
         let token = FencingToken {
             holder: self.shared.identity.clone(),
             transitions: record.transitions,
-            acquired_at: record.acquired_at.unwrap_or_else(now_ms),
+            acquired_at: record.acquired_at.unwrap_or_else(|| self.shared.clock.now()),
         };
         let new_term = {
             let mut local = self.lock();
@@ -572,7 +579,7 @@ impl LeaderElector {
             let spec = released.spec.get_or_insert_with(LeaseSpec::default);
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(micro_now());
+            spec.renew_time = Some(micro_time(self.shared.clock.now()));
             let pp = PostParams::default();
             let write = self.shared.leases.replace(&self.shared.name, &pp, &released);
             match tokio::time::timeout(timeout, write).await {
@@ -678,14 +685,10 @@ pub fn record_of(lease: &Lease, fallback: Duration) -> LeaseRecord {
     }
 }
 
-fn now_ms() -> Timestamp {
-    now()
-}
-
-/// The wall clock, to the millisecond, as the Lease's times: informational,
+/// A time of day, to the millisecond, as the Lease's times: informational,
 /// never used to judge expiry.
-fn micro_now() -> MicroTime {
-    let ms = now().as_millis();
+fn micro_time(at: Timestamp) -> MicroTime {
+    let ms = at.as_millis();
     MicroTime(k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
 }
 

@@ -203,6 +203,8 @@ pub struct Recorder {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Incident>,
     store_failure: StoreFailure,
+    /// The writer's clock, which stamps every commit.
+    clock: Clock,
 }
 
 /// Why the last store commit failed; `None` once a commit succeeds again.
@@ -242,6 +244,11 @@ impl Command {
 }
 
 impl Recorder {
+    /// The writer's clock: everything that stamps what it records reads it.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Loads the state from `store` and starts the writer thread, matching
     /// signals against `catalog`. Returns the feed of runs to execute: the
     /// unfinished runs found in the store first, then each new run once it
@@ -271,14 +278,14 @@ impl Recorder {
         }
         let store_failure = StoreFailure::default();
         let writer = Writer {
-            clock,
+            clock: clock.clone(),
             ..Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone())
         };
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok((Recorder { tx, events, store_failure }, runs_rx, guard))
+        Ok((Recorder { tx, events, store_failure, clock }, runs_rx, guard))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RecordError> {
@@ -571,15 +578,6 @@ impl Writer {
             let _ = self.events.send(incident);
         }
     }
-}
-
-/// The wall clock, as the domain's timestamp.
-pub fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Timestamp::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use remedy_shared::runbook::PatchConfigmap;
 use remedy_shared::text::{self, Unit};
 use serde_json::json;
 
-use super::fields::now_rfc3339;
 use super::workloads::{describe, refuse_if_changed_by_someone, refuse_if_held, target, write_failure};
 use super::{
     ActionCall, ActionReport, ActionStatus, Deadline, Failure, KubeActuator, Resolved, change_annotations, check_name,
@@ -107,7 +106,7 @@ async fn patch_once(
     let keys: Vec<&str> = changing.keys().map(|k| k.as_str()).collect();
     let paths: Vec<Vec<&str>> = keys.iter().map(|k| vec!["data", *k]).collect();
     refuse_if_changed_by_someone(&what, &cm.metadata, &paths)?;
-    let changed_at = now_rfc3339();
+    let changed_at = a.changed_at();
     let patch = json!({
         "metadata": {
             "resourceVersion": cm.resource_version(),

@@ -11,11 +11,12 @@ use remedy_shared::guard::HOLD_ANNOTATION;
 
 use super::{CHANGED_AT_ANNOTATION, FIELD_MANAGER};
 
-/// Now, in RFC 3339 with whole seconds: `metadata.managedFields` records
+/// `at` in RFC 3339 with whole seconds: `metadata.managedFields` records
 /// times to the second, and comparing a finer time with them would let a
 /// change made in the same second look older than Remedy's.
-pub(crate) fn now_rfc3339() -> String {
-    whole_seconds(Timestamp::now()).to_string()
+pub(crate) fn rfc3339_seconds(at: remedy_shared::Timestamp) -> String {
+    let t = Timestamp::from_millisecond(at.as_millis()).unwrap_or(Timestamp::UNIX_EPOCH);
+    whole_seconds(t).to_string()
 }
 
 fn whole_seconds(t: Timestamp) -> Timestamp {
@@ -233,8 +234,8 @@ mod tests {
     }
 
     #[test]
-    fn now_has_whole_seconds() {
-        let now = now_rfc3339();
-        assert!(now.ends_with('Z') && !now.contains('.'), "{now}");
+    fn times_have_whole_seconds() {
+        let at = rfc3339_seconds(remedy_shared::Timestamp::from_millis(1_765_000_000_999));
+        assert_eq!(at, "2025-12-06T05:46:40Z");
     }
 }

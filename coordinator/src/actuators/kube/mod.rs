@@ -52,6 +52,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PatchP
 use serde::de::DeserializeOwned;
 
 use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
+use crate::clock::Clock;
 
 /// The field manager every write of Remedy's is recorded under.
 pub const FIELD_MANAGER: &str = "remedy";
@@ -81,6 +82,8 @@ pub const KINDS: &[&str] = &[
 #[derive(Clone)]
 pub struct KubeActuator {
     client: kube::Client,
+    /// Dates the changes it makes (`remedy.dev/changed-at`).
+    clock: Clock,
 }
 
 impl std::fmt::Debug for KubeActuator {
@@ -100,7 +103,17 @@ impl KubeActuator {
     /// call's deadline (reported as timed out) instead of a refusal that
     /// names the budget. Either way no pod is evicted against its budget.
     pub fn new(client: kube::Client) -> Self {
-        KubeActuator { client }
+        KubeActuator { client, clock: Clock::System }
+    }
+
+    /// The same actuator, dating its changes by `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        KubeActuator { clock, ..self }
+    }
+
+    /// When a change made now is said to be made, to the second.
+    pub(crate) fn changed_at(&self) -> String {
+        fields::rfc3339_seconds(self.clock.now())
     }
 }
 

@@ -15,7 +15,7 @@ use remedy_shared::runbook::{PatchHpa, RolloutRestart, Scale, WorkloadKind};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::fields::{hold, later_change, merged, now_rfc3339};
+use super::fields::{hold, later_change, merged};
 use super::{
     ActionCall, ActionReport, ActionStatus, Deadline, Failure, KubeActuator, RESTARTED_AT_ANNOTATION, Resolved,
     api_code, api_failure, api_message, change_annotations, check_name, check_namespace, on_conflict_look_again,
@@ -228,7 +228,7 @@ async fn scale_of<K: Workload>(
     }
     refuse_outside_bounds(&what, p, current)?;
     refuse_if_changed_by_someone(&what, object.meta(), &[vec!["spec", "replicas"]])?;
-    let changed_at = now_rfc3339();
+    let changed_at = a.changed_at();
     let patch = json!({
         "metadata": { "resourceVersion": object.resource_version() },
         "spec": { "replicas": replicas("replicas", p.replicas)? },
@@ -331,7 +331,7 @@ async fn restart_of<K: Workload>(
     let (object, ns) = read::<K>(a, &p.namespace, &p.name, d).await?;
     refuse_if_held(&what, object.meta(), &[(format!("Namespace {}", p.namespace), &ns)])?;
     let before = object.restarted_at();
-    let changed_at = now_rfc3339();
+    let changed_at = a.changed_at();
     let patch = json!({
         "metadata": {
             "resourceVersion": object.resource_version(),
@@ -448,7 +448,7 @@ async fn patch_hpa_once(
             .with("changed", false));
     }
     refuse_if_changed_by_someone(&what, &hpa.metadata, &changing)?;
-    let changed_at = now_rfc3339();
+    let changed_at = a.changed_at();
     let patch = json!({
         "metadata": {
             "resourceVersion": hpa.resource_version(),

@@ -58,7 +58,7 @@ impl WatchRecord {
             ("status".to_owned(), status.to_owned()),
             ("watch".to_owned(), member.to_owned()),
         ]);
-        let entry = TimelineEntry { at: crate::recorder::now(), kind: EntryKind::Result, message, details };
+        let entry = TimelineEntry { at: recorder.clock().now(), kind: EntryKind::Result, message, details };
         let update = RunUpdate { incident: Some(incident), entries: vec![entry], ..Default::default() };
         if let Err(e) = recorder.run_update(update).await {
             tracing::error!(incident = %incident, error = %e, "cannot record what the watch on the old primary found");
@@ -139,8 +139,9 @@ async fn resolve_split_brain(
         tracing::error!(database = %name, "two primaries: {why}");
     }
     let names: Vec<String> = fenced.keys().cloned().collect();
-    let finding = split_brain_finding(name, &found, &names, was_undecidable, crate::recorder::now());
-    if let (Some(finding), Some(recorder)) = (finding, findings) {
+    if let Some(recorder) = findings
+        && let Some(finding) = split_brain_finding(name, &found, &names, was_undecidable, recorder.clock().now())
+    {
         recorder.raise(vec![finding], FINDINGS_SOURCE.to_owned()).await;
     }
     fenced

@@ -108,7 +108,7 @@ const PROMOTE_SIGNAL_SQL: &str = "SELECT (pg_stat_file('promote', true)).size IS
 
 /// Asks one member `SELECT 1` and what it is.
 pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberState {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let answer = async {
         let session = Session::open(db, member).await?;
         let row = session.rows(STATUS_SQL, None).await?.into_iter().next().ok_or("no row for SELECT 1")?;

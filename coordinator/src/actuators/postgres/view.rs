@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::directives::{Answer, Delivery, DirectiveSpec, Directives, Pending, Target, Undelivered};
-use crate::recorder::now;
 
 use super::config::{DatabaseConfig, MemberConfig};
 
@@ -52,7 +51,7 @@ pub(crate) async fn look(
             ("protocol".to_owned(), "postgres".to_owned()),
             ("timeout_ms".to_owned(), wait.as_millis().to_string()),
         ]),
-        deadline: now().plus(wait + ANSWER_SLACK),
+        deadline: hub.clock().now().plus(wait + ANSWER_SLACK),
         // It changes nothing, and a rehearsal decides on what is seen.
         dry_run: false,
         incident_id: incident_id.to_owned(),
