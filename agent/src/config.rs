@@ -6,17 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use remedy_shared::Severity;
 use remedy_shared::config::{self, ConfigError};
-use remedy_shared::detector::ThresholdRule;
 use serde::Deserialize;
 
-use crate::detectors::{DetectorConfig, Detectors};
-use crate::logs::{LogsConfig, StartAt};
+use crate::detectors::Detectors;
+use crate::logs::LogsConfig;
 use crate::nft::BlockingConfig;
-use crate::pods::config::{CrashLoopRule, FailedRule, OomKilledRule, PodRules, PodsConfig, PodsMode, RestartFailed};
+use crate::pods::config::PodsConfig;
 use remedy_shared::config::opt_duration;
-use remedy_shared::logs::{BruteForceConfig, BruteForceDetector, ClassifierConfig, ErrorClassifier};
 
 /// Command line of `remedy-agent`.
 #[derive(Debug, Parser)]
@@ -81,18 +78,18 @@ struct FileConfig {
     #[serde(default)]
     keepalive: KeepaliveFile,
     #[serde(default)]
-    detectors: DetectorsFile,
+    detectors: crate::detectors::DetectorsFile,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
     kubeconfig: Option<PathBuf>,
     #[serde(default)]
-    pods: PodsFile,
+    pods: crate::pods::config::PodsFile,
     #[serde(default)]
-    logs: LogsFile,
+    logs: crate::logs::config::LogsFile,
     #[serde(default)]
     processes: crate::procsig::config::ProcessesFile,
     #[serde(default)]
-    blocking: BlockingFile,
+    blocking: crate::nft::config::BlockingFile,
     #[serde(default)]
     local_actions: crate::local::config::LocalActionsFile,
     #[serde(default)]
@@ -139,87 +136,6 @@ pub enum CoordinatorSecurity {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogsFile {
-    enabled: Option<bool>,
-    root: Option<PathBuf>,
-    #[serde(default)]
-    files: Vec<PathBuf>,
-    max_line_bytes: Option<u64>,
-    #[serde(default, with = "opt_duration")]
-    discover_interval: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    poll_interval: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    checkpoint_interval: Option<Duration>,
-    first_start: Option<String>,
-    #[serde(default)]
-    errors: ClassifierConfig,
-    #[serde(default)]
-    brute_force: BruteForceConfig,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PodsFile {
-    /// `auto`, `true` or `false`; read as text or boolean, checked in `resolve`.
-    enabled: Option<Toggle>,
-    #[serde(default, with = "opt_duration")]
-    refresh: Option<Duration>,
-    #[serde(default)]
-    crash_loop: CrashLoopFile,
-    #[serde(default)]
-    oom_killed: OomKilledFile,
-    #[serde(default)]
-    failed: FailedFile,
-    #[serde(default)]
-    restart_failed: RestartFailedFile,
-}
-
-/// A YAML boolean or a word.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Toggle {
-    Bool(bool),
-    Text(String),
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CrashLoopFile {
-    enabled: Option<bool>,
-    restarts: Option<u32>,
-    #[serde(default, with = "opt_duration")]
-    window: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    clear_after: Option<Duration>,
-    severity: Option<Severity>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OomKilledFile {
-    enabled: Option<bool>,
-    #[serde(default, with = "opt_duration")]
-    clear_after: Option<Duration>,
-    severity: Option<Severity>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FailedFile {
-    enabled: Option<bool>,
-    severity: Option<Severity>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestartFailedFile {
-    enabled: Option<bool>,
-    max_per_hour: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ReconnectFile {
     #[serde(default, with = "opt_duration")]
     initial: Option<Duration>,
@@ -234,26 +150,6 @@ struct KeepaliveFile {
     interval: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     timeout: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DetectorsFile {
-    node_cpu_high: Option<DetectorFile>,
-    node_memory_high: Option<DetectorFile>,
-    node_load_high: Option<DetectorFile>,
-    disk_usage_high: Option<DetectorFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DetectorFile {
-    enabled: Option<bool>,
-    threshold: Option<f64>,
-    clear_below: Option<f64>,
-    #[serde(default, rename = "for", with = "opt_duration")]
-    for_duration: Option<Duration>,
-    severity: Option<Severity>,
 }
 
 /// A validated configuration.
@@ -306,9 +202,6 @@ pub struct Config {
     /// Log cleanup and GC nudges.
     pub local_actions: crate::local::config::LocalActionsConfig,
 }
-
-/// Smallest and largest `logs.max_line_bytes`.
-const MAX_LINE_BYTES: std::ops::RangeInclusive<u64> = 1024..=16 * 1024 * 1024;
 
 impl Config {
     /// Reads the file named on the command line (if any) and applies flags.
@@ -370,16 +263,10 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
         return Err(err("keepalive.timeout", "must be at least 100ms".into()));
     }
     let refresh = sample_interval.max(Duration::from_secs(60));
-    let d = file.detectors;
-    let detectors = Detectors {
-        node_cpu_high: detector(source, "node_cpu_high", d.node_cpu_high, (90.0, 80.0, 120), refresh)?,
-        node_memory_high: detector(source, "node_memory_high", d.node_memory_high, (90.0, 85.0, 120), refresh)?,
-        node_load_high: detector(source, "node_load_high", d.node_load_high, (2.0, 1.5, 300), refresh)?,
-        disk_usage_high: detector(source, "disk_usage_high", d.disk_usage_high, (85.0, 80.0, 60), refresh)?,
-    };
-    let pods = pods(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
-    let logs = logs(source, file.logs)?;
-    let blocking = blocking(source, file.blocking)?;
+    let detectors = crate::detectors::resolve(source, file.detectors, refresh)?;
+    let pods = crate::pods::config::resolve(source, cli.kubeconfig.clone().or(file.kubeconfig), file.pods)?;
+    let logs = crate::logs::config::resolve(source, file.logs)?;
+    let blocking = crate::nft::config::resolve(source, file.blocking)?;
     let local_actions = crate::local::config::resolve(source, file.local_actions)?;
     let processes = crate::procsig::config::resolve(source, file.processes, sample_interval)?;
     // Last, so that a mistake in the file is named before a missing
@@ -451,226 +338,6 @@ fn security(cli: &Cli, source: &str, coordinator: &str, file: TlsFile) -> Result
     Ok(CoordinatorSecurity::Tls { files, server_name: file.server_name, reload_every })
 }
 
-fn logs(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> {
-    let err = |field: &str, message: &str| ConfigError::new(source, format!("logs.{field}"), message);
-    let root = file.root.unwrap_or_else(|| PathBuf::from("/var/log/pods"));
-    if root.as_os_str().is_empty() {
-        return Err(err("root", "must name a directory"));
-    }
-    let mut files: Vec<PathBuf> = Vec::with_capacity(file.files.len());
-    for (i, path) in file.files.into_iter().enumerate() {
-        let text = path.to_string_lossy();
-        if text.trim().is_empty() {
-            return Err(err(&format!("files[{i}]"), "must name a file"));
-        }
-        if text.contains(['*', '?', '[']) {
-            return Err(err(&format!("files[{i}]"), "names one file: patterns are not expanded"));
-        }
-        if path.is_dir() {
-            return Err(err(&format!("files[{i}]"), "is a directory; name the files in it"));
-        }
-        if !files.contains(&path) {
-            files.push(path);
-        }
-    }
-    let max_line_bytes = file.max_line_bytes.unwrap_or(64 * 1024);
-    if !MAX_LINE_BYTES.contains(&max_line_bytes) {
-        return Err(err(
-            "max_line_bytes",
-            &format!("must be between {} and {}", MAX_LINE_BYTES.start(), MAX_LINE_BYTES.end()),
-        ));
-    }
-    let discover_interval = file.discover_interval.unwrap_or(Duration::from_secs(1));
-    if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&discover_interval) {
-        return Err(err("discover_interval", "must be between 50ms and 1h"));
-    }
-    let poll_interval = file.poll_interval.unwrap_or(Duration::from_millis(250));
-    if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&poll_interval) {
-        return Err(err("poll_interval", "must be between 10ms and 10s"));
-    }
-    let checkpoint_interval = file.checkpoint_interval.unwrap_or(Duration::from_secs(5));
-    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&checkpoint_interval) {
-        return Err(err("checkpoint_interval", "must be between 100ms and 1h"));
-    }
-    let first_start = match file.first_start.as_deref().map(str::trim) {
-        None | Some("end") => StartAt::End,
-        Some("beginning") => StartAt::Beginning,
-        Some(other) => return Err(err("first_start", &format!("`{other}` is not one of end, beginning"))),
-    };
-    // Compiled once here so a bad pattern stops the start naming its field.
-    ErrorClassifier::new(file.errors.clone()).map_err(|e| e.in_file(source, "logs.errors"))?;
-    BruteForceDetector::new(file.brute_force.clone()).map_err(|e| e.in_file(source, "logs.brute_force"))?;
-    Ok(LogsConfig {
-        enabled: file.enabled.unwrap_or(true),
-        root,
-        files,
-        max_line_bytes: max_line_bytes as usize,
-        discover_interval,
-        poll_interval,
-        checkpoint_interval,
-        first_start,
-        errors: file.errors,
-        brute_force: file.brute_force,
-    })
-}
-
-fn pods(source: &str, kubeconfig: Option<PathBuf>, file: PodsFile) -> Result<PodsConfig, ConfigError> {
-    let err = |field: &str, message: &str| ConfigError::new(source, format!("pods.{field}"), message);
-    let mode = match file.enabled {
-        None => PodsMode::Auto,
-        Some(Toggle::Bool(true)) => PodsMode::On,
-        Some(Toggle::Bool(false)) => PodsMode::Off,
-        Some(Toggle::Text(t)) => match t.trim() {
-            "auto" => PodsMode::Auto,
-            "true" => PodsMode::On,
-            "false" => PodsMode::Off,
-            other => return Err(err("enabled", &format!("`{other}` is not one of auto, true, false"))),
-        },
-    };
-    if kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-        return Err(ConfigError::new(source, "kubeconfig", "must name a file"));
-    }
-    let refresh = file.refresh.unwrap_or(Duration::from_secs(60));
-    if refresh < Duration::from_secs(1) {
-        return Err(err("refresh", "must be at least 1s"));
-    }
-    let c = file.crash_loop;
-    let crash_loop = if c.enabled == Some(false) {
-        None
-    } else {
-        let rule = CrashLoopRule {
-            restarts: c.restarts.unwrap_or(5),
-            window: c.window.unwrap_or(Duration::from_secs(600)),
-            clear_after: c.clear_after.unwrap_or(Duration::from_secs(300)),
-            severity: c.severity.unwrap_or(Severity::Warning),
-        };
-        if rule.restarts == 0 {
-            return Err(err("crash_loop.restarts", "must be at least 1"));
-        }
-        if rule.window < Duration::from_secs(1) {
-            return Err(err("crash_loop.window", "must be at least 1s"));
-        }
-        Some(rule)
-    };
-    let o = file.oom_killed;
-    let oom_killed = (o.enabled != Some(false)).then(|| OomKilledRule {
-        clear_after: o.clear_after.unwrap_or(Duration::from_secs(600)),
-        severity: o.severity.unwrap_or(Severity::Warning),
-    });
-    if oom_killed.is_some_and(|r| r.clear_after < Duration::from_secs(1)) {
-        return Err(err("oom_killed.clear_after", "must be at least 1s"));
-    }
-    let f = file.failed;
-    let failed = (f.enabled != Some(false)).then(|| FailedRule { severity: f.severity.unwrap_or(Severity::Warning) });
-    let r = file.restart_failed;
-    let restart_failed =
-        RestartFailed { enabled: r.enabled.unwrap_or(false), max_per_hour: r.max_per_hour.unwrap_or(3) };
-    if restart_failed.enabled && restart_failed.max_per_hour == 0 {
-        return Err(err("restart_failed.max_per_hour", "must be at least 1 (or set restart_failed.enabled: false)"));
-    }
-    if restart_failed.enabled && mode == PodsMode::Off {
-        return Err(err("restart_failed.enabled", "needs pod watching (pods.enabled is false)"));
-    }
-    Ok(PodsConfig { mode, kubeconfig, rules: PodRules { crash_loop, oom_killed, failed, refresh }, restart_failed })
-}
-
-fn detector(
-    source: &str,
-    name: &str,
-    file: Option<DetectorFile>,
-    (threshold, clear_below, for_secs): (f64, f64, u64),
-    refresh_every: Duration,
-) -> Result<Option<DetectorConfig>, ConfigError> {
-    let file = file.unwrap_or_default();
-    if file.enabled == Some(false) {
-        return Ok(None);
-    }
-    let threshold = file.threshold.unwrap_or(threshold);
-    let clear_below = file.clear_below.unwrap_or(clear_below.min(threshold));
-    if !threshold.is_finite() || threshold < 0.0 {
-        return Err(ConfigError::new(source, format!("detectors.{name}.threshold"), "must be a non-negative number"));
-    }
-    if !(clear_below.is_finite() && clear_below <= threshold) {
-        return Err(ConfigError::new(
-            source,
-            format!("detectors.{name}.clear_below"),
-            format!("must not be above the threshold ({threshold})"),
-        ));
-    }
-    Ok(Some(DetectorConfig {
-        rule: ThresholdRule {
-            threshold,
-            clear_below,
-            for_duration: file.for_duration.unwrap_or(Duration::from_secs(for_secs)),
-            refresh_every,
-        },
-        severity: file.severity.unwrap_or(Severity::Warning),
-    }))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BlockingFile {
-    enabled: Option<bool>,
-    table: Option<String>,
-    never_block: Option<Vec<String>>,
-    #[serde(default)]
-    pod_cidrs: Vec<String>,
-    #[serde(default)]
-    service_cidrs: Vec<String>,
-    max_prefix_v4: Option<u8>,
-    max_prefix_v6: Option<u8>,
-    #[serde(default, with = "opt_duration")]
-    reconcile_interval: Option<Duration>,
-    max_bans: Option<usize>,
-}
-
-fn blocking(source: &str, file: BlockingFile) -> Result<BlockingConfig, ConfigError> {
-    let err = |field: &str, message: &str| ConfigError::new(source, format!("blocking.{field}"), message);
-    let table = file.table.unwrap_or_else(|| "remedy".to_owned());
-    let valid_name = (1..=64).contains(&table.len())
-        && table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        && table.as_bytes()[0].is_ascii_alphabetic();
-    if !valid_name {
-        return Err(err("table", &format!("`{table}` is not a table name (a letter, then letters, digits, '_', '-')")));
-    }
-    let cidrs = |field: &str, list: Vec<String>| -> Result<Vec<crate::nft::Cidr>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, text)| text.parse().map_err(|e: String| err(&format!("{field}[{i}]"), &e)))
-            .collect()
-    };
-    let never_block = match file.never_block {
-        None => crate::nft::cidr::default_never_block(),
-        Some(list) => cidrs("never_block", list)?,
-    };
-    let pod_cidrs = cidrs("pod_cidrs", file.pod_cidrs)?;
-    let service_cidrs = cidrs("service_cidrs", file.service_cidrs)?;
-    let max_prefix_v4 = file.max_prefix_v4.unwrap_or(24);
-    if !(8..=32).contains(&max_prefix_v4) {
-        return Err(err("max_prefix_v4", "must be between 8 and 32"));
-    }
-    let max_prefix_v6 = file.max_prefix_v6.unwrap_or(64);
-    if !(16..=128).contains(&max_prefix_v6) {
-        return Err(err("max_prefix_v6", "must be between 16 and 128"));
-    }
-    let reconcile_interval = file.reconcile_interval.unwrap_or(Duration::from_secs(10));
-    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&reconcile_interval) {
-        return Err(err("reconcile_interval", "must be between 100ms and 1h"));
-    }
-    let max_bans = file.max_bans.unwrap_or(100_000);
-    if !(1..=1_000_000).contains(&max_bans) {
-        return Err(err("max_bans", "must be between 1 and 1000000"));
-    }
-    Ok(BlockingConfig {
-        enabled: file.enabled.unwrap_or(false),
-        table,
-        protected: crate::nft::Protected { never_block, pod_cidrs, service_cidrs, max_prefix_v4, max_prefix_v6 },
-        reconcile_interval,
-        max_bans,
-    })
-}
-
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
 }
@@ -678,6 +345,10 @@ fn hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use remedy_shared::Severity;
+
+    use crate::logs::StartAt;
+    use crate::pods::config::{PodsMode, RestartFailed};
 
     /// Parses a command line as the agent does, but never reads the process
     /// environment: a machine where `REMEDY_TLS_CERT` or `NODE_NAME` is set

@@ -7,8 +7,12 @@ use remedy_shared::detector::{ThresholdDetector, Transition};
 use remedy_shared::finding::{Finding, FindingKind, FindingState};
 use remedy_shared::signals::ResourceSnapshot;
 
+use std::time::Duration;
+
 use remedy_shared::Severity;
+use remedy_shared::config::{ConfigError, opt_duration};
 use remedy_shared::detector::ThresholdRule;
+use serde::Deserialize;
 
 /// One threshold detector, validated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +34,74 @@ pub struct Detectors {
     pub node_load_high: Option<DetectorConfig>,
     /// Filesystem use percent, per mount.
     pub disk_usage_high: Option<DetectorConfig>,
+}
+
+/// `detectors:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorsFile {
+    node_cpu_high: Option<DetectorFile>,
+    node_memory_high: Option<DetectorFile>,
+    node_load_high: Option<DetectorFile>,
+    disk_usage_high: Option<DetectorFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorFile {
+    enabled: Option<bool>,
+    threshold: Option<f64>,
+    clear_below: Option<f64>,
+    #[serde(default, rename = "for", with = "opt_duration")]
+    for_duration: Option<Duration>,
+    severity: Option<Severity>,
+}
+
+fn detector(
+    source: &str,
+    name: &str,
+    file: Option<DetectorFile>,
+    (threshold, clear_below, for_secs): (f64, f64, u64),
+    refresh_every: Duration,
+) -> Result<Option<DetectorConfig>, ConfigError> {
+    let file = file.unwrap_or_default();
+    if file.enabled == Some(false) {
+        return Ok(None);
+    }
+    let threshold = file.threshold.unwrap_or(threshold);
+    let clear_below = file.clear_below.unwrap_or(clear_below.min(threshold));
+    if !threshold.is_finite() || threshold < 0.0 {
+        return Err(ConfigError::new(source, format!("detectors.{name}.threshold"), "must be a non-negative number"));
+    }
+    if !(clear_below.is_finite() && clear_below <= threshold) {
+        return Err(ConfigError::new(
+            source,
+            format!("detectors.{name}.clear_below"),
+            format!("must not be above the threshold ({threshold})"),
+        ));
+    }
+    Ok(Some(DetectorConfig {
+        rule: ThresholdRule {
+            threshold,
+            clear_below,
+            for_duration: file.for_duration.unwrap_or(Duration::from_secs(for_secs)),
+            refresh_every,
+        },
+        severity: file.severity.unwrap_or(Severity::Warning),
+    }))
+}
+
+/// Validates the `detectors:` section; a held finding is sent again every
+/// `refresh_every`.
+pub fn resolve(source: &str, file: DetectorsFile, refresh_every: Duration) -> Result<Detectors, ConfigError> {
+    let d = file;
+    let refresh = refresh_every;
+    Ok(Detectors {
+        node_cpu_high: detector(source, "node_cpu_high", d.node_cpu_high, (90.0, 80.0, 120), refresh)?,
+        node_memory_high: detector(source, "node_memory_high", d.node_memory_high, (90.0, 85.0, 120), refresh)?,
+        node_load_high: detector(source, "node_load_high", d.node_load_high, (2.0, 1.5, 300), refresh)?,
+        disk_usage_high: detector(source, "disk_usage_high", d.disk_usage_high, (85.0, 80.0, 60), refresh)?,
+    })
 }
 
 /// One value to check, with what a finding about it says.

@@ -226,31 +226,12 @@ async fn execute(handlers: &Handlers, directive: pb::Directive) -> Reply {
 mod tests {
     use std::collections::BTreeMap;
 
-    use remedy_shared::signals::{DiskUsage, ProcessUsage, ResourceSnapshot};
-
     use super::*;
     use crate::pods::directive::RESTART_POD;
     use crate::published::Published;
     use crate::signals::NodeStatus;
     use crate::snapshot::SNAPSHOT;
-
-    fn sample() -> ResourceSnapshot {
-        ResourceSnapshot {
-            taken_at: Timestamp::from_millis(1_000),
-            cpu_percent: 37.25,
-            memory_used_bytes: 3 * 1024,
-            memory_total_bytes: 4 * 1024,
-            load: [1.5, f64::NAN, 0.25],
-            disks: vec![
-                DiskUsage { mount_point: "/".into(), total_bytes: 100, available_bytes: 40 },
-                DiskUsage { mount_point: "/var".into(), total_bytes: 200, available_bytes: 10 },
-            ],
-            top_processes: vec![
-                ProcessUsage { pid: 7, name: "postgres".into(), cpu_percent: 5.0, memory_bytes: 900 },
-                ProcessUsage { pid: 42, name: "java".into(), cpu_percent: 80.0, memory_bytes: 100 },
-            ],
-        }
-    }
+    use crate::snapshot::tests::sample;
 
     #[test]
     fn repeated_ids_are_recognised_within_a_bounded_memory() {

@@ -201,7 +201,7 @@ fn processes(s: &ResourceSnapshot, evidence: &mut BTreeMap<String, String>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use remedy_shared::signals::{DiskUsage, ProcessUsage};
 
     use super::*;
@@ -210,7 +210,8 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn sample() -> ResourceSnapshot {
+    /// A sampled node: two disks, two processes, one unknown load.
+    pub(crate) fn sample() -> ResourceSnapshot {
         ResourceSnapshot {
             taken_at: Timestamp::from_millis(1_000),
             cpu_percent: 37.25,

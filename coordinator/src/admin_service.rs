@@ -500,8 +500,7 @@ impl Admin {
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("no ban of {ip} is recorded")))?;
         let guard_request = unblock_request(&ban);
-        let mut guard = self.engine.guard();
-        let (decision, _) = remedy_shared::guard::decide(self.engine.policy(), &mut guard, &guard_request, self.now());
+        let decision = self.engine.weigh_without_spending(&guard_request);
         let note = decision.note(&guard_request);
         let mut details = note.details.clone();
         details.insert("requested_by".into(), by.clone());

@@ -167,6 +167,17 @@ impl Engine {
         &self.inner.policy
     }
 
+    /// Weighs an action the engine does not run itself (a person lifting a
+    /// ban) against the rails as they stand, under the lock every run's
+    /// decision takes, so no run's decision lands between the reading and
+    /// the verdict. It spends and records nothing: the verdict is decided
+    /// on a copy of the rails' state, which is then dropped.
+    pub fn weigh_without_spending(&self, request: &ActionRequest) -> Decision {
+        let guard = lock(&self.inner.guard);
+        let mut copy = guard.clone();
+        guard::decide(&self.inner.policy, &mut copy, request, self.now()).0
+    }
+
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

@@ -8,6 +8,7 @@
 //! [`tailer`] for the exact guarantee).
 
 pub mod checkpoint;
+pub mod config;
 pub mod detect;
 pub mod tailer;
 
@@ -25,10 +26,9 @@ use prometheus_client::registry::Registry;
 use remedy_shared::Timestamp;
 use serde::Serialize;
 
+pub use config::LogsConfig;
 pub use remedy_shared::logs::cri::Stream;
 pub use tailer::{TailerHandle, spawn};
-
-use remedy_shared::logs::{BruteForceConfig, ClassifierConfig};
 
 use self::detect::{DetectorsStatus, LogDetectors};
 use crate::outbox::Outbox;
@@ -270,36 +270,6 @@ impl LogMetrics {
             self.auth_failures.clone(),
         );
     }
-}
-
-/// Tailing container logs and plain files.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogsConfig {
-    /// On by default: a pod log directory that does not exist (a laptop, a
-    /// node whose kubelet has not started) is reported in /debug/state and
-    /// looked for again at every scan, not an error.
-    pub enabled: bool,
-    /// The kubelet's pod log directory.
-    pub root: PathBuf,
-    /// Plain files, one message per line, named exactly (no patterns).
-    pub files: Vec<PathBuf>,
-    /// Longest logical line kept, bytes; longer ones are cut and counted.
-    pub max_line_bytes: usize,
-    /// How often the directories are listed for new and rotated files.
-    pub discover_interval: Duration,
-    /// How long to wait after finding nothing new to read.
-    pub poll_interval: Duration,
-    /// How often delivered offsets are written to the state directory; after
-    /// a crash, at most this much is read twice.
-    pub checkpoint_interval: Duration,
-    /// Where files found at the first start on a node (no checkpoint yet)
-    /// are read from: `end` by default, so that an agent rolled out onto
-    /// busy nodes does not judge days-old lines as new.
-    pub first_start: StartAt,
-    /// Error lines by category per workload (P1-002's `high_error_rate`).
-    pub errors: ClassifierConfig,
-    /// Failed logins per source address (SEC-001's `brute_force`).
-    pub brute_force: BruteForceConfig,
 }
 
 /// Log tailing as started: what it shows in /debug/state, the detectors
