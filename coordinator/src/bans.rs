@@ -275,7 +275,7 @@ impl Bans {
 async fn lift_at_edge(provider: Option<&Edge>, edge: &mut EdgeBan, done: &str, clock: &Clock) {
     let result = match provider {
         _ if edge.rule_id.is_empty() => Err("no rule was created at the edge".to_owned()),
-        Some(provider) => provider.unblock(&edge.rule_id).await,
+        Some(provider) => provider.unblock(&edge.rule_id).await.map_err(|e| e.to_string()),
         None => Err("no edge provider is configured now".to_owned()),
     };
     edge.at = clock.now();

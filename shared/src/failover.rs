@@ -127,43 +127,139 @@ pub struct Inputs<'a> {
     pub primary_seen_from: &'a [String],
 }
 
+/// Why a member cannot be the replica promoted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unfit {
+    /// The name is not one of the database's members: a typo in the step,
+    /// or a member since removed from the configuration.
+    #[error("not a member of this database")]
+    NotAMember,
+    /// The member did not answer the probe; the probe's error says why.
+    #[error("does not answer ({0})")]
+    Silent(String),
+    /// The member answered, but out of recovery: promoting it means nothing.
+    #[error("is a {}, not a replica", .0.as_str())]
+    NotAReplica(Role),
+}
+
+/// Why a failover was refused. Every refusal changes nothing; each says what
+/// a person would have to settle before another attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// An earlier failover asked this replica to promote and never saw it
+    /// finish: promoting another could make two primaries, so a person
+    /// decides.
+    #[error(
+        "a promotion of {replica} was asked earlier and never confirmed: promoting another could make two \
+         primaries; a person decides"
+    )]
+    PromotionUnconfirmed {
+        /// The replica asked to promote.
+        replica: String,
+    },
+    /// A replica says it is being promoted (its `promote` signal file is
+    /// there), whoever asked: a person decides.
+    #[error(
+        "{replica} is being promoted (asked earlier and not finished): promoting another could make two \
+         primaries; a person decides"
+    )]
+    PromotionUnderWay {
+        /// The replica being promoted.
+        replica: String,
+    },
+    /// Members still take writes and the step does not allow fencing them:
+    /// the step must set `fence_primary`, or the writers must stop first.
+    #[error("{} still takes writes and fence_primary is false: promoting would make two primaries", .writers.join(", "))]
+    PrimaryNotFenced {
+        /// The members that answered as primaries.
+        writers: Vec<String>,
+    },
+    /// The replica the step names cannot be promoted.
+    #[error("replica {replica} cannot be promoted: it {why}")]
+    NamedReplicaUnfit {
+        /// The replica the step named.
+        replica: String,
+        /// What is wrong with it.
+        why: Unfit,
+    },
+    /// No member but the primary answers as a replica.
+    #[error("no healthy replica to promote: {}", others(.members))]
+    NoHealthyReplica {
+        /// Every member but the current primary, and why it is not a
+        /// candidate; empty when none is configured.
+        members: Vec<(String, Unfit)>,
+    },
+    /// The candidate has not replayed enough of the WAL: promoting it would
+    /// lose the writes between, so the step's `max_lag_bytes` refuses it.
+    #[error(
+        "replica {replica} has replayed up to {} but WAL reaches {}: {lag_bytes} bytes behind, over the limit of \
+         {max_lag_bytes} (max_lag_bytes); promoting it would lose those writes",
+        format_lsn(*.replay_lsn),
+        format_lsn(*.reference_lsn)
+    )]
+    LagOverLimit {
+        /// The candidate.
+        replica: String,
+        /// Its replayed position.
+        replay_lsn: u64,
+        /// The furthest position any member or the last probe knew of.
+        reference_lsn: u64,
+        /// How far behind it is, in bytes.
+        lag_bytes: u64,
+        /// The limit.
+        max_lag_bytes: u64,
+    },
+    /// The primary does not answer the coordinator but answers agents: the
+    /// coordinator is cut off from it, nobody here could fence it, and the
+    /// applications on those nodes may still be writing to it.
+    #[error(
+        "{primary} does not answer the coordinator but answers from {}: the coordinator is cut off from it, not \
+         the primary down; promoting now would make two primaries",
+        .seen_from.join(", ")
+    )]
+    PrimaryReachedFromNodes {
+        /// The current primary.
+        primary: String,
+        /// The nodes whose agents reached it.
+        seen_from: Vec<String>,
+    },
+}
+
+/// The members of a [`Refusal::NoHealthyReplica`], as its message lists them.
+fn others(members: &[(String, Unfit)]) -> String {
+    if members.is_empty() {
+        return "none is configured".to_owned();
+    }
+    members.iter().map(|(name, why)| format!("{name} {why}")).collect::<Vec<_>>().join("; ")
+}
+
 /// Decides, or says why not. A refusal changes nothing.
-pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
+pub fn plan(i: &Inputs<'_>) -> Result<Plan, Refusal> {
     if let Some(pending) = i.pending_promotion {
-        return Err(format!(
-            "a promotion of {pending} was asked earlier and never confirmed: promoting another could make two \
-             primaries; a person decides"
-        ));
+        return Err(Refusal::PromotionUnconfirmed { replica: pending.to_owned() });
     }
     let answering = |role: Role| {
         i.members.iter().filter_map(move |m| m.answer.as_ref().ok().filter(|s| s.role == role).map(|s| (m, s)))
     };
     if let Some((promoting, _)) = answering(Role::Replica).find(|(_, s)| s.promoting) {
-        return Err(format!(
-            "{} is being promoted (asked earlier and not finished): promoting another could make two primaries; \
-             a person decides",
-            promoting.name
-        ));
+        return Err(Refusal::PromotionUnderWay { replica: promoting.name.clone() });
     }
     let to_fence: Vec<String> = answering(Role::Primary).map(|(m, _)| m.name.clone()).collect();
     if !to_fence.is_empty() && !i.fence_primary {
-        return Err(format!(
-            "{} still takes writes and fence_primary is false: promoting would make two primaries",
-            to_fence.join(", ")
-        ));
+        return Err(Refusal::PrimaryNotFenced { writers: to_fence });
     }
     let replicas: Vec<_> = answering(Role::Replica).collect();
     let why_not = |name: &str| match i.members.iter().find(|m| m.name == name) {
-        None => "not a member of this database".to_owned(),
+        None => Unfit::NotAMember,
         Some(m) => match &m.answer {
-            Err(e) => format!("does not answer ({e})"),
-            Ok(s) => format!("is a {}, not a replica", s.role.as_str()),
+            Err(e) => Unfit::Silent(e.clone()),
+            Ok(s) => Unfit::NotAReplica(s.role),
         },
     };
     let chosen = match i.preferred {
         Some(name) => match replicas.iter().find(|(m, _)| m.name == name) {
             Some(r) => *r,
-            None => return Err(format!("replica {name} cannot be promoted: it {}", why_not(name))),
+            None => return Err(Refusal::NamedReplicaUnfit { replica: name.to_owned(), why: why_not(name) }),
         },
         None => {
             let best = replicas.iter().copied().reduce(|best, next| {
@@ -172,14 +268,13 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
             match best {
                 Some(b) => b,
                 None => {
-                    let others: Vec<String> = i
+                    let members = i
                         .members
                         .iter()
                         .filter(|m| m.name != i.current_primary)
-                        .map(|m| format!("{} {}", m.name, why_not(&m.name)))
+                        .map(|m| (m.name.clone(), why_not(&m.name)))
                         .collect();
-                    let detail = if others.is_empty() { "none is configured".to_owned() } else { others.join("; ") };
-                    return Err(format!("no healthy replica to promote: {detail}"));
+                    return Err(Refusal::NoHealthyReplica { members });
                 }
             }
         }
@@ -196,25 +291,22 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
         .max(candidate_replay_lsn);
     let lag_bytes = reference_lsn - candidate_replay_lsn;
     if lag_bytes > i.max_lag_bytes {
-        return Err(format!(
-            "replica {} has replayed up to {} but WAL reaches {}: {lag_bytes} bytes behind, over the limit of {} \
-             (max_lag_bytes); promoting it would lose those writes",
-            chosen.0.name,
-            format_lsn(candidate_replay_lsn),
-            format_lsn(reference_lsn),
-            i.max_lag_bytes
-        ));
+        return Err(Refusal::LagOverLimit {
+            replica: chosen.0.name.clone(),
+            replay_lsn: candidate_replay_lsn,
+            reference_lsn,
+            lag_bytes,
+            max_lag_bytes: i.max_lag_bytes,
+        });
     }
     let primary_answered = i.members.iter().any(|m| m.name == i.current_primary && m.answer.is_ok());
     if !primary_answered && !i.primary_seen_from.is_empty() {
         // The applications on those nodes may still be writing to it, and
         // nobody here could fence it: promoting would make two primaries.
-        return Err(format!(
-            "{} does not answer the coordinator but answers from {}: the coordinator is cut off from it, not \
-             the primary down; promoting now would make two primaries",
-            i.current_primary,
-            i.primary_seen_from.join(", ")
-        ));
+        return Err(Refusal::PrimaryReachedFromNodes {
+            primary: i.current_primary.to_owned(),
+            seen_from: i.primary_seen_from.to_vec(),
+        });
     }
     Ok(Plan {
         candidate: chosen.0.name.clone(),
@@ -377,30 +469,33 @@ mod tests {
         assert_eq!((p.to_fence.clone(), p.lag_bytes, p.unreachable_primary), (vec!["primary".to_owned()], 500, None));
         let mut no_fence = inputs(&members);
         no_fence.fence_primary = false;
-        assert!(plan(&no_fence).is_err_and(|e| e.contains("two primaries")));
+        assert!(plan(&no_fence).is_err_and(|e| e.to_string().contains("two primaries")));
     }
 
     #[test]
     fn no_healthy_replica_too_much_lag_or_a_pending_promotion_is_refused_with_the_reason() {
         let none = [down("primary"), down("r1")];
-        assert!(
-            plan(&inputs(&none)).is_err_and(|e| e.contains("no healthy replica") && e.contains("r1 does not answer"))
-        );
+        assert!(plan(&inputs(&none)).is_err_and(
+            |e| e.to_string().contains("no healthy replica") && e.to_string().contains("r1 does not answer")
+        ));
         let fenced_only = [down("primary"), up("old", Role::Fenced, 10)];
-        assert!(plan(&inputs(&fenced_only)).is_err_and(|e| e.contains("old is a fenced, not a replica")));
+        assert!(plan(&inputs(&fenced_only)).is_err_and(|e| e.to_string().contains("old is a fenced, not a replica")));
         let behind = [down("primary"), up("r1", Role::Replica, 1000)];
         let mut known = inputs(&behind);
         known.last_primary_lsn = Some(5000);
-        assert!(plan(&known).is_err_and(|e| e.contains("4000 bytes behind") && e.contains("max_lag_bytes")));
+        assert!(
+            plan(&known)
+                .is_err_and(|e| e.to_string().contains("4000 bytes behind") && e.to_string().contains("max_lag_bytes"))
+        );
         let mut pending = inputs(&behind);
         pending.pending_promotion = Some("r2");
-        assert!(plan(&pending).is_err_and(|e| e.contains("never confirmed")));
+        assert!(plan(&pending).is_err_and(|e| e.to_string().contains("never confirmed")));
         // Asked by a coordinator that is gone: the replica itself says so.
         let mut promoting = [down("primary"), up("r1", Role::Replica, 1000), up("r2", Role::Replica, 1000)];
         if let Ok(s) = &mut promoting[1].answer {
             s.promoting = true;
         }
-        assert!(plan(&inputs(&promoting)).is_err_and(|e| e.contains("r1 is being promoted")));
+        assert!(plan(&inputs(&promoting)).is_err_and(|e| e.to_string().contains("r1 is being promoted")));
     }
 
     #[test]
@@ -408,7 +503,9 @@ mod tests {
         let members = [down("primary"), up("r1", Role::Replica, 1000), down("r2")];
         let mut named = inputs(&members);
         named.preferred = Some("r2");
-        assert!(plan(&named).is_err_and(|e| e.contains("r2 cannot be promoted") && e.contains("does not answer")));
+        assert!(plan(&named).is_err_and(
+            |e| e.to_string().contains("r2 cannot be promoted") && e.to_string().contains("does not answer")
+        ));
         named.preferred = Some("r1");
         assert_eq!(plan(&named).map(|p| p.candidate), Ok("r1".to_owned()));
     }
@@ -419,12 +516,78 @@ mod tests {
         let seen = ["node-a".to_owned()];
         let mut partitioned = inputs(&members);
         partitioned.primary_seen_from = &seen;
-        assert!(plan(&partitioned).is_err_and(|e| e.contains("answers from node-a") && e.contains("cut off")));
+        assert!(
+            plan(&partitioned)
+                .is_err_and(|e| e.to_string().contains("answers from node-a") && e.to_string().contains("cut off"))
+        );
         // Reachable by the coordinator: the fence decides, not the agents.
         let answering = [up("primary", Role::Primary, 1000), up("r1", Role::Replica, 1000)];
         let mut fenced = inputs(&answering);
         fenced.primary_seen_from = &seen;
         assert_eq!(plan(&fenced).map(|p| p.to_fence), Ok(vec!["primary".to_owned()]));
+    }
+
+    #[test]
+    fn each_refusal_is_its_own_variant_and_reads_as_before() {
+        let behind = [down("primary"), up("r1", Role::Replica, 1000)];
+        let mut lagging = inputs(&behind);
+        lagging.last_primary_lsn = Some(0x1_0000_0400);
+        let lag = plan(&lagging).expect_err("too far behind");
+        assert!(matches!(lag, Refusal::LagOverLimit { lag_bytes: 0x1_0000_0018, .. }), "{lag:?}");
+        assert_eq!(
+            lag.to_string(),
+            "replica r1 has replayed up to 0/3E8 but WAL reaches 1/400: 4294967320 bytes behind, over the limit of \
+             1024 (max_lag_bytes); promoting it would lose those writes"
+        );
+        let mut pending = inputs(&behind);
+        pending.pending_promotion = Some("r2");
+        assert_eq!(plan(&pending), Err(Refusal::PromotionUnconfirmed { replica: "r2".into() }),);
+        assert_eq!(
+            Refusal::PromotionUnconfirmed { replica: "r2".into() }.to_string(),
+            "a promotion of r2 was asked earlier and never confirmed: promoting another could make two primaries; \
+             a person decides"
+        );
+        assert_eq!(
+            Refusal::PromotionUnderWay { replica: "r1".into() }.to_string(),
+            "r1 is being promoted (asked earlier and not finished): promoting another could make two primaries; a \
+             person decides"
+        );
+        let writers = [up("a", Role::Primary, 10), up("b", Role::Primary, 10), up("r1", Role::Replica, 10)];
+        let mut unfenced = inputs(&writers);
+        unfenced.fence_primary = false;
+        let refused = plan(&unfenced).expect_err("two writers, no fence");
+        assert_eq!(refused, Refusal::PrimaryNotFenced { writers: vec!["a".into(), "b".into()] });
+        assert_eq!(
+            refused.to_string(),
+            "a, b still takes writes and fence_primary is false: promoting would make two primaries"
+        );
+        let mut named = inputs(&behind);
+        named.preferred = Some("r9");
+        let refused = plan(&named).expect_err("no such member");
+        assert_eq!(refused, Refusal::NamedReplicaUnfit { replica: "r9".into(), why: Unfit::NotAMember });
+        assert_eq!(refused.to_string(), "replica r9 cannot be promoted: it not a member of this database");
+        let none = [down("primary"), down("r1"), up("old", Role::Fenced, 10)];
+        let refused = plan(&inputs(&none)).expect_err("nobody to promote");
+        assert_eq!(
+            refused.to_string(),
+            "no healthy replica to promote: r1 does not answer (connection refused); old is a fenced, not a replica"
+        );
+        let alone = [down("primary")];
+        assert_eq!(plan(&inputs(&alone)), Err(Refusal::NoHealthyReplica { members: vec![] }));
+        assert_eq!(
+            Refusal::NoHealthyReplica { members: vec![] }.to_string(),
+            "no healthy replica to promote: none is configured"
+        );
+        let seen = ["node-a".to_owned(), "node-b".to_owned()];
+        let mut partitioned = inputs(&behind);
+        partitioned.primary_seen_from = &seen;
+        let refused = plan(&partitioned).expect_err("the nodes still reach it");
+        assert!(matches!(&refused, Refusal::PrimaryReachedFromNodes { primary, .. } if primary == "primary"));
+        assert_eq!(
+            refused.to_string(),
+            "primary does not answer the coordinator but answers from node-a, node-b: the coordinator is cut off \
+             from it, not the primary down; promoting now would make two primaries"
+        );
     }
 
     fn on_timeline(name: &str, timeline: Option<u32>) -> MemberState {

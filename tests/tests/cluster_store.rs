@@ -267,7 +267,7 @@ async fn a_new_leader_continues_from_what_the_old_one_committed() {
         .await
         .expect_err("a write from a stale view is refused");
     let message = err.to_string();
-    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(message.contains("inc-000001") && message.contains("another writer"), "{message}");
     let err = commit(&old, WriteBatch { incidents: vec![incident.clone()], ..WriteBatch::default() })
         .await

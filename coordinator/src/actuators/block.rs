@@ -181,7 +181,7 @@ impl Actuator for BlockActuator {
                 };
                 let (state, rule_id, why) = match placed {
                     Ok(id) => ("enforced", id, String::new()),
-                    Err(e) => ("failed", String::new(), e),
+                    Err(e) => ("failed", String::new(), e.to_string()),
                 };
                 report = report.with("edge.state", state);
                 if !rule_id.is_empty() {

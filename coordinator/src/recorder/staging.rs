@@ -535,7 +535,8 @@ impl State {
     ) -> Result<IncidentId, RecordError> {
         let mut counters = self.counters(stage);
         let id = IncidentId(counters.next_incident);
-        let started = run::manual_run(&self.catalog, &request, id, now).map_err(RecordError::BadRun)?;
+        let started =
+            run::manual_run(&self.catalog, &request, id, now).map_err(|e| RecordError::BadRun(e.to_string()))?;
         counters.next_incident += 1;
         stage.counters = Some(counters);
         stage.tally.incidents_opened += 1;

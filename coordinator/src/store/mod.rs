@@ -215,6 +215,17 @@ pub enum StoreError {
     /// The storage engine failed (disk full, I/O error, corruption).
     #[error("store failure: {0}")]
     Backend(String),
+    /// A write conditional on what this store last read was refused (the
+    /// Kubernetes API's 409 Conflict): another writer changed the object
+    /// since, most likely a coordinator that took the lease, so this one
+    /// has probably lost it. Nothing of the commit may be acknowledged, and
+    /// writing again from the same stale view is refused too: a deposed
+    /// leader stops and loads the cluster's state again before it writes.
+    #[error("store failure: {message}")]
+    Conflict {
+        /// What was refused, and what usually causes it.
+        message: String,
+    },
     /// A persisted record could not be decoded.
     #[error("corrupt record in {table}: {message}")]
     Corrupt {

@@ -11,7 +11,7 @@
 mod start;
 mod sums;
 
-pub use start::{Cause, ManualRun, Started, manual_run, triggered_run};
+pub use start::{Cause, ManualRun, ManualRunRefused, Started, manual_run, triggered_run};
 pub use sums::{SumKey, TriggerSum, sum_signal, trigger_sums};
 
 use std::collections::BTreeMap;
@@ -451,7 +451,10 @@ pub fn mttr_check(incident: &Incident, now: Timestamp) -> Option<(Incident, Time
 
 /// Params for a run: the runbook's defaults overridden by the caller's,
 /// refusing names the runbook does not declare.
-pub fn params_for(runbook: &Runbook, overrides: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+pub fn params_for(
+    runbook: &Runbook,
+    overrides: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, runbook::UndeclaredParam> {
     runbook.resolve_params(overrides)
 }
 

@@ -12,7 +12,7 @@ use crate::escalation::Progress;
 use crate::finding::{ConditionKey, ConditionKind, Finding, Severity};
 use crate::guard;
 use crate::incident::{self, EntryKind, Incident, IncidentId, Outcome, Signal, TimelineEntry};
-use crate::runbook::{AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext};
+use crate::runbook::{AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext, UndeclaredParam};
 use crate::time::Timestamp;
 
 use super::{Catalog, RunRecord};
@@ -107,15 +107,38 @@ pub fn triggered_run(
     Some(Started { incident, entries: vec![entry], run })
 }
 
+/// Why a person's run of a runbook was refused. Nothing was recorded and no
+/// incident number was spent; the request is wrong, not the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManualRunRefused {
+    /// The catalog has no runbook of that id.
+    #[error("no runbook `{0}` in the catalog")]
+    UnknownRunbook(String),
+    /// The runbook does not allow manual runs (`triggers.manual` is false).
+    #[error("runbook {0} does not allow manual runs (triggers.manual is false)")]
+    NotManual(String),
+    /// A param the runbook does not declare.
+    #[error(transparent)]
+    UndeclaredParam(#[from] UndeclaredParam),
+    /// The signal of the run opened no incident: a fault of this code, not
+    /// of the request.
+    #[error("the manual run opened no incident")]
+    NoIncident,
+}
+
 /// The incident `id` that a person's run of a runbook opens, and its run.
 /// Refuses a runbook the catalog does not have, one that does not allow
 /// manual runs, and params it does not declare.
-pub fn manual_run(catalog: &Catalog, request: &ManualRun, id: IncidentId, now: Timestamp) -> Result<Started, String> {
-    let runbook = catalog
-        .get(&request.runbook_id)
-        .ok_or_else(|| format!("no runbook `{}` in the catalog", request.runbook_id))?;
+pub fn manual_run(
+    catalog: &Catalog,
+    request: &ManualRun,
+    id: IncidentId,
+    now: Timestamp,
+) -> Result<Started, ManualRunRefused> {
+    let runbook =
+        catalog.get(&request.runbook_id).ok_or_else(|| ManualRunRefused::UnknownRunbook(request.runbook_id.clone()))?;
     if !runbook.triggers.manual {
-        return Err(format!("runbook {} does not allow manual runs (triggers.manual is false)", runbook.id()));
+        return Err(ManualRunRefused::NotManual(runbook.id().to_owned()));
     }
     let params = runbook.resolve_params(&request.params)?;
     let signal = Signal {
@@ -128,7 +151,7 @@ pub fn manual_run(catalog: &Catalog, request: &ManualRun, id: IncidentId, now: T
         details: request.params.iter().map(|(k, v)| (format!("param.{k}"), v.clone())).collect(),
     };
     let Outcome::Changed { mut incident, mut entries, .. } = incident::apply_signal(None, &signal, id, now) else {
-        return Err("the manual run opened no incident".into());
+        return Err(ManualRunRefused::NoIncident);
     };
     let mode = if request.dry_run { guard::Mode::DryRun } else { guard::Mode::Live };
     let context = run_context(&incident, runbook, mode, AlertContext::default(), FindingContext::default(), params);
@@ -340,10 +363,13 @@ mod tests {
             by: "user:ada".into(),
         };
         let err = manual_run(&catalog(), &request("Z", "namespace"), IncidentId(9), at(3)).expect_err("unknown");
-        assert_eq!(err, "no runbook `Z` in the catalog");
+        assert_eq!(err.to_string(), "no runbook `Z` in the catalog");
+        assert_eq!(err, ManualRunRefused::UnknownRunbook("Z".into()));
         let err = manual_run(&catalog(), &request("B", "namespace"), IncidentId(9), at(3)).expect_err("not manual");
-        assert!(err.contains("does not allow manual runs"), "{err}");
+        assert!(err.to_string().contains("does not allow manual runs"), "{err}");
+        assert_eq!(err, ManualRunRefused::NotManual("B".into()));
         let err = manual_run(&catalog(), &request("A", "namespce"), IncidentId(9), at(3)).expect_err("a typo");
-        assert!(err.contains("namespce"), "{err}");
+        assert!(err.to_string().contains("namespce"), "{err}");
+        assert!(matches!(&err, ManualRunRefused::UndeclaredParam(p) if p.name == "namespce"), "{err:?}");
     }
 }

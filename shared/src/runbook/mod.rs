@@ -188,19 +188,38 @@ impl Runbook {
     /// The params for one run: the declared defaults overridden by
     /// `overrides`. A name that is not declared is refused, so that a typo
     /// on the command line does not silently run with the default.
-    pub fn resolve_params(&self, overrides: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+    pub fn resolve_params(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, UndeclaredParam> {
         let mut params = self.params.clone();
         for (name, value) in overrides {
             match params.get_mut(name) {
                 Some(slot) => slot.clone_from(value),
                 None => {
-                    let known = self.params.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
-                    return Err(format!("runbook {} has no param `{name}` (params: {known})", self.id()));
+                    return Err(UndeclaredParam {
+                        runbook_id: self.id().to_owned(),
+                        name: name.clone(),
+                        declared: self.params.keys().cloned().collect(),
+                    });
                 }
             }
         }
         Ok(params)
     }
+}
+
+/// A param given for a run that its runbook does not declare: refused, so
+/// that a typo does not silently run with the default.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("runbook {runbook_id} has no param `{name}` (params: {})", .declared.join(", "))]
+pub struct UndeclaredParam {
+    /// The runbook.
+    pub runbook_id: String,
+    /// The name given.
+    pub name: String,
+    /// The params it declares, in order.
+    pub declared: Vec<String>,
 }
 
 /// A runbook that cannot be used: names the file, the line (when known) and

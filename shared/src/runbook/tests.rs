@@ -386,8 +386,10 @@ fn params_resolve_with_overrides_and_refuse_unknown_names() {
     let rb = parse(VALID).unwrap_or_else(|e| panic!("{e}"));
     let got = rb.resolve_params(&BTreeMap::from([("api_base".to_owned(), "http://127.0.0.1:9".to_owned())]));
     assert_eq!(got.ok().and_then(|p| p.get("api_base").cloned()).as_deref(), Some("http://127.0.0.1:9"));
-    let err = rb.resolve_params(&BTreeMap::from([("api_bse".to_owned(), "x".to_owned())])).err().unwrap_or_default();
+    let refused = rb.resolve_params(&BTreeMap::from([("api_bse".to_owned(), "x".to_owned())]));
+    let err = refused.as_ref().err().map(ToString::to_string).unwrap_or_default();
     assert!(err.contains("no param `api_bse`") && err.contains("api_base"), "{err}");
+    assert!(refused.is_err_and(|e| e.name == "api_bse" && e.declared.contains(&"api_base".to_owned())));
 }
 
 #[test]

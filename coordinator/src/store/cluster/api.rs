@@ -26,39 +26,6 @@ pub(super) struct ClusterApi {
     timeout: Duration,
 }
 
-/// A failed call, and whether the API refused it as a conflict (409).
-#[derive(Debug)]
-pub(super) struct Refused {
-    /// The API answered 409: another writer changed the object.
-    pub(super) conflict: bool,
-    /// What failed, for the caller.
-    pub(super) error: StoreError,
-}
-
-impl Refused {
-    /// A write the API refused as a conflict.
-    pub(super) fn conflict(error: StoreError) -> Refused {
-        Refused { conflict: true, error }
-    }
-
-    /// Any other failure.
-    pub(super) fn other(error: StoreError) -> Refused {
-        Refused { conflict: false, error }
-    }
-}
-
-impl From<StoreError> for Refused {
-    fn from(error: StoreError) -> Refused {
-        Refused::other(error)
-    }
-}
-
-impl From<Refused> for StoreError {
-    fn from(refused: Refused) -> StoreError {
-        refused.error
-    }
-}
-
 /// What a create did.
 pub(super) enum Created {
     /// The object, as the API server made it.
@@ -92,26 +59,14 @@ impl ClusterApi {
         what: impl FnOnce() -> String,
         fut: impl Future<Output = kube::Result<T>>,
     ) -> Result<T, StoreError> {
-        self.write(what, fut).await.map_err(StoreError::from)
-    }
-
-    /// Like `call`, telling a conflict apart.
-    async fn write<T>(
-        &self,
-        what: impl FnOnce() -> String,
-        fut: impl Future<Output = kube::Result<T>>,
-    ) -> Result<T, Refused> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Refused {
-                conflict: matches!(&e, kube::Error::Api(status) if status.code == 409),
-                error: StoreError::Backend(format!("{}: {}", what(), describe(&e, &self.namespace))),
-            }),
-            Err(_) => Err(Refused::other(StoreError::Backend(format!(
+            Ok(Err(e)) => Err(failed(what(), &e, &self.namespace)),
+            Err(_) => Err(StoreError::Backend(format!(
                 "{}: no answer from the Kubernetes API within {:?}",
                 what(),
                 self.timeout
-            )))),
+            ))),
         }
     }
 
@@ -168,13 +123,13 @@ impl ClusterApi {
         name: &str,
         resource_version: &str,
         status: &Value,
-    ) -> Result<DynamicObject, Refused> {
+    ) -> Result<DynamicObject, StoreError> {
         let api = self.api(kind);
         let mut object = DynamicObject::new(name, &kind.resource()).within(&self.namespace);
         object.metadata.resource_version = Some(resource_version.to_owned());
         object.data = json!({ "status": status });
         let params = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
-        self.write(
+        self.call(
             || format!("cannot write the status of {kind} {name} in namespace {}", self.namespace),
             api.replace_status(name, &params, &object),
         )
@@ -189,7 +144,7 @@ impl ClusterApi {
         resource_version: &str,
         old: &BTreeMap<String, String>,
         new: &BTreeMap<String, String>,
-    ) -> Result<DynamicObject, Refused> {
+    ) -> Result<DynamicObject, StoreError> {
         let api = self.api(kind);
         let mut labels = Map::new();
         for key in old.keys().filter(|k| !new.contains_key(*k)) {
@@ -202,7 +157,7 @@ impl ClusterApi {
         // write here.
         let patch = Patch::Merge(json!({ "metadata": { "labels": labels, "resourceVersion": resource_version } }));
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-        self.write(
+        self.call(
             || format!("cannot label {kind} {name} in namespace {}", self.namespace),
             api.patch(name, &params, &patch),
         )
@@ -211,7 +166,7 @@ impl ClusterApi {
 
     /// Deletes the object, conditional on `resource_version`; one already
     /// gone is deleted.
-    pub(super) async fn delete(&self, kind: Kind, name: &str, resource_version: &str) -> Result<(), Refused> {
+    pub(super) async fn delete(&self, kind: Kind, name: &str, resource_version: &str) -> Result<(), StoreError> {
         let api = self.api(kind);
         let params = DeleteParams {
             preconditions: Some(Preconditions { resource_version: Some(resource_version.to_owned()), uid: None }),
@@ -223,7 +178,18 @@ impl ClusterApi {
                 other => other.map(|_| ()),
             }
         };
-        self.write(|| format!("cannot delete {kind} {name} in namespace {}", self.namespace), deleted).await
+        self.call(|| format!("cannot delete {kind} {name} in namespace {}", self.namespace), deleted).await
+    }
+}
+
+/// The store's error for the call `what` that failed with `e`: a 409 is a
+/// [`StoreError::Conflict`] (another writer changed the object after this
+/// store read it), anything else a backend failure.
+fn failed(what: String, e: &kube::Error, namespace: &str) -> StoreError {
+    let message = format!("{what}: {}", describe(e, namespace));
+    match e {
+        kube::Error::Api(status) if status.code == 409 => StoreError::Conflict { message },
+        _ => StoreError::Backend(message),
     }
 }
 
@@ -241,5 +207,42 @@ fn describe(e: &kube::Error, namespace: &str) -> String {
         ),
         kube::Error::Api(status) => format!("{} ({} {})", status.message, status.code, status.reason),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status::failure("the object has been modified", reason).with_code(code)))
+    }
+
+    #[test]
+    fn a_409_is_a_conflict_and_says_another_writer_changed_the_object() {
+        let e = failed(
+            "cannot write the status of Incident inc-000001 in namespace ns".into(),
+            &api_error(409, "Conflict"),
+            "ns",
+        );
+        assert!(matches!(&e, StoreError::Conflict { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "store failure: cannot write the status of Incident inc-000001 in namespace ns: the object has been \
+             modified (409: another writer changed it since this coordinator read it; is another coordinator acting \
+             as leader?)"
+        );
+    }
+
+    #[test]
+    fn other_failures_are_backend_failures_with_their_likely_cause() {
+        let missing = failed("cannot list incidents in namespace ns".into(), &api_error(404, "NotFound"), "ns");
+        assert!(matches!(&missing, StoreError::Backend(m) if m.contains("remedy.dev CRDs")), "{missing:?}");
+        let forbidden =
+            failed("cannot read Incident inc-000001 in namespace ns".into(), &api_error(403, "Forbidden"), "ns");
+        assert!(
+            matches!(&forbidden, StoreError::Backend(m) if m.ends_with("the object has been modified (403 Forbidden)")),
+            "{forbidden:?}"
+        );
     }
 }

@@ -54,7 +54,7 @@ use remedy_shared::run::RunRecord;
 use serde_json::Value;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use self::api::{ClusterApi, Created, Refused};
+use self::api::{ClusterApi, Created};
 use self::encoding::{
     ClusterIncident, Desired, FINISHED_LABEL, GUARD_NAME, INCIDENT_LABEL, Kind, OPEN_LABEL, ObjectKey, Timeline,
     approval_from_object, approvals_desired, guard_desired, guard_from_status, guard_with_approvals, incident_desired,
@@ -424,29 +424,31 @@ impl ClusterStore {
         let key = desired.key();
         match self.ensure_inner(mirror, desired).await {
             Ok(()) => Ok(()),
-            Err(Refused { conflict: true, error }) => {
+            Err(error @ StoreError::Conflict { .. }) => {
                 if let Some(k) = mirror.objects.get_mut(&key) {
                     k.conflict = true;
                 }
                 Err(error)
             }
-            Err(Refused { error, .. }) => {
+            Err(error) => {
                 mirror.objects.remove(&key);
                 Err(error)
             }
         }
     }
 
-    async fn ensure_inner(&self, mirror: &mut Mirror, desired: &Desired) -> Result<(), Refused> {
+    async fn ensure_inner(&self, mirror: &mut Mirror, desired: &Desired) -> Result<(), StoreError> {
         let key = desired.key();
         let (kind, name) = (desired.kind, desired.name.as_str());
         let mut current = match mirror.objects.get(&key) {
             Some(k) if k.conflict => {
-                return Err(Refused::conflict(StoreError::Backend(format!(
-                    "{kind} {name} in namespace {} was changed by another writer after this coordinator last \
-                     saw it; it writes it no more until it loads the cluster's state again",
-                    self.api.namespace()
-                ))));
+                return Err(StoreError::Conflict {
+                    message: format!(
+                        "{kind} {name} in namespace {} was changed by another writer after this coordinator last \
+                         saw it; it writes it no more until it loads the cluster's state again",
+                        self.api.namespace()
+                    ),
+                });
             }
             Some(k) => Some(k.clone()),
             None => self.api.get(kind, name).await?.map(|o| known(&o, false)),
@@ -455,12 +457,12 @@ impl ClusterStore {
             && &k.spec != spec
         {
             if !k.provisional {
-                return Err(Refused::other(StoreError::Backend(format!(
+                return Err(StoreError::Backend(format!(
                     "{kind} {name} in namespace {} already exists and describes something else \
                      (spec {}, this coordinator has {spec}); refusing to overwrite it",
                     self.api.namespace(),
                     k.spec
-                ))));
+                )));
             }
             self.api.delete(kind, name, &k.resource_version).await?;
             mirror.objects.remove(&key);
@@ -474,19 +476,19 @@ impl ClusterStore {
                     Created::Exists => {
                         // Made between our read and our create: by whom?
                         let Some(object) = self.api.get(kind, name).await? else {
-                            return Err(Refused::other(StoreError::Backend(format!(
+                            return Err(StoreError::Backend(format!(
                                 "{kind} {name} in namespace {} exists and does not: deleted while being created",
                                 self.api.namespace()
-                            ))));
+                            )));
                         };
                         let k = known(&object, false);
                         if desired.spec.as_ref().is_some_and(|s| &k.spec != s) {
-                            return Err(Refused::other(StoreError::Backend(format!(
+                            return Err(StoreError::Backend(format!(
                                 "{kind} {name} in namespace {} was created by another writer with a different spec \
                                  ({}); refusing to overwrite it",
                                 self.api.namespace(),
                                 k.spec
-                            ))));
+                            )));
                         }
                         k
                     }
