@@ -41,11 +41,20 @@ PKI=$STATE/pki
 CTLCONFIG=$STATE/remedyctl.yaml
 "$BIN/remedyctl" pki init --dir "$PKI" --node "$NODE" --user admin --coordinator "https://$GRPC" \
 	--write-config "$CTLCONFIG" >/dev/null
+# The Alertmanager webhook takes only notifications that carry a token from
+# this file, as Alertmanager sends it (http_config.authorization).
+WEBHOOK_TOKENS=$STATE/alertmanager-tokens.yaml
+if [[ ! -f $WEBHOOK_TOKENS ]]; then
+	(umask 077 && printf -- '- user: alertmanager\n  token: %s\n' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
+		>"$WEBHOOK_TOKENS")
+fi
 cat >"$STATE/coordinator.yaml" <<YAML
 # Written by make run. The local user admin may do everything.
 authorization:
   roles:
     admin: ['user:admin']
+alertmanager:
+  tokens_file: $WEBHOOK_TOKENS
 YAML
 
 "$BIN/remedy-coordinator" --data-dir "$STATE/coordinator" --grpc-listen "$GRPC" --http-listen "$HTTP" \
@@ -89,6 +98,9 @@ Try:
   $BIN/remedyctl agents
   $BIN/remedyctl incidents --watch
   curl -s http://$DIAG/debug/state
+  curl -s -XPOST http://$HTTP/api/v1/alertmanager -H 'Content-Type: application/json' \\
+    -H "Authorization: Bearer \$(sed -n 's/.*token: //p' $WEBHOOK_TOKENS)" \\
+    -d '{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"P1_HighErrorRate","severity":"warning"},"startsAt":"2026-01-01T00:00:00Z"}]}'
   curl -s -XPOST http://$DIAG/v1/findings -H "Authorization: Bearer \$(sed -n 's/.*token: //p' $TOKENS)" \\
     -d '[{"kind":"probe_failed","severity":"critical","target":"service/api","summary":"api /health failed"}]'
   $BIN/remedyctl findings -o wide

@@ -1,20 +1,29 @@
 //! Alertmanager's webhook (`POST /api/v1/alertmanager`, payload version 4).
 //!
+//! Nothing anonymous starts a runbook: a notification must carry a bearer
+//! token from `alertmanager.tokens_file` (Alertmanager sends one with
+//! `http_config.authorization.credentials_file`), and its body must be
+//! `application/json`, as Alertmanager's is. A form or `text/plain` body,
+//! which any web page can make a browser send, is refused before it is
+//! read. The sender's identity goes on each alert, and so on the incident.
+//!
 //! Answers: 200 once the alerts are persisted (or recognised as already
 //! seen), 400 with the reason for a payload that can never succeed (so
-//! Alertmanager does not retry it), 503 when the queue is full or the store
-//! cannot write (Alertmanager retries 5xx).
+//! Alertmanager does not retry it), 401 without a known token, 415 for a
+//! body that is not JSON, 503 when the queue is full or the store cannot
+//! write (Alertmanager retries 5xx). A refused request records nothing.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use remedy_shared::Timestamp;
 use remedy_shared::alert::{self, Alert, AlertStatus};
 use serde::Deserialize;
 
+use crate::auth::TokenFile;
 use crate::recorder::{RecordError, Recorder};
 
 /// Most alerts accepted in one notification.
@@ -81,6 +90,8 @@ fn convert(a: WireAlert) -> Result<Alert, String> {
         starts_at,
         fingerprint,
         generator_url: a.generator_url,
+        // Named by the handler, from the token the request came with.
+        sent_by: String::new(),
     })
 }
 
@@ -88,10 +99,83 @@ fn answer(code: StatusCode, body: serde_json::Value) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// What the webhook needs: where alerts go and who may send them.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// The writer.
+    pub recorder: Recorder,
+    /// The senders' bearer tokens.
+    pub senders: TokenFile,
+}
+
+/// Why a request is refused before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// No token, a malformed header, or a token nobody holds (401).
+    Unauthenticated(&'static str),
+    /// A body that is not `application/json` (415).
+    NotJson,
+}
+
+impl Refused {
+    fn response(&self) -> Response {
+        match self {
+            Refused::Unauthenticated(why) => {
+                let mut r = answer(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": why }));
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                r
+            }
+            Refused::NotJson => answer(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                serde_json::json!({ "error": "the body must be application/json, as Alertmanager sends it" }),
+            ),
+        }
+    }
+}
+
+/// Who sent a request, or why it is refused: a known bearer token first,
+/// then a JSON body.
+pub fn admit(headers: &HeaderMap, senders: &TokenFile) -> Result<String, Refused> {
+    if !senders.is_configured() {
+        return Err(Refused::Unauthenticated(
+            "this coordinator accepts no notification: configure alertmanager.tokens_file and give Alertmanager a token from it",
+        ));
+    }
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+    let sender = match remedy_proto::tokens::bearer(authorization) {
+        remedy_proto::tokens::Bearer::Absent => {
+            return Err(Refused::Unauthenticated("an `Authorization: Bearer TOKEN` header is required"));
+        }
+        remedy_proto::tokens::Bearer::Malformed => {
+            return Err(Refused::Unauthenticated("the authorization header is not `Bearer TOKEN`"));
+        }
+        remedy_proto::tokens::Bearer::Token(token) => {
+            senders.identify(token).ok_or(Refused::Unauthenticated("the bearer token is not known"))?
+        }
+    };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Refused::NotJson);
+    }
+    Ok(sender.to_string())
+}
+
 /// The webhook handler.
-pub async fn receive(State(recorder): State<Recorder>, body: axum::body::Bytes) -> Response {
+pub async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let sender = match admit(&headers, &webhook.senders) {
+        Ok(sender) => sender,
+        Err(refused) => {
+            tracing::warn!(?refused, "refused an Alertmanager notification");
+            return refused.response();
+        }
+    };
+    let recorder = webhook.recorder;
     let alerts = match parse(&body) {
-        Ok(alerts) => alerts,
+        Ok(alerts) => alerts.into_iter().map(|a| Alert { sent_by: sender.clone(), ..a }).collect(),
         Err(reason) => {
             tracing::warn!(%reason, "refused an Alertmanager notification");
             return answer(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }));
@@ -112,6 +196,60 @@ pub async fn receive(State(recorder): State<Recorder>, body: axum::body::Bytes) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn senders() -> (TokenFile, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(&path, "- {user: alertmanager, token: s3cret-token-of-alertmanager}\n").unwrap();
+        (TokenFile::load(Some(&path)).unwrap(), dir)
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, header::HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn only_a_known_token_with_a_json_body_is_admitted_and_names_its_holder() {
+        let (senders, _dir) = senders();
+        let json = ("content-type", "application/json");
+        let good = ("authorization", "Bearer s3cret-token-of-alertmanager");
+        assert_eq!(admit(&headers(&[good, json]), &senders), Ok("user:alertmanager".to_owned()));
+        let charset = ("content-type", "Application/JSON; charset=utf-8");
+        assert_eq!(admit(&headers(&[good, charset]), &senders), Ok("user:alertmanager".to_owned()));
+        assert!(matches!(admit(&headers(&[json]), &senders), Err(Refused::Unauthenticated(_))));
+        let wrong = ("authorization", "Bearer s3cret-token-of-alertmanagex");
+        assert_eq!(
+            admit(&headers(&[wrong, json]), &senders),
+            Err(Refused::Unauthenticated("the bearer token is not known"))
+        );
+        let basic = ("authorization", "Basic czNjcmV0LXRva2Vu");
+        assert!(matches!(admit(&headers(&[basic, json]), &senders), Err(Refused::Unauthenticated(_))));
+        for kind in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "application/jsonx"] {
+            let h = {
+                let mut h = headers(&[good]);
+                h.insert(header::CONTENT_TYPE, header::HeaderValue::from_str(kind).unwrap());
+                h
+            };
+            assert_eq!(admit(&h, &senders), Err(Refused::NotJson), "{kind}");
+        }
+        assert_eq!(admit(&headers(&[good]), &senders), Err(Refused::NotJson), "no content type");
+    }
+
+    #[test]
+    fn without_a_tokens_file_nothing_is_admitted_and_the_refusal_says_what_to_configure() {
+        let refused = admit(
+            &headers(&[("authorization", "Bearer anything"), ("content-type", "application/json")]),
+            &TokenFile::default(),
+        );
+        match refused {
+            Err(Refused::Unauthenticated(why)) => assert!(why.contains("alertmanager.tokens_file"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     const SAMPLE: &str = r#"{
       "receiver": "remedy", "status": "firing", "version": "4", "truncatedAlerts": 0,

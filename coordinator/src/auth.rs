@@ -62,8 +62,62 @@ pub struct Authenticator {
     bindings: Bindings,
     insecure_role: Option<Role>,
     two_person_approvals: bool,
-    tokens_file: Option<PathBuf>,
+    tokens: TokenFile,
+}
+
+/// Bearer tokens read from a file (mounted from a Secret) and reread while
+/// the process runs, so a rotated Secret takes effect. Cheap to clone:
+/// clones share the tokens.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFile {
+    path: Option<PathBuf>,
     tokens: Arc<RwLock<Tokens>>,
+}
+
+impl TokenFile {
+    /// Reads `path` now; no path is a file with no tokens, which admits
+    /// nobody.
+    pub fn load(path: Option<&std::path::Path>) -> Result<TokenFile, String> {
+        let tokens = match path {
+            Some(path) => tokens::load(path)?,
+            None => Tokens::default(),
+        };
+        Ok(TokenFile { path: path.map(std::path::Path::to_path_buf), tokens: Arc::new(RwLock::new(tokens)) })
+    }
+
+    /// Whether a file was configured.
+    pub fn is_configured(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Who `token` names, if anyone.
+    pub fn identify(&self, token: &str) -> Option<Identity> {
+        tokens::identify(&sync::read(&self.tokens), token).cloned()
+    }
+
+    /// Rereads the file every `every`; a file that cannot be used keeps the
+    /// previous tokens.
+    pub async fn keep_reloading(self, every: Duration, stop: impl std::future::Future<Output = ()>) {
+        let Some(path) = self.path.clone() else { return };
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => match tokens::load(&path) {
+                    Ok(fresh) => {
+                        let mut current = sync::write(&self.tokens);
+                        if *current != fresh {
+                            tracing::info!(file = %path.display(), users = fresh.len(), "bearer tokens reloaded");
+                            *current = fresh;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "tokens file cannot be used; keeping the previous tokens"),
+                },
+            }
+        }
+    }
 }
 
 /// The `authorization:` section, validated.
@@ -83,17 +137,12 @@ pub struct AuthorizationConfig {
 impl Authenticator {
     /// An authenticator for `transport`; reads the tokens file now.
     pub fn new(transport: Transport, config: &AuthorizationConfig) -> Result<Authenticator, String> {
-        let tokens = match &config.tokens_file {
-            Some(path) => tokens::load(path)?,
-            None => Tokens::default(),
-        };
         Ok(Authenticator {
             transport,
             bindings: config.bindings.clone(),
             insecure_role: config.insecure_role,
             two_person_approvals: config.two_person_approvals,
-            tokens_file: config.tokens_file.clone(),
-            tokens: Arc::new(RwLock::new(tokens)),
+            tokens: TokenFile::load(config.tokens_file.as_deref())?,
         })
     }
 
@@ -166,38 +215,17 @@ impl Authenticator {
         match tokens::bearer(header) {
             Bearer::Absent => Ok(None),
             Bearer::Malformed => Err(Status::unauthenticated("the authorization header is not `Bearer TOKEN`")),
-            Bearer::Token(token) => {
-                let tokens = sync::read(&self.tokens);
-                match tokens::identify(&tokens, token) {
-                    Some(identity) => Ok(Some(identity.clone())),
-                    None => Err(Status::unauthenticated("the bearer token is not known")),
-                }
-            }
+            Bearer::Token(token) => match self.tokens.identify(token) {
+                Some(identity) => Ok(Some(identity)),
+                None => Err(Status::unauthenticated("the bearer token is not known")),
+            },
         }
     }
 
     /// Rereads the tokens file every `every` so a rotated Secret takes
     /// effect; a file that cannot be used keeps the previous tokens.
     pub async fn keep_reloading_tokens(self, every: Duration, stop: impl std::future::Future<Output = ()>) {
-        let Some(path) = self.tokens_file.clone() else { return };
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tick.tick() => match tokens::load(&path) {
-                    Ok(fresh) => {
-                        let mut current = sync::write(&self.tokens);
-                        if *current != fresh {
-                            tracing::info!(file = %path.display(), users = fresh.len(), "bearer tokens reloaded");
-                            *current = fresh;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "tokens file cannot be used; keeping the previous tokens"),
-                },
-            }
-        }
+        self.tokens.keep_reloading(every, stop).await;
     }
 }
 

@@ -61,6 +61,10 @@ pub struct Cli {
     /// overrides `tls.client_ca`.
     #[arg(long, env = "REMEDY_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens the Alertmanager webhook accepts (YAML list of
+    /// {user, token}); overrides `alertmanager.tokens_file`.
+    #[arg(long, env = "REMEDY_ALERTMANAGER_TOKENS_FILE")]
+    pub alertmanager_tokens_file: Option<PathBuf>,
 }
 
 /// The file's shape. Every field is optional; defaults are in [`Config`].
@@ -96,6 +100,8 @@ struct FileConfig {
     #[serde(default)]
     authorization: Option<AuthorizationFile>,
     #[serde(default)]
+    alertmanager: Option<AlertmanagerFile>,
+    #[serde(default)]
     databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     #[serde(default)]
     caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
@@ -124,6 +130,15 @@ struct AuthorizationFile {
     insecure_role: Option<String>,
     #[serde(default)]
     two_person_approvals: bool,
+}
+
+/// `alertmanager:` in the file: who may send notifications.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertmanagerFile {
+    /// Bearer tokens Alertmanager sends (`http_config.authorization`), in the
+    /// format of `authorization.tokens_file`.
+    tokens_file: Option<PathBuf>,
 }
 
 /// How the gRPC port is served.
@@ -233,6 +248,10 @@ pub struct Config {
     pub security: GrpcSecurity,
     /// Who may call what on the admin API.
     pub authorization: crate::auth::AuthorizationConfig,
+    /// The bearer tokens the Alertmanager webhook accepts (reread when the
+    /// file changes); `None`: the webhook accepts no notification, since
+    /// nothing anonymous may start a runbook.
+    pub alertmanager_tokens: Option<PathBuf>,
     /// The PostgreSQL clusters the data-plane actions reach, by name.
     pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     /// The Redis instances the data-plane actions reach, by name.
@@ -311,6 +330,14 @@ impl Config {
         }
         let security = security(cli, source, file.tls)?;
         let authorization = authorization(source, file.authorization, &security)?;
+        let alertmanager_tokens = cli
+            .alertmanager_tokens_file
+            .clone()
+            .or(file.alertmanager.and_then(|a| a.tokens_file))
+            .map(|p| absolute(&p));
+        if let Some(path) = &alertmanager_tokens {
+            remedy_proto::tokens::load(path).map_err(|e| ConfigError::new(source, "alertmanager.tokens_file", e))?;
+        }
         data_plane(source, &file.databases, &file.caches)?;
         Ok(Config {
             id,
@@ -330,6 +357,7 @@ impl Config {
             edge: file.edge,
             security,
             authorization,
+            alertmanager_tokens,
             databases: file.databases,
             caches: file.caches,
         })

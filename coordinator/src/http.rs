@@ -21,19 +21,20 @@ const MAX_WEBHOOK_BODY: usize = 4 * 1024 * 1024;
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
-    recorder: Recorder,
+    webhook: alertmanager::Webhook,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let alerts = Router::new()
         .route("/api/v1/alertmanager", post(alertmanager::receive))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
-        .route("/readyz", get(readyz))
-        .with_state(recorder);
+        .with_state(webhook.clone());
+    let ready = Router::new().route("/readyz", get(readyz)).with_state(webhook.recorder);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
         .with_state(metrics)
-        .merge(alerts);
+        .merge(alerts)
+        .merge(ready);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

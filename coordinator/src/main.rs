@@ -289,7 +289,14 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
             )
         }
     };
-    let http = http::serve(http_listener, metrics.clone(), recorder.clone(), stopped());
+    let senders = remedy_coordinator::auth::TokenFile::load(config.alertmanager_tokens.as_deref())
+        .map_err(|e| bad_config("alertmanager.tokens_file", e))?;
+    if !senders.is_configured() {
+        tracing::warn!("the Alertmanager webhook accepts no notification: alertmanager.tokens_file is not configured");
+    }
+    tokio::spawn(senders.clone().keep_reloading(std::time::Duration::from_secs(30), stopped()));
+    let webhook = remedy_coordinator::alertmanager::Webhook { recorder: recorder.clone(), senders };
+    let http = http::serve(http_listener, metrics.clone(), webhook, stopped());
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(http);

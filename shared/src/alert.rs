@@ -54,6 +54,10 @@ pub struct Alert {
     pub fingerprint: String,
     /// Link to the expression that fired.
     pub generator_url: String,
+    /// Who delivered it (`user:NAME`, the holder of the webhook token it
+    /// came with); empty for alerts recorded before senders were named.
+    #[serde(default)]
+    pub sent_by: String,
 }
 
 impl Alert {
@@ -110,6 +114,7 @@ mod tests {
             ends_at: None,
             fingerprint: "abc".into(),
             generator_url: String::new(),
+            sent_by: String::new(),
         }
     }
 

@@ -265,6 +265,9 @@ impl Signal {
         if !alert.generator_url.is_empty() {
             details.insert("generator_url".to_owned(), alert.generator_url.clone());
         }
+        if !alert.sent_by.is_empty() {
+            details.insert("sent_by".to_owned(), alert.sent_by.clone());
+        }
         Signal {
             source: ALERTMANAGER_SOURCE.to_owned(),
             key: ConditionKey {
@@ -548,6 +551,7 @@ mod tests {
             ends_at: None,
             fingerprint: "f00d".into(),
             generator_url: String::new(),
+            sent_by: String::new(),
         };
         let Outcome::Changed { incident, entries, opened: true } =
             apply_signal(None, &Signal::from_alert(&alert), IncidentId(3), ts(10))

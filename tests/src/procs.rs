@@ -115,6 +115,10 @@ impl Drop for Proc {
     }
 }
 
+/// The bearer token the harness gives Alertmanager (and tests posting as
+/// it) for the coordinators it starts.
+pub const ALERTMANAGER_TOKEN: &str = "test-alertmanager-token";
+
 /// A coordinator with its ports and data directory, restartable in place.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -185,6 +189,16 @@ impl Coordinator {
         if !self.extra.iter().any(|a| a.starts_with("--tls")) {
             args.push("--insecure".to_owned());
         }
+        // The webhook takes nothing anonymous: the harness's Alertmanager
+        // holds a token, unless the test names a tokens file itself.
+        if !self.extra.iter().any(|a| a.starts_with("--alertmanager-tokens-file")) {
+            let tokens = self.dir.join("alertmanager-tokens.yaml");
+            std::fs::create_dir_all(&self.dir).expect("create the coordinator's directory");
+            std::fs::write(&tokens, format!("- {{user: alertmanager, token: {ALERTMANAGER_TOKEN}}}\n"))
+                .expect("write the webhook's tokens");
+            args.push("--alertmanager-tokens-file".to_owned());
+            args.push(tokens.display().to_string());
+        }
         args.extend(self.extra.iter().cloned());
         std::fs::create_dir_all(&self.dir).expect("create the coordinator's directory");
         self.proc = Some(Proc::spawn("coordinator", "remedy-coordinator", &args, self.dir.join("coordinator.log")));
@@ -200,6 +214,15 @@ impl Coordinator {
         let channel =
             Endpoint::from_shared(self.url()).expect("valid URL").connect().await.expect("connect to admin API");
         AdminServiceClient::new(channel).max_decoding_message_size(remedy_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Posts an Alertmanager notification as the harness's Alertmanager
+    /// does (`application/json`, its bearer token); the webhook's answer.
+    pub async fn notify(&self, payload: &str) -> (u16, String) {
+        let bearer = format!("Bearer {ALERTMANAGER_TOKEN}");
+        http_request_with(self.http, "POST", "/api/v1/alertmanager", &[("Authorization", &bearer)], Some(payload))
+            .await
+            .expect("post to the webhook")
     }
 
     /// The value of a metric on /metrics (0 if absent).
@@ -323,10 +346,29 @@ pub async fn http_request(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_request_with(addr, method, path, &[], body).await
+}
+
+/// As [`http_request`], with more headers; a `Content-Type` among them
+/// replaces `application/json`.
+pub async fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let body = body.unwrap_or("");
+    let mut head = String::new();
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;

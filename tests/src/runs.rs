@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use remedy_proto::v1 as pb;
 
-use crate::procs::{Coordinator, eventually, http_request};
+use crate::procs::{Coordinator, eventually};
 use crate::world::World;
 
 /// The hosts the seed catalog names, all redirected to the world server so
@@ -118,8 +118,7 @@ pub async fn start_on(dir: &Path, world: &World, runbooks: &Path, extra_config: 
 }
 
 pub async fn post_alert(coordinator: &Coordinator, payload: &str) {
-    let (code, body) =
-        http_request(coordinator.http, "POST", "/api/v1/alertmanager", Some(payload)).await.expect("post an alert");
+    let (code, body) = coordinator.notify(payload).await;
     assert!((200..300).contains(&code), "the webhook answered {code}: {body}");
 }
 

@@ -2,7 +2,8 @@
 //! to Alertmanager opens an incident, runs its runbook, and its resolution
 //! resolves it; the
 //! same notification from retries or from two replicas acts once; malformed
-//! payloads are refused with the reason.
+//! payloads are refused with the reason; nothing anonymous, forged or not
+//! JSON gets in, and the sender is named on the incident.
 
 // Test helpers fail the test by panicking; that is their job.
 #![allow(clippy::unwrap_used)]
@@ -11,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use remedy_e2e::procs::{Coordinator, Proc, eventually, free_addr, http_request};
+use remedy_e2e::procs::{
+    ALERTMANAGER_TOKEN, Coordinator, Proc, eventually, free_addr, http_request, http_request_with,
+};
 use remedy_e2e::world::World;
 use remedy_proto::v1 as pb;
 use serde_json::json;
@@ -27,12 +30,18 @@ async fn alertmanager(dir: &Path, name: &str, coordinator_http: SocketAddr) -> (
     );
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
+    // The credential as an operator gives it: a file Alertmanager reads and
+    // sends as `Authorization: Bearer ...`.
+    let credentials = dir.join("remedy-token");
+    std::fs::write(&credentials, ALERTMANAGER_TOKEN).unwrap();
     let config = dir.join("alertmanager.yml");
     std::fs::write(
         &config,
         format!(
             "route:\n  receiver: remedy\n  group_by: ['alertname']\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-             receivers:\n  - name: remedy\n    webhook_configs:\n      - url: http://{coordinator_http}/api/v1/alertmanager\n        send_resolved: true\n"
+             receivers:\n  - name: remedy\n    webhook_configs:\n      - url: http://{coordinator_http}/api/v1/alertmanager\n        send_resolved: true\n\
+             \x20       http_config:\n          authorization:\n            credentials_file: {}\n",
+            credentials.display()
         ),
     )
     .unwrap();
@@ -125,6 +134,7 @@ async fn an_alert_through_a_real_alertmanager_opens_and_resolves_an_incident() {
     let first = &detail.timeline[0];
     assert_eq!(first.kind, "opened");
     assert_eq!(first.details["source"], "alertmanager");
+    assert_eq!(first.details["sent_by"], "user:alertmanager", "the sender is named on the incident");
     assert_eq!(first.details["label.namespace"], "saas-idp-production");
     assert_eq!(opened.runbook_id, "OUTAGE", "the alert's runbook took the incident");
 
@@ -184,8 +194,7 @@ async fn two_alertmanager_replicas_and_five_retries_act_once() {
     .to_string();
     let mut accepted = 0;
     for _ in 0..5 {
-        let (code, body) =
-            http_request(coordinator.http, "POST", "/api/v1/alertmanager", Some(&payload)).await.unwrap();
+        let (code, body) = coordinator.notify(&payload).await;
         assert_eq!(code, 200, "{body}");
         accepted += serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"].as_u64().unwrap();
     }
@@ -226,11 +235,55 @@ async fn malformed_notifications_get_400_with_the_reason_and_change_nothing() {
         ),
     ];
     for (body, reason) in cases {
-        let (code, answer) = http_request(coordinator.http, "POST", "/api/v1/alertmanager", Some(body)).await.unwrap();
+        let (code, answer) = coordinator.notify(body).await;
         assert_eq!(code, 400, "{body}");
         assert!(answer.contains(reason), "{answer}");
     }
     let mut admin = coordinator.admin().await;
     let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
     assert!(list.into_inner().incidents.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_forged_and_non_json_notifications_get_401_or_415_and_record_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&dir.path().join("c")).await;
+    // A notification that would open an incident and start P0-001.
+    let payload = json!({
+        "version": "4", "status": "firing", "receiver": "remedy", "groupKey": "{}:{alertname=\"P0_SystemDown\"}",
+        "alerts": [{ "status": "firing", "labels": { "alertname": "P0_SystemDown", "source_ip": "203.0.113.9" },
+                     "annotations": {}, "startsAt": "2026-11-26T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z" }]
+    })
+    .to_string();
+    let right = format!("Bearer {ALERTMANAGER_TOKEN}");
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Headers, u16, &str); 6] = [
+        (&[], 401, "an `Authorization: Bearer TOKEN` header is required"),
+        (&[("Authorization", "Bearer not-the-token")], 401, "the bearer token is not known"),
+        (&[("Authorization", "Basic YWxlcnRtYW5hZ2VyOnRva2Vu")], 401, "is not `Bearer TOKEN`"),
+        // What a web page can make a browser send without asking: plain
+        // text and forms. Even with the right token they are not read.
+        (&[("Authorization", &right), ("Content-Type", "text/plain")], 415, "application/json"),
+        (&[("Authorization", &right), ("Content-Type", "application/x-www-form-urlencoded")], 415, "application/json"),
+        (&[("Content-Type", "text/plain")], 401, "Bearer"),
+    ];
+    for (headers, want, reason) in cases {
+        let (code, answer) =
+            http_request_with(coordinator.http, "POST", "/api/v1/alertmanager", headers, Some(&payload)).await.unwrap();
+        assert_eq!(code, want, "{headers:?}: {answer}");
+        assert!(answer.contains(reason), "{headers:?}: {answer}");
+    }
+    let mut admin = coordinator.admin().await;
+    let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
+    assert!(list.into_inner().incidents.is_empty(), "a refused notification recorded something");
+    assert_eq!(coordinator.metric("remedy_alerts_received_total").await, 0.0);
+
+    // The same notification with the token Alertmanager holds gets in, and
+    // the incident names who sent it.
+    let (code, answer) = coordinator.notify(&payload).await;
+    assert_eq!(code, 200, "{answer}");
+    let incident = incidents_named(&coordinator, "P0_SystemDown").await.remove(0);
+    let full = admin.get_incident(pb::GetIncidentRequest { id: incident.id }).await.unwrap().into_inner();
+    let opened = full.timeline.iter().find(|e| e.details.contains_key("fingerprint")).expect("the alert's entry");
+    assert_eq!(opened.details["sent_by"], "user:alertmanager", "{opened:?}");
 }

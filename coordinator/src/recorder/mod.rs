@@ -712,6 +712,7 @@ mod tests {
             ends_at: None,
             fingerprint: fingerprint.into(),
             generator_url: String::new(),
+            sent_by: String::new(),
         }
     }
 

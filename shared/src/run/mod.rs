@@ -490,6 +490,7 @@ mod tests {
             ends_at: None,
             fingerprint: "f".into(),
             generator_url: String::new(),
+            sent_by: String::new(),
         };
         assert_eq!(catalog.for_alert(&alert).map(Runbook::id), Some("A"));
         let mut resolved = alert.clone();

@@ -247,6 +247,7 @@ mod tests {
             ends_at: None,
             fingerprint: "f1".into(),
             generator_url: String::new(),
+            sent_by: String::new(),
         }
     }
 

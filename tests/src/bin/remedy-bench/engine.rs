@@ -462,7 +462,13 @@ async fn fire(target: SocketAddr, sink: &Sink, schedule: Vec<(Duration, String)>
         tasks.spawn(async move {
             tokio::time::sleep_until((start + offset).into()).await;
             let sent = Instant::now();
-            let answer = http_request(target, "POST", "/api/v1/alertmanager", Some(&payload)).await;
+            // The coordinator takes only what its Alertmanager's token signs;
+            // the peer ignores the header.
+            let bearer = format!("Bearer {}", remedy_e2e::procs::ALERTMANAGER_TOKEN);
+            let headers = [("Authorization", bearer.as_str())];
+            let answer =
+                remedy_e2e::procs::http_request_with(target, "POST", "/api/v1/alertmanager", &headers, Some(&payload))
+                    .await;
             (id, sent, Instant::now(), answer.map(|(code, _)| code).unwrap_or(0))
         });
     }
