@@ -561,6 +561,13 @@ async fn redis_flushes_one_database_deletes_sessions_by_pattern_in_batches_and_w
         "  - id: sessions\n    redis_delete_keys: {instance: auth-cache, db: 5, pattern: 'session:{user}:*', scoped_to_users: 'alice, bob'}\n",
         rails,
     );
+    // A scope rendered from a finding that names no user.
+    runbook(
+        dir.path(),
+        "UNSCOPED",
+        "  - id: sessions\n    redis_delete_keys: {instance: auth-cache, db: 6, pattern: 'session:{user}:*', scoped_to_users: ' , '}\n",
+        rails,
+    );
     runbook(dir.path(), "WARM", "  - id: warm\n    cache_warm: {instance: auth-cache, set: critical}\n", rails);
     let catalog = runbook(
         dir.path(),
@@ -644,6 +651,17 @@ async fn redis_flushes_one_database_deletes_sessions_by_pattern_in_batches_and_w
     let result = result_of(&entries, "sessions").expect("a scoped result");
     assert_eq!(result.details.get("evidence.deleted").map(String::as_str), Some("40"), "{}", show(&entries));
     assert_eq!(dbsize(&redis, 5).await, 20, "carol's sessions stay");
+
+    // A scope that names nobody is not everybody: nothing is deleted, and
+    // the step says why rather than reading as done.
+    fill(&redis, 6, 30, |i| format!("session:{}:{i}", ["alice", "bob", "carol"][(i % 3) as usize])).await;
+    let id = run_manual(&coordinator, "UNSCOPED", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    let result = result_of(&entries, "sessions").expect("a result for the empty scope");
+    assert_ne!(result.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert!(result.message.contains("names no user") && result.message.contains("nothing deleted"), "{log}");
+    assert_eq!(dbsize(&redis, 6).await, 30, "every session stays");
 
     // Warming runs the configured commands.
     let id = run_manual(&coordinator, "WARM", false).await;

@@ -8,7 +8,10 @@
 //! batches (`UNLINK`, so the server frees memory off its main thread and
 //! other clients keep being served), never `KEYS`, at most `max_keys` per
 //! run; with `scoped_to_users` only the named users' keys (`{user}` in the
-//! pattern). Warm-up sets are configured lists of commands, run in order.
+//! pattern). A scope that renders empty (a finding that names no user, as
+//! many authentication failures do) deletes nothing and says so: an empty
+//! scope is never "every user". Warm-up sets are configured lists of
+//! commands, run in order.
 //! Every action reports the keys it touched.
 //!
 //! An instance is reached as an ACL user (`username`, else the default
@@ -454,11 +457,14 @@ fn glob_escape(text: &str) -> String {
 }
 
 /// The `SCAN MATCH` patterns a deletion uses: one per named user, or the
-/// pattern with any user when none is named. A pattern that would match
-/// every key is refused.
+/// pattern with any user when the step has no `scoped_to_users`. A scope
+/// that names nobody and a pattern that would match every key are refused.
 fn patterns(p: &RedisDeleteKeys) -> Result<Vec<String>, String> {
     let users: Vec<&str> =
         p.scoped_to_users.as_deref().unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    if p.scoped_to_users.is_some() && users.is_empty() {
+        return Err("scoped_to_users names no user here: nothing deleted (an empty scope is never every user)".into());
+    }
     if !users.is_empty() && !p.pattern.contains(USER_PLACEHOLDER) {
         return Err(format!("`{}` does not say where the user is ({USER_PLACEHOLDER})", p.pattern));
     }
@@ -707,11 +713,19 @@ mod tests {
     }
 
     #[test]
-    fn users_become_one_literal_pattern_each_and_nobody_named_means_any_user() {
+    fn users_become_one_literal_pattern_each_and_an_unscoped_step_means_any_user() {
         let scoped = patterns(&deletion("session:{user}:*", Some("alice, bob*,")));
         assert_eq!(scoped, Ok(vec!["session:alice:*".to_owned(), "session:bob\\*:*".to_owned()]));
-        assert_eq!(patterns(&deletion("session:{user}:*", Some(""))), Ok(vec!["session:*:*".to_owned()]));
+        assert_eq!(patterns(&deletion("session:{user}:*", None)), Ok(vec!["session:*:*".to_owned()]));
         assert_eq!(patterns(&deletion("session:*", None)), Ok(vec!["session:*".to_owned()]));
+    }
+
+    #[test]
+    fn a_scope_that_names_nobody_deletes_nothing_rather_than_everyone() {
+        for empty in ["", " ", ", ,"] {
+            let refused = patterns(&deletion("session:{user}:*", Some(empty))).unwrap_err();
+            assert!(refused.contains("names no user") && refused.contains("nothing deleted"), "{empty:?}: {refused}");
+        }
     }
 
     #[test]
