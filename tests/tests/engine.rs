@@ -9,7 +9,7 @@ use std::time::Duration;
 use remedy_e2e::procs::{eventually, http_request, remedyctl};
 use remedy_e2e::runs::{
     about, approve, incident_for, now_rfc3339, post_alert, run_end, run_manual, runbook, seed_catalog, show, start,
-    timeline,
+    status_of, timeline,
 };
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
@@ -454,4 +454,28 @@ async fn an_incident_late_on_its_mttr_target_raises_a_finding_cleared_when_it_cl
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_leaves_nothing_that_refuses_the_live_run_after_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    // A rollout restart with a ten-minute cooldown. No cluster is
+    // configured, so the live run rehearses it too, on the same rails.
+    let catalog = runbook(
+        dir.path(),
+        "RESIZE",
+        "  - id: shrink\n    rollout_restart: {kind: Deployment, namespace: shop, name: analytics}\n",
+        "guard_rails: {cooldown: 10m}\n",
+    );
+    let coordinator = start(dir.path(), &world, &catalog, "").await;
+    let dry = run_manual(&coordinator, "RESIZE", true).await;
+    let entries = run_end(&coordinator, &dry).await;
+    assert_eq!(status_of(&entries, "shrink").as_deref(), Some("dry_run"), "{}", show(&entries));
+
+    let live = run_manual(&coordinator, "RESIZE", false).await;
+    let entries = run_end(&coordinator, &live).await;
+    let log = show(&entries);
+    assert!(!log.contains("cooling down"), "the dry run's would-have scale refused the live run:\n{log}");
+    assert_eq!(status_of(&entries, "shrink").as_deref(), Some("dry_run"), "rehearsed, not refused:\n{log}");
 }

@@ -288,7 +288,7 @@ fn cooldown(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest, n
             .actions()
             .iter()
             .rev()
-            .filter(|a| visible(a.mode, request.mode) && a.action_kind == request.action_kind)
+            .filter(|a| visible(a, request) && a.action_kind == request.action_kind)
             .find(|a| a.targets.contains(&key));
         if let Some(last) = last {
             let until = last.at.plus(cooldown);
@@ -314,7 +314,7 @@ fn repeat_cap(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest,
         let count = state
             .actions()
             .iter()
-            .filter(|a| visible(a.mode, request.mode) && a.runbook_id == request.runbook_id)
+            .filter(|a| visible(a, request) && a.runbook_id == request.runbook_id)
             // Looking is no attempt at a fix: probing a database before
             // failing it over must not use up the failover's one attempt.
             .filter(|a| !policy.is_free(&a.action_kind))
@@ -346,7 +346,7 @@ fn budgets(policy: &GuardPolicy, state: &GuardState, request: &ActionRequest, no
         let counted: Vec<&ActionRecord> = state
             .actions()
             .iter()
-            .filter(|a| visible(a.mode, request.mode) && within(a.at, budget.window, now))
+            .filter(|a| visible(a, request) && within(a.at, budget.window, now))
             .filter(|a| !policy.is_free(&a.action_kind))
             .filter(|a| match &scope {
                 Scope::Global => true,

@@ -155,13 +155,19 @@ pub struct GuardState {
     approvals: Vec<Approval>,
 }
 
-/// Whether a record of `record` mode counts for a request in `request` mode:
-/// live records count for everyone (the world really changed); would-have
-/// records count only for requests in the same mode, so a shadow runbook
-/// meets its own would-have cooldowns and budgets and never restricts live
-/// automation.
-pub(crate) fn visible(record: Mode, request: Mode) -> bool {
-    record == Mode::Live || record == request
+/// Whether `record` counts for `request`. Live records count for everyone:
+/// the world really changed. A shadow runbook's would-have records count
+/// only for shadow requests, so it meets its own cooldowns and budgets and
+/// never restricts live automation. A dry run's would-have records count
+/// only within the same incident's dry run: a second step on the same
+/// target is still refused as it would be for real, but one rehearsal
+/// never restricts another run, live or rehearsed, later.
+pub(crate) fn visible(record: &ActionRecord, request: &ActionRequest) -> bool {
+    match record.mode {
+        Mode::Live => true,
+        Mode::Shadow => request.mode == Mode::Shadow,
+        Mode::DryRun => request.mode == Mode::DryRun && record.incident_id == request.incident_id,
+    }
 }
 
 /// Whether something at `at` is within `window` before `now`.

@@ -431,6 +431,24 @@ fn would_have_history_binds_its_own_mode_and_never_live() {
     assert_eq!(rail_of(&evaluate(&p, &s, &in_mode(r.clone(), Mode::DryRun), at(160))), "cooldown", "live binds all");
 }
 
+#[test]
+fn a_dry_run_binds_only_itself_never_a_later_run_live_or_rehearsed() {
+    let p = policy();
+    let mut s = GuardState::new();
+    let r = request("restart", vec![deploy("api")]);
+    let rehearsed = in_mode(r.clone(), Mode::DryRun);
+    s.record_executed(&rehearsed, at(0));
+    // Within the same dry run, a second restart of the same target is
+    // refused, as it would be for real.
+    assert_eq!(rail_of(&evaluate(&p, &s, &rehearsed, at(60))), "cooldown");
+    // Another incident's run, live or with its steps rehearsed (no
+    // actuator here), is not restricted by what the dry run would have done.
+    let later = ActionRequest { incident_id: IncidentId(2), ..r.clone() };
+    assert_eq!(evaluate(&p, &s, &later, at(60)), Decision::Allow);
+    assert_eq!(evaluate(&p, &s, &in_mode(later.clone(), Mode::DryRun), at(60)), Decision::WouldAllow);
+    assert_eq!(evaluate(&p, &s, &in_mode(later, Mode::Shadow), at(60)), Decision::WouldAllow);
+}
+
 // ---- repeat cap ---------------------------------------------------------------
 
 #[test]
