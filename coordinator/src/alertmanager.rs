@@ -10,7 +10,7 @@
 //! Answers: 200 once the alerts are persisted (or recognised as already
 //! seen), 400 with the reason for a payload that can never succeed (so
 //! Alertmanager does not retry it), 401 without a known token, 415 for a
-//! body that is not JSON, 503 when the queue is full or the store cannot
+//! body that is not JSON, 413 for one over [`MAX_BODY`], 503 when the queue is full or the store cannot
 //! write (Alertmanager retries 5xx). A refused request records nothing.
 
 use std::collections::BTreeMap;
@@ -99,6 +99,10 @@ fn answer(code: StatusCode, body: serde_json::Value) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Largest notification body read, bytes (Alertmanager groups are far
+/// smaller); a larger one is answered 413.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
 /// What the webhook needs: where alerts go and who may send them.
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -164,14 +168,21 @@ pub fn admit(headers: &HeaderMap, senders: &TokenFile) -> Result<String, Refused
     Ok(sender.to_string())
 }
 
-/// The webhook handler.
-pub async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// The webhook handler. The body is read only once the sender is admitted:
+/// an anonymous caller cannot make the coordinator buffer anything.
+pub async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let sender = match admit(&headers, &webhook.senders) {
         Ok(sender) => sender,
         Err(refused) => {
             tracing::warn!(?refused, "refused an Alertmanager notification");
             return refused.response();
         }
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({ "error": format!("a notification is at most {MAX_BODY} bytes") }),
+        );
     };
     let recorder = webhook.recorder;
     let alerts = match parse(&body) {

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -13,9 +12,6 @@ use crate::alertmanager;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 
-/// Largest webhook body accepted, bytes (Alertmanager groups are far smaller).
-const MAX_WEBHOOK_BODY: usize = 4 * 1024 * 1024;
-
 /// Serves `/healthz`, `/readyz`, `/metrics` and the Alertmanager webhook
 /// until `shutdown` resolves.
 pub async fn serve(
@@ -24,10 +20,7 @@ pub async fn serve(
     webhook: alertmanager::Webhook,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let alerts = Router::new()
-        .route("/api/v1/alertmanager", post(alertmanager::receive))
-        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
-        .with_state(webhook.clone());
+    let alerts = Router::new().route("/api/v1/alertmanager", post(alertmanager::receive)).with_state(webhook.clone());
     let ready = Router::new().route("/readyz", get(readyz)).with_state(webhook.recorder);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
