@@ -6,6 +6,7 @@
 //! - leaves, which import nothing of the agent: [`clock`], [`handler`]
 //!   (a directive's request, reply and outcome, and the table of who runs
 //!   which), [`published`] (a status one task keeps and others read),
+//!   [`infrastructure`] (the addresses never reported nor blocked),
 //!   [`spool`];
 //! - [`outbox`] (the spool and its wake-up), [`detectors`], [`signals`];
 //! - the features, each owning its configuration section, status and
@@ -25,6 +26,7 @@ pub mod diagnostics;
 pub mod directives;
 pub mod handler;
 pub mod identity;
+pub mod infrastructure;
 pub mod local;
 pub mod logs;
 pub mod metrics;

@@ -15,6 +15,7 @@ use remedy_agent::clock::now;
 use remedy_agent::config::{Cli, Config, CoordinatorSecurity};
 use remedy_agent::diagnostics::{self, Board};
 use remedy_agent::handler::Handlers;
+use remedy_agent::infrastructure::OwnInfrastructure;
 use remedy_agent::local::{self, LocalActions};
 use remedy_agent::metrics::Metrics;
 use remedy_agent::outbox::Outbox;
@@ -133,7 +134,11 @@ async fn run(
     // announces exactly the directives this agent can run.
     let pods = pods::start(&config.node_name, &config.pods, kube, outbox.clone(), metrics.pods.clone(), stopped());
     let blocking = nft::start(&config.blocking, &config.state_dir, metrics.blocks.clone(), stopped()).await;
-    let logs = logs::start(&config.logs, &config.state_dir, outbox.clone(), metrics.logs.clone())?;
+    // This node's addresses and the cluster's: never reported by the
+    // detectors, never blocked, whatever asks.
+    let own = OwnInfrastructure::default();
+    own.refresh_node();
+    let logs = logs::start(&config.logs, &config.state_dir, outbox.clone(), metrics.logs.clone(), own.clone())?;
     let local = Arc::new(LocalActions::new(config.local_actions.clone(), metrics.local.clone(), logs.status.clone()));
     let processes =
         procsig::start(&config.processes, &config.node_name, outbox.clone(), metrics.processes.clone(), stopped());
@@ -154,7 +159,7 @@ async fn run(
     snapshot::register(&mut handlers, node.clone(), logs.detectors.clone());
     pods::directive::register(&mut handlers, &pods);
     reach::register(&mut handlers);
-    nft::directive::register(&mut handlers, &blocking);
+    nft::directive::register(&mut handlers, &blocking, &own);
     local::register(&mut handlers, &local);
 
     let connection = Published::new(Connection::connecting(config.coordinator.clone(), now()));
@@ -166,6 +171,7 @@ async fn run(
         node: node.clone(),
         connection: connection.clone(),
         metrics: metrics.stream.clone(),
+        infrastructure: own.clone(),
     };
     let stream_task = tokio::spawn(stream::run(link, stream_config, stop_rx.clone()));
     let gate = match (&config.diagnostics_tokens, &config.security) {

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::infrastructure::OwnInfrastructure;
 use crate::clock::now;
 use crate::directives::Executor;
 use crate::handler::Handlers;
@@ -133,6 +134,9 @@ pub struct Link {
     pub connection: Published<Connection>,
     /// The stream's metrics.
     pub metrics: StreamMetrics,
+    /// This node's addresses (announced in each hello) and the cluster's
+    /// ranges (as the coordinator sends them).
+    pub infrastructure: OwnInfrastructure,
 }
 
 /// Why a stream ended.
@@ -214,6 +218,8 @@ async fn session(
         capabilities: link.handlers.announced(),
         labels: config.labels.clone().into_iter().collect(),
         last_sequence,
+        // Read at every connection: an address added since is announced.
+        node_addresses: link.infrastructure.refresh_node().iter().map(ToString::to_string).collect(),
     };
     send(&out, AgentBody::Hello(hello)).await?;
     let mut inbound = client.connect(ReceiverStream::new(out_rx)).await?.into_inner();
@@ -267,6 +273,9 @@ async fn session(
                             dry_run = d.dry_run, "directive received"
                         );
                         executor.submit(d);
+                    }
+                    Some(CoordinatorBody::Infrastructure(known)) => {
+                        link.infrastructure.set_cluster(known.ranges.iter().map(String::as_str));
                     }
                     Some(CoordinatorBody::ConfigUpdate(update)) => {
                         if update.heartbeat_interval_ms > 0 {

@@ -89,6 +89,7 @@ impl Admin {
             snapshot: live.snapshot.as_ref().map(convert::snapshot_to_proto),
             spool_depth: live.spool_depth,
             spool_dropped_total: live.spool_dropped,
+            node_addresses: record.node_addresses.iter().map(ToString::to_string).collect(),
         }
     }
 }

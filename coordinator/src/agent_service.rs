@@ -1,5 +1,6 @@
 //! `AgentService`: one long-lived stream per agent.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +12,13 @@ use remedy_proto::v1::agent_message::Body as AgentBody;
 use remedy_proto::v1::coordinator_message::Body as CoordinatorBody;
 use remedy_shared::Timestamp;
 use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
-use tokio::sync::mpsc;
+use remedy_shared::guard::Infrastructure;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::directives::{AgentInfo, Completion, Directives};
+use crate::infrastructure::{InfrastructureMap, MAX_NODE_ADDRESSES};
 use crate::metrics::Metrics;
 use crate::recorder::{AgentHello, RecordError, Recorder};
 use crate::registry::{Registry, Session};
@@ -51,6 +54,9 @@ pub struct AgentService {
     /// and would otherwise hold the stopping process open, taking findings
     /// nobody acts on.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Remedy's own addresses: each hello adds its node's, and every stream
+    /// is sent the whole set, and again whenever it changes.
+    pub infrastructure: InfrastructureMap,
 }
 
 /// Resolves once `stopping` turns true; never when nobody can set it.
@@ -66,6 +72,12 @@ fn message(body: CoordinatorBody) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { body: Some(body) }
 }
 
+/// The ranges of Remedy's own infrastructure, as an agent is sent them.
+fn infrastructure_message(ranges: &Infrastructure) -> pb::CoordinatorMessage {
+    let ranges = ranges.ranges().map(|(net, _)| net.to_string()).collect();
+    message(CoordinatorBody::Infrastructure(pb::Infrastructure { ranges }))
+}
+
 /// Validates a hello; the error is sent as INVALID_ARGUMENT.
 fn validate_hello(hello: pb::Hello) -> Result<AgentHello, Status> {
     for (field, value) in [("agent_id", &hello.agent_id), ("node_name", &hello.node_name)] {
@@ -76,12 +88,31 @@ fn validate_hello(hello: pb::Hello) -> Result<AgentHello, Status> {
             return Err(Status::invalid_argument(format!("hello.{field} is longer than {MAX_NAME_LEN} bytes")));
         }
     }
+    if hello.node_addresses.len() > MAX_NODE_ADDRESSES {
+        return Err(Status::invalid_argument(format!(
+            "hello.node_addresses has {} entries, over the limit of {MAX_NODE_ADDRESSES}",
+            hello.node_addresses.len()
+        )));
+    }
+    let mut node_addresses = Vec::with_capacity(hello.node_addresses.len());
+    for (i, text) in hello.node_addresses.iter().enumerate() {
+        match text.trim().parse::<IpAddr>() {
+            Ok(a) => node_addresses.push(a),
+            Err(_) => {
+                let shown = remedy_shared::text::prefix(text, 64, remedy_shared::text::Unit::Bytes);
+                return Err(Status::invalid_argument(format!(
+                    "hello.node_addresses[{i}] `{shown}` is not an IP address"
+                )));
+            }
+        }
+    }
     Ok(AgentHello {
         agent_id: hello.agent_id,
         node_name: hello.node_name,
         version: hello.version,
         capabilities: hello.capabilities,
         labels: convert::sorted(hello.labels),
+        node_addresses,
     })
 }
 
@@ -126,6 +157,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             return Err(status);
         }
         let acked = self.recorder.hello(hello.clone()).await.map_err(record_status)?;
+        self.infrastructure.announce(&hello.node_name, hello.node_addresses.iter().copied());
         let (session, was_stale) =
             self.registry.connect(&hello.agent_id, &hello.node_name, self.recorder.clock().now());
         if was_stale {
@@ -138,8 +170,11 @@ impl pb::agent_service_server::AgentService for AgentService {
             acked_sequence: acked,
             heartbeat_interval_ms: u64::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
         };
-        // The channel is new and empty: this send cannot wait.
+        // The channel is new and empty: these sends cannot wait.
         let _ = tx.send(Ok(message(CoordinatorBody::Welcome(welcome)))).await;
+        let mut infrastructure = self.infrastructure.subscribe();
+        let ranges = infrastructure.borrow_and_update().clone();
+        let _ = tx.send(Ok(infrastructure_message(&ranges))).await;
         // Registered only after the welcome is queued: a directive never
         // reaches an agent before its welcome. Dropped when the stream ends.
         let registration = self.directives.register(
@@ -155,7 +190,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         tokio::spawn(async move {
             service.metrics.agent_streams.inc();
             let node = hello.node_name.clone();
-            if let Err(status) = service.serve(&session, &node, &mut inbound, &tx).await {
+            if let Err(status) = service.serve(&session, &node, &mut inbound, &tx, &mut infrastructure).await {
                 tracing::warn!(agent = %session.agent_id, code = ?status.code(), message = status.message(), "agent stream ended with an error");
                 let _ = tx.send(Err(status)).await;
             }
@@ -174,11 +209,19 @@ impl AgentService {
         node: &str,
         inbound: &mut Streaming<pb::AgentMessage>,
         tx: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+        infrastructure: &mut watch::Receiver<Arc<Infrastructure>>,
     ) -> Result<(), Status> {
         let mut stopping = self.stopping.clone();
         loop {
             let next = tokio::select! {
                 next = inbound.message() => next.map_err(inbound_status)?,
+                Ok(()) = infrastructure.changed() => {
+                    let ranges = infrastructure.borrow_and_update().clone();
+                    if tx.send(Ok(infrastructure_message(&ranges))).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 () = session.replaced.notified() => {
                     return Err(Status::aborted("a newer stream from the same agent took over"));
                 }

@@ -178,6 +178,46 @@ impl Bans {
         Ok(ban)
     }
 
+    /// Takes back a block that could not be enforced everywhere it had to
+    /// be: a ban that holds on some nodes only is the worst of both (the
+    /// address is cut off from part of the cluster, the attacker goes
+    /// through the rest). Sends `unblock_ip` to the agents in `applied`
+    /// (those that enforced it), lifts the edge rule placed for it, marks
+    /// each node `rolled_back` or `rollback_failed` with why, and ends the
+    /// record (lifted by `remedy`) so that it is never re-sent to a node
+    /// that connects later. Returns, per node, whether it came off and why
+    /// not.
+    pub(crate) async fn roll_back(
+        &self,
+        ban: &mut BanRecord,
+        applied: BTreeSet<String>,
+        why: &str,
+    ) -> BTreeMap<String, Result<(), String>> {
+        let mut outcome = BTreeMap::new();
+        if !applied.is_empty() {
+            let params = BTreeMap::from([("ip".to_owned(), ban.ip.clone())]);
+            let answers = self.send(applied, &spec(UNBLOCK_IP, params, false, ban, self.now()), AGENT_WAIT).await;
+            let at = self.now();
+            for a in answers {
+                let (state, result) = match a.outcome {
+                    Outcome::Succeeded => ("rolled_back", Ok(())),
+                    _ => ("rollback_failed", Err(a.message.clone())),
+                };
+                let reason = match &result {
+                    Ok(()) => format!("enforced, then removed: {why}"),
+                    Err(e) => format!("enforced, and could not be removed ({e}); it ends by itself at {}", ban.until),
+                };
+                ban.nodes.insert(a.label.clone(), BanNode { agent_id: a.agent_id, state: state.to_owned(), reason, at });
+                outcome.insert(a.label, result);
+            }
+        }
+        if let Some(edge) = ban.edge.as_mut().filter(|e| e.state == "enforced") {
+            lift_at_edge(self.edge(), edge, "rolled_back", self.directives.clock()).await;
+        }
+        ban.unblocked = Some((format!("remedy (rolled back: {why})"), self.now()));
+        outcome
+    }
+
     /// Sends the active bans, with what remains of each, to the agents that
     /// announce `block_ip` and were not connected at the previous call
     /// (`seen` carries them from one call to the next). Returns how many

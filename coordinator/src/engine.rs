@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use remedy_shared::Timestamp;
 use remedy_shared::audit::{AuditEntry, AuditKind};
-use remedy_shared::guard::{self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Mode};
+use remedy_shared::guard::{
+    self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Infrastructure, Mode,
+};
 use remedy_shared::incident::{EntryKind, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::run::{self, Catalog, RunRecord, RunStatus};
 use remedy_shared::runbook::{Action, ActionClass, AfterFailure, OnFailure, Renderer, Runbook, Step};
@@ -35,6 +37,7 @@ use remedy_shared::sync::lock;
 use tokio::sync::Notify;
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
+use crate::infrastructure::InfrastructureMap;
 use crate::leader::{FencingToken, LeaderElector};
 use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate};
 
@@ -60,6 +63,19 @@ struct Inner {
     /// The election whose term every action must hold; unset when this
     /// coordinator acts alone.
     fence: std::sync::OnceLock<LeaderElector>,
+    /// Remedy's own addresses, which the address rail never lets a ban
+    /// cover; read afresh at every decision.
+    infrastructure: InfrastructureMap,
+}
+
+impl Inner {
+    /// The policy as the rails weigh it now: the configured one, with
+    /// Remedy's own infrastructure as it is known at this moment.
+    fn policy_now(&self) -> GuardPolicy {
+        let mut policy = self.policy.clone();
+        policy.protected.infrastructure = Infrastructure::clone(&self.infrastructure.current());
+        policy
+    }
 }
 
 /// Why an admin request on the engine failed.
@@ -100,6 +116,7 @@ impl Engine {
         recorder: Recorder,
         channels: BTreeSet<String>,
         guard: Option<GuardState>,
+        infrastructure: InfrastructureMap,
     ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
@@ -112,6 +129,7 @@ impl Engine {
                 answered: Notify::new(),
                 driving: Mutex::new(HashSet::new()),
                 fence: std::sync::OnceLock::new(),
+                infrastructure,
             }),
         }
     }
@@ -173,9 +191,10 @@ impl Engine {
     /// the verdict. It spends and records nothing: the verdict is decided
     /// on a copy of the rails' state, which is then dropped.
     pub fn weigh_without_spending(&self, request: &ActionRequest) -> Decision {
+        let policy = self.inner.policy_now();
         let guard = lock(&self.inner.guard);
         let mut copy = guard.clone();
-        guard::decide(&self.inner.policy, &mut copy, request, self.now()).0
+        guard::decide(&policy, &mut copy, request, self.now()).0
     }
 
     /// The catalog.
@@ -618,12 +637,13 @@ impl Driver {
         let mut last_outcome = "";
         loop {
             let at = self.now();
+            let policy = self.inner.policy_now();
             let (decision, events) = {
                 let mut g = lock(&self.inner.guard);
                 // Forget what no rail looks back to any more, so the memory
                 // (decided on and saved at every step) stays bounded.
-                g.prune(&self.inner.policy, at);
-                let (decision, events) = guard::decide(&self.inner.policy, &mut g, request, at);
+                g.prune(&policy, at);
+                let (decision, events) = guard::decide(&policy, &mut g, request, at);
                 if decision.is_allowed() || matches!(decision, Decision::WouldNeedApproval { .. }) {
                     g.record_executed(request, at);
                 }

@@ -18,6 +18,7 @@ pub mod edge;
 pub mod engine;
 pub mod escalator;
 pub mod http;
+pub mod infrastructure;
 pub mod leader;
 pub mod metrics;
 pub mod recorder;

@@ -29,6 +29,7 @@ use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::cluster::ClusterStore;
 use remedy_coordinator::store::embedded::EmbeddedStore;
+use remedy_coordinator::infrastructure::{self, InfrastructureMap};
 use remedy_coordinator::{admin_service, agent_service, http, runbooks};
 use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
@@ -137,8 +138,18 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     };
     let registry = Arc::new(Registry::default());
     let start = clock.now();
+    let own = remedy_proto::interfaces::local_addresses().map_err(anyhow::Error::msg)?;
+    let infrastructure = InfrastructureMap::new(infrastructure::fixed_ranges(
+        &own,
+        &config.guard_rails.protected.never_block,
+    ));
     for agent in store.list_agents().context("cannot read agents from the store")? {
         registry.seed(&agent.agent_id, &agent.node_name, start);
+        infrastructure.announce(&agent.node_name, agent.node_addresses.iter().copied());
+    }
+    if let Some(clients) = &kube {
+        let api_server = infrastructure::api_server_address(&clients.server_url);
+        tokio::spawn(infrastructure.clone().keep_watching_cluster(clients.control.clone(), api_server, stopped()));
     }
     let (recorder, runs, guard) =
         Recorder::start_with_clock(store.clone(), metrics.clone(), catalog.clone(), clock.clone())
@@ -162,7 +173,15 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
             .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.with_clock(clock.clone()))));
     let channel_names: BTreeSet<String> = config.channels.names().map(str::to_owned).collect();
     let mut engine =
-        Engine::new(catalog.clone(), &config.guard_rails, actuators, recorder.clone(), channel_names.clone(), guard);
+        Engine::new(
+            catalog.clone(),
+            &config.guard_rails,
+            actuators,
+            recorder.clone(),
+            channel_names.clone(),
+            guard,
+            infrastructure.clone(),
+        );
     // People and channels are this site's; a policy naming one that is not
     // configured still loads (the default catalog runs anywhere) and says
     // so here and, when it pages, on the incident's timeline.
@@ -228,6 +247,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         directives: directives.clone(),
         auth: auth.clone(),
         stopping: stop_tx.subscribe(),
+        infrastructure: infrastructure.clone(),
     };
     let admin = admin_service::Admin {
         store: store.clone(),
@@ -323,8 +343,9 @@ async fn kube_clients(k: &KubernetesConfig) -> anyhow::Result<KubeClients> {
     .map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))?;
     let actuators = actuators::kube::client_from_config(config.clone())
         .map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))?;
+    let server_url = config.cluster_url.to_string();
     let control = ::kube::Client::try_from(config).map_err(|e| bad_config("kubernetes.kubeconfig", e.to_string()))?;
-    Ok(KubeClients { actuators, control })
+    Ok(KubeClients { actuators, control, server_url })
 }
 
 /// See [`kube_clients`].
@@ -332,6 +353,8 @@ async fn kube_clients(k: &KubernetesConfig) -> anyhow::Result<KubeClients> {
 struct KubeClients {
     actuators: ::kube::Client,
     control: ::kube::Client,
+    /// The API server, as the kubeconfig names it.
+    server_url: String,
 }
 
 /// Starts taking part in the election, and the labeling of this pod while it

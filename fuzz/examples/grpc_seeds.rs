@@ -40,6 +40,7 @@ fn main() -> std::io::Result<()> {
                 capabilities: vec!["snapshot".into(), "restart_pod".into(), "block_ip".into()],
                 labels: HashMap::from([("zone".to_owned(), "eu-1".to_owned())]),
                 last_sequence: 41,
+                node_addresses: vec!["10.0.0.2".into(), "fd00::2".into(), "127.0.0.1".into()],
             })),
         ),
         (

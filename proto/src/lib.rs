@@ -13,6 +13,7 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod interfaces;
 pub mod logging;
 #[cfg(feature = "pki")]
 pub mod pki;

@@ -41,6 +41,7 @@ pub fn serve_agents(dir: &Path, listener: tokio::net::TcpListener) -> Directives
         .expect("an authenticator without a tokens file"),
         // Serves until the test ends: nothing stops it.
         stopping: tokio::sync::watch::channel(false).1,
+        infrastructure: Default::default(),
     };
     tokio::spawn(
         tonic::transport::Server::builder()

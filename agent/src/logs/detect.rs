@@ -12,11 +12,12 @@
 //! event storm costs bounded memory and loses no line.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use remedy_shared::finding::Finding;
+use remedy_shared::finding::{Finding, FindingKind};
 use remedy_shared::logs::bruteforce::{BruteForceConfig, BruteForceDetector, BruteForceStats};
 use remedy_shared::logs::classify::{ClassifierConfig, ClassifierStats, ErrorClassifier};
 use remedy_shared::logs::{InvalidLogConfig, LineRef};
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 use super::LogMetrics;
 use super::{LineSink, LogLine};
 use crate::clock::now;
+use crate::infrastructure::OwnInfrastructure;
 use crate::outbox::Outbox;
 use remedy_shared::sync::lock;
 
@@ -49,6 +51,9 @@ pub struct DetectorsStatus {
     pub pending: usize,
     /// Lines refused because findings were waiting (each retried later).
     pub refused: u64,
+    /// Brute-force findings dropped because their source is Remedy's own
+    /// infrastructure (this node, another node, the API server, ...).
+    pub infrastructure_suppressed: u64,
 }
 
 #[derive(Debug)]
@@ -57,6 +62,24 @@ struct Detectors {
     brute_force: BruteForceDetector,
     pending: Vec<Finding>,
     refused: u64,
+    infrastructure_suppressed: u64,
+}
+
+impl Detectors {
+    /// Queues what the detectors raised, except an attack "from" Remedy's
+    /// own infrastructure: a node's address in this node's auth log is a
+    /// misconfigured deploy key, never an attacker to ban everywhere.
+    fn queue(&mut self, raised: impl IntoIterator<Item = Finding>, own: &OwnInfrastructure) {
+        let own = own.current();
+        for f in raised {
+            let source = f.labels.get("source_ip").and_then(|ip| ip.parse::<IpAddr>().ok());
+            if f.kind == FindingKind::BruteForce && source.is_some_and(|ip| own.contains(ip)) {
+                self.infrastructure_suppressed += 1;
+                continue;
+            }
+            self.pending.push(f);
+        }
+    }
 }
 
 /// The detectors, shared by the tailer's sink and the flush task.
@@ -64,6 +87,7 @@ struct Detectors {
 pub struct LogDetectors {
     inner: Arc<Mutex<Detectors>>,
     raised: Arc<Notify>,
+    own: OwnInfrastructure,
 }
 
 impl LogDetectors {
@@ -74,8 +98,18 @@ impl LogDetectors {
             brute_force: BruteForceDetector::new(brute_force)?,
             pending: Vec::new(),
             refused: 0,
+            infrastructure_suppressed: 0,
         };
-        Ok(LogDetectors { inner: Arc::new(Mutex::new(detectors)), raised: Arc::new(Notify::new()) })
+        Ok(LogDetectors {
+            inner: Arc::new(Mutex::new(detectors)),
+            raised: Arc::new(Notify::new()),
+            own: OwnInfrastructure::default(),
+        })
+    }
+
+    /// The same detectors, never reporting an address of `own`.
+    pub fn protecting(self, own: OwnInfrastructure) -> Self {
+        LogDetectors { own, ..self }
     }
 
     /// The tailer's end; counts the lines it takes into `accepted`.
@@ -109,7 +143,7 @@ impl LogDetectors {
                     let at = now();
                     let mut raised = d.errors.tick(at);
                     raised.extend(d.brute_force.tick(at));
-                    d.pending.extend(raised);
+                    d.queue(raised, &self.own);
                     false
                 }
                 () = self.raised.notified() => false,
@@ -124,6 +158,7 @@ impl LogDetectors {
                     brute_force: d.brute_force.stats(),
                     pending: 0,
                     refused: d.refused,
+                    infrastructure_suppressed: d.infrastructure_suppressed,
                 };
                 (findings, fresh)
             };
@@ -218,9 +253,9 @@ impl LineSink for DetectorSink {
         self.accepted.inc();
         let errors = d.errors.observe(&seen, at);
         let brute_force = d.brute_force.observe(&seen, at);
-        let raised = errors.into_iter().chain(brute_force).collect::<Vec<_>>();
-        if !raised.is_empty() {
-            d.pending.extend(raised);
+        let waiting = d.pending.len();
+        d.queue(errors.into_iter().chain(brute_force), &self.detectors.own);
+        if d.pending.len() > waiting {
             drop(d);
             self.detectors.raised.notify_one();
         }

@@ -31,6 +31,7 @@ pub use remedy_shared::logs::cri::Stream;
 pub use tailer::{TailerHandle, spawn};
 
 use self::detect::{DetectorsStatus, LogDetectors};
+use crate::infrastructure::OwnInfrastructure;
 use crate::outbox::Outbox;
 use crate::published::Published;
 
@@ -329,6 +330,7 @@ pub fn start(
     state_dir: &std::path::Path,
     outbox: Outbox,
     metrics: LogMetrics,
+    own: OwnInfrastructure,
 ) -> Result<Logs, StartError> {
     let c = config;
     if !c.enabled {
@@ -346,7 +348,7 @@ pub fn start(
         first_start: c.first_start,
     };
     // Validated with the configuration; a failure here is a bug, not input.
-    let detectors = LogDetectors::new(c.errors.clone(), c.brute_force.clone())?;
+    let detectors = LogDetectors::new(c.errors.clone(), c.brute_force.clone())?.protecting(own);
     let detectors_status = Published::default();
     let (stop_flush, flush_stopped) = tokio::sync::oneshot::channel::<()>();
     let flush = tokio::spawn(detectors.clone().flush(outbox, detectors_status.clone(), metrics.clone(), async move {

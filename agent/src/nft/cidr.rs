@@ -170,6 +170,14 @@ pub enum Refusal {
     ServiceRange(Cidr),
     /// It overlaps a configured `never_block` range.
     NeverBlock(Cidr),
+    /// It overlaps Remedy's own infrastructure as the coordinator sent it
+    /// (another node, the API server, the coordinator).
+    Infrastructure {
+        /// The range it overlaps.
+        range: String,
+        /// Whose it is.
+        owner: String,
+    },
     /// It is wider than the configured maximum.
     TooWide {
         /// The prefix asked for.
@@ -193,6 +201,7 @@ impl Refusal {
             Refusal::PodRange(_) => "pod_cidr",
             Refusal::ServiceRange(_) => "service_cidr",
             Refusal::NeverBlock(_) => "never_block",
+            Refusal::Infrastructure { .. } => "own_infrastructure",
             Refusal::TooWide { .. } => "needs_approval",
             Refusal::Overlaps(_) => "overlaps_ban",
             Refusal::TooMany(_) => "max_bans",
@@ -209,6 +218,7 @@ impl fmt::Display for Refusal {
             Refusal::PodRange(c) => write!(f, "it overlaps the pod range {c} (blocking.pod_cidrs)"),
             Refusal::ServiceRange(c) => write!(f, "it overlaps the service range {c} (blocking.service_cidrs)"),
             Refusal::NeverBlock(c) => write!(f, "it overlaps {c}, which is never blocked (blocking.never_block)"),
+            Refusal::Infrastructure { range, owner } => write!(f, "it covers {range}, {owner}"),
             Refusal::TooWide { len, max } => write!(
                 f,
                 "a /{len} is wider than /{max} (blocking.max_prefix): it needs an approval, which the agent cannot give"
@@ -279,52 +289,6 @@ impl Protected {
         }
         Ok(())
     }
-}
-
-/// This network namespace's own addresses, read from /proc (IPv4 from the
-/// local routing table, IPv6 from the interfaces' list); an unreadable file
-/// is an error, so that a ban is never judged against a partial list.
-pub fn node_addresses() -> Result<Vec<IpAddr>, String> {
-    let v4 =
-        std::fs::read_to_string("/proc/net/fib_trie").map_err(|e| format!("cannot read /proc/net/fib_trie: {e}"))?;
-    let mut out = local_v4(&v4);
-    // A kernel without IPv6 has no such file, and no IPv6 address either.
-    match std::fs::read_to_string("/proc/net/if_inet6") {
-        Ok(v6) => out.extend(local_v6(&v6)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot read /proc/net/if_inet6: {e}")),
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// The addresses `/proc/net/fib_trie` marks `/32 host LOCAL`.
-pub fn local_v4(fib_trie: &str) -> Vec<IpAddr> {
-    let mut last: Option<Ipv4Addr> = None;
-    let mut out = Vec::new();
-    for line in fib_trie.lines() {
-        let t = line.trim();
-        if let Some(a) = t.strip_prefix("|-- ") {
-            last = a.trim().parse().ok();
-        } else if t.starts_with("/32 host LOCAL")
-            && let Some(a) = last
-        {
-            out.push(IpAddr::V4(a));
-        }
-    }
-    out
-}
-
-/// The addresses of `/proc/net/if_inet6` (32 hex digits first on a line).
-pub fn local_v6(if_inet6: &str) -> Vec<IpAddr> {
-    if_inet6
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|hex| hex.len() == 32)
-        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
-        .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
-        .collect()
 }
 
 #[cfg(test)]
@@ -413,15 +377,5 @@ mod tests {
             p.check(&c("10.244.3.7"), &node).unwrap_err().to_string(),
             "it overlaps the pod range 10.244.0.0/16 (blocking.pod_cidrs)"
         );
-    }
-
-    #[test]
-    fn the_nodes_addresses_come_from_proc() {
-        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        +-- 127.0.0.0/31 1 0 0\n           |-- 127.0.0.0\n              /8 host LOCAL\n           |-- 127.0.0.1\n              /32 host LOCAL\n     |-- 192.0.2.0\n        /24 link UNICAST\n     |-- 192.0.2.2\n        /32 host LOCAL\n";
-        assert_eq!(local_v4(fib), vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([192, 0, 2, 2])]);
-        let inet6 = "00000000000000000000000000000001 01 80 10 80       lo\nfd000000000000000000000000000002 04 40 00 82     eth0\n";
-        assert_eq!(local_v6(inet6), vec!["::1".parse::<IpAddr>().unwrap(), "fd00::2".parse().unwrap()]);
-        let here = node_addresses().unwrap();
-        assert!(here.contains(&IpAddr::from([127, 0, 0, 1])), "{here:?}");
     }
 }

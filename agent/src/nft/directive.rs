@@ -32,9 +32,12 @@ use std::time::Duration;
 
 use nftables::batch::Batch;
 
-use super::cidr::{self, Cidr, Refusal};
+use super::cidr::{Cidr, Refusal};
 use super::{Ban, Blocker, Blocking, BlockingStatus, Tracked, ruleset};
+use remedy_shared::guard::{Infrastructure, IpNet};
+
 use crate::clock::now;
+use crate::infrastructure::OwnInfrastructure;
 use crate::handler::{Handlers, Outcome, Reply, Request};
 use crate::published::Published;
 
@@ -105,15 +108,18 @@ fn off(status: &Published<BlockingStatus>) -> Reply {
 }
 
 /// Serves the three directives: announced while blocking is on, answered
-/// with why not while it is off.
-pub fn register(handlers: &mut Handlers, blocking: &Blocking) {
+/// with why not while it is off. A block covering any range of `own` is
+/// refused, whoever asks.
+pub fn register(handlers: &mut Handlers, blocking: &Blocking, own: &OwnInfrastructure) {
     for name in DIRECTIVES {
         let blocker = blocking.blocker.clone();
         let status = blocking.status.clone();
+        let own = own.clone();
         let handler = move |request: Request| {
             let blocker = blocker.clone();
             let status = status.clone();
-            async move { run(blocker.as_deref(), &status, &request).await }
+            let own = own.current();
+            async move { run(blocker.as_deref(), &status, &own, &request).await }
         };
         if blocking.blocker.is_some() {
             handlers.announce(name, handler);
@@ -124,14 +130,19 @@ pub fn register(handlers: &mut Handlers, blocking: &Blocking) {
 }
 
 /// Runs one of the three directives.
-async fn run(blocker: Option<&Blocker>, status: &Published<BlockingStatus>, request: &Request) -> Reply {
+async fn run(
+    blocker: Option<&Blocker>,
+    status: &Published<BlockingStatus>,
+    own: &Infrastructure,
+    request: &Request,
+) -> Reply {
     let (params, dry_run) = (&request.params, request.dry_run);
     let reply = match request.action.as_str() {
         BLOCK_IP => match block_params(params) {
             Err(e) => refused(e),
             Ok(wanted) => match blocker {
                 None => off(status),
-                Some(b) => b.block(&request.id, wanted, dry_run).await,
+                Some(b) => b.block(&request.id, wanted, own, dry_run).await,
             },
         },
         UNBLOCK_IP => match only(params, UNBLOCK_IP, &["ip"]).and_then(|()| ip_param(params)) {
@@ -167,7 +178,7 @@ impl Blocker {
         Reply { outcome: Outcome::Refused, message: format!("not blocking {ip}: {refusal}"), evidence }
     }
 
-    async fn block(&self, directive_id: &str, wanted: BlockParams, dry_run: bool) -> Reply {
+    async fn block(&self, directive_id: &str, wanted: BlockParams, own: &Infrastructure, dry_run: bool) -> Reply {
         let ip = wanted.ip;
         let mut evidence = BTreeMap::from([
             ("ip".to_owned(), ip.to_string()),
@@ -176,7 +187,7 @@ impl Blocker {
             ("duration_seconds".to_owned(), wanted.duration.as_secs().to_string()),
             ("blocked".to_owned(), "false".to_owned()),
         ]);
-        let node = match cidr::node_addresses() {
+        let node = match remedy_proto::interfaces::local_addresses() {
             Ok(n) => n,
             Err(e) => {
                 return Reply {
@@ -188,6 +199,11 @@ impl Blocker {
         };
         let protected = &self.config.protected;
         if let Err(refusal) = protected.check(&ip, &node) {
+            return self.refuse(&refusal, &ip, dry_run, evidence);
+        }
+        let covered = ip.to_string().parse::<IpNet>().ok().and_then(|net| own.covering(&net));
+        if let Some((range, owner)) = covered {
+            let refusal = Refusal::Infrastructure { range: range.to_string(), owner: owner.to_owned() };
             return self.refuse(&refusal, &ip, dry_run, evidence);
         }
         let mut inner = self.inner.lock().await;
@@ -430,12 +446,12 @@ mod tests {
             dry_run,
         };
         let reply =
-            run(None, &status, &request("d1", BLOCK_IP, &[("ip", "198.51.100.7"), ("duration", "1h")], false)).await;
+            run(None, &status, &Infrastructure::default(), &request("d1", BLOCK_IP, &[("ip", "198.51.100.7"), ("duration", "1h")], false)).await;
         assert_eq!(reply.outcome, Outcome::Refused);
         assert_eq!(reply.message, "IP blocking is off on this agent (blocking.enabled is false)");
-        let reply = run(None, &status, &request("d2", UNBLOCK_IP, &[], true)).await;
+        let reply = run(None, &status, &Infrastructure::default(), &request("d2", UNBLOCK_IP, &[], true)).await;
         assert_eq!(reply.message, "dry run: ip: missing; name an address or a CIDR");
-        let reply = run(None, &status, &request("d3", LIST_BLOCKS, &[], false)).await;
+        let reply = run(None, &status, &Infrastructure::default(), &request("d3", LIST_BLOCKS, &[], false)).await;
         assert_eq!(reply.outcome, Outcome::Refused);
     }
 }

@@ -2,13 +2,23 @@
 //! enforcement reported and recorded.
 //!
 //! The rails weigh the address itself (`ip/<address>`, an address kind:
-//! `never_block` and the wide-block approval apply), in every mode, before
-//! anything is sent. The directive then goes to every connected agent that
+//! `never_block`, Remedy's own infrastructure (every node, the pod and
+//! service ranges, the API server, the coordinator: see
+//! [`crate::infrastructure`]) and the wide-block approval apply), in every
+//! mode, before anything is sent. The directive then goes to every connected agent that
 //! announces `block_ip`; each answer becomes `nodes.<node>.state`:
 //! `enforced`, `refused` (the agent's own protections: its addresses, pod
 //! and service ranges) or `failed` (with `nodes.<node>.reason`). The action
 //! succeeds only when every such agent enforces it. No agent that can block
 //! is a failure that says so, never "blocked on 0 nodes".
+//!
+//! A live block is all or nothing: when a node refuses or fails it, or the
+//! edge does, the nodes that applied it remove it again (and the edge rule
+//! placed for it is deleted); the report says so per node
+//! (`nodes.<node>.rollback`: `removed` or `failed`, `rolled_back`: how
+//! many) and the ban's record ends, so it is never re-sent. An earlier ban
+//! of the same address still in force is left alone (`rollback:
+//! kept_earlier_ban`).
 //!
 //! A live block is recorded in the coordinator's bans ([`crate::bans`])
 //! before it is sent, then with each node's answer; its end is enforced by
@@ -174,7 +184,8 @@ impl Actuator for BlockActuator {
                 let notes = if reason.is_empty() { format!("remedy {}", call.incident_id) } else { reason.clone() };
                 // The edge refuses a second rule for the same address: a ban
                 // placed again keeps the rule it has.
-                let held = previous.and_then(|b| b.edge).filter(|e| e.state == "enforced" && !e.rule_id.is_empty());
+                let held =
+                    previous.as_ref().and_then(|b| b.edge.clone()).filter(|e| e.state == "enforced" && !e.rule_id.is_empty());
                 let placed = match held {
                     Some(e) => Ok(e.rule_id),
                     None => edge.block(&ip, &notes).await,
@@ -210,6 +221,9 @@ impl Actuator for BlockActuator {
                 },
             );
         }
+        if report.status != ActionStatus::Succeeded {
+            report = self.all_or_nothing(report, &mut record, &answers, previous.as_ref()).await;
+        }
         match self.bans.put(record).await {
             Ok(()) => report,
             Err(e) => ActionReport {
@@ -218,6 +232,59 @@ impl Actuator for BlockActuator {
                 evidence: report.evidence,
             },
         }
+    }
+}
+
+impl BlockActuator {
+    /// A block is all or nothing: one that failed somewhere (a node that
+    /// refused or did not answer, the edge) is taken back from every node
+    /// that applied it, and the report says so, node by node. An earlier
+    /// ban of the same address that is still in force is left as it is:
+    /// the nodes held it before this step, and lifting it would undo a
+    /// decision this step did not make.
+    async fn all_or_nothing(
+        &self,
+        mut report: ActionReport,
+        record: &mut BanRecord,
+        answers: &[AgentAnswer],
+        previous: Option<&BanRecord>,
+    ) -> ActionReport {
+        if let Some(earlier) = previous {
+            let note = format!(
+                "not rolled back: an earlier ban of this address (step {}) is in force until {}",
+                earlier.step_id, earlier.until
+            );
+            report.message = format!("{}; {note}", report.message);
+            return report.with("rollback", "kept_earlier_ban");
+        }
+        let applied: BTreeSet<String> =
+            answers.iter().filter(|a| node_state(a.outcome, false) == "enforced").map(|a| a.agent_id.clone()).collect();
+        let edge_applied = record.edge.as_ref().is_some_and(|e| e.state == "enforced");
+        if applied.is_empty() && !edge_applied {
+            return report.with("rollback", "nothing_applied").with("rolled_back", 0);
+        }
+        let outcome = self.bans.roll_back(record, applied, "the block was not enforced everywhere").await;
+        let removed = outcome.values().filter(|r| r.is_ok()).count();
+        let stuck: Vec<String> =
+            outcome.iter().filter_map(|(node, r)| r.as_ref().err().map(|e| format!("{node} ({e})"))).collect();
+        for (node, r) in &outcome {
+            report = report.with(&format!("nodes.{node}.rollback"), if r.is_ok() { "removed" } else { "failed" });
+        }
+        report = report.with("rolled_back", removed).with("rollback", if stuck.is_empty() { "done" } else { "partial" });
+        let mut said = format!("rolled back on the {removed} node(s) that had applied it");
+        if !stuck.is_empty() {
+            said.push_str(&format!(
+                "; still in force on {} until it ends by itself at {}",
+                stuck.join(", "),
+                record.until
+            ));
+        }
+        if let Some(edge) = record.edge.as_ref().filter(|_| edge_applied) {
+            report = report.with("edge.rollback", &edge.state);
+            said.push_str(&format!("; edge rule: {}", edge.state));
+        }
+        report.message = format!("{}; {said}", report.message);
+        report
     }
 }
 

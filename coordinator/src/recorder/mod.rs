@@ -53,6 +53,8 @@ pub struct AgentHello {
     pub capabilities: Vec<String>,
     /// Node labels.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Every address on the node's interfaces.
+    pub node_addresses: Vec<std::net::IpAddr>,
 }
 
 /// The answer to a finding batch.
@@ -683,6 +685,7 @@ mod tests {
             version: "1.0.0".into(),
             capabilities: vec![],
             labels: BTreeMap::new(),
+            node_addresses: vec![],
         }
     }
 

@@ -198,6 +198,7 @@ impl State {
                     version: String::new(),
                     capabilities: Vec::new(),
                     labels: Default::default(),
+                    node_addresses: Vec::new(),
                     tracker: SequenceTracker::default(),
                     first_seen: now,
                     last_hello: now,
@@ -211,6 +212,7 @@ impl State {
         record.version = hello.version;
         record.capabilities = hello.capabilities;
         record.labels = hello.labels;
+        record.node_addresses = hello.node_addresses;
         record.last_hello = now;
         record.tracker.contiguous()
     }
@@ -645,6 +647,7 @@ mod tests {
             version: "1.0.0".into(),
             capabilities: vec![],
             labels: BTreeMap::new(),
+            node_addresses: vec![],
         }
     }
 

@@ -480,6 +480,7 @@ mod tests {
                     version: "0".into(),
                     capabilities: vec![],
                     labels: BTreeMap::new(),
+                    node_addresses: vec![],
                     tracker,
                     first_seen: Timestamp::from_millis(1),
                     last_hello: Timestamp::from_millis(1),

@@ -65,6 +65,11 @@ pub struct AgentRecord {
     pub capabilities: Vec<String>,
     /// Node labels.
     pub labels: BTreeMap<String, String>,
+    /// Every address on its node's interfaces, as its latest hello
+    /// announced them: read back at start so a restarted coordinator
+    /// protects its nodes before they reconnect.
+    #[serde(default)]
+    pub node_addresses: Vec<std::net::IpAddr>,
     /// Which of its sequences are persisted.
     pub tracker: SequenceTracker,
     /// First hello.

@@ -341,6 +341,17 @@ pub enum Refusal {
         /// The allow-listed range it overlaps.
         protected: IpNet,
     },
+    /// A block would cover an address of Remedy's own infrastructure: a
+    /// node, the pod or service ranges, the API server, the coordinator.
+    #[error("blocking {target} would cover {protected}, {owner}: Remedy never bans its own infrastructure")]
+    OwnInfrastructure {
+        /// The target.
+        target: String,
+        /// The infrastructure range it overlaps.
+        protected: IpNet,
+        /// Whose range it is, and how the coordinator knows.
+        owner: String,
+    },
     /// A block's target is not an address or network.
     #[error("{target} is not an IP address or network: {reason}")]
     InvalidAddress {
@@ -500,6 +511,7 @@ impl Refusal {
             Refusal::ProtectedLabel { .. } => "protected_label",
             Refusal::HoldAnnotation { .. } => "hold_annotation",
             Refusal::ProtectedAddress { .. } => "protected_address",
+            Refusal::OwnInfrastructure { .. } => "own_infrastructure",
             Refusal::InvalidAddress { .. } => "invalid_address",
             Refusal::MissingCapacity { .. } => "missing_capacity",
             Refusal::InvalidCapacity { .. } => "invalid_capacity",

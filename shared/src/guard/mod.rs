@@ -47,7 +47,8 @@
 //! 4. **Protected targets**, per target: namespace, label, the
 //!    `remedy.dev/hold` annotation; for address kinds (`block_ip`), the
 //!    target must parse as an address or network and must not overlap an
-//!    allow-listed range.
+//!    allow-listed range ([`Refusal::ProtectedAddress`]) nor any range of
+//!    Remedy's own [`Infrastructure`] ([`Refusal::OwnInfrastructure`]).
 //! 5. **Capacity**: a capacity kind (`scale`) must carry its change; floors
 //!    and ceilings from the request and the policy (the tighter wins). A
 //!    change that moves towards the bounds is allowed even if it does not
@@ -87,6 +88,7 @@
 //! allows nothing. Counts saturate; nothing here panics on any input.
 
 mod decision;
+mod infra;
 pub mod net;
 mod policy;
 mod request;
@@ -96,6 +98,7 @@ mod state;
 mod tests;
 
 pub use decision::{ApprovalReason, BudgetUnit, Decision, DecisionNote, Escalation, GuardEvent, Refusal, Scope};
+pub use infra::Infrastructure;
 pub use net::IpNet;
 pub use policy::{
     ApprovalPolicy, BreakerPolicy, Budget, BudgetScope, CapacityBound, CapacityPolicy, GuardPolicy, HOLD_ANNOTATION,
@@ -227,6 +230,13 @@ fn addresses(policy: &GuardPolicy, request: &ActionRequest) -> Rail {
         };
         if let Some(protected) = policy.protected.never_block.iter().find(|p| p.overlaps(&net)) {
             return refuse(Refusal::ProtectedAddress { target: t.key(), protected: *protected });
+        }
+        if let Some((protected, owner)) = policy.protected.infrastructure.covering(&net) {
+            return refuse(Refusal::OwnInfrastructure {
+                target: t.key(),
+                protected: *protected,
+                owner: owner.to_owned(),
+            });
         }
     }
     Ok(())

@@ -124,6 +124,16 @@ impl FromStr for IpNet {
     }
 }
 
+/// The single address: a /32 or /128 (an IPv4-mapped address becomes the
+/// IPv4 /32 it names).
+impl From<IpAddr> for IpNet {
+    fn from(addr: IpAddr) -> Self {
+        let prefix = max_prefix(addr);
+        // A full-length prefix always fits its own address.
+        IpNet::new(addr, prefix).unwrap_or(IpNet { addr, prefix })
+    }
+}
+
 impl TryFrom<String> for IpNet {
     type Error = String;
     fn try_from(value: String) -> Result<Self, Self::Error> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::infra::Infrastructure;
 use super::net::IpNet;
 use super::request::TargetRef;
 use crate::config::{ConfigError, opt_duration};
@@ -336,6 +337,11 @@ pub struct ProtectedPolicy {
     /// Defaults: loopback and link-local (the cloud metadata service); add
     /// the node, pod and service ranges and your own addresses.
     pub never_block: Vec<IpNet>,
+    /// What the coordinator knows of its own infrastructure now (nodes,
+    /// ranges, API server, itself). Not configuration: the coordinator
+    /// fills it from what it observes, and a ban overlapping it is refused.
+    #[serde(skip)]
+    pub infrastructure: Infrastructure,
 }
 
 impl Default for ProtectedPolicy {
@@ -350,6 +356,7 @@ impl Default for ProtectedPolicy {
             hold_annotation: HOLD_ANNOTATION.to_owned(),
             address_kinds: BTreeSet::from(["block_ip".to_owned()]),
             never_block,
+            infrastructure: Infrastructure::default(),
         }
     }
 }

@@ -283,6 +283,27 @@ fn blocks_never_cover_allow_listed_addresses() {
 }
 
 #[test]
+fn blocks_never_cover_remedys_own_infrastructure_and_say_whose_it_is() {
+    let mut p = policy();
+    p.protected.infrastructure = crate::guard::Infrastructure::new([
+        ("10.79.2.2".parse().unwrap(), "node-2's address 10.79.2.2 (announced by its agent)".to_owned()),
+        ("10.96.0.0/12".parse().unwrap(), "the service range (configuration)".to_owned()),
+    ]);
+    let s = GuardState::new();
+    for addr in ["10.79.2.2", "::ffff:10.79.2.2", "10.79.0.0/16", "10.96.0.10"] {
+        let d = same_in_every_mode(&p, &s, &block(addr), at(0));
+        assert_eq!(rail_of(&d), "own_infrastructure", "{addr}");
+    }
+    let d = evaluate(&p, &s, &block("10.79.2.2"), at(0));
+    assert_eq!(
+        refusal(&d).to_string(),
+        "blocking ip/10.79.2.2 would cover 10.79.2.2/32, node-2's address 10.79.2.2 (announced by its agent): \
+         Remedy never bans its own infrastructure"
+    );
+    assert_eq!(evaluate(&p, &s, &block("10.79.2.3"), at(0)), Decision::Allow, "a neighbour is not a node");
+}
+
+#[test]
 fn runbooks_and_kinds_add_protected_targets_and_approval_kinds() {
     let mut p = policy();
     p.runbooks.insert(

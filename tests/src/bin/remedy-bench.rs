@@ -453,6 +453,7 @@ async fn sim_agent_inner(
             capabilities: Vec::new(),
             labels: [("pool".to_owned(), "bench".to_owned())].into_iter().collect(),
             last_sequence: 0,
+            node_addresses: Vec::new(),
         }),
     )
     .await?;
@@ -520,7 +521,7 @@ async fn sim_agent_inner(
                             finished_at_ms: now_ms(),
                         })).await?;
                     }
-                    Some(CoordinatorBody::ConfigUpdate(_)) => {}
+                    Some(CoordinatorBody::ConfigUpdate(_) | CoordinatorBody::Infrastructure(_)) => {}
                     Some(CoordinatorBody::Welcome(_)) | None => bail!("unexpected message from the coordinator"),
                 }
             }
