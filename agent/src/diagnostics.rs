@@ -20,6 +20,7 @@ use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now;
+use crate::infrastructure::{InfrastructureStatus, OwnInfrastructure};
 use crate::local::LocalStatus;
 use crate::logs::LogsStatus;
 use crate::logs::detect::DetectorsStatus;
@@ -97,6 +98,8 @@ pub struct Board {
     pub processes: Published<ProcessesStatus>,
     /// Log cleanup and GC nudges.
     pub local_actions: Published<LocalStatus>,
+    /// The addresses never reported nor blocked.
+    pub infrastructure: OwnInfrastructure,
 }
 
 /// Serves the endpoint until `shutdown` resolves.
@@ -156,6 +159,8 @@ struct DebugState {
     processes: ProcessesStatus,
     local_actions: LocalStatus,
     spool: SpoolFigures,
+    /// This node's addresses and the cluster's, as the coordinator sent them.
+    infrastructure: InfrastructureStatus,
 }
 
 async fn debug_state(State(board): State<Arc<Board>>) -> Json<DebugState> {
@@ -172,6 +177,7 @@ async fn debug_state(State(board): State<Arc<Board>>) -> Json<DebugState> {
         processes: board.processes.get(),
         local_actions: board.local_actions.get(),
         spool: board.outbox.figures(),
+        infrastructure: board.infrastructure.status(),
     })
 }
 

@@ -14,18 +14,46 @@ use std::sync::{Arc, Mutex};
 
 use remedy_shared::guard::{Infrastructure, IpNet};
 use remedy_shared::sync::lock;
+use serde::Serialize;
 use tokio::sync::watch;
 
 #[derive(Debug, Default)]
 struct Known {
     node: Vec<IpAddr>,
     cluster: Vec<IpNet>,
+    /// Whether the coordinator has sent its view at least once. Until then
+    /// the other nodes are unknown, so the detectors hold what they raise.
+    heard: bool,
+}
+
+/// Most ranges `/debug/state` lists (the count is always whole).
+const LISTED: usize = 256;
+
+/// What `/debug/state` shows under `infrastructure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InfrastructureStatus {
+    /// Whether the coordinator has sent the cluster's ranges yet.
+    pub heard_from_coordinator: bool,
+    /// How many ranges are known.
+    pub total: usize,
+    /// The first ranges, with whose each is.
+    pub ranges: Vec<KnownRange>,
+}
+
+/// One range and its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KnownRange {
+    /// The network or address.
+    pub range: String,
+    /// Whose it is.
+    pub owner: String,
 }
 
 impl Known {
     fn combine(&self) -> Infrastructure {
         let node = self.node.iter().map(|a| (IpNet::from(*a), "an address of this node".to_owned()));
-        let cluster = self.cluster.iter().map(|n| (*n, "Remedy's own infrastructure (from the coordinator)".to_owned()));
+        let cluster =
+            self.cluster.iter().map(|n| (*n, "Remedy's own infrastructure (from the coordinator)".to_owned()));
         Infrastructure::new(node.chain(cluster))
     }
 }
@@ -73,7 +101,29 @@ impl OwnInfrastructure {
                 Err(e) => tracing::warn!(range = %text, error = %e, "the coordinator sent a range that does not parse"),
             }
         }
-        self.change(|k| k.cluster = parsed);
+        self.change(|k| {
+            k.cluster = parsed;
+            k.heard = true;
+        });
+    }
+
+    /// Whether the coordinator has sent the cluster's ranges yet.
+    pub fn heard_from_coordinator(&self) -> bool {
+        lock(&self.known).heard
+    }
+
+    /// What `/debug/state` shows.
+    pub fn status(&self) -> InfrastructureStatus {
+        let now = self.current();
+        InfrastructureStatus {
+            heard_from_coordinator: self.heard_from_coordinator(),
+            total: now.len(),
+            ranges: now
+                .ranges()
+                .take(LISTED)
+                .map(|(r, owner)| KnownRange { range: r.to_string(), owner: owner.to_owned() })
+                .collect(),
+        }
     }
 
     /// Everything known now.
@@ -113,7 +163,10 @@ mod tests {
         assert!(node.contains(&IpAddr::from([127, 0, 0, 1])), "{node:?}");
         let mut changes = own.subscribe();
         changes.mark_unchanged();
+        assert!(!own.heard_from_coordinator());
         own.set_cluster(["10.79.2.2", "10.244.0.0/16", "everything", "0.0.0.0/99"]);
+        assert!(own.heard_from_coordinator());
+        assert_eq!(own.status().total, own.current().len());
         assert!(changes.has_changed().unwrap_or(false));
         let now = own.current();
         assert!(now.contains(IpAddr::from([10, 79, 2, 2])));

@@ -194,6 +194,7 @@ async fn run(
         log_detectors: logs.detectors_status.clone(),
         processes: processes.status.clone(),
         local_actions: local.status(),
+        infrastructure: own.clone(),
     };
     let diagnostics_task = tokio::spawn(diagnostics::serve(listener, board, Arc::new(gate), stopped()));
 

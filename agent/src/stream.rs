@@ -21,10 +21,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use crate::infrastructure::OwnInfrastructure;
 use crate::clock::now;
 use crate::directives::Executor;
 use crate::handler::Handlers;
+use crate::infrastructure::OwnInfrastructure;
 use crate::outbox::Outbox;
 use crate::published::Published;
 use crate::signals::NodeStatus;

@@ -299,6 +299,7 @@ impl Admin {
         let mut reply = convert::incident_to_proto(&incident, &timeline);
         if let Some(run) = run {
             reply.run_status = convert::run_status_to_proto(run.status) as i32;
+            reply.run_outcome = run.outcome.as_ref().map(convert::run_outcome_to_proto);
         }
         Ok(Response::new(reply))
     }
@@ -402,6 +403,7 @@ impl Admin {
             runbook_id: req.runbook_id,
             params: req.params.into_iter().collect(),
             dry_run: req.dry_run,
+            drill: req.drill,
             by,
         };
         let id = self.engine.run_manual(run).await.map_err(record_status)?;
@@ -604,7 +606,8 @@ impl Admin {
             )));
         }
         let period = remedy_shared::report::Period { from: since, to: until };
-        let report = self.read(move |s| crate::reports::for_period(s, period, at)).await?;
+        let drills = req.include_drills;
+        let report = self.read(move |s| crate::reports::for_period(s, period, at, drills)).await?;
         let json =
             serde_json::to_string(&report).map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
         Ok(Response::new(pb::IncidentReport { since_ms: since.as_millis(), until_ms: until.as_millis(), json }))

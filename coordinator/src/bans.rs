@@ -207,7 +207,8 @@ impl Bans {
                     Ok(()) => format!("enforced, then removed: {why}"),
                     Err(e) => format!("enforced, and could not be removed ({e}); it ends by itself at {}", ban.until),
                 };
-                ban.nodes.insert(a.label.clone(), BanNode { agent_id: a.agent_id, state: state.to_owned(), reason, at });
+                ban.nodes
+                    .insert(a.label.clone(), BanNode { agent_id: a.agent_id, state: state.to_owned(), reason, at });
                 outcome.insert(a.label, result);
             }
         }

@@ -27,11 +27,9 @@ use std::time::Duration;
 
 use remedy_shared::Timestamp;
 use remedy_shared::audit::{AuditEntry, AuditKind};
-use remedy_shared::guard::{
-    self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Infrastructure, Mode,
-};
+use remedy_shared::guard::{self, ActionRequest, ApprovalKey, Decision, GuardPolicy, GuardState, Infrastructure, Mode};
 use remedy_shared::incident::{EntryKind, IncidentId, IncidentState, TimelineEntry};
-use remedy_shared::run::{self, Catalog, RunRecord, RunStatus};
+use remedy_shared::run::{self, Catalog, RunOutcome, RunRecord, RunStatus, StepState, Verification};
 use remedy_shared::runbook::{Action, ActionClass, AfterFailure, OnFailure, Renderer, Runbook, Step};
 use remedy_shared::sync::lock;
 use tokio::sync::Notify;
@@ -94,9 +92,12 @@ pub enum EngineError {
 
 /// How a step ended, for what follows.
 enum StepEnd {
-    Done,
+    /// It ran: a change that happened, evidence gathered, or a rehearsal.
+    Done(StepState),
     Skipped,
     Failed(String),
+    /// The rails refused it; the run goes on as after a failure.
+    Refused(String),
     Escalate(String),
     /// This coordinator no longer leads: the run stops here, writing
     /// nothing, and the new leader continues it from the last record.
@@ -422,11 +423,16 @@ impl Driver {
                         return Ok(());
                     }
                     run.next_step += 1;
+                    if let Some(state) = end.state() {
+                        run.steps.insert(step.id.clone(), state);
+                    }
                     match end {
-                        StepEnd::Done | StepEnd::Skipped => {}
-                        StepEnd::Failed(_) if step.on_failure() == OnFailure::Continue => {}
-                        StepEnd::Failed(why) if step.on_failure() == OnFailure::Next => run.failures.push(why),
-                        StepEnd::Failed(why) | StepEnd::Escalate(why) => {
+                        StepEnd::Done(_) | StepEnd::Skipped => {}
+                        StepEnd::Failed(_) | StepEnd::Refused(_) if step.on_failure() == OnFailure::Continue => {}
+                        StepEnd::Failed(why) | StepEnd::Refused(why) if step.on_failure() == OnFailure::Next => {
+                            run.failures.push(why)
+                        }
+                        StepEnd::Failed(why) | StepEnd::Refused(why) | StepEnd::Escalate(why) => {
                             return self.escalate(&mut run, Some(&runbook), why).await;
                         }
                         StepEnd::Fenced(_) => return Ok(()),
@@ -437,9 +443,10 @@ impl Driver {
                 self.save(&mut run, Vec::new(), None).await?;
             }
             match self.verify(&mut run, &runbook).await? {
-                Verified::Yes => return self.succeed(&mut run, &runbook).await,
+                Verified::Yes(verification) => return self.succeed(&mut run, &runbook, verification).await,
                 Verified::Cancelled => return Ok(()),
                 Verified::No(why) => {
+                    run.outcome = Some(RunOutcome::judge(&run.steps, Verification::NotPassed));
                     let retry = runbook.escalation.after_failure == AfterFailure::Retry
                         && run.attempt < runbook.guard_rails.max_attempts;
                     if !retry {
@@ -448,6 +455,7 @@ impl Driver {
                     run.attempt += 1;
                     run.next_step = 0;
                     run.failures.clear();
+                    run.steps.clear();
                     run.status = RunStatus::Running;
                     let message = format!("{why}; trying again (attempt {})", run.attempt);
                     self.save(&mut run, vec![self.entry(EntryKind::Runbook, message, BTreeMap::new())], None).await?;
@@ -561,7 +569,11 @@ impl Driver {
         if !run.record_intent(step_id, self.now()) {
             let message = format!("step {step_id} ({key}) already ran; not run again");
             self.save(run, vec![self.entry(EntryKind::Result, message, details)], None).await?;
-            return Ok(StepEnd::Done);
+            let state = run
+                .intent(&key)
+                .and_then(|i| i.outcome.as_deref())
+                .map_or(StepState::Failed, |o| step_state(o, evidence));
+            return Ok(StepEnd::Done(state));
         }
         let mut started = details.clone();
         started.insert("key".into(), key.clone());
@@ -616,7 +628,11 @@ impl Driver {
             None
         };
         self.commit(run, RunUpdate { entries, guard, audit: vec![audit], ..RunUpdate::default() }).await?;
-        Ok(if failed { StepEnd::Failed(format!("step {step_id}: {}", report.message)) } else { StepEnd::Done })
+        Ok(if failed {
+            StepEnd::Failed(format!("step {step_id}: {}", report.message))
+        } else {
+            StepEnd::Done(step_state(report.status.as_str(), evidence))
+        })
     }
 
     /// The term this coordinator acts under, confirmed against the Lease
@@ -661,7 +677,7 @@ impl Driver {
             last_outcome = decision.outcome();
             match decision {
                 Decision::Allow | Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(None),
-                Decision::Refuse(refusal) => return Ok(Some(StepEnd::Failed(format!("refused: {refusal}")))),
+                Decision::Refuse(refusal) => return Ok(Some(StepEnd::Refused(format!("refused: {refusal}")))),
                 Decision::Escalate(why) => return Ok(Some(StepEnd::Escalate(why.to_string()))),
                 Decision::NeedsApproval { expires_at, .. } => {
                     if !self.still_open(run).await? {
@@ -723,7 +739,7 @@ impl Driver {
         let Some(verification) = &runbook.verification else {
             // Nothing to check against: steps that failed are the verdict.
             if run.failures.is_empty() {
-                return Ok(Verified::Yes);
+                return Ok(Verified::Yes(Verification::NotConfigured));
             }
             return Ok(Verified::No(format!("no verification, and steps failed: {}", run.failures.join("; "))));
         };
@@ -748,15 +764,27 @@ impl Driver {
                 return Ok(Verified::Cancelled);
             }
             let mut failing = Vec::new();
+            let mut rehearsed = Vec::new();
             for check in &verification.checks {
-                if let Some(why) = self.check(run, runbook, check, round).await? {
-                    failing.push(why);
+                match self.check(run, runbook, check, round).await? {
+                    Err(why) => failing.push(why),
+                    Ok(StepState::Rehearsed) => rehearsed.push(check.id.clone()),
+                    Ok(_) => {}
                 }
+            }
+            if failing.is_empty() && !rehearsed.is_empty() {
+                // A rehearsed check looked at nothing real: it proves nothing.
+                let message = format!(
+                    "verification round {round}: only rehearsed ({}); nothing was verified against the real system",
+                    rehearsed.join(", ")
+                );
+                self.save(run, vec![self.entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
+                return Ok(Verified::Yes(Verification::Unverified));
             }
             if failing.is_empty() {
                 let message = format!("verification passed (round {round})");
                 self.save(run, vec![self.entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
-                return Ok(Verified::Yes);
+                return Ok(Verified::Yes(Verification::Passed));
             }
             let message = format!("verification round {round} not passed: {}", failing.join("; "));
             self.save(run, vec![self.entry(EntryKind::Verification, message, BTreeMap::new())], None).await?;
@@ -770,45 +798,57 @@ impl Driver {
         }
     }
 
-    /// One round of one check; `Some(why)` when it did not pass.
+    /// One round of one check: how its action ended, or why it did not
+    /// pass.
     async fn check(
         &self,
         run: &mut RunRecord,
         runbook: &Runbook,
         check: &remedy_shared::runbook::Check,
         round: u32,
-    ) -> Result<Option<String>, RecordError> {
+    ) -> Result<Result<StepState, String>, RecordError> {
         let id = check.id.as_str();
         // Rounds are attempts of the check, so each has its own key.
         let attempt = run.attempt;
         run.attempt = attempt.saturating_mul(1000).saturating_add(round);
         let end = self.action(run, runbook, id, &check.action, false, false).await?;
         run.attempt = attempt;
-        if let StepEnd::Failed(why) | StepEnd::Escalate(why) | StepEnd::Fenced(why) = end {
-            return Ok(Some(why));
-        }
+        let state = match end {
+            StepEnd::Failed(why) | StepEnd::Refused(why) | StepEnd::Escalate(why) | StepEnd::Fenced(why) => {
+                return Ok(Err(why));
+            }
+            StepEnd::Done(state) => state,
+            StepEnd::Skipped => StepState::Skipped,
+        };
         let Some(expect) = &check.expect else {
-            return Ok(None);
+            return Ok(Ok(state));
         };
         Ok(match expect.evaluate(&run.context.to_json()) {
-            Ok(true) => None,
-            Ok(false) => Some(format!("{id}: `{}` is false", expect.as_str())),
-            Err(e) => Some(format!("{id}: `{}` cannot be evaluated: {e}", expect.as_str())),
+            Ok(true) => Ok(state),
+            Ok(false) => Err(format!("{id}: `{}` is false", expect.as_str())),
+            Err(e) => Err(format!("{id}: `{}` cannot be evaluated: {e}", expect.as_str())),
         })
     }
 
-    async fn succeed(&self, run: &mut RunRecord, runbook: &Runbook) -> Result<(), RecordError> {
+    async fn succeed(
+        &self,
+        run: &mut RunRecord,
+        runbook: &Runbook,
+        verification: Verification,
+    ) -> Result<(), RecordError> {
         run.status = RunStatus::Succeeded;
+        let outcome = RunOutcome::judge(&run.steps, verification);
+        run.outcome = Some(outcome);
         let incident = self.inner.recorder.open_incident(run.incident_id).await?;
         // A person's run has no signal that will clear it; an alert or a
         // finding clears the incident itself when it ends.
         let only_people =
             incident.as_ref().is_some_and(|i| i.active_sources.keys().all(|s| s.starts_with("remedyctl:")));
-        let message = format!("runbook {} finished: every step ran and verification passed", runbook.id());
+        let message = format!("runbook {} finished: {}", runbook.id(), outcome.describe());
         let update = RunUpdate {
             run: Some(run.clone()),
-            entries: vec![self.entry(EntryKind::Runbook, message, BTreeMap::new())],
-            resolve: only_people.then(|| format!("runbook {}", runbook.id())),
+            entries: vec![self.entry(EntryKind::Runbook, message, outcome_details(&outcome))],
+            resolve: only_people.then(|| (format!("runbook {}", runbook.id()), outcome.describe())),
             ..RunUpdate::default()
         };
         self.inner.recorder.run_update(update).await
@@ -820,8 +860,12 @@ impl Driver {
     /// rehearsal only records who would have been called.
     async fn escalate(&self, run: &mut RunRecord, runbook: Option<&Runbook>, why: String) -> Result<(), RecordError> {
         run.status = RunStatus::Escalated;
+        // Escalated before verification (a step failed or was refused):
+        // nothing was verified.
+        let outcome = *run.outcome.get_or_insert_with(|| RunOutcome::judge(&run.steps, Verification::Unverified));
         let policy = runbook.map(|r| r.escalation.policy.clone()).unwrap_or_default();
-        let details = BTreeMap::from([("policy".to_owned(), policy.clone()), ("reason".to_owned(), why.clone())]);
+        let mut details = BTreeMap::from([("policy".to_owned(), policy.clone()), ("reason".to_owned(), why.clone())]);
+        details.extend(outcome_details(&outcome));
         let live = run.mode == Mode::Live && !policy.is_empty();
         let message = if policy.is_empty() {
             format!("escalated: {why}; with no escalation policy nobody is paged")
@@ -840,6 +884,32 @@ impl Driver {
     }
 }
 
+impl StepEnd {
+    /// The state a step that ended so is recorded with; `None` when the run
+    /// stops here without a verdict on it (fenced).
+    fn state(&self) -> Option<StepState> {
+        match self {
+            StepEnd::Done(state) => Some(*state),
+            StepEnd::Skipped => Some(StepState::Skipped),
+            StepEnd::Failed(_) => Some(StepState::Failed),
+            // Sent to a person instead of acting: nothing was done.
+            StepEnd::Refused(_) | StepEnd::Escalate(_) => Some(StepState::Refused),
+            StepEnd::Fenced(_) => None,
+        }
+    }
+}
+
+/// A step's state from its action's status (`succeeded`, `dry_run`, ...):
+/// a live success of a change is the only thing that counts as a change.
+fn step_state(status: &str, evidence: bool) -> StepState {
+    match status {
+        "succeeded" if evidence => StepState::Observed,
+        "succeeded" => StepState::Succeeded,
+        "dry_run" => StepState::Rehearsed,
+        _ => StepState::Failed,
+    }
+}
+
 fn call_for(run: &RunRecord, step_id: &str, kind: &str, params: serde_json::Value, dry_run: bool) -> ActionCall {
     ActionCall {
         incident_id: run.incident_id.to_string(),
@@ -852,9 +922,31 @@ fn call_for(run: &RunRecord, step_id: &str, kind: &str, params: serde_json::Valu
 }
 
 enum Verified {
-    Yes,
+    /// Nothing failed; how much that proves.
+    Yes(Verification),
     No(String),
     Cancelled,
+}
+
+/// A run's outcome as timeline details: `outcome` (the verdict),
+/// `verification`, and `steps.<state>` for every state.
+fn outcome_details(outcome: &RunOutcome) -> BTreeMap<String, String> {
+    let c = outcome.steps;
+    let mut details = BTreeMap::from([
+        ("outcome".to_owned(), outcome.verdict.as_str().to_owned()),
+        ("verification".to_owned(), outcome.verification.as_str().to_owned()),
+    ]);
+    for (n, state) in [
+        (c.succeeded, StepState::Succeeded),
+        (c.observed, StepState::Observed),
+        (c.rehearsed, StepState::Rehearsed),
+        (c.refused, StepState::Refused),
+        (c.failed, StepState::Failed),
+        (c.skipped, StepState::Skipped),
+    ] {
+        details.insert(format!("steps.{}", state.as_str()), n.to_string());
+    }
+    details
 }
 
 fn mode_prefix(mode: Mode) -> String {

@@ -50,9 +50,7 @@ struct Sources {
 impl Sources {
     fn combine(&self) -> Infrastructure {
         let announced = self.announced.iter().flat_map(|(node, addrs)| {
-            addrs.iter().map(move |a| {
-                (IpNet::from(*a), format!("an address of node {node} (announced by its agent)"))
-            })
+            addrs.iter().map(move |a| (IpNet::from(*a), format!("an address of node {node} (announced by its agent)")))
         });
         Infrastructure::new(announced.chain(self.cluster.iter().cloned()).chain(self.fixed.iter().cloned()))
     }
@@ -168,7 +166,10 @@ pub fn api_server_address(url: &str) -> Option<IpAddr> {
 
 /// Reads the cluster's Node objects, ServiceCIDRs and the API server's
 /// EndpointSlices.
-async fn cluster_ranges(client: &kube::Client, api_server: Option<IpAddr>) -> Result<Vec<(IpNet, String)>, kube::Error> {
+async fn cluster_ranges(
+    client: &kube::Client,
+    api_server: Option<IpAddr>,
+) -> Result<Vec<(IpNet, String)>, kube::Error> {
     let mut ranges = Vec::new();
     if let Some(a) = api_server {
         ranges.push((IpNet::from(a), "the API server (the coordinator's kubeconfig)".to_owned()));

@@ -22,6 +22,7 @@ use remedy_coordinator::config::{Cli, Config, GrpcSecurity, KubernetesConfig, Le
 use remedy_coordinator::directives::Directives;
 use remedy_coordinator::engine::Engine;
 use remedy_coordinator::escalator::{self, Clock, Directory, Escalator};
+use remedy_coordinator::infrastructure::{self, InfrastructureMap};
 use remedy_coordinator::leader::{LeaderElector, PodLabeler};
 use remedy_coordinator::metrics::Metrics;
 use remedy_coordinator::recorder::Recorder;
@@ -29,7 +30,6 @@ use remedy_coordinator::registry::Registry;
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::cluster::ClusterStore;
 use remedy_coordinator::store::embedded::EmbeddedStore;
-use remedy_coordinator::infrastructure::{self, InfrastructureMap};
 use remedy_coordinator::{admin_service, agent_service, http, runbooks};
 use remedy_shared::run::Catalog;
 use remedy_shared::runbook::ActionCatalog;
@@ -139,10 +139,8 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     let registry = Arc::new(Registry::default());
     let start = clock.now();
     let own = remedy_proto::interfaces::local_addresses().map_err(anyhow::Error::msg)?;
-    let infrastructure = InfrastructureMap::new(infrastructure::fixed_ranges(
-        &own,
-        &config.guard_rails.protected.never_block,
-    ));
+    let infrastructure =
+        InfrastructureMap::new(infrastructure::fixed_ranges(&own, &config.guard_rails.protected.never_block));
     for agent in store.list_agents().context("cannot read agents from the store")? {
         registry.seed(&agent.agent_id, &agent.node_name, start);
         infrastructure.announce(&agent.node_name, agent.node_addresses.iter().copied());
@@ -172,16 +170,15 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
             .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())))
             .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.with_clock(clock.clone()))));
     let channel_names: BTreeSet<String> = config.channels.names().map(str::to_owned).collect();
-    let mut engine =
-        Engine::new(
-            catalog.clone(),
-            &config.guard_rails,
-            actuators,
-            recorder.clone(),
-            channel_names.clone(),
-            guard,
-            infrastructure.clone(),
-        );
+    let mut engine = Engine::new(
+        catalog.clone(),
+        &config.guard_rails,
+        actuators,
+        recorder.clone(),
+        channel_names.clone(),
+        guard,
+        infrastructure.clone(),
+    );
     // People and channels are this site's; a policy naming one that is not
     // configured still loads (the default catalog runs anywhere) and says
     // so here and, when it pages, on the incident's timeline.

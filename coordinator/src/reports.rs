@@ -30,8 +30,18 @@ const METRICS_EVERY: Duration = Duration::from_secs(60);
 const MIN_SPACING: Duration = Duration::from_secs(10);
 
 /// The report over `period`, at `now`.
-pub fn for_period(store: &dyn Store, period: Period, now: Timestamp) -> Result<Report, StoreError> {
-    let incidents = store.list_incidents(true, MAX_REPORT_INCIDENTS)?;
+/// Drills (dry runs and exercises) count only with `include_drills`: a
+/// rehearsal recovers nothing, and must not flatter MTTR or availability.
+pub fn for_period(
+    store: &dyn Store,
+    period: Period,
+    now: Timestamp,
+    include_drills: bool,
+) -> Result<Report, StoreError> {
+    let mut incidents = store.list_incidents(true, MAX_REPORT_INCIDENTS)?;
+    if !include_drills {
+        incidents.retain(|i| !i.drill);
+    }
     Ok(report(&incidents, period, now))
 }
 
@@ -73,7 +83,7 @@ pub async fn keep_metrics(
         let at = clock.now();
         let period =
             Period { from: Timestamp::from_millis(at.as_millis() - METRICS_WINDOW.as_millis() as i64), to: at };
-        match tokio::task::spawn_blocking(move || for_period(store.as_ref(), period, at)).await {
+        match tokio::task::spawn_blocking(move || for_period(store.as_ref(), period, at, false)).await {
             Ok(Ok(r)) => publish(&metrics, &r),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot compute the incident metrics"),
             Err(e) => tracing::warn!(error = %e, "the incident metrics task failed"),

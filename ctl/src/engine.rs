@@ -1,7 +1,7 @@
 //! The runbook engine's commands: run a runbook, answer approvals, stop and
 //! restart automation, reset breakers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -24,6 +24,11 @@ pub struct RunArgs {
     /// "would have".
     #[arg(long)]
     pub dry_run: bool,
+    /// An exercise: the incident is a drill, left out of MTTR and
+    /// availability (`report --include-drills` counts it). A dry run always
+    /// is one.
+    #[arg(long)]
+    pub drill: bool,
     /// Wait for the run to end (finished, escalated, or the incident
     /// resolved), then print the timeline.
     #[arg(long)]
@@ -203,17 +208,59 @@ struct RunOutcome {
     /// With `--wait`: how the run ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     ended: Option<String>,
+    /// With `--wait`: what the run did (verdict, verification, steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
     /// With `--wait`: the incident and its timeline.
     #[serde(skip_serializing_if = "Option::is_none")]
     incident: Option<views::IncidentDetail>,
+}
+
+/// What a finished run did, as the coordinator recorded it.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    verdict: String,
+    verification: String,
+    steps: BTreeMap<&'static str, u32>,
+}
+
+impl From<&pb::RunOutcome> for Outcome {
+    fn from(o: &pb::RunOutcome) -> Self {
+        let steps = [
+            ("succeeded", o.steps_succeeded),
+            ("observed", o.steps_observed),
+            ("rehearsed", o.steps_rehearsed),
+            ("refused", o.steps_refused),
+            ("failed", o.steps_failed),
+            ("skipped", o.steps_skipped),
+        ];
+        Outcome {
+            verdict: o.verdict.clone(),
+            verification: o.verification.clone(),
+            steps: steps.into_iter().filter(|(_, n)| *n > 0).collect(),
+        }
+    }
+}
+
+impl Outcome {
+    /// "2 succeeded, 1 rehearsed"; "none" when no step counted.
+    fn steps_line(&self) -> String {
+        let parts: Vec<String> = self.steps.iter().map(|(state, n)| format!("{n} {state}")).collect();
+        if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }
+    }
 }
 
 /// `run RUNBOOK [--param k=v]... [--dry-run] [--wait [--timeout 5m]]`.
 pub async fn run(ctx: &mut Ctx, args: RunArgs) -> anyhow::Result<()> {
     let params = params_map(&args.params).map_err(anyhow::Error::msg)?;
     let by = ctx.who()?;
-    let request =
-        pb::RunRunbookRequest { runbook_id: args.runbook.clone(), params, dry_run: args.dry_run, requested_by: by };
+    let request = pb::RunRunbookRequest {
+        runbook_id: args.runbook.clone(),
+        params,
+        dry_run: args.dry_run,
+        requested_by: by,
+        drill: args.drill,
+    };
     let incident_id = match ctx.client.run_runbook(request).await {
         Ok(reply) => reply.into_inner().incident_id,
         Err(status) if status.code() == tonic::Code::NotFound => {
@@ -221,8 +268,14 @@ pub async fn run(ctx: &mut Ctx, args: RunArgs) -> anyhow::Result<()> {
         }
         Err(status) => return Err(ctx.explain(status)),
     };
-    let mut outcome =
-        RunOutcome { incident_id, runbook_id: args.runbook, dry_run: args.dry_run, ended: None, incident: None };
+    let mut outcome = RunOutcome {
+        incident_id,
+        runbook_id: args.runbook,
+        dry_run: args.dry_run,
+        ended: None,
+        outcome: None,
+        incident: None,
+    };
     let human = matches!(ctx.fmt, Format::Table | Format::Wide);
     if human {
         let how = if outcome.dry_run { " (dry run: nothing is changed)" } else { "" };
@@ -236,10 +289,14 @@ pub async fn run(ctx: &mut Ctx, args: RunArgs) -> anyhow::Result<()> {
     }
     let (incident, ended) = wait_for_end(ctx, &outcome.incident_id, args.timeout).await?;
     outcome.ended = ended.clone();
+    outcome.outcome = incident.run_outcome.as_ref().map(Outcome::from);
     let detail = views::IncidentDetail::from(incident);
     if human {
         if let Some(how) = &ended {
             println!("Run ended: {how}");
+        }
+        if let Some(o) = &outcome.outcome {
+            println!("Outcome: {} (steps: {}); verification: {}", o.verdict, o.steps_line(), o.verification);
         }
         println!("{}", output::timeline_table(&detail.timeline, ctx.fmt == Format::Wide));
     } else {

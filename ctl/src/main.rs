@@ -141,6 +141,10 @@ enum Command {
         /// default: now.
         #[arg(long)]
         until: Option<String>,
+        /// Count drills (dry runs and `run --drill`) too; by default they
+        /// are left out of every figure.
+        #[arg(long)]
+        include_drills: bool,
     },
 }
 
@@ -248,7 +252,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Automation => engine::automation(ctx).await,
         Command::Breaker { command } => engine::breaker(ctx, command).await,
         Command::Blocks(args) => blocks::blocks(ctx, args).await,
-        Command::Report { since, until } => reports::report(ctx, &since, until.as_deref()).await,
+        Command::Report { since, until, include_drills } => {
+            reports::report(ctx, &since, until.as_deref(), include_drills).await
+        }
     }
 }
 

@@ -28,14 +28,14 @@ pub async fn review(ctx: &mut Ctx, id: &str, out: Option<&Path>) -> anyhow::Resu
 }
 
 /// `report --since 30d [--until TIME]`.
-pub async fn report(ctx: &mut Ctx, since: &str, until: Option<&str>) -> anyhow::Result<()> {
+pub async fn report(ctx: &mut Ctx, since: &str, until: Option<&str>, include_drills: bool) -> anyhow::Result<()> {
     let now = now_millis();
     let until_ms = match until {
         Some(text) => instant(text, now)?,
         None => 0,
     };
     let since_ms = instant(since, if until_ms == 0 { now } else { until_ms })?;
-    let request = pb::GetReportRequest { since_ms, until_ms };
+    let request = pb::GetReportRequest { since_ms, until_ms, include_drills };
     let answer = ctx.client.get_report(request).await.map_err(|s| ctx.explain(s))?.into_inner();
     let mut report: serde_json::Value = serde_json::from_str(&answer.json)
         .map_err(|e| anyhow::anyhow!("the coordinator sent a report that is not JSON: {e}"))?;

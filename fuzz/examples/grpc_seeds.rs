@@ -124,6 +124,7 @@ fn main() -> std::io::Result<()> {
                 params: HashMap::from([("ip".to_owned(), "203.0.113.7".to_owned())]),
                 dry_run: true,
                 requested_by: "alice".into(),
+                drill: true,
             }
             .encode_to_vec(),
         ),

@@ -193,6 +193,7 @@ pub fn incident_to_proto(i: &Incident, timeline: &[TimelineEntry]) -> pb::Incide
         escalation_levels_told: i.escalation.as_ref().map_or(0, |p| p.told),
         // The run is a record of its own; GetIncident adds its status.
         run_status: pb::RunStatus::Unspecified as i32,
+        run_outcome: None,
     }
 }
 
@@ -293,6 +294,21 @@ pub fn run_status_to_proto(status: remedy_shared::run::RunStatus) -> pb::RunStat
         RunStatus::Succeeded => pb::RunStatus::Succeeded,
         RunStatus::Escalated => pb::RunStatus::Escalated,
         RunStatus::Cancelled => pb::RunStatus::Cancelled,
+    }
+}
+
+/// What a finished run did, on the wire.
+pub fn run_outcome_to_proto(outcome: &remedy_shared::run::RunOutcome) -> pb::RunOutcome {
+    let c = outcome.steps;
+    pb::RunOutcome {
+        verdict: outcome.verdict.as_str().to_owned(),
+        verification: outcome.verification.as_str().to_owned(),
+        steps_succeeded: c.succeeded,
+        steps_observed: c.observed,
+        steps_rehearsed: c.rehearsed,
+        steps_refused: c.refused,
+        steps_failed: c.failed,
+        steps_skipped: c.skipped,
     }
 }
 

@@ -227,6 +227,7 @@ impl CommsContext {
             acknowledged_at: None,
             acknowledged_by: None,
             escalation: None,
+            drill: false,
         };
         let result = |step: &str, message: &str| TimelineEntry {
             at: opened,
@@ -555,6 +556,7 @@ mod tests {
             acknowledged_at: None,
             acknowledged_by: None,
             escalation: None,
+            drill: false,
         }
     }
 

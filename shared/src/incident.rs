@@ -186,6 +186,11 @@ pub struct Incident {
     /// How far telling people got, once an escalation policy took it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<crate::escalation::Progress>,
+    /// A drill: a person's dry run, or a run they asked for as an exercise.
+    /// Kept out of MTTR and availability figures unless a report asks for
+    /// drills.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
 }
 
 impl Incident {
@@ -334,6 +339,7 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 acknowledged_at: None,
                 acknowledged_by: None,
                 escalation: None,
+                drill: false,
             };
             let entry = TimelineEntry {
                 at: now,

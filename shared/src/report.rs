@@ -362,6 +362,7 @@ mod tests {
             acknowledged_at: None,
             acknowledged_by: None,
             escalation: None,
+            drill: false,
         }
     }
 

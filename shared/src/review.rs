@@ -355,6 +355,7 @@ mod tests {
             acknowledged_at: Some(at("2026-11-26T10:02:00Z")),
             acknowledged_by: Some("alice".into()),
             escalation: None,
+            drill: false,
         }
     }
 

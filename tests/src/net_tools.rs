@@ -1,7 +1,12 @@
 //! Running the network tools tests need (`ip`, `nft`): a missing tool
 //! fails the test with the command that installs it, never skips it.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::procs::{Proc, bin};
 
 /// How to get the tools.
 pub const INSTALL: &str = "apt-get install -y nftables iproute2";
@@ -96,5 +101,102 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The addresses in `set` of `table inet remedy` in `ns`; empty when the
+/// set (or the table) is not there.
+pub fn banned(ns: &Netns, set: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-j", "list", "set", "inet", "remedy", set])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip netns exec … nft` ({e}); install it with `{INSTALL}`"));
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut found = Vec::new();
+    for object in listing["nftables"].as_array().into_iter().flatten() {
+        for element in object["set"]["elem"].as_array().into_iter().flatten() {
+            // Elements with a timeout are objects; plain ones are strings.
+            let value = element.get("elem").map(|e| &e["val"]).unwrap_or(element);
+            if let Some(text) = value.as_str() {
+                found.push(text.to_owned());
+            } else if let Some(prefix) = value.get("prefix") {
+                found.push(format!("{}/{}", prefix["addr"].as_str().unwrap_or(""), prefix["len"]));
+            }
+        }
+    }
+    found
+}
+
+/// A CRI log line as the kubelet writes it.
+pub fn cri(message: &str) -> String {
+    format!("2026-11-27T03:00:00.000000000Z stdout F {message}\n")
+}
+
+/// One node of a test cluster: a network namespace this test made, linked
+/// to the host, and the agent running inside it.
+#[derive(Debug)]
+pub struct NetNode {
+    /// The node's name, as its agent says hello.
+    pub name: String,
+    /// The agent, once started.
+    pub agent: Option<Proc>,
+    /// The namespace.
+    pub ns: Netns,
+    /// The host side of its link, where the coordinator listens (`X.1`).
+    pub host_address: String,
+    /// The node's address on its link (`X.2`).
+    pub address: String,
+}
+
+impl Drop for NetNode {
+    fn drop(&mut self) {
+        // The agent goes before its namespace.
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill();
+        }
+    }
+}
+
+impl NetNode {
+    /// Makes namespace `ns` with a veth link `host_side` to the host:
+    /// `{subnet}.1/24` on the host, `{subnet}.2/24` inside (`subnet` is the
+    /// first three octets, such as `10.79.0`).
+    pub fn linked(name: &str, ns: &str, host_side: &str, subnet: &str) -> NetNode {
+        let ns = Netns::new(ns);
+        let (host_address, address) = (format!("{subnet}.1"), format!("{subnet}.2"));
+        ns.link(host_side, &format!("{host_address}/24"), &format!("{address}/24"));
+        NetNode { name: name.to_owned(), agent: None, ns, host_address, address }
+    }
+
+    /// Starts the node's agent under `ip netns exec` with `config` (the
+    /// agent's YAML), dialling the coordinator's `port` on the host side of
+    /// its link; its state lives under `dir/<name>`.
+    pub fn start_agent(&mut self, dir: &Path, port: u16, config: &str) {
+        let dir = dir.join(&self.name);
+        std::fs::create_dir_all(&dir).expect("the agent's directory");
+        let config_path = dir.join("agent.yaml");
+        std::fs::write(&config_path, config).expect("the agent's configuration");
+        let state = dir.join("state");
+        let args = [
+            "netns",
+            "exec",
+            self.ns.0.as_str(),
+            bin("remedy-agent").to_str().unwrap_or_default(),
+            "--node-name",
+            &self.name,
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--insecure",
+            "--coordinator",
+            &format!("http://{}:{port}", self.host_address),
+            "--diagnostics-listen",
+            "127.0.0.1:7072",
+            "--config",
+            config_path.to_str().unwrap_or_default(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let log = dir.join("agent.log");
+        self.agent = Some(Proc::spawn_program(&format!("agent {}", self.name), Path::new("ip"), &args, log));
     }
 }

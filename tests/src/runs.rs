@@ -255,6 +255,7 @@ pub async fn run_manual(coordinator: &Coordinator, runbook: &str, dry_run: bool)
             params: Default::default(),
             dry_run,
             requested_by: "tester".into(),
+            drill: false,
         })
         .await
         .expect("run the runbook")

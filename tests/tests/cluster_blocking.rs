@@ -23,11 +23,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use remedy_e2e::net_tools::{self, INSTALL, Netns, require_tools};
-use remedy_e2e::procs::{Coordinator, Proc, bin, eventually, free_addr, remedyctl};
+use remedy_e2e::net_tools::{self, NetNode, banned, cri, require_tools};
+use remedy_e2e::procs::{Coordinator, eventually, free_addr, remedyctl};
 use remedy_e2e::runs::{about, config, run_end, show, timeline};
 use remedy_e2e::world::World;
 use remedy_proto::v1 as pb;
@@ -48,90 +47,19 @@ fn run(program: &str, args: &[&str]) -> String {
     net_tools::run(program, args, None)
 }
 
-/// The addresses in `set` of `table inet remedy` in `ns`; empty when the
-/// set (or the table) is not there.
-fn banned(ns: &Netns, set: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "nft", "-j", "list", "set", "inet", "remedy", set])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip netns exec … nft` ({e}); install it with `{INSTALL}`"));
-    let listing: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let mut found = Vec::new();
-    for object in listing["nftables"].as_array().into_iter().flatten() {
-        for element in object["set"]["elem"].as_array().into_iter().flatten() {
-            // Elements with a timeout are objects; plain ones are strings.
-            let value = element.get("elem").map(|e| &e["val"]).unwrap_or(element);
-            if let Some(text) = value.as_str() {
-                found.push(text.to_owned());
-            } else if let Some(prefix) = value.get("prefix") {
-                found.push(format!("{}/{}", prefix["addr"].as_str().unwrap_or(""), prefix["len"]));
-            }
-        }
-    }
-    found
-}
-
-/// One node: its namespace, its link to the host, its agent.
-struct Node {
-    name: String,
-    agent: Option<Proc>,
-    ns: Netns,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // The agent goes before its namespace.
-        if let Some(mut agent) = self.agent.take() {
-            agent.kill();
-        }
-    }
-}
-
 /// Makes namespace `i` with a veth link to the host side: 10.79.i.1 on the
 /// host, 10.79.i.2 inside.
-fn node(i: usize) -> Node {
-    let ns = Netns::new(&format!("rmd-cb-{i}"));
-    ns.link(&format!("rmdcb{i}h"), &format!("10.79.{i}.1/24"), &format!("10.79.{i}.2/24"));
-    Node { name: format!("node-{i}"), agent: None, ns }
+fn node(i: usize) -> NetNode {
+    NetNode::linked(&format!("node-{i}"), &format!("rmd-cb-{i}"), &format!("rmdcb{i}h"), &format!("10.79.{i}"))
 }
 
-/// Starts the agent of `node` under `ip netns exec`, dialling the
-/// coordinator's `port` on the host side of its link; its state lives
-/// under `dir`.
-fn start_agent(node: &mut Node, i: usize, dir: &Path, port: u16, logs: &str) {
-    let dir = dir.join(&node.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("agent.yaml");
-    let text = format!(
+/// Starts `node`'s agent, dialling the coordinator's `port`, with `logs`
+/// and IP blocking on.
+fn start_agent(node: &mut NetNode, dir: &Path, port: u16, logs: &str) {
+    let config = format!(
         "{logs}pods: {{enabled: false}}\nblocking:\n  enabled: true\n  reconcile_interval: 300ms\n  never_block: [127.0.0.0/8]\n"
     );
-    std::fs::write(&config, text).unwrap();
-    let args = [
-        "netns",
-        "exec",
-        &node.ns.0,
-        bin("remedy-agent").to_str().unwrap(),
-        "--node-name",
-        &node.name,
-        "--state-dir",
-        dir.join("state").to_str().unwrap(),
-        "--insecure",
-        "--coordinator",
-        &format!("http://10.79.{i}.1:{port}"),
-        "--diagnostics-listen",
-        "127.0.0.1:7072",
-        "--config",
-        config.to_str().unwrap(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let log = dir.join("agent.log");
-    node.agent = Some(Proc::spawn_program(&format!("agent {}", node.name), Path::new("ip"), &args, log));
-}
-
-/// A CRI log line as the kubelet writes it.
-fn cri(message: &str) -> String {
-    format!("2026-11-27T03:00:00.000000000Z stdout F {message}\n")
+    node.start_agent(dir, port, &config);
 }
 
 fn runbooks(dir: &Path) -> PathBuf {
@@ -225,7 +153,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     let url = format!("http://127.0.0.1:{port}");
 
     let pods = dir.path().join("pods");
-    let mut nodes: Vec<Node> = (0..NODES).map(node).collect();
+    let mut nodes: Vec<NetNode> = (0..NODES).map(node).collect();
     for (i, node) in nodes.iter_mut().enumerate() {
         // Only node-0 serves the login page, so only its agent reads a log.
         let logs = if i == 0 {
@@ -237,7 +165,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
         } else {
             "logs: {enabled: false}\n".to_owned()
         };
-        start_agent(node, i, dir.path(), port, &logs);
+        start_agent(node, dir.path(), port, &logs);
     }
     eventually("three agents announced block_ip", WAIT, || async {
         let agents = admin(&url).await.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
@@ -342,7 +270,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     run("ip", &["netns", "exec", &late.ns.0, "nft", "delete", "table", "inet", "remedy"]);
     assert!(banned(&late.ns, "banned_v4").is_empty());
     let fresh = dir.path().join("fresh");
-    start_agent(late, 2, &fresh, port, "logs: {enabled: false}\n");
+    start_agent(late, &fresh, port, "logs: {enabled: false}\n");
     eventually(&format!("{ATTACKER} sent again to {}", late.name), WAIT, || async {
         banned(&late.ns, "banned_v4").iter().any(|a| a == ATTACKER).then_some(())
     })

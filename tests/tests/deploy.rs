@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
@@ -325,6 +327,27 @@ async fn rbac_lets_the_agent_and_the_coordinator_do_what_runbooks_need_and_refus
     // ---- the coordinator ----
     let coordinator =
         cluster.client_for_service_account(REMEDY_NS, "remedy-coordinator").await.unwrap_or_else(|e| fail(e));
+    // Its own infrastructure, never to be banned: the nodes, the service
+    // ranges and the API server's endpoints, and no other EndpointSlices.
+    wait_for("the coordinator to be allowed to list nodes", PROPAGATION, || async {
+        Ok(Some(Api::<Node>::all(coordinator.clone()).list(&ListParams::default()).await?))
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    Api::<ServiceCIDR>::all(coordinator.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("the coordinator lists the service ranges");
+    let api_server = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
+    Api::<EndpointSlice>::namespaced(coordinator.clone(), "default")
+        .list(&api_server)
+        .await
+        .expect("the coordinator lists the API server's EndpointSlices");
+    assert_forbidden(
+        "the coordinator listing EndpointSlices outside `default`",
+        Api::<EndpointSlice>::namespaced(coordinator.clone(), WORKLOADS_NS).list(&ListParams::default()).await,
+    );
+
     // P0-001 scale_api: saas-idp-api to 10 through the scale subresource.
     let workload_deployments: Api<Deployment> = Api::namespaced(coordinator.clone(), WORKLOADS_NS);
     let scale = wait_for("the coordinator to be allowed to scale saas-idp-api", PROPAGATION, || async {

@@ -478,4 +478,34 @@ async fn a_dry_run_leaves_nothing_that_refuses_the_live_run_after_it() {
     let log = show(&entries);
     assert!(!log.contains("cooling down"), "the dry run's would-have scale refused the live run:\n{log}");
     assert_eq!(status_of(&entries, "shrink").as_deref(), Some("dry_run"), "rehearsed, not refused:\n{log}");
+
+    // Neither run changed anything, and neither record says otherwise: the
+    // outcome is a field, and it reads "rehearsed only" for both.
+    let mut admin = coordinator.admin().await;
+    for id in [&dry, &live] {
+        let incident = admin.get_incident(pb::GetIncidentRequest { id: id.clone() }).await.expect("get").into_inner();
+        let outcome = incident.run_outcome.clone().unwrap_or_else(|| panic!("no outcome on {id}"));
+        assert_eq!(outcome.verdict, "rehearsed_only", "{id}: {outcome:?}");
+        assert_eq!((outcome.steps_rehearsed, outcome.steps_succeeded), (1, 0), "{id}: {outcome:?}");
+        assert_eq!(outcome.verification, "not_configured", "{id}: {outcome:?}");
+        let end = incident.timeline.iter().rev().find(|e| e.kind == "runbook").map(|e| e.message.clone());
+        assert_eq!(
+            end.as_deref(),
+            Some("runbook RESIZE finished: rehearsed only, nothing changed (1 rehearsed); the runbook has no verification"),
+            "{id}"
+        );
+    }
+
+    // The dry run is a drill: it stays out of the figures unless asked for.
+    let figures = |include_drills: bool| {
+        let mut admin = admin.clone();
+        async move {
+            let request = pb::GetReportRequest { include_drills, ..Default::default() };
+            let json = admin.get_report(request).await.expect("report").into_inner().json;
+            let report: serde_json::Value = serde_json::from_str(&json).expect("the report is JSON");
+            report["total_incidents"].as_u64().unwrap_or_default()
+        }
+    };
+    assert_eq!(figures(false).await, 1, "only the live run counts");
+    assert_eq!(figures(true).await, 2, "with drills, both");
 }

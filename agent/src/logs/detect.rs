@@ -49,6 +49,9 @@ pub struct DetectorsStatus {
     pub brute_force: BruteForceStats,
     /// Findings waiting for the spool.
     pub pending: usize,
+    /// Brute-force findings held until the coordinator says which
+    /// addresses are the cluster's own.
+    pub held: usize,
     /// Lines refused because findings were waiting (each retried later).
     pub refused: u64,
     /// Brute-force findings dropped because their source is Remedy's own
@@ -61,6 +64,9 @@ struct Detectors {
     errors: ErrorClassifier,
     brute_force: BruteForceDetector,
     pending: Vec<Finding>,
+    /// Brute-force findings raised before the coordinator said which
+    /// addresses are the cluster's own.
+    held: Vec<Finding>,
     refused: u64,
     infrastructure_suppressed: u64,
 }
@@ -68,17 +74,33 @@ struct Detectors {
 impl Detectors {
     /// Queues what the detectors raised, except an attack "from" Remedy's
     /// own infrastructure: a node's address in this node's auth log is a
-    /// misconfigured deploy key, never an attacker to ban everywhere.
+    /// misconfigured deploy key, never an attacker to ban everywhere. An
+    /// agent that has not yet heard the coordinator's view (just started,
+    /// reading the backlog) knows only its own addresses, so it holds
+    /// brute-force findings until it has, then judges them.
     fn queue(&mut self, raised: impl IntoIterator<Item = Finding>, own: &OwnInfrastructure) {
-        let own = own.current();
-        for f in raised {
-            let source = f.labels.get("source_ip").and_then(|ip| ip.parse::<IpAddr>().ok());
-            if f.kind == FindingKind::BruteForce && source.is_some_and(|ip| own.contains(ip)) {
-                self.infrastructure_suppressed += 1;
+        let heard = own.heard_from_coordinator();
+        let known = own.current();
+        let held = if heard { std::mem::take(&mut self.held) } else { Vec::new() };
+        for f in held.into_iter().chain(raised) {
+            if f.kind != FindingKind::BruteForce {
+                self.pending.push(f);
                 continue;
             }
-            self.pending.push(f);
+            let source = f.labels.get("source_ip").and_then(|ip| ip.parse::<IpAddr>().ok());
+            if source.is_some_and(|ip| known.contains(ip)) {
+                self.infrastructure_suppressed += 1;
+            } else if heard {
+                self.pending.push(f);
+            } else {
+                self.held.push(f);
+            }
         }
+    }
+
+    /// Findings not yet handed to the spool, held ones included.
+    fn waiting(&self) -> usize {
+        self.pending.len() + self.held.len()
     }
 }
 
@@ -97,6 +119,7 @@ impl LogDetectors {
             errors: ErrorClassifier::new(errors)?,
             brute_force: BruteForceDetector::new(brute_force)?,
             pending: Vec::new(),
+            held: Vec::new(),
             refused: 0,
             infrastructure_suppressed: 0,
         };
@@ -157,6 +180,7 @@ impl LogDetectors {
                     errors: d.errors.stats(),
                     brute_force: d.brute_force.stats(),
                     pending: 0,
+                    held: d.held.len(),
                     refused: d.refused,
                     infrastructure_suppressed: d.infrastructure_suppressed,
                 };
@@ -238,7 +262,7 @@ pub struct DetectorSink {
 impl LineSink for DetectorSink {
     fn accept(&mut self, line: LogLine) -> Result<(), LogLine> {
         let mut d = self.detectors.lock();
-        if d.pending.len() >= MAX_PENDING {
+        if d.waiting() >= MAX_PENDING {
             d.refused += 1;
             return Err(line);
         }
@@ -312,5 +336,39 @@ mod tests {
         let refused = sink.accept(line(&source, "hello")).unwrap_err();
         assert_eq!(refused.message, "hello", "the refused line comes back whole");
         assert_eq!(detectors.lock().refused, 1);
+    }
+
+    #[test]
+    fn brute_force_waits_for_the_clusters_view_and_never_names_its_infrastructure() {
+        let own = OwnInfrastructure::default();
+        let config = BruteForceConfig { raise_at: 3, ..BruteForceConfig::default() };
+        let detectors = LogDetectors::new(ClassifierConfig::default(), config).unwrap().protecting(own.clone());
+        let mut sink = detectors.sink(Counter::default());
+        let source = Arc::new(LogSource {
+            kind: SourceKind::Plain,
+            path: PathBuf::from("/var/log/auth.log"),
+            namespace: None,
+            pod: None,
+            container: None,
+        });
+        for n in 0..3 {
+            for from in ["10.84.0.2", "203.0.113.9"] {
+                let text = format!("sshd[{n}]: Failed password for deploy from {from} port {} ssh2", 40000 + n);
+                assert!(sink.accept(line(&source, &text)).is_ok());
+            }
+        }
+        {
+            let d = detectors.lock();
+            assert!(d.pending.is_empty(), "nothing is reported before the coordinator's view: {:?}", d.pending);
+            assert_eq!(d.held.len(), 2);
+        }
+        // The coordinator says 10.84.0.2 is another node.
+        own.set_cluster(["10.84.0.2"]);
+        detectors.lock().queue(Vec::new(), &own);
+        let d = detectors.lock();
+        let sources: Vec<&str> = d.pending.iter().map(|f| f.labels["source_ip"].as_str()).collect();
+        assert_eq!(sources, vec!["203.0.113.9"]);
+        assert!(d.held.is_empty());
+        assert_eq!(d.infrastructure_suppressed, 1);
     }
 }

@@ -37,8 +37,8 @@ use super::{Ban, Blocker, Blocking, BlockingStatus, Tracked, ruleset};
 use remedy_shared::guard::{Infrastructure, IpNet};
 
 use crate::clock::now;
-use crate::infrastructure::OwnInfrastructure;
 use crate::handler::{Handlers, Outcome, Reply, Request};
+use crate::infrastructure::OwnInfrastructure;
 use crate::published::Published;
 
 /// Blocks an address or a prefix for a while.
@@ -445,8 +445,13 @@ mod tests {
             params: params(p),
             dry_run,
         };
-        let reply =
-            run(None, &status, &Infrastructure::default(), &request("d1", BLOCK_IP, &[("ip", "198.51.100.7"), ("duration", "1h")], false)).await;
+        let reply = run(
+            None,
+            &status,
+            &Infrastructure::default(),
+            &request("d1", BLOCK_IP, &[("ip", "198.51.100.7"), ("duration", "1h")], false),
+        )
+        .await;
         assert_eq!(reply.outcome, Outcome::Refused);
         assert_eq!(reply.message, "IP blocking is off on this agent (blocking.enabled is false)");
         let reply = run(None, &status, &Infrastructure::default(), &request("d2", UNBLOCK_IP, &[], true)).await;

@@ -184,8 +184,10 @@ impl Actuator for BlockActuator {
                 let notes = if reason.is_empty() { format!("remedy {}", call.incident_id) } else { reason.clone() };
                 // The edge refuses a second rule for the same address: a ban
                 // placed again keeps the rule it has.
-                let held =
-                    previous.as_ref().and_then(|b| b.edge.clone()).filter(|e| e.state == "enforced" && !e.rule_id.is_empty());
+                let held = previous
+                    .as_ref()
+                    .and_then(|b| b.edge.clone())
+                    .filter(|e| e.state == "enforced" && !e.rule_id.is_empty());
                 let placed = match held {
                     Some(e) => Ok(e.rule_id),
                     None => edge.block(&ip, &notes).await,
@@ -270,7 +272,8 @@ impl BlockActuator {
         for (node, r) in &outcome {
             report = report.with(&format!("nodes.{node}.rollback"), if r.is_ok() { "removed" } else { "failed" });
         }
-        report = report.with("rolled_back", removed).with("rollback", if stuck.is_empty() { "done" } else { "partial" });
+        report =
+            report.with("rolled_back", removed).with("rollback", if stuck.is_empty() { "done" } else { "partial" });
         let mut said = format!("rolled back on the {removed} node(s) that had applied it");
         if !stuck.is_empty() {
             said.push_str(&format!(

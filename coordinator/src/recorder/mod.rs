@@ -109,8 +109,9 @@ pub struct RunUpdate {
     pub entries: Vec<TimelineEntry>,
     /// The incident the entries are for when there is no run.
     pub incident: Option<IncidentId>,
-    /// Close the incident (verification passed with no source left).
-    pub resolve: Option<String>,
+    /// Close the incident, by whom and why: a run a person started ended
+    /// and no signal is left to clear it.
+    pub resolve: Option<(String, String)>,
     /// The rails' memory, when it changed.
     pub guard: Option<GuardState>,
     /// Audit entries, written in the same transaction.
@@ -783,6 +784,7 @@ mod tests {
                 runbook_id: "R-1".into(),
                 params: BTreeMap::new(),
                 dry_run: true,
+                drill: false,
                 by: "user:ada".into(),
             })
             .await
@@ -805,6 +807,7 @@ mod tests {
             runbook_id: runbook_id.into(),
             params: BTreeMap::new(),
             dry_run: false,
+            drill: false,
             by: "user:ada".into(),
         };
         let refused = h.recorder.manual_run(request("nope")).await;

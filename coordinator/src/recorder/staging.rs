@@ -446,9 +446,9 @@ impl State {
                             Some(progress) => progress.news = Some(why.clone()),
                         }
                     }
-                    if let Some(by) = &update.resolve {
+                    if let Some((by, why)) = &update.resolve {
                         let base = changed.clone().unwrap_or(open);
-                        if let Ok((closed, entry)) = incident::resolve(&base, by, "verification passed", now) {
+                        if let Ok((closed, entry)) = incident::resolve(&base, by, why, now) {
                             entries.push(entry);
                             changed = Some(closed);
                         }
@@ -743,8 +743,13 @@ mod tests {
     fn an_escalation_keeps_an_acknowledgement_that_arrived_while_it_told_people() {
         let state = State::new(fresh(), catalog());
         let mut stage = Stage::default();
-        let request =
-            ManualRun { runbook_id: "P1-002".into(), params: BTreeMap::new(), dry_run: true, by: "ops".into() };
+        let request = ManualRun {
+            runbook_id: "P1-002".into(),
+            params: BTreeMap::new(),
+            dry_run: true,
+            drill: false,
+            by: "ops".into(),
+        };
         let id = state.stage_manual(&mut stage, request, at(0)).expect("a manual run");
         let mut climbing = state.current(&stage, id).expect("open");
         climbing.escalation = Some(Progress::start("p", "opened", at(0)));

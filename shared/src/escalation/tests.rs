@@ -43,6 +43,7 @@ fn incident(tags: &[&str]) -> Incident {
         acknowledged_at: None,
         acknowledged_by: None,
         escalation: None,
+        drill: false,
     }
 }
 

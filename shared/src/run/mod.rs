@@ -8,9 +8,11 @@
 //! begins (a trigger matched, or a person's request) is `start.rs`; the
 //! sums of aggregated triggers across nodes are `sums.rs`.
 
+mod outcome;
 mod start;
 mod sums;
 
+pub use outcome::{RunOutcome, StepCounts, StepState, Verdict, Verification};
 pub use start::{Cause, ManualRun, ManualRunRefused, Started, manual_run, triggered_run};
 pub use sums::{SumKey, TriggerSum, sum_signal, trigger_sums};
 
@@ -134,7 +136,9 @@ pub enum RunStatus {
     Running,
     /// Checking that remediation worked.
     Verifying,
-    /// Every step ran and verification passed.
+    /// Over without escalating: every step was considered and verification
+    /// did not fail. What it really did is its [`RunOutcome`]: a run that
+    /// only rehearsed ends here too, with the verdict `rehearsed_only`.
     Succeeded,
     /// Handed to people.
     Escalated,
@@ -212,6 +216,13 @@ pub struct RunRecord {
     /// still worked; without verification they make it escalate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// How each step of this attempt ended, by step id (verification
+    /// checks are not steps).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, StepState>,
+    /// What the run did, once it is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RunOutcome>,
 }
 
 impl RunRecord {
@@ -238,6 +249,8 @@ impl RunRecord {
             updated_at: now,
             intents: Vec::new(),
             failures: Vec::new(),
+            steps: BTreeMap::new(),
+            outcome: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct ManualRun {
     pub params: BTreeMap<String, String>,
     /// Rehearse only.
     pub dry_run: bool,
+    /// An exercise: the incident is a drill (a dry run always is).
+    pub drill: bool,
     /// Who asked.
     pub by: String,
 }
@@ -160,6 +162,9 @@ pub fn manual_run(
         ..RunRecord::new(id, runbook, mode, signal.summary.clone(), context, now)
     };
     incident.adopt(runbook);
+    // A rehearsal, or a run asked for as an exercise, measures nothing
+    // about recovering from real incidents.
+    incident.drill = request.dry_run || request.drill;
     entries.push(TimelineEntry {
         at: now,
         kind: EntryKind::Runbook,
@@ -338,6 +343,7 @@ mod tests {
             runbook_id: "A".into(),
             params: BTreeMap::from([("namespace".to_owned(), "billing".to_owned())]),
             dry_run: true,
+            drill: false,
             by: "user:ada".into(),
         };
         let started = manual_run(&catalog(), &request, IncidentId(9), at(3)).expect("a run");
@@ -361,6 +367,7 @@ mod tests {
             runbook_id: id.into(),
             params: BTreeMap::from([(param.to_owned(), "x".to_owned())]),
             dry_run: false,
+            drill: false,
             by: "user:ada".into(),
         };
         let err = manual_run(&catalog(), &request("Z", "namespace"), IncidentId(9), at(3)).expect_err("unknown");

@@ -405,6 +405,9 @@ pub(super) fn incident_desired(incident: &Incident, timeline: &Timeline) -> Resu
     if let Some(by) = &incident.acknowledged_by {
         status["acknowledgedBy"] = json!(clip(by, 253));
     }
+    if incident.drill {
+        status["drill"] = json!(true);
+    }
     if let Some(progress) = &incident.escalation {
         status["escalation"] = serde_json::to_value(progress)
             .map_err(|e| StoreError::Corrupt { table: Kind::Incident.table(), message: format!("escalation: {e}") })?;
@@ -470,6 +473,7 @@ pub(super) fn incident_from_object(object: &DynamicObject) -> Result<ClusterInci
             None | Some(Value::Null) => None,
             Some(_) => Some(f.parse(status, "status.escalation")?),
         },
+        drill: status.get("drill").and_then(Value::as_bool).unwrap_or(false),
     };
     Ok(ClusterIncident { incident, timeline: timeline.entries, dropped: timeline.dropped })
 }
@@ -536,6 +540,10 @@ pub(super) fn run_desired(run: &RunRecord) -> Result<Desired, StoreError> {
     let failures: Vec<String> = run.failures[skip..].iter().map(|f| clip(f, 2048)).collect();
     let context = serde_json::to_value(&run.context)
         .map_err(|e| StoreError::Backend(format!("the run of {}: its context: {e}", run.incident_id)))?;
+    let steps = serde_json::to_value(&run.steps)
+        .map_err(|e| StoreError::Backend(format!("the run of {}: its steps: {e}", run.incident_id)))?;
+    let outcome = serde_json::to_value(run.outcome)
+        .map_err(|e| StoreError::Backend(format!("the run of {}: its outcome: {e}", run.incident_id)))?;
     Ok(Desired {
         kind: Kind::RunRecord,
         name: object_name_of(run.incident_id),
@@ -558,6 +566,8 @@ pub(super) fn run_desired(run: &RunRecord) -> Result<Desired, StoreError> {
             "updatedAt": rfc3339(run.updated_at, "updatedAt")?,
             "intents": intents,
             "failures": failures,
+            "steps": steps,
+            "outcome": outcome,
             "context": context,
         }),
     })
@@ -584,6 +594,14 @@ pub(super) fn run_from_object(object: &DynamicObject) -> Result<RunRecord, Store
         None | Some(Value::Null) => Default::default(),
         Some(c) => serde_json::from_value(c.clone()).map_err(|e| f.corrupt(format!("status.context: {e}")))?,
     };
+    let steps = match status.get("steps") {
+        None | Some(Value::Null) => Default::default(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| f.corrupt(format!("status.steps: {e}")))?,
+    };
+    let outcome = match status.get("outcome") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| f.corrupt(format!("status.outcome: {e}")))?),
+    };
     let attempt = f.u64(status, "status.attempt")?;
     let next_step = f.u64(status, "status.nextStep")?;
     Ok(RunRecord {
@@ -600,6 +618,8 @@ pub(super) fn run_from_object(object: &DynamicObject) -> Result<RunRecord, Store
         updated_at: f.time(status, "status.updatedAt")?,
         intents,
         failures,
+        steps,
+        outcome,
     })
 }
 

@@ -7,7 +7,7 @@ use remedy_shared::Timestamp;
 use remedy_shared::finding::{ConditionKey, ConditionKind, FindingKind, Severity};
 use remedy_shared::guard::{GuardState, Mode};
 use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
-use remedy_shared::run::{Intent, RunRecord, RunStatus};
+use remedy_shared::run::{Intent, RunOutcome, RunRecord, RunStatus, StepState, Verification};
 use serde_json::{Map, Value, json};
 
 use super::encoding::{Desired, new_object};
@@ -56,6 +56,7 @@ pub(super) fn incident(id: u64, state: IncidentState) -> Incident {
         acknowledged_at: Some(at(3)),
         acknowledged_by: Some("user:alice".into()),
         escalation: None,
+        drill: false,
     }
 }
 
@@ -92,6 +93,11 @@ pub(super) fn run(id: u64) -> RunRecord {
             },
         ],
         failures: vec!["probe: 503".into()],
+        steps: BTreeMap::from([("snapshot".to_owned(), StepState::Observed)]),
+        outcome: Some(RunOutcome::judge(
+            &BTreeMap::from([("snapshot".to_owned(), StepState::Observed)]),
+            Verification::Unverified,
+        )),
     }
 }
 

@@ -766,6 +766,7 @@ async fn runs_bench(
                 params: Default::default(),
                 dry_run: false,
                 requested_by: "remedy-bench".to_owned(),
+                drill: false,
             };
             let id = admin.run_runbook(request).await.map_err(|e| e.to_string())?.into_inner().incident_id;
             Ok::<_, String>((id, sent))
