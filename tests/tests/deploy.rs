@@ -213,6 +213,8 @@ async fn base_applies_with_server_side_dry_run_and_leaves_out_what_a_bare_cluste
         "deployment.apps/remedy-coordinator",
         "poddisruptionbudget.policy/remedy-coordinator",
         "daemonset.apps/remedy-agent",
+        "networkpolicy.networking.k8s.io/remedy-coordinator",
+        "networkpolicy.networking.k8s.io/remedy-agent",
     ] {
         assert!(out.contains(object), "{object} missing from the dry run:\n{out}");
     }
