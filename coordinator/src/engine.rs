@@ -641,7 +641,9 @@ impl Driver {
             last_outcome = decision.outcome();
             match decision {
                 Decision::Allow | Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(None),
-                Decision::Refuse(refusal) => return Ok(Some(StepEnd::Failed(format!("refused: {refusal}")))),
+                Decision::Refuse(refusal) => {
+                    return Ok(Some(StepEnd::Failed(format!("step {}: refused: {refusal}", request.step_id))));
+                }
                 Decision::Escalate(why) => return Ok(Some(StepEnd::Escalate(why.to_string()))),
                 Decision::NeedsApproval { expires_at, .. } => {
                     if !self.still_open(run).await? {
@@ -777,14 +779,29 @@ impl Driver {
         })
     }
 
+    /// Ends a run whose verification passed: succeeded when every step
+    /// did what it was for, partial when steps the runbook went on past
+    /// failed (`on_failure: next`), which says which and why, since the
+    /// record never says more than what happened.
     async fn succeed(&self, run: &mut RunRecord, runbook: &Runbook) -> Result<(), RecordError> {
-        run.status = RunStatus::Succeeded;
+        let message = if run.failures.is_empty() {
+            run.status = RunStatus::Succeeded;
+            format!("runbook {} finished: every step ran and verification passed", runbook.id())
+        } else {
+            run.status = RunStatus::Partial;
+            let n = run.failures.len();
+            format!(
+                "runbook {} finished partially: verification passed, but {n} {} did not: {}",
+                runbook.id(),
+                if n == 1 { "step" } else { "steps" },
+                run.failures.join("; ")
+            )
+        };
         let incident = self.inner.recorder.open_incident(run.incident_id).await?;
         // A person's run has no signal that will clear it; an alert or a
         // finding clears the incident itself when it ends.
         let only_people =
             incident.as_ref().is_some_and(|i| i.active_sources.keys().all(|s| s.starts_with("remedyctl:")));
-        let message = format!("runbook {} finished: every step ran and verification passed", runbook.id());
         let update = RunUpdate {
             run: Some(run.clone()),
             entries: vec![self.entry(EntryKind::Runbook, message, BTreeMap::new())],

@@ -187,6 +187,9 @@ pub fn run_end(incident: &pb::Incident) -> Option<String> {
     let newest = |kind: &str| incident.timeline.iter().rev().find(|e| e.kind == kind).map(|e| e.message.clone());
     match incident.run_status() {
         pb::RunStatus::Succeeded => Some(newest("runbook").unwrap_or_else(|| "the run succeeded".to_owned())),
+        pb::RunStatus::Partial => {
+            Some(newest("runbook").unwrap_or_else(|| "verification passed, but some steps failed".to_owned()))
+        }
         pb::RunStatus::Escalated => Some(newest("escalated").unwrap_or_else(|| "the run was escalated".to_owned())),
         pb::RunStatus::Cancelled => Some("the incident was resolved".to_owned()),
         _ if incident.state == pb::IncidentState::Resolved as i32 => Some("the incident was resolved".to_owned()),
@@ -428,6 +431,14 @@ mod tests {
         assert_eq!(run_end(&incident), None);
         incident.run_status = pb::RunStatus::Succeeded as i32;
         assert_eq!(run_end(&incident).as_deref(), Some("runbook R finished: every step ran"));
+        incident
+            .timeline
+            .push(entry("runbook", "runbook R finished partially: verification passed, but 1 step did not"));
+        incident.run_status = pb::RunStatus::Partial as i32;
+        assert_eq!(
+            run_end(&incident).as_deref(),
+            Some("runbook R finished partially: verification passed, but 1 step did not")
+        );
         incident.timeline.push(entry("escalated", "escalated to p2-chain: step failed"));
         incident.run_status = pb::RunStatus::Escalated as i32;
         assert_eq!(run_end(&incident).as_deref(), Some("escalated to p2-chain: step failed"));

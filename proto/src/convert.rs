@@ -291,6 +291,7 @@ pub fn run_status_to_proto(status: remedy_shared::run::RunStatus) -> pb::RunStat
         RunStatus::Running => pb::RunStatus::Running,
         RunStatus::Verifying => pb::RunStatus::Verifying,
         RunStatus::Succeeded => pb::RunStatus::Succeeded,
+        RunStatus::Partial => pb::RunStatus::Partial,
         RunStatus::Escalated => pb::RunStatus::Escalated,
         RunStatus::Cancelled => pb::RunStatus::Cancelled,
     }

@@ -18,6 +18,9 @@ use remedy_coordinator::actuators::agent::AgentActuator;
 use remedy_coordinator::actuators::{ActionCall, ActionReport, ActionStatus, Actuator};
 use remedy_coordinator::directives::Directives;
 use remedy_e2e::procs::{Agent, eventually, http_request, metric_value};
+use remedy_e2e::runs::{about, incident_for, result_of, run_end, seed_catalog, show};
+use remedy_e2e::world::World;
+use remedy_proto::v1 as pb;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -487,4 +490,101 @@ local_actions:
     assert_eq!(state["local_actions"]["gc_nudge"]["limit"]["used_last_hour"], 1, "{}", state["local_actions"]);
     drop(target);
     drop(other);
+}
+
+/// An agent for `node` of a real coordinator, with log cleanup under
+/// `roots` (path, age), the tailer and the pod watch off.
+async fn cleaning_agent(base: &Path, node: &str, coordinator: &str, roots: &[(&Path, &str)]) -> Agent {
+    let mut yaml = String::from(
+        "pods: {enabled: false}\nlogs: {enabled: false}\nlocal_actions:\n  log_cleanup:\n    enabled: true\n    cooldown: 0s\n    roots:\n",
+    );
+    for (path, age) in roots {
+        yaml.push_str(&format!("      - {{path: {}, globs: ['*.log'], older_than: {age}}}\n", path.display()));
+    }
+    let config = base.join(format!("{node}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    Agent::start_with(&base.join(node), node, coordinator, &["--config", config.to_str().unwrap()]).await
+}
+
+/// P2-001 from a node's `disk_usage_high` finding: its `clean_old_logs`
+/// step sends `log_cleanup` to that node's agent alone, which deletes its
+/// old files (and keeps what it must), and the incident's timeline says
+/// how many went and what was kept and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_001_deletes_the_old_logs_of_the_node_whose_disk_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(dir.path()).unwrap();
+    let world = World::start().await;
+    let catalog = seed_catalog(&base, &world);
+    // The seed cleans /tmp (1 day) and /var/log (7 days) on the node; here,
+    // two directories of this test stand for them.
+    let (tmp, var) = (base.join("node-a/tmp"), base.join("node-a/var-log"));
+    let other = base.join("node-b/tmp");
+    for d in [&tmp, &var, &other] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let p2 = catalog.join("p2-001-high-resource-usage.yaml");
+    let text = std::fs::read_to_string(&p2).unwrap();
+    assert!(text.contains("path: /tmp") && text.contains("path: /var/log"), "the seed's roots moved:\n{text}");
+    let text = text
+        .replace("path: /tmp", &format!("path: {}", tmp.display()))
+        .replace("path: /var/log", &format!("path: {}", var.display()));
+    std::fs::write(&p2, text).unwrap();
+    write_old(&tmp.join("old.log"), "2 days ago");
+    write_old(&tmp.join("young.log"), "1 hour ago");
+    write_old(&var.join("app.log"), "10 days ago");
+    write_old(&var.join("recent.log"), "3 days ago");
+    write_old(&var.join("held.log"), "10 days ago");
+    let _reader = Reaped(python(HOLD, &[var.join("held.log").to_str().unwrap(), "r"]));
+    write_old(&other.join("old.log"), "10 days ago");
+
+    let coordinator = remedy_e2e::runs::start(&base, &world, &catalog, "").await;
+    let node_a = cleaning_agent(&base, "node-a", &coordinator.url(), &[(&tmp, "1d"), (&var, "7d")]).await;
+    let _node_b = cleaning_agent(&base, "node-b", &coordinator.url(), &[(&other, "1d")]).await;
+    let admin = coordinator.admin().await;
+    eventually("both agents connected, announcing log_cleanup", WAIT, || {
+        let mut admin = admin.clone();
+        async move {
+            let agents = admin.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
+            let ready = agents.iter().filter(|a| a.connected && a.capabilities.iter().any(|c| c == "log_cleanup"));
+            (ready.count() == 2).then_some(())
+        }
+    })
+    .await;
+
+    let finding = json!([{ "kind": "disk_usage_high", "severity": "warning", "target": "mount/node-a:/var",
+        "summary": "/var at 95%", "labels": { "mount": "/var", "node": "node-a" } }]);
+    assert_eq!(node_a.submit(&finding).await.0, 202);
+    let incident = incident_for(&coordinator, "P2-001").await;
+    let entries = run_end(&coordinator, &incident.id).await;
+    let log = show(&entries);
+
+    let result = result_of(&entries, "clean_old_logs").unwrap_or_else(|| panic!("no cleanup result:\n{log}"));
+    assert_eq!(result.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert!(result.message.contains("deleted 2 files"), "{log}");
+    assert!(result.message.contains("kept 1: 1 is open by a process"), "{log}");
+    let ev = |k: &str| result.details.get(&format!("evidence.{k}")).cloned().unwrap_or_default();
+    assert_eq!((ev("files_deleted"), ev("node-a.files_deleted")), ("2".into(), "2".into()), "{log}");
+    assert_eq!(ev("bytes_freed"), (2 * "some old log line\n".len()).to_string(), "{log}");
+    assert_eq!(ev("kept.open"), "1", "{log}");
+    assert_eq!(ev("agents"), "1", "only the node that reported: {log}");
+    assert!(!result.details.contains_key("evidence.node-b.outcome"), "{log}");
+    // The decision named that node's agent, weighed as one of two nodes.
+    let decided = about(&entries, "clean_old_logs").into_iter().find(|e| e.kind == "decision").cloned();
+    assert!(decided.is_some_and(|d| d.details.get("outcome").map(String::as_str) == Some("allowed")), "{log}");
+
+    assert!(!tmp.join("old.log").exists() && !var.join("app.log").exists(), "{log}");
+    for kept in [tmp.join("young.log"), var.join("recent.log"), var.join("held.log"), other.join("old.log")] {
+        assert!(kept.exists(), "{} was deleted:\n{log}", kept.display());
+    }
+    // Steps were refused here (no cluster to scale): the run never reads
+    // as every step having run, and says which did not.
+    assert!(!entries.iter().any(|e| e.message.contains("every step ran")), "{log}");
+    let end = entries.iter().rev().find(|e| e.kind == "runbook" || e.kind == "escalated").unwrap();
+    if end.kind == "runbook" {
+        assert!(end.message.contains("finished partially: verification passed, but 2 steps did not"), "{log}");
+        assert!(end.message.contains("step scale_down_analytics: refused"), "{log}");
+        let status = admin.clone().get_incident(pb::GetIncidentRequest { id: incident.id.clone() }).await.unwrap();
+        assert_eq!(status.into_inner().run_status(), pb::RunStatus::Partial, "{log}");
+    }
 }

@@ -136,6 +136,10 @@ pub enum RunStatus {
     Verifying,
     /// Every step ran and verification passed.
     Succeeded,
+    /// Verification passed, but some steps did not do what they were for
+    /// (failed, refused, or found nothing to do) and the runbook went on
+    /// past them: over, and never to be read as a success.
+    Partial,
     /// Handed to people.
     Escalated,
     /// Stopped because the incident was resolved (by its signals or by a
@@ -146,7 +150,7 @@ pub enum RunStatus {
 impl RunStatus {
     /// Whether the run is over.
     pub fn is_finished(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Escalated | RunStatus::Cancelled)
+        matches!(self, RunStatus::Succeeded | RunStatus::Partial | RunStatus::Escalated | RunStatus::Cancelled)
     }
 
     /// The snake_case name used in output.
@@ -156,6 +160,7 @@ impl RunStatus {
             RunStatus::Running => "running",
             RunStatus::Verifying => "verifying",
             RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
             RunStatus::Escalated => "escalated",
             RunStatus::Cancelled => "cancelled",
         }
