@@ -677,7 +677,9 @@ impl Driver {
             last_outcome = decision.outcome();
             match decision {
                 Decision::Allow | Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(None),
-                Decision::Refuse(refusal) => return Ok(Some(StepEnd::Refused(format!("refused: {refusal}")))),
+                Decision::Refuse(refusal) => {
+                    return Ok(Some(StepEnd::Refused(format!("step {}: refused: {refusal}", request.step_id))));
+                }
                 Decision::Escalate(why) => return Ok(Some(StepEnd::Escalate(why.to_string()))),
                 Decision::NeedsApproval { expires_at, .. } => {
                     if !self.still_open(run).await? {
@@ -830,6 +832,10 @@ impl Driver {
         })
     }
 
+    /// Ends a run whose verification did not fail, with its outcome: what
+    /// really changed, what was only rehearsed, refused or failed (the
+    /// steps the runbook went on past are named), and whether verification
+    /// really ran. The record never says more than what happened.
     async fn succeed(
         &self,
         run: &mut RunRecord,
@@ -839,12 +845,15 @@ impl Driver {
         run.status = RunStatus::Succeeded;
         let outcome = RunOutcome::judge(&run.steps, verification);
         run.outcome = Some(outcome);
+        let mut message = format!("runbook {} finished: {}", runbook.id(), outcome.describe());
+        if !run.failures.is_empty() {
+            message.push_str(&format!("; did not: {}", run.failures.join("; ")));
+        }
         let incident = self.inner.recorder.open_incident(run.incident_id).await?;
         // A person's run has no signal that will clear it; an alert or a
         // finding clears the incident itself when it ends.
         let only_people =
             incident.as_ref().is_some_and(|i| i.active_sources.keys().all(|s| s.starts_with("remedyctl:")));
-        let message = format!("runbook {} finished: {}", runbook.id(), outcome.describe());
         let update = RunUpdate {
             run: Some(run.clone()),
             entries: vec![self.entry(EntryKind::Runbook, message, outcome_details(&outcome))],

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod budget;
 pub mod catalog;
+pub mod cleanup;
 pub mod comms;
 pub mod config;
 pub mod detector;

@@ -99,6 +99,11 @@ impl Proc {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Proc {
@@ -257,6 +262,9 @@ pub struct Agent {
     dir: PathBuf,
     coordinator: String,
     extra: Vec<String>,
+    /// A program (and its arguments) the agent is started through, given
+    /// the agent's binary and arguments after its own; empty: none.
+    wrapper: Vec<String>,
     proc: Option<Proc>,
 }
 
@@ -268,16 +276,31 @@ impl Agent {
 
     /// Starts an agent with extra command-line arguments.
     pub async fn start_with(dir: &Path, node: &str, coordinator: &str, extra: &[&str]) -> Agent {
+        Self::start_wrapped(dir, node, coordinator, extra, &[]).await
+    }
+
+    /// Starts an agent through `wrapper`, a program and its arguments that
+    /// end by running the agent's binary and arguments given after them
+    /// (`unshare --mount ... sh -c '...; exec "$@"'`), so it runs in a
+    /// namespace the test made for it. The wrapper must exec the agent, so
+    /// that [`pid`](Self::pid) is the agent's.
+    pub async fn start_wrapped(dir: &Path, node: &str, coordinator: &str, extra: &[&str], wrapper: &[String]) -> Agent {
         let mut a = Agent {
             diagnostics: free_addr(),
             node: node.to_owned(),
             dir: dir.to_path_buf(),
             coordinator: coordinator.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.to_vec(),
             proc: None,
         };
         a.restart().await;
         a
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(Proc::pid)
     }
 
     /// Kills it with SIGKILL.
@@ -305,8 +328,17 @@ impl Agent {
             args.push("--insecure".to_owned());
         }
         args.extend(self.extra.iter().cloned());
-        self.proc =
-            Some(Proc::spawn(&format!("agent {}", self.node), "remedy-agent", &args, self.dir.join("agent.log")));
+        let name = format!("agent {}", self.node);
+        let log = self.dir.join("agent.log");
+        self.proc = Some(match self.wrapper.split_first() {
+            None => Proc::spawn(&name, "remedy-agent", &args, log),
+            Some((program, wrapper_args)) => {
+                let mut all = wrapper_args.to_vec();
+                all.push(bin("remedy-agent").display().to_string());
+                all.extend(args);
+                Proc::spawn_program(&name, Path::new(program), &all, log)
+            }
+        });
         let addr = self.diagnostics;
         eventually("the agent's /healthz", Duration::from_secs(30), || async move {
             http_request(addr, "GET", "/healthz", None).await.ok().filter(|(code, _)| *code == 200)

@@ -491,7 +491,9 @@ async fn a_dry_run_leaves_nothing_that_refuses_the_live_run_after_it() {
         let end = incident.timeline.iter().rev().find(|e| e.kind == "runbook").map(|e| e.message.clone());
         assert_eq!(
             end.as_deref(),
-            Some("runbook RESIZE finished: rehearsed only, nothing changed (1 rehearsed); the runbook has no verification"),
+            Some(
+                "runbook RESIZE finished: rehearsed only, nothing changed (1 rehearsed); the runbook has no verification"
+            ),
             "{id}"
         );
     }

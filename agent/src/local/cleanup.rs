@@ -16,28 +16,37 @@
 //! - `max_files` (optional): at most this many deletions, never more than
 //!   `local_actions.log_cleanup.max_files`.
 //!
-//! Safety: each root is opened with `O_NOFOLLOW` after checking that its
-//! path has no symlink in it; the walk goes down through directory handles
-//! opened with `O_NOFOLLOW` relative to their parent, so a symlink (to a
-//! file or a directory) is never followed and nothing outside the root is
-//! reached. Directories on another filesystem (a mount, a bind) are not
-//! entered. Before a file is unlinked (relative to its directory's handle)
-//! the chain of directories from the root is opened again and must lead to
-//! the same directory, and the file must still be the same inode, still a
-//! regular file and still old enough. Files the agent's own tailer reads
-//! and files any process holds open for writing (found through
-//! `/proc/*/fd`, by device and inode) are kept. A scan of `/proc` that
-//! cannot finish within its bounds keeps every candidate.
+//! Safety: nothing is ever resolved by a full path after the root. The
+//! root is opened with `openat2` and `RESOLVE_NO_SYMLINKS`, so neither it
+//! nor any directory on its path may be a symlink. Every directory below
+//! is opened relative to its parent's handle with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS`: the kernel
+//! refuses a symlink (to a file or a directory) and any mount crossing
+//! while it resolves. Every entry is looked at with `statx` and must be on
+//! its directory's mount (same mount id, same device): a tmpfs, a bind
+//! mount of the same filesystem or a file bound over a name is never
+//! entered nor deleted. A file with another hard link (`st_nlink > 1`) is
+//! kept: that other name may be outside the root. A file any process holds
+//! open, for reading or writing (every `/proc/PID/fd` link, by device and
+//! inode), is kept, and so are the files the agent's own tailer reads; a
+//! scan of `/proc` that cannot finish within its bounds keeps every
+//! candidate, and processes whose descriptors the agent may not read are
+//! counted in the reply. Right before a file is unlinked
+//! (relative to its directory's handle) the directory is resolved again
+//! from the root the same way and must be the very one held, and the file
+//! must still be the same inode on the same mount, a regular file with one
+//! link, and old enough.
 //!
 //! Outcomes: `succeeded` (the run finished, the evidence says what went);
 //! `dry_run` (what would go, nothing deleted, nothing of the budget spent);
 //! `refused` (a parameter, log cleanup off, the budget or the cooldown).
 //! The evidence has `files_deleted`, `bytes_freed`, `files_matched`,
-//! `skipped.<reason>` counts (`too_young`, `open_for_writing`, `tailer`,
-//! `symlink`, `outside_root`, `other_filesystem`, `too_deep`, `changed`,
-//! `error`, `open_check_incomplete`), `root.<i>.*` per root (path, age,
+//! `kept` (files kept for safety) and `skipped.<reason>` counts (the
+//! reasons of [`Kept`]: `too_young`, `symlink`, `outside_root`, `mount`,
+//! `too_deep`, `hard_links`, `tailer`, `open`, `changed`,
+//! `open_check_incomplete`, `error`), `root.<i>.*` per root (path, age,
 //! emergency, disk percent), and up to [`LISTED`] `file.<path>` entries,
-//! each `deleted`, `would_delete` or its skip reason.
+//! each `deleted`, `would_delete` or the reason it was kept.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -51,9 +60,12 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use nix::dir::Dir;
-use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, unlinkat};
+use remedy_shared::cleanup::Kept;
+use rustix::fs::{AtFlags, CWD, FileType, Mode as RawMode, OFlags, ResolveFlags, Statx, StatxFlags, openat2, statx};
+use rustix::io::Errno;
 use serde::Deserialize;
 
 use super::config::{CleanupConfig, CleanupRoot, plain_absolute, valid_glob};
@@ -304,50 +316,8 @@ pub fn contained(root: &Path, path: &Path) -> bool {
     path.starts_with(root) && path.components().all(|c| !matches!(c, Component::ParentDir | Component::CurDir))
 }
 
-/// Why a file was kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Skip {
-    /// Not old enough.
-    TooYoung,
-    /// A symlink, never followed.
-    Symlink,
-    /// A root outside the allowed ones, or whose path has a symlink.
-    OutsideRoot,
-    /// A directory on another filesystem.
-    OtherFilesystem,
-    /// Deeper than `max_depth`.
-    TooDeep,
-    /// The agent's tailer reads it.
-    Tailer,
-    /// A process holds it open for writing.
-    OpenForWriting,
-    /// It (or its directory) changed between the walk and the delete.
-    Changed,
-    /// The scan of open files could not finish.
-    OpenCheckIncomplete,
-    /// Reading or deleting it failed.
-    Error,
-}
-
-impl Skip {
-    /// As evidence and metrics name it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Skip::TooYoung => "too_young",
-            Skip::Symlink => "symlink",
-            Skip::OutsideRoot => "outside_root",
-            Skip::OtherFilesystem => "other_filesystem",
-            Skip::TooDeep => "too_deep",
-            Skip::Tailer => "tailer",
-            Skip::OpenForWriting => "open_for_writing",
-            Skip::Changed => "changed",
-            Skip::OpenCheckIncomplete => "open_check_incomplete",
-            Skip::Error => "error",
-        }
-    }
-}
-
-/// An open directory below a root, with the names leading to it.
+/// An open directory below a root, with the names leading to it and what
+/// it was when opened.
 #[derive(Debug)]
 struct DirHandle {
     fd: OwnedFd,
@@ -355,6 +325,8 @@ struct DirHandle {
     rel: Vec<OsString>,
     dev: u64,
     ino: u64,
+    /// Its mount: every entry deleted or entered must be on this one.
+    mnt_id: u64,
 }
 
 #[derive(Debug)]
@@ -373,12 +345,12 @@ struct Candidate {
 pub struct Outcome {
     /// Files deleted (or that would be, in a dry run).
     pub deleted: u64,
-    /// Bytes freed (or that would be); a file with other hard links frees none.
+    /// Bytes freed (or that would be).
     pub bytes: u64,
     /// Files old enough and matching.
     pub matched: u64,
     /// Kept, by reason.
-    pub skipped: BTreeMap<&'static str, u64>,
+    pub kept: BTreeMap<Kept, u64>,
     /// Why the run stopped early, if it did.
     pub truncated: Option<String>,
     /// Per file, up to [`LISTED`].
@@ -390,9 +362,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn skip(&mut self, why: Skip, path: &Path) {
-        *self.skipped.entry(why.name()).or_default() += 1;
-        if why != Skip::TooYoung {
+    fn keep(&mut self, why: Kept, path: &Path) {
+        *self.kept.entry(why).or_default() += 1;
+        if why.for_safety() {
             self.list(path, why.name());
         }
     }
@@ -402,23 +374,90 @@ impl Outcome {
             self.files.push((path.to_path_buf(), what.to_owned()));
         }
     }
+
+    /// `kept 2: 1 has other links, 1 is open by a process`, or `None`.
+    pub fn kept_summary(&self) -> Option<String> {
+        remedy_shared::cleanup::kept_summary(&self.kept)
+    }
 }
 
-fn stat_nofollow<Fd: AsFd>(dir: Fd, name: &OsStr) -> nix::Result<FileStat> {
-    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+/// What one look at a directory entry (or an open handle) tells.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    kind: FileType,
+    dev: u64,
+    ino: u64,
+    mnt_id: u64,
+    nlink: u64,
+    size: u64,
+    mtime: SystemTime,
 }
 
-fn kind(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+impl Meta {
+    /// Whether `other` is the very same object on the same mount.
+    fn same(&self, other: &Meta) -> bool {
+        (self.dev, self.ino, self.mnt_id) == (other.dev, other.ino, other.mnt_id)
+    }
 }
 
-fn open_dir<Fd: AsFd>(parent: Fd, name: &OsStr) -> nix::Result<OwnedFd> {
-    openat(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+/// What [`look`] asks `statx` for.
+const LOOK: StatxFlags = StatxFlags::TYPE
+    .union(StatxFlags::MODE)
+    .union(StatxFlags::NLINK)
+    .union(StatxFlags::INO)
+    .union(StatxFlags::SIZE)
+    .union(StatxFlags::MTIME)
+    .union(StatxFlags::MNT_ID);
+
+fn meta(st: &Statx) -> Result<Meta, Errno> {
+    // A kernel older than 5.8 answers without a mount id: without it a
+    // bind mount of the same filesystem looks like any directory, so
+    // nothing is entered or deleted.
+    if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID) {
+        return Err(Errno::NOSYS);
+    }
+    let mtime = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(st.stx_mtime.tv_sec.max(0) as u64)
+        + Duration::from_nanos(u64::from(st.stx_mtime.tv_nsec));
+    Ok(Meta {
+        kind: FileType::from_raw_mode(u32::from(st.stx_mode)),
+        dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mnt_id: st.stx_mnt_id,
+        nlink: u64::from(st.stx_nlink),
+        size: st.stx_size,
+        mtime,
+    })
 }
 
-fn mtime(st: &FileStat) -> SystemTime {
-    let secs = Duration::from_secs(st.st_mtime.max(0) as u64) + Duration::from_nanos(st.st_mtime_nsec.max(0) as u64);
-    SystemTime::UNIX_EPOCH + secs
+/// Looks at `name` in `dir` without following a symlink or triggering an
+/// automount. A mount point reads as the root of what is mounted there,
+/// with that mount's id.
+fn look<Fd: AsFd>(dir: Fd, name: &OsStr) -> Result<Meta, Errno> {
+    statx(dir, name, AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT, LOOK).and_then(|s| meta(&s))
+}
+
+/// Looks at what an open handle refers to.
+fn look_fd<Fd: AsFd>(fd: Fd) -> Result<Meta, Errno> {
+    statx(fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW, LOOK).and_then(|s| meta(&s))
+}
+
+/// How every directory below a root is opened: resolved by the kernel
+/// beneath the directory handle given, refusing any symlink (magic ones
+/// too) and any mount crossing, bind mounts included. The check is done
+/// by the kernel while it resolves, so nothing swapped in between a look
+/// and the open can lead out of the root.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_XDEV)
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// Opens the directory `rel` (one name, or names joined by `/`) beneath
+/// `dir`.
+fn open_beneath<Fd: AsFd>(dir: Fd, rel: &Path) -> Result<OwnedFd, Errno> {
+    openat2(dir, rel, DIR_FLAGS, RawMode::empty(), BENEATH)
 }
 
 fn names<Fd: AsFd>(dir: Fd) -> nix::Result<Vec<OsString>> {
@@ -459,6 +498,26 @@ pub struct Limits {
 /// what the agent's tailer reads, by device and inode.
 pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>, dry_run: bool) -> Outcome {
     let mut out = Outcome::default();
+    let walked = walk(params, limits, &mut out);
+    if walked.candidates.is_empty() {
+        return out;
+    }
+    let wanted: HashSet<(u64, u64)> = walked.candidates.iter().map(|c| (c.dev, c.ino)).collect();
+    let open = open_files(&wanted, limits.deadline, MAX_FDS_SCANNED);
+    out.procs_unreadable = open.unreadable;
+    delete(walked, &open, tailed, limits, dry_run, &mut out);
+    out
+}
+
+/// What the walk found: each root's handle (`None` when it was not
+/// entered) and the files that may go.
+#[derive(Debug)]
+struct Walked {
+    roots: Vec<Option<Arc<DirHandle>>>,
+    candidates: Vec<Candidate>,
+}
+
+fn walk(params: &CleanupParams, limits: Limits, out: &mut Outcome) -> Walked {
     let now = crate::clock::wall();
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut held_dirs = 0usize;
@@ -471,7 +530,7 @@ pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>,
             Err((why, message)) => {
                 out.roots.insert(key("skipped"), message);
                 if let Some(why) = why {
-                    out.skip(why, &root.path);
+                    out.keep(why, &root.path);
                 }
                 roots.push(None);
                 continue;
@@ -511,59 +570,76 @@ pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>,
                     break;
                 }
                 let path = root.path.join(show_rel(&dir.rel)).join(&name);
-                let st = match stat_nofollow(&dir.fd, &name) {
-                    Ok(st) => st,
-                    Err(nix::errno::Errno::ENOENT) => continue,
+                let m = match look(&dir.fd, &name) {
+                    Ok(m) => m,
+                    Err(Errno::NOENT) => continue,
                     Err(_) => {
-                        out.skip(Skip::Error, &path);
+                        out.keep(Kept::Error, &path);
                         continue;
                     }
                 };
-                let k = kind(&st);
-                if k == SFlag::S_IFLNK {
-                    out.skip(Skip::Symlink, &path);
-                } else if k == SFlag::S_IFDIR {
-                    if st.st_dev != dir.dev {
-                        out.skip(Skip::OtherFilesystem, &path);
-                    } else if dir.rel.len() + 1 > limits.max_depth {
-                        out.skip(Skip::TooDeep, &path);
-                    } else if held_dirs >= MAX_DIRS_HELD {
-                        out.truncated = Some("directories".into());
-                    } else {
-                        match open_dir(&dir.fd, &name).and_then(|fd| fstat(&fd).map(|s| (fd, s))) {
-                            Ok((fd, s)) if s.st_ino == st.st_ino && s.st_dev == st.st_dev => {
+                // A mount point (a tmpfs, a bind mount of this very
+                // filesystem, a file bound over a name) has another mount
+                // id than its directory, whatever its device number.
+                if m.mnt_id != dir.mnt_id || m.dev != dir.dev {
+                    out.keep(Kept::Mount, &path);
+                    continue;
+                }
+                match m.kind {
+                    FileType::Symlink => out.keep(Kept::Symlink, &path),
+                    FileType::Directory if dir.rel.len() + 1 > limits.max_depth => out.keep(Kept::TooDeep, &path),
+                    FileType::Directory if held_dirs >= MAX_DIRS_HELD => out.truncated = Some("directories".into()),
+                    FileType::Directory => match open_beneath(&dir.fd, Path::new(&name)) {
+                        Ok(fd) => match look_fd(&fd) {
+                            Ok(opened) if opened.same(&m) => {
                                 let mut rel = dir.rel.clone();
                                 rel.push(name);
                                 held_dirs += 1;
-                                stack.push(Arc::new(DirHandle { fd, root: i, rel, dev: s.st_dev, ino: s.st_ino }));
+                                stack.push(Arc::new(DirHandle {
+                                    fd,
+                                    root: i,
+                                    rel,
+                                    dev: opened.dev,
+                                    ino: opened.ino,
+                                    mnt_id: opened.mnt_id,
+                                }));
                             }
-                            // Swapped for a symlink between the stat and the open.
-                            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) | Ok(_) => {
-                                out.skip(Skip::Symlink, &path)
-                            }
-                            Err(_) => out.skip(Skip::Error, &path),
+                            _ => out.keep(Kept::Changed, &path),
+                        },
+                        // Mounted on between the look and the open.
+                        Err(Errno::XDEV) => out.keep(Kept::Mount, &path),
+                        // Swapped for a symlink (or a file) meanwhile.
+                        Err(Errno::LOOP | Errno::NOTDIR) => out.keep(Kept::Symlink, &path),
+                        Err(Errno::NOENT) => {}
+                        Err(_) => out.keep(Kept::Error, &path),
+                    },
+                    FileType::RegularFile
+                        if matches_any(&root.globs, &name) && matches_any(&root.allowed_globs, &name) =>
+                    {
+                        if !old_enough(m.mtime, age, now) {
+                            out.keep(Kept::TooYoung, &path);
+                            continue;
                         }
+                        out.matched += 1;
+                        // Another name for the same file (maybe outside
+                        // the root): deleting this one frees nothing and
+                        // would change what that name's owner sees.
+                        if m.nlink > 1 {
+                            out.keep(Kept::HardLinks, &path);
+                            continue;
+                        }
+                        has_candidates = true;
+                        candidates.push(Candidate {
+                            dir: dir.clone(),
+                            name,
+                            path,
+                            dev: m.dev,
+                            ino: m.ino,
+                            size: m.size,
+                            age,
+                        });
                     }
-                } else if k == SFlag::S_IFREG
-                    && matches_any(&root.globs, &name)
-                    && matches_any(&root.allowed_globs, &name)
-                {
-                    let m = mtime(&st);
-                    if !old_enough(m, age, now) {
-                        out.skip(Skip::TooYoung, &path);
-                        continue;
-                    }
-                    out.matched += 1;
-                    has_candidates = true;
-                    candidates.push(Candidate {
-                        dir: dir.clone(),
-                        name,
-                        path,
-                        dev: st.st_dev,
-                        ino: st.st_ino,
-                        size: st.st_size.max(0) as u64,
-                        age,
-                    });
+                    _ => {}
                 }
             }
             if !has_candidates && !dir.rel.is_empty() {
@@ -571,12 +647,20 @@ pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>,
             }
         }
     }
-    if candidates.is_empty() {
-        return out;
-    }
-    let wanted: HashSet<(u64, u64)> = candidates.iter().map(|c| (c.dev, c.ino)).collect();
-    let open = writers(&wanted, limits.deadline);
-    out.procs_unreadable = open.unreadable;
+    Walked { roots, candidates }
+}
+
+/// Deletes (or, in a dry run, counts) the candidates that pass every
+/// check again right before their unlink.
+fn delete(
+    walked: Walked,
+    open: &OpenFiles,
+    tailed: &HashSet<(u64, u64)>,
+    limits: Limits,
+    dry_run: bool,
+    out: &mut Outcome,
+) {
+    let Walked { roots, candidates } = walked;
     let mut chains: HashMap<*const DirHandle, bool> = HashMap::new();
     for c in candidates {
         if (out.deleted as usize) >= limits.max_files {
@@ -588,50 +672,53 @@ pub fn run(params: &CleanupParams, limits: Limits, tailed: &HashSet<(u64, u64)>,
             break;
         }
         if tailed.contains(&(c.dev, c.ino)) {
-            out.skip(Skip::Tailer, &c.path);
+            out.keep(Kept::Tailer, &c.path);
             continue;
         }
         if !open.complete {
-            out.skip(Skip::OpenCheckIncomplete, &c.path);
+            out.keep(Kept::OpenCheckIncomplete, &c.path);
             continue;
         }
         if open.found.contains(&(c.dev, c.ino)) {
-            out.skip(Skip::OpenForWriting, &c.path);
+            out.keep(Kept::Open, &c.path);
             continue;
         }
         let chain_ok = *chains.entry(Arc::as_ptr(&c.dir)).or_insert_with(|| {
             roots.get(c.dir.root).and_then(|r| r.as_ref()).is_some_and(|root| same_chain(root, &c.dir))
         });
         if !chain_ok {
-            out.skip(Skip::Changed, &c.path);
+            out.keep(Kept::Changed, &c.path);
             continue;
         }
-        let nlink = match stat_nofollow(&c.dir.fd, &c.name) {
-            Ok(st)
-                if kind(&st) == SFlag::S_IFREG
-                    && (st.st_dev, st.st_ino) == (c.dev, c.ino)
-                    && old_enough(mtime(&st), c.age, crate::clock::wall()) =>
+        match look(&c.dir.fd, &c.name) {
+            Ok(m)
+                if m.kind == FileType::RegularFile
+                    && (m.dev, m.ino, m.mnt_id) == (c.dev, c.ino, c.dir.mnt_id)
+                    && old_enough(m.mtime, c.age, crate::clock::wall()) =>
             {
-                st.st_nlink
+                if m.nlink > 1 {
+                    out.keep(Kept::HardLinks, &c.path);
+                    continue;
+                }
             }
             _ => {
-                out.skip(Skip::Changed, &c.path);
+                out.keep(Kept::Changed, &c.path);
                 continue;
             }
-        };
+        }
+        // Relative to the directory's own handle: the name is never
+        // resolved from the root again, so a directory swapped for a
+        // symlink after the check above cannot redirect the unlink.
         if !dry_run && let Err(e) = unlinkat(&c.dir.fd, c.name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
             if e != nix::errno::Errno::ENOENT {
-                out.skip(Skip::Error, &c.path);
+                out.keep(Kept::Error, &c.path);
             }
             continue;
         }
         out.deleted += 1;
-        if nlink <= 1 {
-            out.bytes += c.size;
-        }
+        out.bytes += c.size;
         out.list(&c.path, if dry_run { "would_delete" } else { "deleted" });
     }
-    out
 }
 
 fn show_rel(rel: &[OsString]) -> PathBuf {
@@ -642,112 +729,141 @@ fn show(root: &Path, rel: &[OsString]) -> String {
     root.join(show_rel(rel)).display().to_string()
 }
 
-type RootError = (Option<Skip>, String);
+type RootError = (Option<Kept>, String);
 
-/// Opens a root, refusing one that is or passes through a symlink.
+/// Opens a root, refusing one that is or passes through a symlink: the
+/// kernel resolves the whole path without following any.
 fn open_root(path: &Path) -> Result<DirHandle, RootError> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err((None, "does not exist".into())),
-        Err(e) => return Err((Some(Skip::Error), format!("cannot read it: {e}"))),
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err((Some(Skip::Symlink), "is a symlink: never followed".into()));
+    let fd = match openat2(
+        CWD,
+        path,
+        DIR_FLAGS,
+        RawMode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Err((None, "does not exist".into())),
+        Err(Errno::LOOP) => {
+            return Err((Some(Kept::Symlink), "is a symlink or passes through one: never followed".into()));
         }
-        Ok(m) if !m.is_dir() => return Err((Some(Skip::Error), "is not a directory".into())),
-        Ok(_) => {}
-    }
-    match std::fs::canonicalize(path) {
-        Ok(real) if real == path => {}
-        Ok(real) => {
+        // `O_NOFOLLOW | O_DIRECTORY` on a symlink says "not a directory".
+        Err(Errno::NOTDIR) if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => {
+            return Err((Some(Kept::Symlink), "is a symlink: never followed".into()));
+        }
+        Err(Errno::NOTDIR) => return Err((Some(Kept::Error), "is not a directory".into())),
+        Err(Errno::NOSYS) => {
             return Err((
-                Some(Skip::OutsideRoot),
-                format!("leads to {} through a symlink in its path: never followed", real.display()),
+                Some(Kept::Error),
+                "this kernel cannot resolve a path without following links (openat2, Linux 5.6): not entered".into(),
             ));
         }
-        Err(e) => return Err((Some(Skip::Error), format!("cannot resolve it: {e}"))),
-    }
-    let fd = nix::fcntl::open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| (Some(Skip::Error), format!("cannot open it: {e}")))?;
-    let st = fstat(&fd).map_err(|e| (Some(Skip::Error), format!("cannot read it: {e}")))?;
-    Ok(DirHandle { fd, root: 0, rel: Vec::new(), dev: st.st_dev, ino: st.st_ino })
-}
-
-/// Whether opening `dir`'s names again from its root, without following
-/// symlinks, leads to the very directory held: so it was not moved out of
-/// the root or replaced meanwhile.
-fn same_chain(root: &DirHandle, dir: &DirHandle) -> bool {
-    let mut current: Option<OwnedFd> = None;
-    for name in &dir.rel {
-        let next = match &current {
-            None => open_dir(&root.fd, name),
-            Some(fd) => open_dir(fd, name),
-        };
-        match next {
-            Ok(fd) => current = Some(fd),
-            Err(_) => return false,
-        }
-    }
-    let st = match &current {
-        None => fstat(&root.fd),
-        Some(fd) => fstat(fd),
+        Err(e) => return Err((Some(Kept::Error), format!("cannot open it: {e}"))),
     };
-    st.is_ok_and(|s| (s.st_dev, s.st_ino) == (dir.dev, dir.ino) && s.st_nlink > 0)
+    let m = match look_fd(&fd) {
+        Ok(m) => m,
+        Err(Errno::NOSYS) => {
+            return Err((
+                Some(Kept::Error),
+                "this kernel does not tell mounts apart (statx mount ids, Linux 5.8): not entered".into(),
+            ));
+        }
+        Err(e) => return Err((Some(Kept::Error), format!("cannot read it: {e}"))),
+    };
+    Ok(DirHandle { fd, root: 0, rel: Vec::new(), dev: m.dev, ino: m.ino, mnt_id: m.mnt_id })
 }
 
-/// Which of `wanted` some process holds open for writing.
+/// Whether resolving `dir`'s names again from its root, beneath it and
+/// without a symlink or a mount crossed, leads to the very directory held:
+/// so it was not moved out of the root, replaced, or swapped for a
+/// symlink meanwhile.
+fn same_chain(root: &DirHandle, dir: &DirHandle) -> bool {
+    let found = if dir.rel.is_empty() {
+        look_fd(&root.fd)
+    } else {
+        open_beneath(&root.fd, &show_rel(&dir.rel)).and_then(look_fd)
+    };
+    found.is_ok_and(|m| (m.dev, m.ino, m.mnt_id) == (dir.dev, dir.ino, dir.mnt_id) && m.nlink > 0)
+}
+
+/// Which of the wanted files some process holds open.
 #[derive(Debug, Default)]
-struct Writers {
+struct OpenFiles {
     found: HashSet<(u64, u64)>,
+    /// The scan went through every process: only then does a file missing
+    /// from `found` count as not open.
     complete: bool,
+    /// Processes whose descriptors the agent may not read (it lacks
+    /// ptrace access to them: another user, more capabilities than it
+    /// has). They are counted and said, not waited for: a process the
+    /// agent can never read would otherwise stop every cleanup for good.
     unreadable: u64,
 }
 
-/// Scans `/proc/*/fd`, bounded by [`MAX_FDS_SCANNED`] and `deadline`.
-fn writers(wanted: &HashSet<(u64, u64)>, deadline: Instant) -> Writers {
-    let mut w = Writers::default();
+/// Reads every `/proc/PID/fd/*` link (stat follows it to the open file)
+/// and keeps those among `wanted`, by device and inode, whatever the mode
+/// they were opened in: a file open for reading frees nothing when
+/// unlinked either, and its reader may still need it.
+///
+/// Bounded by `max_fds` links and `deadline` because a busy node holds
+/// hundreds of thousands of descriptors and processes open more while we
+/// look: the scan must end, cheaply, within the run's time. A scan cut
+/// short, or a process whose descriptors could not be read, proves
+/// nothing about the files, so the result is then incomplete and every
+/// candidate is kept. A process whose descriptors cannot be read is
+/// counted, and the reply says how many (the agent needs ptrace access to
+/// every process to see them all). A process that opens a file after the scan is not
+/// seen: the kernel offers no way to unlink only if unopened, so the scan
+/// runs right before the deletes to keep that window short.
+fn open_files(wanted: &HashSet<(u64, u64)>, deadline: Instant, max_fds: usize) -> OpenFiles {
+    let mut w = OpenFiles::default();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return w;
     };
     let mut scanned = 0usize;
+    let gone = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH));
     for p in procs.flatten() {
         let pid = p.file_name();
         if !pid.as_bytes().iter().all(u8::is_ascii_digit) {
             continue;
         }
-        let fd_dir = p.path().join("fd");
-        let Ok(fds) = std::fs::read_dir(&fd_dir) else {
-            // Gone meanwhile, or not ours to read.
-            if p.path().exists() {
+        let fds = match std::fs::read_dir(p.path().join("fd")) {
+            Ok(fds) => fds,
+            // Exited meanwhile.
+            Err(e) if gone(&e) => continue,
+            Err(_) => {
                 w.unreadable += 1;
-            }
-            continue;
-        };
-        for fd in fds.flatten() {
-            scanned += 1;
-            if scanned > MAX_FDS_SCANNED || Instant::now() >= deadline {
-                return w;
-            }
-            let Ok(m) = std::fs::metadata(fd.path()) else { continue };
-            if !wanted.contains(&(m.dev(), m.ino())) {
                 continue;
             }
-            let info = p.path().join("fdinfo").join(fd.file_name());
-            let writing = std::fs::read_to_string(&info).ok().and_then(|t| open_flags(&t)).is_none_or(|f| f & 3 != 0);
-            if writing {
-                w.found.insert((m.dev(), m.ino()));
+        };
+        for fd in fds {
+            let fd = match fd {
+                Ok(fd) => fd,
+                Err(e) if gone(&e) => break,
+                Err(_) => {
+                    w.unreadable += 1;
+                    break;
+                }
+            };
+            scanned += 1;
+            if scanned > max_fds || Instant::now() >= deadline {
+                return w;
+            }
+            match std::fs::metadata(fd.path()) {
+                Ok(m) if wanted.contains(&(m.dev(), m.ino())) => {
+                    w.found.insert((m.dev(), m.ino()));
+                }
+                Ok(_) => {}
+                // Closed meanwhile, or the process exited.
+                Err(e) if gone(&e) => {}
+                Err(_) => {
+                    w.unreadable += 1;
+                    break;
+                }
             }
         }
     }
     w.complete = true;
     w
-}
-
-/// The `flags:` of a `/proc/PID/fdinfo/FD` (octal).
-pub fn open_flags(fdinfo: &str) -> Option<u32> {
-    fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
 }
 
 #[cfg(test)]
@@ -789,12 +905,6 @@ mod tests {
         assert!(!contained(Path::new("/tmp"), Path::new("/tmpx/b.log")));
         assert!(!contained(Path::new("/tmp"), Path::new("/tmp/../etc/passwd")));
         assert!(contained(Path::new("/tmp"), Path::new("/tmp/..hidden.log")));
-    }
-
-    #[test]
-    fn fdinfo_flags_are_octal() {
-        assert_eq!(open_flags("pos:\t0\nflags:\t0100002\nmnt_id:\t1\n"), Some(0o100002));
-        assert_eq!(open_flags("pos:\t0\n"), None);
     }
 
     #[test]
@@ -862,8 +972,8 @@ mod tests {
         let limits = Limits { max_files: 10, max_depth: 4, deadline: Instant::now() + Duration::from_secs(10) };
         let out = run(&p, limits, &HashSet::new(), false);
         assert_eq!(out.deleted, 0);
-        assert_eq!(out.skipped.get("symlink"), Some(&2), "{out:?}");
-        assert_eq!(out.skipped.get("too_young"), Some(&1), "{out:?}");
+        assert_eq!(out.kept.get(&Kept::Symlink), Some(&2), "{out:?}");
+        assert_eq!(out.kept.get(&Kept::TooYoung), Some(&1), "{out:?}");
         assert!(outside.join("victim.log").exists() && root.join("young.log").exists());
     }
 
@@ -903,7 +1013,7 @@ mod tests {
         let tailed = HashSet::from([(tailed.dev(), tailed.ino())]);
         let p = one_root(dir.path());
         let out = run(&p, limits(10), &tailed, true);
-        assert_eq!((out.deleted, out.bytes, out.skipped.get("tailer")), (3, 30, Some(&1)), "{out:?}");
+        assert_eq!((out.deleted, out.bytes, out.kept.get(&Kept::Tailer)), (3, 30, Some(&1)), "{out:?}");
         assert!(dir.path().join("a.log").exists(), "a dry run deletes nothing");
         assert!(out.files.iter().all(|(p, what)| what == "would_delete" || p.ends_with("tailed.log")));
         let out = run(&p, limits(2), &tailed, false);
@@ -952,17 +1062,90 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("sub")).unwrap();
-        let open = |p: &Path| nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        let st = |fd: &OwnedFd| fstat(fd).unwrap();
-        let root_fd = open(&root);
-        let sub_fd = open(&root.join("sub"));
-        let (r, s) = (st(&root_fd), st(&sub_fd));
-        let root_h = DirHandle { fd: root_fd, root: 0, rel: vec![], dev: r.st_dev, ino: r.st_ino };
-        let sub_h = DirHandle { fd: sub_fd, root: 0, rel: vec!["sub".into()], dev: s.st_dev, ino: s.st_ino };
+        let handle = |p: &Path, rel: Vec<OsString>| {
+            let fd = nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+            let m = look_fd(&fd).unwrap();
+            DirHandle { fd, root: 0, rel, dev: m.dev, ino: m.ino, mnt_id: m.mnt_id }
+        };
+        let root_h = handle(&root, vec![]);
+        let sub_h = handle(&root.join("sub"), vec!["sub".into()]);
         assert!(same_chain(&root_h, &sub_h));
         std::fs::rename(root.join("sub"), dir.path().join("moved")).unwrap();
         assert!(!same_chain(&root_h, &sub_h), "moved out of the root");
         std::os::unix::fs::symlink(dir.path().join("moved"), root.join("sub")).unwrap();
         assert!(!same_chain(&root_h, &sub_h), "a symlink put in its place is not followed");
+    }
+
+    #[test]
+    fn files_with_other_links_or_open_by_a_process_are_kept_and_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let old = Duration::from_secs(48 * 3600);
+        for name in ["plain.log", "read.log", "written.log"] {
+            aged(&root.join(name), old);
+        }
+        aged(&outside.join("precious.log"), old);
+        std::fs::hard_link(outside.join("precious.log"), root.join("linked.log")).unwrap();
+        let _reading = std::fs::File::open(root.join("read.log")).unwrap();
+        let _writing = std::fs::OpenOptions::new().append(true).open(root.join("written.log")).unwrap();
+        let out = run(&one_root(&root), limits(10), &HashSet::new(), false);
+        assert_eq!(out.deleted, 1, "{out:?}");
+        assert_eq!((out.kept.get(&Kept::HardLinks), out.kept.get(&Kept::Open)), (Some(&1), Some(&2)), "{out:?}");
+        assert_eq!(
+            out.kept_summary().as_deref(),
+            Some("kept 3: 1 has other links, 2 are open by a process"),
+            "{out:?}"
+        );
+        assert!(!root.join("plain.log").exists());
+        for name in ["read.log", "written.log", "linked.log"] {
+            assert!(root.join(name).exists(), "{name} was deleted");
+        }
+        assert_eq!(std::fs::read(outside.join("precious.log")).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_the_walk_loses_nothing_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let old = Duration::from_secs(48 * 3600);
+        aged(&root.join("sub/a.log"), old);
+        aged(&outside.join("a.log"), old);
+        let p = one_root(&root);
+        let mut out = Outcome::default();
+        let walked = walk(&p, limits(10), &mut out);
+        assert_eq!(walked.candidates.len(), 1, "{out:?}");
+        // The directory walked goes elsewhere in the root, and a symlink
+        // to the outside takes its name.
+        std::fs::rename(root.join("sub"), root.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+        delete(
+            walked,
+            &OpenFiles { complete: true, ..OpenFiles::default() },
+            &HashSet::new(),
+            limits(10),
+            false,
+            &mut out,
+        );
+        assert_eq!((out.deleted, out.kept.get(&Kept::Changed)), (0, Some(&1)), "{out:?}");
+        assert!(outside.join("a.log").exists() && root.join("elsewhere/a.log").exists());
+    }
+
+    #[test]
+    fn an_open_file_scan_cut_short_proves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        aged(&dir.path().join("x.log"), Duration::from_secs(48 * 3600));
+        let m = std::fs::metadata(dir.path().join("x.log")).unwrap();
+        let wanted = HashSet::from([(m.dev(), m.ino())]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(!open_files(&wanted, deadline, 0).complete, "no descriptor may be read");
+        let _held = std::fs::File::open(dir.path().join("x.log")).unwrap();
+        let found = open_files(&wanted, deadline, MAX_FDS_SCANNED);
+        assert!(found.complete && found.found.contains(&(m.dev(), m.ino())), "{found:?}");
     }
 }

@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use remedy_shared::Timestamp;
+use remedy_shared::cleanup as cleanup_words;
 use serde::Serialize;
 
 use self::config::LocalActionsConfig;
@@ -64,7 +65,7 @@ impl LocalMetrics {
         registry.register("local_cleanup_bytes_freed", "Bytes freed by log cleanup", self.bytes_freed.clone());
         registry.register(
             "local_cleanup_files_skipped",
-            "Files log cleanup kept, by reason (too young, open for writing, read by the tailer, symlink...)",
+            "Files log cleanup kept, by reason (too young, open by a process, other hard links, another mount, symlink...)",
             self.files_skipped.clone(),
         );
         registry.register(
@@ -289,19 +290,24 @@ impl LocalActions {
         if !dry_run {
             m.files_deleted.inc_by(out.deleted);
             m.bytes_freed.inc_by(out.bytes);
-            for (reason, n) in &out.skipped {
-                m.files_skipped.get_or_create(&vec![("reason".into(), (*reason).to_owned())]).inc_by(*n);
+            for (reason, n) in &out.kept {
+                m.files_skipped.get_or_create(&vec![("reason".into(), reason.name().to_owned())]).inc_by(*n);
             }
         }
         let mut evidence = base;
         evidence.extend(out.roots.clone());
-        let (files_key, bytes_key) =
-            if dry_run { ("files_would_delete", "bytes_would_free") } else { ("files_deleted", "bytes_freed") };
+        let (files_key, bytes_key) = if dry_run {
+            (cleanup_words::FILES_WOULD_DELETE, cleanup_words::BYTES_WOULD_FREE)
+        } else {
+            (cleanup_words::FILES_DELETED, cleanup_words::BYTES_FREED)
+        };
         evidence.insert(files_key.into(), out.deleted.to_string());
         evidence.insert(bytes_key.into(), out.bytes.to_string());
         evidence.insert("files_matched".into(), out.matched.to_string());
-        for (reason, n) in &out.skipped {
-            evidence.insert(format!("skipped.{reason}"), n.to_string());
+        let kept: u64 = out.kept.iter().filter(|(r, _)| r.for_safety()).map(|(_, n)| n).sum();
+        evidence.insert("kept".into(), kept.to_string());
+        for (reason, n) in &out.kept {
+            evidence.insert(format!("{}{}", cleanup_words::SKIPPED_PREFIX, reason.name()), n.to_string());
         }
         for (path, what) in &out.files {
             evidence.insert(format!("file.{}", path.display()), what.clone());
@@ -310,13 +316,21 @@ impl LocalActions {
             evidence.insert("truncated".into(), t.clone());
         }
         if out.procs_unreadable > 0 {
-            evidence.insert("open_check.unreadable_processes".into(), out.procs_unreadable.to_string());
+            evidence.insert(cleanup_words::UNREADABLE_PROCESSES.into(), out.procs_unreadable.to_string());
         }
         if !dry_run {
             evidence.insert("budget_used".into(), used.to_string());
         }
         evidence.insert("budget_max".into(), max.to_string());
-        let skipped: u64 = out.skipped.iter().filter(|(r, _)| **r != "too_young").map(|(_, n)| n).sum();
+        // What was kept, and why, is part of the one line: it reaches the
+        // incident's timeline as the node's message.
+        let kept = out.kept_summary().map(|k| format!("; {k}")).unwrap_or_default();
+        let unreadable = if out.procs_unreadable > 0 {
+            let n = out.procs_unreadable;
+            format!(" (the open files of {n} {} could not be read)", if n == 1 { "process" } else { "processes" })
+        } else {
+            String::new()
+        };
         let stopped = out.truncated.as_ref().map(|t| format!("; stopped early ({t})")).unwrap_or_default();
         let any_emergency = out.roots.iter().any(|(k, v)| k.ends_with(".emergency") && v == "true");
         let mode = if any_emergency { " (emergency)" } else { "" };
@@ -324,7 +338,7 @@ impl LocalActions {
             Reply {
                 outcome: Outcome::DryRun,
                 message: format!(
-                    "dry run{mode}: would delete {} files ({} bytes); {skipped} kept for safety{stopped}",
+                    "dry run{mode}: would delete {} files ({} bytes){kept}{unreadable}{stopped}",
                     out.deleted, out.bytes
                 ),
                 evidence,
@@ -333,7 +347,7 @@ impl LocalActions {
             Reply {
                 outcome: Outcome::Succeeded,
                 message: format!(
-                    "deleted {} files{mode}, {} bytes freed; {skipped} kept for safety{stopped}",
+                    "deleted {} files{mode}, {} bytes freed{kept}{unreadable}{stopped}",
                     out.deleted, out.bytes
                 ),
                 evidence,

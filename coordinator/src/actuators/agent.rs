@@ -1,6 +1,8 @@
 //! The `agent` action (a directive to one or more agents, with each
-//! agent's result collected) and the `agent_snapshot` action (what agents
-//! see on their node, combined into one piece of evidence).
+//! agent's result collected), the `agent_snapshot` action (what agents
+//! see on their node, combined into one piece of evidence) and the
+//! `log_cleanup` action (old files deleted on the nodes, read in
+//! [`cleanup`]).
 //!
 //! Both go through the [`Directives`] hub. Every agent a target names is
 //! accounted for in the report: it answered (succeeded or not), it did not
@@ -15,11 +17,11 @@ use std::time::Duration;
 
 use remedy_proto::v1 as pb;
 use remedy_shared::incident::IncidentId;
-use remedy_shared::runbook::{AgentDirective, AgentSnapshot, AgentTarget, Combine};
+use remedy_shared::runbook::{AgentDirective, AgentSnapshot, AgentTarget, Combine, LogCleanup};
 
-use remedy_shared::guard::TargetRef;
+use remedy_shared::guard::{Population, TargetRef};
 
-use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
+use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved, cleanup};
 use crate::directives::{Answer, Delivery, DirectiveSpec, Directives, Pending, Target, Undelivered};
 use crate::store::Store;
 
@@ -171,7 +173,7 @@ pub(crate) async fn send_and_collect(
 #[tonic::async_trait]
 impl Actuator for AgentActuator {
     fn kinds(&self) -> &'static [&'static str] {
-        &["agent", "agent_snapshot"]
+        &["agent", "agent_snapshot", "log_cleanup"]
     }
 
     /// The connected agents the action names, as the rails see them: an
@@ -181,6 +183,7 @@ impl Actuator for AgentActuator {
         let agents = match call.kind.as_str() {
             "agent" => serde_json::from_value::<AgentDirective>(call.params.clone()).map(|p| p.agents),
             "agent_snapshot" => serde_json::from_value::<AgentSnapshot>(call.params.clone()).map(|p| p.agents),
+            "log_cleanup" => serde_json::from_value::<LogCleanup>(call.params.clone()).map(|p| p.agents),
             _ => return None,
         };
         let agents = match agents {
@@ -193,9 +196,15 @@ impl Actuator for AgentActuator {
             Err(report) if report.status == ActionStatus::Failed => Target::Agents(BTreeSet::new()),
             Err(report) => return Some(Err(report.message)),
         };
-        let targets = self
-            .directives
-            .connected()
+        let connected = self.directives.connected();
+        // Node actions count against the nodes there are, so a runbook's
+        // percentage budget (`max_percent`) has its pool: the nodes whose
+        // agents are connected now.
+        let population = (call.kind == "log_cleanup").then(|| Population {
+            pool: cleanup::POOL.to_owned(),
+            size: connected.iter().map(|a| a.node_name.as_str()).collect::<BTreeSet<_>>().len() as u64,
+        });
+        let targets = connected
             .into_iter()
             .filter(|a| match &target {
                 Target::All => true,
@@ -204,13 +213,14 @@ impl Actuator for AgentActuator {
             })
             .map(|a| TargetRef::new("agent", a.agent_id).with_label("node", a.node_name))
             .collect();
-        Some(Ok(Resolved { targets, ..Resolved::default() }))
+        Some(Ok(Resolved { targets, population, ..Resolved::default() }))
     }
 
     async fn execute(&self, call: &ActionCall) -> ActionReport {
         match call.kind.as_str() {
             "agent" => self.directive(call).await,
             "agent_snapshot" => self.snapshot(call).await,
+            "log_cleanup" => self.log_cleanup(call).await,
             other => ActionReport::new(ActionStatus::Invalid, format!("the agent actuator does not perform `{other}`")),
         }
     }
@@ -243,6 +253,38 @@ impl AgentActuator {
         match self.dispatch(&target, spec, p.collect, wait).await {
             Ok(answers) => directive_report(&directive, &answers, call.dry_run),
             Err(report) => report.with("directive", &directive),
+        }
+    }
+
+    /// Sends `log_cleanup` with the step's roots to the agents it names
+    /// (for `agents: reporting`, those whose findings keep the incident
+    /// open), and reads what each deleted and kept.
+    async fn log_cleanup(&self, call: &ActionCall) -> ActionReport {
+        let p: LogCleanup = match serde_json::from_value(call.params.clone()) {
+            Ok(p) => p,
+            Err(e) => return ActionReport::new(ActionStatus::Invalid, format!("log_cleanup parameters: {e}")),
+        };
+        let params = match cleanup::directive_params(&p) {
+            Ok(params) => params,
+            Err(e) => return ActionReport::new(ActionStatus::Invalid, format!("log_cleanup parameters: {e}")),
+        };
+        let target = match self.target(call, &p.agents).await {
+            Ok(t) => t,
+            Err(report) => return report,
+        };
+        let wait = call.deadline.min(MAX_WAIT);
+        let spec = DirectiveSpec {
+            action: cleanup::DIRECTIVE.to_owned(),
+            params,
+            deadline: self.directives.clock().now().plus(wait),
+            // The agent walks and checks for real and says what would go.
+            dry_run: call.dry_run,
+            incident_id: call.incident_id.clone(),
+            step_id: call.step_id.clone(),
+        };
+        match self.dispatch(&target, spec, true, wait).await {
+            Ok(answers) => cleanup::report(&answers, call.dry_run),
+            Err(report) => report,
         }
     }
 
@@ -318,7 +360,7 @@ pub(crate) enum Outcome {
 impl Outcome {
     /// Whether the agent did what was asked: done, rehearsed in a dry run,
     /// or sent when results are not collected.
-    fn fulfils(self, dry_run: bool) -> bool {
+    pub(crate) fn fulfils(self, dry_run: bool) -> bool {
         matches!(self, Outcome::Succeeded | Outcome::Sent) || (dry_run && self == Outcome::DryRun)
     }
 
@@ -437,18 +479,18 @@ fn label(mut answers: Vec<AgentAnswer>) -> Vec<AgentAnswer> {
 
 /// The counts every report carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
-    agents: usize,
-    succeeded: usize,
-    failed: usize,
-    timed_out: usize,
-    unreachable: usize,
-    sent: usize,
+pub(crate) struct Counts {
+    pub(crate) agents: usize,
+    pub(crate) succeeded: usize,
+    pub(crate) failed: usize,
+    pub(crate) timed_out: usize,
+    pub(crate) unreachable: usize,
+    pub(crate) sent: usize,
 }
 
 impl Counts {
     /// Counts `answers`; a dry-run answer is a success only in a dry run.
-    fn of(answers: &[AgentAnswer], dry_run: bool) -> Counts {
+    pub(crate) fn of(answers: &[AgentAnswer], dry_run: bool) -> Counts {
         let mut c = Counts { agents: answers.len(), ..Counts::default() };
         for a in answers {
             match a.outcome {
@@ -465,7 +507,7 @@ impl Counts {
 
     /// Succeeded only when every agent did; timed out when the only
     /// shortfall is agents that did not answer in time; failed otherwise.
-    fn status(&self, success: ActionStatus) -> ActionStatus {
+    pub(crate) fn status(&self, success: ActionStatus) -> ActionStatus {
         if self.agents > 0 && self.succeeded + self.sent == self.agents {
             success
         } else if self.agents > 0 && self.failed == 0 && self.unreachable == 0 {
@@ -475,7 +517,7 @@ impl Counts {
         }
     }
 
-    fn add_to(&self, evidence: &mut BTreeMap<String, String>) {
+    pub(crate) fn add_to(&self, evidence: &mut BTreeMap<String, String>) {
         for (k, v) in [
             ("agents", self.agents),
             ("succeeded", self.succeeded),
@@ -490,7 +532,7 @@ impl Counts {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         for (n, what) in [
             (self.succeeded, "succeeded"),
@@ -507,12 +549,12 @@ impl Counts {
     }
 }
 
-fn agents_word(n: usize) -> &'static str {
+pub(crate) fn agents_word(n: usize) -> &'static str {
     if n == 1 { "agent" } else { "agents" }
 }
 
 /// The first agent that did not succeed, for the one-line message.
-fn first_problem(answers: &[AgentAnswer], dry_run: bool) -> Option<String> {
+pub(crate) fn first_problem(answers: &[AgentAnswer], dry_run: bool) -> Option<String> {
     answers.iter().find(|a| !a.outcome.fulfils(dry_run)).map(|a| format!("{}: {}", a.label, a.message))
 }
 

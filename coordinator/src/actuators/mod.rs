@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod block;
+pub mod cleanup;
 pub mod http;
 pub mod kube;
 pub mod notify;

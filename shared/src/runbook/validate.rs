@@ -55,6 +55,7 @@ impl ActionCatalog {
             .with(ActionKind::ProbeHttp, Availability::Now)
             .with(ActionKind::Agent, Availability::Now)
             .with(ActionKind::AgentSnapshot, Availability::Now)
+            .with(ActionKind::LogCleanup, Availability::Now)
             .with(ActionKind::Scale, Availability::Now)
             .with(ActionKind::PatchHpa, Availability::Now)
             .with(ActionKind::RolloutRestart, Availability::Now)
