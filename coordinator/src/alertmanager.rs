@@ -24,6 +24,9 @@ use remedy_shared::alert::{self, Alert, AlertStatus};
 use serde::Deserialize;
 
 use crate::auth::TokenFile;
+use remedy_shared::auth::SenderScopes;
+use remedy_shared::run::Catalog;
+use std::sync::Arc;
 use crate::recorder::{RecordError, Recorder};
 
 /// Most alerts accepted in one notification.
@@ -110,6 +113,10 @@ pub struct Webhook {
     pub recorder: Recorder,
     /// The senders' bearer tokens.
     pub senders: TokenFile,
+    /// Which runbooks each sender may start.
+    pub scopes: SenderScopes,
+    /// The catalog, to know which runbook an alert would start.
+    pub catalog: Arc<Catalog>,
 }
 
 /// Why a request is refused before its body is read.
@@ -168,6 +175,24 @@ pub fn admit(headers: &HeaderMap, senders: &TokenFile) -> Result<String, Refused
     Ok(sender.to_string())
 }
 
+/// Why `sender` may not send `alerts`: one of them would start a runbook
+/// its scope does not name. The whole notification is refused (403) and
+/// nothing of it is recorded, so the sender's operators see it in
+/// Alertmanager's own failed-notification log.
+pub fn out_of_scope(scopes: &SenderScopes, catalog: &Catalog, sender: &str, alerts: &[Alert]) -> Option<String> {
+    let name = sender.strip_prefix("user:").unwrap_or(sender);
+    alerts.iter().find_map(|alert| {
+        let runbook = catalog.for_alert(alert)?;
+        (!scopes.may_start(name, runbook.id())).then(|| {
+            format!(
+                "{sender} may not start runbook {} (alert {}): alertmanager.may_start does not name it",
+                runbook.id(),
+                alert.alertname
+            )
+        })
+    })
+}
+
 /// The webhook handler. The body is read only once the sender is admitted:
 /// an anonymous caller cannot make the coordinator buffer anything.
 pub async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: axum::body::Body) -> Response {
@@ -185,13 +210,17 @@ pub async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: a
         );
     };
     let recorder = webhook.recorder;
-    let alerts = match parse(&body) {
+    let alerts: Vec<Alert> = match parse(&body) {
         Ok(alerts) => alerts.into_iter().map(|a| Alert { sent_by: sender.clone(), ..a }).collect(),
         Err(reason) => {
             tracing::warn!(%reason, "refused an Alertmanager notification");
             return answer(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }));
         }
     };
+    if let Some(why) = out_of_scope(&webhook.scopes, &webhook.catalog, &sender, &alerts) {
+        tracing::warn!(%sender, %why, "refused an Alertmanager notification");
+        return answer(StatusCode::FORBIDDEN, serde_json::json!({ "error": why }));
+    }
     match recorder.alerts(alerts).await {
         Ok(receipt) => {
             answer(StatusCode::OK, serde_json::json!({ "accepted": receipt.new, "duplicates": receipt.duplicates }))

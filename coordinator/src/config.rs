@@ -139,6 +139,11 @@ struct AlertmanagerFile {
     /// Bearer tokens Alertmanager sends (`http_config.authorization`), in the
     /// format of `authorization.tokens_file`.
     tokens_file: Option<PathBuf>,
+    /// Which runbooks each sender's alerts may start (sender -> runbook ids
+    /// or `prefix*`); a sender not listed may start the catalog's alert
+    /// triggers.
+    #[serde(default)]
+    may_start: remedy_shared::auth::SenderScopes,
 }
 
 /// How the gRPC port is served.
@@ -252,6 +257,8 @@ pub struct Config {
     /// file changes); `None`: the webhook accepts no notification, since
     /// nothing anonymous may start a runbook.
     pub alertmanager_tokens: Option<PathBuf>,
+    /// Which runbooks each Alertmanager sender may start.
+    pub alertmanager_scopes: remedy_shared::auth::SenderScopes,
     /// The PostgreSQL clusters the data-plane actions reach, by name.
     pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     /// The Redis instances the data-plane actions reach, by name.
@@ -330,11 +337,10 @@ impl Config {
         }
         let security = security(cli, source, file.tls)?;
         let authorization = authorization(source, file.authorization, &security)?;
-        let alertmanager_tokens = cli
-            .alertmanager_tokens_file
-            .clone()
-            .or(file.alertmanager.and_then(|a| a.tokens_file))
-            .map(|p| absolute(&p));
+        let alertmanager = file.alertmanager.unwrap_or_default();
+        alertmanager.may_start.validate().map_err(|e| ConfigError::new(source, "alertmanager.may_start", e))?;
+        let alertmanager_tokens =
+            cli.alertmanager_tokens_file.clone().or(alertmanager.tokens_file).map(|p| absolute(&p));
         if let Some(path) = &alertmanager_tokens {
             remedy_proto::tokens::load(path).map_err(|e| ConfigError::new(source, "alertmanager.tokens_file", e))?;
         }
@@ -358,6 +364,7 @@ impl Config {
             security,
             authorization,
             alertmanager_tokens,
+            alertmanager_scopes: alertmanager.may_start,
             databases: file.databases,
             caches: file.caches,
         })

@@ -312,7 +312,12 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         tracing::warn!("the Alertmanager webhook accepts no notification: alertmanager.tokens_file is not configured");
     }
     tokio::spawn(senders.clone().keep_reloading(std::time::Duration::from_secs(30), stopped()));
-    let webhook = remedy_coordinator::alertmanager::Webhook { recorder: recorder.clone(), senders };
+    let webhook = remedy_coordinator::alertmanager::Webhook {
+        recorder: recorder.clone(),
+        senders,
+        scopes: config.alertmanager_scopes.clone(),
+        catalog: catalog.clone(),
+    };
     let http = http::serve(http_listener, metrics.clone(), webhook, stopped());
 
     let grpc_task = tokio::spawn(grpc);

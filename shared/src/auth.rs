@@ -390,6 +390,38 @@ impl Tokens {
     }
 }
 
+/// Which runbooks each Alertmanager sender's alerts may start
+/// (`alertmanager.may_start` in the coordinator's configuration): sender
+/// user name -> runbook ids, each exact or a prefix ending in `*`. A
+/// sender not listed may start every runbook an alert triggers (the
+/// catalog's alert triggers); one listed may start only what its list
+/// names. An unauthenticated caller never reaches this: it starts nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SenderScopes(BTreeMap<String, Vec<String>>);
+
+impl SenderScopes {
+    /// Whether `sender` (a user name, as its token names it) may start
+    /// `runbook_id`.
+    pub fn may_start(&self, sender: &str, runbook_id: &str) -> bool {
+        let Some(allowed) = self.0.get(sender) else { return true };
+        allowed.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => runbook_id.starts_with(prefix),
+            None => pattern == runbook_id,
+        })
+    }
+
+    /// Names the first entry that is empty or a bare `*` with others.
+    pub fn validate(&self) -> Result<(), String> {
+        for (sender, patterns) in &self.0 {
+            if let Some(bad) = patterns.iter().find(|p| p.trim().is_empty()) {
+                return Err(format!("{sender}: `{bad}` is not a runbook id or prefix*"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +518,23 @@ mod tests {
         assert!(dup.contains("entry 1 (user:b)") && !dup.contains("cccc"), "{dup}");
         let bad = Tokens::parse("- user: a\n  token: dddddddddddddddd-secret\n  extra: x\n", fake_digest).unwrap_err();
         assert!(!bad.contains("dddd"), "{bad}");
+    }
+
+    #[test]
+    fn a_listed_sender_starts_only_what_its_list_names() {
+        let scopes: SenderScopes = crate::config::parse_yaml(
+            "c.yaml",
+            "monitoring: [SEC-001, 'P0-*']\nstaging-am: []\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(scopes.may_start("monitoring", "SEC-001"));
+        assert!(scopes.may_start("monitoring", "P0-002"));
+        assert!(!scopes.may_start("monitoring", "P2-001"));
+        assert!(!scopes.may_start("staging-am", "SEC-001"), "an empty list starts nothing");
+        assert!(scopes.may_start("someone-else", "P2-001"), "not listed: the catalog's alert triggers");
+        assert!(scopes.validate().is_ok());
+        let blank: SenderScopes =
+            crate::config::parse_yaml("c.yaml", "x: ['']\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(blank.validate().is_err());
     }
 }

@@ -287,3 +287,34 @@ async fn anonymous_forged_and_non_json_notifications_get_401_or_415_and_record_n
     let opened = full.timeline.iter().find(|e| e.details.contains_key("fingerprint")).expect("the alert's entry");
     assert_eq!(opened.details["sent_by"], "user:alertmanager", "{opened:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_starts_only_the_runbooks_its_scope_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.yaml");
+    // The harness's Alertmanager (user `alertmanager`) may start the
+    // security runbooks only.
+    std::fs::write(&config, "alertmanager:\n  may_start: {alertmanager: ['SEC-*']}\n").unwrap();
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/runbooks");
+    let args = ["--config", config.to_str().unwrap(), "--runbooks-dir", seed.to_str().unwrap()];
+    let coordinator = Coordinator::start_with(&dir.path().join("c"), &args).await;
+    let firing = |name: &str| {
+        json!({
+            "version": "4", "status": "firing", "receiver": "remedy", "groupKey": format!("{{}}:{{alertname=\"{name}\"}}"),
+            "alerts": [{ "status": "firing", "labels": { "alertname": name, "source_ip": "203.0.113.9" },
+                         "annotations": {}, "startsAt": "2026-11-26T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z" }]
+        })
+        .to_string()
+    };
+    let (code, answer) = coordinator.notify(&firing("P0_SystemDown")).await;
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("user:alertmanager may not start runbook P0-001 (alert P0_SystemDown)"), "{answer}");
+    let mut admin = coordinator.admin().await;
+    let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
+    assert!(list.into_inner().incidents.is_empty(), "an out-of-scope notification recorded something");
+
+    let (code, answer) = coordinator.notify(&firing("P1_BruteForceAttackDetected")).await;
+    assert_eq!(code, 200, "{answer}");
+    let incident = incidents_named(&coordinator, "P1_BruteForceAttackDetected").await.remove(0);
+    assert_eq!(incident.runbook_id, "SEC-001");
+}
