@@ -1,13 +1,15 @@
 //! `AdminService`: what remedyctl reads and watches.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use remedy_proto::convert;
 use remedy_proto::v1 as pb;
 use remedy_shared::Timestamp;
+use remedy_shared::budget::SlidingBudget;
 use remedy_shared::incident::IncidentId;
+use remedy_shared::sync::lock;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -662,12 +664,34 @@ no_requested_by!(
 pub struct AdminService {
     admin: Admin,
     auth: Authenticator,
+    anonymous: Arc<Mutex<AnonymousRefusals>>,
+    metrics: crate::metrics::Metrics,
+}
+
+/// Longest request text an audit entry keeps of an allowed call; the rest
+/// is counted, not stored.
+const AUDITED_REQUEST_BYTES: usize = 4096;
+/// Anonymous refusals recorded one by one per minute; the rest are only
+/// counted, and the next one recorded says how many were not.
+const ANONYMOUS_AUDITED_PER_MINUTE: u32 = 30;
+
+/// The budget of anonymous refusals recorded one by one, and how many went
+/// unrecorded since the last one that was.
+#[derive(Debug)]
+struct AnonymousRefusals {
+    budget: SlidingBudget,
+    unrecorded: u64,
 }
 
 impl AdminService {
-    /// The admin API over `admin`, guarded by `auth`.
-    pub fn new(admin: Admin, auth: Authenticator) -> AdminService {
-        AdminService { admin, auth }
+    /// The admin API over `admin`, guarded by `auth`; refusals it does not
+    /// record one by one are counted in `metrics`.
+    pub fn new(admin: Admin, auth: Authenticator, metrics: crate::metrics::Metrics) -> AdminService {
+        let anonymous = AnonymousRefusals {
+            budget: SlidingBudget::new(ANONYMOUS_AUDITED_PER_MINUTE, std::time::Duration::from_secs(60)),
+            unrecorded: 0,
+        };
+        AdminService { admin, auth, anonymous: Arc::new(Mutex::new(anonymous)), metrics }
     }
 
     async fn guarded<T, R, Fut>(
@@ -677,10 +701,10 @@ impl AdminService {
         handler: impl FnOnce(Admin, Request<T>) -> Fut,
     ) -> Result<Response<R>, Status>
     where
-        T: std::fmt::Debug + RequestedBy,
+        T: std::fmt::Debug + RequestedBy + prost::Message,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
-        let arguments = BTreeMap::from([("request".to_owned(), format!("{:?}", request.get_ref()))]);
+        let request_bytes = request.get_ref().encoded_len();
         let remote = request
             .remote_addr()
             .or_else(|| request.extensions().get::<remedy_proto::tls::PeerInfo>().and_then(|p| p.remote));
@@ -690,13 +714,35 @@ impl AdminService {
             }
             Ok(caller)
         });
+        // What an entry keeps of the request: an allowed call's text, cut
+        // to a bound; a refused call's size only, so that nobody can fill
+        // the audit log by being refused with large arguments.
+        let mut arguments = BTreeMap::from([("request_bytes".to_owned(), request_bytes.to_string())]);
         let (actor, result) = match admitted {
-            Ok(caller) => (caller.actor(), handler(self.admin.clone(), request).await),
+            Ok(caller) => {
+                let text = format!("{:?}", request.get_ref());
+                let kept = remedy_shared::text::prefix(&text, AUDITED_REQUEST_BYTES, remedy_shared::text::Unit::Bytes);
+                let cut = if kept.len() < text.len() { " … (cut)" } else { "" };
+                arguments.insert("request".to_owned(), format!("{kept}{cut}"));
+                (caller.actor(), handler(self.admin.clone(), request).await)
+            }
             Err(status) => {
                 let who = remote.map(|r| format!("unauthenticated ({r})")).unwrap_or_else(|| "unauthenticated".into());
-                let actor =
-                    if status.code() == tonic::Code::Unauthenticated { who } else { self.identity_of(&request) };
-                (actor, Err(status))
+                if status.code() == tonic::Code::Unauthenticated {
+                    match self.anonymous_refusal() {
+                        Some(unrecorded) if unrecorded > 0 => {
+                            arguments.insert("unrecorded_refusals_before".to_owned(), unrecorded.to_string());
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::debug!(%who, method = call.method(), "anonymous call refused (counted, not recorded)");
+                            return Err(status);
+                        }
+                    }
+                    (who, Err(status))
+                } else {
+                    (self.identity_of(&request), Err(status))
+                }
             }
         };
         let outcome = match &result {
@@ -722,14 +768,24 @@ impl AdminService {
         result
     }
 
-    /// The actor of a refused call whose identity is known.
+    /// The actor of a refused call whose identity is known: its
+    /// certificate's, or the user its token names.
     fn identity_of<T>(&self, request: &Request<T>) -> String {
-        request
-            .extensions()
-            .get::<remedy_proto::tls::PeerInfo>()
-            .and_then(|p| p.identity.as_ref())
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "token holder".to_owned())
+        self.auth.claimed(request).map(|i| i.to_string()).unwrap_or_else(|| "unknown caller".to_owned())
+    }
+
+    /// Whether this anonymous refusal is recorded: `Some(n)` when it is,
+    /// `n` being how many before it were only counted; `None` when the
+    /// minute's budget is spent (it is counted, and the metric says so).
+    fn anonymous_refusal(&self) -> Option<u64> {
+        let now = self.admin.now();
+        let mut a = lock(&self.anonymous);
+        if a.budget.take(now).is_ok() {
+            return Some(std::mem::take(&mut a.unrecorded));
+        }
+        a.unrecorded += 1;
+        self.metrics.admin_refusals_unrecorded.inc();
+        None
     }
 }
 

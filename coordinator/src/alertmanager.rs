@@ -24,10 +24,10 @@ use remedy_shared::alert::{self, Alert, AlertStatus};
 use serde::Deserialize;
 
 use crate::auth::TokenFile;
+use crate::recorder::{RecordError, Recorder};
 use remedy_shared::auth::SenderScopes;
 use remedy_shared::run::Catalog;
 use std::sync::Arc;
-use crate::recorder::{RecordError, Recorder};
 
 /// Most alerts accepted in one notification.
 pub const MAX_ALERTS: usize = 1_000;

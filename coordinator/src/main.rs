@@ -255,7 +255,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         two_person_approvals: auth.two_person_approvals(),
         catalog: catalog.clone(),
     };
-    let admin_service = admin_service::AdminService::new(admin, auth.clone());
+    let admin_service = admin_service::AdminService::new(admin, auth.clone(), metrics.clone());
     tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));
     tokio::spawn(postgres.keep_guarding(stopped.clone()));

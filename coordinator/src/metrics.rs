@@ -39,6 +39,9 @@ pub struct Metrics {
     pub stale_agents: Gauge,
     /// Directive results that matched no waiting directive.
     pub directive_results_unmatched: Counter,
+    /// Anonymous admin calls refused beyond the audit's per-minute budget:
+    /// counted here, not recorded one by one.
+    pub admin_refusals_unrecorded: Counter,
     /// Deliveries to people's channels, by channel and outcome.
     pub notifications: Family<NotificationLabels, Counter>,
     /// Mean time to recovery over the report window, in seconds.
@@ -95,6 +98,7 @@ impl Metrics {
             agent_streams: Gauge::default(),
             stale_agents: Gauge::default(),
             directive_results_unmatched: Counter::default(),
+            admin_refusals_unrecorded: Counter::default(),
             notifications: Family::default(),
             mttr_seconds: Family::default(),
             mtta_seconds: Family::default(),
@@ -128,6 +132,11 @@ impl Metrics {
             "directive_results_unmatched",
             "Directive results nobody waited for (late after a timeout, duplicate, unknown id, wrong agent); logged and ignored",
             m.directive_results_unmatched.clone(),
+        );
+        registry.register(
+            "admin_refusals_unrecorded",
+            "Anonymous admin calls refused beyond the audit log's budget of 30 a minute: counted, not recorded one by one",
+            m.admin_refusals_unrecorded.clone(),
         );
         registry.register(
             "notifications",

@@ -522,19 +522,16 @@ mod tests {
 
     #[test]
     fn a_listed_sender_starts_only_what_its_list_names() {
-        let scopes: SenderScopes = crate::config::parse_yaml(
-            "c.yaml",
-            "monitoring: [SEC-001, 'P0-*']\nstaging-am: []\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let scopes: SenderScopes =
+            crate::config::parse_yaml("c.yaml", "monitoring: [SEC-001, 'P0-*']\nstaging-am: []\n")
+                .unwrap_or_else(|e| panic!("{e}"));
         assert!(scopes.may_start("monitoring", "SEC-001"));
         assert!(scopes.may_start("monitoring", "P0-002"));
         assert!(!scopes.may_start("monitoring", "P2-001"));
         assert!(!scopes.may_start("staging-am", "SEC-001"), "an empty list starts nothing");
         assert!(scopes.may_start("someone-else", "P2-001"), "not listed: the catalog's alert triggers");
         assert!(scopes.validate().is_ok());
-        let blank: SenderScopes =
-            crate::config::parse_yaml("c.yaml", "x: ['']\n").unwrap_or_else(|e| panic!("{e}"));
+        let blank: SenderScopes = crate::config::parse_yaml("c.yaml", "x: ['']\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(blank.validate().is_err());
     }
 }

@@ -522,3 +522,57 @@ async fn with_the_two_person_rule_whoever_starts_a_run_cannot_approve_it() {
     let granted = admin(&coordinator, &ca, Some(&otto)).answer_approval(answer).await.unwrap().into_inner();
     assert_eq!((granted.status.as_str(), granted.answered_by.as_str()), ("granted", "user:otto"));
 }
+
+/// The bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_refusals_costs_the_store_a_bounded_amount_and_the_audit_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "trusted");
+    let coordinator = secure_coordinator(dir.path(), &pki, ROLES).await;
+    let ca = pki.ca();
+    let ada = pki.client("user-ada", "user:ada");
+    let data = dir.path().join("c").join("data");
+    let before = bytes_under(&data);
+
+    // A hundred calls without a certificate, each with a 3 MiB argument.
+    const FLOOD: u64 = 100;
+    let big = "x".repeat(3 * 1024 * 1024);
+    let mut anonymous = admin(&coordinator, &ca, None);
+    for _ in 0..FLOOD {
+        let command = pb::IncidentCommand { id: "INC-000001".into(), reason: big.clone(), ..Default::default() };
+        let status = anonymous.resolve_incident(command).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    // Stored whole, they would be 300 MiB; a refusal keeps its size only,
+    // and past the minute's budget it is only counted.
+    let grown = bytes_under(&data).saturating_sub(before);
+    assert!(grown < 16 * 1024 * 1024, "the store grew by {grown} bytes");
+
+    // The audit still reads, and shows the refusals as bounded summaries.
+    let entries = admin(&coordinator, &ca, Some(&ada))
+        .list_audit(pb::ListAuditRequest { after_seq: 0, limit: 5_000 })
+        .await
+        .expect("the audit log answers")
+        .into_inner()
+        .entries;
+    let refused: Vec<&pb::AuditEntry> = entries.iter().filter(|e| e.actor.starts_with("unauthenticated")).collect();
+    assert_eq!(refused.len(), 30, "one by one up to the minute's budget");
+    for e in &refused {
+        assert!(!e.arguments.contains_key("request"), "a refused request is not stored: {e:?}");
+        let size: u64 = e.arguments.get("request_bytes").and_then(|b| b.parse().ok()).unwrap_or(0);
+        assert!(size > 3 * 1024 * 1024, "its size is: {e:?}");
+    }
+    let counted = coordinator.metric("remedy_admin_refusals_unrecorded_total").await;
+    assert_eq!(counted, (FLOOD - 30) as f64, "the rest are counted");
+}
