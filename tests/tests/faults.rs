@@ -77,11 +77,20 @@ fn assert_exactly_once(tally: &Tally) {
     assert_eq!(tally.received, tally.sent, "{tally}");
 }
 
-/// Writes an agent configuration file and returns the arguments that use it.
+/// What every agent here leaves off: its own signals (a busy test machine
+/// would raise node_cpu_high or process_hot, and this machine's real pod
+/// logs would raise error findings), so that the store holds exactly what
+/// the test submitted.
+const OWN_SIGNALS_OFF: &str = "detectors: {node_cpu_high: {enabled: false}, node_memory_high: {enabled: false}, \
+     node_load_high: {enabled: false}, disk_usage_high: {enabled: false}}\n\
+     processes: {enabled: false}\nlogs: {enabled: false}\n";
+
+/// Writes an agent configuration file (`text` after [`OWN_SIGNALS_OFF`])
+/// and returns the arguments that use it.
 fn agent_config(dir: &Path, text: &str) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("agent.yaml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, format!("{OWN_SIGNALS_OFF}{text}")).unwrap();
     vec!["--config".into(), path.display().to_string()]
 }
 
