@@ -846,6 +846,7 @@ mod tests {
             params,
             dry_run: false,
             deadline: Duration::from_secs(5),
+            accepted_risk: None,
         }
     }
 
