@@ -9,8 +9,17 @@
 //! in front of a dead server does not), and `timeout_ms` (2000 by default,
 //! at most 60000). It opens one connection, sends at most eight bytes and
 //! closes: no credentials, nothing changed. The answer is `succeeded` with
-//! evidence `reached` (`true` or `false`), `millis` and, when not reached,
-//! `error`; bad parameters are refused naming the parameter.
+//! evidence `reached` (`true` or `false`), `verdict`, `millis` and, when not
+//! reached, `error`; bad parameters are refused naming the parameter.
+//!
+//! `verdict` is what the coordinator may take as evidence: `reached`;
+//! `unreachable`, when this node tried and the path or the server failed
+//! it (refused, reset, unreachable, no answer in time, not PostgreSQL), as
+//! it would fail the applications here; or `inconclusive`, when the node
+//! could not try at all (the name did not resolve here, no socket or
+//! local address to be had, the node's own rules forbade it). An
+//! inconclusive answer says nothing about the primary, so it never counts
+//! as a node that cannot reach it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, lookup_host};
 
 use crate::handler::{Handlers, Outcome, Reply, Request};
 
@@ -85,41 +94,87 @@ pub(crate) async fn reach(params: &HashMap<String, String>) -> Reply {
         Err(e) => return Reply::new(Outcome::Refused, e),
     };
     let started = Instant::now();
-    let outcome = tokio::time::timeout(wanted.timeout, attempt(&wanted))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} ms", wanted.timeout.as_millis())));
+    let until = started + wanted.timeout;
+    let outcome = attempt(&wanted, until).await;
     let millis = started.elapsed().as_millis().to_string();
     let what = match wanted.protocol {
         Protocol::Tcp => "the connection opened",
         Protocol::Postgres => "PostgreSQL answered",
     };
-    let mut reply = match &outcome {
-        Ok(()) => Reply::new(Outcome::Succeeded, format!("reached {}: {what}", wanted.address)),
-        Err(e) => Reply::new(Outcome::Succeeded, format!("cannot reach {}: {e}", wanted.address)),
+    let (message, verdict) = match &outcome {
+        Ok(()) => (format!("reached {}: {what}", wanted.address), "reached"),
+        Err(Failed::Unreachable(e)) => (format!("cannot reach {}: {e}", wanted.address), "unreachable"),
+        Err(Failed::Inconclusive(e)) => (format!("could not try to reach {}: {e}", wanted.address), "inconclusive"),
     };
+    let mut reply = Reply::new(Outcome::Succeeded, message);
     reply.evidence.insert("reached".into(), outcome.is_ok().to_string());
+    reply.evidence.insert("verdict".into(), verdict.into());
     reply.evidence.insert("millis".into(), millis);
-    if let Err(e) = outcome {
+    if let Err(Failed::Unreachable(e) | Failed::Inconclusive(e)) = outcome {
         reply.evidence.insert("error".into(), e);
     }
     reply
 }
 
-async fn attempt(wanted: &ReachParams) -> Result<(), String> {
-    let mut stream = TcpStream::connect(&wanted.address).await.map_err(|e| e.to_string())?;
-    if wanted.protocol == Protocol::Tcp {
-        return Ok(());
+/// Why the server was not reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failed {
+    /// Tried: the path or the server failed, as it fails the applications
+    /// on this node.
+    Unreachable(String),
+    /// Could not try: nothing learnt about the server.
+    Inconclusive(String),
+}
+
+/// Whether a failed connection says something about the path to the
+/// server, or only about this node: no socket, no local address, a local
+/// rule forbidding it.
+fn judge_connect(e: &std::io::Error) -> Failed {
+    use std::io::ErrorKind;
+    // EMFILE, ENFILE, ENOBUFS: the node is out of sockets or buffers.
+    let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 105));
+    if exhausted
+        || matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::AddrNotAvailable | ErrorKind::OutOfMemory)
+    {
+        Failed::Inconclusive(e.to_string())
+    } else {
+        Failed::Unreachable(e.to_string())
     }
-    stream.write_all(&PG_SSL_REQUEST).await.map_err(|e| format!("cannot send the SSLRequest: {e}"))?;
-    let mut answer = [0u8; 1];
-    match stream.read(&mut answer).await {
-        // `S` or `N`: TLS offered or not; `E`: an error message, from a
-        // server too old for the request, which is still a server.
-        Ok(1) if matches!(answer[0], b'S' | b'N' | b'E') => Ok(()),
-        Ok(0) => Err("the connection closed without a PostgreSQL answer".to_owned()),
-        Ok(_) => Err(format!("answered {:#04x}, not PostgreSQL", answer[0])),
-        Err(e) => Err(format!("no PostgreSQL answer: {e}")),
+}
+
+async fn attempt(wanted: &ReachParams, until: Instant) -> Result<(), Failed> {
+    let timeout = || format!("no answer within {} ms", wanted.timeout.as_millis());
+    // Resolved first and apart: a name this node cannot resolve says
+    // nothing about the server, while a connection that fails does.
+    let addresses: Vec<std::net::SocketAddr> = match tokio::time::timeout_at(until, lookup_host(&wanted.address)).await
+    {
+        Ok(Ok(found)) => found.collect(),
+        Ok(Err(e)) => return Err(Failed::Inconclusive(format!("cannot resolve the address here: {e}"))),
+        Err(_) => return Err(Failed::Inconclusive(format!("cannot resolve the address here: {}", timeout()))),
+    };
+    if addresses.is_empty() {
+        return Err(Failed::Inconclusive("the address resolves to nothing here".to_owned()));
     }
+    let talk = async {
+        let mut stream = TcpStream::connect(addresses.as_slice()).await.map_err(|e| judge_connect(&e))?;
+        if wanted.protocol == Protocol::Tcp {
+            return Ok(());
+        }
+        stream
+            .write_all(&PG_SSL_REQUEST)
+            .await
+            .map_err(|e| Failed::Unreachable(format!("cannot send the SSLRequest: {e}")))?;
+        let mut answer = [0u8; 1];
+        match stream.read(&mut answer).await {
+            // `S` or `N`: TLS offered or not; `E`: an error message, from a
+            // server too old for the request, which is still a server.
+            Ok(1) if matches!(answer[0], b'S' | b'N' | b'E') => Ok(()),
+            Ok(0) => Err(Failed::Unreachable("the connection closed without a PostgreSQL answer".to_owned())),
+            Ok(_) => Err(Failed::Unreachable(format!("answered {:#04x}, not PostgreSQL", answer[0]))),
+            Err(e) => Err(Failed::Unreachable(format!("no PostgreSQL answer: {e}"))),
+        }
+    };
+    tokio::time::timeout_at(until, talk).await.unwrap_or_else(|_| Err(Failed::Unreachable(timeout())))
 }
 
 #[cfg(test)]
@@ -166,9 +221,10 @@ mod tests {
             }
         });
         let tcp = reach(&params(&[("address", &address)])).await;
-        assert_eq!(evidence(&tcp, "reached"), "true", "{}", tcp.message);
+        assert_eq!((evidence(&tcp, "reached"), evidence(&tcp, "verdict")), ("true".into(), "reached".into()));
         let pg = reach(&params(&[("address", &address), ("protocol", "postgres")])).await;
         assert_eq!(evidence(&pg, "reached"), "false", "{}", pg.message);
+        assert_eq!(evidence(&pg, "verdict"), "unreachable", "{}", pg.message);
         assert!(evidence(&pg, "error").contains("without a PostgreSQL answer"), "{}", pg.message);
         closer.await.unwrap_or_else(|e| panic!("{e}"));
     }
@@ -192,6 +248,16 @@ mod tests {
         // The listener is gone with its task: nothing listens there now.
         let gone = reach(&params(&[("address", &address), ("timeout_ms", "1000")])).await;
         assert_eq!(evidence(&gone, "reached"), "false", "{}", gone.message);
+        assert_eq!(evidence(&gone, "verdict"), "unreachable", "a refused connection is the node's answer");
         assert!(!evidence(&gone, "error").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_this_node_cannot_resolve_is_no_verdict_on_the_server() {
+        // `.invalid` never resolves (RFC 2606), with or without a resolver.
+        let unknown = reach(&params(&[("address", "db.invalid:5432"), ("timeout_ms", "1000")])).await;
+        assert_eq!(evidence(&unknown, "reached"), "false", "{}", unknown.message);
+        assert_eq!(evidence(&unknown, "verdict"), "inconclusive", "{}", unknown.message);
+        assert!(unknown.message.starts_with("could not try to reach db.invalid:5432"), "{}", unknown.message);
     }
 }

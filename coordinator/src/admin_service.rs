@@ -141,6 +141,7 @@ fn unblock_request(ban: &BanRecord) -> remedy_shared::guard::ActionRequest {
         population: None,
         trigger_still_holds: None,
         mode: remedy_shared::guard::Mode::Live,
+        risk: None,
     }
 }
 

@@ -34,7 +34,7 @@ use remedy_shared::runbook::{Action, ActionClass, AfterFailure, OnFailure, Rende
 use remedy_shared::sync::lock;
 use tokio::sync::Notify;
 
-use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuators};
+use crate::actuators::{AcceptedRisk, ActionCall, ActionReport, ActionStatus, Actuators};
 use crate::infrastructure::InfrastructureMap;
 use crate::leader::{FencingToken, LeaderElector};
 use crate::recorder::{ManualRun, RecordError, Recorder, RunFeed, RunUpdate};
@@ -531,6 +531,7 @@ impl Driver {
             population: None,
             trigger_still_holds: Some(incident.as_ref().is_some_and(|i| !i.active_sources.is_empty())),
             mode,
+            risk: None,
         };
         // The actuator looks at the world first (selectors to names, hold
         // annotations, current replicas), so the rails weigh what is there.
@@ -542,6 +543,7 @@ impl Driver {
                     request.targets = found.targets;
                     request.capacity = found.capacity;
                     request.population = found.population;
+                    request.risk = found.risk;
                 }
                 Some(Err(e)) => {
                     let message = format!("step {step_id} not run: cannot see its targets: {e}");
@@ -555,9 +557,10 @@ impl Driver {
         if let Err(why) = self.confirm_term(step_id).await {
             return Ok(StepEnd::Fenced(why));
         }
-        if let Some(end) = self.weigh(run, &request).await? {
-            return Ok(end);
-        }
+        let accepted = match self.weigh(run, &request).await? {
+            Ok(accepted) => accepted,
+            Err(end) => return Ok(end),
+        };
         // Re-confirmed right before acting: weighing may have waited for a
         // person's approval, and a term can end meanwhile.
         let fencing = match self.confirm_term(step_id).await {
@@ -590,9 +593,11 @@ impl Driver {
             }
             // Looking changes nothing: evidence is gathered in every mode, so
             // a rehearsal decides its conditions on real data.
-            (None, _) if evidence => self.call(run, step_id, kind.as_str(), call_params, false).await,
-            (None, Mode::Live) => self.call(run, step_id, kind.as_str(), call_params, false).await,
-            (None, _) => self.call(run, step_id, kind.as_str(), call_params, true).await,
+            (None, _) if evidence => self.call(run, step_id, kind.as_str(), call_params, false, None).await,
+            // With what the person who approved this execution accepted,
+            // if the request stated a risk: the actuator decides with it.
+            (None, Mode::Live) => self.call(run, step_id, kind.as_str(), call_params, false, accepted).await,
+            (None, _) => self.call(run, step_id, kind.as_str(), call_params, true, None).await,
         };
         run.record_outcome(&key, report.status.as_str(), self.now());
         run.context.steps.insert(step_id.to_owned(), evidence_json(&report));
@@ -647,23 +652,31 @@ impl Driver {
         Ok(Some(token))
     }
 
-    /// Asks the rails; waits for a person when approval is needed. `None`
-    /// means go ahead (the execution is already counted).
-    async fn weigh(&self, run: &mut RunRecord, request: &ActionRequest) -> Result<Option<StepEnd>, RecordError> {
+    /// Asks the rails; waits for a person when approval is needed. `Ok`
+    /// means go ahead (the execution is already counted), with the risk the
+    /// approval accepted when it stated one; `Err`, how the step ends.
+    async fn weigh(
+        &self,
+        run: &mut RunRecord,
+        request: &ActionRequest,
+    ) -> Result<Result<Option<AcceptedRisk>, StepEnd>, RecordError> {
         let mut last_outcome = "";
         loop {
             let at = self.now();
             let policy = self.inner.policy_now();
-            let (decision, events) = {
+            let (decision, events, accepted) = {
                 let mut g = lock(&self.inner.guard);
                 // Forget what no rail looks back to any more, so the memory
                 // (decided on and saved at every step) stays bounded.
                 g.prune(&policy, at);
                 let (decision, events) = guard::decide(&policy, &mut g, request, at);
+                // Read before counting the execution, which uses the
+                // approval up.
+                let accepted = g.accepted_risk(&request.approval_key()).map(|(risk, by)| AcceptedRisk { risk, by });
                 if decision.is_allowed() || matches!(decision, Decision::WouldNeedApproval { .. }) {
                     g.record_executed(request, at);
                 }
-                (decision, events)
+                (decision, events, accepted)
             };
             // While waiting for a person the same decision comes back on
             // every wake-up; the timeline gets it once.
@@ -676,14 +689,15 @@ impl Driver {
             }
             last_outcome = decision.outcome();
             match decision {
-                Decision::Allow | Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(None),
+                Decision::Allow => return Ok(Ok(accepted)),
+                Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(Ok(None)),
                 Decision::Refuse(refusal) => {
-                    return Ok(Some(StepEnd::Refused(format!("step {}: refused: {refusal}", request.step_id))));
+                    return Ok(Err(StepEnd::Refused(format!("step {}: refused: {refusal}", request.step_id))));
                 }
-                Decision::Escalate(why) => return Ok(Some(StepEnd::Escalate(why.to_string()))),
+                Decision::Escalate(why) => return Ok(Err(StepEnd::Escalate(why.to_string()))),
                 Decision::NeedsApproval { expires_at, .. } => {
                     if !self.still_open(run).await? {
-                        return Ok(Some(StepEnd::Skipped));
+                        return Ok(Err(StepEnd::Skipped));
                     }
                     self.await_answer(expires_at).await;
                 }
@@ -725,8 +739,9 @@ impl Driver {
         kind: &str,
         params: serde_json::Value,
         dry_run: bool,
+        accepted_risk: Option<AcceptedRisk>,
     ) -> ActionReport {
-        let call = call_for(run, step_id, kind, params, dry_run);
+        let call = ActionCall { accepted_risk, ..call_for(run, step_id, kind, params, dry_run) };
         // The actuators bound their own calls; this bounds a misbehaving one.
         match tokio::time::timeout(DEFAULT_DEADLINE + Duration::from_secs(5), self.inner.actuators.execute(&call)).await
         {
@@ -927,6 +942,7 @@ fn call_for(run: &RunRecord, step_id: &str, kind: &str, params: serde_json::Valu
         params,
         dry_run,
         deadline: DEFAULT_DEADLINE,
+        accepted_risk: None,
     }
 }
 

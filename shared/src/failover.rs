@@ -5,6 +5,15 @@
 //! taking writes is the newer primary. Pure, so every refusal is tested
 //! without a server; the coordinator's actuator asks the members and the
 //! agents and carries the plan out.
+//!
+//! A primary that does not answer the coordinator is not a dead primary:
+//! the coordinator may be the one cut off. It is replaced only on positive
+//! evidence ([`DownEvidence`]): a quorum of the nodes that run its clients
+//! answered that they cannot reach it either, or it was fenced and the fence
+//! confirmed, or a person approved promoting anyway after being told, in
+//! the words of [`TWO_WRITERS_RISK`], what that may cost. Silence (no agent
+//! connected, an agent that did not answer, the coordinator's own failed
+//! connection) is never evidence.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +24,10 @@ use crate::time::Timestamp;
 /// How long the finding about a split brain the guard fenced stays: long
 /// enough to be seen, and for a runbook on it to run.
 const FENCED_FINDING_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What a person accepts when approving a failover nothing showed safe, in
+/// the plain words the approval request states.
+pub const TWO_WRITERS_RISK: &str = "no node could confirm the primary is down; promoting may create two writers";
 
 /// A WAL position, parsed from PostgreSQL's `X/Y` text.
 pub fn parse_lsn(text: &str) -> Option<u64> {
@@ -37,9 +50,12 @@ pub fn timeline_of_walfile(name: &str) -> Option<u32> {
 /// What a member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Takes writes.
+    /// Takes writes: out of recovery and not sealed by a fence. Read-only
+    /// by default is not enough to be anything else, since any session may
+    /// still ask for a read-write transaction.
     Primary,
-    /// Out of recovery but read-only by default: a fenced old primary.
+    /// Out of recovery, read-only by default, and nobody but the
+    /// coordinator's own role may log in: a fenced old primary.
     Fenced,
     /// In recovery: a standby, promotable.
     Replica,
@@ -105,6 +121,8 @@ pub struct Plan {
     pub to_fence: Vec<String>,
     /// The current primary, when it did not answer (fenced when it does).
     pub unreachable_primary: Option<String>,
+    /// Why that primary may be replaced; `None` when it answered.
+    pub down_evidence: Option<DownEvidence>,
 }
 
 /// What the plan is made from.
@@ -122,9 +140,153 @@ pub struct Inputs<'a> {
     pub fence_primary: bool,
     /// A promotion asked earlier and never confirmed.
     pub pending_promotion: Option<&'a str>,
-    /// The nodes whose agents reached the current primary (PostgreSQL
-    /// answered them) when the coordinator could not.
-    pub primary_seen_from: &'a [String],
+    /// What each agent's node said of the current primary, asked only when
+    /// it did not answer the coordinator.
+    pub nodes: &'a [NodeReport],
+    /// Whose word counts that the primary is down.
+    pub quorum: &'a Quorum,
+    /// The current primary was fenced and the fence confirmed (or a probe
+    /// saw it fenced), and no probe saw it take writes since.
+    pub primary_fenced: bool,
+    /// A person approved this failover after being told that nothing
+    /// showed the primary down ([`Refusal::override_risk`]).
+    pub override_accepted: bool,
+}
+
+/// What one node said when asked whether it reaches the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// PostgreSQL answered on the primary's address from this node.
+    Reached,
+    /// The node tried and could not reach it (the reason): its clients
+    /// cannot write to it either.
+    CannotReach(String),
+    /// No verdict (the agent did not answer in time, was not asked, or
+    /// could not try): silence, never evidence.
+    Silent(String),
+}
+
+/// One node's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node.
+    pub node: String,
+    /// What it said.
+    pub reach: Reach,
+}
+
+/// Whose word counts that a primary the coordinator cannot reach is down:
+/// the nodes that run its clients, and how many of them must say so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quorum {
+    /// The nodes whose applications use the database; empty: every node
+    /// whose agent was asked.
+    pub client_nodes: Vec<String>,
+    /// How many of them must answer that they cannot reach the primary;
+    /// `None`: a majority of them (at least one).
+    pub min: Option<u32>,
+}
+
+impl Quorum {
+    /// Whether `nodes` make the quorum: `Ok` with the nodes that cannot
+    /// reach the primary, `Err` with what is missing. A node counts once,
+    /// and only for what it said: a silent one counts against.
+    fn weigh(&self, nodes: &[NodeReport]) -> Result<Vec<String>, Shortfall> {
+        let eligible: Vec<&str> = if self.client_nodes.is_empty() {
+            let mut all: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        } else {
+            self.client_nodes.iter().map(String::as_str).collect()
+        };
+        let cannot: Vec<String> = eligible
+            .iter()
+            .filter(|node| {
+                let mut answers = nodes.iter().filter(|n| n.node == **node).map(|n| &n.reach).peekable();
+                answers.peek().is_some() && answers.all(|r| matches!(r, Reach::CannotReach(_)))
+            })
+            .map(|node| (*node).to_owned())
+            .collect();
+        let of = u32::try_from(eligible.len()).unwrap_or(u32::MAX);
+        let needed = self.min.unwrap_or(of / 2 + 1).max(1);
+        if u32::try_from(cannot.len()).unwrap_or(u32::MAX) >= needed {
+            return Ok(cannot);
+        }
+        let silent =
+            eligible.iter().filter(|node| !cannot.iter().any(|c| c == *node)).map(|node| (*node).to_owned()).collect();
+        Err(Shortfall { cannot_reach: cannot, silent, needed, of, configured: !self.client_nodes.is_empty() })
+    }
+}
+
+/// Why the nodes' word was not enough.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// The nodes that answered that they cannot reach the primary.
+    pub cannot_reach: Vec<String>,
+    /// The nodes that count and said nothing usable.
+    pub silent: Vec<String>,
+    /// How many were needed.
+    pub needed: u32,
+    /// Of how many nodes that count.
+    pub of: u32,
+    /// Whether the nodes are configured (`client_nodes`) or were every
+    /// agent asked.
+    pub configured: bool,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.of == 0 {
+            return f.write_str("no agent answered for the nodes that run its clients");
+        }
+        let which = if self.configured { "nodes that run its clients" } else { "nodes asked" };
+        write!(
+            f,
+            "{} of the {} {which} answered that they cannot reach it ({} needed)",
+            self.cannot_reach.len(),
+            self.of,
+            self.needed
+        )?;
+        if !self.silent.is_empty() {
+            write!(f, "; no verdict from {}", self.silent.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a primary that did not answer the coordinator may be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownEvidence {
+    /// Enough of the nodes that run its clients answered that they cannot
+    /// reach it: whatever it still is, their applications cannot write to
+    /// it.
+    NodesCannotReach {
+        /// The nodes that said so.
+        nodes: Vec<String>,
+    },
+    /// It was fenced and the fence confirmed, and it was not seen taking
+    /// writes since.
+    Fenced,
+    /// A person approved promoting without evidence, told the risk.
+    Overridden,
+}
+
+impl DownEvidence {
+    /// The evidence in words, for the timeline.
+    pub fn describe(&self, primary: &str) -> String {
+        match self {
+            DownEvidence::NodesCannotReach { nodes } => {
+                format!("{primary} does not answer the coordinator, and cannot be reached from {}", nodes.join(", "))
+            }
+            DownEvidence::Fenced => format!("{primary} does not answer and was fenced (confirmed) before"),
+            DownEvidence::Overridden => {
+                format!(
+                    "{primary} does not answer and nothing showed it down: a person approved anyway ({TWO_WRITERS_RISK})"
+                )
+            }
+        }
+    }
 }
 
 /// Why a member cannot be the replica promoted.
@@ -223,6 +385,35 @@ pub enum Refusal {
         /// The nodes whose agents reached it.
         seen_from: Vec<String>,
     },
+    /// The primary does not answer the coordinator and nothing shows it is
+    /// down or fenced: too few of the nodes that run its clients said they
+    /// cannot reach it. It may be alive and taking writes from them; only a
+    /// person who accepts that may promote ([`Refusal::override_risk`]).
+    #[error(
+        "{primary} does not answer the coordinator and nothing shows it down or fenced: {nodes}: \
+         {TWO_WRITERS_RISK}; a person may approve promoting anyway"
+    )]
+    PrimaryDownUnconfirmed {
+        /// The current primary.
+        primary: String,
+        /// What the nodes said, and what was missing.
+        nodes: Shortfall,
+    },
+}
+
+impl Refusal {
+    /// What a person accepts by approving the failover anyway, in plain
+    /// words, when this refusal is one a person may override: only the
+    /// want of evidence that the primary is down. Every other refusal
+    /// stands whoever approves.
+    pub fn override_risk(&self) -> Option<String> {
+        match self {
+            Refusal::PrimaryDownUnconfirmed { primary, nodes } => {
+                Some(format!("{TWO_WRITERS_RISK} ({primary} does not answer the coordinator; {nodes})"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The members of a [`Refusal::NoHealthyReplica`], as its message lists them.
@@ -300,14 +491,7 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, Refusal> {
         });
     }
     let primary_answered = i.members.iter().any(|m| m.name == i.current_primary && m.answer.is_ok());
-    if !primary_answered && !i.primary_seen_from.is_empty() {
-        // The applications on those nodes may still be writing to it, and
-        // nobody here could fence it: promoting would make two primaries.
-        return Err(Refusal::PrimaryReachedFromNodes {
-            primary: i.current_primary.to_owned(),
-            seen_from: i.primary_seen_from.to_vec(),
-        });
-    }
+    let down_evidence = if primary_answered { None } else { Some(down_evidence(i)?) };
     Ok(Plan {
         candidate: chosen.0.name.clone(),
         candidate_replay_lsn,
@@ -315,7 +499,32 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, Refusal> {
         lag_bytes,
         to_fence,
         unreachable_primary: (!primary_answered).then(|| i.current_primary.to_owned()),
+        down_evidence,
     })
+}
+
+/// Why the current primary, which did not answer the coordinator, may be
+/// replaced, or the refusal. Asked last, so a person is asked to override
+/// only a failover nothing else refuses.
+fn down_evidence(i: &Inputs<'_>) -> Result<DownEvidence, Refusal> {
+    let mut reached: Vec<String> =
+        i.nodes.iter().filter(|n| n.reach == Reach::Reached).map(|n| n.node.clone()).collect();
+    reached.sort_unstable();
+    reached.dedup();
+    if !reached.is_empty() {
+        // The applications on those nodes may still be writing to it, and
+        // nobody here could fence it: promoting would make two primaries,
+        // whoever approves.
+        return Err(Refusal::PrimaryReachedFromNodes { primary: i.current_primary.to_owned(), seen_from: reached });
+    }
+    if i.primary_fenced {
+        return Ok(DownEvidence::Fenced);
+    }
+    match i.quorum.weigh(i.nodes) {
+        Ok(nodes) => Ok(DownEvidence::NodesCannotReach { nodes }),
+        Err(_) if i.override_accepted => Ok(DownEvidence::Overridden),
+        Err(nodes) => Err(Refusal::PrimaryDownUnconfirmed { primary: i.current_primary.to_owned(), nodes }),
+    }
 }
 
 /// The members taking writes, and which of them to keep.
@@ -384,7 +593,7 @@ pub fn split_brain_finding(
             Severity::Warning,
             FindingState::Active,
             format!(
-                "{} took writes beside {keep}, the primary on a newer timeline, and were fenced (read-only); \
+                "{} took writes beside {keep}, the primary on a newer timeline, and were fenced (closed to every session but the coordinator's); \
                  rewind or rebuild them as standbys",
                 fenced.join(", ")
             ),
@@ -440,6 +649,8 @@ mod tests {
         MemberState { name: name.into(), answer: Err("connection refused".into()) }
     }
 
+    static ANY_NODE: Quorum = Quorum { client_nodes: Vec::new(), min: None };
+
     fn inputs(members: &[MemberState]) -> Inputs<'_> {
         Inputs {
             members,
@@ -449,17 +660,140 @@ mod tests {
             max_lag_bytes: 1024,
             fence_primary: true,
             pending_promotion: None,
-            primary_seen_from: &[],
+            nodes: &[],
+            quorum: &ANY_NODE,
+            primary_fenced: false,
+            override_accepted: false,
         }
+    }
+
+    fn node(name: &str, reach: Reach) -> NodeReport {
+        NodeReport { node: name.into(), reach }
+    }
+
+    fn cannot(name: &str) -> NodeReport {
+        node(name, Reach::CannotReach("no answer within 2000 ms".into()))
+    }
+
+    fn silent(name: &str) -> NodeReport {
+        node(name, Reach::Silent("did not answer in time".into()))
     }
 
     #[test]
     fn the_least_lagging_healthy_replica_is_chosen_and_a_silent_primary_is_watched() {
         let members = [down("primary"), up("r1", Role::Replica, 900), up("r2", Role::Replica, 1000), down("r3")];
-        let p = plan(&inputs(&members)).unwrap_or_else(|e| panic!("{e}"));
+        let nodes = [cannot("node-a")];
+        let mut confirmed = inputs(&members);
+        confirmed.nodes = &nodes;
+        let p = plan(&confirmed).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((p.candidate.as_str(), p.lag_bytes, p.reference_lsn), ("r2", 0, 1000));
         assert_eq!(p.unreachable_primary.as_deref(), Some("primary"));
+        assert_eq!(p.down_evidence, Some(DownEvidence::NodesCannotReach { nodes: vec!["node-a".into()] }));
         assert!(p.to_fence.is_empty());
+    }
+
+    #[test]
+    fn silence_is_never_evidence_that_the_primary_is_down() {
+        let members = [down("primary"), up("r1", Role::Replica, 1000)];
+        // No agent at all: the coordinator's own failed connection is all
+        // there is, and it may be the one cut off.
+        let refused = plan(&inputs(&members)).expect_err("nothing shows the primary down");
+        assert!(matches!(&refused, Refusal::PrimaryDownUnconfirmed { primary, .. } if primary == "primary"));
+        assert_eq!(
+            refused.to_string(),
+            "primary does not answer the coordinator and nothing shows it down or fenced: no agent answered for the \
+             nodes that run its clients: no node could confirm the primary is down; promoting may create two \
+             writers; a person may approve promoting anyway"
+        );
+        assert_eq!(
+            refused.override_risk().as_deref(),
+            Some(
+                "no node could confirm the primary is down; promoting may create two writers (primary does not \
+                 answer the coordinator; no agent answered for the nodes that run its clients)"
+            )
+        );
+        // Agents that did not answer are no better than none, and count
+        // against the majority.
+        let nodes = [cannot("node-a"), silent("node-b"), silent("node-c")];
+        let mut quiet = inputs(&members);
+        quiet.nodes = &nodes;
+        let refused = plan(&quiet).expect_err("one of three is no majority");
+        assert!(
+            refused.to_string().contains(
+                "1 of the 3 nodes asked answered that they cannot reach it (2 needed); no verdict from node-b, node-c"
+            ),
+            "{refused}"
+        );
+        // A majority that cannot reach it is evidence.
+        let nodes = [cannot("node-a"), silent("node-b"), cannot("node-c")];
+        quiet.nodes = &nodes;
+        assert_eq!(
+            plan(&quiet).map(|p| p.down_evidence),
+            Ok(Some(DownEvidence::NodesCannotReach { nodes: vec!["node-a".into(), "node-c".into()] }))
+        );
+    }
+
+    #[test]
+    fn only_the_configured_client_nodes_count_and_the_quorum_is_theirs() {
+        let members = [down("primary"), up("r1", Role::Replica, 1000)];
+        let clients = Quorum { client_nodes: vec!["app-1".into(), "app-2".into(), "app-3".into()], min: None };
+        // Nodes that run none of its clients say nothing about its writers.
+        let nodes = [cannot("batch-1"), cannot("batch-2"), cannot("app-1"), silent("app-2")];
+        let mut i = inputs(&members);
+        i.quorum = &clients;
+        i.nodes = &nodes;
+        let refused = plan(&i).expect_err("one client node of three");
+        assert!(
+            refused.to_string().contains(
+                "1 of the 3 nodes that run its clients answered that they cannot reach it (2 needed); no verdict \
+                 from app-2, app-3"
+            ),
+            "{refused}"
+        );
+        // Two agents on one node are one node, and one that reached it
+        // makes it not a node that cannot.
+        let twice = [cannot("app-1"), node("app-1", Reach::Reached), cannot("app-2")];
+        i.nodes = &twice;
+        assert!(matches!(plan(&i), Err(Refusal::PrimaryReachedFromNodes { .. })));
+        let all = Quorum { min: Some(3), ..clients.clone() };
+        let nodes = [cannot("app-1"), cannot("app-2"), cannot("batch-1")];
+        i.quorum = &all;
+        i.nodes = &nodes;
+        assert!(plan(&i).is_err_and(|e| e.to_string().contains("2 of the 3 nodes that run its clients")));
+        let one = Quorum { min: Some(1), ..clients.clone() };
+        i.quorum = &one;
+        assert_eq!(
+            plan(&i).map(|p| p.down_evidence),
+            Ok(Some(DownEvidence::NodesCannotReach { nodes: vec!["app-1".into(), "app-2".into()] }))
+        );
+    }
+
+    #[test]
+    fn a_confirmed_fence_or_a_persons_override_is_evidence_but_a_node_that_reaches_the_primary_is_not_overridden() {
+        let members = [down("primary"), up("r1", Role::Replica, 1000)];
+        let mut fenced = inputs(&members);
+        fenced.primary_fenced = true;
+        assert_eq!(plan(&fenced).map(|p| p.down_evidence), Ok(Some(DownEvidence::Fenced)));
+        let mut approved = inputs(&members);
+        approved.override_accepted = true;
+        let p = plan(&approved).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.down_evidence, Some(DownEvidence::Overridden));
+        assert!(DownEvidence::Overridden.describe("primary").contains(TWO_WRITERS_RISK));
+        // A primary the nodes still reach is alive: no approval makes a
+        // second writer beside it.
+        let nodes = [node("node-a", Reach::Reached), cannot("node-b")];
+        approved.nodes = &nodes;
+        let refused = plan(&approved).expect_err("the nodes still reach it");
+        assert_eq!(refused.override_risk(), None);
+        // Nor is an override asked for what a person cannot settle by
+        // approving: the other refusals come first.
+        let alone = [down("primary")];
+        let refused = plan(&inputs(&alone)).expect_err("nobody to promote");
+        assert!(matches!(refused, Refusal::NoHealthyReplica { .. }));
+        assert_eq!(refused.override_risk(), None);
+        // An answering primary needs none of this: the fence decides.
+        let answering = [up("primary", Role::Primary, 1000), up("r1", Role::Replica, 1000)];
+        assert_eq!(plan(&inputs(&answering)).map(|p| p.down_evidence), Ok(None));
     }
 
     #[test]
@@ -507,15 +841,16 @@ mod tests {
             |e| e.to_string().contains("r2 cannot be promoted") && e.to_string().contains("does not answer")
         ));
         named.preferred = Some("r1");
+        named.primary_fenced = true;
         assert_eq!(plan(&named).map(|p| p.candidate), Ok("r1".to_owned()));
     }
 
     #[test]
     fn a_primary_only_the_coordinator_cannot_reach_is_not_failed_over() {
         let members = [down("primary"), up("r1", Role::Replica, 1000)];
-        let seen = ["node-a".to_owned()];
+        let seen = [node("node-a", Reach::Reached)];
         let mut partitioned = inputs(&members);
-        partitioned.primary_seen_from = &seen;
+        partitioned.nodes = &seen;
         assert!(
             plan(&partitioned)
                 .is_err_and(|e| e.to_string().contains("answers from node-a") && e.to_string().contains("cut off"))
@@ -523,7 +858,7 @@ mod tests {
         // Reachable by the coordinator: the fence decides, not the agents.
         let answering = [up("primary", Role::Primary, 1000), up("r1", Role::Replica, 1000)];
         let mut fenced = inputs(&answering);
-        fenced.primary_seen_from = &seen;
+        fenced.nodes = &seen;
         assert_eq!(plan(&fenced).map(|p| p.to_fence), Ok(vec!["primary".to_owned()]));
     }
 
@@ -578,9 +913,9 @@ mod tests {
             Refusal::NoHealthyReplica { members: vec![] }.to_string(),
             "no healthy replica to promote: none is configured"
         );
-        let seen = ["node-a".to_owned(), "node-b".to_owned()];
+        let seen = [node("node-b", Reach::Reached), node("node-a", Reach::Reached)];
         let mut partitioned = inputs(&behind);
-        partitioned.primary_seen_from = &seen;
+        partitioned.nodes = &seen;
         let refused = plan(&partitioned).expect_err("the nodes still reach it");
         assert!(matches!(&refused, Refusal::PrimaryReachedFromNodes { primary, .. } if primary == "primary"));
         assert_eq!(

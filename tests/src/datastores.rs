@@ -17,8 +17,13 @@ use std::time::Duration;
 
 use crate::procs::{eventually, free_addr};
 
-/// The superuser's password in every test cluster.
+/// The superuser's password in every test cluster (the coordinator's role
+/// has the same one).
 pub const PG_PASSWORD: &str = "remedy-test-secret";
+/// The role the coordinator logs in as in every test cluster: a superuser
+/// of its own, as README asks, apart from `postgres`, which the tests use
+/// as the applications do. A fence leaves this role alone able to log in.
+pub const COORDINATOR_ROLE: &str = "remedy";
 /// The password every test Redis requires.
 pub const REDIS_PASSWORD: &str = "redis-test-secret";
 
@@ -136,6 +141,15 @@ impl Postgres {
             child: None,
         };
         pg.start().await;
+        // Replicas copy it with everything else. Committed locally: a
+        // synchronous primary has no standby to wait for yet.
+        pg.client()
+            .await
+            .batch_execute(&format!(
+                "SET synchronous_commit = local; CREATE ROLE {COORDINATOR_ROLE} LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}'"
+            ))
+            .await
+            .expect("create the coordinator's role");
         pg
     }
 
@@ -254,16 +268,29 @@ impl Postgres {
         connect(self.addr).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
     }
 
+    /// A client as the coordinator's role, on the `postgres` database or,
+    /// when a fence closed it, on `template1`, the one door a fence leaves
+    /// the coordinator: to look at the server as the coordinator does.
+    pub async fn coordinator_client(&self) -> tokio_postgres::Client {
+        match connect_as(self.addr, COORDINATOR_ROLE, PG_PASSWORD, "postgres").await {
+            Ok(client) => client,
+            Err(_) => connect_as(self.addr, COORDINATOR_ROLE, PG_PASSWORD, "template1")
+                .await
+                .unwrap_or_else(|e| panic!("connect to {} as {COORDINATOR_ROLE}: {e}", self.name)),
+        }
+    }
+
     /// What the coordinator reports as this member's `app_url` when none
     /// is configured.
     pub fn app_url(&self) -> String {
         format!("postgresql://127.0.0.1:{}/postgres", self.addr.port())
     }
 
-    /// This server as a member under `databases:` (one flow mapping).
+    /// This server as a member under `databases:` (one flow mapping), the
+    /// coordinator logging in as [`COORDINATOR_ROLE`].
     pub fn member_yaml(&self, password_file: &Path) -> String {
         format!(
-            "{{name: {}, host: 127.0.0.1, port: {}, user: postgres, password_file: {}}}",
+            "{{name: {}, host: 127.0.0.1, port: {}, user: {COORDINATOR_ROLE}, password_file: {}}}",
             self.name,
             self.addr.port(),
             password_file.display()
@@ -333,12 +360,23 @@ pub async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, String>
 /// Connects to database `dbname` on the server at `addr` as the superuser,
 /// within 5 seconds; the error is the server's message when it sent one.
 pub async fn connect_to(addr: SocketAddr, dbname: &str) -> Result<tokio_postgres::Client, String> {
+    connect_as(addr, "postgres", PG_PASSWORD, dbname).await
+}
+
+/// Connects to database `dbname` on the server at `addr` as `user`, within
+/// 5 seconds; the error is the server's message when it sent one.
+pub async fn connect_as(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
         .port(addr.port())
-        .user("postgres")
-        .password(PG_PASSWORD)
+        .user(user)
+        .password(password)
         .dbname(dbname)
         .connect_timeout(Duration::from_secs(5));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| match e.as_db_error() {

@@ -44,6 +44,18 @@ impl FaultProxy {
     /// and forwards to `target`.
     pub async fn start_on(bind: SocketAddr, target: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind(bind).await.unwrap_or_else(|e| panic!("bind the proxy on {bind}: {e}"));
+        Self::serve(listener, target)
+    }
+
+    /// Serves on `listener`, bound where the test needs it (a socket made
+    /// inside a network namespace stays there, whichever thread uses it),
+    /// forwarding to `target` from this process's own namespace.
+    pub fn from_listener(listener: std::net::TcpListener, target: SocketAddr) -> FaultProxy {
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        Self::serve(TcpListener::from_std(listener).expect("a tokio listener"), target)
+    }
+
+    fn serve(listener: TcpListener, target: SocketAddr) -> FaultProxy {
         let addr = listener.local_addr().expect("the proxy's address");
         let (forwarding, forwarding_rx) = watch::channel(true);
         let (generation, generation_rx) = watch::channel(0u64);

@@ -174,8 +174,21 @@ pub async fn run_end(coordinator: &Coordinator, id: &str) -> Vec<pb::TimelineEnt
 }
 
 /// Approves the request for `step` of `incident` once the coordinator has
-/// asked for it, as a person would through the admin API.
-pub async fn approve(coordinator: &Coordinator, incident: &str, step: &str) {
+/// asked for it, as a person would through the admin API; returns the
+/// request as the person saw it.
+pub async fn approve(coordinator: &Coordinator, incident: &str, step: &str) -> pb::Approval {
+    answer(coordinator, incident, step, None).await
+}
+
+/// Denies the request for `step` of `incident` once the coordinator has
+/// asked for it, for `reason`; returns the request as the person saw it.
+pub async fn deny(coordinator: &Coordinator, incident: &str, step: &str, reason: &str) -> pb::Approval {
+    answer(coordinator, incident, step, Some(reason)).await
+}
+
+/// Answers the request for `step` of `incident`: approves it, or with
+/// `Some(reason)` denies it.
+async fn answer(coordinator: &Coordinator, incident: &str, step: &str, deny: Option<&str>) -> pb::Approval {
     let mut admin = coordinator.admin().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let pending = loop {
@@ -197,12 +210,13 @@ pub async fn approve(coordinator: &Coordinator, incident: &str, step: &str) {
             incident_id: pending.incident_id.clone(),
             step_id: pending.step_id.clone(),
             attempt: pending.attempt,
-            approve: true,
+            approve: deny.is_none(),
             requested_by: "dba".into(),
-            reason: "approved by the test".into(),
+            reason: deny.unwrap_or("approved by the test").into(),
         })
         .await
-        .expect("approve");
+        .expect("answer the approval request");
+    pending
 }
 
 /// The result entry of one step.

@@ -8,17 +8,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use remedy_e2e::datastores::{
-    PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis, RedisSetup, RedisTlsFiles, databases_yaml, pg_password_file,
+    COORDINATOR_ROLE, PG_PASSWORD, Postgres, REDIS_PASSWORD, Redis, RedisSetup, RedisTlsFiles, connect_as,
+    databases_yaml, pg_password_file,
 };
 use remedy_e2e::fault_proxy::FaultProxy;
 use remedy_e2e::net_tools::{Netns, require_tools};
 use remedy_e2e::procs::{Proc, bin, eventually, free_addr};
 use remedy_e2e::runs::{
-    about, approve, incident_for, now_rfc3339, post_alert, result_of, run_end, run_manual, runbook, seed_catalog, show,
-    start, start_on, status_of, timeline,
+    about, approve, deny, incident_for, now_rfc3339, post_alert, result_of, run_end, run_manual, runbook, seed_catalog,
+    show, start, start_on, status_of, timeline,
 };
 use remedy_e2e::world::{World, alert_payload};
 use remedy_proto::v1 as pb;
+use remedy_shared::failover::TWO_WRITERS_RISK;
 
 /// `databases:` for one cluster named `main` whose repoint hook is the
 /// world's, plus `extra` lines under it.
@@ -26,9 +28,54 @@ fn databases(dir: &Path, primary: &Postgres, replica: &Postgres, world: &World, 
     databases_yaml(dir, primary, replica, &format!("    repoint_hook: {}/hooks/repoint\n{extra}", world.url()))
 }
 
+/// The member's default as the coordinator's role sees it (through the
+/// door a fence leaves it, when fenced).
 async fn read_only_setting(pg: &Postgres) -> Option<String> {
-    let client = remedy_e2e::datastores::connect(pg.addr).await.ok()?;
+    let client = pg.coordinator_client().await;
     client.query_one("SHOW default_transaction_read_only", &[]).await.ok().map(|r| r.get(0))
+}
+
+/// Whether the member is in recovery, as the coordinator's role sees it.
+async fn in_recovery(pg: &Postgres) -> bool {
+    let client = pg.coordinator_client().await;
+    client.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get(0)).unwrap_or(true)
+}
+
+/// A write as a client that means it would try it: read-only turned off,
+/// then a read-write transaction, committed.
+const DETERMINED_WRITE: &str = "SET default_transaction_read_only = off; BEGIN READ WRITE; \
+     CREATE TABLE IF NOT EXISTS split_brain (note text); INSERT INTO split_brain VALUES ('two writers'); COMMIT";
+
+/// Tries to commit a write on `pg` as each of `roles` (name, password) on
+/// each of `databases`, and on each of `sessions` opened before; returns
+/// what committed (nothing, on a fenced member), and prints what each
+/// attempt met.
+async fn writes_that_commit(
+    pg: &Postgres,
+    roles: &[(&str, &str)],
+    databases: &[&str],
+    sessions: &[(&str, &tokio_postgres::Client)],
+) -> Vec<String> {
+    let mut committed = Vec::new();
+    for (role, password) in roles {
+        for database in databases {
+            let what = format!("a new session of {role} on {database}");
+            match connect_as(pg.addr, role, password, database).await {
+                Err(e) => println!("{what}: refused: {e}"),
+                Ok(client) => match client.batch_execute(DETERMINED_WRITE).await {
+                    Err(e) => println!("{what}: the write failed: {e}"),
+                    Ok(()) => committed.push(what),
+                },
+            }
+        }
+    }
+    for (what, client) in sessions {
+        match client.batch_execute(DETERMINED_WRITE).await {
+            Err(e) => println!("{what}: the write failed: {e}"),
+            Ok(()) => committed.push((*what).to_owned()),
+        }
+    }
+    committed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,8 +97,11 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     let started = now_rfc3339();
     post_alert(&coordinator, &alert_payload("P0_DatabaseDown", &[], "firing", &started)).await;
     let incident = incident_for(&coordinator, "P0-002").await;
-    // A failover waits for a person.
-    approve(&coordinator, &incident.id, "failover").await;
+    // A failover waits for a person, who is told that nothing shows the
+    // primary down (no agent is connected, and the coordinator's own
+    // failed connection is no evidence) before approving anyway.
+    let asked = approve(&coordinator, &incident.id, "failover").await;
+    assert!(asked.reason.contains(TWO_WRITERS_RISK), "the approval request says what it risks: {}", asked.reason);
     let entries = run_end(&coordinator, &incident.id).await;
     let log = show(&entries);
     println!("first failover:\n{log}");
@@ -64,6 +114,15 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     assert!(steps.iter().any(|s| s.starts_with("chose db-1: replayed ")), "{steps:?}");
     assert!(steps.iter().any(|s| s.starts_with("promoted db-1: accepts writes, lsn ")), "{steps:?}");
     assert!(steps.iter().any(|s| s.contains("db-0 did not answer: watched")), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.contains("db-0 does not answer and nothing showed it down: a person approved anyway")
+            && s.contains("approved by dba")),
+        "the timeline says the failover went ahead on a person's word: {steps:?}"
+    );
+    assert_eq!(
+        failover.details.get("evidence.old_primary_down").map(String::as_str),
+        Some("approved_without_evidence")
+    );
     assert_eq!(status_of(&entries, "new_primary").as_deref(), Some("succeeded"), "{log}");
     assert!(entries.iter().any(|e| e.message.contains("runbook P0-002 finished")), "{log}");
     assert!(!log.contains(PG_PASSWORD), "no password on the timeline");
@@ -96,24 +155,18 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
             .iter()
             .any(|e| {
                 e.kind == "result"
-                    && e.message.contains("the old primary db-0 came back taking writes: fenced (read-only)")
+                    && e.message.contains("the old primary db-0 came back taking writes: fenced: logins closed")
                     && e.details.get("watch").map(String::as_str) == Some("db-0")
             })
             .then_some(())
     })
     .await;
     assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"), "the returning old primary is fenced");
-    let old = primary.client().await;
-    let refused = old.execute("INSERT INTO orders VALUES (2000, 'split brain')", &[]).await;
-    let error = refused.expect_err("the fenced old primary refuses writes");
-    let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
-    assert!(why.contains("read-only transaction"), "{why}");
-    println!("write to the fenced old primary: {why:?}");
-    // Nor can a session that asks for a read-write transaction write there:
-    // the application's database takes no connections on the old primary,
-    // and still does on the new one.
-    let closed = remedy_e2e::datastores::connect_to(primary.addr, "app").await.err().unwrap_or_default();
-    assert!(closed.contains("is not currently accepting connections"), "{closed}");
+    // No session commits a write there, on any database, whatever it asks
+    // for; the new primary still serves the application.
+    let roles = [("postgres", PG_PASSWORD), (COORDINATOR_ROLE, PG_PASSWORD)];
+    let committed = writes_that_commit(&primary, &roles, &["postgres", "app"], &[]).await;
+    assert!(committed.is_empty(), "writes committed on the fenced old primary: {committed:?}");
     remedy_e2e::datastores::connect_to(replica.addr, "app").await.expect("the new primary serves the application");
     // A second failure within the window goes to people: the rails stop
     // the failover before it runs, and nothing is promoted.
@@ -152,8 +205,7 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
     assert!(result_of(&entries, "failover").is_none(), "the actuator never ran:\n{log}");
     assert!(entries.iter().any(|e| e.kind == "escalated"), "a person is called:\n{log}");
     assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"), "the old primary stays fenced");
-    let in_recovery: bool = old.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get(0)).unwrap_or(true);
-    assert!(!in_recovery, "the old primary is no standby, so never promoted again");
+    assert!(!in_recovery(&primary).await, "the old primary is no standby, so never promoted again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,6 +354,8 @@ async fn a_promotion_that_runs_out_of_time_says_what_was_done_and_completes_on_i
     // promotion.
     let startup = replica.freeze_recovery().await;
     let id = run_manual(&coordinator, "FAILOVER", false).await;
+    // No agent says the primary is down: a person accepts the risk.
+    approve(&coordinator, &id, "failover").await;
     let entries = run_end(&coordinator, &id).await;
     let log = show(&entries);
     println!("frozen promotion:\n{log}");
@@ -364,7 +418,15 @@ async fn partition(dir: &Path, primary: &Postgres, grpc_port: u16) -> Partition 
     ns.link("rmddph", &format!("{HOST_SIDE}/24"), "10.78.0.2/24");
     let host: IpAddr = HOST_SIDE.parse().expect("an address");
     let proxy = FaultProxy::start_on(SocketAddr::new(host, 0), primary.addr).await;
-    let agent_dir = dir.join("node-dp");
+    let agent = agent_in(&ns, dir, "node-dp", &format!("http://{HOST_SIDE}:{grpc_port}"), 7072);
+    Partition { proxy, agent, _namespace: ns }
+}
+
+/// An agent for node `node` running in namespace `ns`, dialling the
+/// coordinator at `coordinator`, its diagnostics on the namespace's
+/// loopback port `diagnostics`.
+fn agent_in(ns: &Netns, dir: &Path, node: &str, coordinator: &str, diagnostics: u16) -> Proc {
+    let agent_dir = dir.join(node);
     std::fs::create_dir_all(&agent_dir).expect("create the agent's directory");
     let config = agent_dir.join("agent.yaml");
     std::fs::write(&config, "pods: {enabled: false}\nlogs: {enabled: false}\n").expect("write the agent config");
@@ -374,21 +436,41 @@ async fn partition(dir: &Path, primary: &Postgres, grpc_port: u16) -> Partition 
         &ns.0,
         bin("remedy-agent").to_str().expect("a path"),
         "--node-name",
-        "node-dp",
+        node,
         "--state-dir",
         agent_dir.join("state").to_str().expect("a path"),
         "--insecure",
         "--coordinator",
-        &format!("http://{HOST_SIDE}:{grpc_port}"),
+        coordinator,
         "--diagnostics-listen",
-        "127.0.0.1:7072",
+        &format!("127.0.0.1:{diagnostics}"),
         "--config",
         config.to_str().expect("a path"),
     ]
     .map(str::to_owned)
     .to_vec();
-    let agent = Proc::spawn_program("agent node-dp", Path::new("ip"), &args, agent_dir.join("agent.log"));
-    Partition { proxy, agent, _namespace: ns }
+    Proc::spawn_program(&format!("agent {node}"), Path::new("ip"), &args, agent_dir.join("agent.log"))
+}
+
+/// Waits until the agents of `nodes` are connected and can check
+/// reachability.
+async fn agents_connected(coordinator: &remedy_e2e::procs::Coordinator, nodes: &[&str]) {
+    let admin = coordinator.admin().await;
+    eventually(&format!("the agents of {nodes:?} connected"), Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let agents = admin.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
+            nodes
+                .iter()
+                .all(|node| {
+                    agents
+                        .iter()
+                        .any(|a| a.node_name == *node && a.connected && a.capabilities.iter().any(|c| c == "reach"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 /// The `evidence.step.NN` lines of a failover result.
@@ -407,7 +489,7 @@ async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coo
     let cut = partition(dir.path(), &primary, grpc.port()).await;
     let password_file = pg_password_file(dir.path());
     let config = format!(
-        "databases:\n  main:\n    primary: {{name: db-0, host: {HOST_SIDE}, port: {}, user: postgres, password_file: {}}}\n\
+        "databases:\n  main:\n    primary: {{name: db-0, host: {HOST_SIDE}, port: {}, user: {COORDINATOR_ROLE}, password_file: {}}}\n\
          \x20   replicas:\n      - {}\n\
          \x20   connect_timeout: 2s\n    fence_watch_interval: 200ms\n    split_brain_check: 300ms\n\
          guard_rails: {{approval: {{kinds: []}}}}\n",
@@ -418,18 +500,7 @@ async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coo
     let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
     let catalog = runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
     let mut coordinator = start_on(dir.path(), &world, &catalog, &config, grpc).await;
-    let admin = coordinator.admin().await;
-    eventually("the agent in the namespace connected", Duration::from_secs(30), || {
-        let mut admin = admin.clone();
-        async move {
-            let agents = admin.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
-            agents
-                .iter()
-                .any(|a| a.node_name == "node-dp" && a.connected && a.capabilities.iter().any(|c| c == "reach"))
-                .then_some(())
-        }
-    })
-    .await;
+    agents_connected(&coordinator, &["node-dp"]).await;
 
     // Cut between the coordinator and the primary only: the node still
     // reaches it, so the primary is not dead and nothing is promoted.
@@ -485,11 +556,9 @@ async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coo
     })
     .await;
     assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"), "the old primary is fenced");
-    let old = primary.client().await;
-    let refused = old.execute("INSERT INTO orders VALUES (999, 'split brain')", &[]).await;
-    let error = refused.expect_err("the fenced old primary refuses writes");
-    let why = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| error.to_string());
-    assert!(why.contains("read-only transaction"), "{why}");
+    let roles = [("postgres", PG_PASSWORD), (COORDINATOR_ROLE, PG_PASSWORD)];
+    let committed = writes_that_commit(&primary, &roles, &["postgres"], &[]).await;
+    assert!(committed.is_empty(), "writes committed on the fenced old primary: {committed:?}");
     let new: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("ask db-1").get(0);
     assert!(!new, "db-1 is still the primary");
     standby.execute("INSERT INTO orders VALUES (202, 'after the fence')", &[]).await.expect("db-1 takes writes");
@@ -507,6 +576,256 @@ async fn a_primary_only_the_coordinator_cannot_reach_is_kept_and_a_restarted_coo
     assert_eq!(finding.target, "database/main", "{finding:?}");
     assert_eq!(finding.labels.get("fenced").map(String::as_str), Some("db-0"), "{finding:?}");
     assert_eq!(finding.labels.get("kept").map(String::as_str), Some("db-1"), "{finding:?}");
+}
+
+/// The primary as the network sees it: a proxy listening inside a
+/// namespace the test made, forwarding to the primary on the host's
+/// loopback. The coordinator (on the host, through the link) and the
+/// agents (inside the namespace) reach the primary only there, and
+/// nftables in the namespace drop what the test cuts, silently, as a
+/// partition does: no reset, no answer. The test and the replica reach the
+/// primary directly, so it stays alive and writable whatever is cut.
+struct CutNetwork {
+    ns: Netns,
+    proxy: FaultProxy,
+    agents: Vec<Proc>,
+}
+
+const CUT_HOST: &str = "10.77.0.1";
+const CUT_INNER: &str = "10.77.0.2";
+const CUT_TABLE: &str = "rmd_cut";
+
+impl CutNetwork {
+    fn new(primary: &Postgres) -> CutNetwork {
+        require_tools();
+        let ns = Netns::new("rmd-cut");
+        ns.link("rmdcuth", &format!("{CUT_HOST}/24"), &format!("{CUT_INNER}/24"));
+        let listener = ns.enter(|| std::net::TcpListener::bind((CUT_INNER, 0)).expect("bind in the namespace"));
+        let proxy = FaultProxy::from_listener(listener, primary.addr);
+        let table = format!(
+            "table inet {CUT_TABLE} {{\n  chain input {{ type filter hook input priority 0; policy accept; }}\n}}\n"
+        );
+        ns.nft(&["-f", "-"], Some(&table));
+        CutNetwork { ns, proxy, agents: Vec::new() }
+    }
+
+    /// Drops what reaches the primary's address from `from` (every source
+    /// when `None`), and nothing else.
+    fn cut(&self, from: Option<&str>) {
+        self.heal();
+        let port = self.proxy.addr.port().to_string();
+        let mut rule = vec!["add", "rule", "inet", CUT_TABLE, "input"];
+        if let Some(source) = from {
+            rule.extend(["ip", "saddr", source]);
+        }
+        rule.extend(["tcp", "dport", port.as_str(), "drop"]);
+        self.ns.nft(&rule, None);
+    }
+
+    fn heal(&self) {
+        self.ns.nft(&["flush", "chain", "inet", CUT_TABLE, "input"], None);
+    }
+
+    /// An agent on node `node`, inside the namespace.
+    fn start_agent(&mut self, dir: &Path, node: &str, grpc_port: u16, diagnostics: u16) {
+        let agent = agent_in(&self.ns, dir, node, &format!("http://{CUT_HOST}:{grpc_port}"), diagnostics);
+        self.agents.push(agent);
+    }
+}
+
+impl Drop for CutNetwork {
+    fn drop(&mut self) {
+        // The agents go before their namespace.
+        for agent in &mut self.agents {
+            agent.kill();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_from_the_coordinator_is_never_replaced_on_silence_but_is_once_its_client_nodes_cannot_reach_it()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Not synchronous: alone, it keeps committing, as a live primary does.
+    let primary = Postgres::primary(dir.path(), "db-0", false).await;
+    let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
+    primary.write_orders(100).await;
+    primary.client().await.batch_execute("CREATE DATABASE app").await.expect("create the application's database");
+    let world = World::start().await;
+    let grpc: SocketAddr = format!("0.0.0.0:{}", free_addr().port()).parse().expect("an address");
+    let mut net = CutNetwork::new(&primary);
+    let password_file = pg_password_file(dir.path());
+    let config = format!(
+        "databases:\n  main:\n    primary: {{name: db-0, host: {CUT_INNER}, port: {}, user: {COORDINATOR_ROLE}, \
+         password_file: {}}}\n    replicas:\n      - {}\n    connect_timeout: 2s\n    fence_watch_interval: 200ms\n\
+         \x20   client_nodes: [node-a, node-b]\nguard_rails: {{approval: {{kinds: []}}}}\n",
+        net.proxy.addr.port(),
+        password_file.display(),
+        replica.member_yaml(&password_file),
+    );
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    let catalog = runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
+    let coordinator = start_on(dir.path(), &world, &catalog, &config, grpc).await;
+
+    // The coordinator alone is cut off from the primary, and no agent is
+    // connected: nothing says the primary is down, so even with no approval
+    // configured for failovers a person is asked, in plain words.
+    net.cut(Some(CUT_HOST));
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let asked = deny(&coordinator, &id, "failover", "the primary may be alive").await;
+    println!("asked: {}", asked.reason);
+    assert!(asked.reason.contains(TWO_WRITERS_RISK), "{}", asked.reason);
+    assert!(asked.reason.contains("db-0 does not answer the coordinator"), "{}", asked.reason);
+    assert!(asked.reason.contains("no verdict from node-a, node-b"), "{}", asked.reason);
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("cut off, no agent:\n{log}");
+    assert!(result_of(&entries, "failover").is_none(), "nothing ran:\n{log}");
+    assert!(
+        about(&entries, "failover")
+            .iter()
+            .any(|e| e.kind == "decision" && e.details.get("outcome").map(String::as_str) == Some("refused")),
+        "refused once the person said no:\n{log}"
+    );
+    assert!(in_recovery(&replica).await, "nothing was promoted");
+    primary
+        .client()
+        .await
+        .execute("INSERT INTO orders VALUES (101, 'during the cut')", &[])
+        .await
+        .expect("the primary is alive and takes writes");
+
+    // Agents on the two nodes that run its clients, and the primary cut
+    // off from them too: they answer that they cannot reach it, which is
+    // evidence, and the failover goes ahead without asking anyone.
+    net.start_agent(dir.path(), "node-a", grpc.port(), 7072);
+    net.start_agent(dir.path(), "node-b", grpc.port(), 7073);
+    agents_connected(&coordinator, &["node-a", "node-b"]).await;
+    net.cut(None);
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("cut off from everyone:\n{log}");
+    let done = result_of(&entries, "failover").expect("a failover result");
+    assert_eq!(done.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    assert_eq!(done.details.get("evidence.old_primary_down").map(String::as_str), Some("nodes_cannot_reach"));
+    let steps = steps_of(done);
+    assert!(steps.iter().any(|s| s.contains("agents' view: db-0 seen from 0 of 2 nodes")), "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.contains("db-0 does not answer the coordinator, and cannot be reached from node-a, node-b")),
+        "{steps:?}"
+    );
+    assert!(entries.iter().all(|e| e.kind != "approval"), "nobody was asked:\n{log}");
+    assert!(!in_recovery(&replica).await, "db-1 was promoted");
+    let count: i64 = replica.client().await.query_one("SELECT count(*) FROM orders", &[]).await.expect("count").get(0);
+    assert_eq!(count, 101, "the write made during the cut is on the new primary");
+
+    // Sessions on the old primary opened before it is seen again, as its
+    // clients would hold; then the cut heals and the watch fences it.
+    let held = primary.client().await;
+    let held_app = remedy_e2e::datastores::connect_to(primary.addr, "app").await.expect("a session on app");
+    net.heal();
+    eventually("the returning old primary fenced, on the timeline", Duration::from_secs(30), || async {
+        let entries = timeline(&coordinator, &id).await;
+        entries
+            .iter()
+            .any(|e| e.message.contains("the old primary db-0 came back taking writes: fenced: logins closed"))
+            .then_some(())
+    })
+    .await;
+    let roles = [("postgres", PG_PASSWORD), (COORDINATOR_ROLE, PG_PASSWORD)];
+    let sessions = [("a session of postgres on postgres", &held), ("a session of postgres on app", &held_app)];
+    let committed = writes_that_commit(&primary, &roles, &["postgres", "app"], &sessions).await;
+    assert!(committed.is_empty(), "writes committed on the fenced old primary: {committed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_primary_takes_no_write_from_any_session_on_any_database_and_the_promoted_replica_serves_them_all() {
+    const APP_PASSWORD: &str = "app-secret";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = Postgres::primary(dir.path(), "db-0", true).await;
+    let replica = Postgres::replica_of(&primary, dir.path(), "db-1").await;
+    primary.write_orders(100).await;
+    // The application's own role and database, beside the `postgres` one
+    // the coordinator connects to.
+    let admin_session = primary.client().await;
+    admin_session
+        .batch_execute(&format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"))
+        .await
+        .expect("create the application's role");
+    admin_session.batch_execute("CREATE DATABASE app OWNER app").await.expect("create the application's database");
+    let app = connect_as(primary.addr, "app", APP_PASSWORD, "app").await.expect("the application connects");
+    app.batch_execute("CREATE TABLE accounts (id bigint PRIMARY KEY, note text)").await.expect("create a table");
+    app.batch_execute("INSERT INTO accounts VALUES (1, 'before')").await.expect("write");
+    // Sessions held when the fence comes: idle, inside a transaction with
+    // a write not yet committed, and a superuser that turned read-only off.
+    let open_tx = connect_as(primary.addr, "app", APP_PASSWORD, "app").await.expect("connect");
+    open_tx.batch_execute("BEGIN; INSERT INTO accounts VALUES (2, 'never committed')").await.expect("write");
+    let superuser = primary.client().await;
+    superuser.batch_execute("SET default_transaction_read_only = off").await.expect("turn read-only off");
+
+    let world = World::start().await;
+    let config = databases(dir.path(), &primary, &replica, &world, "guard_rails: {approval: {kinds: []}}\n");
+    let rails = "guard_rails: {cooldown: 0s, max_attempts: 10}\n";
+    let catalog = runbook(dir.path(), "FAILOVER", "  - id: failover\n    pg_failover: {database: main}\n", rails);
+    let coordinator = start(dir.path(), &world, &catalog, &config).await;
+
+    // The primary answers the coordinator: it is fenced, then the replica
+    // promoted. The fence's closed logins and databases reach the replica
+    // through replication, and are opened again there.
+    let id = run_manual(&coordinator, "FAILOVER", false).await;
+    let entries = run_end(&coordinator, &id).await;
+    let log = show(&entries);
+    println!("fence, then promote:\n{log}");
+    let done = result_of(&entries, "failover").expect("a failover result");
+    assert_eq!(done.details.get("status").map(String::as_str), Some("succeeded"), "{log}");
+    let steps = steps_of(done);
+    let fenced = steps.iter().find(|s| s.starts_with("fenced db-0: ")).expect("the fence on the timeline");
+    assert!(fenced.contains("logins closed for every role but remedy (NOLOGIN: app, postgres)"), "{fenced}");
+    assert!(
+        fenced.contains("connections refused to every database: app, postgres (ALLOW_CONNECTIONS false)"),
+        "{fenced}"
+    );
+    assert!(fenced.contains("default_transaction_read_only = on"), "{fenced}");
+    assert!(
+        steps.iter().any(|s| s.contains(
+            "reopened on db-1 what the fence closed and replication carried over: logins of app, postgres; \
+             connections to app, postgres"
+        )),
+        "{steps:?}"
+    );
+
+    // On the fenced member, no session commits a write: not a new one of
+    // any role on any database, asking for a read-write transaction with
+    // read-only turned off, and not one held from before.
+    let roles = [("app", APP_PASSWORD), ("postgres", PG_PASSWORD), (COORDINATOR_ROLE, PG_PASSWORD)];
+    let sessions = [
+        ("the application's idle session", &app),
+        ("the application's open transaction", &open_tx),
+        ("a superuser session with read-only off", &superuser),
+    ];
+    let committed = writes_that_commit(&primary, &roles, &["app", "postgres"], &sessions).await;
+    assert!(committed.is_empty(), "writes committed on the fenced member: {committed:?}");
+    assert_eq!(read_only_setting(&primary).await.as_deref(), Some("on"));
+
+    // The promoted replica serves every role and database, with every
+    // committed write and nothing of the transaction the fence ended.
+    let roles = [("app", APP_PASSWORD, "app"), ("postgres", PG_PASSWORD, "postgres")];
+    for (role, password, database) in roles {
+        let client = connect_as(replica.addr, role, password, database)
+            .await
+            .unwrap_or_else(|e| panic!("{role} on {database} of the new primary: {e}"));
+        client
+            .batch_execute(DETERMINED_WRITE)
+            .await
+            .unwrap_or_else(|e| panic!("{role} writes on the new primary: {e}"));
+    }
+    let app = connect_as(replica.addr, "app", APP_PASSWORD, "app").await.expect("connect");
+    let ids: Vec<i64> =
+        app.query("SELECT id FROM accounts ORDER BY id", &[]).await.expect("read").iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1], "committed writes kept, the uncommitted one gone");
 }
 
 async fn dbsize(redis: &Redis, db: u32) -> u64 {

@@ -30,6 +30,7 @@ async fn run(actuator: &AgentActuator, kind: &str, params: serde_json::Value, dr
         params,
         dry_run,
         deadline: Duration::from_secs(30),
+        accepted_risk: None,
     };
     actuator.execute(&call).await
 }

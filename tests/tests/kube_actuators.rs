@@ -51,6 +51,7 @@ fn call(kind: &str, params: Value, dry_run: bool) -> ActionCall {
         params,
         dry_run,
         deadline: Duration::from_secs(30),
+        accepted_risk: None,
     }
 }
 
@@ -119,6 +120,7 @@ fn request(kind: &str, resolved: Resolved) -> ActionRequest {
         population: resolved.population,
         trigger_still_holds: Some(true),
         mode: Mode::Live,
+        risk: None,
     }
 }
 

@@ -46,6 +46,7 @@ async fn directive(
         params: json!({ "agents": { "node": NODE }, "directive": name, "params": params, "timeout": "30s" }),
         dry_run,
         deadline: Duration::from_secs(30),
+        accepted_risk: None,
     };
     let report = actuator.execute(&call).await;
     let prefix = format!("{NODE}.");

@@ -185,6 +185,7 @@ impl Lab {
             params: json!({ "agents": "all", "directive": directive, "params": params, "timeout": "30s" }),
             dry_run,
             deadline: Duration::from_secs(30),
+            accepted_risk: None,
         };
         self.actuator.execute(&call).await
     }

@@ -888,6 +888,7 @@ mod tests {
             params,
             dry_run: false,
             deadline: Duration::from_secs(5),
+            accepted_risk: None,
         }
     }
 

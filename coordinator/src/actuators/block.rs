@@ -389,6 +389,7 @@ mod tests {
             params,
             dry_run,
             deadline: Duration::from_secs(5),
+            accepted_risk: None,
         }
     }
 

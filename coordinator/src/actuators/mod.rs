@@ -34,6 +34,20 @@ pub struct ActionCall {
     pub dry_run: bool,
     /// Longest the action may take.
     pub deadline: Duration,
+    /// The risk a person accepted in approving this very execution, when
+    /// the approval request stated one (see [`Resolved::risk`]). An
+    /// actuator that finds the same want of evidence again goes ahead only
+    /// with it; `None` in dry-run and shadow.
+    pub accepted_risk: Option<AcceptedRisk>,
+}
+
+/// A risk a person accepted by approving an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedRisk {
+    /// The risk, as the approval request stated it.
+    pub risk: String,
+    /// Who approved.
+    pub by: String,
 }
 
 /// How an action ended.
@@ -100,6 +114,11 @@ pub struct Resolved {
     pub capacity: Option<remedy_shared::guard::CapacityChange>,
     /// The pool the targets come from, for percentage budgets.
     pub population: Option<remedy_shared::guard::Population>,
+    /// What makes the action unsafe unless a person accepts it, in plain
+    /// words: the rails then always ask a person, and the request states
+    /// it. Only an actuator that would otherwise refuse, for want of
+    /// evidence a person can vouch for, says so.
+    pub risk: Option<String>,
 }
 
 /// Something that can perform actions of some kinds.

@@ -218,6 +218,13 @@ pub enum ApprovalReason {
         /// The network.
         network: IpNet,
     },
+    /// What the action's own look at the world found makes it unsafe
+    /// without a person: approving accepts the risk, in these words
+    /// (`ActionRequest::risk`).
+    Risk {
+        /// The risk, in plain words.
+        risk: String,
+    },
 }
 
 impl fmt::Display for ApprovalReason {
@@ -227,6 +234,7 @@ impl fmt::Display for ApprovalReason {
             ApprovalReason::ActionKind { kind } => write!(f, "`{kind}` actions always require approval"),
             ApprovalReason::ScaleToZero => f.write_str("scaling to zero requires approval"),
             ApprovalReason::WideBlock { network } => write!(f, "blocking the wide range {network} requires approval"),
+            ApprovalReason::Risk { risk } => write!(f, "approving accepts this risk: {risk}"),
         }
     }
 }

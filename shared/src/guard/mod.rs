@@ -68,7 +68,11 @@
 //!     every other rail would let through, and never kept waiting for one
 //!     the rails would refuse anyway. (The list puts approval before
 //!     freshness and history; evaluating again after the answer means no
-//!     rail is skipped, whichever order is used.)
+//!     rail is skipped, whichever order is used.) A request carrying a
+//!     `risk` (what the actuator's look found unsafe without a person)
+//!     always needs approval, and states the risk as its reason
+//!     ([`ApprovalReason::Risk`]), so whoever approves knows what they
+//!     accept; [`GuardState::accepted_risk`] tells the engine they did.
 //!
 //! # Dry-run and shadow
 //!
@@ -409,6 +413,11 @@ fn target_count<'a>(records: impl Iterator<Item = &'a ActionRecord>) -> u64 {
 /// Why `request` needs a person's approval under `policy`, if it does (the
 /// first reason found).
 pub fn approval_reason(policy: &GuardPolicy, request: &ActionRequest) -> Option<ApprovalReason> {
+    // First: whoever approves must be told what they accept, whatever else
+    // also asks for a person.
+    if let Some(risk) = &request.risk {
+        return Some(ApprovalReason::Risk { risk: risk.clone() });
+    }
     if request.requires_approval {
         return Some(ApprovalReason::Runbook);
     }

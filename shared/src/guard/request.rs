@@ -184,6 +184,12 @@ pub struct ActionRequest {
     /// Live, dry-run or shadow.
     #[serde(default)]
     pub mode: Mode,
+    /// What the actuator's look at the world found that makes the action
+    /// unsafe unless a person accepts it, in plain words (a failover whose
+    /// old primary nothing showed down). Such an action always needs a
+    /// person's approval, and the request states this risk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<String>,
 }
 
 impl ActionRequest {

@@ -397,6 +397,19 @@ impl GuardState {
         Ok(valid_until)
     }
 
+    /// The risk a person accepted by granting the request `key`, and who:
+    /// `Some` only for a granted request that stated one
+    /// ([`ApprovalReason::Risk`]). An actuator that found the risk again
+    /// goes ahead only with it. Read it before [`GuardState::record_executed`],
+    /// which uses the approval up.
+    pub fn accepted_risk(&self, key: &ApprovalKey) -> Option<(String, String)> {
+        let approval = self.approval(key)?;
+        match (&approval.reason, &approval.status) {
+            (ApprovalReason::Risk { risk }, ApprovalStatus::Granted { by, .. }) => Some((risk.clone(), by.clone())),
+            _ => None,
+        }
+    }
+
     /// A person refuses the request `key`.
     pub fn deny_approval(
         &mut self,

@@ -44,6 +44,7 @@ fn request(kind: &str, targets: Vec<TargetRef>) -> ActionRequest {
         population: None,
         trigger_still_holds: None,
         mode: Mode::Live,
+        risk: None,
     }
 }
 
@@ -802,6 +803,50 @@ fn policy_adds_approval_for_failover_scale_to_zero_and_wide_blocks() {
         evaluate(&p, &s, &block("2001:db8::/48"), at(0)),
         Decision::NeedsApproval { reason: ApprovalReason::WideBlock { .. }, .. }
     ));
+}
+
+#[test]
+fn a_risk_the_actuator_found_always_asks_a_person_and_says_what_approving_accepts() {
+    let p =
+        GuardPolicy { approval: ApprovalPolicy { kinds: Default::default(), ..ApprovalPolicy::default() }, ..policy() };
+    let mut s = GuardState::new();
+    let mut failover = request("pg_failover", vec![TargetRef::new("database", "main")]);
+    // No kind needs approval under this policy, and a runbook's own reason
+    // gives way: the risk is what the person must read.
+    failover.requires_approval = true;
+    failover.risk = Some("promoting may create two writers".into());
+    let reason = ApprovalReason::Risk { risk: "promoting may create two writers".into() };
+    assert_eq!(
+        evaluate(&p, &s, &failover, at(0)),
+        Decision::NeedsApproval { expires_at: at(15 * 60), reason: reason.clone() }
+    );
+    assert_eq!(reason.to_string(), "approving accepts this risk: promoting may create two writers");
+    assert_eq!(
+        evaluate(&p, &s, &in_mode(failover.clone(), Mode::DryRun), at(0)),
+        Decision::WouldNeedApproval { reason: reason.clone() }
+    );
+    let (decision, events) = decide(&p, &mut s, &failover, at(0));
+    assert!(matches!(decision, Decision::NeedsApproval { .. }));
+    assert!(
+        events.iter().any(|e| e.to_string().contains("approving accepts this risk: promoting may create two writers"))
+    );
+    let key = failover.approval_key();
+    assert_eq!(s.accepted_risk(&key), None, "pending is not accepted");
+    s.grant_approval(&p, &key, "dba", at(60)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.accepted_risk(&key), Some(("promoting may create two writers".into(), "dba".into())));
+    assert_eq!(evaluate(&p, &s, &failover, at(61)), Decision::Allow);
+    // An approval that stated no risk accepted none.
+    let mut plain = http("https://example.com/hook");
+    plain.step_id = "call".into();
+    plain.requires_approval = true;
+    let _ = decide(&p, &mut s, &plain, at(0));
+    s.grant_approval(&p, &plain.approval_key(), "dba", at(60)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.accepted_risk(&plain.approval_key()), None);
+    // Without a risk the request is weighed as ever.
+    failover.risk = None;
+    failover.requires_approval = false;
+    failover.step_id = "other".into();
+    assert_eq!(evaluate(&p, &s, &failover, at(0)), Decision::Allow);
 }
 
 // ---- order and records --------------------------------------------------------

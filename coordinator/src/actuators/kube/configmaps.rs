@@ -58,11 +58,7 @@ async fn read(
 pub(crate) async fn resolve(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<Resolved, Failure> {
     let p = configmap_params(call)?;
     let (cm, ns) = read(a, &p, d).await?;
-    Ok(Resolved {
-        targets: vec![target("ConfigMap", &p.namespace, &cm.metadata, &[&ns])],
-        capacity: None,
-        population: None,
-    })
+    Ok(Resolved { targets: vec![target("ConfigMap", &p.namespace, &cm.metadata, &[&ns])], ..Resolved::default() })
 }
 
 fn shown(value: Option<&String>) -> String {

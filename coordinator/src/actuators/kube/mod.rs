@@ -478,6 +478,7 @@ mod tests {
             params,
             dry_run: false,
             deadline: Duration::from_secs(2),
+            accepted_risk: None,
         }
     }
 

@@ -315,7 +315,7 @@ async fn resolve(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<Res
     let mut owners = Owners::new(a, &q.namespace, d);
     let found = find(a, &q, &mut owners, d).await?;
     let population = population(a, &q, &mut owners, d).await?;
-    Ok(Resolved { targets: found.targets(&q.namespace), capacity: None, population: Some(population) })
+    Ok(Resolved { targets: found.targets(&q.namespace), population: Some(population), ..Resolved::default() })
 }
 
 pub(crate) async fn resolve_delete(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<Resolved, Failure> {

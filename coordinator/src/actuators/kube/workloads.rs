@@ -183,6 +183,7 @@ async fn resolve_scale_of<K: Workload>(a: &KubeActuator, p: &Scale, d: Deadline)
         targets: vec![target(&K::kind(&()), &p.namespace, object.meta(), &[&ns])],
         capacity: Some(CapacityChange { current, desired: p.replicas, floor: Some(p.floor), ceiling: p.ceiling }),
         population: None,
+        risk: None,
     })
 }
 
@@ -306,7 +307,7 @@ pub(crate) async fn resolve_restart(a: &KubeActuator, call: &ActionCall, d: Dead
             ("StatefulSet", o.metadata, ns)
         }
     };
-    Ok(Resolved { targets: vec![target(kind, &p.namespace, &meta, &[&ns])], capacity: None, population: None })
+    Ok(Resolved { targets: vec![target(kind, &p.namespace, &meta, &[&ns])], ..Resolved::default() })
 }
 
 pub(crate) async fn restart(a: &KubeActuator, call: &ActionCall, d: Deadline) -> Result<ActionReport, Failure> {
@@ -401,6 +402,7 @@ pub(crate) async fn resolve_hpa(a: &KubeActuator, call: &ActionCall, d: Deadline
         targets: vec![target(HPA, &p.namespace, &hpa.metadata, &[&ns, &scaled])],
         capacity: None,
         population: None,
+        risk: None,
     })
 }
 

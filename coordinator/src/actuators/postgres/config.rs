@@ -37,10 +37,12 @@ pub struct DatabaseConfig {
     /// this long and fenced as soon as it answers again.
     #[serde(default = "one_hour", with = "duration")]
     pub fence_watch: Duration,
-    /// A fence also stops every database of the member but the one the
-    /// coordinator connects to (`dbname`) from taking connections
-    /// (`ALTER DATABASE … ALLOW_CONNECTIONS false`): read-only by default
-    /// still lets a session ask for a read-write transaction.
+    /// A fence also stops every database of the member from taking
+    /// connections (`ALTER DATABASE … ALLOW_CONNECTIONS false`), the
+    /// coordinator's own `dbname` included; the coordinator then reaches the
+    /// fenced member through `template1`, which holds no application data.
+    /// Without it the fence still closes every other role's logins, but the
+    /// coordinator's own role could still write in the member's databases.
     #[serde(default = "yes")]
     pub fence_connections: bool,
     /// How often the watch asks.
@@ -56,6 +58,17 @@ pub struct DatabaseConfig {
     /// the coordinator cannot.
     #[serde(default = "two_seconds", with = "duration")]
     pub agent_check_timeout: Duration,
+    /// The nodes whose applications use this database. When the primary
+    /// does not answer the coordinator, only their agents' word that they
+    /// cannot reach it either counts as evidence that it is down; empty:
+    /// every node whose agent is connected.
+    #[serde(default)]
+    pub client_nodes: Vec<String>,
+    /// How many of those nodes must answer that they cannot reach the
+    /// primary before it is replaced without a person; omitted: a majority
+    /// of them. A node that does not answer counts against.
+    #[serde(default)]
+    pub down_quorum: Option<u32>,
     /// Told the new primary after a failover: `POST` with
     /// `{"database", "primary", "url"}` (`url` is the member's `app_url`).
     #[serde(default)]
@@ -143,6 +156,11 @@ impl MemberConfig {
 }
 
 impl DatabaseConfig {
+    /// Whose word counts that the primary is down.
+    pub fn quorum(&self) -> remedy_shared::failover::Quorum {
+        remedy_shared::failover::Quorum { client_nodes: self.client_nodes.clone(), min: self.down_quorum }
+    }
+
     /// Every member, the configured primary first.
     pub fn members(&self) -> impl Iterator<Item = &MemberConfig> {
         std::iter::once(&self.primary).chain(self.replicas.iter())
@@ -206,6 +224,25 @@ impl DatabaseConfig {
                 return Err((field.into(), "must be longer than zero".into()));
             }
         }
+        let mut nodes = BTreeSet::new();
+        for (i, node) in self.client_nodes.iter().enumerate() {
+            if node.trim().is_empty() {
+                return Err((format!("client_nodes[{i}]"), "must not be empty".into()));
+            }
+            if !nodes.insert(node.as_str()) {
+                return Err((format!("client_nodes[{i}]"), format!("`{node}` is named twice")));
+            }
+        }
+        match self.down_quorum {
+            Some(0) => return Err(("down_quorum".into(), "must be at least 1: silence is never evidence".into())),
+            Some(n) if !nodes.is_empty() && n as usize > nodes.len() => {
+                return Err((
+                    "down_quorum".into(),
+                    format!("{n} is more than the {} client_nodes: no failover could ever be confirmed", nodes.len()),
+                ));
+            }
+            _ => {}
+        }
         if self.agent_check_timeout > Duration::from_secs(60) {
             return Err(("agent_check_timeout".into(), "at most 60s: agents give up on a reach check then".into()));
         }
@@ -252,5 +289,23 @@ mod tests {
         assert_eq!(secret.validate().map_err(|e| e.0), Err("primary.app_url".into()));
         let hook = parse("primary: {host: a, user: u}\nrepoint_hook: ftp://x\n");
         assert_eq!(hook.validate().map_err(|e| e.0), Err("repoint_hook".into()));
+    }
+
+    #[test]
+    fn the_client_nodes_and_their_quorum_must_be_able_to_confirm_anything() {
+        let fine = parse("primary: {host: a, user: u}\nclient_nodes: [n1, n2, n3]\ndown_quorum: 3\n");
+        assert_eq!(fine.validate(), Ok(()));
+        assert_eq!(fine.quorum().min, Some(3));
+        let zero = parse("primary: {host: a, user: u}\ndown_quorum: 0\n");
+        assert_eq!(zero.validate().map_err(|e| e.0), Err("down_quorum".into()));
+        let more = parse("primary: {host: a, user: u}\nclient_nodes: [n1, n2]\ndown_quorum: 3\n");
+        assert_eq!(more.validate().map_err(|e| e.0), Err("down_quorum".into()));
+        let twice = parse("primary: {host: a, user: u}\nclient_nodes: [n1, n1]\n");
+        assert_eq!(twice.validate().map_err(|e| e.0), Err("client_nodes[1]".into()));
+        let blank = parse("primary: {host: a, user: u}\nclient_nodes: [' ']\n");
+        assert_eq!(blank.validate().map_err(|e| e.0), Err("client_nodes[0]".into()));
+        // Any connected agent's node, by default; at least one must answer.
+        let default = parse("primary: {host: a, user: u}\n");
+        assert_eq!(default.quorum(), remedy_shared::failover::Quorum::default());
     }
 }

@@ -26,7 +26,7 @@ use remedy_shared::failover::{MemberState, Role, Writers, split_brain_finding, w
 use remedy_shared::incident::{EntryKind, IncidentId, TimelineEntry};
 
 use super::session::probe_all;
-use super::{Cluster, Fenced, fence};
+use super::{Cluster, Fenced};
 use crate::recorder::{Recorder, RunUpdate};
 
 /// The node name the guard's findings are recorded under.
@@ -104,7 +104,7 @@ pub(super) async fn keep_guarding(
 
 /// What a returning old primary's fence did, in words.
 fn came_back(old: &str, f: &Fenced) -> String {
-    format!("the old primary {old} came back taking writes: fenced (read-only): {}", f.describe())
+    format!("the old primary {old} came back taking writes: fenced: {}", f.describe())
 }
 
 /// Fences every writer but the newest; returns what each fence did. What
@@ -119,11 +119,10 @@ async fn resolve_split_brain(
     let mut fenced = BTreeMap::new();
     if let Writers::Diverged { keep, fence: old } = &found {
         for member in old {
-            let Some(config) = cluster.config.member(member) else { continue };
-            match fence(&cluster.config, config).await {
+            match cluster.fence(member).await {
                 Ok(f) => {
                     tracing::warn!(database = %name, member = %member, keep = %keep, terminated = f.terminated,
-                        "a member on an older timeline took writes beside the primary: fenced (read-only)");
+                        "a member on an older timeline took writes beside the primary: fenced");
                     fenced.insert(member.clone(), f);
                 }
                 Err(e) => {
@@ -160,25 +159,22 @@ async fn look_after_watches(cluster: &Cluster, members: &[MemberState], fenced: 
         }
         let state = members.iter().find(|m| m.name == old).map(|m| m.answer.as_ref().map(|s| s.role));
         match state {
-            Some(Ok(Role::Primary)) => {
-                let Some(config) = cluster.config.member(&old) else { continue };
-                match fence(&cluster.config, config).await {
-                    Ok(f) => {
-                        tracing::warn!(member = %old, terminated = f.terminated, "the old primary came back taking writes: fenced (read-only)");
-                        watch.record.say(&old, "succeeded", came_back(&old, &f)).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(member = %old, error = %e, "fencing the returning old primary failed");
-                        if !std::mem::replace(&mut watch.failure_said, true) {
-                            let message = format!(
-                                "the old primary {old} came back taking writes and could not be fenced ({e}): trying again"
-                            );
-                            watch.record.say(&old, "failed", message).await;
-                        }
+            Some(Ok(Role::Primary)) => match cluster.fence(&old).await {
+                Ok(f) => {
+                    tracing::warn!(member = %old, terminated = f.terminated, "the old primary came back taking writes: fenced");
+                    watch.record.say(&old, "succeeded", came_back(&old, &f)).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(member = %old, error = %e, "fencing the returning old primary failed");
+                    if !std::mem::replace(&mut watch.failure_said, true) {
+                        let message = format!(
+                            "the old primary {old} came back taking writes and could not be fenced ({e}): trying again"
+                        );
+                        watch.record.say(&old, "failed", message).await;
                     }
                 }
-            }
+            },
             // Read-only already, or rejoined as a standby by a person.
             Some(Ok(role)) => {
                 tracing::info!(member = %old, role = role.as_str(), "the old primary answers and takes no writes");

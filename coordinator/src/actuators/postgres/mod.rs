@@ -11,19 +11,30 @@
 //!
 //! `pg_failover`, one at a time per cluster: ask every member and, when the
 //! primary does not answer, every agent ([`view`]); refuse, with nothing
-//! changed, when a node still reaches the primary (the coordinator is cut
-//! off, not the primary down), when no replica is healthy, when the chosen
-//! one is further behind than `max_lag_bytes`, or when a member would stay
-//! writable. Then fence every member that still takes writes (`ALTER
-//! SYSTEM SET default_transaction_read_only = on`, reload, its other
-//! databases closed to connections with `fence_connections`, its client
-//! sessions terminated), let the candidate replay up to the fenced
-//! primary's last position, `pg_promote()`, wait until it accepts writes,
-//! and tell the configured `repoint_hook`. A primary that did not answer is
-//! watched by the [`guard`] for `fence_watch` and fenced the moment it
-//! answers again, and the guard's timeline check fences it even after this
-//! coordinator is gone, so it never takes writes beside the new one; it is
-//! never a candidate (it is not a standby). Each of these steps is evidence
+//! changed, when no replica is healthy, when the chosen one is further
+//! behind than `max_lag_bytes`, when a member would stay writable, when a
+//! node still reaches a primary the coordinator cannot (the coordinator is
+//! cut off, not the primary down), or when nothing shows that primary down:
+//! a primary that does not answer is replaced only when a quorum of the
+//! nodes that run its clients (`client_nodes`, `down_quorum`) answered that
+//! they cannot reach it either, when it was fenced and the fence confirmed,
+//! or when a person approved after being told that promoting may create
+//! two writers. That last one is asked before anything runs: `resolve`
+//! finds the want of evidence and hands the rails the risk, which makes
+//! them ask a person in those words ([`remedy_shared::failover::TWO_WRITERS_RISK`]);
+//! the execution goes ahead on it only if that very approval accepted it.
+//!
+//! Then fence every member that still takes writes ([`fence`]: logins
+//! closed for every role but the coordinator's, every database closed to
+//! connections, read-only by default, every other session ended, all
+//! confirmed), let the candidate replay up to the fenced primary's last
+//! position, `pg_promote()`, reopen on it what the fence closed and
+//! replication carried over, wait until it accepts writes, and tell the
+//! configured `repoint_hook`. A primary that did not answer is watched by
+//! the [`guard`] for `fence_watch` and fenced the moment it answers again,
+//! and the guard's timeline check fences it even after this coordinator is
+//! gone, so it never takes writes beside the new one; it is never a
+//! candidate (it is not a standby). Each of these steps is evidence
 //! `step.NN` with the LSNs it saw; a step that ran out of time says exactly
 //! what was done and what was not. The approval gate and the
 //! one-automatic-failover rule are the guard rails' (approval kind
@@ -38,17 +49,18 @@ mod guard;
 mod session;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use remedy_shared::guard::TargetRef;
 use remedy_shared::runbook::{PgFailover, PgMaintenance, PgOperation, PgSelect1};
 use serde::de::DeserializeOwned;
 
 pub use self::config::{DatabaseConfig, MemberConfig};
-use self::session::{Session, mark_promotions, probe, probe_all};
-use super::{ActionCall, ActionReport, ActionStatus, Actuator};
-use remedy_shared::failover::{self as plan, MemberState, Role, format_lsn, parse_lsn};
+use self::session::{FENCED_DOOR, Session, mark_promotions, probe, probe_all};
+use super::{ActionCall, ActionReport, ActionStatus, Actuator, Resolved};
+use remedy_shared::failover::{self as plan, DownEvidence, MemberState, Refusal, Role, format_lsn, parse_lsn};
 use remedy_shared::sync;
 
 /// The kinds this actuator performs.
@@ -74,6 +86,10 @@ struct ClusterState {
     /// Two primaries whose timelines do not say which is newer were seen
     /// at the last look: said once, and cleared when it ends.
     split_brain_undecided: bool,
+    /// Members fenced by this coordinator (the fence confirmed) or seen
+    /// fenced by a probe, and not seen taking writes since: a primary among
+    /// them that stops answering is known to take no writes.
+    sealed: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -95,6 +111,15 @@ impl Cluster {
     /// several the one on the newest timeline, is the primary (and a
     /// pending promotion of it is confirmed).
     fn learn(&self, members: &[MemberState]) {
+        self.with_state(|s| {
+            for m in members {
+                match m.answer.as_ref().map(|a| a.role) {
+                    Ok(Role::Fenced) => s.sealed.insert(m.name.clone()),
+                    Ok(Role::Primary | Role::Replica) => s.sealed.remove(&m.name),
+                    Err(_) => false,
+                };
+            }
+        });
         let primary = match plan::writers(members) {
             plan::Writers::One(name) => name,
             plan::Writers::Diverged { keep, .. } => keep,
@@ -108,6 +133,48 @@ impl Cluster {
             s.current_primary = Some(primary);
             s.last_primary_lsn = s.last_primary_lsn.max(lsn);
         });
+    }
+}
+
+impl Cluster {
+    /// Fences `name` ([`fence`]) and remembers it sealed once confirmed.
+    async fn fence(&self, name: &str) -> Result<Fenced, String> {
+        let member = self.config.member(name).ok_or_else(|| format!("`{name}` is not a member"))?;
+        let fenced = fence(&self.config, member).await?;
+        self.with_state(|s| s.sealed.insert(name.to_owned()));
+        Ok(fenced)
+    }
+}
+
+/// What a failover found before changing anything: every member's answer
+/// and, when the primary did not answer, what the agents' nodes see of it.
+struct Assessment {
+    members: Vec<MemberState>,
+    current_primary: String,
+    last_primary_lsn: Option<u64>,
+    pending: Option<String>,
+    primary_fenced: bool,
+    look: Option<view::AgentsLook>,
+}
+
+impl Assessment {
+    /// The plan, or why not; `override_accepted`: a person accepted
+    /// promoting without evidence that the primary is down.
+    fn plan(&self, db: &DatabaseConfig, p: &PgFailover, override_accepted: bool) -> Result<plan::Plan, Refusal> {
+        let quorum = db.quorum();
+        plan::plan(&plan::Inputs {
+            members: &self.members,
+            preferred: p.replica.as_deref(),
+            current_primary: &self.current_primary,
+            last_primary_lsn: self.last_primary_lsn,
+            max_lag_bytes: db.max_lag_bytes,
+            fence_primary: p.fence_primary,
+            pending_promotion: self.pending.as_deref(),
+            nodes: self.look.as_ref().map(|l| l.reports.as_slice()).unwrap_or_default(),
+            quorum: &quorum,
+            primary_fenced: self.primary_fenced,
+            override_accepted,
+        })
     }
 }
 
@@ -197,6 +264,22 @@ fn params<T: DeserializeOwned>(call: &ActionCall) -> Result<T, ActionReport> {
 impl Actuator for PostgresActuator {
     fn kinds(&self) -> &'static [&'static str] {
         KINDS
+    }
+
+    /// For `pg_failover`: looks before the rails weigh it, so that a
+    /// failover nothing shows safe (a primary that does not answer, and no
+    /// evidence that it is down) is put to a person in plain words rather
+    /// than refused after an approval that did not say so. Reads only.
+    async fn resolve(&self, call: &ActionCall) -> Option<Result<Resolved, String>> {
+        if call.kind != "pg_failover" {
+            return None;
+        }
+        // Bad parameters or an unconfigured database: the execution says so.
+        let p: PgFailover = params(call).ok()?;
+        let cluster = self.clusters.get(&p.database)?.clone();
+        let seen = self.assess(&cluster, call).await;
+        let risk = seen.plan(&cluster.config, &p, false).err().and_then(|why| why.override_risk());
+        Some(Ok(Resolved { targets: vec![TargetRef::new("database", &p.database)], risk, ..Resolved::default() }))
     }
 
     async fn execute(&self, call: &ActionCall) -> ActionReport {
@@ -437,6 +520,27 @@ impl PostgresActuator {
         cluster.wake.notify_one();
     }
 
+    /// Asks every member, and the agents when the primary does not answer.
+    async fn assess(&self, cluster: &Cluster, call: &ActionCall) -> Assessment {
+        let db = &cluster.config;
+        let mut members = probe_all(db).await;
+        mark_promotions(db, &mut members).await;
+        cluster.learn(&members);
+        let (current_primary, last_primary_lsn, pending, sealed) = cluster.with_state(|s| {
+            (s.current_primary.clone(), s.last_primary_lsn, s.pending_promotion.clone(), s.sealed.clone())
+        });
+        let current_primary = current_primary.unwrap_or_else(|| db.primary.name().to_owned());
+        let look = self.agents_view(cluster, &members, &current_primary, call).await;
+        Assessment {
+            primary_fenced: sealed.contains(&current_primary),
+            members,
+            current_primary,
+            last_primary_lsn,
+            pending,
+            look,
+        }
+    }
+
     async fn fail_over(
         &self,
         cluster: &Arc<Cluster>,
@@ -446,29 +550,36 @@ impl PostgresActuator {
     ) -> Result<ActionReport, ActionReport> {
         let dry_run = call.dry_run;
         let db = &cluster.config;
-        let mut members = probe_all(db).await;
-        mark_promotions(db, &mut members).await;
-        cluster.learn(&members);
-        let (current_primary, last_primary_lsn, pending) =
-            cluster.with_state(|s| (s.current_primary.clone(), s.last_primary_lsn, s.pending_promotion.clone()));
-        let current_primary = current_primary.unwrap_or_else(|| db.primary.name().to_owned());
-        let probed: Vec<String> = members.iter().map(|m| format!("{} {}", m.name, describe_member(m))).collect();
+        let seen = self.assess(cluster, call).await;
+        let current_primary = seen.current_primary.clone();
+        let probed: Vec<String> = seen.members.iter().map(|m| format!("{} {}", m.name, describe_member(m))).collect();
         progress.step(format!("probed: {}", probed.join("; ")));
-        let seen = self.agents_view(cluster, &members, &current_primary, call).await;
-        if let Some(look) = &seen {
+        if let Some(look) = &seen.look {
             progress.step(format!("agents' view: {}", look.summary(&current_primary)));
         }
-        let plan = plan::plan(&plan::Inputs {
-            members: &members,
-            preferred: p.replica.as_deref(),
-            current_primary: &current_primary,
-            last_primary_lsn,
-            max_lag_bytes: db.max_lag_bytes,
-            fence_primary: p.fence_primary,
-            pending_promotion: pending.as_deref(),
-            primary_seen_from: seen.as_ref().map(|l| l.reached.as_slice()).unwrap_or_default(),
-        })
-        .map_err(|why| ActionReport::new(ActionStatus::Failed, format!("refused, nothing changed: {why}")))?;
+        let accepted = call.accepted_risk.as_ref();
+        let plan = match seen.plan(db, p, accepted.is_some()) {
+            Ok(plan) => plan,
+            Err(why) => {
+                // A rehearsal says what a person would be asked to accept.
+                if let (true, Some(risk), Ok(plan)) = (dry_run, why.override_risk(), seen.plan(db, p, true)) {
+                    return Ok(ActionReport::new(
+                        ActionStatus::DryRun,
+                        format!("would promote {} only once a person approves: {risk}", plan.candidate),
+                    )
+                    .with("candidate", &plan.candidate)
+                    .with("risk", risk));
+                }
+                return Err(ActionReport::new(ActionStatus::Failed, format!("refused, nothing changed: {why}")));
+            }
+        };
+        if let (Some(old), Some(evidence)) = (&plan.unreachable_primary, &plan.down_evidence) {
+            let mut line = evidence.describe(old);
+            if let (DownEvidence::Overridden, Some(a)) = (evidence, accepted) {
+                line.push_str(&format!(": approved by {}, who was told \"{}\"", a.by, a.risk));
+            }
+            progress.step(line);
+        }
         progress.step(format!(
             "chose {}: replayed {}, WAL reaches {}, {} bytes behind (limit {})",
             plan.candidate,
@@ -486,14 +597,18 @@ impl PostgresActuator {
             .with("candidate", &plan.candidate));
         }
         let mut fenced_at: Option<u64> = None;
+        // What the fences closed: replication carries it to the candidate,
+        // which must serve the applications once promoted.
+        let mut closed = Closed::default();
         for name in &plan.to_fence {
             progress.phase = Phase::Fencing(name.clone());
-            let member = db.member(name).ok_or_else(|| ActionReport::new(ActionStatus::Failed, "member vanished"))?;
-            match fence(db, member).await {
+            match cluster.fence(name).await {
                 Ok(f) => {
                     progress.fenced.push(name.clone());
                     progress.step(format!("fenced {name}: {}", f.describe()));
                     fenced_at = fenced_at.max(f.lsn);
+                    closed.roles.extend(f.closed_roles.iter().cloned());
+                    closed.databases.extend(f.closed.iter().cloned());
                 }
                 Err(e) => {
                     progress.step(format!("fencing {name} failed: {e}"));
@@ -564,6 +679,26 @@ impl PostgresActuator {
                 .with("pending_promotion", &plan.candidate));
             }
         }
+        // The fence's closed logins and databases are in the WAL the
+        // candidate replayed: opened again on it, and only what the fence
+        // closed, before anything checks that it serves.
+        let mut reopen_failed = None;
+        if !closed.is_empty() {
+            match reopen(db, candidate, &closed).await {
+                Ok(again) if again.is_empty() => {
+                    progress.step(format!("nothing the fence closed reached {} through replication", plan.candidate))
+                }
+                Ok(again) => progress.step(format!(
+                    "reopened on {} what the fence closed and replication carried over: {}",
+                    plan.candidate,
+                    again.describe()
+                )),
+                Err(e) => {
+                    progress.step(format!("reopening on {} what the fence closed failed: {e}", plan.candidate));
+                    reopen_failed = Some(e);
+                }
+            }
+        }
         let new_lsn = accepts_writes(db, candidate).await.map_err(|e| {
             ActionReport::new(
                 ActionStatus::TimedOut,
@@ -595,12 +730,32 @@ impl PostgresActuator {
         .with("app_url", candidate.app_url())
         .with("lag_bytes", plan.lag_bytes)
         .with("promoted_lsn", format_lsn(new_lsn));
+        if let Some(evidence) = &plan.down_evidence {
+            let kind = match evidence {
+                DownEvidence::NodesCannotReach { .. } => "nodes_cannot_reach",
+                DownEvidence::Fenced => "fenced",
+                DownEvidence::Overridden => "approved_without_evidence",
+            };
+            report = report.with("old_primary_down", kind);
+        }
+        if let Some(e) = &reopen_failed {
+            report.status = ActionStatus::Failed;
+            report.message = format!(
+                "{} promoted and accepts writes, but what the old primary's fence closed is still closed on it \
+                 ({e}): the applications cannot log in; as the coordinator's role, through {FENCED_DOOR}: ALTER ROLE \
+                 … LOGIN for {}, ALTER DATABASE … ALLOW_CONNECTIONS true for {}",
+                plan.candidate,
+                closed.roles.iter().cloned().collect::<Vec<_>>().join(", "),
+                closed.databases.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
         if let Some(old) = &plan.unreachable_primary {
             self.watch(cluster, old, call);
             progress.step(format!("{old} did not answer: watched for {:?}, fenced when it answers", db.fence_watch));
             report = report.with("old_primary", format!("{old} unreachable, watched to be fenced"));
         }
-        if let Some(hook) = &db.repoint_hook {
+        // Applications are not sent where they cannot log in.
+        if let (Some(hook), None) = (&db.repoint_hook, &reopen_failed) {
             let body = serde_json::json!({
                 "database": p.database, "primary": plan.candidate, "url": candidate.app_url(),
             });
@@ -629,60 +784,155 @@ impl PostgresActuator {
 /// What a fence did.
 #[derive(Debug)]
 struct Fenced {
-    terminated: u64,
-    lsn: Option<u64>,
+    /// The coordinator's own role: the one left that may log in.
+    kept_role: String,
+    /// The roles whose logins the fence closed (`NOLOGIN`).
+    closed_roles: Vec<String>,
     /// The databases that stopped taking connections.
     closed: Vec<String>,
-    /// Why the other databases still take connections, when closing them
-    /// failed.
+    /// The database the coordinator still reaches the member through.
+    door: String,
+    /// Why some databases still take connections, when they do.
     still_open: Option<String>,
+    terminated: u64,
+    lsn: Option<u64>,
 }
 
 impl Fenced {
-    /// The fence in words, for the timeline: what was done, and how a
-    /// person undoes it.
+    /// The fence in words, for the timeline: what was done, so that a
+    /// person knows what to undo.
     fn describe(&self) -> String {
         let lsn = self.lsn.map(format_lsn).unwrap_or_else(|| "unknown".into());
-        let closed = match (&self.still_open, self.closed.is_empty()) {
-            (Some(e), _) => format!(", but its databases still take connections ({e})"),
-            (None, true) => String::new(),
-            (None, false) => format!(", connections refused to {} (ALLOW_CONNECTIONS false)", self.closed.join(", ")),
+        let logins = match self.closed_roles.as_slice() {
+            [] => format!("no role but {} could log in", self.kept_role),
+            roles => format!("logins closed for every role but {} (NOLOGIN: {})", self.kept_role, roles.join(", ")),
         };
-        format!("default_transaction_read_only = on{closed}, {} sessions terminated, last lsn {lsn}", self.terminated)
+        let databases = match (&self.still_open, self.closed.as_slice()) {
+            (Some(why), []) => format!("its databases still take connections ({why})"),
+            (Some(why), closed) => {
+                format!(
+                    "connections refused to {} (ALLOW_CONNECTIONS false), but not to all ({why})",
+                    closed.join(", ")
+                )
+            }
+            (None, closed) => format!(
+                "connections refused to every database{} (ALLOW_CONNECTIONS false), the coordinator reaching it \
+                 through {}",
+                if closed.is_empty() { String::new() } else { format!(": {}", closed.join(", ")) },
+                self.door
+            ),
+        };
+        format!(
+            "{logins}; {databases}; default_transaction_read_only = on; {} sessions terminated; last lsn {lsn}",
+            self.terminated
+        )
     }
 }
 
-/// Makes `member` read-only for every new transaction, with
-/// `fence_connections` refuses new connections to its other databases (a
-/// session could still ask for a read-write transaction), and ends the
-/// sessions that could still write.
+/// An identifier as PostgreSQL reads it quoted: any name, exactly.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The first column of every row.
+async fn names(session: &Session, sql: &str) -> Result<Vec<String>, String> {
+    Ok(session.rows(sql, None).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect())
+}
+
+/// Runs `statements` in one transaction that explicitly writes and commits
+/// locally: the member may be read-only by default, and a synchronous
+/// standby it would wait for may be the one being promoted. On an error
+/// the transaction is rolled back, so the session stays usable.
+async fn write_locally(session: &Session, statements: &[String]) -> Result<(), String> {
+    let sql = format!("BEGIN READ WRITE; SET LOCAL synchronous_commit = local; {}; COMMIT", statements.join("; "));
+    let outcome = session.execute(&sql).await;
+    if outcome.is_err() {
+        let _ = session.execute("ROLLBACK").await;
+    }
+    outcome
+}
+
+/// Closes `member` to writes from every session on every database, and
+/// confirms it.
+///
+/// What PostgreSQL lets a session override decides the shape. Read-only by
+/// default (`ALTER SYSTEM SET default_transaction_read_only = on`) is a
+/// default: any session may `SET default_transaction_read_only = off` or
+/// `BEGIN READ WRITE` and commit, and no server setting forbids it outside
+/// recovery. A session that is not there cannot write, though, and whether
+/// one may start is decided by the server, not by the session:
+///
+/// - every role that may log in, but the coordinator's own, is made
+///   `NOLOGIN` (roles are the cluster's, so this covers every database;
+///   superusers included, and the check holds for every authentication
+///   method);
+/// - with `fence_connections`, every database stops taking connections
+///   (`ALLOW_CONNECTIONS false`, which binds superusers too), the
+///   coordinator's own `dbname` included: PostgreSQL will not close the
+///   database a session is in, so the fence works from [`FENCED_DOOR`], a
+///   template holding no application data, through which the coordinator
+///   still reads what the member is;
+/// - every other client session is terminated, so no session opened before
+///   the fence is left to write;
+/// - read-only by default and reloaded, for the coordinator's own sessions.
+///
+/// Then it confirms from a new session: read-only, no login left but the
+/// coordinator's, no session left on a closed database or of another role.
+/// Only a fence so confirmed is `Ok`. Replication connections are not ended
+/// (the candidate replays up to the fence through them) and background
+/// workers are not PostgreSQL sessions: an extension that writes from one
+/// is not stopped by this.
 async fn fence(db: &DatabaseConfig, member: &MemberConfig) -> Result<Fenced, String> {
-    let session = Session::open(db, member).await?;
+    let at_door = match db.fence_connections {
+        true => Session::open_to(db, member, FENCED_DOOR).await.ok(),
+        false => None,
+    };
+    let session = match at_door {
+        Some(s) => s,
+        None => Session::open(db, member).await?,
+    };
+    let kept_role = session.value("SELECT current_user").await?.unwrap_or_default();
+    // Logins first, then sessions: ended before, a client could log in again.
+    let roles =
+        names(&session, "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> current_user ORDER BY 1")
+            .await?;
+    if !roles.is_empty() {
+        let statements: Vec<String> = roles.iter().map(|r| format!("ALTER ROLE {} NOLOGIN", quote_ident(r))).collect();
+        write_locally(&session, &statements)
+            .await
+            .map_err(|e| format!("closing the logins of {} failed: {e}", roles.join(", ")))?;
+    }
+    // Every role but the coordinator's is closed now: a database left open
+    // is open to the coordinator's role alone, so a failure here is said,
+    // not fatal.
+    let (closed, still_open) = if !db.fence_connections {
+        (Vec::new(), Some("fence_connections is off: the coordinator's own role could still write there".to_owned()))
+    } else {
+        let open = names(
+            &session,
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> current_database() \
+             ORDER BY 1",
+        )
+        .await?;
+        let statements: Vec<String> =
+            open.iter().map(|d| format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(d))).collect();
+        let done = match statements.is_empty() {
+            true => Ok(()),
+            false => write_locally(&session, &statements).await,
+        };
+        let left = (session.database != FENCED_DOOR).then(|| {
+            format!(
+                "{}, the coordinator's own, could not be closed: {FENCED_DOOR} did not take the connection",
+                session.database
+            )
+        });
+        match done {
+            Ok(()) => (open, left),
+            Err(e) => (Vec::new(), Some(format!("refusing connections to {} failed: {e}", open.join(", ")))),
+        }
+    };
     session.execute("ALTER SYSTEM SET default_transaction_read_only = on").await?;
     session.execute("SELECT pg_reload_conf()").await?;
-    // The reload reaches the server asynchronously: confirm from a new
-    // session, a bounded number of times.
-    let mut confirmed = false;
-    for _ in 0..50 {
-        let check = Session::open(db, member).await?;
-        if check.value("SHOW default_transaction_read_only").await?.as_deref() == Some("on") {
-            confirmed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !confirmed {
-        return Err("default_transaction_read_only is still off after the reload".to_owned());
-    }
-    // Read-only is the fence the failover relies on; a role that may not
-    // alter databases keeps that, and the timeline says what is missing.
-    let (closed, still_open) = match db.fence_connections {
-        false => (Vec::new(), None),
-        true => match close_databases(&session).await {
-            Ok(closed) => (closed, None),
-            Err(e) => (Vec::new(), Some(e)),
-        },
-    };
     let terminated = session
         .value(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -691,35 +941,98 @@ async fn fence(db: &DatabaseConfig, member: &MemberConfig) -> Result<Fenced, Str
         .await?
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let lsn = session.value("SELECT pg_current_wal_lsn()::text").await?.as_deref().and_then(parse_lsn);
-    Ok(Fenced { terminated, lsn, closed, still_open })
+    // The reload reaches the server, and terminated sessions end,
+    // asynchronously: confirmed from a new session, a bounded number of
+    // times.
+    const CONFIRM: &str = "SELECT current_setting('default_transaction_read_only'), \
+         (SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname <> current_user), \
+         (SELECT count(*) FROM pg_stat_activity a JOIN pg_database d ON d.oid = a.datid \
+          WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
+          AND (a.usename IS DISTINCT FROM current_user OR NOT d.datallowconn))";
+    let mut last = String::new();
+    for _ in 0..50 {
+        let check = Session::open(db, member).await?;
+        let row = check.rows(CONFIRM, None).await?.into_iter().next().unwrap_or_default();
+        let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        if (text(0).as_str(), text(1).as_str(), text(2).as_str()) == ("on", "0", "0") {
+            let lsn = session.value("SELECT pg_current_wal_lsn()::text").await?.as_deref().and_then(parse_lsn);
+            return Ok(Fenced {
+                kept_role,
+                closed_roles: roles,
+                closed,
+                door: session.database.clone(),
+                still_open,
+                terminated,
+                lsn,
+            });
+        }
+        last = format!(
+            "default_transaction_read_only {}, {} other roles may log in, {} sessions left that could write",
+            text(0),
+            text(1),
+            text(2)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the fence did not hold: {last}"))
 }
 
-/// Every database of the member but the one the coordinator uses (and the
-/// templates) stops taking connections, superusers' included. In a
-/// transaction of its own that explicitly writes, and commits locally: the
-/// member is read-only by default now, and a synchronous standby it waited
-/// for may be the one being promoted.
-async fn close_databases(session: &Session) -> Result<Vec<String>, String> {
-    let open = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate \
-                AND datname <> current_database() ORDER BY datname";
-    let names: Vec<String> =
-        session.rows(open, None).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
-    if names.is_empty() {
-        return Ok(names);
+/// What fences closed, by name.
+#[derive(Debug, Default)]
+struct Closed {
+    roles: BTreeSet<String>,
+    databases: BTreeSet<String>,
+}
+
+impl Closed {
+    fn is_empty(&self) -> bool {
+        self.roles.is_empty() && self.databases.is_empty()
     }
-    session
-        .execute(
-            "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; \
-             DO $fence$ DECLARE d text; BEGIN \
-               FOR d IN SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate \
-                        AND datname <> current_database() LOOP \
-                 EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS false', d); \
-               END LOOP; END $fence$; COMMIT",
-        )
-        .await
-        .map_err(|e| format!("refusing connections to {} failed: {e}", names.join(", ")))?;
-    Ok(names)
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.roles.is_empty() {
+            parts.push(format!("logins of {}", self.roles.iter().cloned().collect::<Vec<_>>().join(", ")));
+        }
+        if !self.databases.is_empty() {
+            parts.push(format!("connections to {}", self.databases.iter().cloned().collect::<Vec<_>>().join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Opens again on the promoted `member` what a fence of its old primary
+/// closed and it replayed: only what the fence closed, and only what is
+/// closed there now. Returns what it opened.
+async fn reopen(db: &DatabaseConfig, member: &MemberConfig, closed: &Closed) -> Result<Closed, String> {
+    // Its own database may be one the fence closed.
+    let session = match Session::open_to(db, member, FENCED_DOOR).await {
+        Ok(s) => s,
+        Err(_) => Session::open(db, member).await?,
+    };
+    let roles: BTreeSet<String> = names(&session, "SELECT rolname FROM pg_roles WHERE NOT rolcanlogin")
+        .await?
+        .into_iter()
+        .filter(|r| closed.roles.contains(r))
+        .collect();
+    let databases: BTreeSet<String> =
+        names(&session, "SELECT datname FROM pg_database WHERE NOT datallowconn AND NOT datistemplate")
+            .await?
+            .into_iter()
+            .filter(|d| closed.databases.contains(d))
+            .collect();
+    let again = Closed { roles, databases };
+    if again.is_empty() {
+        return Ok(again);
+    }
+    let statements: Vec<String> = again
+        .roles
+        .iter()
+        .map(|r| format!("ALTER ROLE {} LOGIN", quote_ident(r)))
+        .chain(again.databases.iter().map(|d| format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(d))))
+        .collect();
+    write_locally(&session, &statements).await?;
+    Ok(again)
 }
 
 /// Waits (within the promote timeout) until `candidate` has replayed up to
@@ -797,11 +1110,13 @@ impl Progress {
         let fenced = if self.fenced.is_empty() {
             "nobody fenced".to_owned()
         } else {
-            format!("fenced (read-only): {}", self.fenced.join(", "))
+            format!("fenced: {}", self.fenced.join(", "))
         };
         let at = match &self.phase {
             Phase::Probing => "while asking the members: nothing changed".to_owned(),
-            Phase::Fencing(name) => format!("while fencing {name} (it may be read-only or not: check it)"),
+            Phase::Fencing(name) => format!(
+                "while fencing {name} (it may be partly fenced: check its logins, databases and default_transaction_read_only)"
+            ),
             Phase::CatchingUp => "while the replica caught up: nothing promoted".to_owned(),
             Phase::Promoting(name) if self.promote_asked => {
                 format!("after asking {name} to promote: it may still complete, check pg_is_in_recovery() on it")
@@ -819,25 +1134,44 @@ mod tests {
 
     #[test]
     fn a_fence_says_what_it_closed_or_why_it_could_not() {
-        let fenced = |closed: &[&str], still_open: Option<&str>| Fenced {
+        let fenced = |roles: &[&str], closed: &[&str], still_open: Option<&str>| Fenced {
+            kept_role: "remedy".into(),
+            closed_roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            closed: closed.iter().map(|c| (*c).to_owned()).collect(),
+            door: FENCED_DOOR.into(),
+            still_open: still_open.map(str::to_owned),
             terminated: 3,
             lsn: Some(0x300_0148),
-            closed: closed.iter().map(|c| (*c).to_owned()).collect(),
-            still_open: still_open.map(str::to_owned),
         };
         assert_eq!(
-            fenced(&["app", "billing"], None).describe(),
-            "default_transaction_read_only = on, connections refused to app, billing (ALLOW_CONNECTIONS false), \
-             3 sessions terminated, last lsn 0/3000148"
+            fenced(&["app", "postgres"], &["app", "saasidp"], None).describe(),
+            "logins closed for every role but remedy (NOLOGIN: app, postgres); connections refused to every \
+             database: app, saasidp (ALLOW_CONNECTIONS false), the coordinator reaching it through template1; \
+             default_transaction_read_only = on; 3 sessions terminated; last lsn 0/3000148"
         );
         assert_eq!(
-            fenced(&[], Some("must be owner of database app")).describe(),
-            "default_transaction_read_only = on, but its databases still take connections (must be owner of \
-             database app), 3 sessions terminated, last lsn 0/3000148"
+            fenced(&[], &[], Some("fence_connections is off")).describe(),
+            "no role but remedy could log in; its databases still take connections (fence_connections is off); \
+             default_transaction_read_only = on; 3 sessions terminated; last lsn 0/3000148"
         );
-        assert_eq!(
-            fenced(&[], None).describe(),
-            "default_transaction_read_only = on, 3 sessions terminated, last lsn 0/3000148"
+        assert!(
+            fenced(&["app"], &["app"], Some("saasidp, the coordinator's own, could not be closed"))
+                .describe()
+                .contains("connections refused to app (ALLOW_CONNECTIONS false), but not to all (saasidp")
         );
+    }
+
+    #[test]
+    fn any_name_is_quoted_as_postgresql_reads_it() {
+        assert_eq!(quote_ident("app"), "\"app\"");
+        assert_eq!(quote_ident("Odd \"name\"; DROP"), "\"Odd \"\"name\"\"; DROP\"");
+    }
+
+    #[test]
+    fn what_fences_closed_reads_by_kind() {
+        let closed =
+            Closed { roles: ["postgres".to_owned(), "app".to_owned()].into(), databases: ["app".to_owned()].into() };
+        assert_eq!(closed.describe(), "logins of app, postgres; connections to app");
+        assert!(Closed::default().is_empty());
     }
 }

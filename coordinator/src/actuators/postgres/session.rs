@@ -1,19 +1,34 @@
 //! Talking to one PostgreSQL server: connecting with the configured
 //! credentials (the password read from its file at each connection),
 //! bounded queries, and what a member says about itself.
+//!
+//! A member a fence closed refuses connections to every database, the
+//! coordinator's `dbname` included; the coordinator then reaches it through
+//! `template1` (see `fence` in the module above), which is where it reads
+//! what the member is, and where it reopens a promoted replica that
+//! replayed its old primary's fence.
 
 use remedy_shared::failover::{MemberState, Role, Status, parse_lsn, timeline_of_walfile};
 use std::time::Duration;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use super::config::{DatabaseConfig, MemberConfig};
+
+/// The database a fenced member is still reached through: a template, so
+/// it holds no application data, and open to connections unless a person
+/// closed it.
+pub(crate) const FENCED_DOOR: &str = "template1";
 
 /// An open connection to one member, closed when dropped.
 pub(crate) struct Session {
     client: Client,
     query_timeout: Duration,
     member: String,
+    /// The database connected to: the configured `dbname`, or
+    /// [`FENCED_DOOR`] when that one takes no connections.
+    pub(crate) database: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -39,33 +54,67 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// Why a connection did not open.
+enum Refused {
+    /// The database takes no connections (`ALLOW_CONNECTIONS false`).
+    Closed(String),
+    /// Anything else, in one line.
+    Other(String),
+}
+
 impl Session {
-    /// Connects to `member` within the cluster's connect timeout.
+    /// Connects to `member`'s `dbname` within the cluster's connect
+    /// timeout, or, when a fence closed that database, to [`FENCED_DOOR`].
     pub(crate) async fn open(db: &DatabaseConfig, member: &MemberConfig) -> Result<Session, String> {
+        match Session::connect(db, member, &member.dbname).await {
+            Ok(session) => Ok(session),
+            Err(Refused::Closed(why)) if member.dbname != FENCED_DOOR => Session::open_to(db, member, FENCED_DOOR)
+                .await
+                .map_err(|e| format!("{why}; through {FENCED_DOOR}: {e}")),
+            Err(Refused::Closed(e) | Refused::Other(e)) => Err(e),
+        }
+    }
+
+    /// Connects to database `dbname` of `member`, whatever the configured
+    /// one.
+    pub(crate) async fn open_to(db: &DatabaseConfig, member: &MemberConfig, dbname: &str) -> Result<Session, String> {
+        Session::connect(db, member, dbname).await.map_err(|(Refused::Closed(e) | Refused::Other(e))| e)
+    }
+
+    async fn connect(db: &DatabaseConfig, member: &MemberConfig, dbname: &str) -> Result<Session, Refused> {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&member.host)
             .port(member.port)
             .user(&member.user)
-            .dbname(&member.dbname)
+            .dbname(dbname)
             .application_name("remedy-coordinator")
             .connect_timeout(db.connect_timeout);
         if let Some(file) = &member.password_file {
             let password = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read the password file {}: {e}", file.display()))?;
+                .map_err(|e| Refused::Other(format!("cannot read the password file {}: {e}", file.display())))?;
             config.password(password.trim_end_matches(['\r', '\n']));
         }
         let connecting = config.connect(NoTls);
         let (client, connection) = match tokio::time::timeout(db.connect_timeout, connecting).await {
             Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(describe(&e)),
-            Err(_) => return Err(format!("no connection within {:?}", db.connect_timeout)),
+            // `database "…" is not currently accepting connections`.
+            Ok(Err(e)) if e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                return Err(Refused::Closed(describe(&e)));
+            }
+            Ok(Err(e)) => return Err(Refused::Other(describe(&e))),
+            Err(_) => return Err(Refused::Other(format!("no connection within {:?}", db.connect_timeout))),
         };
         // The connection task ends when the client is dropped.
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Session { client, query_timeout: db.query_timeout, member: member.name().to_owned() })
+        Ok(Session {
+            client,
+            query_timeout: db.query_timeout,
+            member: member.name().to_owned(),
+            database: dbname.to_owned(),
+        })
     }
 
     /// Runs `sql` (no parameters) and returns its rows as text, within the
@@ -99,10 +148,13 @@ impl Session {
     }
 }
 
+/// What a member is. The last column says whether a fence sealed it:
+/// nobody but the coordinator's own role may log in (see `fence`).
 const STATUS_SQL: &str = "SELECT 1, pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
-     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END";
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+     NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolcanlogin AND rolname <> current_user)";
 
 const PROMOTE_SIGNAL_SQL: &str = "SELECT (pg_stat_file('promote', true)).size IS NOT NULL";
 
@@ -118,7 +170,10 @@ pub(crate) async fn probe(db: &DatabaseConfig, member: &MemberConfig) -> MemberS
         }
         let in_recovery = text(1).as_deref() == Some("t");
         let read_only = text(2).as_deref() == Some("on");
-        let role = match (in_recovery, read_only) {
+        let sealed = text(7).as_deref() == Some("t");
+        // Read-only by default alone is not fenced: any session may still
+        // ask for a read-write transaction, so such a member takes writes.
+        let role = match (in_recovery, read_only && sealed) {
             (true, _) => Role::Replica,
             (false, true) => Role::Fenced,
             (false, false) => Role::Primary,

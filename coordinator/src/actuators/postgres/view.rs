@@ -2,10 +2,15 @@
 //! primary, every connected agent is asked (directive `reach`, protocol
 //! `postgres`) whether its node can. A primary the nodes still reach is
 //! not dead: the coordinator is cut off from it, and the applications on
-//! those nodes may still be writing to it.
+//! those nodes may still be writing to it. Only a node that answered that
+//! it tried and could not reach it counts towards it being down; an agent
+//! that did not answer, could not try, or runs a version without the
+//! check is silence ([`Reach::Silent`]), never evidence.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use remedy_shared::failover::{NodeReport, Reach};
 
 use crate::directives::{Answer, Delivery, DirectiveSpec, Directives, Pending, Target, Undelivered};
 
@@ -19,8 +24,8 @@ const ANSWER_SLACK: Duration = Duration::from_secs(2);
 /// What the agents saw of one member.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct AgentsLook {
-    /// The nodes where PostgreSQL answered on the member's address.
-    pub reached: Vec<String>,
+    /// What each agent's node said.
+    pub reports: Vec<NodeReport>,
     /// One line per agent, for the timeline.
     pub lines: Vec<String>,
 }
@@ -31,7 +36,8 @@ impl AgentsLook {
         if self.lines.is_empty() {
             return format!("no agent is connected to say whether its node reaches {member}");
         }
-        format!("{member} seen from {} of {} nodes: {}", self.reached.len(), self.lines.len(), self.lines.join("; "))
+        let reached = self.reports.iter().filter(|r| r.reach == Reach::Reached).count();
+        format!("{member} seen from {reached} of {} nodes: {}", self.lines.len(), self.lines.join("; "))
     }
 }
 
@@ -61,37 +67,71 @@ pub(crate) async fn look(
     let pending = hub.send(&Target::All, &spec, true).await;
     let answers = futures::future::join_all(pending.into_iter().map(|p| answer(p, until))).await;
     let mut seen = AgentsLook::default();
-    for (node, reached, line) in answers {
-        if reached {
-            seen.reached.push(node.clone());
-        }
+    for (node, reach, line) in answers {
         seen.lines.push(format!("{node}: {line}"));
+        seen.reports.push(NodeReport { node, reach });
     }
     seen
 }
 
-/// One agent's answer: its node, whether it reached, and what it said.
-async fn answer(p: Pending, until: tokio::time::Instant) -> (String, bool, String) {
-    let node = if p.node_name.is_empty() { p.agent_id.clone() } else { p.node_name.clone() };
-    let (reached, line) = match p.delivery {
-        Delivery::Waiting(waiter) => match waiter.wait(until).await {
-            Answer::Result(r) => {
-                let reached = r.evidence.get("reached").map(String::as_str) == Some("true");
-                let millis = r.evidence.get("millis").cloned().unwrap_or_default();
-                match (reached, r.evidence.get("error")) {
-                    (true, _) => (true, format!("reached in {millis} ms")),
-                    (false, Some(error)) => (false, format!("cannot reach ({error})")),
-                    (false, None) => (false, format!("no verdict ({})", r.message)),
-                }
-            }
-            Answer::Disconnected => (false, "disconnected before answering".to_owned()),
-            Answer::TimedOut => (false, "did not answer in time".to_owned()),
-        },
-        Delivery::Sent { .. } => (false, "not waited for".to_owned()),
-        Delivery::NotSent(Undelivered::Unsupported { .. }) => {
-            (false, "not asked: this agent's version cannot check reachability".to_owned())
+/// What one agent's result says: its `verdict`, or for an agent from
+/// before verdicts, `reached` alone.
+fn judge(evidence: &std::collections::HashMap<String, String>, message: &str) -> (Reach, String) {
+    let millis = evidence.get("millis").cloned().unwrap_or_default();
+    let error = evidence.get("error").cloned().unwrap_or_else(|| message.to_owned());
+    let reached = evidence.get("reached").map(String::as_str);
+    match (evidence.get("verdict").map(String::as_str), reached) {
+        (Some("reached"), _) | (None, Some("true")) => (Reach::Reached, format!("reached in {millis} ms")),
+        (Some("unreachable"), _) | (None, Some("false")) => {
+            (Reach::CannotReach(error.clone()), format!("cannot reach ({error})"))
         }
-        Delivery::NotSent(why) => (false, format!("not asked ({why:?})")),
+        (Some("inconclusive"), _) => (Reach::Silent(error.clone()), format!("could not try ({error})")),
+        _ => (Reach::Silent(message.to_owned()), format!("no verdict ({message})")),
+    }
+}
+
+/// One agent's answer: its node, what it said, and the line for people.
+async fn answer(p: Pending, until: tokio::time::Instant) -> (String, Reach, String) {
+    let node = if p.node_name.is_empty() { p.agent_id.clone() } else { p.node_name.clone() };
+    let silent = |why: &str| (Reach::Silent(why.to_owned()), why.to_owned());
+    let (reach, line) = match p.delivery {
+        Delivery::Waiting(waiter) => match waiter.wait(until).await {
+            Answer::Result(r) => judge(&r.evidence, &r.message),
+            Answer::Disconnected => silent("disconnected before answering"),
+            Answer::TimedOut => silent("did not answer in time"),
+        },
+        Delivery::Sent { .. } => silent("not waited for"),
+        Delivery::NotSent(Undelivered::Unsupported { .. }) => {
+            silent("not asked: this agent's version cannot check reachability")
+        }
+        Delivery::NotSent(why) => silent(&format!("not asked ({why:?})")),
     };
-    (node, reached, line)
+    (node, reach, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn only_a_node_that_tried_counts_as_one_that_cannot_reach() {
+        let reached = judge(&said(&[("reached", "true"), ("verdict", "reached"), ("millis", "3")]), "");
+        assert_eq!(reached, (Reach::Reached, "reached in 3 ms".to_owned()));
+        let tried = said(&[("reached", "false"), ("verdict", "unreachable"), ("error", "connection refused")]);
+        assert_eq!(judge(&tried, "").0, Reach::CannotReach("connection refused".into()));
+        let unresolved = said(&[("reached", "false"), ("verdict", "inconclusive"), ("error", "cannot resolve")]);
+        let (reach, line) = judge(&unresolved, "");
+        assert_eq!((reach, line.as_str()), (Reach::Silent("cannot resolve".into()), "could not try (cannot resolve)"));
+        // An agent from before verdicts: what it said of reaching stands.
+        assert_eq!(
+            judge(&said(&[("reached", "false"), ("error", "timed out")]), "").0,
+            Reach::CannotReach("timed out".into())
+        );
+        // A result that says neither is no verdict.
+        assert!(matches!(judge(&said(&[]), "refused: unknown parameter").0, Reach::Silent(_)));
+    }
 }

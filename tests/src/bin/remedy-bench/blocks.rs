@@ -228,6 +228,7 @@ impl Lab {
             params: json!({ "agents": agents, "directive": directive, "params": params, "timeout": "60s" }),
             dry_run: false,
             deadline: Duration::from_secs(60),
+            accepted_risk: None,
         };
         self.actuator.execute(&call).await
     }

@@ -634,6 +634,7 @@ fn request(i: usize, runbook: &Runbook, step: &Step, actions: &ActionCatalog) ->
         population: None,
         trigger_still_holds: Some(true),
         mode: run::step_mode(guard::Mode::Live, runbook.guard_rails.mode, available),
+        risk: None,
     }
 }
 
