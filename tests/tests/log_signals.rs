@@ -174,3 +174,93 @@ async fn a_brute_force_attack_in_an_nginx_log_names_the_attackers_and_nobody_els
     assert_eq!(counted["suppressed"].as_u64(), Some(15), "{counted}");
     assert_eq!(targets(&findings_of(&coordinator, "brute_force").await), attackers, "nobody else, even later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarding_headers_blame_nobody_and_clients_behind_trusted_proxies_are_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let world = World::start().await;
+    let catalog = write_runbook(
+        dir.path(),
+        "NOTHING",
+        "priority: P3\nmttr_target: 1h\nescalation: {policy: test-chain}\ntriggers: {manual: true}\n\
+         steps:\n  - id: look\n    probe_http: {url: 'http://127.0.0.1:9/'}\n",
+    );
+    let coordinator = start(dir.path(), &world, &catalog, "").await;
+
+    let nginx = |peer: &str, xff: &str| {
+        cri(&format!(
+            "{peer} - - [27/Nov/2026:03:00:00 +0000] \"POST /login HTTP/1.1\" 401 153 \"-\" \"Mozilla/5.0\" \"{xff}\""
+        ))
+    };
+    let envoy = |xff: &str, peer: Option<&str>| {
+        let peer = peer.map(|p| format!(" {p}")).unwrap_or_default();
+        cri(&format!(
+            "[2026-11-27T03:00:00.000Z] \"POST /oauth/token HTTP/1.1\" 401 - 154 0 12 11 \"{xff}\" \"curl/8.0\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\"{peer}"
+        ))
+    };
+    let json = |ip: &str, xff: &str| {
+        cri(&format!(r#"{{"event":"login_failed","ip":"{ip}","x_forwarded_for":"{xff}","user":"alice"}}"#))
+    };
+    // Six failures each, raise_at five. The 192.0.2.0/24 addresses are
+    // victims written into headers by clients; 10.0.0.0/8 are the
+    // platform's proxies.
+    let (mut ingress, mut edge, mut edge_trusted, mut app) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..6 {
+        // An attacker connecting directly names a victim in its header.
+        ingress.push(nginx("198.51.100.66", "192.0.2.1"));
+        // Real clients behind the trusted ingress proxy, one with a forged
+        // left part the proxy appended to.
+        ingress.push(nginx("10.0.0.7", "203.0.113.77"));
+        ingress.push(nginx("10.0.0.7", "192.0.2.2, 203.0.113.78, 10.0.0.3"));
+        // Envoy's default format, no peer: its header is whatever the
+        // client sent. Nobody is counted.
+        edge.push(envoy("192.0.2.3", None));
+        // The same with the peer appended to the line.
+        edge.push(envoy("192.0.2.4", Some("198.51.100.67:40000")));
+        // A source configured as appending the peer to the header.
+        edge_trusted.push(envoy("192.0.2.5, 203.0.113.79", None));
+        edge_trusted.push(envoy("192.0.2.6, 203.0.113.80, 10.0.0.9", None));
+        // A JSON application log: the same rule.
+        app.push(json("198.51.100.68", "192.0.2.7"));
+        app.push(json("10.0.0.5", "192.0.2.8, 203.0.113.81"));
+    }
+    let root = dir.path().join("pods");
+    container_log(&root, "ingress-nginx", "ingress-nginx-controller-6c9b7d5f4f-k2m7q", &ingress);
+    container_log(&root, "edge", "gateway-7d9f8b6c5d-x2x4k", &edge);
+    container_log(&root, "edge-trusted", "gateway-7d9f8b6c5d-p8q9r", &edge_trusted);
+    container_log(&root, "shop", "login-api-7d9f8b6c5d-zt7wm", &app);
+    let extra = "  brute_force:\n    raise_at: 5\n    clear_below: 1\n    trusted_proxies: [10.0.0.0/8]\n\
+                 \x20   sources:\n      - {match: {namespaces: [edge-trusted]}, proxy_appends_peer: true}\n";
+    let agent = tailing_agent(&dir.path().join("agents"), "node-edge", &coordinator, &root, extra).await;
+
+    let total = ingress.len() + edge.len() + edge_trusted.len() + app.len();
+    let state = eventually("every line classified", Duration::from_secs(30), || async {
+        let state = agent.debug_state().await;
+        (state["log_detectors"]["brute_force"]["lines"].as_u64() == Some(total as u64)).then_some(state)
+    })
+    .await;
+    let attackers: std::collections::BTreeSet<String> = [
+        "198.51.100.66",
+        "203.0.113.77",
+        "203.0.113.78",
+        "198.51.100.67",
+        "203.0.113.79",
+        "203.0.113.80",
+        "198.51.100.68",
+        "203.0.113.81",
+    ]
+    .iter()
+    .map(|ip| format!("ip/{ip}"))
+    .collect();
+    let found = eventually("every real attacker reported", Duration::from_secs(30), || async {
+        let found = findings_of(&coordinator, "brute_force").await;
+        (found.len() >= attackers.len()).then_some(found)
+    })
+    .await;
+    let targets: std::collections::BTreeSet<String> =
+        found.iter().filter_map(|f| f.finding.as_ref().map(|b| b.target.clone())).collect();
+    assert_eq!(targets, attackers, "only the real attackers, never a victim named in a header nor a proxy");
+    let counted = &state["log_detectors"]["brute_force"];
+    assert_eq!(counted["failures"].as_u64(), Some(8 * 6), "{counted}");
+    assert_eq!(counted["no_peer"].as_u64(), Some(6), "the peerless Envoy lines: {counted}");
+}

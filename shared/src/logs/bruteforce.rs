@@ -10,13 +10,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use aho_corasick::AhoCorasick;
-use regex::{Captures, Regex, RegexSet};
+use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::net::{Cidr, any_contains, client_addr, parse_addr};
 use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
-use super::{InvalidLogConfig, LineRef};
+use super::{InvalidLogConfig, LineRef, Scope};
 use crate::config::{duration, format_duration};
 use crate::finding::{Finding, FindingKind, FindingState, Severity};
 use crate::text::{Unit, truncate};
@@ -29,8 +29,10 @@ pub enum AuthFormat {
     /// nginx `combined` access log, optionally with `"$http_x_forwarded_for"`
     /// appended: 401 and 403 on a login path.
     Nginx,
-    /// Envoy's default access log, optionally with
-    /// `%DOWNSTREAM_REMOTE_ADDRESS%` appended: 401 and 403 on a login path.
+    /// Envoy's default access log, optionally with the peer appended
+    /// (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`): 401 and 403 on a login path.
+    /// Without the peer a line is counted only from a source configured
+    /// with `proxy_appends_peer` (see [`SourceSettings`]).
     Envoy,
     /// OpenSSH `Failed password for [invalid user] USER from IP port N`.
     Sshd,
@@ -83,6 +85,26 @@ impl Default for JsonAuthFields {
     }
 }
 
+/// Settings for the lines of some sources: which formats they are read
+/// in, and what their forwarding header means.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    /// The sources these settings apply to.
+    #[serde(rename = "match")]
+    pub scope: Scope,
+    /// Formats read from these sources, instead of the detector's
+    /// `formats`.
+    pub formats: Option<Vec<AuthFormat>>,
+    /// The proxy writing these lines appends the peer it saw to
+    /// `X-Forwarded-For` before logging it (Envoy with
+    /// `use_remote_address: true`), so that on a line without a peer field
+    /// the header's right-most entry is the peer. Without this a line that
+    /// carries no peer is never counted: its header may be the client's
+    /// alone, and the client writes any address there.
+    pub proxy_appends_peer: bool,
+}
+
 /// Configuration of the [`BruteForceDetector`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -105,6 +127,8 @@ pub struct BruteForceConfig {
     pub login_paths: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Per-source settings; the first whose `match` selects a line applies.
+    pub sources: Vec<SourceSettings>,
     /// Addresses never reported.
     pub allow_list: Vec<Cidr>,
     /// The platform's own ranges (nodes, pods, services), never reported.
@@ -137,6 +161,7 @@ impl Default for BruteForceConfig {
             formats: AuthFormat::ALL.to_vec(),
             login_paths: strings(&["/login", "/auth", "/oauth/token", "/api/v1/auth"]),
             trusted_proxies: Vec::new(),
+            sources: Vec::new(),
             allow_list: Vec::new(),
             infrastructure: cidrs(&["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]),
             json: JsonAuthFields::default(),
@@ -149,9 +174,16 @@ impl Default for BruteForceConfig {
     }
 }
 
-// Status 401 or 403 only: successful logins (2xx, 3xx) never match.
-const NGINX: &str = r#"^(?P<peer>[0-9A-Fa-f.:]+) \S+ (?P<user>\S+) \[[^\]]*\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ "[^"]*" "[^"]*"(?: "(?P<xff>[^"]*)")?"#;
-const ENVOY: &str = r#"^\[[^\]]+\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ \S+ \S+ \S+ \S+ "(?P<xff>[^"]*)" "[^"]*" "[^"]*" "[^"]*" "[^"]*"(?: (?P<peer>\S+))?"#;
+// Status 401 or 403 only: successful logins (2xx, 3xx) never match. Both
+// access-log patterns describe the whole line, start to end: nginx writes a
+// `"` inside a field as `\x22`, so the quoted fields can be counted, and
+// extra unquoted fields may follow. Envoy writes headers as they came, so a
+// client can put quotes into its user agent and shift the fields after it;
+// a line with more quotes than the format has does not match at all, and
+// the peer is read from the end of the line, after the last quote, where
+// only Envoy writes.
+const NGINX: &str = r#"^(?P<peer>[0-9A-Fa-f.:]+) \S+ (?P<user>\S+) \[[^\]]*\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ "[^"]*" "[^"]*"(?: "(?P<xff>[^"]*)")?(?: [^"]*)?$"#;
+const ENVOY: &str = r#"^\[[^\]]+\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ \S+ \S+ \S+ \S+ "(?P<xff>[^"]*)" "[^"]*" "[^"]*" "[^"]*" "[^"]*"(?: (?P<peer>\S+))?$"#;
 const SSHD: &str = r"Failed (?:password|publickey|keyboard-interactive/pam) for (?:invalid user )?(?P<user>\S*) from (?P<peer>[0-9A-Fa-f.:]+) port [0-9]+";
 
 fn prefilter_literals(format: AuthFormat, json: &JsonAuthFields) -> Vec<String> {
@@ -182,8 +214,17 @@ impl BruteForceConfig {
         if self.refresh_every.is_zero() {
             return Err(InvalidLogConfig::new("refresh_every", "must be more than 0s"));
         }
-        if self.formats.is_empty() {
+        if self.formats.is_empty() && self.sources.iter().all(|s| s.formats.as_ref().is_none_or(Vec::is_empty)) {
             return Err(InvalidLogConfig::new("formats", "must name at least one of nginx, envoy, sshd, json"));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            source.scope.validate(&format!("sources[{i}].match"))?;
+            if source.scope.is_everything() {
+                return Err(InvalidLogConfig::new(
+                    format!("sources[{i}].match"),
+                    "selects every line: name namespaces, apps, containers or files",
+                ));
+            }
         }
         for (i, p) in self.login_paths.iter().enumerate() {
             if !p.starts_with('/') || p.contains(['?', ' ']) {
@@ -193,12 +234,12 @@ impl BruteForceConfig {
                 ));
             }
         }
-        let uses_http = self.formats.iter().any(|f| matches!(f, AuthFormat::Nginx | AuthFormat::Envoy));
+        let uses_http = self.all_formats().iter().any(|f| matches!(f, AuthFormat::Nginx | AuthFormat::Envoy));
         if uses_http && self.login_paths.is_empty() {
             return Err(InvalidLogConfig::new("login_paths", "must name at least one path for nginx or envoy"));
         }
         let json = &self.json;
-        if self.formats.contains(&AuthFormat::Json) {
+        if self.all_formats().contains(&AuthFormat::Json) {
             if json.event_field.is_empty() {
                 return Err(InvalidLogConfig::new("json.event_field", "must not be empty"));
             }
@@ -223,6 +264,17 @@ impl BruteForceConfig {
         }
         Ok(())
     }
+
+    /// Every format read from some source, sorted.
+    fn all_formats(&self) -> Vec<AuthFormat> {
+        let mut all = self.formats.clone();
+        for s in &self.sources {
+            all.extend(s.formats.iter().flatten());
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
 }
 
 /// What the detector has seen, for metrics.
@@ -242,6 +294,9 @@ pub struct BruteForceStats {
     pub ignored: u64,
     /// Failed logins whose source is not a valid address.
     pub invalid_address: u64,
+    /// Failed logins on a line without a peer address from a source not
+    /// configured to believe its forwarding header: never counted.
+    pub no_peer: u64,
     /// Addresses currently tracked.
     pub tracked: usize,
     /// Addresses dropped to stay within `max_ips`.
@@ -281,6 +336,7 @@ enum Reject {
     NotCandidate,
     Ignored,
     InvalidAddress,
+    NoPeer,
 }
 
 /// Counts failed logins per source address and raises `brute_force`.
@@ -300,9 +356,7 @@ impl BruteForceDetector {
     /// A detector for `config`, or the first field that is wrong.
     pub fn new(config: BruteForceConfig) -> Result<Self, InvalidLogConfig> {
         config.validate()?;
-        let mut formats: Vec<AuthFormat> = config.formats.clone();
-        formats.sort();
-        formats.dedup();
+        let formats = config.all_formats();
         let mut literals = Vec::new();
         let mut rules = Vec::new();
         for f in formats {
@@ -345,21 +399,25 @@ impl BruteForceDetector {
         out
     }
 
-    /// The failed login a message records, if it records one, with its
+    /// The failed login a line records, if it records one, with its
     /// source resolved; allow-lists are not applied here.
-    pub fn parse(&self, message: &str) -> Option<AuthFailure> {
-        self.parse_inner(message).ok()
+    pub fn parse(&self, line: &LineRef<'_>) -> Option<AuthFailure> {
+        self.parse_inner(line).ok()
     }
 
-    fn parse_inner(&self, message: &str) -> Result<AuthFailure, Reject> {
+    fn parse_inner(&self, line: &LineRef<'_>) -> Result<AuthFailure, Reject> {
+        let message = line.message;
         if !self.prefilter.is_match(message) {
             return Err(Reject::NotCandidate);
         }
-        let index = self.set.matches(message).iter().next().ok_or(Reject::Ignored)?;
+        let settings = self.config.sources.iter().find(|s| s.scope.matches(line));
+        let formats = settings.and_then(|s| s.formats.as_deref()).unwrap_or(&self.config.formats);
+        let index =
+            self.set.matches(message).iter().find(|i| formats.contains(&self.rules[*i].0)).ok_or(Reject::Ignored)?;
         let (format, re) = &self.rules[index];
         let format = *format;
         if format == AuthFormat::Json {
-            return self.parse_json(message);
+            return self.parse_json(message, settings);
         }
         let caps = re.captures(message).ok_or(Reject::Ignored)?;
         let text = |name: &str| caps.name(name).map(|m| m.as_str());
@@ -368,19 +426,37 @@ impl BruteForceDetector {
         {
             return Err(Reject::Ignored);
         }
-        let source = match format {
-            AuthFormat::Envoy => envoy_source(&caps, &self.config.trusted_proxies),
-            _ => {
-                let peer = text("peer").and_then(parse_addr).ok_or(Reject::InvalidAddress)?;
-                client_addr(peer, text("xff"), &self.config.trusted_proxies)
-            }
-        }
-        .ok_or(Reject::InvalidAddress)?;
+        let source = self.client(text("peer"), text("xff"), settings)?;
         let user = text("user").filter(|u| *u != "-" && !u.is_empty()).map(str::to_owned);
         Ok(AuthFailure { format, source, user })
     }
 
-    fn parse_json(&self, message: &str) -> Result<AuthFailure, Reject> {
+    /// The client of a line, from its peer and forwarding header.
+    fn client(
+        &self,
+        peer: Option<&str>,
+        forwarded_for: Option<&str>,
+        settings: Option<&SourceSettings>,
+    ) -> Result<IpAddr, Reject> {
+        let trusted = &self.config.trusted_proxies;
+        match peer {
+            Some(peer) => {
+                let peer = parse_addr(peer).ok_or(Reject::InvalidAddress)?;
+                client_addr(peer, forwarded_for, trusted).ok_or(Reject::InvalidAddress)
+            }
+            // The right-most entry was written by the proxy itself only when
+            // the source says so; otherwise all of it may be the client's.
+            None if settings.is_some_and(|s| s.proxy_appends_peer) => {
+                let header = forwarded_for.filter(|x| !x.is_empty() && *x != "-").ok_or(Reject::NoPeer)?;
+                let (rest, last) = header.rsplit_once(',').map_or((None, header), |(r, l)| (Some(r), l));
+                let peer = parse_addr(last).ok_or(Reject::InvalidAddress)?;
+                client_addr(peer, rest, trusted).ok_or(Reject::InvalidAddress)
+            }
+            None => Err(Reject::NoPeer),
+        }
+    }
+
+    fn parse_json(&self, message: &str, settings: Option<&SourceSettings>) -> Result<AuthFailure, Reject> {
         let fields = &self.config.json;
         let object: serde_json::Map<String, Value> =
             serde_json::from_str(message.trim()).map_err(|_| Reject::Ignored)?;
@@ -389,10 +465,7 @@ impl BruteForceDetector {
             return Err(Reject::Ignored);
         }
         let first = |names: &[String]| names.iter().find_map(|n| object.get(n).and_then(Value::as_str));
-        let peer = first(&fields.ip_fields).ok_or(Reject::InvalidAddress)?;
-        let peer = parse_addr(peer).ok_or(Reject::InvalidAddress)?;
-        let source = client_addr(peer, first(&fields.forwarded_for_fields), &self.config.trusted_proxies)
-            .ok_or(Reject::InvalidAddress)?;
+        let source = self.client(first(&fields.ip_fields), first(&fields.forwarded_for_fields), settings)?;
         let user = first(&fields.user_fields).filter(|u| !u.is_empty()).map(str::to_owned);
         Ok(AuthFailure { format: AuthFormat::Json, source, user })
     }
@@ -415,7 +488,7 @@ impl BruteForceDetector {
     /// crosses the threshold or its raised finding is due a refresh.
     pub fn observe(&mut self, line: &LineRef<'_>, now: Timestamp) -> Option<Finding> {
         self.stats.lines += 1;
-        let failure = match self.parse_inner(line.message) {
+        let failure = match self.parse_inner(line) {
             Ok(f) => f,
             Err(Reject::NotCandidate) => return None,
             Err(Reject::Ignored) => {
@@ -426,6 +499,11 @@ impl BruteForceDetector {
             Err(Reject::InvalidAddress) => {
                 self.stats.candidates += 1;
                 self.stats.invalid_address += 1;
+                return None;
+            }
+            Err(Reject::NoPeer) => {
+                self.stats.candidates += 1;
+                self.stats.no_peer += 1;
                 return None;
             }
         };
@@ -493,21 +571,6 @@ impl BruteForceDetector {
         if let Some(ip) = oldest {
             self.ips.remove(&ip);
             self.stats.evicted += 1;
-        }
-    }
-}
-
-/// Envoy's default format has no peer field: with `use_remote_address`,
-/// Envoy appends the peer it saw to `X-Forwarded-For`, so the right-most
-/// entry is the peer unless `%DOWNSTREAM_REMOTE_ADDRESS%` was appended.
-fn envoy_source(caps: &Captures<'_>, trusted: &[Cidr]) -> Option<IpAddr> {
-    let xff = caps.name("xff").map(|m| m.as_str()).filter(|x| !x.is_empty() && *x != "-");
-    match caps.name("peer") {
-        Some(peer) => client_addr(parse_addr(peer.as_str())?, xff, trusted),
-        None => {
-            let xff = xff?;
-            let (rest, last) = xff.rsplit_once(',').map_or((None, xff), |(r, l)| (Some(r), l));
-            client_addr(parse_addr(last)?, rest, trusted)
         }
     }
 }
@@ -603,7 +666,7 @@ mod tests {
     }
 
     fn failure(d: &BruteForceDetector, message: &str) -> Option<(AuthFormat, IpAddr, Option<String>)> {
-        d.parse(message).map(|f| (f.format, f.source, f.user))
+        d.parse(&LineRef::plain(message)).map(|f| (f.format, f.source, f.user))
     }
 
     #[test]
@@ -613,9 +676,15 @@ mod tests {
         assert_eq!(failure(&d, &nginx_line), Some((AuthFormat::Nginx, ip("203.0.113.9"), Some("alice".into()))));
         let nginx_query = nginx("203.0.113.9", "-", "POST /api/v1/auth/token?x=1", 403, Some("-"));
         assert_eq!(failure(&d, &nginx_query), Some((AuthFormat::Nginx, ip("203.0.113.9"), None)));
+        // ingress-nginx's format: unquoted fields after the user agent.
+        let ingress = nginx("203.0.113.9", "-", "POST /login", 401, None)
+            + " 512 0.003 [default-api-80] [] 10.244.1.5:8080 153 0.003 401 4f2c9a";
+        assert_eq!(failure(&d, &ingress), Some((AuthFormat::Nginx, ip("203.0.113.9"), None)));
 
+        // Envoy's default format has no peer: never counted unless the
+        // source is configured (see the forwarded-for tests).
         let envoy = "[2026-11-26T10:00:00.000Z] \"POST /oauth/token HTTP/1.1\" 401 - 154 0 12 11 \"198.51.100.4\" \"curl/8.0\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\"";
-        assert_eq!(failure(&d, envoy), Some((AuthFormat::Envoy, ip("198.51.100.4"), None)));
+        assert_eq!(failure(&d, envoy), None);
         let envoy_peer = "[2026-11-26T10:00:00.000Z] \"POST /auth HTTP/2\" 403 - 154 0 12 11 \"-\" \"curl/8.0\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\" 198.51.100.5:51234";
         assert_eq!(failure(&d, envoy_peer), Some((AuthFormat::Envoy, ip("198.51.100.5"), None)));
 
@@ -672,6 +741,79 @@ mod tests {
         assert_eq!(failure(&d, &forged).map(|f| f.1), Some(ip("198.51.100.66")));
         let forged_json = r#"{"event":"login_failed","ip":"198.51.100.66","x_forwarded_for":"192.0.2.1"}"#;
         assert_eq!(failure(&d, forged_json).map(|f| f.1), Some(ip("198.51.100.66")));
+        // No peer at all: the header alone is never believed.
+        let header_only = r#"{"event":"login_failed","x_forwarded_for":"192.0.2.1"}"#;
+        assert_eq!(failure(&d, header_only), None);
+    }
+
+    fn envoy(xff: &str, user_agent: &str, peer: Option<&str>) -> String {
+        let mut line = format!(
+            "[2026-11-26T10:00:00.000Z] \"POST /login HTTP/1.1\" 401 - 154 0 12 11 \"{xff}\" \"{user_agent}\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\""
+        );
+        if let Some(peer) = peer {
+            line.push(' ');
+            line.push_str(peer);
+        }
+        line
+    }
+
+    #[test]
+    fn a_line_without_a_peer_never_trusts_its_header_unless_its_source_says_so() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let edge = Scope { namespaces: vec!["edge".into()], ..Scope::default() };
+        let mut d = detector(BruteForceConfig {
+            trusted_proxies: trusted,
+            sources: vec![SourceSettings { scope: edge, formats: None, proxy_appends_peer: true }],
+            raise_at: 1,
+            clear_below: 0,
+            ..BruteForceConfig::default()
+        });
+        let in_edge = |message| LineRef { namespace: Some("edge"), pod: Some("envoy-0"), ..LineRef::plain(message) };
+        let elsewhere = |message| LineRef { namespace: Some("shop"), pod: Some("envoy-0"), ..LineRef::plain(message) };
+        // Envoy's default format: the only address is the header, which the
+        // client wrote when Envoy appends nothing. Never counted, whoever
+        // it names.
+        let forged = envoy("192.0.2.1", "curl/8.0", None);
+        assert_eq!(d.parse(&elsewhere(&forged)), None);
+        assert!(d.observe(&elsewhere(&forged), at(0)).is_none());
+        assert_eq!((d.stats().no_peer, d.stats().failures), (1, 0));
+        // A source whose Envoy appends the peer: the right-most entry is
+        // the peer, the entries left of it are the client's own.
+        let appended = envoy("192.0.2.1, 203.0.113.5", "curl/8.0", None);
+        assert_eq!(d.parse(&in_edge(&appended)).map(|f| f.source), Some(ip("203.0.113.5")));
+        // Behind a trusted proxy, the walk goes on to the first untrusted hop.
+        let behind = envoy("192.0.2.1, 203.0.113.6, 10.0.0.9", "curl/8.0", None);
+        assert_eq!(d.parse(&in_edge(&behind)).map(|f| f.source), Some(ip("203.0.113.6")));
+        // With the peer appended to the line, every source reads it.
+        let with_peer = envoy("192.0.2.1", "curl/8.0", Some("198.51.100.5:51234"));
+        assert_eq!(d.parse(&elsewhere(&with_peer)).map(|f| f.source), Some(ip("198.51.100.5")));
+        // A user agent with quotes in it cannot pass for the peer field:
+        // the line no longer has the format's shape and is not read.
+        let injected = envoy("-", "x\" \"r\" \"a\" \"u\" 192.0.2.9:1 \"y", Some("198.51.100.5:51234"));
+        assert_eq!(d.parse(&elsewhere(&injected)), None);
+        let injected = envoy("-", "x\" \"r\" \"a\" \"u\" 192.0.2.9:1", None);
+        assert_eq!(d.parse(&in_edge(&injected)), None);
+    }
+
+    #[test]
+    fn per_source_formats_replace_the_global_ones() {
+        let only_sshd = Scope { files: vec!["/var/log/auth.log".into()], ..Scope::default() };
+        let d = detector(BruteForceConfig {
+            formats: vec![AuthFormat::Nginx],
+            sources: vec![SourceSettings {
+                scope: only_sshd,
+                formats: Some(vec![AuthFormat::Sshd]),
+                proxy_appends_peer: false,
+            }],
+            ..BruteForceConfig::default()
+        });
+        let sshd = "sshd[1]: Failed password for root from 192.0.2.45 port 22 ssh2";
+        let access = nginx("203.0.113.9", "-", "POST /login", 401, None);
+        let auth_log = |message| LineRef { file: Some("/var/log/auth.log"), ..LineRef::plain(message) };
+        assert_eq!(d.parse(&auth_log(sshd)).map(|f| f.source), Some(ip("192.0.2.45")));
+        assert_eq!(d.parse(&auth_log(&access)), None, "nginx is not read from the auth log");
+        assert_eq!(d.parse(&LineRef::plain(sshd)), None, "sshd is read from the auth log only");
+        assert_eq!(d.parse(&LineRef::plain(&access)).map(|f| f.source), Some(ip("203.0.113.9")));
     }
 
     #[test]
