@@ -10,7 +10,10 @@ pub mod bruteforce;
 pub mod classify;
 pub mod cri;
 pub mod net;
+pub mod rules;
 pub mod scope;
+pub mod sshd;
+pub mod syslog;
 pub mod window;
 
 use std::fmt;
