@@ -445,7 +445,13 @@ enum Reject {
 #[derive(Debug)]
 pub struct BruteForceDetector {
     config: BruteForceConfig,
+    /// Whether a line holds any literal. Leftmost-first semantics let the
+    /// crate use its vectorised (Teddy) search, several times faster on
+    /// lines that hold none than the overlapping automaton below.
     prefilter: AhoCorasick,
+    /// Every literal a candidate holds, overlapping ones included, for the
+    /// readers to try.
+    literals: AhoCorasick,
     /// The group bit of each prefilter pattern.
     groups: Vec<u64>,
     access: RegexSet,
@@ -501,7 +507,11 @@ impl BruteForceDetector {
                 add(l, 1 << (FIRST_RULE_BIT + i));
             }
         }
-        let prefilter = AhoCorasick::new(&literals).map_err(|e| InvalidLogConfig::new("rules", e))?;
+        let prefilter = AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+            .build(&literals)
+            .map_err(|e| InvalidLogConfig::new("rules", e))?;
+        let literals = AhoCorasick::new(&literals).map_err(|e| InvalidLogConfig::new("rules", e))?;
         let access_rules: Vec<(AuthFormat, Regex)> = [(AuthFormat::Nginx, NGINX), (AuthFormat::Envoy, ENVOY)]
             .into_iter()
             .map(|(f, p)| Regex::new(p).map(|re| (f, re)))
@@ -512,6 +522,7 @@ impl BruteForceDetector {
             width: bucket_width(config.window),
             config,
             prefilter,
+            literals,
             groups,
             access,
             access_rules,
@@ -546,12 +557,14 @@ impl BruteForceDetector {
 
     fn parse_inner(&self, line: &LineRef<'_>) -> Result<AuthFailure, Reject> {
         let message = line.message;
-        let mut mask = 0u64;
-        for m in self.prefilter.find_overlapping_iter(message) {
-            mask |= self.groups[m.pattern().as_usize()];
-        }
-        if mask == 0 {
+        // Most lines contain none of the literals: one unanchored search
+        // rejects them; only candidates pay for collecting every match.
+        if !self.prefilter.is_match(message) {
             return Err(Reject::NotCandidate);
+        }
+        let mut mask = 0u64;
+        for m in self.literals.find_overlapping_iter(message) {
+            mask |= self.groups[m.pattern().as_usize()];
         }
         let settings = self.config.sources.iter().find(|s| s.scope.matches(line));
         for (i, rule) in self.rules.iter().enumerate() {

@@ -105,7 +105,7 @@ pub const LITERALS: &[&str] = &[
     "LOGIN REFUSED",
     "refused connect from ",
     "PAM: ",
-    "(sshd:auth): authentication failure",
+    "): authentication failure;",
     "maximum authentication attempts",
     "Change of username",
     "Auth fail",
