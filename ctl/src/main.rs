@@ -9,6 +9,7 @@ mod engine;
 mod incidents;
 mod output;
 mod reports;
+mod rules;
 mod runbooks;
 mod views;
 mod who;
@@ -24,6 +25,7 @@ use crate::client::Ctx;
 use crate::engine::{ApprovalCommand, ApprovalsArgs, BreakerCommand, RunArgs};
 use crate::incidents::Verb;
 use crate::output::Format;
+use crate::rules::RulesCommand;
 use crate::runbooks::RunbookCommand;
 
 #[derive(Debug, Parser)]
@@ -104,6 +106,12 @@ enum Command {
     Runbooks {
         #[command(subcommand)]
         command: RunbookCommand,
+    },
+    /// The agent's failed-login rules, tested offline against sample lines.
+    #[command(alias = "rule")]
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
     },
     /// Runs a runbook now: opens an incident for it and starts its run.
     Run(RunArgs),
@@ -197,6 +205,10 @@ fn main() -> ExitCode {
         let usage = command.find_subcommand_mut(name).map(|c| c.error(ErrorKind::ValueValidation, &problem));
         usage.unwrap_or_else(|| Cli::command().error(ErrorKind::ValueValidation, &problem)).exit();
     }
+    // Offline and pure: no runtime, no coordinator; exit 64 on a bad file.
+    if let Command::Rules { command: RulesCommand::Test(args) } = &cli.command {
+        return rules::test(args, cli.output);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -241,7 +253,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve { id, reason } => incidents::command(ctx, Verb::Resolve, &id, reason).await,
         Command::Runbooks { command: RunbookCommand::List } => runbooks::list(ctx).await,
         Command::Runbooks { command: RunbookCommand::Show { id } } => runbooks::show(ctx, id).await,
-        Command::Runbooks { command: RunbookCommand::Validate { .. } } | Command::Pki { .. } => {
+        Command::Runbooks { command: RunbookCommand::Validate { .. } }
+        | Command::Pki { .. }
+        | Command::Rules { .. } => {
             unreachable!("handled before connecting")
         }
         Command::Audit { after, limit } => audit(ctx, after, limit).await,

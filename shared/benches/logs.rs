@@ -256,6 +256,7 @@ fn classification(path: &Path, bytes: u64) -> Result<()> {
             namespace: Some("saas-idp-production"),
             pod: Some("saas-idp-api-7d9f8b6c5d-x2k7p"),
             container: Some("api"),
+            file: None,
             timestamp: None,
             message,
         };

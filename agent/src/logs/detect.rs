@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::LogMetrics;
-use super::{LineSink, LogLine};
+use super::{LineSink, LogLine, SourceKind};
 use crate::clock::now;
 use crate::infrastructure::OwnInfrastructure;
 use crate::outbox::Outbox;
@@ -270,6 +270,7 @@ impl LineSink for DetectorSink {
             namespace: line.source.namespace.as_deref(),
             pod: line.source.pod.as_deref(),
             container: line.source.container.as_deref(),
+            file: (line.source.kind == SourceKind::Plain).then(|| line.source.path.to_str()).flatten(),
             timestamp: line.timestamp,
             message: &line.message,
         };
@@ -294,7 +295,7 @@ mod tests {
     use remedy_shared::finding::{FindingKind, FindingState};
 
     use super::*;
-    use crate::logs::{LogSource, SourceKind};
+    use crate::logs::LogSource;
 
     fn line(source: &Arc<LogSource>, message: &str) -> LogLine {
         LogLine { source: source.clone(), timestamp: None, stream: None, message: message.to_owned(), cut: false }

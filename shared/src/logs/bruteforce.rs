@@ -1,22 +1,32 @@
 //! Failed logins per source address (SEC-001).
 //!
-//! One Aho-Corasick scan for the literals every failure line carries
-//! (`" 401 `, `Failed `, the JSON failure events) rejects the rest; a
-//! `RegexSet` picks the format of a candidate, and only that format's regex
-//! runs with captures.
+//! One Aho-Corasick scan for literals that every failure line carries
+//! (`" 401 `, `Failed `, `Invalid user `, the JSON failure events, each
+//! rule's own text) rejects most lines and says which readers may want a
+//! candidate; only those read it. Rules users add (`rules`, see
+//! [`super::rules`]) come first, then the built-in formats: sshd and PAM
+//! messages in any syslog envelope ([`super::sshd`], [`super::syslog`]),
+//! the nginx and Envoy access logs (a `RegexSet` picks the format, that
+//! format's regex captures), JSON application logs. Every reader takes the
+//! address from where the server writes it, and a client's forwarding
+//! header only from a trusted proxy ([`super::net::client_addr`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use aho_corasick::AhoCorasick;
-use regex::{Captures, Regex, RegexSet};
+use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::net::{Cidr, any_contains, client_addr, parse_addr};
+use super::rules::{self, Read, Rule, RuleSpec};
+use super::sshd::{self, Shape, Sshd};
+use super::syslog;
 use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
-use super::{InvalidLogConfig, LineRef};
+use super::{InvalidLogConfig, LineRef, Scope};
 use crate::config::{duration, format_duration};
 use crate::finding::{Finding, FindingKind, FindingState, Severity};
 use crate::text::{Unit, truncate};
@@ -29,10 +39,14 @@ pub enum AuthFormat {
     /// nginx `combined` access log, optionally with `"$http_x_forwarded_for"`
     /// appended: 401 and 403 on a login path.
     Nginx,
-    /// Envoy's default access log, optionally with
-    /// `%DOWNSTREAM_REMOTE_ADDRESS%` appended: 401 and 403 on a login path.
+    /// Envoy's default access log, optionally with the peer appended
+    /// (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`): 401 and 403 on a login path.
+    /// Without the peer a line is counted only from a source configured
+    /// with `proxy_appends_peer` (see [`SourceSettings`]).
     Envoy,
-    /// OpenSSH `Failed password for [invalid user] USER from IP port N`.
+    /// OpenSSH's and PAM's authentication failures (see
+    /// [`super::sshd`]), in BSD syslog, RFC 5424, `journalctl -o json` or
+    /// bare.
     Sshd,
     /// One JSON object per line with a failure event (see [`JsonAuthFields`]).
     Json,
@@ -83,6 +97,26 @@ impl Default for JsonAuthFields {
     }
 }
 
+/// Settings for the lines of some sources: which formats they are read
+/// in, and what their forwarding header means.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    /// The sources these settings apply to.
+    #[serde(rename = "match")]
+    pub scope: Scope,
+    /// Formats read from these sources, instead of the detector's
+    /// `formats`.
+    pub formats: Option<Vec<AuthFormat>>,
+    /// The proxy writing these lines appends the peer it saw to
+    /// `X-Forwarded-For` before logging it (Envoy with
+    /// `use_remote_address: true`), so that on a line without a peer field
+    /// the header's right-most entry is the peer. Without this a line that
+    /// carries no peer is never counted: its header may be the client's
+    /// alone, and the client writes any address there.
+    pub proxy_appends_peer: bool,
+}
+
 /// Configuration of the [`BruteForceDetector`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -105,6 +139,16 @@ pub struct BruteForceConfig {
     pub login_paths: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Per-source settings; the first whose `match` selects a line applies.
+    pub sources: Vec<SourceSettings>,
+    /// Rules for other logs, tried in order before the built-in formats;
+    /// the first that reads a line decides it.
+    pub rules: Vec<RuleSpec>,
+    /// Count `Failed publickey` as failures. Off by default: a client
+    /// offers its keys one after the other and sshd logs each refusal,
+    /// so a person with several keys fails a few times before every
+    /// successful login.
+    pub count_publickey: bool,
     /// Addresses never reported.
     pub allow_list: Vec<Cidr>,
     /// The platform's own ranges (nodes, pods, services), never reported.
@@ -137,6 +181,9 @@ impl Default for BruteForceConfig {
             formats: AuthFormat::ALL.to_vec(),
             login_paths: strings(&["/login", "/auth", "/oauth/token", "/api/v1/auth"]),
             trusted_proxies: Vec::new(),
+            sources: Vec::new(),
+            rules: Vec::new(),
+            count_publickey: false,
             allow_list: Vec::new(),
             infrastructure: cidrs(&["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]),
             json: JsonAuthFields::default(),
@@ -149,23 +196,24 @@ impl Default for BruteForceConfig {
     }
 }
 
-// Status 401 or 403 only: successful logins (2xx, 3xx) never match.
-const NGINX: &str = r#"^(?P<peer>[0-9A-Fa-f.:]+) \S+ (?P<user>\S+) \[[^\]]*\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ "[^"]*" "[^"]*"(?: "(?P<xff>[^"]*)")?"#;
-const ENVOY: &str = r#"^\[[^\]]+\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ \S+ \S+ \S+ \S+ "(?P<xff>[^"]*)" "[^"]*" "[^"]*" "[^"]*" "[^"]*"(?: (?P<peer>\S+))?"#;
-const SSHD: &str = r"Failed (?:password|publickey|keyboard-interactive/pam) for (?:invalid user )?(?P<user>\S*) from (?P<peer>[0-9A-Fa-f.:]+) port [0-9]+";
+// Status 401 or 403 only: successful logins (2xx, 3xx) never match. Both
+// access-log patterns describe the whole line, start to end: nginx writes a
+// `"` inside a field as `\x22`, so the quoted fields can be counted, and
+// extra unquoted fields may follow. Envoy writes headers as they came, so a
+// client can put quotes into its user agent and shift the fields after it;
+// a line with more quotes than the format has does not match at all, and
+// the peer is read from the end of the line, after the last quote, where
+// only Envoy writes.
+const NGINX: &str = r#"^(?P<peer>[0-9A-Fa-f.:]+) \S+ (?P<user>\S+) \[[^\]]*\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ "[^"]*" "[^"]*"(?: "(?P<xff>[^"]*)")?(?: [^"]*)?$"#;
+const ENVOY: &str = r#"^\[[^\]]+\] "[A-Z]+ (?P<path>[^ "]+)[^"]*" (?P<status>40[13]) \S+ \S+ \S+ \S+ \S+ "(?P<xff>[^"]*)" "[^"]*" "[^"]*" "[^"]*" "[^"]*"(?: (?P<peer>\S+))?$"#;
 
-fn prefilter_literals(format: AuthFormat, json: &JsonAuthFields) -> Vec<String> {
-    match format {
-        AuthFormat::Nginx | AuthFormat::Envoy => strings(&["\" 401 ", "\" 403 "]),
-        AuthFormat::Sshd => strings(&["Failed "]),
-        AuthFormat::Json => json.failure_events.iter().map(|e| format!("\"{e}\"")).collect(),
-    }
-}
-
-fn json_regex(json: &JsonAuthFields) -> String {
-    let events = json.failure_events.iter().map(|e| regex::escape(e)).collect::<Vec<_>>().join("|");
-    format!(r#""{}"\s*:\s*"(?:{events})""#, regex::escape(&json.event_field))
-}
+/// Most rules in `rules`: each has a bit in the prefilter's mask.
+const MAX_RULES: usize = 60;
+/// Prefilter groups: the built-in formats, then one per rule.
+const HTTP: u64 = 1;
+const SSHD: u64 = 1 << 1;
+const JSON: u64 = 1 << 2;
+const FIRST_RULE_BIT: usize = 3;
 
 impl BruteForceConfig {
     /// Checks the configuration; the error names the first bad field.
@@ -182,8 +230,34 @@ impl BruteForceConfig {
         if self.refresh_every.is_zero() {
             return Err(InvalidLogConfig::new("refresh_every", "must be more than 0s"));
         }
-        if self.formats.is_empty() {
-            return Err(InvalidLogConfig::new("formats", "must name at least one of nginx, envoy, sshd, json"));
+        if self.formats.is_empty()
+            && self.rules.is_empty()
+            && self.sources.iter().all(|s| s.formats.as_ref().is_none_or(Vec::is_empty))
+        {
+            return Err(InvalidLogConfig::new(
+                "formats",
+                "must name at least one of nginx, envoy, sshd, json, or rules",
+            ));
+        }
+        if self.rules.len() > MAX_RULES {
+            return Err(InvalidLogConfig::new("rules", format!("at most {MAX_RULES} rules")));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if self.rules[..i].iter().any(|r| r.name == rule.name) {
+                return Err(InvalidLogConfig::new(
+                    format!("rules[{i}].name"),
+                    format!("`{}` names an earlier rule too", rule.name),
+                ));
+            }
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            source.scope.validate(&format!("sources[{i}].match"))?;
+            if source.scope.is_everything() {
+                return Err(InvalidLogConfig::new(
+                    format!("sources[{i}].match"),
+                    "selects every line: name namespaces, apps, containers or files",
+                ));
+            }
         }
         for (i, p) in self.login_paths.iter().enumerate() {
             if !p.starts_with('/') || p.contains(['?', ' ']) {
@@ -193,12 +267,12 @@ impl BruteForceConfig {
                 ));
             }
         }
-        let uses_http = self.formats.iter().any(|f| matches!(f, AuthFormat::Nginx | AuthFormat::Envoy));
+        let uses_http = self.all_formats().iter().any(|f| matches!(f, AuthFormat::Nginx | AuthFormat::Envoy));
         if uses_http && self.login_paths.is_empty() {
             return Err(InvalidLogConfig::new("login_paths", "must name at least one path for nginx or envoy"));
         }
         let json = &self.json;
-        if self.formats.contains(&AuthFormat::Json) {
+        if self.all_formats().contains(&AuthFormat::Json) {
             if json.event_field.is_empty() {
                 return Err(InvalidLogConfig::new("json.event_field", "must not be empty"));
             }
@@ -223,6 +297,49 @@ impl BruteForceConfig {
         }
         Ok(())
     }
+
+    /// Every format read from some source, sorted.
+    fn all_formats(&self) -> Vec<AuthFormat> {
+        let mut all = self.formats.clone();
+        for s in &self.sources {
+            all.extend(s.formats.iter().flatten());
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// An agent configuration file, for the one section rules are tested with
+/// (its other sections are the agent's to check).
+#[derive(Debug, Deserialize)]
+struct AgentFile<T> {
+    #[serde(default)]
+    logs: Option<AgentLogs<T>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AgentLogs<T> {
+    #[serde(default)]
+    brute_force: Option<T>,
+}
+
+/// The detector's configuration from a file that is either the agent's
+/// whole configuration (its `logs.brute_force`) or that section alone, as
+/// `remedyctl rules test` reads it. Errors name the field as the agent
+/// would.
+pub fn config_from_file(source: &str, text: &str) -> Result<BruteForceConfig, crate::config::ConfigError> {
+    use crate::config::parse_yaml;
+    let peek: Result<AgentFile<serde::de::IgnoredAny>, _> = parse_yaml(source, text);
+    let (config, prefix) = match peek {
+        Ok(AgentFile { logs: Some(_) }) => {
+            let file: AgentFile<BruteForceConfig> = parse_yaml(source, text)?;
+            (file.logs.and_then(|l| l.brute_force).unwrap_or_default(), "logs.brute_force")
+        }
+        _ => (parse_yaml::<BruteForceConfig>(source, text)?, ""),
+    };
+    BruteForceDetector::new(config.clone()).map_err(|e| e.in_file(source, prefix))?;
+    Ok(config)
 }
 
 /// What the detector has seen, for metrics.
@@ -242,6 +359,17 @@ pub struct BruteForceStats {
     pub ignored: u64,
     /// Failed logins whose source is not a valid address.
     pub invalid_address: u64,
+    /// Failed logins on a line without a peer address from a source not
+    /// configured to believe its forwarding header: never counted.
+    pub no_peer: u64,
+    /// Lines that read two ways with different addresses (a client wrote
+    /// address syntax where it could pass for the daemon's): not counted.
+    pub ambiguous: u64,
+    /// Lines a rule reads that are not failed attempts (a public key
+    /// refused before the next is tried, a `counts: false` rule).
+    pub not_failures: u64,
+    /// sshd's line of an attempt PAM's line already counted.
+    pub same_attempt: u64,
     /// Addresses currently tracked.
     pub tracked: usize,
     /// Addresses dropped to stay within `max_ips`.
@@ -257,7 +385,7 @@ struct IpState {
     counts: WindowCounter,
     users: BTreeSet<String>,
     users_dropped: u64,
-    formats: BTreeSet<AuthFormat>,
+    rules: BTreeSet<String>,
     samples: VecDeque<String>,
     last_source: Option<String>,
     raised: Hysteresis,
@@ -267,65 +395,140 @@ struct IpState {
 /// A failed login read from a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFailure {
-    /// The format it was read from.
-    pub format: AuthFormat,
+    /// The rule that read it: a built-in format (`nginx`, `envoy`, `sshd`,
+    /// `json`) or a rule's name.
+    pub rule: String,
     /// The client, after `X-Forwarded-For` from trusted proxies.
     pub source: IpAddr,
     /// The account, when the line names one.
     pub user: Option<String>,
+    /// sshd's connection (source and process) and whether PAM wrote the
+    /// line, for counting one attempt once.
+    attempt: Option<(u64, bool)>,
+}
+
+/// What the detector made of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Counted against `source`.
+    Counted {
+        /// The rule that read it.
+        rule: String,
+        /// The address.
+        source: IpAddr,
+        /// The account.
+        user: Option<String>,
+    },
+    /// Read by a rule, and not counted, with the reason.
+    NotCounted {
+        /// The rule that read it.
+        rule: String,
+        /// Why it does not count.
+        reason: String,
+    },
+    /// No rule reads it.
+    NotRead,
 }
 
 /// Why a line is not counted against an address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reject {
     NotCandidate,
     Ignored,
-    InvalidAddress,
+    InvalidAddress(String, String),
+    NoPeer(String),
+    Ambiguous(String),
+    NotFailure(String, String),
 }
 
 /// Counts failed logins per source address and raises `brute_force`.
 #[derive(Debug)]
 pub struct BruteForceDetector {
     config: BruteForceConfig,
+    /// Whether a line holds any literal. Leftmost-first semantics let the
+    /// crate use its vectorised (Teddy) search, several times faster on
+    /// lines that hold none than the overlapping automaton below.
     prefilter: AhoCorasick,
-    set: RegexSet,
-    /// The format of each pattern of `set`, and its regex.
-    rules: Vec<(AuthFormat, Regex)>,
+    /// Every literal a candidate holds, overlapping ones included, for the
+    /// readers to try.
+    literals: AhoCorasick,
+    /// The group bit of each prefilter pattern.
+    groups: Vec<u64>,
+    access: RegexSet,
+    /// The formats of `access`, and their regexes.
+    access_rules: Vec<(AuthFormat, Regex)>,
+    rules: Vec<Rule>,
     width: i64,
     ips: HashMap<IpAddr, IpState>,
+    /// sshd connections whose current attempt PAM already reported, with
+    /// the address and when.
+    attempts: HashMap<u64, (IpAddr, Timestamp)>,
     stats: BruteForceStats,
 }
+
+/// Most sshd connections remembered for pairing PAM's line with sshd's.
+const MAX_ATTEMPTS: usize = 4096;
+/// How long PAM's line waits for sshd's line of the same attempt.
+const ATTEMPT_PAIRING_MS: i64 = 60_000;
 
 impl BruteForceDetector {
     /// A detector for `config`, or the first field that is wrong.
     pub fn new(config: BruteForceConfig) -> Result<Self, InvalidLogConfig> {
         config.validate()?;
-        let mut formats: Vec<AuthFormat> = config.formats.clone();
-        formats.sort();
-        formats.dedup();
-        let mut literals = Vec::new();
-        let mut rules = Vec::new();
-        for f in formats {
-            literals.extend(prefilter_literals(f, &config.json));
-            let pattern = match f {
-                AuthFormat::Nginx => NGINX.to_owned(),
-                AuthFormat::Envoy => ENVOY.to_owned(),
-                AuthFormat::Sshd => SSHD.to_owned(),
-                AuthFormat::Json => json_regex(&config.json),
-            };
-            let re = Regex::new(&pattern).map_err(|e| InvalidLogConfig::new("json", e))?;
-            rules.push((f, re));
+        let rules = config
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Rule::new(spec.clone(), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let formats = config.all_formats();
+        let mut literals: Vec<String> = Vec::new();
+        let mut groups = Vec::new();
+        let mut add = |text: &str, group: u64| {
+            literals.push(text.to_owned());
+            groups.push(group);
+        };
+        if formats.iter().any(|f| matches!(f, AuthFormat::Nginx | AuthFormat::Envoy)) {
+            add("\" 401 ", HTTP);
+            add("\" 403 ", HTTP);
         }
-        let prefilter = AhoCorasick::new(&literals).map_err(|e| InvalidLogConfig::new("json.failure_events", e))?;
-        let set =
-            RegexSet::new(rules.iter().map(|(_, re)| re.as_str())).map_err(|e| InvalidLogConfig::new("json", e))?;
+        if formats.contains(&AuthFormat::Sshd) {
+            for l in sshd::LITERALS {
+                add(l, SSHD);
+            }
+        }
+        if formats.contains(&AuthFormat::Json) {
+            for e in &config.json.failure_events {
+                add(&format!("\"{e}\""), JSON);
+            }
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            for l in &rule.literals {
+                add(l, 1 << (FIRST_RULE_BIT + i));
+            }
+        }
+        let prefilter = AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+            .build(&literals)
+            .map_err(|e| InvalidLogConfig::new("rules", e))?;
+        let literals = AhoCorasick::new(&literals).map_err(|e| InvalidLogConfig::new("rules", e))?;
+        let access_rules: Vec<(AuthFormat, Regex)> = [(AuthFormat::Nginx, NGINX), (AuthFormat::Envoy, ENVOY)]
+            .into_iter()
+            .map(|(f, p)| Regex::new(p).map(|re| (f, re)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| InvalidLogConfig::new("formats", e))?;
+        let access = RegexSet::new([NGINX, ENVOY]).map_err(|e| InvalidLogConfig::new("formats", e))?;
         Ok(BruteForceDetector {
             width: bucket_width(config.window),
             config,
             prefilter,
-            set,
+            literals,
+            groups,
+            access,
+            access_rules,
             rules,
             ips: HashMap::new(),
+            attempts: HashMap::new(),
             stats: BruteForceStats::default(),
         })
     }
@@ -345,22 +548,103 @@ impl BruteForceDetector {
         out
     }
 
-    /// The failed login a message records, if it records one, with its
-    /// source resolved; allow-lists are not applied here.
-    pub fn parse(&self, message: &str) -> Option<AuthFailure> {
-        self.parse_inner(message).ok()
+    /// The failed login a line records, if it records one, with its
+    /// source resolved; allow-lists, and the pairing of PAM's and sshd's
+    /// lines of one attempt, are not applied here.
+    pub fn parse(&self, line: &LineRef<'_>) -> Option<AuthFailure> {
+        self.parse_inner(line).ok()
     }
 
-    fn parse_inner(&self, message: &str) -> Result<AuthFailure, Reject> {
+    fn parse_inner(&self, line: &LineRef<'_>) -> Result<AuthFailure, Reject> {
+        let message = line.message;
+        // Most lines contain none of the literals: one unanchored search
+        // rejects them; only candidates pay for collecting every match.
         if !self.prefilter.is_match(message) {
             return Err(Reject::NotCandidate);
         }
-        let index = self.set.matches(message).iter().next().ok_or(Reject::Ignored)?;
-        let (format, re) = &self.rules[index];
-        let format = *format;
-        if format == AuthFormat::Json {
-            return self.parse_json(message);
+        let mut mask = 0u64;
+        for m in self.literals.find_overlapping_iter(message) {
+            mask |= self.groups[m.pattern().as_usize()];
         }
+        let settings = self.config.sources.iter().find(|s| s.scope.matches(line));
+        for (i, rule) in self.rules.iter().enumerate() {
+            if mask & (1 << (FIRST_RULE_BIT + i)) == 0 || !rule.scope_matches(line) {
+                continue;
+            }
+            let name = rule.name();
+            match rule.read(message) {
+                Read::NotMine => continue,
+                Read::Ambiguous => return Err(Reject::Ambiguous(name.to_owned())),
+                Read::Fields { .. } if !rule.spec.counts => {
+                    return Err(Reject::NotFailure(name.to_owned(), "the rule says counts: false".to_owned()));
+                }
+                Read::Fields { addr, user, forwarded_for } => {
+                    let source = self.client(name, addr.as_deref(), forwarded_for.as_deref(), settings)?;
+                    let user = user.filter(|u| !u.is_empty()).map(|u| u.into_owned());
+                    return Ok(AuthFailure { rule: name.to_owned(), source, user, attempt: None });
+                }
+            }
+        }
+        let formats = settings.and_then(|s| s.formats.as_deref()).unwrap_or(&self.config.formats);
+        if mask & SSHD != 0 && formats.contains(&AuthFormat::Sshd) {
+            match self.parse_sshd(line) {
+                Err(Reject::Ignored) => {}
+                other => return other,
+            }
+        }
+        if mask & HTTP != 0 {
+            match self.parse_access(message, formats, settings) {
+                Err(Reject::Ignored) => {}
+                other => return other,
+            }
+        }
+        if mask & JSON != 0 && formats.contains(&AuthFormat::Json) {
+            return self.parse_json(message, settings);
+        }
+        Err(Reject::Ignored)
+    }
+
+    fn parse_sshd(&self, line: &LineRef<'_>) -> Result<AuthFailure, Reject> {
+        let rule = || AuthFormat::Sshd.as_str().to_owned();
+        let envelope = syslog::open(line.message);
+        if envelope.program.as_deref().is_some_and(|p| !sshd::is_sshd(p)) {
+            return Err(Reject::Ignored);
+        }
+        let (addr, user, shape) = match sshd::read(&envelope.message) {
+            None => return Err(Reject::Ignored),
+            Some(Sshd::Ambiguous) => return Err(Reject::Ambiguous(rule())),
+            Some(Sshd::NotFailure(why)) => return Err(Reject::NotFailure(rule(), why.to_owned())),
+            Some(Sshd::Failure { addr, user, shape }) => (addr, user, shape),
+        };
+        if shape == Shape::FailedPublickey && !self.config.count_publickey {
+            return Err(Reject::NotFailure(
+                rule(),
+                "a public key refused before another is tried (count_publickey: false)".to_owned(),
+            ));
+        }
+        let source = sshd::address(addr).ok_or_else(|| Reject::InvalidAddress(rule(), addr.to_owned()))?;
+        let attempt = envelope.pid.filter(|_| shape.is_pam() || shape == Shape::Failed).map(|pid| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (line.namespace, line.pod, line.container, line.file, envelope.program.as_deref(), pid).hash(&mut h);
+            (h.finish(), shape.is_pam())
+        });
+        let user = user.filter(|u| !u.is_empty()).map(str::to_owned);
+        Ok(AuthFailure { rule: rule(), source, user, attempt })
+    }
+
+    fn parse_access(
+        &self,
+        message: &str,
+        formats: &[AuthFormat],
+        settings: Option<&SourceSettings>,
+    ) -> Result<AuthFailure, Reject> {
+        let index = self
+            .access
+            .matches(message)
+            .iter()
+            .find(|i| formats.contains(&self.access_rules[*i].0))
+            .ok_or(Reject::Ignored)?;
+        let (format, re) = &self.access_rules[index];
         let caps = re.captures(message).ok_or(Reject::Ignored)?;
         let text = |name: &str| caps.name(name).map(|m| m.as_str());
         if let Some(path) = text("path")
@@ -368,33 +652,56 @@ impl BruteForceDetector {
         {
             return Err(Reject::Ignored);
         }
-        let source = match format {
-            AuthFormat::Envoy => envoy_source(&caps, &self.config.trusted_proxies),
-            _ => {
-                let peer = text("peer").and_then(parse_addr).ok_or(Reject::InvalidAddress)?;
-                client_addr(peer, text("xff"), &self.config.trusted_proxies)
-            }
-        }
-        .ok_or(Reject::InvalidAddress)?;
+        let source = self.client(format.as_str(), text("peer"), text("xff"), settings)?;
         let user = text("user").filter(|u| *u != "-" && !u.is_empty()).map(str::to_owned);
-        Ok(AuthFailure { format, source, user })
+        Ok(AuthFailure { rule: format.as_str().to_owned(), source, user, attempt: None })
     }
 
-    fn parse_json(&self, message: &str) -> Result<AuthFailure, Reject> {
+    /// The client of a line, from its peer and forwarding header.
+    fn client(
+        &self,
+        rule: &str,
+        peer: Option<&str>,
+        forwarded_for: Option<&str>,
+        settings: Option<&SourceSettings>,
+    ) -> Result<IpAddr, Reject> {
+        let trusted = &self.config.trusted_proxies;
+        let invalid = |text: &str| Reject::InvalidAddress(rule.to_owned(), text.to_owned());
+        match peer {
+            Some(peer) => {
+                let ip = parse_addr(peer).ok_or_else(|| invalid(peer))?;
+                client_addr(ip, forwarded_for, trusted).ok_or_else(|| invalid(forwarded_for.unwrap_or_default()))
+            }
+            // The right-most entry was written by the proxy itself only when
+            // the source says so; otherwise all of it may be the client's.
+            None if settings.is_some_and(|s| s.proxy_appends_peer) => {
+                let header = forwarded_for
+                    .filter(|x| !x.is_empty() && *x != "-")
+                    .ok_or_else(|| Reject::NoPeer(rule.to_owned()))?;
+                let (rest, last) = header.rsplit_once(',').map_or((None, header), |(r, l)| (Some(r), l));
+                let peer = parse_addr(last).ok_or_else(|| invalid(last))?;
+                client_addr(peer, rest, trusted).ok_or_else(|| invalid(header))
+            }
+            None => Err(Reject::NoPeer(rule.to_owned())),
+        }
+    }
+
+    fn parse_json(&self, message: &str, settings: Option<&SourceSettings>) -> Result<AuthFailure, Reject> {
         let fields = &self.config.json;
-        let object: serde_json::Map<String, Value> =
-            serde_json::from_str(message.trim()).map_err(|_| Reject::Ignored)?;
+        let rule = AuthFormat::Json.as_str();
+        let object = match rules::strict_json(message) {
+            None => return Err(Reject::Ignored),
+            Some(Err(())) => return Err(Reject::Ambiguous(rule.to_owned())),
+            Some(Ok(object)) => object,
+        };
         let event = object.get(&fields.event_field).and_then(Value::as_str).ok_or(Reject::Ignored)?;
         if !fields.failure_events.iter().any(|e| e == event) {
             return Err(Reject::Ignored);
         }
         let first = |names: &[String]| names.iter().find_map(|n| object.get(n).and_then(Value::as_str));
-        let peer = first(&fields.ip_fields).ok_or(Reject::InvalidAddress)?;
-        let peer = parse_addr(peer).ok_or(Reject::InvalidAddress)?;
-        let source = client_addr(peer, first(&fields.forwarded_for_fields), &self.config.trusted_proxies)
-            .ok_or(Reject::InvalidAddress)?;
+        let source = self.client(rule, first(&fields.ip_fields), first(&fields.forwarded_for_fields), settings)?;
         let user = first(&fields.user_fields).filter(|u| !u.is_empty()).map(str::to_owned);
-        Ok(AuthFailure { format: AuthFormat::Json, source, user })
+        Ok(AuthFailure { rule: rule.to_owned(), source, user, attempt: None })
     }
 
     fn is_login_path(&self, path: &str) -> bool {
@@ -407,32 +714,108 @@ impl BruteForceDetector {
 
     /// Whether `ip` is one that is never reported.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.exemption(ip).is_some()
+    }
+
+    fn exemption(&self, ip: IpAddr) -> Option<&'static str> {
         let c = &self.config;
-        any_contains(&c.allow_list, ip) || any_contains(&c.infrastructure, ip) || any_contains(&c.trusted_proxies, ip)
+        if any_contains(&c.allow_list, ip) {
+            Some("allow-listed")
+        } else if any_contains(&c.infrastructure, ip) {
+            Some("the platform's own (infrastructure)")
+        } else if any_contains(&c.trusted_proxies, ip) {
+            Some("a trusted proxy")
+        } else {
+            None
+        }
+    }
+
+    /// Whether `failure` is the second line of one sshd attempt: PAM logs
+    /// a failed password, then sshd logs `Failed password` for the same
+    /// connection. The first line of an attempt counts, the rest do not.
+    fn same_attempt(&mut self, failure: &AuthFailure, now: Timestamp) -> bool {
+        let Some((key, is_pam)) = failure.attempt else { return false };
+        let open = self
+            .attempts
+            .get(&key)
+            .is_some_and(|(ip, at)| *ip == failure.source && now.as_millis() - at.as_millis() <= ATTEMPT_PAIRING_MS);
+        if is_pam {
+            if !open {
+                if self.attempts.len() >= MAX_ATTEMPTS {
+                    // Pairing is best effort: forgetting a connection
+                    // counts its next attempt twice, nothing worse.
+                    let cutoff = now.as_millis() - ATTEMPT_PAIRING_MS;
+                    self.attempts.retain(|_, (_, at)| at.as_millis() >= cutoff);
+                    if self.attempts.len() >= MAX_ATTEMPTS {
+                        self.attempts.clear();
+                    }
+                }
+                self.attempts.insert(key, (failure.source, now));
+            }
+            open
+        } else {
+            // sshd's own line ends the attempt.
+            self.attempts.remove(&key);
+            open
+        }
     }
 
     /// Feeds one line seen at `now`; returns a finding when its source
     /// crosses the threshold or its raised finding is due a refresh.
     pub fn observe(&mut self, line: &LineRef<'_>, now: Timestamp) -> Option<Finding> {
+        self.observe_explained(line, now).1
+    }
+
+    /// [`observe`](Self::observe), also saying what the line counted for
+    /// (what `remedyctl rules test` prints).
+    pub fn observe_explained(&mut self, line: &LineRef<'_>, now: Timestamp) -> (Verdict, Option<Finding>) {
         self.stats.lines += 1;
-        let failure = match self.parse_inner(line.message) {
+        let failure = match self.parse_inner(line) {
             Ok(f) => f,
-            Err(Reject::NotCandidate) => return None,
-            Err(Reject::Ignored) => {
+            Err(reject) => {
+                let not_counted = |rule: String, reason: String| Verdict::NotCounted { rule, reason };
+                let verdict = match reject {
+                    Reject::NotCandidate => return (Verdict::NotRead, None),
+                    Reject::Ignored => {
+                        self.stats.ignored += 1;
+                        Verdict::NotRead
+                    }
+                    Reject::InvalidAddress(rule, text) => {
+                        self.stats.invalid_address += 1;
+                        not_counted(rule, format!("`{}` is not an address", truncate(&text, 64, Unit::Chars)))
+                    }
+                    Reject::NoPeer(rule) => {
+                        self.stats.no_peer += 1;
+                        not_counted(
+                            rule,
+                            "the line has no peer address, and its source does not say its proxy appends the \
+                             peer to X-Forwarded-For (proxy_appends_peer)"
+                                .to_owned(),
+                        )
+                    }
+                    Reject::Ambiguous(rule) => {
+                        self.stats.ambiguous += 1;
+                        not_counted(rule, "the line reads two ways, naming different addresses".to_owned())
+                    }
+                    Reject::NotFailure(rule, why) => {
+                        self.stats.not_failures += 1;
+                        not_counted(rule, why)
+                    }
+                };
                 self.stats.candidates += 1;
-                self.stats.ignored += 1;
-                return None;
-            }
-            Err(Reject::InvalidAddress) => {
-                self.stats.candidates += 1;
-                self.stats.invalid_address += 1;
-                return None;
+                return (verdict, None);
             }
         };
         self.stats.candidates += 1;
-        if self.is_exempt(failure.source) {
+        if let Some(why) = self.exemption(failure.source) {
             self.stats.suppressed += 1;
-            return None;
+            let reason = format!("{} is {why}", failure.source);
+            return (Verdict::NotCounted { rule: failure.rule, reason }, None);
+        }
+        if self.same_attempt(&failure, now) {
+            self.stats.same_attempt += 1;
+            let reason = "the same attempt as PAM's line before it, counted there".to_owned();
+            return (Verdict::NotCounted { rule: failure.rule, reason }, None);
         }
         self.stats.failures += 1;
         if !self.ips.contains_key(&failure.source) && self.ips.len() >= self.config.max_ips {
@@ -442,7 +825,7 @@ impl BruteForceDetector {
             counts: WindowCounter::default(),
             users: BTreeSet::new(),
             users_dropped: 0,
-            formats: BTreeSet::new(),
+            rules: BTreeSet::new(),
             samples: VecDeque::new(),
             last_source: None,
             raised: Hysteresis::new(now),
@@ -450,13 +833,15 @@ impl BruteForceDetector {
         });
         state.counts.add(1, now, self.width);
         state.last_update = now;
-        state.formats.insert(failure.format);
-        if let Some(user) = failure.user {
+        if !state.rules.contains(&failure.rule) && state.rules.len() < 8 {
+            state.rules.insert(failure.rule.clone());
+        }
+        if let Some(user) = &failure.user {
             // The list travels comma-separated (the runbook scopes session
             // deletion to it): names that could split or smuggle are dropped.
             let usable = user.len() <= 64 && !user.contains(',') && !user.chars().any(char::is_control);
-            if usable && (state.users.contains(&user) || state.users.len() < self.config.max_users) {
-                state.users.insert(user);
+            if usable && (state.users.contains(user) || state.users.len() < self.config.max_users) {
+                state.users.insert(user.clone());
             } else {
                 state.users_dropped += 1;
             }
@@ -470,7 +855,8 @@ impl BruteForceDetector {
             }
             state.samples.push_back(truncate(line.message, self.config.max_sample_len, Unit::Bytes).into_owned());
         }
-        judge(&self.config, self.width, &mut self.stats, failure.source, state, now)
+        let verdict = Verdict::Counted { rule: failure.rule, source: failure.source, user: failure.user };
+        (verdict, judge(&self.config, self.width, &mut self.stats, failure.source, state, now))
     }
 
     /// Re-judges every address at `now` (windows slide without lines):
@@ -493,21 +879,6 @@ impl BruteForceDetector {
         if let Some(ip) = oldest {
             self.ips.remove(&ip);
             self.stats.evicted += 1;
-        }
-    }
-}
-
-/// Envoy's default format has no peer field: with `use_remote_address`,
-/// Envoy appends the peer it saw to `X-Forwarded-For`, so the right-most
-/// entry is the peer unless `%DOWNSTREAM_REMOTE_ADDRESS%` was appended.
-fn envoy_source(caps: &Captures<'_>, trusted: &[Cidr]) -> Option<IpAddr> {
-    let xff = caps.name("xff").map(|m| m.as_str()).filter(|x| !x.is_empty() && *x != "-");
-    match caps.name("peer") {
-        Some(peer) => client_addr(parse_addr(peer.as_str())?, xff, trusted),
-        None => {
-            let xff = xff?;
-            let (rest, last) = xff.rsplit_once(',').map_or((None, xff), |(r, l)| (Some(r), l));
-            client_addr(parse_addr(last)?, rest, trusted)
         }
     }
 }
@@ -544,7 +915,7 @@ fn judge(
         ("clear_below".to_owned(), config.clear_below.to_string()),
         ("users".to_owned(), users.clone()),
         ("users_dropped".to_owned(), state.users_dropped.to_string()),
-        ("formats".to_owned(), state.formats.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")),
+        ("rules".to_owned(), state.rules.iter().cloned().collect::<Vec<_>>().join(",")),
     ]);
     if let Some(source) = &state.last_source {
         evidence.insert("last_pod".to_owned(), source.clone());
@@ -602,33 +973,39 @@ mod tests {
         line
     }
 
-    fn failure(d: &BruteForceDetector, message: &str) -> Option<(AuthFormat, IpAddr, Option<String>)> {
-        d.parse(message).map(|f| (f.format, f.source, f.user))
+    fn failure(d: &BruteForceDetector, message: &str) -> Option<(String, IpAddr, Option<String>)> {
+        d.parse(&LineRef::plain(message)).map(|f| (f.rule, f.source, f.user))
     }
 
     #[test]
     fn each_format_is_parsed() {
         let d = detector(BruteForceConfig::default());
         let nginx_line = nginx("203.0.113.9", "alice", "POST /login", 401, None);
-        assert_eq!(failure(&d, &nginx_line), Some((AuthFormat::Nginx, ip("203.0.113.9"), Some("alice".into()))));
+        assert_eq!(failure(&d, &nginx_line), Some(("nginx".to_owned(), ip("203.0.113.9"), Some("alice".into()))));
         let nginx_query = nginx("203.0.113.9", "-", "POST /api/v1/auth/token?x=1", 403, Some("-"));
-        assert_eq!(failure(&d, &nginx_query), Some((AuthFormat::Nginx, ip("203.0.113.9"), None)));
+        assert_eq!(failure(&d, &nginx_query), Some(("nginx".to_owned(), ip("203.0.113.9"), None)));
+        // ingress-nginx's format: unquoted fields after the user agent.
+        let ingress = nginx("203.0.113.9", "-", "POST /login", 401, None)
+            + " 512 0.003 [default-api-80] [] 10.244.1.5:8080 153 0.003 401 4f2c9a";
+        assert_eq!(failure(&d, &ingress), Some(("nginx".to_owned(), ip("203.0.113.9"), None)));
 
+        // Envoy's default format has no peer: never counted unless the
+        // source is configured (see the forwarded-for tests).
         let envoy = "[2026-11-26T10:00:00.000Z] \"POST /oauth/token HTTP/1.1\" 401 - 154 0 12 11 \"198.51.100.4\" \"curl/8.0\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\"";
-        assert_eq!(failure(&d, envoy), Some((AuthFormat::Envoy, ip("198.51.100.4"), None)));
+        assert_eq!(failure(&d, envoy), None);
         let envoy_peer = "[2026-11-26T10:00:00.000Z] \"POST /auth HTTP/2\" 403 - 154 0 12 11 \"-\" \"curl/8.0\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\" 198.51.100.5:51234";
-        assert_eq!(failure(&d, envoy_peer), Some((AuthFormat::Envoy, ip("198.51.100.5"), None)));
+        assert_eq!(failure(&d, envoy_peer), Some(("envoy".to_owned(), ip("198.51.100.5"), None)));
 
         let sshd =
             "Nov 26 10:00:00 node-1 sshd[4121]: Failed password for invalid user admin from 192.0.2.44 port 50122 ssh2";
-        assert_eq!(failure(&d, sshd), Some((AuthFormat::Sshd, ip("192.0.2.44"), Some("admin".into()))));
+        assert_eq!(failure(&d, sshd), Some(("sshd".to_owned(), ip("192.0.2.44"), Some("admin".into()))));
         let sshd_root = "sshd[1]: Failed password for root from 192.0.2.45 port 22 ssh2";
-        assert_eq!(failure(&d, sshd_root), Some((AuthFormat::Sshd, ip("192.0.2.45"), Some("root".into()))));
+        assert_eq!(failure(&d, sshd_root), Some(("sshd".to_owned(), ip("192.0.2.45"), Some("root".into()))));
 
         let json = r#"{"ts":"2026-11-26T10:00:00Z","event":"login_failed","ip":"192.0.2.80","user":"bob"}"#;
-        assert_eq!(failure(&d, json), Some((AuthFormat::Json, ip("192.0.2.80"), Some("bob".into()))));
+        assert_eq!(failure(&d, json), Some(("json".to_owned(), ip("192.0.2.80"), Some("bob".into()))));
         let json_spaced = r#"{"event" : "auth_failed", "client_ip": "192.0.2.81", "username": "carol"}"#;
-        assert_eq!(failure(&d, json_spaced), Some((AuthFormat::Json, ip("192.0.2.81"), Some("carol".into()))));
+        assert_eq!(failure(&d, json_spaced), Some(("json".to_owned(), ip("192.0.2.81"), Some("carol".into()))));
 
         // Not failed logins: success, another path, another status, another event.
         assert_eq!(failure(&d, &nginx("203.0.113.9", "alice", "POST /login", 200, None)), None);
@@ -658,7 +1035,7 @@ mod tests {
         assert_eq!(f.labels["ip_family"], "ipv6");
         assert_eq!(f.evidence["failures"], "3");
         assert_eq!(f.evidence["users"], "dave,oracle");
-        assert_eq!(f.evidence["formats"], "nginx,sshd,json");
+        assert_eq!(f.evidence["rules"], "json,nginx,sshd");
         assert_eq!(f.validate(), Ok(()));
     }
 
@@ -672,6 +1049,251 @@ mod tests {
         assert_eq!(failure(&d, &forged).map(|f| f.1), Some(ip("198.51.100.66")));
         let forged_json = r#"{"event":"login_failed","ip":"198.51.100.66","x_forwarded_for":"192.0.2.1"}"#;
         assert_eq!(failure(&d, forged_json).map(|f| f.1), Some(ip("198.51.100.66")));
+        // No peer at all: the header alone is never believed.
+        let header_only = r#"{"event":"login_failed","x_forwarded_for":"192.0.2.1"}"#;
+        assert_eq!(failure(&d, header_only), None);
+    }
+
+    fn envoy(xff: &str, user_agent: &str, peer: Option<&str>) -> String {
+        let mut line = format!(
+            "[2026-11-26T10:00:00.000Z] \"POST /login HTTP/1.1\" 401 - 154 0 12 11 \"{xff}\" \"{user_agent}\" \"c2f1\" \"idp.example.com\" \"10.1.2.3:8080\""
+        );
+        if let Some(peer) = peer {
+            line.push(' ');
+            line.push_str(peer);
+        }
+        line
+    }
+
+    #[test]
+    fn a_line_without_a_peer_never_trusts_its_header_unless_its_source_says_so() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let edge = Scope { namespaces: vec!["edge".into()], ..Scope::default() };
+        let mut d = detector(BruteForceConfig {
+            trusted_proxies: trusted,
+            sources: vec![SourceSettings { scope: edge, formats: None, proxy_appends_peer: true }],
+            raise_at: 1,
+            clear_below: 0,
+            ..BruteForceConfig::default()
+        });
+        let in_edge = |message| LineRef { namespace: Some("edge"), pod: Some("envoy-0"), ..LineRef::plain(message) };
+        let elsewhere = |message| LineRef { namespace: Some("shop"), pod: Some("envoy-0"), ..LineRef::plain(message) };
+        // Envoy's default format: the only address is the header, which the
+        // client wrote when Envoy appends nothing. Never counted, whoever
+        // it names.
+        let forged = envoy("192.0.2.1", "curl/8.0", None);
+        assert_eq!(d.parse(&elsewhere(&forged)), None);
+        assert!(d.observe(&elsewhere(&forged), at(0)).is_none());
+        assert_eq!((d.stats().no_peer, d.stats().failures), (1, 0));
+        // A source whose Envoy appends the peer: the right-most entry is
+        // the peer, the entries left of it are the client's own.
+        let appended = envoy("192.0.2.1, 203.0.113.5", "curl/8.0", None);
+        assert_eq!(d.parse(&in_edge(&appended)).map(|f| f.source), Some(ip("203.0.113.5")));
+        // Behind a trusted proxy, the walk goes on to the first untrusted hop.
+        let behind = envoy("192.0.2.1, 203.0.113.6, 10.0.0.9", "curl/8.0", None);
+        assert_eq!(d.parse(&in_edge(&behind)).map(|f| f.source), Some(ip("203.0.113.6")));
+        // With the peer appended to the line, every source reads it.
+        let with_peer = envoy("192.0.2.1", "curl/8.0", Some("198.51.100.5:51234"));
+        assert_eq!(d.parse(&elsewhere(&with_peer)).map(|f| f.source), Some(ip("198.51.100.5")));
+        // A user agent with quotes in it cannot pass for the peer field:
+        // the line no longer has the format's shape and is not read.
+        let injected = envoy("-", "x\" \"r\" \"a\" \"u\" 192.0.2.9:1 \"y", Some("198.51.100.5:51234"));
+        assert_eq!(d.parse(&elsewhere(&injected)), None);
+        let injected = envoy("-", "x\" \"r\" \"a\" \"u\" 192.0.2.9:1", None);
+        assert_eq!(d.parse(&in_edge(&injected)), None);
+    }
+
+    #[test]
+    fn per_source_formats_replace_the_global_ones() {
+        let only_sshd = Scope { files: vec!["/var/log/auth.log".into()], ..Scope::default() };
+        let d = detector(BruteForceConfig {
+            formats: vec![AuthFormat::Nginx],
+            sources: vec![SourceSettings {
+                scope: only_sshd,
+                formats: Some(vec![AuthFormat::Sshd]),
+                proxy_appends_peer: false,
+            }],
+            ..BruteForceConfig::default()
+        });
+        let sshd = "sshd[1]: Failed password for root from 192.0.2.45 port 22 ssh2";
+        let access = nginx("203.0.113.9", "-", "POST /login", 401, None);
+        let auth_log = |message| LineRef { file: Some("/var/log/auth.log"), ..LineRef::plain(message) };
+        assert_eq!(d.parse(&auth_log(sshd)).map(|f| f.source), Some(ip("192.0.2.45")));
+        assert_eq!(d.parse(&auth_log(&access)), None, "nginx is not read from the auth log");
+        assert_eq!(d.parse(&LineRef::plain(sshd)), None, "sshd is read from the auth log only");
+        assert_eq!(d.parse(&LineRef::plain(&access)).map(|f| f.source), Some(ip("203.0.113.9")));
+    }
+
+    fn verdicts(d: &mut BruteForceDetector, lines: &[&str]) -> Vec<Verdict> {
+        lines.iter().map(|l| d.observe_explained(&LineRef::plain(l), at(0)).0).collect()
+    }
+
+    fn counted(source: &str, rule: &str, user: Option<&str>) -> Verdict {
+        Verdict::Counted { rule: rule.to_owned(), source: ip(source), user: user.map(str::to_owned) }
+    }
+
+    #[test]
+    fn public_keys_tried_before_an_accepted_login_raise_nothing() {
+        let mut d = detector(BruteForceConfig { raise_at: 2, clear_below: 1, ..BruteForceConfig::default() });
+        for i in 0..20 {
+            let pid = 32_000 + i;
+            let lines = [
+                format!(
+                    "Nov 28 09:16:03 srv sshd[{pid}]: Failed publickey for git from 192.0.2.1 port 57904 ssh2: ECDSA SHA256:0eff"
+                ),
+                format!(
+                    "Nov 28 09:16:03 srv sshd[{pid}]: Failed publickey for git from 192.0.2.1 port 57904 ssh2: RSA SHA256:04bc"
+                ),
+                format!(
+                    "Nov 28 09:16:03 srv sshd[{pid}]: Postponed publickey for git from 192.0.2.1 port 57904 ssh2 [preauth]"
+                ),
+                format!(
+                    "Nov 28 09:16:03 srv sshd[{pid}]: Accepted publickey for git from 192.0.2.1 port 57904 ssh2: ED25519 SHA256:3648"
+                ),
+            ];
+            for l in &lines {
+                assert!(d.observe(&LineRef::plain(l), at(i as i64)).is_none(), "{l}");
+            }
+        }
+        assert_eq!((d.stats().failures, d.stats().not_failures, d.stats().tracked), (0, 40, 0));
+        // Counted when asked to.
+        let mut d = detector(BruteForceConfig { count_publickey: true, ..BruteForceConfig::default() });
+        let l = "Failed publickey for git from 192.0.2.1 port 57904 ssh2: RSA SHA256:04bc";
+        assert_eq!(verdicts(&mut d, &[l]), vec![counted("192.0.2.1", "sshd", Some("git"))]);
+    }
+
+    #[test]
+    fn pam_and_sshd_lines_of_one_attempt_count_once() {
+        let mut d = detector(BruteForceConfig::default());
+        let pam = "Mar  7 18:53:22 bar sshd[1558]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=192.0.2.114  user=root";
+        let sshd = "Mar  7 18:53:24 bar sshd[1558]: Failed password for root from 192.0.2.114 port 52100 ssh2";
+        let got = verdicts(&mut d, &[pam, sshd, pam, sshd, sshd]);
+        assert_eq!(got[0], counted("192.0.2.114", "sshd", Some("root")));
+        assert!(matches!(&got[1], Verdict::NotCounted { reason, .. } if reason.contains("same attempt")), "{got:?}");
+        assert_eq!(got[2], counted("192.0.2.114", "sshd", Some("root")), "a new attempt");
+        assert!(matches!(&got[3], Verdict::NotCounted { .. }));
+        assert_eq!(got[4], counted("192.0.2.114", "sshd", Some("root")), "sshd alone, PAM silent");
+        // Another connection (process) is another attempt.
+        let other = "Mar  7 18:53:24 bar sshd[1559]: Failed password for root from 192.0.2.114 port 52101 ssh2";
+        assert_eq!(verdicts(&mut d, &[pam, other])[1], counted("192.0.2.114", "sshd", Some("root")));
+        assert_eq!(d.stats().same_attempt, 2);
+    }
+
+    #[test]
+    fn every_envelope_of_an_sshd_line_is_read_and_other_programs_are_not() {
+        let d = detector(BruteForceConfig::default());
+        let msg = "Failed password for invalid user admin from 2001:db8::7 port 50122 ssh2";
+        for line in [
+            format!("Nov 26 10:00:00 node-1 sshd[4121]: {msg}"),
+            format!("<38>1 2026-11-26T10:00:00Z node-1 sshd 4121 - - {msg}"),
+            format!(r#"{{"SYSLOG_IDENTIFIER":"sshd","_PID":"4121","MESSAGE":"{msg}"}}"#),
+            format!("2026-11-26T10:00:00+00:00 node-1 sshd-session[4121]: {msg} [preauth]"),
+            msg.to_owned(),
+        ] {
+            assert_eq!(
+                failure(&d, &line),
+                Some(("sshd".to_owned(), ip("2001:db8::7"), Some("admin".into()))),
+                "{line}"
+            );
+        }
+        let mapped = "sshd[1]: Failed password for root from ::ffff:192.0.2.9 port 22 ssh2";
+        assert_eq!(failure(&d, mapped).map(|f| f.1), Some(ip("192.0.2.9")), "IPv4-mapped addresses are IPv4");
+        assert_eq!(failure(&d, &format!("Nov 26 10:00:00 node-1 myapp[7]: {msg}")), None, "not sshd's");
+        // A host name (UseDNS) is never resolved, nor counted.
+        let mut d = detector(BruteForceConfig::default());
+        let named = "sshd[1]: error: PAM: Authentication failure for stefanor from example.com";
+        assert!(
+            matches!(&verdicts(&mut d, &[named])[0], Verdict::NotCounted { reason, .. } if reason.contains("example.com"))
+        );
+    }
+
+    #[test]
+    fn rules_read_their_own_workloads_in_order_and_can_exempt_lines() {
+        let specs = "rules:\n\
+            \x20 - {name: health-checks, match: {apps: [auth-service]}, logfmt: {when: {user: [healthcheck]}, addr: ip}, counts: false}\n\
+            \x20 - {name: auth-logfmt, match: {apps: [auth-service]}, logfmt: {when: {event: [login_failed]}, addr: ip, user: user}}\n\
+            \x20 - {name: legacy, match: {files: [/var/log/legacy.log]}, regex: '^\\S+ DENIED (?P<user>.*) from (?P<addr>[0-9a-f.:]+)$'}\n";
+        let config: BruteForceConfig = parse_yaml("agent.yaml", specs).unwrap_or_else(|e| panic!("{e}"));
+        let mut d = detector(BruteForceConfig { raise_at: 100, ..config });
+        let auth =
+            |m| LineRef { namespace: Some("prod"), pod: Some("auth-service-7d9f8b6c5d-x2k7p"), ..LineRef::plain(m) };
+        let other = |m| LineRef { namespace: Some("prod"), pod: Some("billing-7d9f8b6c5d-x2k7p"), ..LineRef::plain(m) };
+        let legacy = |m| LineRef { file: Some("/var/log/legacy.log"), ..LineRef::plain(m) };
+        let line = "level=warn event=login_failed user=bob ip=203.0.113.5";
+        assert_eq!(d.observe_explained(&auth(line), at(0)).0, counted("203.0.113.5", "auth-logfmt", Some("bob")));
+        assert_eq!(d.observe_explained(&other(line), at(0)).0, Verdict::NotRead, "another workload");
+        let health = "level=warn event=login_failed user=healthcheck ip=203.0.113.6";
+        assert!(
+            matches!(d.observe_explained(&auth(health), at(0)).0, Verdict::NotCounted { rule, .. } if rule == "health-checks")
+        );
+        let old = "2026-11-26T10:00:00 DENIED carol from 192.0.2.1 from 203.0.113.7";
+        assert_eq!(
+            d.observe_explained(&legacy(old), at(0)).0,
+            counted("203.0.113.7", "legacy", Some("carol from 192.0.2.1"))
+        );
+        assert_eq!(d.stats().failures, 2);
+        let bad = "rules:\n  - {name: x, regex: 'from (?P<addr>\\S+)'}\n";
+        let config: BruteForceConfig = parse_yaml("agent.yaml", bad).unwrap_or_else(|e| panic!("{e}"));
+        let err = BruteForceDetector::new(config).expect_err("unanchored").in_file("agent.yaml", "logs.brute_force");
+        assert_eq!(err.field, "logs.brute_force.rules[0].regex");
+    }
+
+    /// Address syntax written into every field a client controls (user
+    /// names, paths, user agents, referers, headers, JSON and logfmt
+    /// values), for every format: the address counted is always the one
+    /// the server wrote, or the line is not counted.
+    #[test]
+    fn address_syntax_in_client_fields_is_never_the_address_counted() {
+        let specs = "rules:\n\
+            \x20 - {name: app-json, json: {when: {event: [login_failed]}, addr: client.ip, user: user, forwarded_for: xff}}\n\
+            \x20 - {name: app-logfmt, logfmt: {when: {event: [login_failed]}, addr: ip, user: user}}\n";
+        let config: BruteForceConfig = parse_yaml("agent.yaml", specs).unwrap_or_else(|e| panic!("{e}"));
+        let d = detector(config);
+        let real = "203.0.113.9";
+        let decoys = [
+            "192.0.2.66".to_owned(),
+            "192.0.2.66:22".to_owned(),
+            "\" 192.0.2.66".to_owned(),
+            "x\" \"-\" \"-\" \"192.0.2.66\"".to_owned(),
+            " from 192.0.2.66 port 22 ssh2".to_owned(),
+            "ip=192.0.2.66".to_owned(),
+            "\",\"client\":{\"ip\":\"192.0.2.66\"},\"x\":\"".to_owned(),
+        ];
+        for decoy in &decoys {
+            let json_text = serde_json::to_string(decoy).unwrap_or_default();
+            let logfmt_text = format!("\"{}\"", decoy.replace('\\', "\\\\").replace('"', "\\\""));
+            // nginx escapes quotes as \x22 in every field it writes.
+            let n = decoy.replace('"', "\\x22");
+            let lines = vec![
+                format!(
+                    "{real} - {} [26/Nov/2026:10:00:00 +0000] \"POST /login HTTP/1.1\" 401 1 \"-\" \"-\"",
+                    n.replace(' ', "_")
+                ),
+                format!(
+                    "{real} - - [26/Nov/2026:10:00:00 +0000] \"POST /login?u={} HTTP/1.1\" 401 1 \"-\" \"-\"",
+                    n.replace(' ', "%20")
+                ),
+                format!("{real} - - [26/Nov/2026:10:00:00 +0000] \"POST /login HTTP/1.1\" 401 1 \"{n}\" \"-\""),
+                format!("{real} - - [26/Nov/2026:10:00:00 +0000] \"POST /login HTTP/1.1\" 401 1 \"-\" \"{n}\""),
+                format!("{real} - - [26/Nov/2026:10:00:00 +0000] \"POST /login HTTP/1.1\" 401 1 \"-\" \"-\" \"{n}\""),
+                envoy(decoy, "curl", Some(&format!("{real}:4000"))),
+                envoy("-", decoy, Some(&format!("{real}:4000"))),
+                format!(
+                    r#"{{"event":"login_failed","client":{{"ip":"{real}"}},"user":{json_text},"xff":{json_text}}}"#
+                ),
+                format!(r#"{{"event":"login_failed","user":{json_text},"client":{{"ip":"{real}"}}}}"#),
+                format!("event=login_failed user={logfmt_text} ip={real} msg={logfmt_text}"),
+                format!("event=login_failed ip={real} user={logfmt_text}"),
+            ];
+            for (i, line) in lines.iter().enumerate() {
+                match d.parse(&LineRef::plain(line)) {
+                    Some(f) => assert_eq!(f.source, ip(real), "{line}"),
+                    // Only Envoy's lines may be left unread: a quote in a
+                    // header it logs breaks the format's shape.
+                    None => assert!((5..7).contains(&i) && decoy.contains('"'), "not read: {line}"),
+                }
+            }
+        }
     }
 
     #[test]

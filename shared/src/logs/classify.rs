@@ -532,7 +532,14 @@ mod tests {
     }
 
     fn line<'a>(pod: &'a str, message: &'a str) -> LineRef<'a> {
-        LineRef { namespace: Some("prod"), pod: Some(pod), container: Some("app"), timestamp: None, message }
+        LineRef {
+            namespace: Some("prod"),
+            pod: Some(pod),
+            container: Some("app"),
+            file: None,
+            timestamp: None,
+            message,
+        }
     }
 
     fn classifier() -> ErrorClassifier {

@@ -10,6 +10,10 @@ pub mod bruteforce;
 pub mod classify;
 pub mod cri;
 pub mod net;
+pub mod rules;
+pub mod scope;
+pub mod sshd;
+pub mod syslog;
 pub mod window;
 
 use std::fmt;
@@ -20,6 +24,7 @@ use crate::time::Timestamp;
 pub use bruteforce::{BruteForceConfig, BruteForceDetector, BruteForceStats, JsonAuthFields};
 pub use classify::{CategoryRule, ClassifierConfig, ClassifierStats, ErrorClassifier, KeyBy, WorkloadErrors};
 pub use net::Cidr;
+pub use scope::Scope;
 
 /// One log line, as the tailer hands it over: where it comes from (from the
 /// file's path, when it is a container log) and its text without the CRI
@@ -32,6 +37,9 @@ pub struct LineRef<'a> {
     pub pod: Option<&'a str>,
     /// The container's name.
     pub container: Option<&'a str>,
+    /// The path of a plain file, as configured (not set for container
+    /// logs).
+    pub file: Option<&'a str>,
     /// When the runtime wrote the line, if known.
     pub timestamp: Option<Timestamp>,
     /// The line's text.
@@ -41,7 +49,7 @@ pub struct LineRef<'a> {
 impl<'a> LineRef<'a> {
     /// A line with only its text, as from a plain file.
     pub fn plain(message: &'a str) -> Self {
-        LineRef { namespace: None, pod: None, container: None, timestamp: None, message }
+        LineRef { namespace: None, pod: None, container: None, file: None, timestamp: None, message }
     }
 }
 

@@ -119,15 +119,28 @@ pub fn parse_addr(text: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// Who the client is, given the direct peer and the `X-Forwarded-For`
-/// header the peer sent.
+/// The address of one hop of a forwarding header: an `X-Forwarded-For`
+/// entry as it is, or the `for=` parameter of an RFC 7239 `Forwarded`
+/// element (`for=192.0.2.60;proto=http`, `for="[2001:db8::17]:4711"`).
+fn hop_addr(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let Some(start) = entry.to_ascii_lowercase().find("for=") else {
+        return parse_addr(entry);
+    };
+    let value = entry[start + 4..].split(';').next().unwrap_or_default();
+    parse_addr(value.trim().trim_matches('"'))
+}
+
+/// Who the client is, given the direct peer and the forwarding header the
+/// peer sent (`X-Forwarded-For`, or RFC 7239 `Forwarded`).
 ///
 /// The header is believed only when the peer is a trusted proxy: anyone
 /// else can write any address there. Behind trusted proxies the client is
 /// the right-most address that is not itself a trusted proxy, since each
 /// proxy appends the address it saw and only the right-hand part was
-/// written by proxies we trust. `None` when the header, read this far, has
-/// an entry that is not an address: the client cannot be known.
+/// written by proxies we trust; the walk stops at the first untrusted hop.
+/// `None` when the header, read this far, has an entry that is not an
+/// address: the client cannot be known.
 pub fn client_addr(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
     if !any_contains(trusted, peer) {
         return Some(peer);
@@ -137,7 +150,7 @@ pub fn client_addr(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) 
     };
     let mut client = peer;
     for entry in header.rsplit(',') {
-        let ip = parse_addr(entry)?;
+        let ip = hop_addr(entry)?;
         client = ip;
         if !any_contains(trusted, ip) {
             return Some(ip);
@@ -199,5 +212,17 @@ mod tests {
         );
         assert_eq!(client_addr(ip("10.0.0.2"), None, &trusted), Some(ip("10.0.0.2")));
         assert_eq!(client_addr(ip("10.0.0.2"), Some("garbage, 10.0.0.9"), &trusted), None);
+        // A client-written entry left of the first untrusted hop is never read.
+        assert_eq!(client_addr(ip("10.0.0.2"), Some("garbage, 203.0.113.5"), &trusted), Some(ip("203.0.113.5")));
+        // RFC 7239 `Forwarded`, the same walk.
+        assert_eq!(
+            client_addr(
+                ip("10.0.0.2"),
+                Some("for=6.6.6.6, for=\"[2001:db8::17]:4711\";proto=https, for=10.0.0.9"),
+                &trusted
+            ),
+            Some(ip("2001:db8::17"))
+        );
+        assert_eq!(client_addr(ip("198.51.100.1"), Some("for=1.1.1.1"), &trusted), Some(ip("198.51.100.1")));
     }
 }
