@@ -346,8 +346,8 @@ async fn rbac_lets_the_agent_and_the_coordinator_do_what_runbooks_need_and_refus
         .await
         .expect("the coordinator lists the API server's EndpointSlices");
     assert_forbidden(
-        "the coordinator listing EndpointSlices outside `default`",
-        Api::<EndpointSlice>::namespaced(coordinator.clone(), WORKLOADS_NS).list(&ListParams::default()).await,
+        "the coordinator listing EndpointSlices outside `default` and the workloads' namespaces",
+        Api::<EndpointSlice>::namespaced(coordinator.clone(), &other_ns).list(&ListParams::default()).await,
     );
 
     // P0-001 scale_api: saas-idp-api to 10 through the scale subresource.
