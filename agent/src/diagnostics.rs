@@ -26,15 +26,17 @@ use crate::logs::LogsStatus;
 use crate::logs::detect::DetectorsStatus;
 use crate::metrics::Metrics;
 use crate::nft::BlockingStatus;
-use crate::outbox::{Outbox, SpoolFigures};
+use crate::outbox::{Outbox, SpoolFigures, SubmitError};
 use crate::pods::PodsStatus;
 use crate::procsig::ProcessesStatus;
 use crate::published::Published;
 use crate::signals::NodeStatus;
 use crate::stream::{Connection, ConnectionState};
 
-/// Largest request body accepted, bytes.
-const MAX_BODY: usize = 1024 * 1024;
+/// Largest request body accepted, bytes: room for one finding at
+/// [`remedy_proto::MAX_FINDING_BYTES`] with JSON's quoting, so a finding
+/// above that limit is answered with the reason (413) by the outbox.
+const MAX_BODY: usize = 2 * remedy_proto::MAX_FINDING_BYTES;
 /// Most findings in one request.
 const MAX_SUBMIT: usize = 1_000;
 
@@ -276,7 +278,10 @@ async fn submit(
             }),
         )
             .into_response(),
-        Err(e) => {
+        Err(e @ SubmitError::TooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+        Err(e @ SubmitError::Spool(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
         }
     }
