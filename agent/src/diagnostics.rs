@@ -39,6 +39,10 @@ use crate::stream::{Connection, ConnectionState};
 const MAX_BODY: usize = 2 * remedy_proto::MAX_FINDING_BYTES;
 /// Most findings in one request.
 const MAX_SUBMIT: usize = 1_000;
+/// Longest `ttl_seconds` a submitted finding may ask for: 24 hours. A
+/// node-local tool that stops reporting should not leave an active
+/// finding (and its incident) standing for longer than a day.
+const MAX_TTL_SECONDS: u64 = 24 * 3600;
 
 /// Who may submit findings by hand.
 #[derive(Debug)]
@@ -250,6 +254,18 @@ async fn submit(
             Ok(k) => k,
             Err(e) => return bad_request(format!("finding {i}: {e}")),
         };
+        if !kind.reported_by_nodes() {
+            return bad_request(format!(
+                "finding {i}: kind `{kind}` is raised by the coordinator only; a node may not report it"
+            ));
+        }
+        if let Some(ttl) = s.ttl_seconds
+            && ttl > MAX_TTL_SECONDS
+        {
+            return bad_request(format!(
+                "finding {i}: ttl_seconds {ttl} is above the limit of {MAX_TTL_SECONDS} (24 hours)"
+            ));
+        }
         let finding = Finding {
             kind,
             severity: s.severity,

@@ -377,7 +377,29 @@ async fn the_agent_endpoint_refuses_bad_findings_with_a_reason() {
     let error = body["error"].as_str().unwrap();
     assert!(error.starts_with("finding 1 takes "), "{error}");
     assert!(error.contains("could never be delivered"), "{error}");
+    // Only what a node sees: the coordinator's own kinds are refused.
+    for kind in ["agent_stale", "mttr_at_risk", "database_split_brain"] {
+        let (code, body) = agent.submit(&json!([{ "kind": kind, "severity": "critical", "target": "node/x" }])).await;
+        assert_eq!(code, 400, "{kind}: {body}");
+        assert_eq!(
+            body["error"],
+            format!("finding 0: kind `{kind}` is raised by the coordinator only; a node may not report it")
+        );
+    }
+    // A TTL above a day is refused, naming the limit.
+    let (code, body) = agent
+        .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": "service/x",
+            "ttl_seconds": 86_401 }]))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"], "finding 0: ttl_seconds 86401 is above the limit of 86400 (24 hours)");
     assert_eq!(agent.debug_state().await["spool"]["last_sequence"], 0, "nothing was spooled");
+    // A day itself is allowed.
+    let (code, body) = agent
+        .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": "service/x",
+            "ttl_seconds": 86_400 }]))
+        .await;
+    assert_eq!(code, 202, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
