@@ -26,17 +26,23 @@ use crate::logs::LogsStatus;
 use crate::logs::detect::DetectorsStatus;
 use crate::metrics::Metrics;
 use crate::nft::BlockingStatus;
-use crate::outbox::{Outbox, SpoolFigures};
+use crate::outbox::{Outbox, SpoolFigures, SubmitError};
 use crate::pods::PodsStatus;
 use crate::procsig::ProcessesStatus;
 use crate::published::Published;
 use crate::signals::NodeStatus;
 use crate::stream::{Connection, ConnectionState};
 
-/// Largest request body accepted, bytes.
-const MAX_BODY: usize = 1024 * 1024;
+/// Largest request body accepted, bytes: room for one finding at
+/// [`remedy_proto::MAX_FINDING_BYTES`] with JSON's quoting, so a finding
+/// above that limit is answered with the reason (413) by the outbox.
+const MAX_BODY: usize = 2 * remedy_proto::MAX_FINDING_BYTES;
 /// Most findings in one request.
 const MAX_SUBMIT: usize = 1_000;
+/// Longest `ttl_seconds` a submitted finding may ask for: 24 hours. A
+/// node-local tool that stops reporting should not leave an active
+/// finding (and its incident) standing for longer than a day.
+const MAX_TTL_SECONDS: u64 = 24 * 3600;
 
 /// Who may submit findings by hand.
 #[derive(Debug)]
@@ -248,6 +254,18 @@ async fn submit(
             Ok(k) => k,
             Err(e) => return bad_request(format!("finding {i}: {e}")),
         };
+        if !kind.reported_by_nodes() {
+            return bad_request(format!(
+                "finding {i}: kind `{kind}` is raised by the coordinator only; a node may not report it"
+            ));
+        }
+        if let Some(ttl) = s.ttl_seconds
+            && ttl > MAX_TTL_SECONDS
+        {
+            return bad_request(format!(
+                "finding {i}: ttl_seconds {ttl} is above the limit of {MAX_TTL_SECONDS} (24 hours)"
+            ));
+        }
         let finding = Finding {
             kind,
             severity: s.severity,
@@ -276,7 +294,10 @@ async fn submit(
             }),
         )
             .into_response(),
-        Err(e) => {
+        Err(e @ SubmitError::TooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+        Err(e @ SubmitError::Spool(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
         }
     }

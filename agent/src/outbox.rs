@@ -81,10 +81,18 @@ impl Outbox {
         .map_err(|e| SpoolError::from_panic(e.to_string()))?
     }
 
-    /// Spools findings durably and wakes the sender.
-    pub async fn submit(&self, findings: Vec<Finding>) -> Result<AppendReport, SpoolError> {
+    /// Spools findings durably and wakes the sender. A finding above
+    /// [`remedy_proto::MAX_FINDING_BYTES`] could never be delivered: the
+    /// whole submission is refused and nothing of it is spooled.
+    pub async fn submit(&self, findings: Vec<Finding>) -> Result<AppendReport, SubmitError> {
         if findings.is_empty() {
             return Ok(AppendReport::default());
+        }
+        for (index, finding) in findings.iter().enumerate() {
+            let bytes = encoded_len(finding);
+            if bytes > remedy_proto::MAX_FINDING_BYTES {
+                return Err(SubmitError::TooLarge { index, bytes, max: remedy_proto::MAX_FINDING_BYTES });
+            }
         }
         let count = findings.len() as u64;
         let report = self.with_spool(move |s| s.append(&findings)).await?;
@@ -120,6 +128,36 @@ impl Outbox {
             dropped_total: spool.dropped_total(),
         }
     }
+}
+
+/// Why findings were not spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// One finding is larger than any batch may carry.
+    #[error(
+        "finding {index} takes {bytes} bytes encoded, more than the {max} one finding may take: it could never be \
+         delivered (shorten its summary, labels or evidence)"
+    )]
+    TooLarge {
+        /// Its position in the submission.
+        index: usize,
+        /// Its size in a batch, bytes.
+        bytes: usize,
+        /// The most a finding may take.
+        max: usize,
+    },
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// What `finding` takes in a batch, with the largest sequence number it
+/// could be given, so a finding accepted here always fits.
+fn encoded_len(finding: &Finding) -> usize {
+    remedy_proto::batch_entry_len(&remedy_proto::v1::SequencedFinding {
+        sequence: u64::MAX,
+        finding: Some(remedy_proto::convert::finding_to_proto(finding)),
+    })
 }
 
 /// The spool as /debug/state shows it.

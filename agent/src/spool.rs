@@ -210,16 +210,31 @@ impl Spool {
         Ok(())
     }
 
-    /// Up to `max` findings with a sequence above `after`, in order.
-    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<pb::SequencedFinding>, SpoolError> {
+    /// Up to `max` findings with a sequence above `after`, in order, taking
+    /// at most `max_bytes` in a batch ([`remedy_proto::batch_entry_len`]).
+    /// The first finding is always taken, whatever its size, so a large one
+    /// still leaves alone rather than blocking every finding behind it.
+    pub fn read_after(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<pb::SequencedFinding>, SpoolError> {
         let read = self.db.begin_read().map_err(err)?;
         let table = read.open_table(FINDINGS).map_err(err)?;
         let mut out = Vec::new();
+        let mut bytes_taken = 0usize;
         for row in table.range(after.saturating_add(1)..).map_err(err)?.take(max) {
             let (seq, value) = row.map_err(err)?;
             let bytes = value.value();
             let finding = pb::Finding::decode(bytes.get(1..).unwrap_or_default()).map_err(err)?;
-            out.push(pb::SequencedFinding { sequence: seq.value(), finding: Some(finding) });
+            let entry = pb::SequencedFinding { sequence: seq.value(), finding: Some(finding) };
+            let len = remedy_proto::batch_entry_len(&entry);
+            if !out.is_empty() && bytes_taken.saturating_add(len) > max_bytes {
+                break;
+            }
+            bytes_taken = bytes_taken.saturating_add(len);
+            out.push(entry);
         }
         Ok(out)
     }
@@ -261,7 +276,7 @@ mod tests {
         let mut spool = Spool::open(dir.path(), 100).unwrap();
         assert_eq!(spool.depth(), 1);
         assert_eq!(spool.last_sequence(), 2);
-        let pending = spool.read_after(0, 10).unwrap();
+        let pending = spool.read_after(0, 10, usize::MAX).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].sequence, 2);
         assert_eq!(pending[0].finding.as_ref().unwrap().target, "b");
@@ -277,7 +292,7 @@ mod tests {
         let report = spool.append(&[finding(Severity::Warning, "smoke")]).unwrap();
         assert_eq!((report.stored, report.dropped), (1, 1));
         let targets: Vec<String> =
-            spool.read_after(0, 10).unwrap().into_iter().map(|f| f.finding.unwrap().target).collect();
+            spool.read_after(0, 10, usize::MAX).unwrap().into_iter().map(|f| f.finding.unwrap().target).collect();
         assert_eq!(targets, vec!["fire", "smoke"]);
         assert_eq!(spool.oldest_retained().unwrap(), 2);
         let report = spool.append(&[finding(Severity::Info, "more noise")]).unwrap();
@@ -293,5 +308,18 @@ mod tests {
         let report = spool.append(&[finding(Severity::Info, "x")]).unwrap();
         assert_eq!(report.first_sequence, 42);
         assert_eq!(spool.oldest_retained().unwrap(), 42);
+    }
+
+    #[test]
+    fn a_read_stops_at_the_byte_budget_but_always_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        let mut big = finding(Severity::Warning, "big");
+        big.summary = "x".repeat(1_000);
+        spool.append(&[big.clone(), big.clone(), big]).unwrap();
+        let sequences = |read: Vec<pb::SequencedFinding>| read.iter().map(|f| f.sequence).collect::<Vec<_>>();
+        assert_eq!(sequences(spool.read_after(0, 10, 2_100).unwrap()), vec![1, 2], "two fit, the third would not");
+        assert_eq!(sequences(spool.read_after(0, 10, 10).unwrap()), vec![1], "one always goes, alone");
+        assert_eq!(sequences(spool.read_after(2, 10, 2_100).unwrap()), vec![3]);
     }
 }

@@ -29,7 +29,8 @@ use crate::outbox::Outbox;
 use crate::published::Published;
 use crate::signals::NodeStatus;
 
-/// Findings per batch.
+/// Findings per batch, at most; [`remedy_proto::MAX_BATCH_BYTES`] bounds
+/// a batch's size too, so large findings go in smaller batches.
 const BATCH: usize = 500;
 /// Findings sent and not yet acknowledged, at most. Bounds what a slow
 /// coordinator can make the agent hold in memory and on the wire.
@@ -320,8 +321,10 @@ async fn apply_ack(link: &Link, acked: u64) -> Result<(), StreamError> {
     Ok(())
 }
 
-/// Sends spooled findings above `sent` while the in-flight window allows;
-/// returns the new `sent` mark.
+/// Sends spooled findings above `sent` while the in-flight window allows,
+/// in batches bounded in count and in encoded bytes (a batch above the
+/// coordinator's message limit would be refused on every reconnection and
+/// deliver nothing more); returns the new `sent` mark.
 async fn send_pending(
     link: &Link,
     out: &mpsc::Sender<pb::AgentMessage>,
@@ -331,8 +334,10 @@ async fn send_pending(
     while sent.saturating_sub(acked) < MAX_IN_FLIGHT {
         let room = (MAX_IN_FLIGHT - sent.saturating_sub(acked)).min(BATCH as u64) as usize;
         let after = sent;
-        let (findings, oldest) =
-            link.outbox.with_spool(move |s| Ok((s.read_after(after, room)?, s.oldest_retained()?))).await?;
+        let (findings, oldest) = link
+            .outbox
+            .with_spool(move |s| Ok((s.read_after(after, room, remedy_proto::MAX_BATCH_BYTES)?, s.oldest_retained()?)))
+            .await?;
         let Some(last) = findings.last().map(|f| f.sequence) else { break };
         send(out, AgentBody::Findings(pb::FindingBatch { findings, oldest_retained_sequence: oldest })).await?;
         sent = last;

@@ -185,7 +185,9 @@ fn record_status(e: RecordError) -> Status {
         RecordError::Transition(_) => Status::failed_precondition(e.to_string()),
         RecordError::BadRun(_) => Status::invalid_argument(e.to_string()),
         RecordError::Store(_) | RecordError::Stopped | RecordError::QueueFull => Status::unavailable(e.to_string()),
-        RecordError::Sequence(_) | RecordError::UnknownAgent(_) => Status::internal(e.to_string()),
+        RecordError::Sequence(_) | RecordError::UnknownAgent(_) | RecordError::AgentOfAnotherNode { .. } => {
+            Status::internal(e.to_string())
+        }
     }
 }
 

@@ -120,6 +120,7 @@ fn validate_hello(hello: pb::Hello) -> Result<AgentHello, Status> {
 fn record_status(e: RecordError) -> Status {
     match e {
         RecordError::Sequence(_) | RecordError::UnknownAgent(_) => Status::invalid_argument(e.to_string()),
+        RecordError::AgentOfAnotherNode { .. } => Status::permission_denied(e.to_string()),
         RecordError::Store(_) => Status::unavailable(format!("cannot persist findings now, keep them and retry: {e}")),
         RecordError::Stopped | RecordError::QueueFull => Status::unavailable(e.to_string()),
         RecordError::NoOpenIncident(_) | RecordError::Transition(_) | RecordError::BadRun(_) => {
@@ -156,7 +157,15 @@ impl pb::agent_service_server::AgentService for AgentService {
             tracing::warn!(node = %hello.node_name, error = %status.message(), "agent refused");
             return Err(status);
         }
-        let acked = self.recorder.hello(hello.clone()).await.map_err(record_status)?;
+        // The recorder binds the agent id to its node and refuses another
+        // node's hello for it before the registry below replaces (ends)
+        // the stream of the agent that holds the id.
+        let acked = self.recorder.hello(hello.clone()).await.map_err(|e| {
+            if matches!(e, RecordError::AgentOfAnotherNode { .. }) {
+                tracing::warn!(agent = %hello.agent_id, node = %hello.node_name, error = %e, "agent refused");
+            }
+            record_status(e)
+        })?;
         self.infrastructure.announce(&hello.node_name, hello.node_addresses.iter().copied());
         let (session, was_stale) =
             self.registry.connect(&hello.agent_id, &hello.node_name, self.recorder.clock().now());

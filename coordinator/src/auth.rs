@@ -158,6 +158,9 @@ impl Authenticator {
             return Ok(());
         }
         let peer = request.extensions().get::<PeerInfo>();
+        if let Some(why) = peer.and_then(|p| p.refused.as_ref()) {
+            return Err(Status::unauthenticated(why.clone()));
+        }
         match peer.and_then(|p| p.identity.as_ref()) {
             Some(Identity::Agent { node }) if node == node_name => Ok(()),
             Some(Identity::Agent { node }) => Err(Status::permission_denied(format!(
@@ -214,6 +217,11 @@ impl Authenticator {
     }
 
     fn identify<T>(&self, request: &Request<T>) -> Result<Option<Identity>, Status> {
+        // A certificate naming more than one identity is refused, not
+        // passed over for a bearer token: whoever holds it is not anonymous.
+        if let Some(why) = request.extensions().get::<PeerInfo>().and_then(|p| p.refused.as_ref()) {
+            return Err(Status::unauthenticated(why.clone()));
+        }
         if let Some(identity) = request.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone()) {
             return Ok(Some(identity));
         }
@@ -249,7 +257,12 @@ mod tests {
 
     fn with_peer(identity: Option<Identity>) -> Request<()> {
         let mut r = Request::new(());
-        r.extensions_mut().insert(PeerInfo { remote: None, presented_certificate: identity.is_some(), identity });
+        r.extensions_mut().insert(PeerInfo {
+            remote: None,
+            presented_certificate: identity.is_some(),
+            identity,
+            refused: None,
+        });
         r
     }
 
@@ -269,6 +282,24 @@ mod tests {
         assert_eq!(user.code(), tonic::Code::PermissionDenied);
         assert_eq!(auth.agent(&with_peer(None), "n1").unwrap_err().code(), tonic::Code::Unauthenticated);
         assert_eq!(auth.agent(&Request::new(()), "n1").unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_certificate_naming_two_identities_is_refused_with_the_reason() {
+        let mut bindings = Bindings::default();
+        bindings.bind(Identity::User { name: "op".into() }, Role::Operator);
+        let auth = tls(bindings);
+        let mut r = Request::new(());
+        r.extensions_mut().insert(PeerInfo {
+            remote: None,
+            presented_certificate: true,
+            identity: None,
+            refused: Some("the client certificate carries 2 remedy:// URI names".into()),
+        });
+        for status in [auth.agent(&r, "n1").unwrap_err(), auth.admin(&r, AdminCall::ListAgents).unwrap_err()] {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert_eq!(status.message(), "the client certificate carries 2 remedy:// URI names");
+        }
     }
 
     #[test]

@@ -25,3 +25,23 @@ pub mod tokens;
 /// it is refused with RESOURCE_EXHAUSTED, so one runaway agent cannot make
 /// the coordinator buffer without bound.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest finding the agent takes, encoded on the wire, bytes. A finding
+/// above it could never be delivered, so it is refused when submitted
+/// rather than spooled to block delivery; it fits a batch of its own.
+pub const MAX_FINDING_BYTES: usize = 1024 * 1024;
+
+/// The most one finding batch carries, encoded, bytes (a batch holds at
+/// least one finding, which [`MAX_FINDING_BYTES`] keeps below it). Half of
+/// [`MAX_MESSAGE_BYTES`]: however large the findings a spool holds, a
+/// batch never reaches the limit that would make the coordinator refuse
+/// it and the stream break on every reconnection.
+pub const MAX_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+
+/// Bytes a finding takes in a `FindingBatch`: the message with its field
+/// tag and length prefix.
+pub fn batch_entry_len(finding: &v1::SequencedFinding) -> usize {
+    use prost::Message;
+    let len = finding.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}

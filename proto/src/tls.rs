@@ -247,20 +247,52 @@ pub struct PeerInfo {
     /// The peer's address.
     pub remote: Option<SocketAddr>,
     /// The certificate's Remedy identity; `None` when the peer presented
-    /// no certificate or one without a `remedy://` URI name.
+    /// no certificate, one without a `remedy://` URI name, or one whose
+    /// names are refused (`refused`).
     pub identity: Option<Identity>,
     /// Whether a (verified) certificate was presented at all.
     pub presented_certificate: bool,
+    /// Why the certificate names nobody although it carries `remedy://`
+    /// names (more than one); callers are refused with this reason.
+    pub refused: Option<String>,
 }
 
-/// The Remedy identity in a DER certificate's URI names, if any.
-pub fn identity_of(der: &[u8]) -> Option<Identity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
-        _ => None,
-    })
+/// A certificate whose `remedy://` names do not name one identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the client certificate carries {} remedy:// URI names ({}); a certificate must name exactly one identity",
+    .0.len(),
+    .0.join(", ")
+)]
+pub struct AmbiguousIdentity(pub Vec<String>);
+
+/// The Remedy identity in a DER certificate's URI names, if any. A
+/// certificate with more than one `remedy://` URI name is refused: which
+/// one it speaks for would depend on the order of its names, and a
+/// certificate for one node that also named another could speak for both.
+pub fn identity_of(der: &[u8]) -> Result<Option<Identity>, AmbiguousIdentity> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return Ok(None) };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Ok(None) };
+    let remedy: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri)
+                if uri
+                    .get(..remedy_shared::auth::URI_SCHEME.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(remedy_shared::auth::URI_SCHEME)) =>
+            {
+                Some(*uri)
+            }
+            _ => None,
+        })
+        .collect();
+    match remedy.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Identity::from_uri(one)),
+        many => Err(AmbiguousIdentity(many.iter().map(|u| (*u).to_owned()).collect())),
+    }
 }
 
 /// An accepted, handshaken TLS connection.
@@ -337,10 +369,20 @@ pub fn incoming(listener: TcpListener, tls: Arc<ServerTls>) -> ReceiverStream<Re
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let chain = stream.get_ref().1.peer_certificates();
+                        let named = chain.and_then(|c| c.first()).map(|leaf| identity_of(leaf));
+                        let (identity, refused) = match named {
+                            Some(Ok(identity)) => (identity, None),
+                            Some(Err(e)) => {
+                                tracing::warn!(peer = %remote, error = %e, "client certificate names no one identity");
+                                (None, Some(e.to_string()))
+                            }
+                            None => (None, None),
+                        };
                         let peer = PeerInfo {
                             remote: Some(remote),
-                            identity: chain.and_then(|c| c.first()).and_then(|leaf| identity_of(leaf)),
+                            identity,
                             presented_certificate: chain.is_some_and(|c| !c.is_empty()),
+                            refused,
                         };
                         let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
                     }
@@ -390,11 +432,32 @@ mod tests {
         params.subject_alt_names.push(rcgen::SanType::URI("remedy://agent/node-1".try_into().unwrap()));
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(identity_of(cert.der()), Some(Identity::Agent { node: "node-1".into() }));
+        assert_eq!(identity_of(cert.der()), Ok(Some(Identity::Agent { node: "node-1".into() })));
 
         let plain = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap().self_signed(&key).unwrap();
-        assert_eq!(identity_of(plain.der()), None, "a certificate without a remedy:// URI names nobody");
-        assert_eq!(identity_of(b"not a certificate"), None);
+        assert_eq!(identity_of(plain.der()), Ok(None), "a certificate without a remedy:// URI names nobody");
+        assert_eq!(identity_of(b"not a certificate"), Ok(None));
+
+        // Other URIs beside one remedy:// name are no concern of ours.
+        params.subject_alt_names.push(rcgen::SanType::URI("spiffe://cluster/ns/x".try_into().unwrap()));
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(identity_of(cert.der()), Ok(Some(Identity::Agent { node: "node-1".into() })));
+    }
+
+    #[test]
+    fn a_certificate_with_two_remedy_names_names_nobody_and_says_why() {
+        let mut params = rcgen::CertificateParams::new(vec!["node-1".to_owned()]).unwrap();
+        for uri in ["remedy://agent/node-1", "REMEDY://agent/node-2"] {
+            params.subject_alt_names.push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let refused = identity_of(cert.der()).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "the client certificate carries 2 remedy:// URI names (remedy://agent/node-1, REMEDY://agent/node-2); \
+             a certificate must name exactly one identity"
+        );
     }
 
     #[test]

@@ -122,6 +122,32 @@ finding_kinds! {
     DatabaseSplitBrain => "database_split_brain",
 }
 
+impl FindingKind {
+    /// Whether a node reports this kind. The others are the coordinator's
+    /// own judgements about agents, incidents and clusters: a node-local
+    /// tool claiming one (an agent gone stale, an MTTR at risk) would make
+    /// the coordinator act on something it did not see. Every kind is
+    /// named here, so a new one must be placed.
+    pub fn reported_by_nodes(self) -> bool {
+        match self {
+            FindingKind::AgentStale | FindingKind::MttrAtRisk | FindingKind::DatabaseSplitBrain => false,
+            FindingKind::NodeCpuHigh
+            | FindingKind::NodeMemoryHigh
+            | FindingKind::NodeLoadHigh
+            | FindingKind::DiskUsageHigh
+            | FindingKind::ProbeFailed
+            | FindingKind::HighErrorRate
+            | FindingKind::BruteForce
+            | FindingKind::PodCrashLoop
+            | FindingKind::PodOomKilled
+            | FindingKind::PodFailed
+            | FindingKind::ProcessHot
+            | FindingKind::ProcessZombies
+            | FindingKind::NodeOomKill => true,
+        }
+    }
+}
+
 impl fmt::Display for FindingKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -193,6 +193,71 @@ async fn an_agent_killed_with_unacknowledged_findings_delivers_them_after_restar
     assert_eq!(all_findings(&mut admin).await.len(), 500, "nothing more arrived after the drain");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_too_large_for_one_batch_together_all_arrive_after_the_coordinator_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = remedy_e2e::procs::free_addr();
+    let agent = Agent::start(&dir.path().join("a"), "node-big", &format!("http://{grpc}")).await;
+    // Six findings of 900 kB: together far above the 4 MiB a message may
+    // take, each well below the most one finding may.
+    const COUNT: usize = 6;
+    let padding = "p".repeat(900_000);
+    for i in 0..COUNT {
+        let (code, body) = agent
+            .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": format!("service/big{i}"),
+                "summary": format!("big {i}"), "evidence": { "padding": padding } }]))
+            .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    assert!(COUNT * padding.len() > remedy_proto::MAX_MESSAGE_BYTES);
+    assert_eq!(agent.debug_state().await["spool"]["depth"], COUNT);
+
+    let coordinator = Coordinator::start_on(&dir.path().join("c"), grpc, &[]).await;
+    let mut admin = coordinator.admin().await;
+    let summaries: BTreeSet<String> = eventually("every large finding delivered", WAIT, || {
+        let mut admin = admin.clone();
+        async move {
+            let stored = findings_in_small_pages(&mut admin).await;
+            (stored.len() == COUNT).then_some(stored)
+        }
+    })
+    .await;
+    let expected: BTreeSet<String> = (0..COUNT).map(|i| format!("big {i}")).collect();
+    assert_eq!(summaries, expected);
+    eventually("the spool drained and the agent ready", WAIT, || async {
+        (agent.debug_state().await["spool"]["depth"] == 0 && agent.readyz().await == 200).then_some(())
+    })
+    .await;
+    let stored = findings_in_small_pages(&mut admin).await;
+    assert_eq!(stored.len(), COUNT, "each arrived once");
+}
+
+/// The summaries of every stored finding with its evidence intact, two
+/// findings per page: a page of large findings must stay under the
+/// admin client's message limit itself.
+async fn findings_in_small_pages(
+    admin: &mut remedy_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_findings(pb::ListFindingsRequest { page_size: 2, page_token, ..Default::default() })
+            .await
+            .expect("list findings")
+            .into_inner();
+        for f in page.findings {
+            let finding = f.finding.expect("a stored finding has its finding");
+            assert_eq!(finding.evidence.get("padding").map(String::len), Some(900_000), "evidence arrives whole");
+            out.insert(finding.summary);
+        }
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            return out;
+        }
+    }
+}
+
 fn hello(agent: &str, node: &str) -> pb::AgentMessage {
     pb::AgentMessage {
         body: Some(Body::Hello(pb::Hello {
@@ -301,7 +366,40 @@ async fn the_agent_endpoint_refuses_bad_findings_with_a_reason() {
     assert_eq!(body["error"], "finding 0: finding target must not be empty");
     let (code, _) = agent.submit(&json!({ "not": "a list" })).await;
     assert_eq!(code, 400);
+    // A finding no batch could carry is refused whole, with the reason,
+    // together with the small one beside it: nothing is half-taken.
+    let huge = "x".repeat(remedy_proto::MAX_FINDING_BYTES + 1);
+    let (code, body) = agent
+        .submit(&json!([probe("service/small", "fine"), { "kind": "probe_failed", "severity": "warning",
+            "target": "service/huge", "summary": huge }]))
+        .await;
+    assert_eq!(code, 413, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("finding 1 takes "), "{error}");
+    assert!(error.contains("could never be delivered"), "{error}");
+    // Only what a node sees: the coordinator's own kinds are refused.
+    for kind in ["agent_stale", "mttr_at_risk", "database_split_brain"] {
+        let (code, body) = agent.submit(&json!([{ "kind": kind, "severity": "critical", "target": "node/x" }])).await;
+        assert_eq!(code, 400, "{kind}: {body}");
+        assert_eq!(
+            body["error"],
+            format!("finding 0: kind `{kind}` is raised by the coordinator only; a node may not report it")
+        );
+    }
+    // A TTL above a day is refused, naming the limit.
+    let (code, body) = agent
+        .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": "service/x",
+            "ttl_seconds": 86_401 }]))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"], "finding 0: ttl_seconds 86401 is above the limit of 86400 (24 hours)");
     assert_eq!(agent.debug_state().await["spool"]["last_sequence"], 0, "nothing was spooled");
+    // A day itself is allowed.
+    let (code, body) = agent
+        .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": "service/x",
+            "ttl_seconds": 86_400 }]))
+        .await;
+    assert_eq!(code, 202, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,6 +245,133 @@ async fn only_certified_callers_get_in_and_each_speaks_only_for_itself() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("node-1"));
 }
 
+/// A finding batch of one warning at `sequence`.
+fn one_finding(sequence: u64, summary: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Findings(pb::FindingBatch {
+            findings: vec![pb::SequencedFinding {
+                sequence,
+                finding: Some(pb::Finding {
+                    kind: "probe_failed".into(),
+                    severity: pb::Severity::Warning as i32,
+                    state: pb::FindingState::Active as i32,
+                    target: "service/api".into(),
+                    summary: summary.into(),
+                    first_seen_ms: 1,
+                    last_seen_ms: 1,
+                    ..Default::default()
+                }),
+            }],
+            oldest_retained_sequence: 0,
+        })),
+    }
+}
+
+/// The next acknowledgement on a stream, past welcomes and infrastructure.
+async fn next_ack(inbound: &mut tonic::Streaming<pb::CoordinatorMessage>) -> u64 {
+    loop {
+        match inbound.message().await.expect("the stream stays open").expect("a message").body {
+            Some(pb::coordinator_message::Body::Ack(ack)) => return ack.acked_sequence,
+            Some(_) => continue,
+            None => panic!("an empty message"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_certificate_cannot_take_an_agent_id_nor_end_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "trusted");
+    let coordinator = secure_coordinator(dir.path(), &pki, ROLES).await;
+    let ca = pki.ca();
+    let node1 = pki.client("agent-node-1", "agent:node-1");
+    let node2 = pki.client("agent-node-2", "agent:node-2");
+    let ada = pki.client("user-ada", "user:ada");
+
+    // node-1's agent says hello and has two findings acknowledged.
+    let (out, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(8);
+    out.send(hello("node-1")).await.unwrap();
+    let mut client = AgentServiceClient::new(channel(&coordinator, &ca, Some(&node1)));
+    let mut inbound = client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    out.send(one_finding(1, "first")).await.unwrap();
+    out.send(one_finding(2, "second")).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    assert_eq!(next_ack(&mut inbound).await, 2);
+
+    // node-2's real certificate says hello with node-1's agent id: refused
+    // with the reason, before anything is recorded.
+    let intruder = pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            agent_id: "node-1-agent".into(),
+            node_name: "node-2".into(),
+            version: "test".into(),
+            ..Default::default()
+        })),
+    };
+    let mut client = AgentServiceClient::new(channel(&coordinator, &ca, Some(&node2)));
+    let outbound = tokio_stream::iter(vec![intruder]).chain(tokio_stream::pending());
+    let status = match client.connect(outbound).await {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("agent id `node-1-agent` belongs to node node-1")
+            && status.message().contains("node node-2 may not use it"),
+        "{status:?}"
+    );
+
+    // node-1's stream is still open and its numbering goes on where it was.
+    out.send(one_finding(3, "third")).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, 3, "node-1's stream was not ended");
+    let mut admin = admin(&coordinator, &ca, Some(&ada));
+    let agents = admin.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let [agent] = agents.as_slice() else { panic!("one agent: {agents:?}") };
+    assert_eq!((agent.agent_id.as_str(), agent.node_name.as_str()), ("node-1-agent", "node-1"));
+    assert!(agent.connected, "{agent:?}");
+    assert_eq!(agent.acked_sequence, 3);
+    let findings = admin
+        .list_findings(pb::ListFindingsRequest { page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .findings;
+    assert_eq!(findings.len(), 3);
+    assert!(findings.iter().all(|f| f.agent_id == "node-1-agent" && f.node_name == "node-1"), "{findings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_naming_two_identities_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "trusted");
+    let coordinator = secure_coordinator(dir.path(), &pki, ROLES).await;
+    let ca = pki.ca();
+    // Signed by the trusted CA, naming node-1 and the admin ada at once.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    for uri in ["remedy://agent/node-1", "remedy://user/ada"] {
+        params.subject_alt_names.push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let authority = pki.ca.certificate();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&authority.cert_pem, rcgen::KeyPair::from_pem(&authority.key_pem).unwrap())
+            .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let both = pki.write("both", &Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() });
+
+    let reason = "the client certificate carries 2 remedy:// URI names (remedy://agent/node-1, remedy://user/ada)";
+    let status = stream_as(&coordinator, &ca, Some(&both), "node-1").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().starts_with(reason), "{status:?}");
+    let status = admin(&coordinator, &ca, Some(&both)).list_agents(pb::ListAgentsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().starts_with(reason), "{status:?}");
+    let ada = pki.client("user-ada", "user:ada");
+    let agents = admin(&coordinator, &ca, Some(&ada)).list_agents(pb::ListAgentsRequest {}).await.unwrap();
+    assert!(agents.into_inner().agents.is_empty(), "nothing of the refused hello was recorded");
+}
+
 /// A request for `call` that the coordinator can answer without any setup:
 /// it may fail (NOT_FOUND, INVALID_ARGUMENT) but only after authorization.
 async fn call(client: &mut AdminServiceClient<Channel>, call: AdminCall) -> Result<(), tonic::Status> {

@@ -77,6 +77,21 @@ pub enum RecordError {
     /// Findings from an agent that never said hello on this coordinator.
     #[error("agent `{0}` has not said hello")]
     UnknownAgent(String),
+    /// A hello for an agent id bound to another node: an id names one
+    /// agent on one node, so its findings, sequence and stream stay that
+    /// node's. Nothing of the hello was recorded.
+    #[error(
+        "agent id `{agent_id}` belongs to node {bound} (since its first hello); node {claimed} may not use it: \
+         give this agent its own id (remove its agent-id file, or its configured id)"
+    )]
+    AgentOfAnotherNode {
+        /// The id the hello gave.
+        agent_id: String,
+        /// The node it is bound to.
+        bound: String,
+        /// The node the hello came from.
+        claimed: String,
+    },
     /// The store refused the write; nothing was acknowledged.
     #[error("{0}")]
     Store(String),
@@ -450,12 +465,14 @@ impl Writer {
         let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
         for cmd in group {
             match cmd {
-                Command::Hello { hello, reply } => {
-                    let acked = state.stage_hello(&mut stage, hello, now);
-                    replies.push(Box::new(move |r| {
+                Command::Hello { hello, reply } => match state.stage_hello(&mut stage, hello, now) {
+                    Ok(acked) => replies.push(Box::new(move |r| {
                         let _ = reply.send(r.map(|()| acked).map_err(|e| RecordError::Store(e.to_owned())));
-                    }));
-                }
+                    })),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Command::Findings { agent_id, findings, oldest_retained, reply } => {
                     match state.stage_findings(&mut stage, &agent_id, findings, oldest_retained, now) {
                         Ok(receipt) => replies.push(Box::new(move |r| {

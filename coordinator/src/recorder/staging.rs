@@ -187,8 +187,22 @@ impl State {
     }
 
     /// Creates or updates an agent from its hello; returns its highest
-    /// contiguous persisted sequence.
-    pub(super) fn stage_hello(&self, stage: &mut Stage, hello: AgentHello, now: Timestamp) -> u64 {
+    /// contiguous persisted sequence. An agent id is bound to the node of
+    /// its first hello: a hello for it from another node is refused before
+    /// anything is staged, so that node's record, sequence and findings
+    /// stay its own.
+    pub(super) fn stage_hello(&self, stage: &mut Stage, hello: AgentHello, now: Timestamp) -> Result<u64, RecordError> {
+        let known = stage.agents.get(&hello.agent_id).or_else(|| self.agents.get(&hello.agent_id));
+        if let Some(known) = known
+            && !known.node_name.is_empty()
+            && known.node_name != hello.node_name
+        {
+            return Err(RecordError::AgentOfAnotherNode {
+                agent_id: hello.agent_id,
+                bound: known.node_name.clone(),
+                claimed: hello.node_name,
+            });
+        }
         if self.agent(stage, &hello.agent_id).is_none() {
             stage.agents.insert(
                 hello.agent_id.clone(),
@@ -206,7 +220,7 @@ impl State {
             );
         }
         let Some(record) = stage.agents.get_mut(&hello.agent_id) else {
-            return 0;
+            return Ok(0);
         };
         record.node_name = hello.node_name;
         record.version = hello.version;
@@ -214,7 +228,7 @@ impl State {
         record.labels = hello.labels;
         record.node_addresses = hello.node_addresses;
         record.last_hello = now;
-        record.tracker.contiguous()
+        Ok(record.tracker.contiguous())
     }
 
     /// Stages an agent's batch of findings, refusing it whole when one
@@ -670,7 +684,7 @@ mod tests {
     fn a_thousand_findings_joining_one_incident_write_it_once() {
         let state = State::new(fresh(), catalog());
         let mut stage = Stage::default();
-        state.stage_hello(&mut stage, hello("a1"), at(0));
+        state.stage_hello(&mut stage, hello("a1"), at(0)).unwrap();
         let batch = (1..=1000).map(|n| (n, finding(FindingKind::DiskUsageHigh, "mount/n1:/var", &[]))).collect();
         let receipt = state.stage_findings(&mut stage, "a1", batch, 0, at(1)).expect("staged");
         assert_eq!(receipt, BatchReceipt { acked: 1000, new: 1000, duplicates: 0 });
@@ -683,10 +697,29 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_id_stays_with_the_node_of_its_first_hello() {
+        let state = State::new(fresh(), catalog());
+        let mut stage = Stage::default();
+        state.stage_hello(&mut stage, hello("a1"), at(0)).expect("first hello");
+        let mut other = hello("a1");
+        other.node_name = "node-b".into();
+        let refused = state.stage_hello(&mut stage, other, at(1));
+        assert!(
+            matches!(&refused, Err(RecordError::AgentOfAnotherNode { bound, claimed, .. })
+                if bound == "node-a1" && claimed == "node-b"),
+            "{refused:?}"
+        );
+        let batch = stage.seal();
+        assert_eq!(batch.agents.len(), 1);
+        assert_eq!(batch.agents[0].node_name, "node-a1", "the refused hello changed nothing");
+        assert_eq!(batch.agents[0].last_hello, at(0));
+    }
+
+    #[test]
     fn a_batch_that_breaks_the_sequence_rules_stages_nothing() {
         let state = State::new(fresh(), catalog());
         let mut stage = Stage::default();
-        state.stage_hello(&mut stage, hello("a1"), at(0));
+        state.stage_hello(&mut stage, hello("a1"), at(0)).unwrap();
         let bad = vec![
             (1, finding(FindingKind::DiskUsageHigh, "mount/n1:/a", &[])),
             (0, finding(FindingKind::DiskUsageHigh, "mount/n1:/b", &[])),
@@ -704,7 +737,7 @@ mod tests {
         let mut stage = Stage::default();
         let errors = |n: &str| finding(FindingKind::HighErrorRate, "pod/shop/api", &[("database", n)]);
         for agent in ["a", "b"] {
-            state.stage_hello(&mut stage, hello(agent), at(0));
+            state.stage_hello(&mut stage, hello(agent), at(0)).unwrap();
         }
         state.stage_findings(&mut stage, "a", vec![(1, errors("6"))], 0, at(1)).expect("staged");
         assert!(stage.runs.is_empty(), "6 alone is not above 10");
