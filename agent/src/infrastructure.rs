@@ -142,13 +142,7 @@ impl OwnInfrastructure {
             f(&mut known);
             known.combine()
         };
-        self.published.send_if_modified(|now| {
-            if **now == combined {
-                return false;
-            }
-            *now = Arc::new(combined);
-            true
-        });
+        remedy_proto::watch::send_if_changed(&self.published, combined);
     }
 }
 

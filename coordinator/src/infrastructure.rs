@@ -108,13 +108,7 @@ impl InfrastructureMap {
         };
         // Receivers wake only on a real change: a node saying hello again
         // with the same addresses sends nothing to the other agents.
-        self.published.send_if_modified(|now| {
-            if **now == combined {
-                return false;
-            }
-            *now = Arc::new(combined);
-            true
-        });
+        remedy_proto::watch::send_if_changed(&self.published, combined);
     }
 
     /// Lists the cluster's own objects now and every [`CLUSTER_EVERY`]

@@ -20,6 +20,7 @@ pub mod pki;
 pub mod shutdown;
 pub mod tls;
 pub mod tokens;
+pub mod watch;
 
 /// Largest gRPC message either side accepts, bytes. A finding batch above
 /// it is refused with RESOURCE_EXHAUSTED, so one runaway agent cannot make
