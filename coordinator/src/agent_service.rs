@@ -25,6 +25,8 @@ use crate::registry::{Registry, Session};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most infrastructure ranges sent to an agent: about 1.3 MB at most.
+const MAX_SENT_RANGES: usize = 65_536;
 /// Longest agent id or node name accepted.
 const MAX_NAME_LEN: usize = 253;
 
@@ -73,8 +75,18 @@ fn message(body: CoordinatorBody) -> pb::CoordinatorMessage {
 }
 
 /// The ranges of Remedy's own infrastructure, as an agent is sent them.
+/// At most [`MAX_SENT_RANGES`] of them, so the message stays far below the
+/// stream's size limit however many nodes announce addresses (the
+/// coordinator's own rails weigh the whole set).
 fn infrastructure_message(ranges: &Infrastructure) -> pb::CoordinatorMessage {
-    let ranges = ranges.ranges().map(|(net, _)| net.to_string()).collect();
+    if ranges.len() > MAX_SENT_RANGES {
+        tracing::warn!(
+            known = ranges.len(),
+            sent = MAX_SENT_RANGES,
+            "more infrastructure ranges than an agent is sent; the rails still weigh them all"
+        );
+    }
+    let ranges = ranges.ranges().take(MAX_SENT_RANGES).map(|(net, _)| net.to_string()).collect();
     message(CoordinatorBody::Infrastructure(pb::Infrastructure { ranges }))
 }
 

@@ -35,6 +35,12 @@ use crate::published::Published;
 
 /// Findings waiting for the spool beyond which lines are refused.
 const MAX_PENDING: usize = 4096;
+/// Brute-force findings held while the coordinator's view of the cluster
+/// is unknown. Past this, a finding goes on judged by this node's own
+/// addresses only (the coordinator's rails still refuse a ban of any node
+/// it knows): an agent cut off from the coordinator through an attack
+/// must keep reading its logs, not stop once enough attackers are held.
+const MAX_HELD: usize = 1024;
 /// How often the detectors are ticked.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -90,17 +96,12 @@ impl Detectors {
             let source = f.labels.get("source_ip").and_then(|ip| ip.parse::<IpAddr>().ok());
             if source.is_some_and(|ip| known.contains(ip)) {
                 self.infrastructure_suppressed += 1;
-            } else if heard {
+            } else if heard || self.held.len() >= MAX_HELD {
                 self.pending.push(f);
             } else {
                 self.held.push(f);
             }
         }
-    }
-
-    /// Findings not yet handed to the spool, held ones included.
-    fn waiting(&self) -> usize {
-        self.pending.len() + self.held.len()
     }
 }
 
@@ -262,7 +263,7 @@ pub struct DetectorSink {
 impl LineSink for DetectorSink {
     fn accept(&mut self, line: LogLine) -> Result<(), LogLine> {
         let mut d = self.detectors.lock();
-        if d.waiting() >= MAX_PENDING {
+        if d.pending.len() >= MAX_PENDING {
             d.refused += 1;
             return Err(line);
         }
@@ -371,5 +372,30 @@ mod tests {
         assert_eq!(sources, vec!["203.0.113.9"]);
         assert!(d.held.is_empty());
         assert_eq!(d.infrastructure_suppressed, 1);
+    }
+
+    #[test]
+    fn held_findings_are_bounded_and_the_overflow_goes_on_rather_than_stopping_the_logs() {
+        let own = OwnInfrastructure::default();
+        let detectors = LogDetectors::new(ClassifierConfig::default(), BruteForceConfig::default())
+            .unwrap()
+            .protecting(own.clone());
+        let finding = |ip: &str| Finding {
+            kind: FindingKind::BruteForce,
+            severity: remedy_shared::finding::Severity::Warning,
+            state: FindingState::Active,
+            target: format!("ip/{ip}"),
+            labels: BTreeMap::from([("source_ip".to_owned(), ip.to_owned())]),
+            evidence: BTreeMap::new(),
+            summary: String::new(),
+            first_seen: remedy_shared::Timestamp::from_millis(0),
+            last_seen: remedy_shared::Timestamp::from_millis(0),
+            expires_at: None,
+        };
+        let mut d = detectors.lock();
+        d.queue((0..MAX_HELD).map(|i| finding(&format!("203.0.{}.{}", i / 256, i % 256))), &own);
+        assert_eq!((d.held.len(), d.pending.len()), (MAX_HELD, 0));
+        d.queue([finding("198.51.100.1")], &own);
+        assert_eq!((d.held.len(), d.pending.len()), (MAX_HELD, 1), "past the bound, it goes on");
     }
 }
