@@ -39,10 +39,9 @@ use crate::stream::{Connection, ConnectionState};
 const MAX_BODY: usize = 2 * remedy_proto::MAX_FINDING_BYTES;
 /// Most findings in one request.
 const MAX_SUBMIT: usize = 1_000;
-/// Longest `ttl_seconds` a submitted finding may ask for: 24 hours. A
-/// node-local tool that stops reporting should not leave an active
-/// finding (and its incident) standing for longer than a day.
-const MAX_TTL_SECONDS: u64 = 24 * 3600;
+/// Longest `ttl_seconds` a submitted finding may ask for: the limit on
+/// any node's finding (24 hours).
+const MAX_TTL_SECONDS: u64 = remedy_shared::finding::MAX_NODE_TTL.as_secs();
 
 /// Who may submit findings by hand.
 #[derive(Debug)]
@@ -254,11 +253,6 @@ async fn submit(
             Ok(k) => k,
             Err(e) => return bad_request(format!("finding {i}: {e}")),
         };
-        if !kind.reported_by_nodes() {
-            return bad_request(format!(
-                "finding {i}: kind `{kind}` is raised by the coordinator only; a node may not report it"
-            ));
-        }
         if let Some(ttl) = s.ttl_seconds
             && ttl > MAX_TTL_SECONDS
         {
@@ -278,8 +272,14 @@ async fn submit(
             last_seen: at,
             expires_at: s.ttl_seconds.map(|t| at.plus(std::time::Duration::from_secs(t))),
         };
-        if let Err(e) = finding.validate() {
+        if let Err(e) = finding.validate().and_then(|()| finding.check_from_node()) {
             return bad_request(format!("finding {i}: {e}"));
+        }
+        // A local tool can shorten what it sends, so a field over its
+        // limit is refused whole rather than cut.
+        if let Err(e) = finding.check_sizes() {
+            return (StatusCode::PAYLOAD_TOO_LARGE, Json(serde_json::json!({ "error": format!("finding {i}: {e}") })))
+                .into_response();
         }
         findings.push(finding);
     }

@@ -9,6 +9,7 @@ use remedy_proto::v1 as pb;
 use remedy_shared::Timestamp;
 use remedy_shared::budget::SlidingBudget;
 use remedy_shared::incident::IncidentId;
+use remedy_shared::limits;
 use remedy_shared::sync::lock;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -176,7 +177,14 @@ fn required_by(by: &str) -> Result<String, Status> {
     if by.is_empty() {
         return Err(Status::invalid_argument("requested_by is required: commands are recorded with who gave them"));
     }
+    bounded("requested_by", by, limits::MAX_NOTE_BYTES)?;
     Ok(by.to_owned())
+}
+
+/// Refuses text a command would keep (on a timeline, in a ban) over its
+/// limit, naming the field: a person can shorten it.
+fn bounded(field: &str, text: &str, max: usize) -> Result<(), Status> {
+    limits::check_name(field, text, max).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn record_status(e: RecordError) -> Status {
@@ -364,6 +372,7 @@ impl Admin {
         let req = request.into_inner();
         let id = parse_incident_id(&req.id)?;
         let by = required_by(&req.requested_by)?;
+        bounded("reason", &req.reason, limits::MAX_NOTE_BYTES)?;
         let incident = match self.recorder.resolve(id, by, req.reason).await {
             Err(RecordError::NoOpenIncident(id)) => return Err(self.closed_or_missing(id).await),
             other => other.map_err(record_status)?,
@@ -401,16 +410,13 @@ impl Admin {
     ) -> Result<Response<pb::RunRunbookResponse>, Status> {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
+        bounded("runbook_id", &req.runbook_id, limits::MAX_KEY_BYTES)?;
+        let params: BTreeMap<String, String> = req.params.into_iter().collect();
+        limits::check_map("params", &params).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if self.engine.catalog().get(&req.runbook_id).is_none() {
             return Err(Status::not_found(format!("no runbook `{}` in the catalog", req.runbook_id)));
         }
-        let run = ManualRun {
-            runbook_id: req.runbook_id,
-            params: req.params.into_iter().collect(),
-            dry_run: req.dry_run,
-            drill: req.drill,
-            by,
-        };
+        let run = ManualRun { runbook_id: req.runbook_id, params, dry_run: req.dry_run, drill: req.drill, by };
         let id = self.engine.run_manual(run).await.map_err(record_status)?;
         Ok(Response::new(pb::RunRunbookResponse { incident_id: id.to_string() }))
     }
@@ -438,6 +444,8 @@ impl Admin {
     ) -> Result<Response<pb::Approval>, Status> {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
+        bounded("reason", &req.reason, limits::MAX_NOTE_BYTES)?;
+        bounded("step_id", &req.step_id, limits::MAX_KEY_BYTES)?;
         if !req.approve && req.reason.trim().is_empty() {
             return Err(Status::invalid_argument("a denial needs a reason: it is written on the incident's timeline"));
         }
@@ -469,6 +477,7 @@ impl Admin {
     ) -> Result<Response<pb::Automation>, Status> {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
+        bounded("reason", &req.reason, limits::MAX_NOTE_BYTES)?;
         self.engine.pause(&by, &req.reason).await.map_err(engine_status)?;
         Ok(Response::new(convert::automation_to_proto(&self.engine.guard())))
     }
@@ -497,6 +506,7 @@ impl Admin {
     async fn unblock(&self, request: Request<pb::UnblockRequest>) -> Result<Response<pb::Ban>, Status> {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
+        bounded("ip", &req.ip, limits::MAX_KEY_BYTES)?;
         let ip = req.ip.trim().to_owned();
         if ip.is_empty() {
             return Err(Status::invalid_argument("ip is required: name the address as it was blocked"));
@@ -562,6 +572,7 @@ impl Admin {
     ) -> Result<Response<pb::Automation>, Status> {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
+        bounded("scope", &req.scope, limits::MAX_KEY_BYTES)?;
         let scope: remedy_shared::guard::Scope = req.scope.parse().map_err(Status::invalid_argument)?;
         self.engine.reset_breaker(&scope, &by).await.map_err(engine_status)?;
         Ok(Response::new(convert::automation_to_proto(&self.engine.guard())))

@@ -1,5 +1,6 @@
 //! `AgentService`: one long-lived stream per agent.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,13 +23,12 @@ use crate::infrastructure::{InfrastructureMap, MAX_NODE_ADDRESSES};
 use crate::metrics::Metrics;
 use crate::recorder::{AgentHello, RecordError, Recorder};
 use crate::registry::{Registry, Session};
+use remedy_shared::limits::{self, LimitError, MAX_ENTRIES, MAX_KEY_BYTES, MAX_NAME_BYTES, check_map, check_name};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most infrastructure ranges sent to an agent: about 1.3 MB at most.
 const MAX_SENT_RANGES: usize = 65_536;
-/// Longest agent id or node name accepted.
-const MAX_NAME_LEN: usize = 253;
 
 /// Shared by every stream.
 #[derive(Debug, Clone)]
@@ -90,16 +90,45 @@ fn infrastructure_message(ranges: &Infrastructure) -> pb::CoordinatorMessage {
     message(CoordinatorBody::Infrastructure(pb::Infrastructure { ranges }))
 }
 
-/// Validates a hello; the error is sent as INVALID_ARGUMENT.
+/// Bounds what an agent says of a directive before the step's result keeps
+/// it: a long message or value is cut saying so; evidence over the limits
+/// on keys or entries is replaced by the reason, as the step's outcome
+/// stands on the result's outcome alone.
+fn bound_result(result: &mut pb::ActionResult) {
+    limits::clip(&mut result.message, limits::MAX_SUMMARY_BYTES);
+    let mut evidence = convert::sorted(std::mem::take(&mut result.evidence));
+    if let Err(e) = limits::bound_map("evidence", &mut evidence) {
+        evidence = BTreeMap::from([("evidence_refused".to_owned(), e.to_string())]);
+    }
+    result.evidence = evidence.into_iter().collect();
+}
+
+fn limit_status(e: LimitError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Validates a hello; the error is sent as INVALID_ARGUMENT. Every part of
+/// it is kept in the agent's record, so every part has a size.
 fn validate_hello(hello: pb::Hello) -> Result<AgentHello, Status> {
     for (field, value) in [("agent_id", &hello.agent_id), ("node_name", &hello.node_name)] {
         if value.trim().is_empty() {
             return Err(Status::invalid_argument(format!("hello.{field} must not be empty")));
         }
-        if value.len() > MAX_NAME_LEN {
-            return Err(Status::invalid_argument(format!("hello.{field} is longer than {MAX_NAME_LEN} bytes")));
-        }
+        check_name(&format!("hello.{field}"), value, MAX_NAME_BYTES).map_err(limit_status)?;
     }
+    check_name("hello.version", &hello.version, MAX_KEY_BYTES).map_err(limit_status)?;
+    if hello.capabilities.len() > MAX_ENTRIES {
+        return Err(limit_status(LimitError::TooMany {
+            field: "hello.capabilities".into(),
+            count: hello.capabilities.len(),
+            max: MAX_ENTRIES,
+        }));
+    }
+    for (i, capability) in hello.capabilities.iter().enumerate() {
+        check_name(&format!("hello.capabilities[{i}]"), capability, MAX_KEY_BYTES).map_err(limit_status)?;
+    }
+    let labels = convert::sorted(hello.labels);
+    check_map("hello.labels", &labels).map_err(limit_status)?;
     if hello.node_addresses.len() > MAX_NODE_ADDRESSES {
         return Err(Status::invalid_argument(format!(
             "hello.node_addresses has {} entries, over the limit of {MAX_NODE_ADDRESSES}",
@@ -123,7 +152,7 @@ fn validate_hello(hello: pb::Hello) -> Result<AgentHello, Status> {
         node_name: hello.node_name,
         version: hello.version,
         capabilities: hello.capabilities,
-        labels: convert::sorted(hello.labels),
+        labels,
         node_addresses,
     })
 }
@@ -295,7 +324,12 @@ impl AgentService {
                 .finding
                 .ok_or_else(|| Status::invalid_argument(format!("finding {sequence} has no body")))
                 .and_then(|f| {
+                    // A node reports only what nodes observe: the
+                    // coordinator's own judgements (an agent gone stale, an
+                    // MTTR at risk) are never taken from one.
                     convert::finding_from_proto(f)
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| f.check_from_node().map(|()| f).map_err(|e| e.to_string()))
                         .map_err(|e| Status::invalid_argument(format!("finding {sequence}: {e}")))
                 });
             match decoded {
@@ -321,7 +355,8 @@ impl AgentService {
     /// Hands a directive's result to its waiter; one nobody waits for is
     /// logged and counted, never an error: a slow agent must not lose its
     /// stream over an answer that came too late.
-    fn action_result(&self, session: &Session, node: &str, result: pb::ActionResult) {
+    fn action_result(&self, session: &Session, node: &str, mut result: pb::ActionResult) {
+        bound_result(&mut result);
         let (directive, outcome) = (result.directive_id.clone(), result.outcome);
         let outcome =
             pb::ActionOutcome::try_from(outcome).map_or_else(|_| outcome.to_string(), |o| o.as_str_name().to_owned());
@@ -380,6 +415,46 @@ mod tests {
         let status = validate_hello(pb::Hello { agent_id: "a".into(), ..Default::default() }).unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "hello.node_name must not be empty");
+    }
+
+    #[test]
+    fn every_part_of_a_hello_has_a_size_named_when_it_is_passed() {
+        let base = || pb::Hello { agent_id: "a".into(), node_name: "n".into(), ..Default::default() };
+        let refused = |hello: pb::Hello| validate_hello(hello).unwrap_err().message().to_owned();
+        assert_eq!(
+            refused(pb::Hello { agent_id: "a".repeat(254), ..base() }),
+            "hello.agent_id is 254 bytes, over the limit of 253"
+        );
+        assert_eq!(
+            refused(pb::Hello { version: "v".repeat(300), ..base() }),
+            "hello.version is 300 bytes, over the limit of 256"
+        );
+        assert_eq!(
+            refused(pb::Hello { capabilities: vec!["c".into(); 65], ..base() }),
+            "hello.capabilities has 65 entries, over the limit of 64"
+        );
+        let labels = [("zone".to_owned(), "z".repeat(5000))].into();
+        assert_eq!(refused(pb::Hello { labels, ..base() }), "hello.labels.zone is 5000 bytes, over the limit of 4096");
+        assert!(validate_hello(base()).is_ok());
+    }
+
+    #[test]
+    fn an_agents_answer_is_bounded_before_a_step_keeps_it() {
+        let mut result = pb::ActionResult {
+            message: "m".repeat(100_000),
+            evidence: [("freed".to_owned(), "f".repeat(10_000))].into(),
+            ..Default::default()
+        };
+        bound_result(&mut result);
+        assert!(result.message.len() <= limits::MAX_SUMMARY_BYTES);
+        assert!(result.evidence["freed"].ends_with("[truncated from 10000 bytes]"));
+        let mut many = pb::ActionResult {
+            evidence: (0..100).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+            ..Default::default()
+        };
+        bound_result(&mut many);
+        assert_eq!(many.evidence.len(), 1);
+        assert_eq!(many.evidence["evidence_refused"], "evidence has 100 entries, over the limit of 64");
     }
 
     #[test]

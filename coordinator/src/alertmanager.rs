@@ -12,6 +12,10 @@
 //! Alertmanager does not retry it), 401 without a known token, 415 for a
 //! body that is not JSON, 413 for one over [`MAX_BODY`], 503 when the queue is full or the store cannot
 //! write (Alertmanager retries 5xx). A refused request records nothing.
+//!
+//! Every alert is bounded before it is kept (see `convert`): over-long
+//! names are a 400, over-long label values and annotations are cut and say
+//! so.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use remedy_shared::Timestamp;
 use remedy_shared::alert::{self, Alert, AlertStatus};
+use remedy_shared::limits::{self, LimitError};
 use serde::Deserialize;
 
 use crate::auth::TokenFile;
@@ -72,7 +77,13 @@ pub fn parse(body: &[u8]) -> Result<Vec<Alert>, String> {
     n.alerts.into_iter().enumerate().map(|(i, a)| convert(a).map_err(|e| format!("alerts[{i}]: {e}"))).collect()
 }
 
-fn convert(a: WireAlert) -> Result<Alert, String> {
+/// One alert from the wire, bounded by [`remedy_shared::limits`]: its
+/// identity (label names, the alert's name, its fingerprint) is refused over
+/// its limit, while long label values, annotations and the generator URL are
+/// cut saying so, so an alert with a long description still opens its
+/// incident. The fingerprint is taken before any cut, so two alerts that
+/// differ only past a cut stay two.
+fn convert(mut a: WireAlert) -> Result<Alert, String> {
     let status = match a.status.as_str() {
         "firing" => AlertStatus::Firing,
         "resolved" => AlertStatus::Resolved,
@@ -83,6 +94,13 @@ fn convert(a: WireAlert) -> Result<Alert, String> {
     let starts_at = Timestamp::parse_rfc3339(&a.starts_at)
         .ok_or_else(|| format!("startsAt `{}` is not an RFC 3339 time", a.starts_at))?;
     let fingerprint = if a.fingerprint.is_empty() { alert::fingerprint(&a.labels) } else { a.fingerprint };
+    let named = |e: LimitError| e.to_string();
+    limits::check_name("labels.alertname", &alertname, limits::MAX_KEY_BYTES).map_err(named)?;
+    limits::check_name("fingerprint", &fingerprint, limits::MAX_KEY_BYTES).map_err(named)?;
+    limits::check_name("startsAt", &a.starts_at, limits::MAX_KEY_BYTES).map_err(named)?;
+    limits::bound_map("labels", &mut a.labels).map_err(named)?;
+    limits::bound_map("annotations", &mut a.annotations).map_err(named)?;
+    limits::clip(&mut a.generator_url, limits::MAX_VALUE_BYTES);
     Ok(Alert {
         status,
         alertname,
@@ -250,6 +268,51 @@ mod tests {
             h.insert(*name, header::HeaderValue::from_static(value));
         }
         h
+    }
+
+    fn notification(labels: serde_json::Value, annotations: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "version": "4", "alerts": [{ "status": "firing",
+            "labels": labels, "annotations": annotations, "startsAt": "2026-01-01T00:00:00Z" }] }))
+        .unwrap()
+    }
+
+    #[test]
+    fn long_values_are_cut_saying_so_and_two_alerts_differing_past_the_cut_stay_two() {
+        let long = |tail: &str| format!("{}{tail}", "v".repeat(10_000));
+        let one = parse(&notification(
+            serde_json::json!({ "alertname": "Down", "detail": long("a") }),
+            serde_json::json!({ "description": "d".repeat(100_000) }),
+        ))
+        .unwrap();
+        let other = parse(&notification(
+            serde_json::json!({ "alertname": "Down", "detail": long("b") }),
+            serde_json::json!({}),
+        ))
+        .unwrap();
+        let (one, other) = (&one[0], &other[0]);
+        assert!(one.labels["detail"].len() <= limits::MAX_VALUE_BYTES);
+        assert!(one.labels["detail"].ends_with("[truncated from 10001 bytes]"), "{}", one.labels["detail"]);
+        assert!(one.annotations["description"].ends_with("[truncated from 100000 bytes]"));
+        assert_eq!(one.labels["detail"], other.labels["detail"], "cut to the same text");
+        assert_ne!(one.fingerprint, other.fingerprint, "but still two alerts");
+    }
+
+    #[test]
+    fn an_over_long_name_or_too_many_labels_are_refused_naming_the_alert_and_field() {
+        let key = "k".repeat(300);
+        let e = parse(&notification(serde_json::json!({ "alertname": "Down", key: "v" }), serde_json::json!({})))
+            .unwrap_err();
+        assert_eq!(e, "alerts[0]: labels key is 300 bytes, over the limit of 256");
+        let mut many = serde_json::Map::new();
+        many.insert("alertname".into(), "Down".into());
+        for i in 0..64 {
+            many.insert(format!("l{i}"), "v".into());
+        }
+        let e = parse(&notification(serde_json::Value::Object(many), serde_json::json!({}))).unwrap_err();
+        assert_eq!(e, "alerts[0]: labels has 65 entries, over the limit of 64");
+        let e = parse(&notification(serde_json::json!({ "alertname": "D".repeat(257) }), serde_json::json!({})))
+            .unwrap_err();
+        assert_eq!(e, "alerts[0]: labels.alertname is 257 bytes, over the limit of 256");
     }
 
     #[test]

@@ -105,6 +105,44 @@ struct FileConfig {
     databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     #[serde(default)]
     caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
+    #[serde(default)]
+    retention: Option<RetentionFile>,
+}
+
+/// `retention:` in the file: how long each kind of record is kept; `0s`
+/// keeps it for ever.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    #[serde(default, with = "opt_duration")]
+    findings: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    audit: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    resolved_incidents: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    check_every: Option<Duration>,
+}
+
+impl RetentionFile {
+    fn resolve(self, source: &str) -> Result<crate::store::Retention, ConfigError> {
+        let defaults = crate::store::Retention::default();
+        let keep = |set: Option<Duration>, default: Option<Duration>| match set {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => default,
+        };
+        let check_every = self.check_every.unwrap_or(defaults.check_every);
+        if check_every < Duration::from_secs(1) {
+            return Err(ConfigError::new(source, "retention.check_every", "must be at least 1s"));
+        }
+        Ok(crate::store::Retention {
+            findings: keep(self.findings, defaults.findings),
+            audit: keep(self.audit, defaults.audit),
+            resolved_incidents: keep(self.resolved_incidents, defaults.resolved_incidents),
+            check_every,
+        })
+    }
 }
 
 /// `tls:` in the file.
@@ -263,6 +301,8 @@ pub struct Config {
     pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     /// The Redis instances the data-plane actions reach, by name.
     pub caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
+    /// How long findings, the audit log and resolved incidents are kept.
+    pub retention: crate::store::Retention,
 }
 
 impl Config {
@@ -345,6 +385,7 @@ impl Config {
             remedy_proto::tokens::load(path).map_err(|e| ConfigError::new(source, "alertmanager.tokens_file", e))?;
         }
         data_plane(source, &file.databases, &file.caches)?;
+        let retention = file.retention.unwrap_or_default().resolve(source)?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -367,6 +408,7 @@ impl Config {
             alertmanager_scopes: alertmanager.may_start,
             databases: file.databases,
             caches: file.caches,
+            retention,
         })
     }
 }
@@ -595,6 +637,20 @@ mod tests {
         );
         let both = Cli::parse_from(["remedy-coordinator", "--insecure", "--tls-cert", "/a.crt"]);
         assert_eq!(Config::resolve(&both, "defaults", FileConfig::default()).unwrap_err().field, "insecure");
+    }
+
+    #[test]
+    fn retention_defaults_to_a_month_of_findings_and_zero_keeps_for_ever() {
+        let c = Config::resolve(&cli(), "defaults", FileConfig::default()).unwrap();
+        assert_eq!(c.retention.findings, Some(Duration::from_secs(30 * 24 * 3600)));
+        let file: FileConfig =
+            config::parse_yaml("c.yaml", "retention: {findings: 7d, audit: 0s, check_every: 1m}\n").unwrap();
+        let c = Config::resolve(&cli(), "c.yaml", file).unwrap();
+        assert_eq!(c.retention.findings, Some(Duration::from_secs(7 * 24 * 3600)));
+        assert_eq!(c.retention.audit, None, "0s keeps the audit log for ever");
+        assert_eq!(c.retention.resolved_incidents, Some(Duration::from_secs(365 * 24 * 3600)));
+        let file: FileConfig = config::parse_yaml("c.yaml", "retention: {check_every: 10ms}\n").unwrap();
+        assert_eq!(Config::resolve(&cli(), "c.yaml", file).unwrap_err().field, "retention.check_every");
     }
 
     #[test]

@@ -279,6 +279,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
 
     tokio::spawn(watch_staleness(agent_service.clone(), config.clone(), clock.clone(), stopped()));
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));
+    tokio::spawn(forget_past_retention(recorder.clone(), config.retention, stopped()));
 
     let router = tonic::transport::Server::builder()
         .add_service(
@@ -460,6 +461,23 @@ async fn watch_staleness(
         let (streams, stale) = service.registry.counts();
         service.metrics.stale_agents.set(stale as i64);
         tracing::trace!(streams, stale, "staleness check");
+    }
+}
+
+/// Forgets the records past their retention, once at start and then every
+/// `retention.check_every`.
+async fn forget_past_retention(
+    recorder: Recorder,
+    retention: remedy_coordinator::store::Retention,
+    stopped: impl Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(retention.check_every);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => recorder.prune(retention).await,
+            () = &mut stopped => return,
+        }
     }
 }
 

@@ -52,7 +52,9 @@ fn millis_opt(ms: i64) -> Option<Timestamp> {
     (ms != 0).then(|| Timestamp::from_millis(ms))
 }
 
-/// A finding from the wire, validated.
+/// A finding from the wire, validated and bounded ([`Finding::bound`]): a
+/// long summary or value is cut saying so, anything else over a limit is
+/// refused.
 pub fn finding_from_proto(f: pb::Finding) -> Result<Finding, DecodeError> {
     let kind: FindingKind = f.kind.parse()?;
     let severity = severity_from_proto(f.severity).ok_or(DecodeError::Unspecified("severity"))?;
@@ -61,7 +63,7 @@ pub fn finding_from_proto(f: pb::Finding) -> Result<Finding, DecodeError> {
         Ok(pb::FindingState::Cleared) => FindingState::Cleared,
         _ => return Err(DecodeError::Unspecified("state")),
     };
-    let finding = Finding {
+    let mut finding = Finding {
         kind,
         severity,
         state,
@@ -73,7 +75,7 @@ pub fn finding_from_proto(f: pb::Finding) -> Result<Finding, DecodeError> {
         last_seen: Timestamp::from_millis(f.last_seen_ms),
         expires_at: millis_opt(f.expires_at_ms),
     };
-    finding.validate()?;
+    finding.bound()?;
     Ok(finding)
 }
 

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{self, LimitError};
 use crate::time::Timestamp;
 
 /// How bad a finding is. The order matters: under pressure the lowest goes
@@ -200,18 +201,29 @@ pub enum InvalidFinding {
     /// Last seen precedes first seen.
     #[error("finding last_seen is before first_seen")]
     TimeReversed,
-    /// More labels or evidence entries than allowed.
-    #[error("finding has more than {MAX_MAP_ENTRIES} labels or evidence entries")]
-    TooManyEntries,
+    /// A label or evidence map over its limits (see [`crate::limits`]).
+    #[error("finding {0}")]
+    Limit(#[from] LimitError),
+    /// A kind only the coordinator raises, reported by a node.
+    #[error("kind `{0}` is raised by the coordinator only; a node may not report it")]
+    NotFromNodes(FindingKind),
+    /// A node's finding that would stay active too long unrefreshed.
+    #[error("finding expires {0} s after it was last seen, over the limit of {max} s (24 hours)", max = MAX_NODE_TTL.as_secs())]
+    TtlTooLong(u64),
 }
 
 /// Longest accepted target, bytes.
 pub const MAX_TARGET_LEN: usize = 512;
-/// Most labels, and most evidence entries, on one finding.
-pub const MAX_MAP_ENTRIES: usize = 64;
+
+/// Longest a node's finding may stay active without being refreshed. A
+/// detector that still sees its condition says so again long before; a
+/// longer life would let one report hold an incident open for days after
+/// its node went quiet.
+pub const MAX_NODE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Finding {
-    /// Checks the invariants every stored finding satisfies.
+    /// Checks the invariants every stored finding satisfies, without
+    /// changing it: [`Finding::bound`] is the intake's check.
     pub fn validate(&self) -> Result<(), InvalidFinding> {
         if self.target.trim().is_empty() {
             return Err(InvalidFinding::EmptyTarget);
@@ -222,8 +234,50 @@ impl Finding {
         if self.last_seen < self.first_seen {
             return Err(InvalidFinding::TimeReversed);
         }
-        if self.labels.len() > MAX_MAP_ENTRIES || self.evidence.len() > MAX_MAP_ENTRIES {
-            return Err(InvalidFinding::TooManyEntries);
+        for (field, map) in [("labels", &self.labels), ("evidence", &self.evidence)] {
+            if map.len() > limits::MAX_ENTRIES {
+                return Err(
+                    LimitError::TooMany { field: field.into(), count: map.len(), max: limits::MAX_ENTRIES }.into()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The intake's check: [`Finding::validate`], then the size limits of
+    /// [`crate::limits`]: a long key or too many entries is refused, a long
+    /// summary or value is cut saying so. Returns the cut fields.
+    pub fn bound(&mut self) -> Result<Vec<String>, InvalidFinding> {
+        self.validate()?;
+        let mut cut: Vec<String> =
+            limits::bound_map("labels", &mut self.labels)?.into_iter().map(|k| format!("labels.{k}")).collect();
+        cut.extend(limits::bound_map("evidence", &mut self.evidence)?.into_iter().map(|k| format!("evidence.{k}")));
+        if limits::clip(&mut self.summary, limits::MAX_SUMMARY_BYTES) {
+            cut.push("summary".to_owned());
+        }
+        Ok(cut)
+    }
+
+    /// The strict size check, for node-local tools that can shorten what
+    /// they submit: any field over its limit is refused, naming it.
+    pub fn check_sizes(&self) -> Result<(), LimitError> {
+        limits::check_map("labels", &self.labels)?;
+        limits::check_map("evidence", &self.evidence)?;
+        limits::check_name("summary", &self.summary, limits::MAX_SUMMARY_BYTES)
+    }
+
+    /// What a node may report: only kinds nodes observe, and a life of at
+    /// most [`MAX_NODE_TTL`] past its last sighting.
+    pub fn check_from_node(&self) -> Result<(), InvalidFinding> {
+        if !self.kind.reported_by_nodes() {
+            return Err(InvalidFinding::NotFromNodes(self.kind));
+        }
+        if let Some(expires) = self.expires_at {
+            let life_ms = expires.as_millis().saturating_sub(self.last_seen.as_millis());
+            let life = u64::try_from(life_ms).unwrap_or(0) / 1000;
+            if life > MAX_NODE_TTL.as_secs() {
+                return Err(InvalidFinding::TtlTooLong(life));
+            }
         }
         Ok(())
     }

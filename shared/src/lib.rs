@@ -23,6 +23,7 @@ pub mod failover;
 pub mod finding;
 pub mod guard;
 pub mod incident;
+pub mod limits;
 pub mod logs;
 pub mod oncall;
 pub mod report;

@@ -198,18 +198,21 @@ async fn findings_too_large_for_one_batch_together_all_arrive_after_the_coordina
     let dir = tempfile::tempdir().unwrap();
     let grpc = remedy_e2e::procs::free_addr();
     let agent = Agent::start(&dir.path().join("a"), "node-big", &format!("http://{grpc}")).await;
-    // Six findings of 900 kB: together far above the 4 MiB a message may
-    // take, each well below the most one finding may.
-    const COUNT: usize = 6;
-    let padding = "p".repeat(900_000);
+    // Twenty findings as large as a finding may be (64 evidence values of
+    // 4 KiB): together far above the 4 MiB a message may take.
+    const COUNT: usize = 20;
+    let evidence: serde_json::Map<String, serde_json::Value> = (0..remedy_shared::limits::MAX_ENTRIES)
+        .map(|i| (format!("padding{i:02}"), "p".repeat(remedy_shared::limits::MAX_VALUE_BYTES).into()))
+        .collect();
     for i in 0..COUNT {
         let (code, body) = agent
             .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": format!("service/big{i}"),
-                "summary": format!("big {i}"), "evidence": { "padding": padding } }]))
+                "summary": format!("big {i}"), "evidence": evidence }]))
             .await;
         assert_eq!(code, 202, "{body}");
     }
-    assert!(COUNT * padding.len() > remedy_proto::MAX_MESSAGE_BYTES);
+    let finding_bytes = remedy_shared::limits::MAX_ENTRIES * remedy_shared::limits::MAX_VALUE_BYTES;
+    assert!(COUNT * finding_bytes > remedy_proto::MAX_MESSAGE_BYTES);
     assert_eq!(agent.debug_state().await["spool"]["depth"], COUNT);
 
     let coordinator = Coordinator::start_on(&dir.path().join("c"), grpc, &[]).await;
@@ -248,7 +251,8 @@ async fn findings_in_small_pages(
             .into_inner();
         for f in page.findings {
             let finding = f.finding.expect("a stored finding has its finding");
-            assert_eq!(finding.evidence.get("padding").map(String::len), Some(900_000), "evidence arrives whole");
+            assert_eq!(finding.evidence.len(), remedy_shared::limits::MAX_ENTRIES, "evidence arrives whole");
+            assert!(finding.evidence.values().all(|v| v.len() == remedy_shared::limits::MAX_VALUE_BYTES));
             out.insert(finding.summary);
         }
         page_token = page.next_page_token;
@@ -326,6 +330,12 @@ async fn bad_messages_get_precise_statuses_and_everyone_else_is_still_served() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("unknown finding kind `probe_faild`"), "{status:?}");
 
+    // A node may not claim the coordinator's own judgements, even over its
+    // stream with a valid hello.
+    let status = stream_status(&url, vec![hello("raw", "n"), batch(1, "agent_stale", "forged".into())]).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("kind `agent_stale` is raised by the coordinator only"), "{status:?}");
+
     let status = stream_status(&url, vec![hello("raw", "n"), batch(0, "probe_failed", "zero".into())]).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("sequence 0"), "{status:?}");
@@ -375,8 +385,14 @@ async fn the_agent_endpoint_refuses_bad_findings_with_a_reason() {
         .await;
     assert_eq!(code, 413, "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.starts_with("finding 1 takes "), "{error}");
-    assert!(error.contains("could never be delivered"), "{error}");
+    assert_eq!(error, format!("finding 1: summary is {} bytes, over the limit of 4096", huge.len()));
+    // The same for a value over its limit, named by its key.
+    let (code, body) = agent
+        .submit(&json!([{ "kind": "probe_failed", "severity": "warning", "target": "service/huge",
+            "evidence": { "body": "x".repeat(4097) } }]))
+        .await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(body["error"], "finding 0: evidence.body is 4097 bytes, over the limit of 4096");
     // Only what a node sees: the coordinator's own kinds are refused.
     for kind in ["agent_stale", "mttr_at_risk", "database_split_brain"] {
         let (code, body) = agent.submit(&json!([{ "kind": kind, "severity": "critical", "target": "node/x" }])).await;

@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use self::staging::{Stage, State};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::store::{Loaded, Store, StoreError};
+use crate::store::{Loaded, Retention, Store, StoreError};
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 512;
@@ -186,6 +186,7 @@ enum Command {
         reply: oneshot::Sender<Result<AlertReceipt, RecordError>>,
     },
     Sweep,
+    Prune(Retention),
     Run {
         update: Box<RunUpdate>,
         reply: oneshot::Sender<Result<(), RecordError>>,
@@ -239,6 +240,7 @@ impl std::fmt::Debug for Command {
             Command::Raise { .. } => "Raise",
             Command::Alerts { .. } => "Alerts",
             Command::Sweep => "Sweep",
+            Command::Prune(_) => "Prune",
             Command::Run { .. } => "Run",
             Command::Manual { .. } => "Manual",
             Command::Acknowledge { .. } => "Acknowledge",
@@ -387,6 +389,12 @@ impl Recorder {
         rx.await.map_err(|_| RecordError::Stopped)?
     }
 
+    /// Asks the writer to forget the records past `retention`, in its next
+    /// commit.
+    pub async fn prune(&self, retention: Retention) {
+        let _ = self.tx.send(Command::Prune(retention)).await;
+    }
+
     /// Asks the writer to expire findings that were not refreshed in time.
     pub async fn sweep(&self) {
         let _ = self.tx.send(Command::Sweep).await;
@@ -491,6 +499,7 @@ impl Writer {
                     }));
                 }
                 Command::Sweep => state.stage_sweep(&mut stage, now),
+                Command::Prune(retention) => state.stage_prune(&mut stage, &retention, now),
                 Command::Run { update, reply } => match state.stage_run_update(&mut stage, *update, now) {
                     Ok(()) => replies.push(Box::new(move |r| {
                         let _ = reply.send(r.map_err(|e| RecordError::Store(e.to_owned())));

@@ -575,6 +575,11 @@ impl State {
         Ok(incident)
     }
 
+    /// Stages forgetting the records past `retention`.
+    pub(super) fn stage_prune(&self, stage: &mut Stage, retention: &crate::store::Retention, now: Timestamp) {
+        stage.batch.prune = Some(retention.cutoffs(now));
+    }
+
     /// Stages what time alone changes: sums re-judged, alert keys past
     /// their retention forgotten, MTTR marks, expired sources.
     pub(super) fn stage_sweep(&self, stage: &mut Stage, now: Timestamp) {

@@ -1,5 +1,6 @@
 //! The embedded store: one redb file in the data directory.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -13,7 +14,9 @@ use remedy_shared::run::RunRecord;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{AgentRecord, BanRecord, Counters, FindingQuery, Loaded, Store, StoreError, StoredFinding, WriteBatch};
+use super::{
+    AgentRecord, BanRecord, Counters, FindingQuery, Loaded, Prune, Store, StoreError, StoredFinding, WriteBatch,
+};
 
 const FINDINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("findings");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
@@ -39,6 +42,8 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 const NEXT_INCIDENT: &str = "next_incident";
 const NEXT_OWN_SEQUENCE: &str = "next_own_sequence";
 const NEXT_ENTRY: &str = "next_timeline_entry";
+/// The last audit position ever given.
+const LAST_AUDIT: &str = "last_audit_seq";
 
 /// A redb-backed [`Store`].
 ///
@@ -149,6 +154,81 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     Ok(db)
 }
 
+/// How many records one prune forgot.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Pruned {
+    findings: usize,
+    audit: usize,
+    incidents: usize,
+}
+
+/// Forgets what `prune` names, inside the commit's transaction.
+fn forget(txn: &redb::WriteTransaction, prune: &Prune) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    let mut incidents = txn.open_table(INCIDENTS).map_err(backend)?;
+    let mut open = HashSet::new();
+    let mut gone = Vec::new();
+    for row in incidents.iter().map_err(backend)? {
+        let (id, bytes) = row.map_err(backend)?;
+        let incident: Incident = decode("incidents", bytes.value())?;
+        match (incident.resolved_at, prune.incidents_resolved_before) {
+            (None, _) => {
+                open.insert(id.value());
+            }
+            (Some(resolved), Some(cutoff)) if resolved < cutoff => gone.push(id.value()),
+            _ => {}
+        }
+    }
+    if !gone.is_empty() {
+        let mut timeline = txn.open_table(TIMELINE).map_err(backend)?;
+        let mut runs = txn.open_table(RUNS).map_err(backend)?;
+        for id in &gone {
+            incidents.remove(id).map_err(backend)?;
+            runs.remove(id).map_err(backend)?;
+            timeline.retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false).map_err(backend)?;
+        }
+        pruned.incidents = gone.len();
+    }
+    if let Some(cutoff) = prune.findings_before {
+        let mut findings = txn.open_table(FINDINGS).map_err(backend)?;
+        let mut failed = None;
+        findings
+            .retain(|_, bytes| match decode::<StoredFinding>("findings", bytes) {
+                Ok(f) => {
+                    let keep = f.received_at >= cutoff || f.incident_id.is_some_and(|id| open.contains(&id.0));
+                    pruned.findings += usize::from(!keep);
+                    keep
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    true
+                }
+            })
+            .map_err(backend)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    if let Some(cutoff) = prune.audit_before {
+        // Entries are appended in time order: the old ones are a prefix.
+        let mut audit = txn.open_table(AUDIT).map_err(backend)?;
+        let mut last_old = None;
+        for row in audit.iter().map_err(backend)? {
+            let (seq, bytes) = row.map_err(backend)?;
+            let entry: AuditEntry = decode("audit", bytes.value())?;
+            if entry.at >= cutoff {
+                break;
+            }
+            last_old = Some(seq.value());
+            pruned.audit += 1;
+        }
+        if let Some(last) = last_old {
+            audit.retain_in(..=last, |_, _| false).map_err(backend)?;
+        }
+    }
+    Ok(pruned)
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -253,16 +333,34 @@ impl Store for EmbeddedStore {
                 }
                 if !batch.audit.is_empty() {
                     let mut audit = txn.open_table(AUDIT).map_err(backend)?;
-                    let mut seq = audit.last().map_err(backend)?.map(|(k, _)| k.value()).unwrap_or(0);
+                    // The last position ever given, kept apart from the
+                    // table: retention may have emptied it, and a position
+                    // is never given twice.
+                    let in_table = audit.last().map_err(backend)?.map(|(k, _)| k.value()).unwrap_or(0);
+                    let mut seq = meta.get(LAST_AUDIT).map_err(backend)?.map(|v| v.value()).unwrap_or(0).max(in_table);
                     for entry in &batch.audit {
                         seq += 1;
                         let entry = AuditEntry { seq, ..entry.clone() };
                         audit.insert(seq, encode(&entry).as_slice()).map_err(backend)?;
                     }
+                    meta.insert(LAST_AUDIT, seq).map_err(backend)?;
                 }
                 if let Some(c) = batch.counters {
                     meta.insert(NEXT_INCIDENT, c.next_incident).map_err(backend)?;
                     meta.insert(NEXT_OWN_SEQUENCE, c.next_own_sequence).map_err(backend)?;
+                }
+            }
+            // After the tables above are closed: a table is open at most
+            // once in a transaction.
+            if let Some(prune) = &batch.prune {
+                let pruned = forget(&txn, prune)?;
+                if pruned != Pruned::default() {
+                    tracing::info!(
+                        findings = pruned.findings,
+                        audit_entries = pruned.audit,
+                        incidents = pruned.incidents,
+                        "forgot records past their retention"
+                    );
                 }
             }
             txn.commit().map_err(backend)
@@ -493,6 +591,7 @@ mod tests {
                 runs: vec![run.clone()],
                 guard: Some(guard.clone()),
                 audit: vec![],
+                prune: None,
             };
             store.commit(&batch).unwrap();
         }
@@ -537,5 +636,78 @@ mod tests {
         assert_eq!(seen, vec![(1, "A"), (2, "B"), (3, "C")], "positions continue across a reopen");
         let after = store.list_audit(1, 1).unwrap();
         assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn retention_forgets_old_records_but_never_an_open_incidents_evidence_nor_an_audit_position() {
+        use remedy_shared::audit::{AuditEntry, AuditKind};
+        use remedy_shared::incident::IncidentState;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let ms = Timestamp::from_millis;
+        let incident = |id: u64, resolved_at: Option<i64>| {
+            let Outcome::Changed { mut incident, .. } =
+                incident::apply_finding(None, "a1", &finding(&format!("mount/n{id}:/var")), IncidentId(id), ms(10))
+            else {
+                panic!("expected an incident")
+            };
+            if let Some(at) = resolved_at {
+                incident.state = IncidentState::Resolved;
+                incident.resolved_at = Some(ms(at));
+            }
+            incident
+        };
+        let stored = |sequence: u64, received: i64, incident: u64| StoredFinding {
+            agent_id: "a1".into(),
+            sequence,
+            node_name: "n1".into(),
+            received_at: ms(received),
+            incident_id: Some(IncidentId(incident)),
+            finding: finding("mount/n1:/var"),
+        };
+        let entry = |at: i64| AuditEntry {
+            seq: 0,
+            at: ms(at),
+            actor: "user:a".into(),
+            kind: AuditKind::AdminCall,
+            operation: "X".into(),
+            target: String::new(),
+            arguments: BTreeMap::new(),
+            outcome: "ok".into(),
+        };
+        store
+            .commit(&WriteBatch {
+                // 1 is still open; 2 was resolved long ago; 3 lately.
+                incidents: vec![incident(1, None), incident(2, Some(100)), incident(3, Some(5_000))],
+                findings: vec![stored(1, 10, 1), stored(2, 10, 2), stored(3, 5_000, 3)],
+                audit: vec![entry(10), entry(20), entry(5_000)],
+                ..Default::default()
+            })
+            .unwrap();
+        let cutoff = Some(ms(1_000));
+        let prune = Prune { findings_before: cutoff, audit_before: cutoff, incidents_resolved_before: cutoff };
+        store.commit(&WriteBatch { prune: Some(prune), ..Default::default() }).unwrap();
+
+        let findings = store.list_findings(&FindingQuery { limit: 10, ..Default::default() }).unwrap();
+        let kept: Vec<u64> = findings.iter().map(|f| f.sequence).collect();
+        assert_eq!(kept, vec![1, 3], "the open incident's old finding and the recent one stay");
+        assert!(store.get_incident(IncidentId(1)).unwrap().is_some());
+        assert!(store.get_incident(IncidentId(2)).unwrap().is_none(), "resolved long ago: forgotten");
+        assert!(store.get_incident(IncidentId(3)).unwrap().is_some());
+        let audit: Vec<u64> = store.list_audit(0, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(audit, vec![3]);
+
+        // Forgetting the whole log never reuses a position.
+        let everything = Some(ms(10_000));
+        store
+            .commit(&WriteBatch {
+                prune: Some(Prune { audit_before: everything, ..Default::default() }),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(store.list_audit(0, 10).unwrap().is_empty());
+        store.commit(&WriteBatch { audit: vec![entry(20_000)], ..Default::default() }).unwrap();
+        let audit: Vec<u64> = store.list_audit(0, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(audit, vec![4]);
     }
 }

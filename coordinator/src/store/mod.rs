@@ -182,6 +182,66 @@ pub struct WriteBatch {
     pub guard: Option<GuardState>,
     /// Audit entries to append (their `seq` is given at commit).
     pub audit: Vec<AuditEntry>,
+    /// Records past their retention, forgotten in this commit.
+    pub prune: Option<Prune>,
+}
+
+/// What a commit forgets: records older than each cutoff. `None` keeps
+/// that kind of record for ever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prune {
+    /// Findings received before this, unless their incident is still open:
+    /// an open incident keeps its evidence however old.
+    pub findings_before: Option<Timestamp>,
+    /// Audit entries written before this. Positions are never reused: the
+    /// next entry still follows the last one ever written.
+    pub audit_before: Option<Timestamp>,
+    /// Incidents resolved before this, with their timelines and runs.
+    pub incidents_resolved_before: Option<Timestamp>,
+}
+
+/// How long records are kept, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Findings; `None`: for ever.
+    pub findings: Option<std::time::Duration>,
+    /// The audit log; `None`: for ever.
+    pub audit: Option<std::time::Duration>,
+    /// Resolved incidents; `None`: for ever.
+    pub resolved_incidents: Option<std::time::Duration>,
+    /// How often the records past their retention are forgotten.
+    pub check_every: std::time::Duration,
+}
+
+impl Default for Retention {
+    /// Findings a month, the audit log and resolved incidents a year (a
+    /// year of incidents is what quarterly and yearly reviews read), checked
+    /// every ten minutes.
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Retention {
+            findings: Some(std::time::Duration::from_secs(30 * DAY)),
+            audit: Some(std::time::Duration::from_secs(365 * DAY)),
+            resolved_incidents: Some(std::time::Duration::from_secs(365 * DAY)),
+            check_every: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+impl Retention {
+    /// The cutoffs at `now`.
+    pub fn cutoffs(&self, now: Timestamp) -> Prune {
+        let before = |keep: Option<std::time::Duration>| {
+            keep.map(|d| {
+                Timestamp::from_millis(now.as_millis().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+            })
+        };
+        Prune {
+            findings_before: before(self.findings),
+            audit_before: before(self.audit),
+            incidents_resolved_before: before(self.resolved_incidents),
+        }
+    }
 }
 
 impl WriteBatch {
@@ -197,6 +257,7 @@ impl WriteBatch {
             && self.runs.is_empty()
             && self.guard.is_none()
             && self.audit.is_empty()
+            && self.prune.is_none()
     }
 }
 
