@@ -577,3 +577,62 @@ fn remedyctl_explains_an_unreachable_coordinator_without_a_trace() {
     assert!(err.starts_with(&format!("remedyctl: cannot reach the coordinator at http://{addr}")), "{err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_past_their_retention_are_forgotten_but_an_open_incident_keeps_its_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.yaml");
+    std::fs::write(&config, "retention: { findings: 1s, resolved_incidents: 1s, audit: 0s, check_every: 1s }\n")
+        .unwrap();
+    let coordinator = Coordinator::start_with(&dir.path().join("c"), &["--config", config.to_str().unwrap()]).await;
+    let agent = Agent::start(&dir.path().join("a"), "node-r", &coordinator.url()).await;
+    let (code, body) =
+        agent.submit(&json!([probe("service/kept", "stays open"), probe("service/gone", "will be resolved")])).await;
+    assert_eq!(code, 202, "{body}");
+    let mut admin = coordinator.admin().await;
+    let stored = eventually("both findings stored", WAIT, || {
+        let mut admin = admin.clone();
+        async move {
+            let stored = all_findings(&mut admin).await;
+            (stored.len() == 2).then_some(stored)
+        }
+    })
+    .await;
+    let incident_of = |target: &str| {
+        stored.values().find(|f| f.finding.as_ref().unwrap().target == target).unwrap().incident_id.clone()
+    };
+    let (kept, gone) = (incident_of("service/kept"), incident_of("service/gone"));
+    admin
+        .resolve_incident(pb::IncidentCommand {
+            id: gone.clone(),
+            requested_by: "tester".into(),
+            reason: "done".into(),
+        })
+        .await
+        .expect("resolve");
+
+    // Past a second, the resolved incident and its finding are forgotten;
+    // the open one keeps its finding however old.
+    eventually("the resolved incident forgotten", WAIT, || {
+        let mut admin = admin.clone();
+        let gone = gone.clone();
+        async move {
+            let status = admin.get_incident(pb::GetIncidentRequest { id: gone }).await.err()?;
+            (status.code() == Code::NotFound).then_some(())
+        }
+    })
+    .await;
+    let left = eventually("only the open incident's finding left", WAIT, || {
+        let mut admin = admin.clone();
+        async move {
+            let stored = all_findings(&mut admin).await;
+            (stored.len() == 1).then_some(stored)
+        }
+    })
+    .await;
+    assert_eq!(left.values().next().unwrap().incident_id, kept);
+    admin.get_incident(pb::GetIncidentRequest { id: kept }).await.expect("the open incident stays");
+    // The audit log is kept for ever here: the resolution is still in it.
+    let audit = admin.list_audit(pb::ListAuditRequest::default()).await.expect("audit").into_inner();
+    assert!(audit.entries.iter().any(|e| e.operation == "ResolveIncident"), "{:?}", audit.entries);
+}
