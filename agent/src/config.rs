@@ -225,6 +225,14 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     if node_name.trim().is_empty() {
         return Err(err("node_name", "must be set (flag --node-name, NODE_NAME or the file)".into()));
     }
+    let bounded = |field: &str, value: &str| {
+        remedy_shared::limits::check_name(field, value, remedy_shared::limits::MAX_NAME_BYTES)
+            .map_err(|e| err(field, e.to_string()))
+    };
+    bounded("node_name", &node_name)?;
+    if let Some(id) = cli.agent_id.as_ref().or(file.agent_id.as_ref()) {
+        bounded("agent_id", id)?;
+    }
     let coordinator = cli.coordinator.clone().or(file.coordinator).unwrap_or_else(|| "https://127.0.0.1:7070".into());
     if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
         return Err(err("coordinator", format!("`{coordinator}` is not a URL like https://127.0.0.1:7070")));
@@ -275,6 +283,9 @@ fn resolve(cli: &Cli, source: &str, file: FileConfig) -> Result<Config, ConfigEr
     if let Some(path) = &file.diagnostics.tokens_file {
         remedy_proto::tokens::load(path).map_err(|e| err("diagnostics.tokens_file", e))?;
     }
+    // The coordinator refuses a hello past these limits, so an agent that
+    // would announce them must not start.
+    remedy_shared::limits::check_map("labels", &file.labels).map_err(|e| err("labels", e.to_string()))?;
     Ok(Config {
         agent_id: cli.agent_id.clone().or(file.agent_id).filter(|id| !id.trim().is_empty()),
         node_name,
@@ -428,6 +439,10 @@ mod tests {
         assert_eq!(load("coordinator: 127.0.0.1:7070\n").unwrap_err().field, "coordinator");
         assert_eq!(load("spool_capacity: 0\n").unwrap_err().field, "spool_capacity");
         assert_eq!(load("detectors:\n  gpu_hot: {}\n").unwrap_err().field, "detectors.gpu_hot");
+        // What the coordinator would refuse in the hello is refused here.
+        let long = "x".repeat(254);
+        assert_eq!(load(&format!("agent_id: {long}\n")).unwrap_err().field, "agent_id");
+        assert_eq!(load(&format!("labels: {{zone: {}}}\n", "z".repeat(5000))).unwrap_err().field, "labels");
     }
 
     #[test]
