@@ -14,7 +14,8 @@ const REDUCED_TEXT_BYTES: usize = 1024;
 pub const CUT_KEY: &str = "remedy.cut";
 
 /// An item of a listing: its reduced form keeps its identity and small
-/// fields, cuts its long texts and empties its maps and lists.
+/// fields, cuts its long texts, empties its lists and leaves in each map
+/// only [`CUT_KEY`] with why.
 pub trait Listed: prost::Message + Sized {
     /// The item reduced; `note` says why, and goes in its main text.
     fn reduced(self, note: &str) -> Self;
@@ -103,7 +104,7 @@ impl Listed for pb::StoredFinding {
             cut(&mut f.target);
             cut(&mut f.kind);
             cut_map(&mut f.labels, note);
-            f.evidence.clear();
+            cut_map(&mut f.evidence, note);
         }
         self
     }
@@ -212,6 +213,31 @@ mod tests {
         assert!(list_entry_len(&items[0]) < 4 * REDUCED_TEXT_BYTES);
         assert!(items[0].summary.contains(CUT_KEY) && items[0].summary.contains("over the message limit"));
         assert_eq!(token, "", "the listing ended within the page");
+    }
+
+    #[test]
+    fn a_reduced_finding_keeps_its_key_and_says_why_in_its_maps() {
+        let big = "v".repeat(remedy_proto::MAX_MESSAGE_BYTES);
+        let finding = pb::StoredFinding {
+            agent_id: "node-a".into(),
+            sequence: 7,
+            finding: Some(pb::Finding {
+                summary: "disk full".into(),
+                labels: [("huge".to_owned(), big)].into(),
+                evidence: [("e".to_owned(), "x".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut page = page(10);
+        assert!(offer(&mut page, "7:node-a".into(), finding));
+        let (items, _) = finish(page, Listing::Findings);
+        let f = &items[0];
+        assert_eq!((f.agent_id.as_str(), f.sequence), ("node-a", 7));
+        let body = f.finding.as_ref().unwrap();
+        assert!(body.summary.starts_with("disk full (remedy.cut: "), "{}", body.summary);
+        assert_eq!(body.labels.keys().collect::<Vec<_>>(), vec![CUT_KEY]);
+        assert_eq!(body.evidence.keys().collect::<Vec<_>>(), vec![CUT_KEY]);
     }
 
     #[test]
