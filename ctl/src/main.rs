@@ -424,6 +424,16 @@ mod tests {
         assert!(parse(&["blocks", "-A", "-o", "json"]).is_ok());
         assert!(parse(&["blocks", "unblock", "203.0.113.7"]).is_ok());
         assert!(parse(&["blocks", "unblock"]).is_err(), "unblock names the address");
+        for list in [&["incidents", "-A"][..], &["findings"], &["agents"], &["audit"], &["runbooks", "list"]] {
+            let mut args = list.to_vec();
+            args.extend(["--limit", "5", "--chunk-size", "100"]);
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
+        assert!(parse(&["approvals", "list", "--chunk-size", "2"]).is_ok());
+        assert!(parse(&["blocks", "-A", "--limit", "3"]).is_ok());
+        let err = parse(&["incidents", "--chunk-size", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--chunk-size"), "{err}");
+        assert!(parse(&["incidents", "--chunk-size", "5001"]).is_err(), "the coordinator's page is at most 5,000");
     }
 
     #[test]
