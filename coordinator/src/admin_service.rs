@@ -21,14 +21,17 @@ use std::collections::BTreeMap;
 use remedy_shared::audit::{AuditEntry, AuditKind};
 use remedy_shared::auth::AdminCall;
 
+use remedy_shared::paging::{BadToken, Listing, join_key, split_key};
+
 use crate::auth::Authenticator;
 use crate::engine::{Engine, EngineError};
+use crate::listing;
 use crate::recorder::{ManualRun, RecordError, Recorder};
 use crate::registry::Registry;
 use crate::store::{AgentRecord, BanRecord, FindingQuery, Store, StoreError, StoredFinding};
 
-const DEFAULT_PAGE: usize = 500;
-const MAX_PAGE: usize = 5_000;
+/// The most incidents the watch's initial listing sends (one message each).
+const WATCH_INITIAL: usize = remedy_shared::paging::MAX_PAGE_SIZE;
 
 /// What the admin calls do, once admitted. Only [`AdminService`], which
 /// admits and audits each call, serves them.
@@ -157,14 +160,49 @@ fn finding_to_proto(f: StoredFinding) -> pb::StoredFinding {
     }
 }
 
-/// Page tokens are "<sequence>:<agent id>" of the last item returned.
-fn parse_page_token(token: &str) -> Result<Option<(String, u64)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || Status::invalid_argument(format!("page_token `{token}` was not issued by this server"));
-    let (seq, agent) = token.split_once(':').ok_or_else(invalid)?;
-    Ok(Some((agent.to_owned(), seq.parse().map_err(|_| invalid())?)))
+fn bad_token(e: BadToken) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// A findings page's key: "<sequence>:<agent id>" of the last item.
+fn finding_key(agent: &str, sequence: u64) -> String {
+    format!("{sequence}:{agent}")
+}
+
+fn parse_finding_token(token: &str) -> Result<Option<(String, u64)>, Status> {
+    Listing::Findings
+        .parse(token, |key| {
+            let (seq, agent) = key.split_once(':')?;
+            Some((agent.to_owned(), seq.parse().ok()?))
+        })
+        .map_err(bad_token)
+}
+
+/// The page size asked: `page_size`, else the older field it replaces.
+fn asked(page_size: u32, older: u32) -> u32 {
+    if page_size == 0 { older } else { page_size }
+}
+
+/// Where an approvals page stands in their order: pending first, then by
+/// when they were asked, then by incident, step and attempt.
+type ApprovalKey = (u8, i64, String, String, u32);
+
+fn approval_key(a: &pb::Approval) -> ApprovalKey {
+    (u8::from(a.status != "pending"), a.requested_at_ms, a.incident_id.clone(), a.step_id.clone(), a.attempt)
+}
+
+fn approval_token_key(k: &ApprovalKey) -> String {
+    join_key(&[&k.0.to_string(), &k.1.to_string(), &k.2, &k.4.to_string(), &k.3])
+}
+
+fn parse_approval_key(key: &str) -> Option<ApprovalKey> {
+    let f = split_key(key, 5)?;
+    Some((f[0].parse().ok()?, f[1].parse().ok()?, f[2].to_owned(), f[4].to_owned(), f[3].parse().ok()?))
+}
+
+/// Where a bans page stands in their order: newest first, then by address.
+fn ban_key(b: &BanRecord) -> (std::cmp::Reverse<i64>, String) {
+    (std::cmp::Reverse(b.blocked_at.as_millis()), b.ip.clone())
 }
 
 fn parse_incident_id(id: &str) -> Result<IncidentId, Status> {
@@ -225,10 +263,23 @@ impl Admin {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::IncidentEvent, Status>> + Send>>;
 
 impl Admin {
-    async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let req = request.into_inner();
+        let after = Listing::Agents.key(&req.page_token).map_err(bad_token)?;
+        // Every record is read: there is one per agent that ever said hello,
+        // a few per node, so they stay few; the page bounds the answer.
         let records = self.read(|s| s.list_agents()).await?;
-        let agents = records.into_iter().map(|r| self.agent_to_proto(r)).collect();
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        let mut page = listing::page(req.page_size);
+        for r in records.into_iter().filter(|r| after.as_ref().is_none_or(|a| r.agent_id > *a)) {
+            if !listing::offer(&mut page, r.agent_id.clone(), self.agent_to_proto(r)) {
+                break;
+            }
+        }
+        let (agents, next_page_token) = listing::finish(page, Listing::Agents);
+        Ok(Response::new(pb::ListAgentsResponse { agents, next_page_token }))
     }
 
     async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
@@ -255,25 +306,23 @@ impl Admin {
                     .map_err(|e: remedy_shared::finding::UnknownKind| Status::invalid_argument(e.to_string()))?,
             )
         };
-        let limit = match req.page_size as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
         let query = FindingQuery {
             agent_id: (!req.agent_id.is_empty()).then_some(req.agent_id),
             kind,
-            after: parse_page_token(&req.page_token)?,
-            limit,
+            after: parse_finding_token(&req.page_token)?,
+            limit: 0,
         };
-        let page = self.read(move |s| s.list_findings(&query)).await?;
-        let next_page_token = match page.last() {
-            Some(last) if page.len() == limit => format!("{}:{}", last.sequence, last.agent_id),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListFindingsResponse {
-            findings: page.into_iter().map(finding_to_proto).collect(),
-            next_page_token,
-        }))
+        let page = self
+            .read(move |s| {
+                let mut page = listing::page(req.page_size);
+                s.scan_findings(&query, &mut |f| {
+                    listing::offer(&mut page, finding_key(&f.agent_id, f.sequence), finding_to_proto(f))
+                })?;
+                Ok(page)
+            })
+            .await?;
+        let (findings, next_page_token) = listing::finish(page, Listing::Findings);
+        Ok(Response::new(pb::ListFindingsResponse { findings, next_page_token }))
     }
 
     async fn get_finding(
@@ -293,14 +342,20 @@ impl Admin {
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         let req = request.into_inner();
-        let limit = match req.limit as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let incidents = self.read(move |s| s.list_incidents(req.include_resolved, limit)).await?;
-        Ok(Response::new(pb::ListIncidentsResponse {
-            incidents: incidents.iter().map(|i| convert::incident_to_proto(i, &[])).collect(),
-        }))
+        let before =
+            Listing::Incidents.parse(&req.page_token, |k| k.parse().ok().map(IncidentId)).map_err(bad_token)?;
+        let size = asked(req.page_size, req.limit);
+        let page = self
+            .read(move |s| {
+                let mut page = listing::page(size);
+                s.scan_incidents(req.include_resolved, before, &mut |i| {
+                    listing::offer(&mut page, i.id.0.to_string(), convert::incident_to_proto(&i, &[]))
+                })?;
+                Ok(page)
+            })
+            .await?;
+        let (incidents, next_page_token) = listing::finish(page, Listing::Incidents);
+        Ok(Response::new(pb::ListIncidentsResponse { incidents, next_page_token }))
     }
 
     async fn get_incident(&self, request: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
@@ -324,7 +379,7 @@ impl Admin {
         let include_resolved = request.into_inner().include_resolved;
         // Subscribe before listing so no change falls between the two.
         let mut changes = self.recorder.subscribe();
-        let initial = self.read(move |s| s.list_incidents(include_resolved, MAX_PAGE)).await?;
+        let initial = self.read(move |s| s.list_incidents(include_resolved, WATCH_INITIAL)).await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             for incident in initial.iter().rev() {
@@ -382,16 +437,29 @@ impl Admin {
 
     async fn list_runbooks(
         &self,
-        _: Request<pb::ListRunbooksRequest>,
+        request: Request<pb::ListRunbooksRequest>,
     ) -> Result<Response<pb::ListRunbooksResponse>, Status> {
-        let runbooks = self
-            .engine
-            .catalog()
-            .runbooks()
-            .iter()
-            .map(|r| convert::runbook_to_proto(r, self.engine.rehearsed_steps(r), false))
-            .collect();
-        Ok(Response::new(pb::ListRunbooksResponse { runbooks }))
+        let req = request.into_inner();
+        let catalog = self.engine.catalog();
+        let all = catalog.runbooks();
+        // The catalog is loaded at start and never changes, so a page starts
+        // just after the runbook the last one ended with.
+        let start = match Listing::Runbooks.key(&req.page_token).map_err(bad_token)? {
+            None => 0,
+            Some(id) => {
+                let at = all.iter().position(|r| r.id() == id);
+                at.ok_or_else(|| bad_token(BadToken(req.page_token.clone())))? + 1
+            }
+        };
+        let mut page = listing::page(req.page_size);
+        for r in &all[start..] {
+            let item = convert::runbook_to_proto(r, self.engine.rehearsed_steps(r), false);
+            if !listing::offer(&mut page, r.id().to_owned(), item) {
+                break;
+            }
+        }
+        let (runbooks, next_page_token) = listing::finish(page, Listing::Runbooks);
+        Ok(Response::new(pb::ListRunbooksResponse { runbooks, next_page_token }))
     }
 
     async fn get_runbook(&self, request: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
@@ -425,17 +493,31 @@ impl Admin {
         &self,
         request: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        let all = request.into_inner().all;
+        let req = request.into_inner();
+        let after = Listing::Approvals.parse(&req.page_token, parse_approval_key).map_err(bad_token)?;
         let now = self.now();
-        let guard = self.engine.guard();
-        let mut approvals: Vec<pb::Approval> = guard
-            .approvals()
-            .iter()
-            .filter(|a| all || a.is_pending(now))
-            .map(|a| convert::approval_to_proto(a, now))
-            .collect();
-        approvals.sort_by_key(|a| (a.status != "pending", a.requested_at_ms));
-        Ok(Response::new(pb::ListApprovalsResponse { approvals }))
+        // The guard rails hold every request in memory; a page is cut from
+        // them in their order.
+        let mut approvals: Vec<(ApprovalKey, pb::Approval)> = {
+            let guard = self.engine.guard();
+            guard
+                .approvals()
+                .iter()
+                .filter(|a| req.all || a.is_pending(now))
+                .map(|a| convert::approval_to_proto(a, now))
+                .map(|a| (approval_key(&a), a))
+                .filter(|(k, _)| after.as_ref().is_none_or(|after| k > after))
+                .collect()
+        };
+        approvals.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut page = listing::page(req.page_size);
+        for (key, a) in approvals {
+            if !listing::offer(&mut page, approval_token_key(&key), a) {
+                break;
+            }
+        }
+        let (approvals, next_page_token) = listing::finish(page, Listing::Approvals);
+        Ok(Response::new(pb::ListApprovalsResponse { approvals, next_page_token }))
     }
 
     async fn answer_approval(
@@ -493,14 +575,29 @@ impl Admin {
 
     async fn list_bans(&self, request: Request<pb::ListBansRequest>) -> Result<Response<pb::ListBansResponse>, Status> {
         let req = request.into_inner();
+        let after = Listing::Bans
+            .parse(&req.page_token, |k| {
+                let f = split_key(k, 2)?;
+                Some((std::cmp::Reverse(f[0].parse::<i64>().ok()?), f[1].to_owned()))
+            })
+            .map_err(bad_token)?;
         let at = self.now();
+        // Bans are one per blocked address, kept in one table of the local
+        // file; all are read, newest first, and a page is cut from them.
         let bans = self.bans.list().await.map_err(store_status)?;
-        let bans = bans
+        let mut page = listing::page(req.page_size);
+        let listed = bans
             .into_iter()
             .filter(|b| req.include_inactive || crate::bans::ban_state(b, at) == "active")
-            .map(|b| ban_to_proto(b, at))
-            .collect();
-        Ok(Response::new(pb::ListBansResponse { bans }))
+            .filter(|b| after.as_ref().is_none_or(|after| ban_key(b) > *after));
+        for b in listed {
+            let key = join_key(&[&b.blocked_at.as_millis().to_string(), &b.ip]);
+            if !listing::offer(&mut page, key, ban_to_proto(b, at)) {
+                break;
+            }
+        }
+        let (bans, next_page_token) = listing::finish(page, Listing::Bans);
+        Ok(Response::new(pb::ListBansResponse { bans, next_page_token }))
     }
 
     async fn unblock(&self, request: Request<pb::UnblockRequest>) -> Result<Response<pb::Ban>, Status> {
@@ -582,12 +679,22 @@ impl Admin {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let req = request.into_inner();
-        let limit = match req.limit as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let entries = self.read(move |s| s.list_audit(req.after_seq, limit)).await?;
-        Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(convert::audit_to_proto).collect() }))
+        let after = Listing::Audit.parse(&req.page_token, |k| k.parse::<u64>().ok()).map_err(bad_token)?;
+        let after = after.unwrap_or(req.after_seq);
+        let size = asked(req.page_size, req.limit);
+        let page = self
+            .read(move |s| {
+                let last_seq = s.last_audit_seq()?;
+                let mut page = listing::page(size);
+                s.scan_audit(after, &mut |e| {
+                    listing::offer(&mut page, e.seq.to_string(), convert::audit_to_proto(&e))
+                })?;
+                Ok((page, last_seq))
+            })
+            .await?;
+        let (page, last_seq) = page;
+        let (entries, next_page_token) = listing::finish(page, Listing::Audit);
+        Ok(Response::new(pb::ListAuditResponse { entries, next_page_token, last_seq }))
     }
 
     async fn review_incident(
@@ -928,8 +1035,20 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_foreign_ones_are_refused() {
-        assert_eq!(parse_page_token("42:node-a:x").unwrap(), Some(("node-a:x".to_owned(), 42)));
-        assert_eq!(parse_page_token("").unwrap(), None);
-        assert_eq!(parse_page_token("abc").unwrap_err().code(), tonic::Code::InvalidArgument);
+        let token = Listing::Findings.token(&finding_key("node-a:x", 42));
+        assert_eq!(parse_finding_token(&token).unwrap(), Some(("node-a:x".to_owned(), 42)));
+        assert_eq!(parse_finding_token("").unwrap(), None);
+        for foreign in ["abc", "42:node-a", "findings/x:node", &Listing::Incidents.token("42")] {
+            let status = parse_finding_token(foreign).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{foreign}");
+            assert!(status.message().contains("page_token"), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn approval_keys_round_trip_with_any_step_id() {
+        let key = (1, 1_700, "INC-000001".to_owned(), "st|ep".to_owned(), 3);
+        assert_eq!(parse_approval_key(&approval_token_key(&key)), Some(key));
+        assert_eq!(parse_approval_key("1|2"), None);
     }
 }

@@ -20,6 +20,7 @@ pub mod escalator;
 pub mod http;
 pub mod infrastructure;
 pub mod leader;
+pub mod listing;
 pub mod metrics;
 pub mod recorder;
 pub mod registry;

@@ -287,7 +287,11 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(admin_service).max_decoding_message_size(MAX_MESSAGE_BYTES));
+        .add_service(
+            AdminServiceServer::new(admin_service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
     let grpc: GrpcServing = match server_tls {
         Some((tls, reload_every)) => {
             tokio::spawn(tls.clone().keep_reloading(reload_every, stopped()));

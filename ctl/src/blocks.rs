@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::client::Ctx;
 use crate::output::{self, Row};
+use crate::paging::{PageArgs, follow};
 
 /// `blocks [list] [-A]` or `blocks unblock IP`.
 #[derive(Debug, Args)]
@@ -14,6 +15,8 @@ pub struct BlocksArgs {
     /// Include expired and lifted bans.
     #[arg(long, short = 'A')]
     pub all: bool,
+    #[command(flatten)]
+    pub page: PageArgs,
     #[command(subcommand)]
     pub command: Option<BlocksCommand>,
 }
@@ -26,6 +29,8 @@ pub enum BlocksCommand {
         /// Include expired and lifted bans.
         #[arg(long, short = 'A')]
         all: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Lifts a ban on every agent, recorded with who did it.
     Unblock {
@@ -149,15 +154,23 @@ impl Row for Ban {
 /// `blocks`, `blocks list`, `blocks unblock IP`.
 pub async fn blocks(ctx: &mut Ctx, args: BlocksArgs) -> anyhow::Result<()> {
     match args.command {
-        None => list(ctx, args.all).await,
-        Some(BlocksCommand::List { all }) => list(ctx, all || args.all).await,
+        None => list(ctx, args.all, args.page).await,
+        Some(BlocksCommand::List { all, page }) => list(ctx, all || args.all, page.or(args.page)).await,
         Some(BlocksCommand::Unblock { ip }) => unblock(ctx, ip).await,
     }
 }
 
-async fn list(ctx: &mut Ctx, all: bool) -> anyhow::Result<()> {
-    let request = pb::ListBansRequest { include_inactive: all };
-    let bans = ctx.client.list_bans(request).await.map_err(|s| ctx.explain(s))?.into_inner().bans;
+async fn list(ctx: &mut Ctx, all: bool, page: PageArgs) -> anyhow::Result<()> {
+    let bans = follow!(
+        ctx,
+        page,
+        |page_size, page_token| ctx.client.list_bans(pb::ListBansRequest {
+            include_inactive: all,
+            page_size,
+            page_token
+        }),
+        bans
+    );
     output::print_list(ctx.fmt, &bans.into_iter().map(Ban::from).collect::<Vec<_>>())
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::client::Ctx;
 use crate::output::{self, Format};
+use crate::paging::{PageArgs, follow};
 use crate::views;
 
 /// `run RUNBOOK`.
@@ -45,6 +46,8 @@ pub struct ApprovalsArgs {
     /// Include answered and expired requests.
     #[arg(long, short = 'A')]
     pub all: bool,
+    #[command(flatten)]
+    pub page: PageArgs,
     #[command(subcommand)]
     pub command: Option<ApprovalCommand>,
 }
@@ -57,6 +60,8 @@ pub enum ApprovalCommand {
         /// Include answered and expired requests.
         #[arg(long, short = 'A')]
         all: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Grants a request: the step runs.
     Approve(AnswerArgs),
@@ -346,8 +351,10 @@ async fn wait_for_end(ctx: &mut Ctx, id: &str, limit: Duration) -> anyhow::Resul
 /// `approvals [list] [--all]`, `approvals approve ...`, `approvals deny ...`.
 pub async fn approvals(ctx: &mut Ctx, args: ApprovalsArgs) -> anyhow::Result<()> {
     let (target, deny) = match args.command {
-        None => return list_approvals(ctx, args.all).await,
-        Some(ApprovalCommand::List { all }) => return list_approvals(ctx, all || args.all).await,
+        None => return list_approvals(ctx, args.all, args.page).await,
+        Some(ApprovalCommand::List { all, page }) => {
+            return list_approvals(ctx, all || args.all, page.or(args.page)).await;
+        }
         Some(ApprovalCommand::Approve(target)) => (target, None),
         Some(ApprovalCommand::Deny { target, reason }) => (target, Some(reason)),
     };
@@ -374,10 +381,14 @@ pub async fn approvals(ctx: &mut Ctx, args: ApprovalsArgs) -> anyhow::Result<()>
     output::print_one(ctx.fmt, &approval, |a| format!("approval {} {} by {by}", a.key, a.status))
 }
 
-async fn list_approvals(ctx: &mut Ctx, all: bool) -> anyhow::Result<()> {
-    let list =
-        ctx.client.list_approvals(pb::ListApprovalsRequest { all }).await.map_err(|s| ctx.explain(s))?.into_inner();
-    output::print_list(ctx.fmt, &list.approvals.into_iter().map(views::Approval::from).collect::<Vec<_>>())
+async fn list_approvals(ctx: &mut Ctx, all: bool, page: PageArgs) -> anyhow::Result<()> {
+    let approvals = follow!(
+        ctx,
+        page,
+        |page_size, page_token| ctx.client.list_approvals(pb::ListApprovalsRequest { all, page_size, page_token }),
+        approvals
+    );
+    output::print_list(ctx.fmt, &approvals.into_iter().map(views::Approval::from).collect::<Vec<_>>())
 }
 
 fn print_automation(fmt: Format, automation: pb::Automation) -> anyhow::Result<()> {

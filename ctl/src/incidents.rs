@@ -5,17 +5,23 @@ use remedy_proto::v1 as pb;
 
 use crate::client::Ctx;
 use crate::output::{self, Format};
+use crate::paging::{PageArgs, follow};
 use crate::views;
 
-/// `incidents [-A]`.
-pub async fn list(ctx: &mut Ctx, all: bool) -> anyhow::Result<()> {
-    let list = ctx
-        .client
-        .list_incidents(pb::ListIncidentsRequest { include_resolved: all, limit: 0 })
-        .await
-        .map_err(|s| ctx.explain(s))?
-        .into_inner();
-    output::print_list(ctx.fmt, &list.incidents.into_iter().map(views::Incident::from).collect::<Vec<_>>())
+/// `incidents [-A]`: every page, newest first.
+pub async fn list(ctx: &mut Ctx, all: bool, page: PageArgs) -> anyhow::Result<()> {
+    let incidents = follow!(
+        ctx,
+        page,
+        |page_size, page_token| ctx.client.list_incidents(pb::ListIncidentsRequest {
+            include_resolved: all,
+            page_size,
+            page_token,
+            ..Default::default()
+        }),
+        incidents
+    );
+    output::print_list(ctx.fmt, &incidents.into_iter().map(views::Incident::from).collect::<Vec<_>>())
 }
 
 /// `incidents --watch`: the current ones, then every change.

@@ -8,6 +8,7 @@ mod connection;
 mod engine;
 mod incidents;
 mod output;
+mod paging;
 mod reports;
 mod rules;
 mod runbooks;
@@ -25,6 +26,7 @@ use crate::client::Ctx;
 use crate::engine::{ApprovalCommand, ApprovalsArgs, BreakerCommand, RunArgs};
 use crate::incidents::Verb;
 use crate::output::Format;
+use crate::paging::{PageArgs, follow};
 use crate::rules::RulesCommand;
 use crate::runbooks::RunbookCommand;
 
@@ -47,15 +49,18 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Agents that ever connected.
-    Agents,
-    /// The audit log as JSON lines, oldest first (admin only).
+    Agents {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// The audit log as JSON lines, oldest first (admin only), as it stood
+    /// when the command started.
     Audit {
         /// Only entries after this position.
         #[arg(long, default_value_t = 0)]
         after: u64,
-        /// At most this many (0: all).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Certificates for a local installation.
     Pki {
@@ -70,18 +75,20 @@ enum Command {
         /// Only of this kind.
         #[arg(long)]
         kind: Option<String>,
-        /// At most this many (0: all).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Incidents, newest first.
     Incidents {
         /// Include resolved incidents.
         #[arg(long, short = 'A')]
         all: bool,
-        /// Keep watching and print every change.
+        /// Keep watching and print every change (the current ones first,
+        /// at most 5,000; --limit and --chunk-size do not apply).
         #[arg(long, short = 'w')]
         watch: bool,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// One incident.
     Incident {
@@ -236,14 +243,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut ctx = Ctx::connect(&target, cli.output, cli.as_user).await?;
     let ctx = &mut ctx;
     match cli.command {
-        Command::Agents => {
-            let agents = ctx.client.list_agents(pb::ListAgentsRequest {}).await.map_err(|s| ctx.explain(s))?;
-            let agents: Vec<views::Agent> = agents.into_inner().agents.into_iter().map(views::Agent::from).collect();
-            output::print_list(ctx.fmt, &agents)
+        Command::Agents { page } => {
+            let agents = follow!(
+                ctx,
+                page,
+                |page_size, page_token| ctx.client.list_agents(pb::ListAgentsRequest { page_size, page_token }),
+                agents
+            );
+            output::print_list(ctx.fmt, &agents.into_iter().map(views::Agent::from).collect::<Vec<_>>())
         }
-        Command::Findings { agent, kind, limit } => findings(ctx, agent, kind, limit).await,
-        Command::Incidents { all, watch: false } => incidents::list(ctx, all).await,
-        Command::Incidents { all, watch: true } => incidents::watch(ctx, all).await,
+        Command::Findings { agent, kind, page } => findings(ctx, agent, kind, page).await,
+        Command::Incidents { all, watch: false, page } => incidents::list(ctx, all, page).await,
+        Command::Incidents { all, watch: true, .. } => incidents::watch(ctx, all).await,
         Command::Incident { command: IncidentCommand::Show { id } } => incidents::show(ctx, &id).await,
         Command::Incident { command: IncidentCommand::Timeline { id } } => incidents::timeline(ctx, &id).await,
         Command::Incident { command: IncidentCommand::Review { id, out } } => {
@@ -251,14 +262,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ack { id } => incidents::command(ctx, Verb::Acknowledge, &id, None).await,
         Command::Resolve { id, reason } => incidents::command(ctx, Verb::Resolve, &id, reason).await,
-        Command::Runbooks { command: RunbookCommand::List } => runbooks::list(ctx).await,
+        Command::Runbooks { command: RunbookCommand::List { page } } => runbooks::list(ctx, page).await,
         Command::Runbooks { command: RunbookCommand::Show { id } } => runbooks::show(ctx, id).await,
         Command::Runbooks { command: RunbookCommand::Validate { .. } }
         | Command::Pki { .. }
         | Command::Rules { .. } => {
             unreachable!("handled before connecting")
         }
-        Command::Audit { after, limit } => audit(ctx, after, limit).await,
+        Command::Audit { after, page } => audit(ctx, after, page).await,
         Command::Run(args) => engine::run(ctx, args).await,
         Command::Approvals(args) => engine::approvals(ctx, args).await,
         Command::Pause { reason } => engine::pause(ctx, reason).await,
@@ -272,7 +283,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Every finding that matches, page by page.
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
     /// Creates a CA and certificates for a coordinator, one agent and one
@@ -322,24 +332,20 @@ fn pki_init(
     Ok(())
 }
 
-async fn audit(ctx: &mut Ctx, after: u64, limit: usize) -> anyhow::Result<()> {
-    const PAGE: usize = 5_000;
-    let mut after = after;
-    let mut printed = 0usize;
-    loop {
-        let page = ctx
-            .client
-            .list_audit(pb::ListAuditRequest { after_seq: after, limit: PAGE as u32 })
-            .await
-            .map_err(|s| ctx.explain(s))?
-            .into_inner()
-            .entries;
-        // Reading the log is itself audited: stop at a short page rather
-        // than follow the entries this reading adds.
-        let last_page = page.len() < PAGE;
-        let Some(last) = page.last() else { return Ok(()) };
-        after = last.seq;
-        for e in &page {
+/// `audit`: JSON lines, streamed page by page. Reading the log is itself
+/// audited, so the reading stops at the log's end as the first page saw it
+/// rather than follow the entries its own calls add.
+async fn audit(ctx: &mut Ctx, after: u64, page: PageArgs) -> anyhow::Result<()> {
+    let mut pager = paging::Pager::new(page);
+    let mut end: Option<u64> = None;
+    while let Some((page_size, page_token)) = pager.next_request() {
+        let request = pb::ListAuditRequest { after_seq: after, page_size, page_token, ..Default::default() };
+        let answer = ctx.client.list_audit(request).await.map_err(|s| ctx.explain(s))?.into_inner();
+        let end = *end.get_or_insert(answer.last_seq);
+        let reached_end = answer.entries.last().is_some_and(|e| e.seq >= end);
+        let entries: Vec<_> = answer.entries.into_iter().filter(|e| e.seq <= end).collect();
+        let next_token = if reached_end { String::new() } else { answer.next_page_token };
+        for e in pager.take(entries, next_token)? {
             let line = serde_json::json!({
                 "seq": e.seq,
                 "at": remedy_shared::Timestamp::from_millis(e.at_ms).to_string(),
@@ -351,36 +357,26 @@ async fn audit(ctx: &mut Ctx, after: u64, limit: usize) -> anyhow::Result<()> {
                 "outcome": e.outcome,
             });
             println!("{line}");
-            printed += 1;
-            if limit != 0 && printed >= limit {
-                return Ok(());
-            }
-        }
-        if last_page {
-            return Ok(());
         }
     }
+    Ok(())
 }
 
-async fn findings(ctx: &mut Ctx, agent: Option<String>, kind: Option<String>, limit: usize) -> anyhow::Result<()> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let want = if limit == 0 { 5_000 } else { (limit - all.len()).min(5_000) };
-        let request = pb::ListFindingsRequest {
-            agent_id: agent.clone().unwrap_or_default(),
-            kind: kind.clone().unwrap_or_default(),
-            page_size: want as u32,
+/// Every finding that matches, page by page.
+async fn findings(ctx: &mut Ctx, agent: Option<String>, kind: Option<String>, page: PageArgs) -> anyhow::Result<()> {
+    let (agent_id, kind) = (agent.unwrap_or_default(), kind.unwrap_or_default());
+    let all = follow!(
+        ctx,
+        page,
+        |page_size, page_token| ctx.client.list_findings(pb::ListFindingsRequest {
+            agent_id: agent_id.clone(),
+            kind: kind.clone(),
+            page_size,
             page_token,
-        };
-        let page = ctx.client.list_findings(request).await.map_err(|s| ctx.explain(s))?.into_inner();
-        all.extend(page.findings.into_iter().map(views::Finding::from));
-        page_token = page.next_page_token;
-        if page_token.is_empty() || (limit > 0 && all.len() >= limit) {
-            break;
-        }
-    }
-    output::print_list(ctx.fmt, &all)
+        }),
+        findings
+    );
+    output::print_list(ctx.fmt, &all.into_iter().map(views::Finding::from).collect::<Vec<_>>())
 }
 
 #[cfg(test)]
@@ -428,6 +424,16 @@ mod tests {
         assert!(parse(&["blocks", "-A", "-o", "json"]).is_ok());
         assert!(parse(&["blocks", "unblock", "203.0.113.7"]).is_ok());
         assert!(parse(&["blocks", "unblock"]).is_err(), "unblock names the address");
+        for list in [&["incidents", "-A"][..], &["findings"], &["agents"], &["audit"], &["runbooks", "list"]] {
+            let mut args = list.to_vec();
+            args.extend(["--limit", "5", "--chunk-size", "100"]);
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
+        assert!(parse(&["approvals", "list", "--chunk-size", "2"]).is_ok());
+        assert!(parse(&["blocks", "-A", "--limit", "3"]).is_ok());
+        let err = parse(&["incidents", "--chunk-size", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--chunk-size"), "{err}");
+        assert!(parse(&["incidents", "--chunk-size", "5001"]).is_err(), "the coordinator's page is at most 5,000");
     }
 
     #[test]

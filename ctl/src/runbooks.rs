@@ -12,13 +12,17 @@ use serde::Serialize;
 
 use crate::client::Ctx;
 use crate::output::{self, Format, Row};
+use crate::paging::{PageArgs, follow};
 use crate::views::{self, short_duration};
 
 /// `runbooks ...`.
 #[derive(Debug, Subcommand)]
 pub enum RunbookCommand {
     /// The coordinator's catalog, most urgent first.
-    List,
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// One runbook: header, steps (and which run as rehearsals), params and
     /// its definition as the coordinator understood it.
     Show {
@@ -38,9 +42,14 @@ pub enum RunbookCommand {
 }
 
 /// `runbooks list`.
-pub async fn list(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let list = ctx.client.list_runbooks(pb::ListRunbooksRequest {}).await.map_err(|s| ctx.explain(s))?.into_inner();
-    output::print_list(ctx.fmt, &list.runbooks.into_iter().map(views::Runbook::from).collect::<Vec<_>>())
+pub async fn list(ctx: &mut Ctx, page: PageArgs) -> anyhow::Result<()> {
+    let runbooks = follow!(
+        ctx,
+        page,
+        |page_size, page_token| ctx.client.list_runbooks(pb::ListRunbooksRequest { page_size, page_token }),
+        runbooks
+    );
+    output::print_list(ctx.fmt, &runbooks.into_iter().map(views::Runbook::from).collect::<Vec<_>>())
 }
 
 /// `runbooks show ID`.

@@ -113,7 +113,7 @@ fn main() -> std::io::Result<()> {
                 agent_id: "node-a".into(),
                 kind: "brute_force".into(),
                 page_size: 10,
-                page_token: "42:node-a".into(),
+                page_token: "findings/42:node-a".into(),
             }
             .encode_to_vec(),
         ),

@@ -39,10 +39,26 @@ pub const MAX_FINDING_BYTES: usize = 1024 * 1024;
 /// it and the stream break on every reconnection.
 pub const MAX_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
 
+/// The most one page of an admin listing carries, encoded, bytes: half of
+/// [`MAX_MESSAGE_BYTES`], so that no content, however large, makes a list
+/// answer pass the limit; the caller follows the page token for the rest.
+pub const MAX_PAGE_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+
+/// The largest item a listing serves as it is, encoded, bytes: alone on its
+/// page it still leaves room below [`MAX_MESSAGE_BYTES`] for the answer's
+/// other fields. A larger item is listed in a reduced form.
+pub const MAX_LISTED_ITEM_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// Bytes a message takes as one item of a repeated field numbered below 16
+/// (every listing's items are field 1): the message with its tag and
+/// length prefix.
+pub fn list_entry_len<M: prost::Message>(item: &M) -> usize {
+    let len = item.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
 /// Bytes a finding takes in a `FindingBatch`: the message with its field
 /// tag and length prefix.
 pub fn batch_entry_len(finding: &v1::SequencedFinding) -> usize {
-    use prost::Message;
-    let len = finding.encoded_len();
-    1 + prost::length_delimiter_len(len) + len
+    list_entry_len(finding)
 }

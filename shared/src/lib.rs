@@ -26,6 +26,7 @@ pub mod incident;
 pub mod limits;
 pub mod logs;
 pub mod oncall;
+pub mod paging;
 pub mod report;
 pub mod review;
 pub mod run;

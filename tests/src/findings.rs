@@ -63,7 +63,7 @@ pub async fn assert_each_incident_counts_its_findings_once(
     incidents: usize,
 ) {
     let listed = admin
-        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() })
         .await
         .expect("list incidents")
         .into_inner()

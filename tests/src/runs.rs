@@ -128,7 +128,7 @@ pub async fn incident_for(coordinator: &Coordinator, runbook: &str) -> pb::Incid
         let mut admin = admin.clone();
         async move {
             let list = admin
-                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() })
                 .await
                 .ok()?
                 .into_inner();
@@ -137,7 +137,7 @@ pub async fn incident_for(coordinator: &Coordinator, runbook: &str) -> pb::Incid
     })
     .await;
     let list = admin
-        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() })
         .await
         .expect("list incidents")
         .into_inner();
@@ -192,7 +192,10 @@ async fn answer(coordinator: &Coordinator, incident: &str, step: &str, deny: Opt
     let mut admin = coordinator.admin().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let pending = loop {
-        let list = admin.list_approvals(pb::ListApprovalsRequest { all: false }).await.expect("list approvals");
+        let list = admin
+            .list_approvals(pb::ListApprovalsRequest { all: false, ..Default::default() })
+            .await
+            .expect("list approvals");
         if let Some(found) =
             list.into_inner().approvals.into_iter().find(|a| a.incident_id == incident && a.step_id == step)
         {

@@ -88,7 +88,8 @@ fn humantime_rfc3339(t: std::time::SystemTime) -> String {
 
 async fn incidents_named(coordinator: &Coordinator, name: &str) -> Vec<pb::Incident> {
     let mut admin = coordinator.admin().await;
-    let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
+    let list =
+        admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() }).await.unwrap();
     list.into_inner().incidents.into_iter().filter(|i| i.kind == name).collect()
 }
 
@@ -240,7 +241,8 @@ async fn malformed_notifications_get_400_with_the_reason_and_change_nothing() {
         assert!(answer.contains(reason), "{answer}");
     }
     let mut admin = coordinator.admin().await;
-    let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
+    let list =
+        admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() }).await.unwrap();
     assert!(list.into_inner().incidents.is_empty());
 }
 
@@ -274,7 +276,8 @@ async fn anonymous_forged_and_non_json_notifications_get_401_or_415_and_record_n
         assert!(answer.contains(reason), "{headers:?}: {answer}");
     }
     let mut admin = coordinator.admin().await;
-    let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
+    let list =
+        admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() }).await.unwrap();
     assert!(list.into_inner().incidents.is_empty(), "a refused notification recorded something");
     assert_eq!(coordinator.metric("remedy_alerts_received_total").await, 0.0);
 
@@ -310,7 +313,8 @@ async fn a_sender_starts_only_the_runbooks_its_scope_names() {
     assert_eq!(code, 403, "{answer}");
     assert!(answer.contains("user:alertmanager may not start runbook P0-001 (alert P0_SystemDown)"), "{answer}");
     let mut admin = coordinator.admin().await;
-    let list = admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.unwrap();
+    let list =
+        admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() }).await.unwrap();
     assert!(list.into_inner().incidents.is_empty(), "an out-of-scope notification recorded something");
 
     let (code, answer) = coordinator.notify(&firing("P1_BruteForceAttackDetected")).await;

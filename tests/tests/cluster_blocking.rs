@@ -168,7 +168,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
         start_agent(node, dir.path(), port, &logs);
     }
     eventually("three agents announced block_ip", WAIT, || async {
-        let agents = admin(&url).await.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
+        let agents = admin(&url).await.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
         let ready = agents.iter().filter(|a| a.connected && a.capabilities.iter().any(|c| c == "block_ip")).count();
         (ready == NODES).then_some(())
     })
@@ -191,7 +191,7 @@ async fn a_brute_force_on_one_node_is_blocked_on_three_and_lifted_everywhere() {
     let incident = eventually("an incident handled by BAN", WAIT, || async {
         let list = admin(&url)
             .await
-            .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+            .list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() })
             .await
             .ok()?
             .into_inner();

@@ -438,7 +438,7 @@ async fn a_silent_agent_becomes_an_incident_and_its_return_resolves_it() {
         let target = target.clone();
         async move {
             let list = admin
-                .list_incidents(pb::ListIncidentsRequest { include_resolved: false, limit: 0 })
+                .list_incidents(pb::ListIncidentsRequest { include_resolved: false, ..Default::default() })
                 .await
                 .ok()?
                 .into_inner();

@@ -185,7 +185,7 @@ async fn p0_002_promotes_the_replica_loses_nothing_fences_the_old_primary_and_le
         let (mut admin, first) = (admin.clone(), incident.id.clone());
         async move {
             let list = admin
-                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 })
+                .list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() })
                 .await
                 .ok()?
                 .into_inner();

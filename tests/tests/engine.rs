@@ -384,8 +384,10 @@ async fn agent_findings_start_runbooks_alone_and_summed_across_nodes() {
     })
     .await;
     let mut admin = coordinator.admin().await;
-    let listed =
-        admin.list_incidents(pb::ListIncidentsRequest { include_resolved: true, limit: 0 }).await.expect("list");
+    let listed = admin
+        .list_incidents(pb::ListIncidentsRequest { include_resolved: true, ..Default::default() })
+        .await
+        .expect("list");
     assert!(listed.into_inner().incidents.iter().all(|i| i.runbook_id != "ERRORS"), "six alone start nothing");
     assert_eq!(agents[1].submit(&errors("node-b", 6)).await.0, 202);
     let summed = incident_for(&coordinator, "ERRORS").await;

@@ -546,7 +546,7 @@ async fn p2_001_deletes_the_old_logs_of_the_node_whose_disk_is_full() {
     eventually("both agents connected, announcing log_cleanup", WAIT, || {
         let mut admin = admin.clone();
         async move {
-            let agents = admin.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
+            let agents = admin.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
             let ready = agents.iter().filter(|a| a.connected && a.capabilities.iter().any(|c| c == "log_cleanup"));
             (ready.count() == 2).then_some(())
         }

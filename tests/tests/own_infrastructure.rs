@@ -62,20 +62,20 @@ async fn admin(url: &str) -> AdminServiceClient<tonic::transport::Channel> {
 
 /// Every incident, resolved ones included.
 async fn incidents(url: &str) -> Vec<pb::Incident> {
-    let request = pb::ListIncidentsRequest { include_resolved: true, limit: 0 };
+    let request = pb::ListIncidentsRequest { include_resolved: true, ..Default::default() };
     admin(url).await.list_incidents(request).await.unwrap().into_inner().incidents
 }
 
 /// Every ban, lifted and expired ones included.
 async fn every_ban(url: &str) -> Vec<pb::Ban> {
-    let request = pb::ListBansRequest { include_inactive: true };
+    let request = pb::ListBansRequest { include_inactive: true, ..Default::default() };
     admin(url).await.list_bans(request).await.unwrap().into_inner().bans
 }
 
 /// Waits until `count` agents are connected and announce `block_ip`.
 async fn blockers(url: &str, count: usize) -> Vec<pb::Agent> {
     eventually(&format!("{count} agents announcing block_ip"), WAIT, || async {
-        let agents = admin(url).await.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
+        let agents = admin(url).await.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
         let ready: Vec<pb::Agent> =
             agents.into_iter().filter(|a| a.connected && a.capabilities.iter().any(|c| c == "block_ip")).collect();
         (ready.len() == count).then_some(ready)

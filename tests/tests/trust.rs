@@ -172,7 +172,7 @@ async fn only_certified_callers_get_in_and_each_speaks_only_for_itself() {
     let status = stream_as(&coordinator, &ca, None, "node-1").await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("client certificate"), "{status:?}");
-    let status = admin(&coordinator, &ca, None).list_agents(pb::ListAgentsRequest {}).await.unwrap_err();
+    let status = admin(&coordinator, &ca, None).list_agents(pb::ListAgentsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     // Another CA, or expired: the handshake itself is refused (a TLS alert;
@@ -198,13 +198,14 @@ async fn only_certified_callers_get_in_and_each_speaks_only_for_itself() {
     assert!(status.message().contains("may not speak for node node-1"), "{status:?}");
 
     // An agent's certificate is not a key to the admin API.
-    let status = admin(&coordinator, &ca, Some(&node1)).list_agents(pb::ListAgentsRequest {}).await.unwrap_err();
+    let status =
+        admin(&coordinator, &ca, Some(&node1)).list_agents(pb::ListAgentsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("agent certificates may not use the admin API"), "{status:?}");
 
     // Nothing of the refused ones was recorded.
     let mut ada_admin = admin(&coordinator, &ca, Some(&ada));
-    let agents = ada_admin.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = ada_admin.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     assert!(agents.is_empty(), "refused agents were recorded: {agents:?}");
 
     // The real agent of node-1, with its certificate, gets in and delivers.
@@ -218,7 +219,7 @@ async fn only_certified_callers_get_in_and_each_speaks_only_for_itself() {
     eventually("node-1 connected over TLS", WAIT, || {
         let mut a = ada_admin.clone();
         async move {
-            let agents = a.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
+            let agents = a.list_agents(pb::ListAgentsRequest::default()).await.ok()?.into_inner().agents;
             agents.iter().any(|a| a.node_name == "node-1" && a.connected).then_some(())
         }
     })
@@ -325,7 +326,7 @@ async fn another_nodes_certificate_cannot_take_an_agent_id_nor_end_its_stream() 
     out.send(one_finding(3, "third")).await.unwrap();
     assert_eq!(next_ack(&mut inbound).await, 3, "node-1's stream was not ended");
     let mut admin = admin(&coordinator, &ca, Some(&ada));
-    let agents = admin.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = admin.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     let [agent] = agents.as_slice() else { panic!("one agent: {agents:?}") };
     assert_eq!((agent.agent_id.as_str(), agent.node_name.as_str()), ("node-1-agent", "node-1"));
     assert!(agent.connected, "{agent:?}");
@@ -364,11 +365,11 @@ async fn a_certificate_naming_two_identities_is_refused_with_the_reason() {
     let status = stream_as(&coordinator, &ca, Some(&both), "node-1").await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().starts_with(reason), "{status:?}");
-    let status = admin(&coordinator, &ca, Some(&both)).list_agents(pb::ListAgentsRequest {}).await.unwrap_err();
+    let status = admin(&coordinator, &ca, Some(&both)).list_agents(pb::ListAgentsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().starts_with(reason), "{status:?}");
     let ada = pki.client("user-ada", "user:ada");
-    let agents = admin(&coordinator, &ca, Some(&ada)).list_agents(pb::ListAgentsRequest {}).await.unwrap();
+    let agents = admin(&coordinator, &ca, Some(&ada)).list_agents(pb::ListAgentsRequest::default()).await.unwrap();
     assert!(agents.into_inner().agents.is_empty(), "nothing of the refused hello was recorded");
 }
 
@@ -377,7 +378,7 @@ async fn a_certificate_naming_two_identities_is_refused_with_the_reason() {
 async fn call(client: &mut AdminServiceClient<Channel>, call: AdminCall) -> Result<(), tonic::Status> {
     let by = String::new();
     match call {
-        AdminCall::ListAgents => client.list_agents(pb::ListAgentsRequest {}).await.map(drop),
+        AdminCall::ListAgents => client.list_agents(pb::ListAgentsRequest::default()).await.map(drop),
         AdminCall::GetAgent => client.get_agent(pb::GetAgentRequest { agent_id: "x".into() }).await.map(drop),
         AdminCall::ListFindings => client.list_findings(pb::ListFindingsRequest::default()).await.map(drop),
         AdminCall::GetFinding => {
@@ -400,7 +401,7 @@ async fn call(client: &mut AdminServiceClient<Channel>, call: AdminCall) -> Resu
             .resolve_incident(pb::IncidentCommand { id: "INC-999999".into(), requested_by: by, reason: "x".into() })
             .await
             .map(drop),
-        AdminCall::ListRunbooks => client.list_runbooks(pb::ListRunbooksRequest {}).await.map(drop),
+        AdminCall::ListRunbooks => client.list_runbooks(pb::ListRunbooksRequest::default()).await.map(drop),
         AdminCall::GetRunbook => client.get_runbook(pb::GetRunbookRequest { id: "NOPE".into() }).await.map(drop),
         AdminCall::RunRunbook { dry_run } => client
             .run_runbook(pb::RunRunbookRequest { runbook_id: "NOPE".into(), dry_run, ..Default::default() })
@@ -485,8 +486,12 @@ async fn each_role_may_make_exactly_the_calls_the_table_allows_and_every_call_is
     // The audit log has every call with who made it and how it ended.
     let ada = pki.client("user-ada", "user:ada");
     let mut ada_client = admin(&coordinator, &ca, Some(&ada));
-    let entries =
-        ada_client.list_audit(pb::ListAuditRequest { after_seq: 0, limit: 5_000 }).await.unwrap().into_inner().entries;
+    let entries = ada_client
+        .list_audit(pb::ListAuditRequest { after_seq: 0, limit: 5_000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
     let admin_calls: Vec<_> = entries.iter().filter(|e| e.kind == "admin_call").collect();
     assert!(admin_calls.len() > calls + 1, "{} entries for {} calls", admin_calls.len(), calls);
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
@@ -603,7 +608,7 @@ async fn certificates_rotated_on_disk_serve_new_connections_and_drop_nobody() {
     assert_eq!(state["connection"]["since"], since, "the agent reconnected: {state}");
     let ada = pki.client("user-ada", "user:ada");
     let mut client = admin(&coordinator, &ca, Some(&ada));
-    let agents = client.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents;
+    let agents = client.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
     assert!(agents.iter().any(|a| a.node_name == "node-1" && a.connected), "{agents:?}");
 }
 
@@ -630,7 +635,11 @@ async fn with_the_two_person_rule_whoever_starts_a_run_cannot_approve_it() {
         let mut a = as_ada.clone();
         let id = id.clone();
         async move {
-            let list = a.list_approvals(pb::ListApprovalsRequest { all: false }).await.ok()?.into_inner();
+            let list = a
+                .list_approvals(pb::ListApprovalsRequest { all: false, ..Default::default() })
+                .await
+                .ok()?
+                .into_inner();
             list.approvals.into_iter().find(|p| p.incident_id == id)
         }
     })
@@ -688,7 +697,7 @@ async fn a_flood_of_anonymous_refusals_costs_the_store_a_bounded_amount_and_the_
 
     // The audit still reads, and shows the refusals as bounded summaries.
     let entries = admin(&coordinator, &ca, Some(&ada))
-        .list_audit(pb::ListAuditRequest { after_seq: 0, limit: 5_000 })
+        .list_audit(pb::ListAuditRequest { after_seq: 0, limit: 5_000, ..Default::default() })
         .await
         .expect("the audit log answers")
         .into_inner()

@@ -647,14 +647,23 @@ mod tests {
             }
             self.inner.commit(batch)
         }
-        fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError> {
-            self.inner.list_findings(query)
+        fn scan_findings(
+            &self,
+            query: &FindingQuery,
+            visit: &mut dyn FnMut(StoredFinding) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.scan_findings(query, visit)
         }
         fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError> {
             self.inner.get_finding(agent_id, sequence)
         }
-        fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
-            self.inner.list_incidents(include_resolved, limit)
+        fn scan_incidents(
+            &self,
+            include_resolved: bool,
+            before: Option<IncidentId>,
+            visit: &mut dyn FnMut(Incident) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.scan_incidents(include_resolved, before, visit)
         }
         fn get_run(&self, id: IncidentId) -> Result<Option<RunRecord>, StoreError> {
             self.inner.get_run(id)
@@ -671,8 +680,11 @@ mod tests {
         fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
             self.inner.put_ban(ban)
         }
-        fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-            self.inner.list_audit(after, limit)
+        fn last_audit_seq(&self) -> Result<u64, StoreError> {
+            self.inner.last_audit_seq()
+        }
+        fn scan_audit(&self, after: u64, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
+            self.inner.scan_audit(after, visit)
         }
     }
 

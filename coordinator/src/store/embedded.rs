@@ -367,11 +367,14 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError> {
+    fn scan_findings(
+        &self,
+        query: &FindingQuery,
+        visit: &mut dyn FnMut(StoredFinding) -> bool,
+    ) -> Result<(), StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(FINDINGS).map_err(backend)?;
-            let mut out = Vec::new();
             let start: (&str, u64) = match (&query.after, &query.agent_id) {
                 (Some((agent, seq)), _) => (agent.as_str(), seq.saturating_add(1)),
                 (None, Some(agent)) => (agent.as_str(), 0),
@@ -387,12 +390,11 @@ impl Store for EmbeddedStore {
                 if query.kind.is_some_and(|k| k != f.finding.kind) {
                     continue;
                 }
-                out.push(f);
-                if out.len() >= query.limit {
+                if !visit(f) {
                     break;
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
@@ -404,22 +406,28 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
+    fn scan_incidents(
+        &self,
+        include_resolved: bool,
+        before: Option<IncidentId>,
+        visit: &mut dyn FnMut(Incident) -> bool,
+    ) -> Result<(), StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(INCIDENTS).map_err(backend)?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(backend)?.rev() {
+            // Keyed by number, so a page seeks to where the last one ended.
+            let rows = match before {
+                Some(id) => table.range(..id.0).map_err(backend)?,
+                None => table.range(0..).map_err(backend)?,
+            };
+            for row in rows.rev() {
                 let (_, value) = row.map_err(backend)?;
                 let incident: Incident = decode("incidents", value.value())?;
-                if include_resolved || !incident.state.is_closed() {
-                    out.push(incident);
-                    if out.len() >= limit {
-                        break;
-                    }
+                if (include_resolved || !incident.state.is_closed()) && !visit(incident) {
+                    break;
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
@@ -478,16 +486,25 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    fn last_audit_seq(&self) -> Result<u64, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(AUDIT).map_err(backend)?;
-            let mut out = Vec::new();
-            for row in table.range(after.saturating_add(1)..).map_err(backend)?.take(limit) {
+            Ok(table.last().map_err(backend)?.map(|(seq, _)| seq.value()).unwrap_or(0))
+        })
+    }
+
+    fn scan_audit(&self, after: u64, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(AUDIT).map_err(backend)?;
+            for row in table.range(after.saturating_add(1)..).map_err(backend)? {
                 let (_, value) = row.map_err(backend)?;
-                out.push(decode("audit", value.value())?);
+                if !visit(decode("audit", value.value())?) {
+                    break;
+                }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
@@ -636,6 +653,41 @@ mod tests {
         assert_eq!(seen, vec![(1, "A"), (2, "B"), (3, "C")], "positions continue across a reopen");
         let after = store.list_audit(1, 1).unwrap();
         assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(store.last_audit_seq().unwrap(), 3);
+    }
+
+    #[test]
+    fn incidents_are_scanned_newest_first_from_where_a_page_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut incidents = Vec::new();
+        for n in 1..=5u64 {
+            let f = finding(&format!("mount/n{n}:/var"));
+            let Outcome::Changed { mut incident, .. } =
+                incident::apply_finding(None, "a1", &f, IncidentId(n), Timestamp::from_millis(5))
+            else {
+                panic!("expected an incident")
+            };
+            if n == 2 {
+                incident.state = remedy_shared::incident::IncidentState::Resolved;
+            }
+            incidents.push(incident);
+        }
+        store.commit(&WriteBatch { incidents, ..Default::default() }).unwrap();
+        let scan = |include_resolved: bool, before: Option<u64>, take: usize| {
+            let mut seen = Vec::new();
+            store
+                .scan_incidents(include_resolved, before.map(IncidentId), &mut |i| {
+                    seen.push(i.id.0);
+                    seen.len() < take
+                })
+                .unwrap();
+            seen
+        };
+        assert_eq!(scan(true, None, 2), vec![5, 4], "the visitor stops the scan");
+        assert_eq!(scan(true, Some(4), 10), vec![3, 2, 1], "a page starts below the last one's end");
+        assert_eq!(scan(false, Some(4), 10), vec![3, 1], "resolved ones only when asked");
+        assert_eq!(scan(true, Some(1), 10), Vec::<u64>::new());
     }
 
     #[test]

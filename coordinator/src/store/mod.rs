@@ -270,7 +270,7 @@ pub struct FindingQuery {
     pub kind: Option<remedy_shared::FindingKind>,
     /// Start strictly after this (agent id, sequence).
     pub after: Option<(String, u64)>,
-    /// Most results.
+    /// Most results (read by `list_findings`, not by `scan_findings`).
     pub limit: usize,
 }
 
@@ -311,12 +311,34 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
-    /// Findings in (agent id, sequence) order.
-    fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError>;
+    /// Findings that match `query` in (agent id, sequence) order, from
+    /// `query.after`, each handed to `visit` until it returns false
+    /// (`query.limit` is not read). Listings page through this, so what a
+    /// page holds is read once and no more is read than it takes.
+    fn scan_findings(
+        &self,
+        query: &FindingQuery,
+        visit: &mut dyn FnMut(StoredFinding) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Findings in (agent id, sequence) order, at most `query.limit`.
+    fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError> {
+        collect_up_to(query.limit, |visit| self.scan_findings(query, visit))
+    }
     /// One finding.
     fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError>;
-    /// Incidents, newest first.
-    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError>;
+    /// Incidents newest first (by id), from the one just older than
+    /// `before` (`None`: the newest), each handed to `visit` until it
+    /// returns false.
+    fn scan_incidents(
+        &self,
+        include_resolved: bool,
+        before: Option<IncidentId>,
+        visit: &mut dyn FnMut(Incident) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Incidents, newest first, at most `limit`.
+    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
+        collect_up_to(limit, |visit| self.scan_incidents(include_resolved, None, visit))
+    }
     /// The runbook run of an incident, if it has one.
     fn get_run(&self, id: IncidentId) -> Result<Option<RunRecord>, StoreError>;
     /// One incident and its timeline.
@@ -329,6 +351,29 @@ pub trait Store: Send + Sync + 'static {
     /// outside the writer's batches: a ban is not part of any incident's
     /// transaction, and the actuator records it as the agents answer.
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError>;
+    /// Audit entries with `seq > after`, oldest first, each handed to
+    /// `visit` until it returns false.
+    fn scan_audit(&self, after: u64, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError>;
+    /// The audit log's last position (0 when it is empty).
+    fn last_audit_seq(&self) -> Result<u64, StoreError>;
     /// Audit entries with `seq > after`, oldest first, at most `limit`.
-    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        collect_up_to(limit, |visit| self.scan_audit(after, visit))
+    }
+}
+
+/// At most `limit` items of a scan.
+fn collect_up_to<T>(
+    limit: usize,
+    scan: impl FnOnce(&mut dyn FnMut(T) -> bool) -> Result<(), StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    scan(&mut |item| {
+        out.push(item);
+        out.len() < limit
+    })?;
+    Ok(out)
 }

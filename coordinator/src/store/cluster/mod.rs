@@ -566,8 +566,12 @@ impl Store for ClusterStore {
         self.block(self.write_batch(&mut mirror, batch))
     }
 
-    fn list_findings(&self, query: &FindingQuery) -> Result<Vec<StoredFinding>, StoreError> {
-        self.local.list_findings(query)
+    fn scan_findings(
+        &self,
+        query: &FindingQuery,
+        visit: &mut dyn FnMut(StoredFinding) -> bool,
+    ) -> Result<(), StoreError> {
+        self.local.scan_findings(query, visit)
     }
 
     fn get_finding(&self, agent_id: &str, sequence: u64) -> Result<Option<StoredFinding>, StoreError> {
@@ -575,9 +579,16 @@ impl Store for ClusterStore {
     }
 
     /// The local store's incidents: those of this replica's terms, and the
-    /// open ones it found in the cluster when it took over.
-    fn list_incidents(&self, include_resolved: bool, limit: usize) -> Result<Vec<Incident>, StoreError> {
-        self.local.list_incidents(include_resolved, limit)
+    /// open ones it found in the cluster when it took over. Read from the
+    /// local file, which seeks by number; the cluster's objects are not
+    /// listed (their API pages by name, not by number).
+    fn scan_incidents(
+        &self,
+        include_resolved: bool,
+        before: Option<IncidentId>,
+        visit: &mut dyn FnMut(Incident) -> bool,
+    ) -> Result<(), StoreError> {
+        self.local.scan_incidents(include_resolved, before, visit)
     }
 
     /// Read through to the cluster for a run this replica never held.
@@ -615,8 +626,12 @@ impl Store for ClusterStore {
     // The audit log stays in the pod's file, written in the same
     // transaction as what it records; each replica keeps the entries of
     // its own terms.
-    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.local.list_audit(after, limit)
+    fn last_audit_seq(&self) -> Result<u64, StoreError> {
+        self.local.last_audit_seq()
+    }
+
+    fn scan_audit(&self, after: u64, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
+        self.local.scan_audit(after, visit)
     }
 }
 
