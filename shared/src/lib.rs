@@ -25,6 +25,7 @@ pub mod guard;
 pub mod incident;
 pub mod logs;
 pub mod oncall;
+pub mod pgwire;
 pub mod report;
 pub mod review;
 pub mod run;
