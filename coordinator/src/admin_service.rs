@@ -740,9 +740,35 @@ impl Admin {
 /// Requests that name who gives them. An authenticated caller's identity
 /// replaces whatever the request says, so nobody can act under another
 /// name.
-trait RequestedBy {
+trait RequestedBy: std::fmt::Debug {
     fn requested_by(&mut self) -> Option<&mut String> {
         None
+    }
+
+    /// The request as its audit entry keeps it.
+    fn audited(&self, _catalog: &remedy_shared::run::Catalog) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl RequestedBy for pb::RunRunbookRequest {
+    fn requested_by(&mut self) -> Option<&mut String> {
+        Some(&mut self.requested_by)
+    }
+
+    /// Without the values of secret params (declared so, or named like a
+    /// secret): the audit log keeps who ran what, never the secret. An
+    /// unknown runbook's params are all hidden, as nothing says which are
+    /// secret.
+    fn audited(&self, catalog: &remedy_shared::run::Catalog) -> String {
+        let runbook = catalog.get(&self.runbook_id);
+        let mut shown = self.clone();
+        for (name, value) in &mut shown.params {
+            if runbook.is_none_or(|r| r.is_secret_param(name)) {
+                *value = remedy_shared::audit::REDACTED.to_owned();
+            }
+        }
+        format!("{shown:?}")
     }
 }
 
@@ -754,7 +780,6 @@ macro_rules! no_requested_by {
 }
 requested_by!(
     pb::IncidentCommand,
-    pb::RunRunbookRequest,
     pb::AnswerApprovalRequest,
     pb::PauseAutomationRequest,
     pb::ResumeAutomationRequest,
@@ -841,7 +866,7 @@ impl AdminService {
         let mut arguments = BTreeMap::from([("request_bytes".to_owned(), request_bytes.to_string())]);
         let (actor, result) = match admitted {
             Ok(caller) => {
-                let text = format!("{:?}", request.get_ref());
+                let text = request.get_ref().audited(&self.admin.catalog);
                 let kept = remedy_shared::text::prefix(&text, AUDITED_REQUEST_BYTES, remedy_shared::text::Unit::Bytes);
                 let cut = if kept.len() < text.len() { " … (cut)" } else { "" };
                 arguments.insert("request".to_owned(), format!("{kept}{cut}"));

@@ -353,9 +353,10 @@ impl Driver {
 
     /// Commits `update` with the run as it now stands, while this
     /// coordinator still leads.
-    async fn commit(&self, run: &mut RunRecord, update: RunUpdate) -> Result<(), RecordError> {
+    async fn commit(&self, run: &mut RunRecord, mut update: RunUpdate) -> Result<(), RecordError> {
         self.still_leading()?;
         run.updated_at = self.now();
+        scrub(run, &mut update);
         self.inner.recorder.run_update(RunUpdate { run: Some(run.clone()), ..update }).await
     }
 
@@ -419,6 +420,7 @@ impl Driver {
                     let step = &runbook.steps[run.next_step];
                     let end = self.step(&mut run, &runbook, step).await?;
                     if let StepEnd::Fenced(why) = &end {
+                        let why = run.secret_values.scrub(why);
                         tracing::warn!(incident = %run.incident_id, step = %step.id, "{why}");
                         return Ok(());
                     }
@@ -476,8 +478,11 @@ impl Driver {
     }
 
     async fn step(&self, run: &mut RunRecord, runbook: &Runbook, step: &Step) -> Result<StepEnd, RecordError> {
+        if let Some(end) = self.lost_secrets(run, &step.id, &step.action, step.when.as_ref()).await? {
+            return Ok(end);
+        }
         if let Some(when) = &step.when {
-            let skip = match when.evaluate(&run.context.to_json()) {
+            let skip = match when.evaluate(&run.template_context(runbook).to_json()) {
                 Ok(true) => None,
                 Ok(false) => Some(format!("step {} skipped: `{}` is false", step.id, when.as_str())),
                 Err(e) => Some(format!("step {} skipped: `{}` cannot be evaluated: {e}", step.id, when.as_str())),
@@ -504,8 +509,11 @@ impl Driver {
         destructive: bool,
         requires_approval: bool,
     ) -> Result<StepEnd, RecordError> {
+        if let Some(end) = self.lost_secrets(run, step_id, action, None).await? {
+            return Ok(end);
+        }
         let details = step_details(run, step_id);
-        let rendered = match Renderer::new().render_action(action, &run.context) {
+        let rendered = match Renderer::new().render_action(action, &run.template_context(runbook)) {
             Ok(a) => a,
             Err(e) => {
                 let message = format!("step {step_id} not run: {e}");
@@ -551,6 +559,11 @@ impl Driver {
                     return Ok(StepEnd::Failed(message));
                 }
             }
+        }
+        // The rails remember what they weighed (an action's URL is its
+        // target): they remember it without the run's secrets.
+        for target in &mut request.targets {
+            target.name = run.secret_values.scrub(&target.name);
         }
         // Only the leader weighs and acts; nothing is written when it no
         // longer leads (the new leader owns the record from then on).
@@ -599,6 +612,11 @@ impl Driver {
             (None, Mode::Live) => self.call(run, step_id, kind.as_str(), call_params, false, accepted).await,
             (None, _) => self.call(run, step_id, kind.as_str(), call_params, true, None).await,
         };
+        // What the action says may echo a secret (its URL, an error): hidden
+        // before anything keeps it, the rails' memory of failures included.
+        let mut report = report;
+        report.message = run.secret_values.scrub(&report.message);
+        report.evidence.values_mut().for_each(|v| *v = run.secret_values.scrub(v));
         run.record_outcome(&key, report.status.as_str(), self.now());
         run.context.steps.insert(step_id.to_owned(), evidence_json(&report));
         let failed = matches!(report.status, ActionStatus::Failed | ActionStatus::TimedOut | ActionStatus::Invalid);
@@ -638,6 +656,31 @@ impl Driver {
         } else {
             StepEnd::Done(step_state(report.status.as_str(), evidence))
         })
+    }
+
+    /// A step that reads a secret param whose value a person gave and the
+    /// run no longer holds (the coordinator restarted: secret values are
+    /// kept in memory only) fails, saying so; it never runs with a blank
+    /// or with the default the person overrode.
+    async fn lost_secrets(
+        &self,
+        run: &mut RunRecord,
+        step_id: &str,
+        action: &Action,
+        when: Option<&remedy_shared::runbook::Condition>,
+    ) -> Result<Option<StepEnd>, RecordError> {
+        let lost = run.lost_secrets(action, when);
+        if lost.is_empty() {
+            return Ok(None);
+        }
+        let message = format!(
+            "step {step_id} not run: secret parameter {} was not kept across the coordinator's restart \
+             (secret values are held in memory only); start the run again",
+            lost.join(", ")
+        );
+        let details = step_details(run, step_id);
+        self.save(run, vec![self.entry(EntryKind::Result, message.clone(), details)], None).await?;
+        Ok(Some(StepEnd::Failed(message)))
     }
 
     /// The term this coordinator acts under, confirmed against the Lease
@@ -840,7 +883,7 @@ impl Driver {
         let Some(expect) = &check.expect else {
             return Ok(Ok(state));
         };
-        Ok(match expect.evaluate(&run.context.to_json()) {
+        Ok(match expect.evaluate(&run.template_context(runbook).to_json()) {
             Ok(true) => Ok(state),
             Ok(false) => Err(format!("{id}: `{}` is false", expect.as_str())),
             Err(e) => Err(format!("{id}: `{}` cannot be evaluated: {e}", expect.as_str())),
@@ -869,13 +912,13 @@ impl Driver {
         // finding clears the incident itself when it ends.
         let only_people =
             incident.as_ref().is_some_and(|i| i.active_sources.keys().all(|s| s.starts_with("remedyctl:")));
-        let update = RunUpdate {
-            run: Some(run.clone()),
+        let mut update = RunUpdate {
             entries: vec![self.entry(EntryKind::Runbook, message, outcome_details(&outcome))],
             resolve: only_people.then(|| (format!("runbook {}", runbook.id()), outcome.describe())),
             ..RunUpdate::default()
         };
-        self.inner.recorder.run_update(update).await
+        scrub(run, &mut update);
+        self.inner.recorder.run_update(RunUpdate { run: Some(run.clone()), ..update }).await
     }
 
     /// Hands the incident to people: its state says so, and (for a live
@@ -906,6 +949,31 @@ impl Driver {
         };
         self.commit(run, update).await
     }
+}
+
+/// Hides the run's secret values in everything about to be written: what
+/// an action's report, its URL, its evidence or an error echoes of them.
+/// The record (and so the store) never holds the values themselves: they
+/// are not serialized, and the recorded params leave them out.
+fn scrub(run: &mut RunRecord, update: &mut RunUpdate) {
+    let secrets = &run.secret_values;
+    if secrets.is_empty() {
+        return;
+    }
+    for entry in &mut update.entries {
+        entry.message = secrets.scrub(&entry.message);
+        entry.details.values_mut().for_each(|v| *v = secrets.scrub(v));
+    }
+    for audit in &mut update.audit {
+        audit.target = secrets.scrub(&audit.target);
+        audit.outcome = secrets.scrub(&audit.outcome);
+        audit.arguments.values_mut().for_each(|v| *v = secrets.scrub(v));
+    }
+    for (_, why) in update.escalate.iter_mut().chain(update.resolve.iter_mut()) {
+        *why = secrets.scrub(why);
+    }
+    run.failures.iter_mut().for_each(|f| *f = secrets.scrub(f));
+    run.context.steps.values_mut().for_each(|v| secrets.scrub_json(v));
 }
 
 impl StepEnd {

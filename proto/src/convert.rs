@@ -221,7 +221,7 @@ pub fn runbook_to_proto(r: &Runbook, dry_run_steps: Vec<String>, with_definition
         steps: r.steps.iter().map(|s| s.id.clone()).collect(),
         dry_run_steps,
         manual: r.triggers.manual,
-        params: r.params.clone().into_iter().collect(),
+        params: r.shown_params().into_iter().collect(),
         source: r.source.clone(),
         definition: if with_definition { r.to_yaml() } else { String::new() },
     }

@@ -58,6 +58,68 @@ pub fn is_secret_key(key: &str) -> bool {
         .any(|s| key.contains(s))
 }
 
+/// Secret values a run holds in memory only, by param name: what its
+/// actions use and what nothing written may contain. `Debug` shows the
+/// names, never the values, and the type is never serialized (a run's
+/// record skips it), so a value cannot reach a store, a log or an answer
+/// by being printed or saved with its record.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues(BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl SecretValues {
+    /// Keeps `value` under `name`.
+    pub fn insert(&mut self, name: String, value: String) {
+        self.0.insert(name, value);
+    }
+
+    /// The value of `name`, if held.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names and values, for rendering a run's templates.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// `text` with every held value replaced by [`REDACTED`]: what an
+    /// action's report, its URL or an error may echo of a secret is hidden
+    /// before it is written anywhere. The longest values go first, so a
+    /// value that contains another is hidden whole.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut values: Vec<&String> = self.0.values().filter(|v| !v.is_empty()).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        let mut out = text.to_owned();
+        for value in values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Scrubs every string inside `json` in place.
+    pub fn scrub_json(&self, json: &mut serde_json::Value) {
+        match json {
+            serde_json::Value::String(s) => *s = self.scrub(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_json(v)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.scrub_json(v)),
+            _ => {}
+        }
+    }
+}
+
 /// Flattens JSON arguments into `path = value` pairs, replacing the value
 /// of every key that names a secret (at any depth) by [`REDACTED`].
 pub fn redact(arguments: &serde_json::Value) -> BTreeMap<String, String> {
@@ -119,5 +181,20 @@ mod tests {
         for secret in ["abc", "p4ss", "\"k\""] {
             assert!(!all.contains(secret), "{secret} leaked: {all}");
         }
+    }
+
+    #[test]
+    fn held_values_are_scrubbed_from_text_and_never_shown_by_debug() {
+        let mut held = SecretValues::default();
+        held.insert("api_token".into(), "v4lue".into());
+        held.insert("long".into(), "v4lue-and-more".into());
+        held.insert("blank".into(), String::new());
+        assert_eq!(held.scrub("GET /x?t=v4lue-and-more&u=v4lue"), "GET /x?t=[redacted]&u=[redacted]");
+        assert_eq!(held.scrub("nothing here"), "nothing here", "an empty value hides nothing");
+        let mut json = json!({ "a": ["v4lue"], "b": { "c": "x v4lue" }, "n": 1 });
+        held.scrub_json(&mut json);
+        assert_eq!(json, json!({ "a": ["[redacted]"], "b": { "c": "x [redacted]" }, "n": 1 }));
+        let shown = format!("{held:?}");
+        assert!(shown.contains("api_token") && !shown.contains("v4lue"), "{shown}");
     }
 }

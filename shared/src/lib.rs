@@ -27,6 +27,7 @@ pub mod limits;
 pub mod logs;
 pub mod oncall;
 pub mod paging;
+pub mod pgwire;
 pub mod report;
 pub mod review;
 pub mod run;

@@ -16,12 +16,13 @@ pub use outcome::{RunOutcome, StepCounts, StepState, Verdict, Verification};
 pub use start::{Cause, ManualRun, ManualRunRefused, Started, manual_run, triggered_run};
 pub use sums::{SumKey, TriggerSum, sum_signal, trigger_sums};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertStatus};
+use crate::audit::SecretValues;
 use crate::finding::{Finding, FindingState, Severity};
 use crate::guard::{self, GuardPolicy, LabelMatch, RailOverrides, TargetRef};
 use crate::incident::{EntryKind, Incident, IncidentId, TimelineEntry};
@@ -197,8 +198,18 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
     /// What templates and conditions read: incident, alert, finding, params,
-    /// and the results of the steps so far.
+    /// and the results of the steps so far. Secret params are not here
+    /// (see `secret_values`).
     pub context: runbook::TemplateContext,
+    /// The secret params a person gave this run: their values are held in
+    /// `secret_values` only, so a run resumed after a restart knows which
+    /// values it lost.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secret_params: BTreeSet<String>,
+    /// The values of the run's secret params (given, or the runbook's
+    /// defaults): in memory only, never serialized.
+    #[serde(skip)]
+    pub secret_values: SecretValues,
     /// The next step to consider, by index.
     pub next_step: usize,
     /// The attempt (1 for the first pass; `after_failure: retry` adds one).
@@ -242,6 +253,8 @@ impl RunRecord {
             started_by,
             requested_by: None,
             context,
+            secret_params: BTreeSet::new(),
+            secret_values: SecretValues::default(),
             next_step: 0,
             attempt: 1,
             status: RunStatus::Pending,
@@ -252,6 +265,45 @@ impl RunRecord {
             steps: BTreeMap::new(),
             outcome: None,
         }
+    }
+
+    /// What `runbook`'s templates and conditions read in this run: the
+    /// recorded context with the secret params' values put back: the
+    /// runbook's secret defaults, overridden by the values the run holds.
+    pub fn template_context(&self, runbook: &Runbook) -> runbook::TemplateContext {
+        let mut context = self.context.clone();
+        for (name, param) in &runbook.params {
+            if let Some(default) = param.default.as_ref().filter(|_| runbook.is_secret_param(name)) {
+                context.params.insert(name.clone(), default.clone());
+            }
+        }
+        for (name, value) in self.secret_values.iter() {
+            context.params.insert(name.to_owned(), value.to_owned());
+        }
+        context
+    }
+
+    /// The secret params a person gave this run whose values it no longer
+    /// holds (the coordinator restarted since), among those `action` or
+    /// `when` read. Such a step cannot run: its value would be missing or
+    /// a default the person overrode.
+    pub fn lost_secrets(&self, action: &Action, when: Option<&runbook::Condition>) -> Vec<String> {
+        let lost: Vec<&String> = self.secret_params.iter().filter(|n| self.secret_values.get(n).is_none()).collect();
+        if lost.is_empty() {
+            return Vec::new();
+        }
+        let read = runbook::Renderer::new().params_read(action);
+        let in_when = |name: &str| {
+            when.is_some_and(|w| {
+                w.paths()
+                    .iter()
+                    .any(|p| p.0.first().is_some_and(|r| r == "params") && p.0.get(1).is_none_or(|n| n == name))
+            })
+        };
+        lost.into_iter()
+            .filter(|name| read.as_ref().is_none_or(|r| r.contains(*name)) || in_when(name))
+            .cloned()
+            .collect()
     }
 
     /// The idempotency key of `step_id` in the current attempt.

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::alert::Alert;
+use crate::audit::{REDACTED, SecretValues};
 use crate::escalation::Progress;
 use crate::finding::{ConditionKey, ConditionKind, Finding, Severity};
 use crate::guard;
@@ -89,8 +90,10 @@ pub fn triggered_run(
         Cause::Runbook(_) => (AlertContext::default(), FindingContext::default(), signal.summary.clone()),
     };
     let mode = guard::Mode::Live;
-    let context = run_context(incident, runbook, mode, alert, finding, runbook.params.clone());
-    let run = RunRecord::new(incident.id, runbook, mode, started_by.clone(), context, now);
+    let (params, secret_values) = split_params(runbook, runbook.resolve_params(&BTreeMap::new()).unwrap_or_default());
+    let context = run_context(incident, runbook, mode, alert, finding, params);
+    let run =
+        RunRecord { secret_values, ..RunRecord::new(incident.id, runbook, mode, started_by.clone(), context, now) };
     let mut incident = incident.clone();
     incident.adopt(runbook);
     if runbook.escalation.page_on_open && incident.escalation.is_none() {
@@ -142,7 +145,7 @@ pub fn manual_run(
     if !runbook.triggers.manual {
         return Err(ManualRunRefused::NotManual(runbook.id().to_owned()));
     }
-    let params = runbook.resolve_params(&request.params)?;
+    let (params, secret_values) = split_params(runbook, runbook.resolve_params(&request.params)?);
     let signal = Signal {
         source: format!("remedyctl:{}", request.by),
         key: ConditionKey { kind: ConditionKind::Runbook(runbook.id().to_owned()), target: format!("manual/{id}") },
@@ -150,7 +153,14 @@ pub fn manual_run(
         holds: true,
         summary: format!("manual run of {} by {}", runbook.id(), request.by),
         expires_at: None,
-        details: request.params.iter().map(|(k, v)| (format!("param.{k}"), v.clone())).collect(),
+        details: request
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let shown = if runbook.is_secret_param(k) { REDACTED.to_owned() } else { v.clone() };
+                (format!("param.{k}"), shown)
+            })
+            .collect(),
     };
     let Outcome::Changed { mut incident, mut entries, .. } = incident::apply_signal(None, &signal, id, now) else {
         return Err(ManualRunRefused::NoIncident);
@@ -159,6 +169,8 @@ pub fn manual_run(
     let context = run_context(&incident, runbook, mode, AlertContext::default(), FindingContext::default(), params);
     let run = RunRecord {
         requested_by: Some(request.by.clone()),
+        secret_params: request.params.keys().filter(|k| runbook.is_secret_param(k)).cloned().collect(),
+        secret_values,
         ..RunRecord::new(id, runbook, mode, signal.summary.clone(), context, now)
     };
     incident.adopt(runbook);
@@ -175,6 +187,21 @@ pub fn manual_run(
         ]),
     });
     Ok(Started { incident, entries, run })
+}
+
+/// A run's params split into what its record keeps and the secret values
+/// it holds in memory only.
+fn split_params(runbook: &Runbook, params: BTreeMap<String, String>) -> (BTreeMap<String, String>, SecretValues) {
+    let mut kept = BTreeMap::new();
+    let mut secret = SecretValues::default();
+    for (name, value) in params {
+        if runbook.is_secret_param(&name) {
+            secret.insert(name, value);
+        } else {
+            kept.insert(name, value);
+        }
+    }
+    (kept, secret)
 }
 
 /// What a run's templates read of the alert that started it.

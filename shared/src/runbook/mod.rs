@@ -16,6 +16,8 @@
 //! mttr_target: 5m
 //! params:                           # optional; literal defaults, overridable per run
 //!   api_base: http://saas-idp-api.saas-idp-production.svc:8080
+//!   reset_note: {secret: true}      # a secret: its value is never written (see `Param`)
+//!   api_token: {secret: true, default: ""}   # secret by name too (`audit::is_secret_key`)
 //! triggers:                         # at least one kind
 //!   alerts:   [{name: P0_SystemDown, matchers: ['namespace="saas-idp-production"']}]
 //!   findings: [{kind: high_error_rate, evidence: database, above: 10, for: 1m, aggregate: sum_across_nodes}]
@@ -150,7 +152,7 @@ pub struct Runbook {
     pub mttr_target: Duration,
     /// Declared params with their defaults: `params.<name>` in templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, Param>,
     /// What starts it.
     pub triggers: Triggers,
     /// What it does, in order.
@@ -185,18 +187,55 @@ impl Runbook {
         self.steps.iter().find(|s| s.id == id)
     }
 
+    /// Whether the value of param `name` is secret: declared so, or named
+    /// like a secret (`api_token`, `db_password`, ...: the audit log's
+    /// notion, [`crate::audit::is_secret_key`]). A secret value is used by
+    /// the run's actions and never written: not in the run's record, the
+    /// timeline, the audit log, the logs or an answer.
+    pub fn is_secret_param(&self, name: &str) -> bool {
+        self.params.get(name).is_some_and(|p| p.secret) || crate::audit::is_secret_key(name)
+    }
+
+    /// The declared params as shown to people: a secret's default is
+    /// [`crate::audit::REDACTED`], a param without one is `""`.
+    pub fn shown_params(&self) -> BTreeMap<String, String> {
+        self.params
+            .iter()
+            .map(|(k, p)| {
+                let shown = match &p.default {
+                    Some(_) if self.is_secret_param(k) => crate::audit::REDACTED.to_owned(),
+                    Some(d) => d.clone(),
+                    None => String::new(),
+                };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
+
+    /// Every declared param with its default, secret ones included; `""`
+    /// for a param without one. What templates are checked against at load.
+    pub fn declared_params(&self) -> BTreeMap<String, String> {
+        self.params.iter().map(|(k, p)| (k.clone(), p.default.clone().unwrap_or_default())).collect()
+    }
+
     /// The params for one run: the declared defaults overridden by
-    /// `overrides`. A name that is not declared is refused, so that a typo
-    /// on the command line does not silently run with the default.
+    /// `overrides`, secret ones included (the caller keeps those apart,
+    /// see [`Runbook::is_secret_param`]). A name that is not declared is
+    /// refused, so that a typo on the command line does not silently run
+    /// with the default. A param with no default that is not given is
+    /// absent: a template that reads it fails rather than send a blank.
     pub fn resolve_params(
         &self,
         overrides: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, UndeclaredParam> {
-        let mut params = self.params.clone();
+        let mut params: BTreeMap<String, String> =
+            self.params.iter().filter_map(|(k, p)| Some((k.clone(), p.default.clone()?))).collect();
         for (name, value) in overrides {
-            match params.get_mut(name) {
-                Some(slot) => slot.clone_from(value),
-                None => {
+            match self.params.contains_key(name) {
+                true => {
+                    params.insert(name.clone(), value.clone());
+                }
+                false => {
                     return Err(UndeclaredParam {
                         runbook_id: self.id().to_owned(),
                         name: name.clone(),
@@ -206,6 +245,81 @@ impl Runbook {
             }
         }
         Ok(params)
+    }
+}
+
+/// A declared param. Written as its default alone (`api_base: http://...`),
+/// or as a map: `{secret: true}`, `{secret: true, default: "..."}`.
+///
+/// A secret param's value is kept in memory by the run that uses it and
+/// nowhere else; a run resumed after a coordinator restart no longer has a
+/// value a person gave, and a step that reads it fails saying so. A
+/// secret's default, written in the runbook, is shown as `[redacted]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Param {
+    /// The value when a run gives none.
+    pub default: Option<String>,
+    /// Declared secret (`secret: true`).
+    pub secret: bool,
+}
+
+impl<'de> Deserialize<'de> for Param {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Param;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a default value, or a map with `default` and `secret`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Param, E> {
+                Ok(Param { default: Some(v.to_owned()), secret: false })
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Param, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Param, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Param, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Param, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Param, A::Error> {
+                let mut param = Param::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "default" => param.default = Some(map.next_value()?),
+                        "secret" => param.secret = map.next_value()?,
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, &["default", "secret"]));
+                        }
+                    }
+                }
+                Ok(param)
+            }
+        }
+        de.deserialize_any(Visit)
+    }
+}
+
+impl Serialize for Param {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (&self.default, self.secret) {
+            (Some(default), false) => s.serialize_str(default),
+            (default, secret) => {
+                let mut map = s.serialize_map(None)?;
+                if default.is_some() {
+                    // A definition is shown to whoever may read runbooks;
+                    // only a secret's default comes here.
+                    map.serialize_entry("default", crate::audit::REDACTED)?;
+                }
+                map.serialize_entry("secret", &secret)?;
+                map.end()
+            }
+        }
     }
 }
 
@@ -307,6 +421,10 @@ pub fn parse_runbook(file: &str, text: &str) -> Result<Runbook, RunbookError> {
     match parsed {
         Ok(mut runbook) => {
             runbook.source = file.to_owned();
+            // Named like a secret is secret, however it was written.
+            for (name, param) in &mut runbook.params {
+                param.secret |= crate::audit::is_secret_key(name);
+            }
             Ok(runbook)
         }
         Err(e) => {

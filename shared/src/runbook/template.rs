@@ -235,6 +235,28 @@ impl Renderer {
         names
     }
 
+    /// The params `action`'s templates read, by name, in every branch; `None`
+    /// when one reads `params` as a whole (a loop over it, an index by a
+    /// variable), which may reach any of them.
+    pub fn params_read(&self, action: &Action) -> Option<std::collections::BTreeSet<String>> {
+        let json = serde_json::to_value(action).unwrap_or_default();
+        let mut names = std::collections::BTreeSet::new();
+        let mut texts = Vec::new();
+        collect_strings(&json, &mut texts);
+        for text in texts.into_iter().filter(|t| is_template(t)) {
+            let Ok(template) = self.env.template_from_str(text) else { continue };
+            for path in template.undeclared_variables(true) {
+                if path == "params" {
+                    return None;
+                }
+                if let Some(name) = path.strip_prefix("params.") {
+                    names.insert(name.split('.').next().unwrap_or(name).to_owned());
+                }
+            }
+        }
+        Some(names)
+    }
+
     /// The action with every text parameter rendered.
     pub fn render_action(&self, action: &Action, context: &TemplateContext) -> Result<Action, TemplateError> {
         let value = context.to_value();
@@ -268,6 +290,15 @@ impl Renderer {
             _ => {}
         }
         Ok(())
+    }
+}
+
+fn collect_strings<'a>(json: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match json {
+        serde_json::Value::String(s) => out.push(s),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
     }
 }
 

@@ -423,3 +423,59 @@ fn hostile_input_is_an_error_not_a_panic() {
         assert!(parse(text).is_err(), "{text:.40}");
     }
 }
+
+#[test]
+fn secret_params_are_declared_or_named_so_and_kept_out_of_the_record() {
+    let text = VALID.replace(
+        "params:\n  api_base: http://api.test.svc:8080\n",
+        "params:\n  api_base: http://api.test.svc:8080\n  api_token: default-t0ken\n  note: {secret: true}\n  plain: {default: x}\n",
+    );
+    let rb = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(rb.is_secret_param("api_token") && rb.is_secret_param("note"));
+    assert!(!rb.is_secret_param("api_base") && !rb.is_secret_param("plain"));
+    let shown = format!("{:?} {}", rb.shown_params(), rb.to_yaml());
+    assert!(!shown.contains("default-t0ken"), "a secret default is not shown: {shown}");
+    assert_eq!(rb.shown_params()["plain"], "x");
+    let bad = VALID
+        .replace("params:\n  api_base: http://api.test.svc:8080\n", "params:\n  note: {secret: true, hidden: 1}\n");
+    let err = parse(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("params") && err.contains("hidden"), "{err}");
+
+    let catalog = crate::run::Catalog::new(vec![rb.clone()]);
+    let request = crate::run::ManualRun {
+        runbook_id: "T-001".into(),
+        params: BTreeMap::from([("note".to_owned(), "n0te-value".to_owned())]),
+        dry_run: false,
+        drill: false,
+        by: "user:ada".into(),
+    };
+    let started =
+        crate::run::manual_run(&catalog, &request, crate::incident::IncidentId(1), crate::Timestamp::from_millis(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mut run = started.run;
+    let written =
+        format!("{} {:?} {:?}", serde_json::to_string(&run).unwrap_or_default(), started.entries, started.incident);
+    assert!(!written.contains("n0te-value") && !written.contains("default-t0ken"), "{written}");
+    assert_eq!(run.secret_params, ["note".to_owned()].into());
+    let context = run.template_context(&rb);
+    assert_eq!(
+        (context.params["note"].as_str(), context.params["api_token"].as_str()),
+        ("n0te-value", "default-t0ken")
+    );
+
+    // After a restart the person's value is gone: a step reading it cannot
+    // run; one reading only the runbook's secret default can.
+    run.secret_values = crate::audit::SecretValues::default();
+    let reads = |url: &str| {
+        let step = format!("http: {{url: \"{url}\"}}");
+        serde_saphyr::from_str::<Action>(&step).unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(run.lost_secrets(&reads("http://x/{{ params.note }}"), None), ["note".to_owned()]);
+    assert_eq!(
+        run.lost_secrets(&reads("http://x/{% for k in params %}{{ k }}{% endfor %}"), None),
+        ["note".to_owned()]
+    );
+    assert!(run.lost_secrets(&reads("http://x/{{ params.api_token }}"), None).is_empty());
+    let when = Condition::parse("params.note == 'x'").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.lost_secrets(&reads("http://x/"), Some(&when)), ["note".to_owned()]);
+}

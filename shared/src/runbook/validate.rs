@@ -249,7 +249,7 @@ impl Validator<'_> {
             let field = format!("steps[{i}]");
             self.id(&field, &step.id, &mut seen);
             self.kind_offered(&field, &step.id, step.kind());
-            let sample = sample_context(&incident, &rb.params, &evidence);
+            let sample = sample_context(&incident, &rb.declared_params(), &evidence);
             if let Some(when) = &step.when {
                 self.condition(&format!("{field}.when"), when, &sample, &evidence);
             }
@@ -291,12 +291,12 @@ impl Validator<'_> {
                     format!("a check only looks: {} changes something", check.action.kind()),
                 );
             }
-            let sample = sample_context(&incident, &rb.params, &evidence);
+            let sample = sample_context(&incident, &rb.declared_params(), &evidence);
             self.templates(&field, &check.action, &sample);
             self.action(&format!("{field}.{}", check.action.kind()), &check.action);
             evidence.push(&check.id);
             if let Some(expect) = &check.expect {
-                let sample = sample_context(&incident, &rb.params, &evidence);
+                let sample = sample_context(&incident, &rb.declared_params(), &evidence);
                 self.condition(&format!("{field}.expect"), expect, &sample, &evidence);
             }
         }

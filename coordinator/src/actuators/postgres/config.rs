@@ -69,10 +69,32 @@ pub struct DatabaseConfig {
     /// of them. A node that does not answer counts against.
     #[serde(default)]
     pub down_quorum: Option<u32>,
+    /// How connections to the members are protected: unset, no TLS and
+    /// never a password in clear (a member asking for one is refused);
+    /// `disable`, no TLS, a cleartext password sent when asked; `require`,
+    /// TLS without checking the certificate; `verify-full`, TLS with the
+    /// certificate checked against `sslrootcert` and the member's `host`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// The CA file (PEM) that `verify-full` trusts.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
     /// Told the new primary after a failover: `POST` with
     /// `{"database", "primary", "url"}` (`url` is the member's `app_url`).
     #[serde(default)]
     pub repoint_hook: Option<String>,
+}
+
+/// `databases.<name>.sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// No TLS; a cleartext password is sent if the server asks.
+    Disable,
+    /// TLS, any certificate.
+    Require,
+    /// TLS, the certificate chains to `sslrootcert` and names the host.
+    VerifyFull,
 }
 
 /// One server of a cluster.
@@ -246,6 +268,18 @@ impl DatabaseConfig {
         if self.agent_check_timeout > Duration::from_secs(60) {
             return Err(("agent_check_timeout".into(), "at most 60s: agents give up on a reach check then".into()));
         }
+        match (self.sslmode, &self.sslrootcert) {
+            (Some(SslMode::VerifyFull), None) => {
+                return Err(("sslrootcert".into(), "sslmode verify-full needs the CA file to trust".into()));
+            }
+            (Some(SslMode::VerifyFull), Some(file)) => {
+                super::tls::roots(file).map_err(|e| ("sslrootcert".to_owned(), e))?;
+            }
+            (_, Some(_)) => {
+                return Err(("sslrootcert".into(), "is read only with sslmode verify-full".into()));
+            }
+            _ => {}
+        }
         if let Some(hook) = &self.repoint_hook {
             let ok = reqwest::Url::parse(hook).ok().is_some_and(|u| matches!(u.scheme(), "http" | "https"));
             if !ok {
@@ -287,6 +321,15 @@ mod tests {
         assert_eq!(missing.validate().map_err(|e| e.0), Err("primary.password_file".into()));
         let secret = parse("primary: {host: a, user: u, app_url: 'postgresql://u:pw@a/db'}\n");
         assert_eq!(secret.validate().map_err(|e| e.0), Err("primary.app_url".into()));
+        let unverified = parse("primary: {host: a, user: u}\nsslmode: verify-full\n");
+        assert_eq!(unverified.validate().map_err(|e| e.0), Err("sslrootcert".into()));
+        let no_ca = parse("primary: {host: a, user: u}\nsslmode: verify-full\nsslrootcert: /nonexistent/ca.crt\n");
+        assert_eq!(no_ca.validate().map_err(|e| e.0), Err("sslrootcert".into()));
+        let unused = parse("primary: {host: a, user: u}\nsslmode: require\nsslrootcert: /nonexistent/ca.crt\n");
+        assert_eq!(unused.validate().map_err(|e| e.0), Err("sslrootcert".into()));
+        let bad: Result<DatabaseConfig, _> =
+            remedy_shared::config::parse_yaml("test", "primary: {host: a, user: u}\nsslmode: prefer\n");
+        assert!(bad.is_err_and(|e| e.to_string().contains("sslmode")));
         let hook = parse("primary: {host: a, user: u}\nrepoint_hook: ftp://x\n");
         assert_eq!(hook.validate().map_err(|e| e.0), Err("repoint_hook".into()));
     }

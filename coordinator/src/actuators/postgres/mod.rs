@@ -47,6 +47,7 @@
 pub mod config;
 mod guard;
 mod session;
+mod tls;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};

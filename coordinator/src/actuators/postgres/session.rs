@@ -11,8 +11,11 @@
 use remedy_shared::failover::{MemberState, Role, Status, parse_lsn, timeline_of_walfile};
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+
+use super::tls;
 
 use super::config::{DatabaseConfig, MemberConfig};
 
@@ -52,6 +55,64 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// Why a connection did not open, before it is sorted.
+enum Failed {
+    /// The server or the client said why.
+    Postgres(tokio_postgres::Error),
+    /// Before PostgreSQL was spoken (TCP, the TLS settings).
+    Other(String),
+}
+
+fn refused(e: &tokio_postgres::Error) -> Refused {
+    // `database "…" is not currently accepting connections`.
+    if e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) {
+        return Refused::Closed(describe(e));
+    }
+    Refused::Other(describe(e))
+}
+
+/// Opens the connection as the database's `sslmode` says (see `tls.rs`);
+/// the connection task ends when the client is dropped.
+async fn connect_with_sslmode(
+    db: &DatabaseConfig,
+    member: &MemberConfig,
+    config: &mut tokio_postgres::Config,
+) -> Result<Client, Failed> {
+    let tls = tls::client_config(db).map_err(Failed::Other)?;
+    let tcp = tokio::net::TcpStream::connect((member.host.as_str(), member.port))
+        .await
+        .map_err(|e| Failed::Other(format!("cannot connect to {}: {e}", member.address())))?;
+    let _ = tcp.set_nodelay(true);
+    match (tls, db.sslmode) {
+        (Some(config_tls), _) => {
+            config.ssl_mode(SslMode::Require);
+            let tls = tls::Tls { config: config_tls, host: member.host.clone() };
+            let (client, connection) = config.connect_raw(tcp, tls).await.map_err(Failed::Postgres)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+        (None, Some(super::config::SslMode::Disable)) => {
+            config.ssl_mode(SslMode::Disable);
+            let (client, connection) = config.connect_raw(tcp, NoTls).await.map_err(Failed::Postgres)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+        (None, _) => {
+            config.ssl_mode(SslMode::Disable);
+            let guarded = tls::Guarded::new(tcp, member);
+            let (client, connection) = config.connect_raw(guarded, NoTls).await.map_err(Failed::Postgres)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+    }
 }
 
 /// Why a connection did not open.
@@ -95,20 +156,13 @@ impl Session {
                 .map_err(|e| Refused::Other(format!("cannot read the password file {}: {e}", file.display())))?;
             config.password(password.trim_end_matches(['\r', '\n']));
         }
-        let connecting = config.connect(NoTls);
-        let (client, connection) = match tokio::time::timeout(db.connect_timeout, connecting).await {
-            Ok(Ok(pair)) => pair,
-            // `database "…" is not currently accepting connections`.
-            Ok(Err(e)) if e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
-                return Err(Refused::Closed(describe(&e)));
-            }
-            Ok(Err(e)) => return Err(Refused::Other(describe(&e))),
+        let connecting = connect_with_sslmode(db, member, &mut config);
+        let client = match tokio::time::timeout(db.connect_timeout, connecting).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(Failed::Other(e))) => return Err(Refused::Other(e)),
+            Ok(Err(Failed::Postgres(e))) => return Err(refused(&e)),
             Err(_) => return Err(Refused::Other(format!("no connection within {:?}", db.connect_timeout))),
         };
-        // The connection task ends when the client is dropped.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         Ok(Session {
             client,
             query_timeout: db.query_timeout,

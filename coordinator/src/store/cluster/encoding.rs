@@ -551,14 +551,7 @@ pub(super) fn run_desired(run: &RunRecord) -> Result<Desired, StoreError> {
             (FINISHED_LABEL, run.status.is_finished().to_string()),
             (INCIDENT_LABEL, object_name_of(run.incident_id)),
         ]),
-        spec: Some(json!({
-            "incidentId": run.incident_id.to_string(),
-            "runbookId": run.runbook_id,
-            "mode": run.mode.as_str(),
-            "startedBy": clip(&run.started_by, 512),
-            "requestedBy": run.requested_by,
-            "createdAt": rfc3339(run.created_at, "createdAt")?,
-        })),
+        spec: Some(run_spec(run)?),
         status: json!({
             "phase": run.status.as_str(),
             "nextStep": next_step,
@@ -571,6 +564,24 @@ pub(super) fn run_desired(run: &RunRecord) -> Result<Desired, StoreError> {
             "context": context,
         }),
     })
+}
+
+/// What started a run: written once (the spec is immutable).
+fn run_spec(run: &RunRecord) -> Result<Value, StoreError> {
+    let mut spec = json!({
+        "incidentId": run.incident_id.to_string(),
+        "runbookId": run.runbook_id,
+        "mode": run.mode.as_str(),
+        "startedBy": clip(&run.started_by, 512),
+        "requestedBy": run.requested_by,
+        "createdAt": rfc3339(run.created_at, "createdAt")?,
+    });
+    // Names only: the values are held in memory by the run. Absent when
+    // none, as in runs recorded before secret params were kept apart.
+    if !run.secret_params.is_empty() {
+        spec["secretParams"] = json!(run.secret_params);
+    }
+    Ok(spec)
 }
 
 /// A run from its object, without the keys recorded apart from it.
@@ -610,6 +621,11 @@ pub(super) fn run_from_object(object: &DynamicObject) -> Result<RunRecord, Store
         mode: f.parse(spec, "spec.mode")?,
         started_by: f.opt_str(spec, "spec.startedBy")?.unwrap_or_default().to_owned(),
         requested_by: f.opt_str(spec, "spec.requestedBy")?.map(str::to_owned),
+        secret_params: match spec.get("secretParams") {
+            None | Some(Value::Null) => Default::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| f.corrupt(format!("spec.secretParams: {e}")))?,
+        },
+        secret_values: Default::default(),
         context,
         next_step: usize::try_from(next_step).map_err(|_| f.corrupt("status.nextStep is too large".into()))?,
         attempt: u32::try_from(attempt).map_err(|_| f.corrupt("status.attempt is too large".into()))?,

@@ -73,6 +73,8 @@ pub(super) fn run(id: u64) -> RunRecord {
         started_by: "finding disk_usage_high".into(),
         requested_by: Some("user:ada".into()),
         context,
+        secret_params: ["api_token".to_owned()].into(),
+        secret_values: Default::default(),
         next_step: 2,
         attempt: 1,
         status: RunStatus::Running,
