@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use clap::Parser;
 use remedy_shared::config::{self, ConfigError};
+use remedy_shared::connections::ConnectionLimits;
 use remedy_shared::guard::GuardPolicy;
 use serde::Deserialize;
 
@@ -105,6 +106,8 @@ struct FileConfig {
     databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     #[serde(default)]
     caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
+    #[serde(default)]
+    connections: Option<ConnectionLimits>,
 }
 
 /// `tls:` in the file.
@@ -263,6 +266,8 @@ pub struct Config {
     pub databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     /// The Redis instances the data-plane actions reach, by name.
     pub caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
+    /// Deadlines and caps on the gRPC and HTTP listeners' connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -345,6 +350,8 @@ impl Config {
             remedy_proto::tokens::load(path).map_err(|e| ConfigError::new(source, "alertmanager.tokens_file", e))?;
         }
         data_plane(source, &file.databases, &file.caches)?;
+        let connections = file.connections.unwrap_or_default();
+        connections.validate(source, "connections")?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -367,6 +374,7 @@ impl Config {
             alertmanager_scopes: alertmanager.may_start,
             databases: file.databases,
             caches: file.caches,
+            connections,
         })
     }
 }
