@@ -207,11 +207,9 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         );
     }
 
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
-        .await
+    let grpc_listener = remedy_proto::listen::bind(config.grpc_listen)
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
+    let http_listener = remedy_proto::listen::bind(config.http_listen)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     tracing::info!(
         id = %config.id,
@@ -403,9 +401,8 @@ async fn stand_by(
     gate: Arc<Gate>,
     stopped: impl Future<Output = ()>,
 ) -> anyhow::Result<bool> {
-    let listener = tokio::net::TcpListener::bind(http_listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+    let listener =
+        remedy_proto::listen::bind(http_listen).with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
     tracing::info!(lease = %elector.lease(), identity = %elector.identity(), "standing by for the lease");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve_standby(listener, gate, async move {

@@ -234,6 +234,21 @@ pub fn plaintext() -> Handshake<TcpStream> {
     })
 }
 
+/// Connections the kernel may hold for a listener before it accepts them
+/// (as far as `net.core.somaxconn` allows). Past a full queue a flood's
+/// connections are dropped by the kernel without the peer being told,
+/// where the accept loop would have closed them by their deadline.
+const BACKLOG: u32 = 4_096;
+
+/// Listens on `addr` with room for a burst of connections ([`BACKLOG`]).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As tokio's own bind: a restarted process may listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Accepts connections on `listener` under `gate`'s caps and yields each
 /// after its handshake. Handshakes run concurrently, each bounded in time,
 /// so one slow client delays nobody. Stops accepting when the stream is
