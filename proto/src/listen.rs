@@ -143,11 +143,6 @@ impl<IO> Guarded<IO> {
         &self.peer
     }
 
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     /// Whether the deadline has passed; arms the timer for the next check
     /// otherwise. While a request is in flight the timer still fires every
     /// idle timeout, since the end of a request wakes nobody: the next
