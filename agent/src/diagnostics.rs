@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use remedy_shared::connections::ConnectionLimits;
 use remedy_shared::finding::{Finding, FindingKind, FindingState, Severity};
 use serde::{Deserialize, Serialize};
 
@@ -107,17 +108,17 @@ pub struct Board {
     pub infrastructure: OwnInfrastructure,
 }
 
-/// Serves the endpoint until `shutdown` resolves.
+/// Serves the endpoint until `shutdown` resolves, with the default
+/// connection deadlines and caps: local tools are not to hold it open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     board: Board,
     gate: Arc<SubmitGate>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let connections = remedy_proto::listen::Gate::new(ConnectionLimits::default(), board.metrics.on_close());
     let app = router(Arc::new(board)).layer(axum::Extension(gate));
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    remedy_proto::listen::serve_http(listener, connections, app, shutdown).await
 }
 
 fn router(board: Arc<Board>) -> Router {

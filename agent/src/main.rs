@@ -84,8 +84,7 @@ async fn run(
     let metrics = Metrics::new();
     let outbox = Outbox::new(spool, metrics.outbox.clone());
 
-    let listener = tokio::net::TcpListener::bind(config.diagnostics_listen)
-        .await
+    let listener = remedy_proto::listen::bind(config.diagnostics_listen)
         .with_context(|| format!("cannot listen on {}", config.diagnostics_listen))?;
     tracing::info!(
         agent = %agent_id,

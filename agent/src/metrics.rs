@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::local::LocalMetrics;
@@ -37,6 +39,16 @@ pub struct Metrics {
     pub processes: ProcessMetrics,
     /// Log cleanup's and GC nudges' (`remedy_agent_local_*`).
     pub local: LocalMetrics,
+    /// Diagnostics connections the agent closed by a deadline or a cap.
+    pub diagnostics_connections_closed: Family<ReasonLabels, Counter>,
+}
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `first_request_timeout`, `header_timeout`, `idle_timeout`,
+    /// `peer_limit` or `total_limit`.
+    pub reason: String,
 }
 
 impl Metrics {
@@ -59,7 +71,33 @@ impl Metrics {
         processes.register(&mut registry);
         let local = LocalMetrics::default();
         local.register(&mut registry);
-        Metrics { registry: Arc::new(registry), outbox, stream, samples, pods, logs, blocks, processes, local }
+        let diagnostics_connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "diagnostics_connections_closed",
+            "Connections to the diagnostics endpoint closed by a deadline or a cap, by reason",
+            diagnostics_connections_closed.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            outbox,
+            stream,
+            samples,
+            pods,
+            logs,
+            blocks,
+            processes,
+            local,
+            diagnostics_connections_closed,
+        }
+    }
+
+    /// What the diagnostics listener's gate calls for each connection it
+    /// closes.
+    pub fn on_close(&self) -> remedy_proto::listen::OnClose {
+        let family = self.diagnostics_connections_closed.clone();
+        Arc::new(move |reason: remedy_shared::connections::CloseReason| {
+            family.get_or_create(&ReasonLabels { reason: reason.label().to_owned() }).inc();
+        })
     }
 
     /// The text exposition format.

@@ -262,6 +262,7 @@ mod tests {
             presented_certificate: identity.is_some(),
             identity,
             refused: None,
+            activity: Default::default(),
         });
         r
     }
@@ -295,6 +296,7 @@ mod tests {
             presented_certificate: true,
             identity: None,
             refused: Some("the client certificate carries 2 remedy:// URI names".into()),
+            activity: Default::default(),
         });
         for status in [auth.agent(&r, "n1").unwrap_err(), auth.admin(&r, AdminCall::ListAgents).unwrap_err()] {
             assert_eq!(status.code(), tonic::Code::Unauthenticated);

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use clap::Parser;
 use remedy_shared::config::{self, ConfigError};
+use remedy_shared::connections::ConnectionLimits;
 use remedy_shared::guard::GuardPolicy;
 use serde::Deserialize;
 
@@ -107,6 +108,7 @@ struct FileConfig {
     caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
     #[serde(default)]
     retention: Option<RetentionFile>,
+    connections: Option<ConnectionLimits>,
 }
 
 /// `retention:` in the file: how long each kind of record is kept; `0s`
@@ -303,6 +305,8 @@ pub struct Config {
     pub caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
     /// How long findings, the audit log and resolved incidents are kept.
     pub retention: crate::store::Retention,
+    /// Deadlines and caps on the gRPC and HTTP listeners' connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -386,6 +390,8 @@ impl Config {
         }
         data_plane(source, &file.databases, &file.caches)?;
         let retention = file.retention.unwrap_or_default().resolve(source)?;
+        let connections = file.connections.unwrap_or_default();
+        connections.validate(source, "connections")?;
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -409,6 +415,7 @@ impl Config {
             databases: file.databases,
             caches: file.caches,
             retention,
+            connections,
         })
     }
 }

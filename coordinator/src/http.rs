@@ -1,21 +1,23 @@
 //! The coordinator's HTTP side: health, metrics and the Alertmanager webhook.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use remedy_proto::listen::Gate;
 
 use crate::alertmanager;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 
 /// Serves `/healthz`, `/readyz`, `/metrics` and the Alertmanager webhook
-/// until `shutdown` resolves.
+/// until `shutdown` resolves, under `gate`'s deadlines and caps.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    gate: Arc<Gate>,
     metrics: Metrics,
     webhook: alertmanager::Webhook,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -28,24 +30,23 @@ pub async fn serve(
         .with_state(metrics)
         .merge(alerts)
         .merge(ready);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    remedy_proto::listen::serve_http(listener, gate, app, shutdown).await
 }
 
 /// Serves a replica that is waiting for the lease: `/healthz` answers (the
 /// process is alive and taking part in the election); everything else is
 /// 503, so nobody mistakes a standby for the leader. Serves until
-/// `shutdown` resolves.
+/// `shutdown` resolves, under the same deadlines and caps as the leader.
 pub async fn serve_standby(
     listener: tokio::net::TcpListener,
+    gate: Arc<Gate>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app =
         Router::new().route("/healthz", get(|| async { "ok (standby: waiting for the lease)\n" })).fallback(|| async {
             (axum::http::StatusCode::SERVICE_UNAVAILABLE, "this coordinator is a standby; the leader serves this\n")
         });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    remedy_proto::listen::serve_http(listener, gate, app, shutdown).await
 }
 
 /// Ready while the store commits: a coordinator whose store refuses writes

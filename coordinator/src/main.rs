@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use remedy_proto::MAX_MESSAGE_BYTES;
+use remedy_proto::listen::{self, ActivityLayer, Gate};
 use remedy_proto::v1::admin_service_server::AdminServiceServer;
 use remedy_proto::v1::agent_service_server::AgentServiceServer;
 use remedy_shared::config::{ConfigError, EXIT_BAD_CONFIG};
@@ -116,13 +117,16 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         (Some(clients), Some(le)) => Some(start_election(&clients.control, le, &config.id, &clock, &stopped)?),
         _ => None,
     };
+    // Every listener, a standby's included, closes connections that hold
+    // a place without a request, and counts what it closes.
+    let metrics = Metrics::new();
+    let http_gate = Gate::new(config.connections, metrics.on_close("http"));
     if let Some((elector, _)) = &election
-        && !stand_by(elector, config.http_listen, stopped()).await?
+        && !stand_by(elector, config.http_listen, http_gate.clone(), stopped()).await?
     {
         return finish_election(election).await;
     }
 
-    let metrics = Metrics::new();
     let local = EmbeddedStore::open(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     // Replicas that take turns must share what they know: with an election,
@@ -203,11 +207,9 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         );
     }
 
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
-        .await
+    let grpc_listener = remedy_proto::listen::bind(config.grpc_listen)
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
+    let http_listener = remedy_proto::listen::bind(config.http_listen)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     tracing::info!(
         id = %config.id,
@@ -281,7 +283,14 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     tokio::spawn(sweep_expired(recorder.clone(), config.expiry_sweep_interval, stopped()));
     tokio::spawn(forget_past_retention(recorder.clone(), config.retention, stopped()));
 
+    let limits = config.connections;
+    let grpc_gate = Gate::new(limits, metrics.on_close("grpc"));
+    // Pings find a peer that vanished with a stream open; the activity
+    // layer keeps open streams from counting as idle.
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(ActivityLayer)
         .add_service(
             AgentServiceServer::new(agent_service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -295,7 +304,12 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     let grpc: GrpcServing = match server_tls {
         Some((tls, reload_every)) => {
             tokio::spawn(tls.clone().keep_reloading(reload_every, stopped()));
-            Box::pin(router.serve_with_incoming_shutdown(remedy_proto::tls::incoming(grpc_listener, tls), stopped()))
+            Box::pin(
+                router.serve_with_incoming_shutdown(
+                    remedy_proto::tls::incoming(grpc_listener, tls, grpc_gate),
+                    stopped(),
+                ),
+            )
         }
         None => {
             let what = format!(
@@ -303,12 +317,10 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
                 config.grpc_listen
             );
             tokio::spawn(remedy_proto::tls::warn_plaintext_every_minute(what, stopped()));
-            Box::pin(
-                router.serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                    stopped(),
-                ),
-            )
+            Box::pin(router.serve_with_incoming_shutdown(
+                listen::incoming(grpc_listener, grpc_gate, listen::plaintext()),
+                stopped(),
+            ))
         }
     };
     let senders = remedy_coordinator::auth::TokenFile::load(config.alertmanager_tokens.as_deref())
@@ -323,7 +335,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         scopes: config.alertmanager_scopes.clone(),
         catalog: catalog.clone(),
     };
-    let http = http::serve(http_listener, metrics.clone(), webhook, stopped());
+    let http = http::serve(http_listener, http_gate, metrics.clone(), webhook, stopped());
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(http);
@@ -391,14 +403,14 @@ fn start_election(
 async fn stand_by(
     elector: &LeaderElector,
     http_listen: std::net::SocketAddr,
+    gate: Arc<Gate>,
     stopped: impl Future<Output = ()>,
 ) -> anyhow::Result<bool> {
-    let listener = tokio::net::TcpListener::bind(http_listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+    let listener =
+        remedy_proto::listen::bind(http_listen).with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
     tracing::info!(lease = %elector.lease(), identity = %elector.identity(), "standing by for the lease");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve_standby(listener, async move {
+    let server = tokio::spawn(http::serve_standby(listener, gate, async move {
         let _ = done_rx.await;
     }));
     let mut leadership = elector.subscribe();

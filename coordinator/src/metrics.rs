@@ -52,6 +52,18 @@ pub struct Metrics {
     pub availability_percent: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     /// Incidents opened in the report window, by priority.
     pub window_incidents: Family<PriorityLabels, Gauge>,
+    /// Connections the server closed by a deadline or a cap.
+    pub connections_closed: Family<ClosedLabels, Counter>,
+}
+
+/// Labels of a connection the server closed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// `grpc` or `http`.
+    pub listener: String,
+    /// `handshake_timeout`, `first_request_timeout`, `header_timeout`,
+    /// `idle_timeout`, `peer_limit` or `total_limit`.
+    pub reason: String,
 }
 
 /// Labels of a delivery to a channel.
@@ -104,6 +116,7 @@ impl Metrics {
             mtta_seconds: Family::default(),
             availability_percent: Family::default(),
             window_incidents: Family::default(),
+            connections_closed: Family::default(),
         };
         registry.register("findings_persisted", "Findings persisted, each counted once", m.findings_persisted.clone());
         registry.register(
@@ -163,7 +176,21 @@ impl Metrics {
             "Incidents opened in the window, by priority",
             m.window_incidents.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "Connections the server closed by a deadline (handshake, first request, headers, idle) or a cap \
+             (per peer address, per listener), by listener and reason",
+            m.connections_closed.clone(),
+        );
         Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    /// What a listener's gate calls for each connection it closes.
+    pub fn on_close(&self, listener: &str) -> remedy_proto::listen::OnClose {
+        let (family, listener) = (self.connections_closed.clone(), listener.to_owned());
+        std::sync::Arc::new(move |reason: remedy_shared::connections::CloseReason| {
+            family.get_or_create(&ClosedLabels { listener: listener.clone(), reason: reason.label().to_owned() }).inc();
+        })
     }
 
     /// The text exposition format.

@@ -14,6 +14,7 @@ pub mod v1 {
 
 pub mod convert;
 pub mod interfaces;
+pub mod listen;
 pub mod logging;
 #[cfg(feature = "pki")]
 pub mod pki;

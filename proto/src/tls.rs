@@ -15,9 +15,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -27,15 +25,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Longest a TLS handshake may take before the connection is dropped, so a
-/// client that connects and says nothing cannot hold a slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::listen::{self, Activity, Gate, Guarded, Handshake, HandshakeFuture};
 
 /// Why TLS material could not be used. The message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +249,21 @@ pub struct PeerInfo {
     /// Why the certificate names nobody although it carries `remedy://`
     /// names (more than one); callers are refused with this reason.
     pub refused: Option<String>,
+    /// The connection's requests, which keep it from being closed as idle.
+    pub activity: Activity,
+}
+
+impl PeerInfo {
+    /// A peer known by its address only (plaintext, or before the handshake).
+    pub fn address(remote: SocketAddr) -> Self {
+        PeerInfo {
+            remote: Some(remote),
+            identity: None,
+            presented_certificate: false,
+            refused: None,
+            activity: Activity::default(),
+        }
+    }
 }
 
 /// A certificate whose `remedy://` names do not name one identity.
@@ -295,108 +304,45 @@ pub fn identity_of(der: &[u8]) -> Result<Option<Identity>, AmbiguousIdentity> {
     }
 }
 
-/// An accepted, handshaken TLS connection.
-#[derive(Debug)]
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: PeerInfo,
-}
+/// An accepted, handshaken TLS connection under its listener's deadlines.
+pub type TlsConnection = Guarded<tokio_rustls::server::TlsStream<TcpStream>>;
 
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-/// Accepts connections on `listener` and hands tonic each one after its
-/// TLS handshake. Handshakes run concurrently, each bounded in time, so one
-/// slow client delays nobody. Stops accepting when tonic drops the stream.
-pub fn incoming(listener: TcpListener, tls: Arc<ServerTls>) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, remote) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors and the like: say so, back off, go on.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+/// Accepts connections on `listener` under `gate` (caps, the handshake's
+/// deadline, the first request's and the idle one: see [`crate::listen`])
+/// and hands tonic each one after its TLS handshake, with the newest
+/// certificates. Stops accepting when tonic drops the stream.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    gate: Arc<Gate>,
+) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
+    let handshake: Handshake<tokio_rustls::server::TlsStream<TcpStream>> = Arc::new(move |tcp: TcpStream, remote| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let handshaking: HandshakeFuture<_> = Box::pin(async move {
+            let stream = acceptor.accept(tcp).await.inspect_err(|e| {
+                tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
+            })?;
+            let chain = stream.get_ref().1.peer_certificates();
+            let named = chain.and_then(|c| c.first()).map(|leaf| identity_of(leaf));
+            let (identity, refused) = match named {
+                Some(Ok(identity)) => (identity, None),
+                Some(Err(e)) => {
+                    tracing::warn!(peer = %remote, error = %e, "client certificate names no one identity");
+                    (None, Some(e.to_string()))
                 }
+                None => (None, None),
             };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let chain = stream.get_ref().1.peer_certificates();
-                        let named = chain.and_then(|c| c.first()).map(|leaf| identity_of(leaf));
-                        let (identity, refused) = match named {
-                            Some(Ok(identity)) => (identity, None),
-                            Some(Err(e)) => {
-                                tracing::warn!(peer = %remote, error = %e, "client certificate names no one identity");
-                                (None, Some(e.to_string()))
-                            }
-                            None => (None, None),
-                        };
-                        let peer = PeerInfo {
-                            remote: Some(remote),
-                            identity,
-                            presented_certificate: chain.is_some_and(|c| !c.is_empty()),
-                            refused,
-                        };
-                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
-                    }
-                    Err(_) => {
-                        tracing::warn!(peer = %remote, "TLS handshake not finished in {HANDSHAKE_TIMEOUT:?}; dropped");
-                    }
-                }
-            });
-        }
+            let peer = PeerInfo {
+                identity,
+                presented_certificate: chain.is_some_and(|c| !c.is_empty()),
+                refused,
+                ..PeerInfo::address(remote)
+            };
+            Ok((stream, peer))
+        });
+        handshaking
     });
-    ReceiverStream::new(rx)
+    listen::incoming(listener, gate, handshake)
 }
 
 /// A channel to `uri` (an `https://` URL) over TLS with the newest client

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod cleanup;
 pub mod comms;
 pub mod config;
+pub mod connections;
 pub mod detector;
 pub mod escalation;
 pub mod failover;
