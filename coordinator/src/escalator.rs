@@ -7,25 +7,36 @@
 //! the incident as committed, delivers through the channels and commits
 //! the progress with what happened. Progress is on the incident, so in the
 //! store: after a restart or a leader change the climb continues where it
-//! stopped. A level is recorded as told once its deliveries were tried,
-//! failed or not: a channel that fails falls back to the person's next
-//! channel and is on the timeline, but never holds the climb. A crash
-//! between a delivery and its commit repeats that one level on restart
-//! (PagerDuty's dedup key folds the repeat into the same incident); a
-//! page is never lost for fear of a duplicate. Incidents that come due at
-//! the same moment are handled together, so a slow channel for one does
-//! not hold up another's pages.
+//! stopped. A level counts as done once its deliveries were tried, failed
+//! or not: a channel that fails falls back to the person's next channel,
+//! and a delivery that finally failed is a `notified` entry with outcome
+//! `failed` (`could not tell ...`, never `told`) and counted in
+//! `remedy_notifications_total{outcome="failed"}`, but never holds the
+//! climb. A crash between a delivery and its commit repeats that one level
+//! on restart (PagerDuty's dedup key folds the repeat into the same
+//! incident); a page is never lost for fear of a duplicate.
+//!
+//! Nothing waits on anything it does not need: every delivery of a level
+//! (every recipient, every channel told a follow-up) runs at once, each
+//! bounded by its channel's attempts and timeouts; each incident advances
+//! as a task of its own, at most one per incident (so its commits never
+//! interleave) and at most [`MAX_ADVANCING`] at once; and the loop that
+//! watches the clock and the incidents never waits on a delivery. A
+//! channel that hangs for one person delays neither the other people of
+//! the level nor any other incident.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
 use remedy_shared::comms::{CommsContext, CommunicationTemplate, Links};
-use remedy_shared::escalation::{self, Advance, EscalationPolicy, FollowUp, Page, Person, Progress};
+use remedy_shared::escalation::looks::Looks;
+use remedy_shared::escalation::{self, Advance, EscalationPolicy, FollowUp, Page, Person, Progress, Recipient};
 use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::oncall::Schedule;
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 
 use crate::channels::{Channels, Delivery, Event, Message, StatusUpdate};
 pub use crate::clock::{Clock, ManualClock};
@@ -95,8 +106,10 @@ impl std::fmt::Debug for Escalator {
 /// recently resolved whose channels may not have heard of the resolution.
 const STARTUP_SCAN: usize = 1_000;
 
-/// The wake-up for a scan that failed (no incident has id 0).
-const RESCAN: IncidentId = IncidentId(0);
+/// Most incidents advanced at once: an advance may wait on channels for
+/// as long as their retries allow, and a storm of incidents must not start
+/// unbounded work. The rest wait their turn, first come first served.
+pub const MAX_ADVANCING: usize = 64;
 
 impl Escalator {
     /// An escalator over the committed incidents of `store`.
@@ -112,19 +125,44 @@ impl Escalator {
     }
 
     /// Runs until `stopped` completes.
+    ///
+    /// The loop itself never waits on a channel: each incident's advance
+    /// runs as a task of its own and hands back when to look again, so a
+    /// channel hanging for one incident holds up neither another incident
+    /// nor this loop's clock ([`Looks`] keeps them apart and in order).
+    /// Stopping drops the advances under way, as a crash would: their
+    /// levels were not committed and are told again by whoever runs next.
     pub async fn run(self, stopped: impl Future<Output = ()>) {
         tokio::pin!(stopped);
         let mut events = self.recorder.subscribe();
-        let mut wake: BTreeMap<IncidentId, Timestamp> = BTreeMap::new();
+        let mut looks = Looks::new(MAX_ADVANCING);
+        let mut advancing: JoinSet<(IncidentId, Option<Timestamp>)> = JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, IncidentId> = HashMap::new();
         // What each escalating incident looked like at its last change that
         // mattered here: findings joining an incident change it many times
         // a second, and none of that moves its escalation.
         let mut seen: BTreeMap<IncidentId, Relevant> = BTreeMap::new();
-        self.rescan(&mut wake).await;
+        let mut rescan_at = self.rescan(&mut looks);
         loop {
-            let next = wake.values().min().copied();
+            for id in looks.start() {
+                let this = self.clone();
+                let task = advancing.spawn(async move { (id, this.advance_one(id).await) });
+                tasks.insert(task.id(), id);
+            }
+            let next = [looks.next_wake(), rescan_at].into_iter().flatten().min();
             tokio::select! {
                 () = &mut stopped => return,
+                Some(joined) = advancing.join_next_with_id() => match joined {
+                    Ok((task, (id, wake_at))) => {
+                        tasks.remove(&task);
+                        looks.finished(id, wake_at);
+                    }
+                    Err(e) => {
+                        let Some(id) = tasks.remove(&e.id()) else { continue };
+                        tracing::error!(incident = %id, error = %e, "advancing the escalation failed; trying again in 5s");
+                        looks.finished(id, Some(self.clock.now().plus(Duration::from_secs(5))));
+                    }
+                },
                 event = events.recv() => match event {
                     Ok(incident) if incident.escalation.is_some() => {
                         let relevant = Relevant::of(&incident);
@@ -134,65 +172,43 @@ impl Escalator {
                             } else {
                                 seen.insert(incident.id, relevant);
                             }
-                            self.look_at(incident.id, &mut wake).await;
+                            // Read as committed when its turn comes: an
+                            // event may be older than what an advance wrote.
+                            looks.want(incident.id);
                         }
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the escalator fell behind the incident changes; looking at every incident again");
-                        self.rescan(&mut wake).await;
+                        rescan_at = self.rescan(&mut looks);
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = self.clock.sleep_until(next) => {
                     let now = self.clock.now();
-                    let due: Vec<IncidentId> = wake.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
-                    if due.contains(&RESCAN) {
-                        self.rescan(&mut wake).await;
+                    if rescan_at.is_some_and(|at| at <= now) {
+                        rescan_at = self.rescan(&mut looks);
                     }
-                    let due = due.into_iter().filter(|id| *id != RESCAN).collect();
-                    self.look_at_all(due, &mut wake).await;
+                    looks.due(now);
                 }
             }
         }
     }
 
-    async fn rescan(&self, wake: &mut BTreeMap<IncidentId, Timestamp>) {
+    /// Asks for a look at every incident whose escalation may not be over;
+    /// when to scan again if the store could not be read.
+    fn rescan(&self, looks: &mut Looks) -> Option<Timestamp> {
         let incidents = match self.store.list_incidents(true, STARTUP_SCAN) {
             Ok(list) => list,
             Err(e) => {
                 tracing::error!(error = %e, "the escalator cannot list incidents; retrying in 5s");
-                wake.insert(RESCAN, self.clock.now().plus(Duration::from_secs(5)));
-                return;
+                return Some(self.clock.now().plus(Duration::from_secs(5)));
             }
         };
-        wake.remove(&RESCAN);
-        let pending = incidents
-            .iter()
-            .filter(|i| i.escalation.as_ref().is_some_and(|p| !p.resolution_told))
-            .map(|i| i.id)
-            .collect();
-        self.look_at_all(pending, wake).await;
-    }
-
-    /// Moves one incident's escalation to now, reading it as committed (an
-    /// event may be older than what this task itself just wrote).
-    async fn look_at(&self, id: IncidentId, wake: &mut BTreeMap<IncidentId, Timestamp>) {
-        self.look_at_all(vec![id], wake).await;
-    }
-
-    /// Looks at several incidents at once: a channel that is slow for one
-    /// incident's people does not hold up another's.
-    async fn look_at_all(&self, ids: Vec<IncidentId>, wake: &mut BTreeMap<IncidentId, Timestamp>) {
-        for id in &ids {
-            wake.remove(id);
+        for incident in incidents.iter().filter(|i| i.escalation.as_ref().is_some_and(|p| !p.resolution_told)) {
+            looks.want(incident.id);
         }
-        let next = futures::future::join_all(ids.iter().map(|id| self.advance_one(*id))).await;
-        for (id, at) in ids.into_iter().zip(next) {
-            if let Some(at) = at {
-                wake.insert(id, at);
-            }
-        }
+        None
     }
 
     /// Moves one incident's escalation to now; when to look at it again.
@@ -241,8 +257,8 @@ impl Escalator {
         if let Some(news) = news {
             self.tell_news(incident, &news, &mut progress, &mut entries, now).await;
         }
-        for page in &pages {
-            self.page(policy, incident, timeline, page, &mut progress, &mut entries, now).await;
+        if !pages.is_empty() {
+            self.page(policy, incident, timeline, &pages, &mut progress, &mut entries, now).await;
         }
         if let Some(follow_up) = follow_up {
             self.follow_up(incident, follow_up, &mut progress, &mut entries, now).await;
@@ -253,58 +269,84 @@ impl Escalator {
         EscalationUpdate { id: incident.id, seen_hold, seen_news, progress, entries, state }
     }
 
-    #[allow(clippy::too_many_arguments)] // one page's whole context; a struct would only rename it
+    /// Tells every recipient of every level in `pages` at once: each one's
+    /// delivery is bounded by its channels' retries and timeouts, and a
+    /// channel that hangs for one person holds up nobody else. The entries
+    /// are recorded in the levels' order once every delivery is done.
+    #[allow(clippy::too_many_arguments)] // the pages' whole context; a struct would only rename it
     async fn page(
         &self,
         policy: &EscalationPolicy,
         incident: &Incident,
         timeline: &[TimelineEntry],
-        page: &Page,
+        pages: &[Page],
         progress: &mut Progress,
         entries: &mut Vec<TimelineEntry>,
         now: Timestamp,
     ) {
         let directory = &self.directory;
-        let (recipients, missing) =
-            escalation::recipients(&page.targets, &directory.people, |id| match directory.schedules.get(id) {
-                Some(schedule) => Ok(schedule.on_call(now)),
-                None => Err(format!("schedule {id} is not in the catalog")),
-            });
-        let details = |extra: &[(&str, &str)]| {
+        let details = |page: &Page, extra: &[(&str, &str)]| {
             let mut d =
                 BTreeMap::from([("policy".to_owned(), policy.id.clone()), ("level".to_owned(), page.name.clone())]);
             d.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             d
         };
-        for why in &missing {
-            entries.push(entry(now, format!("{}: {why}; nobody was told through it", page.name), details(&[])));
+        // Per level: what is known before anything is sent, then who is sent what.
+        let mut planned = Vec::new();
+        for page in pages {
+            let (recipients, missing) =
+                escalation::recipients(&page.targets, &directory.people, |id| match directory.schedules.get(id) {
+                    Some(schedule) => Ok(schedule.on_call(now)),
+                    None => Err(format!("schedule {id} is not in the catalog")),
+                });
+            let mut known: Vec<TimelineEntry> = missing
+                .iter()
+                .map(|why| entry(now, format!("{}: {why}; nobody was told through it", page.name), details(page, &[])))
+                .collect();
+            if recipients.is_empty() {
+                known.push(entry(
+                    now,
+                    format!("{} ({}): nobody could be told", page.name, page.why),
+                    details(page, &[("outcome", "nobody")]),
+                ));
+                planned.push((page, known, Vec::new()));
+                continue;
+            }
+            let (title, body) = self.written(policy.template.as_deref(), incident, timeline, progress, now);
+            let sends: Vec<(Recipient, Message)> = recipients
+                .into_iter()
+                .map(|recipient| {
+                    let message = Message {
+                        email_to: recipient.email.iter().cloned().collect(),
+                        ..self.message(incident, Event::Trigger, &title, &body, None)
+                    };
+                    (recipient, message)
+                })
+                .collect();
+            planned.push((page, known, sends));
         }
-        if recipients.is_empty() {
-            entries.push(entry(
-                now,
-                format!("{} ({}): nobody could be told", page.name, page.why),
-                details(&[("outcome", "nobody")]),
-            ));
-            return;
-        }
-        let (title, body) = self.written(policy.template.as_deref(), incident, timeline, progress, now);
-        for recipient in recipients {
-            let message = Message {
-                email_to: recipient.email.iter().cloned().collect(),
-                ..self.message(incident, Event::Trigger, &title, &body, None)
-            };
-            let deliveries = self.channels.send_first(&recipient.channels, &message).await;
-            let told = self.record(&deliveries, progress);
-            let who = &recipient.who;
-            let how = describe(&deliveries);
-            let (message, outcome) = match &told {
-                Some(channel) => (format!("told {who} ({}, {}) through {channel}: {how}", page.name, page.why), "told"),
-                None if recipient.channels.is_empty() => {
-                    (format!("{who} has no channels to be told through"), "failed")
-                }
-                None => (format!("could not tell {who} ({}): {how}", page.name), "failed"),
-            };
-            entries.push(entry(now, message, details(&[("who", who), ("via", &recipient.via), ("outcome", outcome)])));
+        let delivered = futures::future::join_all(planned.iter().map(|(_, _, sends)| {
+            futures::future::join_all(sends.iter().map(|(r, m)| self.channels.send_first(&r.channels, m)))
+        }))
+        .await;
+        for ((page, known, sends), deliveries) in planned.into_iter().zip(delivered) {
+            entries.extend(known);
+            for ((recipient, _), deliveries) in sends.iter().zip(deliveries) {
+                let told = self.record(&deliveries, progress);
+                let who = &recipient.who;
+                let how = describe(&deliveries);
+                let (message, outcome) = match &told {
+                    Some(channel) => {
+                        (format!("told {who} ({}, {}) through {channel}: {how}", page.name, page.why), "told")
+                    }
+                    None if recipient.channels.is_empty() => {
+                        (format!("{who} has no channels to be told through"), "failed")
+                    }
+                    None => (format!("could not tell {who} ({}): {how}", page.name), "failed"),
+                };
+                let details = details(page, &[("who", who), ("via", &recipient.via), ("outcome", outcome)]);
+                entries.push(entry(now, message, details));
+            }
         }
     }
 
@@ -318,7 +360,7 @@ impl Escalator {
         now: Timestamp,
     ) {
         let title = format!("{} needs people: {news}", incident.id);
-        self.tell_told(incident, Event::Update, &title, "told that automation gave up", progress, entries, now).await;
+        self.tell_told(incident, Event::Update, &title, "that automation gave up", progress, entries, now).await;
     }
 
     async fn follow_up(
@@ -337,12 +379,13 @@ impl Escalator {
             FollowUp::Resolved => (Event::Resolve, "resolved".to_owned()),
         };
         let title = format!("{} {what}", incident.id);
-        let phrase = format!("told the incident is {what}");
+        let phrase = format!("the incident is {what}");
         self.tell_told(incident, event, &title, &phrase, progress, entries, now).await;
     }
 
-    /// Sends `title` to every channel told so far (continuing each one's
-    /// conversation), recording each delivery as `<channel> <phrase>: ...`.
+    /// Sends `title` to every channel told so far, all at once (continuing
+    /// each one's conversation), recording each delivery as `<channel> told
+    /// <phrase>: ...`, or `<channel> could not be told <phrase>: ...`.
     #[allow(clippy::too_many_arguments)] // the message, and where its outcome is kept
     async fn tell_told(
         &self,
@@ -354,17 +397,21 @@ impl Escalator {
         entries: &mut Vec<TimelineEntry>,
         now: Timestamp,
     ) {
-        let channels: Vec<(String, String)> = progress.channels.clone().into_iter().collect();
-        for (channel, reference) in channels {
-            let reference = (!reference.is_empty()).then_some(reference);
-            let message = self.message(incident, event, title, title, reference);
-            let delivery = self.channels.send(&channel, &message).await;
+        let sends: Vec<(String, Message)> = progress
+            .channels
+            .iter()
+            .map(|(channel, reference)| {
+                let reference = (!reference.is_empty()).then(|| reference.clone());
+                (channel.clone(), self.message(incident, event, title, title, reference))
+            })
+            .collect();
+        for ((channel, _), delivery) in sends.iter().zip(self.send_each(&sends).await) {
             self.record(std::slice::from_ref(&delivery), progress);
-            entries.push(entry(
-                now,
-                format!("{channel} {phrase}: {}", describe(std::slice::from_ref(&delivery))),
-                outcome_details(&[("channel", &channel)], delivery.ok),
-            ));
+            let how = describe(std::slice::from_ref(&delivery));
+            // A channel that did not take the message was not told.
+            let verb = if delivery.ok { "told" } else { "could not be told" };
+            let message = format!("{channel} {verb} {phrase}: {how}");
+            entries.push(entry(now, message, outcome_details(&[("channel", channel)], delivery.ok)));
         }
     }
 
@@ -389,22 +436,32 @@ impl Escalator {
             .to_owned(),
         };
         let event = if over { Event::Resolve } else { Event::Update };
-        for channel in &updates.channels {
-            let reference = progress.channels.get(channel).filter(|r| !r.is_empty()).cloned();
-            let message =
-                Message { status: Some(status.clone()), ..self.message(incident, event, &title, &body, reference) };
-            let delivery = self.channels.send(channel, &message).await;
+        let sends: Vec<(String, Message)> = updates
+            .channels
+            .iter()
+            .map(|channel| {
+                let reference = progress.channels.get(channel).filter(|r| !r.is_empty()).cloned();
+                let message =
+                    Message { status: Some(status.clone()), ..self.message(incident, event, &title, &body, reference) };
+                (channel.clone(), message)
+            })
+            .collect();
+        for ((channel, _), delivery) in sends.iter().zip(self.send_each(&sends).await) {
             self.record(std::slice::from_ref(&delivery), progress);
+            let how = describe(std::slice::from_ref(&delivery));
+            let sent = if delivery.ok { "sent" } else { "not sent" };
             entries.push(entry(
                 now,
-                format!(
-                    "update {} sent through {channel}: {}",
-                    updates.template,
-                    describe(std::slice::from_ref(&delivery))
-                ),
+                format!("update {} {sent} through {channel}: {how}", updates.template),
                 outcome_details(&[("channel", channel), ("template", &updates.template)], delivery.ok),
             ));
         }
+    }
+
+    /// Sends each message to its channel, all at once: one channel that
+    /// hangs holds up none of the others. The deliveries in `sends`' order.
+    async fn send_each(&self, sends: &[(String, Message)]) -> Vec<Delivery> {
+        futures::future::join_all(sends.iter().map(|(channel, message)| self.channels.send(channel, message))).await
     }
 
     /// A message's subject and body: from the template, or plain words

@@ -580,5 +580,7 @@ pub fn recipients(
     (found, missing)
 }
 
+pub mod looks;
+
 #[cfg(test)]
 mod tests;
