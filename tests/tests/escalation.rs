@@ -2,9 +2,9 @@
 //! schedules and templates loaded from `deploy/runbooks`, an incident
 //! opened by an Alertmanager notification, the real writer and embedded
 //! store, the real channels posting to a local world server (one webhook
-//! per person, so each page is counted per person), and a clock that moves
-//! only when the test moves it: minutes pass at once, and nothing depends
-//! on how fast this machine is.
+//! per person, so each page is counted per person; channels the world
+//! leaves hanging or answers with 500), and a clock that moves only when
+//! the test moves it: minutes pass at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use remedy_coordinator::channels::{ChannelConfig, Channels};
 use remedy_coordinator::escalator::{Clock, Directory, Escalator, ManualClock};
-use remedy_coordinator::metrics::Metrics;
+use remedy_coordinator::metrics::{Metrics, NotificationLabels};
 use remedy_coordinator::recorder::{EscalationUpdate, Recorder, RunUpdate};
 use remedy_coordinator::store::Store;
 use remedy_coordinator::store::embedded::EmbeddedStore;
@@ -49,8 +49,45 @@ fn catalog_dir(dir: &Path) -> PathBuf {
                    steps: [{id: look, probe_http: {url: 'http://127.0.0.1:9/health'}}]\n\
                    escalation: {policy: p0-chain, page_on_open: true}\n";
     std::fs::write(target.join("p0-test.yaml"), runbook).expect("write the runbook");
+    // Two more, each paging on open through a policy of its own: one level
+    // telling two people at once; a third person, then the CTO a minute on.
+    for (id, alert, policy, levels) in [
+        (
+            "FANOUT-TEST",
+            FANOUT_ALERT,
+            "fanout",
+            "[{name: both, after: 0m, notify: [{person: hung-person}, {person: flaky-person}]}]",
+        ),
+        (
+            "OTHER-TEST",
+            OTHER_ALERT,
+            "other",
+            "[{name: third, after: 0m, notify: [{person: third-person}]}, {name: cto, after: 1m, notify: [{person: cto}]}]",
+        ),
+    ] {
+        let runbook = format!(
+            "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id}}}\n\
+             priority: P0\nmttr_target: 2h\ntriggers: {{alerts: [{{name: {alert}}}]}}\n\
+             steps: [{{id: look, probe_http: {{url: 'http://127.0.0.1:9/health'}}}}]\n\
+             escalation: {{policy: {policy}, page_on_open: true}}\n"
+        );
+        std::fs::write(target.join(format!("{policy}-test.yaml")), runbook).expect("write the runbook");
+        let levels = format!(
+            "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {{id: {policy}}}\nlevels: {levels}\n"
+        );
+        std::fs::write(target.join(format!("escalation-{policy}.yaml")), levels).expect("write the policy");
+    }
     target
 }
+
+/// The alerts that open the fan-out and the other incident.
+const FANOUT_ALERT: &str = "TestFanoutDown";
+const OTHER_ALERT: &str = "TestOtherDown";
+
+/// How long the `hangs` channel holds a delivery before it gives up: the
+/// world never answers it, so each of its 3 attempts runs into its 5 s
+/// timeout.
+const HUNG_FOR: Duration = Duration::from_secs(15);
 
 /// Every person of the seed catalog has a webhook of their own
 /// (`/hooks/<name>`); the updates' channels post to theirs.
@@ -68,6 +105,28 @@ fn channels(world: &World, dir: &Path) -> (Channels, BTreeMap<String, remedy_sha
     }
     for channel in ["status-page", "customer-notifications", "security-slack"] {
         text.push_str(&format!("{channel}: {{type: webhook, url: '{}/hooks/{channel}', {retries}}}\n", world.url()));
+    }
+    // Channels that fail: one the world holds open without ever answering
+    // (`/hang/`), one it answers with 500 (`/fail/`). The hung-person has
+    // only the first; the flaky-person falls back from the second to a
+    // webhook of their own, as the third-person has.
+    text.push_str(&format!(
+        "hangs: {{type: webhook, url: '{}/hang/hung-person', timeout: 5s, secret_file: '{}', \
+         retries: {{attempts: 3, initial: 10ms, max: 20ms}}}}\n",
+        world.url(),
+        secret.display()
+    ));
+    text.push_str(&format!("fails: {{type: webhook, url: '{}/fail/flaky-person', {retries}}}\n", world.url()));
+    for person in ["flaky-person", "third-person"] {
+        text.push_str(&format!("page-{person}: {{type: webhook, url: '{}/hooks/{person}', {retries}}}\n", world.url()));
+    }
+    for (person, notify) in [
+        ("hung-person", &["hangs"][..]),
+        ("flaky-person", &["fails", "page-flaky-person"]),
+        ("third-person", &["page-third-person"]),
+    ] {
+        let notify = notify.iter().map(|c| (*c).to_owned()).collect();
+        people.insert(person.to_owned(), remedy_shared::escalation::Person { email: None, notify });
     }
     let config: BTreeMap<String, ChannelConfig> =
         remedy_shared::config::parse_yaml("channels", &text).expect("the channels parse");
@@ -87,6 +146,7 @@ struct Rig {
 struct Running {
     recorder: Recorder,
     store: Arc<dyn Store>,
+    metrics: Metrics,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -130,13 +190,13 @@ impl Rig {
             self.channels.clone(),
             self.directory.clone(),
             clock,
-            metrics,
+            metrics.clone(),
         );
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(escalator.run(async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
-        Running { recorder, store, stop, task }
+        Running { recorder, store, metrics, stop, task }
     }
 
     /// Who a schedule names now.
@@ -164,6 +224,17 @@ impl Running {
         fire(&self.recorder, self.store.as_ref()).await
     }
 
+    /// Fires `alert`; returns the incident `runbook` opened for it.
+    async fn open(&self, alert: &str, runbook: &str) -> IncidentId {
+        fire_alert(&self.recorder, self.store.as_ref(), alert, runbook).await
+    }
+
+    /// Deliveries to `channel` that came to `outcome`, as `/metrics` counts them.
+    fn deliveries(&self, channel: &str, outcome: &str) -> u64 {
+        let labels = NotificationLabels { channel: channel.to_owned(), outcome: outcome.to_owned() };
+        self.metrics.notifications.get_or_create(&labels).get()
+    }
+
     /// The incident and its timeline, as committed.
     fn incident(&self, id: IncidentId) -> (Incident, Vec<TimelineEntry>) {
         self.store.get_incident(id).expect("read the store").expect("the incident exists")
@@ -179,12 +250,17 @@ impl Running {
 /// Fires `TestPlatformDown` through `recorder`; returns the incident it
 /// opened.
 async fn fire(recorder: &Recorder, store: &dyn Store) -> IncidentId {
+    fire_alert(recorder, store, "TestPlatformDown", "P0-TEST").await
+}
+
+/// Fires `alert` through `recorder`; returns the incident `runbook` opened.
+async fn fire_alert(recorder: &Recorder, store: &dyn Store, alert: &str, runbook: &str) -> IncidentId {
     let starts = Timestamp::from_millis(now_ms()).to_string();
-    let payload = alert_payload("TestPlatformDown", &[("severity", "critical")], "firing", &starts);
+    let payload = alert_payload(alert, &[("severity", "critical")], "firing", &starts);
     let alerts = alertmanager::parse(payload.as_bytes()).expect("a valid payload");
     recorder.alerts(alerts).await.expect("the alert is recorded");
     let open = store.list_incidents(false, 10).expect("list incidents");
-    open.iter().find(|i| i.runbook.as_deref() == Some("P0-TEST")).map(|i| i.id).expect("the incident opened")
+    open.iter().find(|i| i.runbook.as_deref() == Some(runbook)).map(|i| i.id).expect("the incident opened")
 }
 
 /// The embedded store, once the previous writer let go of its file.
@@ -341,4 +417,84 @@ async fn what_arrives_while_the_escalator_delivers_survives_its_commit() {
     assert_eq!(progress.held_by.as_deref(), Some("user:alice"), "the acknowledgement keeps its hold");
     assert_eq!(incident.state, IncidentState::Acknowledged, "and the state it set");
     assert_eq!(progress.news.as_deref(), Some("verification did not pass"), "the news is still to be sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_channel_holds_up_no_other_page_and_failed_deliveries_are_recorded_as_failed() {
+    // Every page that can go out must arrive within this of its level
+    // coming due: a small fraction of the time the hung channel holds its
+    // delivery, so a page queued behind that delivery cannot make it.
+    const PROMPTLY: Duration = Duration::from_secs(3);
+    assert!(PROMPTLY * 4 < HUNG_FOR);
+    let rig = Rig::new().await;
+    let running = rig.start();
+
+    // The fan-out's only level comes due as it opens: the hung-person's
+    // channel hangs, the flaky-person's first channel answers 500. At the
+    // same moment another incident pages the third-person.
+    let due = tokio::time::Instant::now();
+    let fanout = running.open(FANOUT_ALERT, "FANOUT-TEST").await;
+    let other = running.open(OTHER_ALERT, "OTHER-TEST").await;
+    assert_ne!(fanout, other);
+    let deadline = due + PROMPTLY;
+    for (who, hook) in [("the flaky-person", "/hooks/flaky-person"), ("the third-person", "/hooks/third-person")] {
+        let arrived = tokio::time::timeout_at(deadline, rig.world.wait_for("POST", hook, 1)).await;
+        assert!(arrived.is_ok(), "{who}'s page did not arrive within {PROMPTLY:?} of its level coming due");
+    }
+    for (person, incident) in [("flaky-person", fanout), ("third-person", other)] {
+        let page = &rig.pages(person)[0];
+        assert_eq!(page["event"], "trigger", "{page}");
+        assert_eq!(page["incident_id"], incident.to_string(), "{page}");
+    }
+    // Both failing channels were really tried.
+    assert_eq!(rig.world.requests("POST", "/fail/flaky-person").len(), 2, "the 500 was retried once");
+    rig.world.wait_for("POST", "/hang/hung-person", 1).await;
+    // The other incident's level was committed meanwhile, and its next
+    // level goes out when the clock reaches it, hung channel or not.
+    eventually("the other incident's level to be recorded", Duration::from_secs(10), || async {
+        let (incident, _) = running.incident(other);
+        (incident.escalation.as_ref().map(|p| p.told) == Some(1)).then_some(())
+    })
+    .await;
+    rig.clock.advance(MINUTE);
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let arrived = tokio::time::timeout_at(deadline, rig.world.wait_for("POST", "/hooks/cto", 1)).await;
+    assert!(arrived.is_ok(), "the other incident's second level did not arrive within {PROMPTLY:?} of coming due");
+    assert_eq!(rig.pages("cto")[0]["incident_id"], other.to_string());
+
+    // Once the hung delivery gives up, the level is committed with every
+    // delivery: the failed ones as failed, never as told.
+    let timeline = eventually("the fan-out's level to be recorded", HUNG_FOR * 4, || async {
+        let (incident, timeline) = running.incident(fanout);
+        (incident.escalation.as_ref().map(|p| p.told) == Some(1)).then_some(timeline)
+    })
+    .await;
+    let notified: Vec<&TimelineEntry> = timeline.iter().filter(|e| e.kind.as_str() == "notified").collect();
+    let about = |who: &str| {
+        let found: Vec<&&TimelineEntry> =
+            notified.iter().filter(|e| e.details.get("who").map(String::as_str) == Some(who)).collect();
+        assert_eq!(found.len(), 1, "one entry for {who}: {notified:#?}");
+        *found[0]
+    };
+    let hung = about("hung-person");
+    assert_eq!(hung.details.get("outcome").map(String::as_str), Some("failed"), "{hung:?}");
+    assert!(hung.message.starts_with("could not tell hung-person"), "{}", hung.message);
+    assert!(hung.message.contains("hangs failed: no answer within 5s"), "{}", hung.message);
+    let flaky = about("flaky-person");
+    assert_eq!(flaky.details.get("outcome").map(String::as_str), Some("told"), "{flaky:?}");
+    assert!(flaky.message.contains("through page-flaky-person"), "{}", flaky.message);
+    assert!(
+        flaky.message.contains("fails failed: HTTP 500"),
+        "the failed channel is on the timeline: {}",
+        flaky.message
+    );
+    assert!(notified.iter().all(|e| !e.message.contains("told hung-person")), "{notified:#?}");
+    let progress = running.incident(fanout).0.escalation.expect("progress");
+    assert!(!progress.channels.contains_key("hangs") && !progress.channels.contains_key("fails"), "{progress:?}");
+    // And counted: one failed delivery on each failing channel.
+    assert_eq!(running.deliveries("hangs", "failed"), 1);
+    assert_eq!(running.deliveries("fails", "failed"), 1);
+    assert_eq!(running.deliveries("page-flaky-person", "delivered"), 1);
+    assert_eq!(running.deliveries("page-third-person", "delivered"), 1);
+    running.stop().await;
 }
