@@ -380,6 +380,13 @@ impl Escalator {
         };
         let title = format!("{} {what}", incident.id);
         let phrase = format!("the incident is {what}");
+        if follow_up == FollowUp::Resolved {
+            // A conversation a runbook step began (a public status page
+            // incident) ends with the incident even if no page went there.
+            for channel in incident.conversations.keys() {
+                progress.channels.entry(channel.clone()).or_default();
+            }
+        }
         self.tell_told(incident, event, &title, &phrase, progress, entries, now).await;
     }
 
@@ -399,9 +406,9 @@ impl Escalator {
     ) {
         let sends: Vec<(String, Message)> = progress
             .channels
-            .iter()
-            .map(|(channel, reference)| {
-                let reference = (!reference.is_empty()).then(|| reference.clone());
+            .keys()
+            .map(|channel| {
+                let reference = conversation(incident, progress, channel);
                 (channel.clone(), self.message(incident, event, title, title, reference))
             })
             .collect();
@@ -440,7 +447,7 @@ impl Escalator {
             .channels
             .iter()
             .map(|channel| {
-                let reference = progress.channels.get(channel).filter(|r| !r.is_empty()).cloned();
+                let reference = conversation(incident, progress, channel);
                 let message =
                     Message { status: Some(status.clone()), ..self.message(incident, event, &title, &body, reference) };
                 (channel.clone(), message)
@@ -545,6 +552,16 @@ impl Escalator {
         }
         told
     }
+}
+
+/// What continues `channel`'s conversation about the incident: the one
+/// the incident keeps (whoever began it, a runbook step included), else
+/// what this climb was told.
+fn conversation(incident: &Incident, progress: &Progress, channel: &str) -> Option<String> {
+    incident
+        .conversation(channel)
+        .map(str::to_owned)
+        .or_else(|| progress.channels.get(channel).filter(|r| !r.is_empty()).cloned())
 }
 
 /// The deliveries in one line: `pager: HTTP 202 (1 attempt); mail failed: ...`.

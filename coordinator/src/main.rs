@@ -172,7 +172,10 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
             .with(Arc::new(actuators::block::BlockActuator::new(bans.clone())))
             .with(Arc::new(postgres.clone()))
             .with(Arc::new(actuators::redis::RedisActuator::new(config.caches.clone())))
-            .with(Arc::new(actuators::notify::NotifyActuator::new(config.channels.with_clock(clock.clone()))));
+            .with(Arc::new(
+                actuators::notify::NotifyActuator::new(config.channels.with_clock(clock.clone()))
+                    .with_recorder(recorder.clone()),
+            ));
     let channel_names: BTreeSet<String> = config.channels.names().map(str::to_owned).collect();
     let mut engine = Engine::new(
         catalog.clone(),

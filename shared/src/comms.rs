@@ -26,8 +26,10 @@
 //! PRIORITY            P0..P3, security; "unknown" before a runbook took the incident
 //! SEVERITY            info, warning, critical
 //! STATUS              Investigating, Mitigating, Escalated to people, Acknowledged, Resolved
-//! START_TIME          when it opened, RFC 3339 in UTC to the second: 2026-11-26T10:00:00Z
-//! DATE                the day it opened, UTC: 2026-11-26
+//! START_TIME          when the condition began (the alert's startsAt, the first
+//!                     finding's first_seen; else when it opened), RFC 3339 in UTC
+//!                     to the second: 2026-11-26T10:00:00Z
+//! DATE                the day of START_TIME, UTC: 2026-11-26
 //! DURATION            how long it has lasted (until resolved, if it is): 12m 30s
 //! IMPACT              the incident's latest summary (IMPACT_DESCRIPTION: the same text)
 //! ETA                 opened + the runbook's MTTR target, RFC 3339; "unknown" without a target
@@ -162,9 +164,9 @@ pub struct CommsContext {
     pub severity: String,
     /// `STATUS`: where the incident stands, for humans.
     pub status: String,
-    /// `START_TIME`: when it opened, RFC 3339 in UTC.
+    /// `START_TIME`: when the condition began (see [`Incident::started`]), RFC 3339 in UTC.
     pub start_time: String,
-    /// `DATE`: the day it opened, UTC, `YYYY-MM-DD`.
+    /// `DATE`: the day of `START_TIME`, UTC, `YYYY-MM-DD`.
     pub date: String,
     /// `DURATION`: how long it has lasted, like `12m 30s`.
     pub duration: String,
@@ -215,6 +217,7 @@ impl CommsContext {
             state: IncidentState::Mitigating,
             summary: "saas-idp-api answers no health checks".to_owned(),
             opened_at: opened,
+            started_at: None,
             updated_at: opened,
             resolved_at: None,
             finding_count: 1,
@@ -228,6 +231,7 @@ impl CommsContext {
             acknowledged_by: None,
             escalation: None,
             drill: false,
+            conversations: Default::default(),
         };
         let result = |step: &str, message: &str| TimelineEntry {
             at: opened,
@@ -280,8 +284,8 @@ impl CommsContext {
             priority: incident.priority.map_or("unknown", |p| p.as_str()).to_owned(),
             severity: incident.severity.as_str().to_owned(),
             status: status_text(incident.state).to_owned(),
-            start_time: rfc3339_seconds(incident.opened_at),
-            date: utc_date(incident.opened_at),
+            start_time: rfc3339_seconds(incident.started()),
+            date: utc_date(incident.started()),
             duration: humantime::format_duration(lasted).to_string(),
             impact: incident.summary.clone(),
             impact_description: incident.summary.clone(),
@@ -544,6 +548,7 @@ mod tests {
             state: IncidentState::Mitigating,
             summary: "saas-idp-api answers no health checks".into(),
             opened_at: at("2026-11-26T10:00:00.250Z"),
+            started_at: None,
             updated_at: at("2026-11-26T10:03:00Z"),
             resolved_at: None,
             finding_count: 3,
@@ -557,6 +562,7 @@ mod tests {
             acknowledged_by: None,
             escalation: None,
             drill: false,
+            conversations: Default::default(),
         }
     }
 

@@ -151,6 +151,11 @@ pub struct Incident {
     pub summary: String,
     /// Opened.
     pub opened_at: Timestamp,
+    /// When the condition began, as its first report says (an alert's
+    /// `startsAt`, a finding's `first_seen`), when that is before
+    /// `opened_at`: what people are told as the start (see [`Incident::started`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
     /// Last changed.
     pub updated_at: Timestamp,
     /// Resolved, if it is.
@@ -191,9 +196,39 @@ pub struct Incident {
     /// drills.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drill: bool,
+    /// Per channel, what it returned to continue the conversation about
+    /// this incident (a status page incident's id), whoever spoke first:
+    /// a runbook's `notify` step or the escalation policy. Every later
+    /// message through that channel continues it, so the public page has
+    /// one incident per Remedy incident.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conversations: BTreeMap<String, String>,
 }
 
 impl Incident {
+    /// When the condition began: the first report's own start, or the
+    /// opening when no report said.
+    pub fn started(&self) -> Timestamp {
+        self.started_at.map_or(self.opened_at, |at| at.min(self.opened_at))
+    }
+
+    /// The reference `channel` returned when it was first told of this
+    /// incident, if it returned one.
+    pub fn conversation(&self, channel: &str) -> Option<&str> {
+        self.conversations.get(channel).map(String::as_str).filter(|r| !r.trim().is_empty())
+    }
+
+    /// Keeps `reference` as `channel`'s conversation unless one is kept
+    /// already: the first stays, so two writers never split the story.
+    /// Whether anything changed.
+    pub fn remember(&mut self, channel: &str, reference: &str) -> bool {
+        if reference.trim().is_empty() || self.conversation(channel).is_some() {
+            return false;
+        }
+        self.conversations.insert(channel.to_owned(), reference.to_owned());
+        true
+    }
+
     /// Hands the incident to `runbook`: its id, time-to-recovery target,
     /// priority and tags are the incident's from now on.
     pub fn adopt(&mut self, runbook: &Runbook) {
@@ -238,6 +273,9 @@ pub struct Signal {
     pub summary: String,
     /// When an unrefreshed report stops counting.
     pub expires_at: Option<Timestamp>,
+    /// When the condition began, if the report says (an alert's
+    /// `startsAt`, a finding's `first_seen`).
+    pub started_at: Option<Timestamp>,
     /// What the timeline shows besides the message.
     pub details: BTreeMap<String, String>,
 }
@@ -256,6 +294,7 @@ impl Signal {
             holds: finding.state == FindingState::Active,
             summary: finding.summary.clone(),
             expires_at: finding.expires_at,
+            started_at: Some(finding.first_seen),
             details,
         }
     }
@@ -283,6 +322,7 @@ impl Signal {
             holds: alert.status == AlertStatus::Firing,
             summary: alert.summary().to_owned(),
             expires_at: None,
+            started_at: Some(alert.starts_at),
             details,
         }
     }
@@ -327,6 +367,8 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 state: IncidentState::Triggered,
                 summary: signal.summary.clone(),
                 opened_at: now,
+                // A clock ahead of ours must not start it in the future.
+                started_at: signal.started_at.filter(|at| *at < now),
                 updated_at: now,
                 resolved_at: None,
                 finding_count: 1,
@@ -340,6 +382,7 @@ pub fn apply_signal(open: Option<&Incident>, signal: &Signal, next_id: IncidentI
                 acknowledged_by: None,
                 escalation: None,
                 drill: false,
+                conversations: BTreeMap::new(),
             };
             let entry = TimelineEntry {
                 at: now,
@@ -469,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn a_start_after_the_opening_is_not_believed() {
+        let mut f = finding(FindingKind::ProbeFailed, "service/api", 100);
+        f.first_seen = ts(500);
+        f.last_seen = ts(500);
+        let Outcome::Changed { incident, .. } = apply_finding(None, "a", &f, IncidentId(1), ts(200)) else {
+            panic!("expected an opened incident")
+        };
+        assert_eq!(incident.started(), ts(200));
+    }
+
+    #[test]
+    fn the_first_conversation_with_a_channel_is_the_one_kept() {
+        let f = finding(FindingKind::ProbeFailed, "service/api", 100);
+        let mut inc = opened(&f, "a");
+        assert!(!inc.remember("page", " "), "an empty reference is no conversation");
+        assert_eq!(inc.conversation("page"), None);
+        assert!(inc.remember("page", "sp-1"));
+        assert!(!inc.remember("page", "sp-2"), "a second writer never splits the story");
+        assert_eq!(inc.conversation("page"), Some("sp-1"));
+    }
+
+    #[test]
     fn a_refresh_from_the_same_source_adds_no_timeline_entry() {
         let f = finding(FindingKind::DiskUsageHigh, "mount/n1:/var", 100);
         let inc = opened(&f, "agent-a");
@@ -566,6 +631,8 @@ mod tests {
         };
         assert_eq!(incident.key.to_string(), "P0_SystemDown on alert/f00d");
         assert_eq!(incident.summary, "platform down");
+        assert_eq!(incident.started(), ts(1), "it started when the alert did, not when it reached us");
+        assert_eq!(incident.opened_at, ts(10));
         assert_eq!(entries[0].details["label.severity"], "critical");
         alert.status = AlertStatus::Resolved;
         let Outcome::Changed { incident, .. } =

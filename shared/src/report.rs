@@ -350,6 +350,7 @@ mod tests {
             state: IncidentState::Triggered,
             summary: String::new(),
             opened_at: at(opened),
+            started_at: None,
             updated_at: at(opened),
             resolved_at: None,
             finding_count: 1,
@@ -363,6 +364,7 @@ mod tests {
             acknowledged_by: None,
             escalation: None,
             drill: false,
+            conversations: Default::default(),
         }
     }
 

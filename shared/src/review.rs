@@ -343,6 +343,7 @@ mod tests {
             state: IncidentState::Resolved,
             summary: "platform down".into(),
             opened_at: at("2026-11-26T10:00:00Z"),
+            started_at: None,
             updated_at: at("2026-11-26T10:12:30Z"),
             resolved_at: Some(at("2026-11-26T10:12:30Z")),
             finding_count: 1,
@@ -356,6 +357,7 @@ mod tests {
             acknowledged_by: Some("alice".into()),
             escalation: None,
             drill: false,
+            conversations: Default::default(),
         }
     }
 

@@ -5,7 +5,9 @@
 //! The health answer can be switched, and any path under `/hang/` is held
 //! open until the test lets it go, so a test can catch the coordinator in
 //! the middle of an action. Paths with `/firewall/access_rules/rules` play
-//! Cloudflare's IP access rules API, answering with a rule id.
+//! Cloudflare's IP access rules API, answering with a rule id; a POST to
+//! a path ending `/incidents` plays Statuspage's incident creation,
+//! answering with a new incident id (`sp-<n>`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,6 +142,10 @@ async fn answer(
             _ => rest.trim_start_matches('/').to_owned(),
         };
         return (StatusCode::OK, format!("{{\"success\":true,\"errors\":[],\"result\":{{\"id\":\"{id}\"}}}}"));
+    }
+    if method == Method::POST && path.ends_with("/incidents") {
+        let n = shared.received.lock().unwrap_or_else(|p| p.into_inner()).len();
+        return (StatusCode::CREATED, format!("{{\"id\":\"sp-{n}\",\"status\":\"investigating\"}}"));
     }
     if path.starts_with("/fail/") {
         return (status(shared.fail_status.load(Ordering::SeqCst)), "failing on purpose".into());

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use remedy_coordinator::actuators::notify::NotifyActuator;
+use remedy_coordinator::actuators::{ActionCall, ActionStatus, Actuator};
 use remedy_coordinator::channels::{ChannelConfig, Channels};
 use remedy_coordinator::escalator::{Clock, Directory, Escalator, ManualClock};
 use remedy_coordinator::metrics::{Metrics, NotificationLabels};
@@ -64,6 +66,13 @@ fn catalog_dir(dir: &Path) -> PathBuf {
             "other",
             "[{name: third, after: 0m, notify: [{person: third-person}]}, {name: cto, after: 1m, notify: [{person: cto}]}]",
         ),
+        (
+            "PUBLIC-TEST",
+            PUBLIC_ALERT,
+            "public",
+            "[{name: third, after: 0m, notify: [{person: third-person}]}]\n\
+             updates: {template: customer-notification, channels: [public-page], every: 30m}",
+        ),
     ] {
         let runbook = format!(
             "apiVersion: remedy.dev/v1\nkind: Runbook\nmetadata: {{id: {id}, title: {id}}}\n\
@@ -83,6 +92,11 @@ fn catalog_dir(dir: &Path) -> PathBuf {
 /// The alerts that open the fan-out and the other incident.
 const FANOUT_ALERT: &str = "TestFanoutDown";
 const OTHER_ALERT: &str = "TestOtherDown";
+/// The alert whose policy keeps the public status page updated.
+const PUBLIC_ALERT: &str = "TestPublicDown";
+
+/// Where the `public-page` Statuspage channel's incidents are, on the world.
+const PUBLIC_INCIDENTS: &str = "/statuspage/pages/page1/incidents";
 
 /// How long the `hangs` channel holds a delivery before it gives up: the
 /// world never answers it, so each of its 3 attempts runs into its 5 s
@@ -128,6 +142,16 @@ fn channels(world: &World, dir: &Path) -> (Channels, BTreeMap<String, remedy_sha
         let notify = notify.iter().map(|c| (*c).to_owned()).collect();
         people.insert(person.to_owned(), remedy_shared::escalation::Person { email: None, notify });
     }
+    // A Statuspage page played by the world: a POST opens an incident, a
+    // PATCH updates it.
+    let key = dir.join("statuspage-key");
+    std::fs::write(&key, "statuspage-test-key").expect("write the Statuspage key");
+    text.push_str(&format!(
+        "public-page: {{type: statuspage, api_base: '{}/statuspage', page_id: page1, api_key_file: '{}', \
+         components: {{api: cmp1}}, retries: {{attempts: 2, initial: 10ms, max: 20ms}}}}\n",
+        world.url(),
+        key.display()
+    ));
     let config: BTreeMap<String, ChannelConfig> =
         remedy_shared::config::parse_yaml("channels", &text).expect("the channels parse");
     (Channels::from_config("channels", &config).expect("the channels build"), people)
@@ -255,7 +279,18 @@ async fn fire(recorder: &Recorder, store: &dyn Store) -> IncidentId {
 
 /// Fires `alert` through `recorder`; returns the incident `runbook` opened.
 async fn fire_alert(recorder: &Recorder, store: &dyn Store, alert: &str, runbook: &str) -> IncidentId {
-    let starts = Timestamp::from_millis(now_ms()).to_string();
+    fire_alert_since(recorder, store, alert, runbook, Timestamp::from_millis(now_ms())).await
+}
+
+/// Fires `alert`, firing since `starts`; returns the incident `runbook` opened.
+async fn fire_alert_since(
+    recorder: &Recorder,
+    store: &dyn Store,
+    alert: &str,
+    runbook: &str,
+    starts: Timestamp,
+) -> IncidentId {
+    let starts = starts.to_string();
     let payload = alert_payload(alert, &[("severity", "critical")], "firing", &starts);
     let alerts = alertmanager::parse(payload.as_bytes()).expect("a valid payload");
     recorder.alerts(alerts).await.expect("the alert is recorded");
@@ -496,5 +531,78 @@ async fn a_hung_channel_holds_up_no_other_page_and_failed_deliveries_are_recorde
     assert_eq!(running.deliveries("fails", "failed"), 1);
     assert_eq!(running.deliveries("page-flaky-person", "delivered"), 1);
     assert_eq!(running.deliveries("page-third-person", "delivered"), 1);
+    running.stop().await;
+}
+
+/// The P0-001 story on the public page: the runbook's status page step
+/// opens the Statuspage incident; the policy's updates (after a restart),
+/// another run of the step and the resolution all continue that same
+/// incident, and the last message resolves it. What people read as the
+/// start is when the alert began, not when Remedy heard of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_status_page_incident_per_incident_from_the_first_step_to_the_resolution() {
+    let rig = Rig::new().await;
+    let running = rig.start();
+    // Firing for ten minutes (whole seconds, as templates show) before
+    // Remedy heard of it.
+    let starts = Timestamp::from_millis((now_ms() / 1000 - 600) * 1000);
+    let id = fire_alert_since(&running.recorder, running.store.as_ref(), PUBLIC_ALERT, "PUBLIC-TEST", starts).await;
+    let (incident, _) = running.incident(id);
+    assert_eq!(incident.started(), starts, "the incident started when the alert did");
+    assert!(incident.opened_at > starts);
+
+    // P0-001's `status_page` step, as the engine calls it.
+    let step = NotifyActuator::new(rig.channels.clone()).with_recorder(running.recorder.clone());
+    let call = ActionCall {
+        incident_id: id.to_string(),
+        step_id: "status_page".into(),
+        kind: "notify".into(),
+        params: serde_json::json!({"channel": "public-page", "title": "Major Outage", "message": "We are on it."}),
+        dry_run: false,
+        deadline: Duration::from_secs(30),
+        accepted_risk: None,
+    };
+    let report = step.execute(&call).await;
+    assert_eq!(report.status, ActionStatus::Succeeded, "{report:?}");
+    let created = rig.world.requests("POST", PUBLIC_INCIDENTS);
+    assert_eq!(created.len(), 1, "{created:?}");
+    let opened: serde_json::Value = serde_json::from_str(&created[0].body).expect("a JSON incident");
+    assert_eq!(opened["incident"]["components"]["cmp1"], "major_outage", "{opened}");
+    let public = eventually("the public incident's id to be kept", Duration::from_secs(10), || async {
+        running.incident(id).0.conversation("public-page").map(str::to_owned)
+    })
+    .await;
+    let one = format!("{PUBLIC_INCIDENTS}/{public}");
+    drop(step);
+
+    // A coordinator restart: the update half an hour on continues the
+    // incident the step opened, and shows when the alert began.
+    running.stop().await;
+    let running = rig.start();
+    rig.clock.advance(MINUTE * 30);
+    let patches = rig.world.wait_for("PATCH", PUBLIC_INCIDENTS, 1).await;
+    assert_eq!(patches[0].path, one);
+    let start_time = starts.to_string().replace(".000Z", "Z");
+    assert!(patches[0].body.contains(&format!("START TIME: {start_time}")), "{}", patches[0].body);
+
+    // The step runs again (a second run of the runbook): the same incident.
+    let step = NotifyActuator::new(rig.channels.clone()).with_recorder(running.recorder.clone());
+    assert_eq!(step.execute(&call).await.status, ActionStatus::Succeeded);
+    drop(step);
+    rig.world.wait_for("PATCH", PUBLIC_INCIDENTS, 2).await;
+
+    // The resolution closes it.
+    running.recorder.resolve(id, "user:alice".into(), "fixed".into()).await.expect("resolve");
+    eventually("the resolution to be told", Duration::from_secs(10), || async {
+        running.incident(id).0.escalation.as_ref().is_some_and(|p| p.resolution_told).then_some(())
+    })
+    .await;
+    assert_eq!(rig.world.requests("POST", PUBLIC_INCIDENTS).len(), 1, "never a second public incident");
+    let patches = rig.world.requests("PATCH", PUBLIC_INCIDENTS);
+    assert!(patches.len() >= 3, "{patches:?}");
+    assert!(patches.iter().all(|p| p.path == one), "{patches:?}");
+    let last: serde_json::Value = serde_json::from_str(&patches[patches.len() - 1].body).expect("a JSON update");
+    assert_eq!(last["incident"]["status"], "resolved", "{last}");
+    assert_eq!(last["incident"]["components"]["cmp1"], "operational", "{last}");
     running.stop().await;
 }

@@ -1,20 +1,63 @@
 //! The `notify` action: a runbook's message through a configured channel
 //! (Slack, PagerDuty, a signed webhook, email, a status page), with the
 //! channel's retries, breaker and timeout. A rehearsal sends nothing.
+//!
+//! A channel that returns a reference (a status page incident's id) is in
+//! a conversation about the incident: the first message's reference is
+//! kept on the incident (`Incident::conversations`, so in the store) and
+//! every later message through that channel, from a step or from the
+//! escalation policy, continues it rather than beginning another.
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuator};
+use remedy_shared::incident::IncidentId;
+
 use crate::channels::{Channels, Event, Message};
+use crate::recorder::{Recorder, RunUpdate};
 
 /// Performs `notify`.
 #[derive(Debug, Clone)]
 pub struct NotifyActuator {
     channels: Channels,
+    /// Where the incident's conversations are read and kept; without one
+    /// every message begins its own.
+    recorder: Option<Recorder>,
 }
 
 impl NotifyActuator {
     /// Sends through `channels`.
     pub fn new(channels: Channels) -> Self {
-        NotifyActuator { channels }
+        NotifyActuator { channels, recorder: None }
+    }
+
+    /// Continues and keeps the incidents' conversations through `recorder`.
+    pub fn with_recorder(self, recorder: Recorder) -> Self {
+        NotifyActuator { recorder: Some(recorder), ..self }
+    }
+
+    /// The reference `channel` returned for the incident, if one is kept.
+    async fn conversation(&self, incident: Option<IncidentId>, channel: &str) -> Option<String> {
+        let (recorder, id) = (self.recorder.as_ref()?, incident?);
+        match recorder.open_incident(id).await {
+            Ok(Some(incident)) => incident.conversation(channel).map(str::to_owned),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(incident = %id, error = %e, "cannot read the incident's conversations; the message begins one");
+                None
+            }
+        }
+    }
+
+    /// Keeps what the channel returned as the incident's conversation.
+    async fn remember(&self, incident: Option<IncidentId>, channel: &str, reference: &str) {
+        let (Some(recorder), Some(id)) = (self.recorder.as_ref(), incident) else { return };
+        let update = RunUpdate {
+            incident: Some(id),
+            conversation: Some((channel.to_owned(), reference.to_owned())),
+            ..RunUpdate::default()
+        };
+        if let Err(e) = recorder.run_update(update).await {
+            tracing::warn!(incident = %id, error = %e, "cannot keep the channel's reference; a later message may begin another conversation");
+        }
     }
 }
 
@@ -49,8 +92,16 @@ impl Actuator for NotifyActuator {
             .with("channel", &p.channel);
         }
         let title = p.title.unwrap_or_else(|| format!("{} {}", call.incident_id, call.step_id));
-        let message = Message::new(&call.incident_id, Event::Trigger, "critical", title, p.message);
+        let incident = call.incident_id.parse::<IncidentId>().ok();
+        let reference = self.conversation(incident, &p.channel).await;
+        let message =
+            Message { reference, ..Message::new(&call.incident_id, Event::Trigger, "critical", title, p.message) };
         let delivery = self.channels.send(&p.channel, &message).await;
+        if delivery.ok
+            && let Some(reference) = &delivery.reference
+        {
+            self.remember(incident, &p.channel, reference).await;
+        }
         let status = if delivery.ok { ActionStatus::Succeeded } else { ActionStatus::Failed };
         let verb = if delivery.ok { "told" } else { "could not tell" };
         ActionReport::new(status, format!("{verb} {} through {}: {}", call.incident_id, p.channel, delivery.detail))

@@ -134,6 +134,9 @@ pub struct RunUpdate {
     /// Hand the incident to people: start its escalation policy's climb
     /// (policy, why), unless one is already under way.
     pub escalate: Option<(String, String)>,
+    /// A channel's reference for the incident (channel, reference), kept
+    /// unless one is kept already (see `Incident::remember`).
+    pub conversation: Option<(String, String)>,
 }
 
 /// What the escalator writes after telling people: the climb's progress,

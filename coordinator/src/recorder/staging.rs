@@ -460,6 +460,12 @@ impl State {
                             Some(progress) => progress.news = Some(why.clone()),
                         }
                     }
+                    if let Some((channel, reference)) = &update.conversation
+                        && open.conversation(channel).is_none()
+                    {
+                        let base = changed.get_or_insert_with(|| open.clone());
+                        base.remember(channel, reference);
+                    }
                     if let Some((by, why)) = &update.resolve {
                         let base = changed.clone().unwrap_or(open);
                         if let Ok((closed, entry)) = incident::resolve(&base, by, why, now) {
@@ -522,6 +528,11 @@ impl State {
             if current.news != update.seen_news {
                 progress.news = current.news.clone();
             }
+        }
+        // What a channel returned to continue the conversation is the
+        // incident's, whoever spoke first (a runbook step may have).
+        for (channel, reference) in &progress.channels {
+            incident.remember(channel, reference);
         }
         incident.escalation = Some(progress);
         if same_hold

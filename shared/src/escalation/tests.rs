@@ -31,6 +31,7 @@ fn incident(tags: &[&str]) -> Incident {
         state: IncidentState::Escalated,
         summary: "down".into(),
         opened_at: at(0),
+        started_at: None,
         updated_at: at(0),
         resolved_at: None,
         finding_count: 1,
@@ -44,6 +45,7 @@ fn incident(tags: &[&str]) -> Incident {
         acknowledged_by: None,
         escalation: None,
         drill: false,
+        conversations: Default::default(),
     }
 }
 

@@ -633,6 +633,7 @@ mod tests {
                 holds: true,
                 summary: String::new(),
                 expires_at: None,
+                started_at: None,
                 details: BTreeMap::new(),
             },
             IncidentId(3),

@@ -153,6 +153,7 @@ pub fn manual_run(
         holds: true,
         summary: format!("manual run of {} by {}", runbook.id(), request.by),
         expires_at: None,
+        started_at: None,
         details: request
             .params
             .iter()
@@ -228,7 +229,7 @@ fn run_context(
     TemplateContext {
         incident: IncidentContext {
             id: incident.id.to_string(),
-            started_at: incident.opened_at.to_string(),
+            started_at: incident.started().to_string(),
             priority: runbook.priority.to_string(),
             runbook: runbook.id().to_owned(),
             title: runbook.metadata.title.clone(),
@@ -356,6 +357,7 @@ mod tests {
             holds: true,
             summary: "high_error_rate database summed over 3 nodes is 12 (> 10)".into(),
             expires_at: None,
+            started_at: None,
             details: BTreeMap::new(),
         };
         let incident = opened(&signal);

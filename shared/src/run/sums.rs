@@ -87,6 +87,7 @@ pub fn sum_signal(runbook_id: &str, trigger: &FindingTrigger, status: SumStatus,
         holds: status.fires,
         summary,
         expires_at: None,
+        started_at: None,
         details: BTreeMap::from([
             ("sum".to_owned(), status.sum.to_string()),
             ("nodes".to_owned(), status.sources.to_string()),

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! incident.id           "INC-000042"
-//! incident.started_at   RFC 3339, "2026-11-26T10:00:00.000Z"
+//! incident.started_at   when the condition began (Incident::started), RFC 3339
 //! incident.priority     "P0" .. "P3", "security"
 //! incident.runbook      the runbook's id, "P0-001"
 //! incident.title        the runbook's title

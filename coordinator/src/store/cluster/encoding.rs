@@ -408,6 +408,12 @@ pub(super) fn incident_desired(incident: &Incident, timeline: &Timeline) -> Resu
     if incident.drill {
         status["drill"] = json!(true);
     }
+    if let Some(at) = incident.started_at {
+        status["startedAt"] = json!(rfc3339(at, "startedAt")?);
+    }
+    if !incident.conversations.is_empty() {
+        status["conversations"] = json!(incident.conversations);
+    }
     if let Some(progress) = &incident.escalation {
         status["escalation"] = serde_json::to_value(progress)
             .map_err(|e| StoreError::Corrupt { table: Kind::Incident.table(), message: format!("escalation: {e}") })?;
@@ -474,6 +480,11 @@ pub(super) fn incident_from_object(object: &DynamicObject) -> Result<ClusterInci
             Some(_) => Some(f.parse(status, "status.escalation")?),
         },
         drill: status.get("drill").and_then(Value::as_bool).unwrap_or(false),
+        started_at: f.opt_time(status, "status.startedAt")?,
+        conversations: match status.get("conversations") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(_) => f.parse(status, "status.conversations")?,
+        },
     };
     Ok(ClusterIncident { incident, timeline: timeline.entries, dropped: timeline.dropped })
 }

@@ -44,6 +44,7 @@ pub(super) fn incident(id: u64, state: IncidentState) -> Incident {
         state,
         summary: "disk 97%".into(),
         opened_at: at(0),
+        started_at: None,
         updated_at: at(5),
         resolved_at: state.is_closed().then(|| at(9)),
         finding_count: 3,
@@ -57,6 +58,7 @@ pub(super) fn incident(id: u64, state: IncidentState) -> Incident {
         acknowledged_by: Some("user:alice".into()),
         escalation: None,
         drill: false,
+        conversations: Default::default(),
     }
 }
 
