@@ -44,7 +44,7 @@ pub(super) fn incident(id: u64, state: IncidentState) -> Incident {
         state,
         summary: "disk 97%".into(),
         opened_at: at(0),
-        started_at: None,
+        started_at: Some(at(-60)),
         updated_at: at(5),
         resolved_at: state.is_closed().then(|| at(9)),
         finding_count: 3,
@@ -58,7 +58,7 @@ pub(super) fn incident(id: u64, state: IncidentState) -> Incident {
         acknowledged_by: Some("user:alice".into()),
         escalation: None,
         drill: false,
-        conversations: Default::default(),
+        conversations: [("status-page".to_owned(), "sp-1".to_owned())].into(),
     }
 }
 
