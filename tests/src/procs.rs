@@ -165,6 +165,39 @@ impl Coordinator {
         format!("http://{}", self.grpc)
     }
 
+    /// Starts a coordinator serving mutual TLS with `server`'s certificate
+    /// and key, trusting clients `client_ca` signed, configured by `config`
+    /// (written to `dir/coordinator.yaml`), with `extra` arguments after.
+    pub async fn start_tls(
+        dir: &Path,
+        server: &(PathBuf, PathBuf),
+        client_ca: &Path,
+        config: &str,
+        extra: &[&str],
+    ) -> Coordinator {
+        let config_path = dir.join("coordinator.yaml");
+        std::fs::write(&config_path, config).expect("write the configuration");
+        let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+        let mut args = vec![
+            "--tls-cert".to_owned(),
+            path(&server.0),
+            "--tls-key".to_owned(),
+            path(&server.1),
+            "--tls-client-ca".to_owned(),
+            path(client_ca),
+            "--config".to_owned(),
+            path(&config_path),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Coordinator::start_with(&dir.join("c"), &args).await
+    }
+
+    /// The gRPC URL of a coordinator serving TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
     /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -80,30 +80,12 @@ impl Pki {
 }
 
 async fn coordinator(dir: &Path, pki: &Pki, config: &str) -> Coordinator {
-    let config_path = dir.join("coordinator.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let s = |p: &Path| p.to_str().unwrap().to_owned();
-    let args = [
-        "--tls-cert".to_owned(),
-        s(&pki.server.0),
-        "--tls-key".to_owned(),
-        s(&pki.server.1),
-        "--tls-client-ca".to_owned(),
-        s(&pki.ca),
-        "--config".to_owned(),
-        s(&config_path),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Coordinator::start_with(&dir.join("c"), &args).await
-}
-
-fn https(c: &Coordinator) -> String {
-    format!("https://{}", c.grpc)
+    Coordinator::start_tls(dir, &pki.server, &pki.ca, config, &[]).await
 }
 
 fn admin(c: &Coordinator, pki: &Pki) -> AdminServiceClient<tonic::transport::Channel> {
     let files = TlsFiles { cert: Some(pki.ada.0.clone()), key: Some(pki.ada.1.clone()), ca: pki.ca.clone() };
-    let endpoint = Endpoint::from_shared(https(c)).unwrap().connect_timeout(Duration::from_secs(5));
+    let endpoint = Endpoint::from_shared(c.https_url()).unwrap().connect_timeout(Duration::from_secs(5));
     AdminServiceClient::new(tls::channel(endpoint, tls::client(files).unwrap(), None).unwrap())
 }
 
@@ -156,7 +138,7 @@ async fn idle_and_slow_connections_are_closed_by_their_deadlines_while_callers_a
         s(&pki.ca),
     ];
     let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
-    let agent = Agent::start_with(&dir.path().join("a"), "node-1", &https(&coordinator), &agent_args).await;
+    let agent = Agent::start_with(&dir.path().join("a"), "node-1", &coordinator.https_url(), &agent_args).await;
     eventually("the agent's stream", WAIT, || async { (agent.readyz().await == 200).then_some(()) }).await;
     let agent_metrics = || async {
         let (_, body) = http_request(agent.diagnostics, "GET", "/metrics", None).await.unwrap();
@@ -227,7 +209,7 @@ async fn idle_and_slow_connections_are_closed_by_their_deadlines_while_callers_a
     let list = client.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner();
     assert!(list.agents.iter().any(|a| a.node_name == "node-1"), "{list:?}");
     let (status, out, err) = remedyctl(
-        &https(&coordinator),
+        &coordinator.https_url(),
         &["agents", "--ca", &s(&pki.ca), "--cert", &s(&pki.ada.0), "--key", &s(&pki.ada.1)],
     );
     assert!(status.success(), "{err}");
@@ -372,7 +354,7 @@ async fn connections_past_one_address_cap_are_closed_at_once_and_counted() {
         held.push(again);
     }
     let (status, _, err) = remedyctl(
-        &https(&coordinator),
+        &coordinator.https_url(),
         &[
             "agents",
             "--ca",

@@ -31,31 +31,13 @@ const SUBMIT_TOKEN: &str = "listings-submit-token";
 const CONFIG: &str = "authorization:\n  roles:\n    admin: ['user:tester']\n";
 
 async fn secure_coordinator(dir: &Path, pki: &LocalPki) -> Coordinator {
-    let config = dir.join("coordinator.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let path = |p: &Path| p.display().to_string();
-    let args = [
-        "--tls-cert".to_owned(),
-        path(&pki.coordinator.0),
-        "--tls-key".to_owned(),
-        path(&pki.coordinator.1),
-        "--tls-client-ca".to_owned(),
-        path(&pki.ca),
-        "--config".to_owned(),
-        path(&config),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Coordinator::start_with(&dir.join("coordinator"), &args).await
-}
-
-fn https(c: &Coordinator) -> String {
-    format!("https://{}", c.grpc)
+    Coordinator::start_tls(dir, &pki.coordinator, &pki.ca, CONFIG, &[]).await
 }
 
 /// The test's user, over TLS, as remedyctl is.
 fn admin(c: &Coordinator, pki: &LocalPki) -> AdminServiceClient<Channel> {
     let files = TlsFiles { cert: Some(pki.user.0.clone()), key: Some(pki.user.1.clone()), ca: pki.ca.clone() };
-    let endpoint = Endpoint::from_shared(https(c)).unwrap().connect_timeout(Duration::from_secs(5));
+    let endpoint = Endpoint::from_shared(c.https_url()).unwrap().connect_timeout(Duration::from_secs(5));
     AdminServiceClient::new(tls::channel(endpoint, tls::client(files).unwrap(), None).unwrap())
         .max_decoding_message_size(remedy_proto::MAX_MESSAGE_BYTES)
 }
@@ -67,7 +49,7 @@ fn ctl(c: &Coordinator, pki: &LocalPki, args: &[&str]) -> String {
     let (ca, cert, key) = (path(&pki.ca), path(&pki.user.0), path(&pki.user.1));
     let mut all = vec!["--ca", &ca, "--cert", &cert, "--key", &key];
     all.extend_from_slice(args);
-    let (status, stdout, stderr) = remedyctl(&https(c), &all);
+    let (status, stdout, stderr) = remedyctl(&c.https_url(), &all);
     assert!(status.success(), "remedyctl {args:?} failed: {stderr}");
     stdout
 }
@@ -215,7 +197,7 @@ async fn thousands_of_large_findings_are_listed_completely() {
     ]
     .map(String::from);
     let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
-    let agent = Agent::start_with(&dir.path().join("agent"), "node-a", &https(&coordinator), &agent_args).await;
+    let agent = Agent::start_with(&dir.path().join("agent"), "node-a", &coordinator.https_url(), &agent_args).await;
     let bearer = format!("Bearer {SUBMIT_TOKEN}");
 
     // Each finding about 7 KiB: a 4 KiB summary and a 3 KiB label, spread

@@ -69,22 +69,7 @@ async fn secure_coordinator(dir: &Path, pki: &Pki, config: &str) -> Coordinator 
 
 /// The same, with more arguments.
 async fn secure_coordinator_with(dir: &Path, pki: &Pki, config: &str, extra: &[&str]) -> Coordinator {
-    let (cert, key) = pki.server();
-    let ca = pki.ca();
-    let config_path = dir.join("coordinator.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let args = [
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--tls-client-ca",
-        ca.to_str().unwrap(),
-        "--config",
-        config_path.to_str().unwrap(),
-    ];
-    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
-    Coordinator::start_with(&dir.join("c"), &args).await
+    Coordinator::start_tls(dir, &pki.server(), &pki.ca(), config, extra).await
 }
 
 /// The agent of node-1 with its certificate.
@@ -97,18 +82,14 @@ async fn secure_agent(dir: &Path, c: &Coordinator, cert: &(PathBuf, PathBuf), ca
         "--tls-ca",
         ca.to_str().unwrap(),
     ];
-    Agent::start_with(dir, "node-1", &https(c), &args).await
+    Agent::start_with(dir, "node-1", &c.https_url(), &args).await
 }
 
 const ROLES: &str = "tls: {reload_every: 200ms}\nauthorization:\n  roles:\n    viewer: ['user:vera']\n    operator: ['user:otto', 'user:ci-bot']\n    admin: ['user:ada']\n";
 
-fn https(c: &Coordinator) -> String {
-    format!("https://{}", c.grpc)
-}
-
 fn channel(c: &Coordinator, ca: &Path, cert: Option<&(PathBuf, PathBuf)>) -> Channel {
     let files = TlsFiles { cert: cert.map(|c| c.0.clone()), key: cert.map(|c| c.1.clone()), ca: ca.to_path_buf() };
-    let endpoint = Endpoint::from_shared(https(c)).unwrap().connect_timeout(Duration::from_secs(5));
+    let endpoint = Endpoint::from_shared(c.https_url()).unwrap().connect_timeout(Duration::from_secs(5));
     tls::channel(endpoint, tls::client(files).unwrap(), None).unwrap()
 }
 
@@ -231,7 +212,7 @@ async fn only_certified_callers_get_in_and_each_speaks_only_for_itself() {
         &config,
         format!(
             "current-context: t\ncontexts:\n  - name: t\n    context:\n      coordinator: {}\n      certificate-authority: {}\n      client-certificate: {}\n      client-key: {}\n",
-            https(&coordinator),
+            coordinator.https_url(),
             ca.display(),
             ada.0.display(),
             ada.1.display()
