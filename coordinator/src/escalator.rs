@@ -30,15 +30,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remedy_shared::Timestamp;
-use remedy_shared::comms::{CommsContext, CommunicationTemplate, Links};
+use remedy_shared::comms::{Audience, CommsContext, CommunicationTemplate, Links, PublicState};
 use remedy_shared::escalation::looks::Looks;
 use remedy_shared::escalation::{self, Advance, EscalationPolicy, FollowUp, Page, Person, Progress, Recipient};
 use remedy_shared::incident::{EntryKind, Incident, IncidentId, IncidentState, TimelineEntry};
 use remedy_shared::oncall::Schedule;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
-use crate::channels::{Channels, Delivery, Event, Message, StatusUpdate};
+use crate::channels::{Channels, Delivery, Event, Message, Patience, StatusUpdate};
 pub use crate::clock::{Clock, ManualClock};
 use crate::metrics::Metrics;
 use crate::recorder::{EscalationUpdate, Recorder};
@@ -138,6 +138,9 @@ impl Escalator {
         let mut looks = Looks::new(MAX_ADVANCING);
         let mut advancing: JoinSet<(IncidentId, Option<Timestamp>)> = JoinSet::new();
         let mut tasks: HashMap<tokio::task::Id, IncidentId> = HashMap::new();
+        // Tells a running advance that its incident was acknowledged or
+        // resolved meanwhile: pages still retrying stop.
+        let mut stops: HashMap<IncidentId, watch::Sender<bool>> = HashMap::new();
         // What each escalating incident looked like at its last change that
         // mattered here: findings joining an incident change it many times
         // a second, and none of that moves its escalation.
@@ -146,8 +149,10 @@ impl Escalator {
         loop {
             for id in looks.start() {
                 let this = self.clone();
-                let task = advancing.spawn(async move { (id, this.advance_one(id).await) });
+                let (stop_tx, stop) = watch::channel(false);
+                let task = advancing.spawn(async move { (id, this.advance_one(id, stop).await) });
                 tasks.insert(task.id(), id);
+                stops.insert(id, stop_tx);
             }
             let next = [looks.next_wake(), rescan_at].into_iter().flatten().min();
             tokio::select! {
@@ -155,16 +160,23 @@ impl Escalator {
                 Some(joined) = advancing.join_next_with_id() => match joined {
                     Ok((task, (id, wake_at))) => {
                         tasks.remove(&task);
+                        stops.remove(&id);
                         looks.finished(id, wake_at);
                     }
                     Err(e) => {
                         let Some(id) = tasks.remove(&e.id()) else { continue };
+                        stops.remove(&id);
                         tracing::error!(incident = %id, error = %e, "advancing the escalation failed; trying again in 5s");
                         looks.finished(id, Some(self.clock.now().plus(Duration::from_secs(5))));
                     }
                 },
                 event = events.recv() => match event {
                     Ok(incident) if incident.escalation.is_some() => {
+                        if matches!(incident.state, IncidentState::Acknowledged | IncidentState::Resolved)
+                            && let Some(stop) = stops.get(&incident.id)
+                        {
+                            stop.send_replace(true);
+                        }
                         let relevant = Relevant::of(&incident);
                         if seen.get(&incident.id) != Some(&relevant) {
                             if relevant.done() {
@@ -212,7 +224,7 @@ impl Escalator {
     }
 
     /// Moves one incident's escalation to now; when to look at it again.
-    async fn advance_one(&self, id: IncidentId) -> Option<Timestamp> {
+    async fn advance_one(&self, id: IncidentId, stop: watch::Receiver<bool>) -> Option<Timestamp> {
         let retry = || Some(self.clock.now().plus(Duration::from_secs(5)));
         let (incident, timeline) = match self.store.get_incident(id) {
             Ok(Some(found)) => found,
@@ -229,11 +241,22 @@ impl Escalator {
         };
         let now = self.clock.now();
         let advance = escalation::advance(policy, &incident, &progress, now);
-        let wake_at = advance.wake_at;
-        if advance.is_empty() && advance.progress == progress {
+        let mut wake_at = advance.wake_at;
+        let public_due = !self.public_due(&incident, &timeline, &advance.progress).is_empty();
+        if advance.is_empty() && advance.progress == progress && !public_due {
             return wake_at;
         }
-        let update = self.carry_out(policy, &incident, &timeline, advance, now).await;
+        let update = self.carry_out(policy, &incident, &timeline, advance, now, stop).await;
+        // A customer channel that could not hear where the story stands is
+        // tried again each minute, for an hour after the incident's last
+        // change: a status page never stays "investigating" for want of a
+        // second try.
+        if !self.public_due(&incident, &timeline, &update.progress).is_empty()
+            && now < incident.updated_at.plus(PUBLIC_RETRY_FOR)
+        {
+            let again = now.plus(PUBLIC_RETRY_EVERY);
+            wake_at = Some(wake_at.map_or(again, |w| w.min(again)));
+        }
         if let Err(e) = self.recorder.escalation_update(update).await {
             // Told but not recorded: looked at again shortly, when the
             // store may take it. The deliveries may then repeat.
@@ -243,6 +266,96 @@ impl Escalator {
         wake_at
     }
 
+    /// The customer channels in the incident's public story that have not
+    /// heard where it stands now. A channel is in the story once it was
+    /// told anything of it: by a runbook step (a status page opened, a
+    /// customer notice) or by a periodic update. Internal channels are
+    /// told through follow-ups instead.
+    fn public_due(&self, incident: &Incident, timeline: &[TimelineEntry], progress: &Progress) -> Vec<String> {
+        let now_state = PublicState::of(incident.state);
+        let mut story: BTreeMap<String, Option<PublicState>> = BTreeMap::new();
+        let stepped = timeline
+            .iter()
+            .filter(|e| e.kind == EntryKind::Result && e.details.get("status").is_some_and(|s| s == "succeeded"))
+            .filter_map(|e| e.details.get("evidence.channel"));
+        for channel in incident.conversations.keys().chain(stepped) {
+            // A step's message opened the story: it told of an open incident.
+            story.insert(channel.clone(), Some(PublicState::Investigating));
+        }
+        for (channel, told) in &progress.public {
+            story.insert(channel.clone(), PublicState::parse(told));
+        }
+        story
+            .into_iter()
+            .filter(|(channel, told)| {
+                self.channels.audience(channel) == Some(Audience::Customers) && *told != Some(now_state)
+            })
+            .map(|(channel, _)| channel)
+            .collect()
+    }
+
+    /// Tells each customer channel in the story where it stands now, once
+    /// per state: the policy's customer template in that state's words,
+    /// else plain public words. Never the incident's id, the people's
+    /// names or what automation did.
+    #[allow(clippy::too_many_arguments)] // the story's context, and where its outcome is kept
+    async fn tell_public(
+        &self,
+        policy: &EscalationPolicy,
+        incident: &Incident,
+        timeline: &[TimelineEntry],
+        progress: &mut Progress,
+        entries: &mut Vec<TimelineEntry>,
+        now: Timestamp,
+    ) {
+        let due = self.public_due(incident, timeline, progress);
+        if due.is_empty() {
+            return;
+        }
+        let state = PublicState::of(incident.state);
+        let template = policy.updates.as_ref().map(|u| u.template.as_str());
+        let (title, body, audience) = self.written_for(template, Some(state), incident, timeline, progress, now);
+        if audience != Audience::Customers {
+            // Checked when the coordinator starts; kept here so no path
+            // can ever send internal words to customers.
+            tracing::error!(incident = %incident.id, "no customer template for the public story; using plain public words");
+        }
+        let (title, body) = if audience == Audience::Customers { (title, body) } else { plain_public(state) };
+        let event = match state {
+            PublicState::Investigating => Event::Trigger,
+            PublicState::Identified => Event::Update,
+            PublicState::Resolved => Event::Resolve,
+        };
+        let sends: Vec<(String, Message)> = due
+            .into_iter()
+            .map(|channel| {
+                let reference = conversation(incident, progress, &channel);
+                let message = Message {
+                    status: Some(status_update(state, incident)),
+                    audience: Audience::Customers,
+                    links: self.public_links(),
+                    ..self.message(incident, event, &title, &body, reference)
+                };
+                (channel, message)
+            })
+            .collect();
+        for ((channel, _), delivery) in sends.iter().zip(self.send_each(&sends).await) {
+            self.record(std::slice::from_ref(&delivery), progress);
+            let how = describe(std::slice::from_ref(&delivery));
+            let verb = if delivery.ok {
+                progress.public.insert(channel.clone(), state.as_str().to_owned());
+                "told"
+            } else {
+                "could not be told"
+            };
+            entries.push(entry(
+                now,
+                format!("{channel} {verb} customers the incident is {}: {how}", state.as_str()),
+                outcome_details(&[("channel", channel), ("public_state", state.as_str())], delivery.ok),
+            ));
+        }
+    }
+
     async fn carry_out(
         &self,
         policy: &EscalationPolicy,
@@ -250,6 +363,7 @@ impl Escalator {
         timeline: &[TimelineEntry],
         advance: Advance,
         now: Timestamp,
+        stop: watch::Receiver<bool>,
     ) -> EscalationUpdate {
         let seen_hold = incident.escalation.as_ref().and_then(|p| p.held_since);
         let seen_news = incident.escalation.as_ref().and_then(|p| p.news.clone());
@@ -258,7 +372,7 @@ impl Escalator {
             self.tell_news(incident, &news, &mut progress, &mut entries, now).await;
         }
         if !pages.is_empty() {
-            self.page(policy, incident, timeline, &pages, &mut progress, &mut entries, now).await;
+            self.page(policy, incident, timeline, &pages, (&mut progress, &mut entries), now, stop).await;
         }
         if let Some(follow_up) = follow_up {
             self.follow_up(incident, follow_up, &mut progress, &mut entries, now).await;
@@ -266,13 +380,17 @@ impl Escalator {
         if update_due && let Some(updates) = &policy.updates {
             self.update(incident, timeline, updates, &mut progress, &mut entries, now).await;
         }
+        self.tell_public(policy, incident, timeline, &mut progress, &mut entries, now).await;
         EscalationUpdate { id: incident.id, seen_hold, seen_news, progress, entries, state }
     }
 
     /// Tells every recipient of every level in `pages` at once: each one's
-    /// delivery is bounded by its channels' retries and timeouts, and a
-    /// channel that hangs for one person holds up nobody else. The entries
-    /// are recorded in the levels' order once every delivery is done.
+    /// delivery keeps trying until its level's deadline (the person's
+    /// channels sharing that time in order) or until the incident is
+    /// acknowledged or resolved meanwhile, and a channel that hangs for one
+    /// person holds up nobody else. The entries are recorded in the levels'
+    /// order once every delivery is done. A level that reached nobody makes
+    /// the next level due at once.
     #[allow(clippy::too_many_arguments)] // the pages' whole context; a struct would only rename it
     async fn page(
         &self,
@@ -280,9 +398,9 @@ impl Escalator {
         incident: &Incident,
         timeline: &[TimelineEntry],
         pages: &[Page],
-        progress: &mut Progress,
-        entries: &mut Vec<TimelineEntry>,
+        (progress, entries): (&mut Progress, &mut Vec<TimelineEntry>),
         now: Timestamp,
+        stop: watch::Receiver<bool>,
     ) {
         let directory = &self.directory;
         let details = |page: &Page, extra: &[(&str, &str)]| {
@@ -325,20 +443,38 @@ impl Escalator {
                 .collect();
             planned.push((page, known, sends));
         }
-        let delivered = futures::future::join_all(planned.iter().map(|(_, _, sends)| {
-            futures::future::join_all(sends.iter().map(|(r, m)| self.channels.send_first(&r.channels, m)))
+        let patience = |page: &Page| {
+            Patience::until(tokio::time::Instant::now() + page.deadline.since(now), Some(stop.clone()))
+        };
+        let delivered = futures::future::join_all(planned.iter().map(|(page, _, sends)| {
+            let patience = patience(page);
+            async move {
+                futures::future::join_all(sends.iter().map(|(r, m)| self.channels.send_first(&r.channels, m, &patience)))
+                    .await
+            }
         }))
         .await;
+        let mut last_unreached = None;
         for ((page, known, sends), deliveries) in planned.into_iter().zip(delivered) {
             entries.extend(known);
+            let mut reached = false;
             for ((recipient, _), deliveries) in sends.iter().zip(deliveries) {
                 let told = self.record(&deliveries, progress);
                 let who = &recipient.who;
                 let how = describe(&deliveries);
+                let stopped = deliveries.last().is_some_and(|d| d.stopped);
+                reached |= told.is_some() || stopped;
                 let (message, outcome) = match &told {
                     Some(channel) => {
                         (format!("told {who} ({}, {}) through {channel}: {how}", page.name, page.why), "told")
                     }
+                    None if stopped => (
+                        format!(
+                            "stopped paging {who} ({}): {} was acknowledged or resolved meanwhile: {how}",
+                            page.name, incident.id
+                        ),
+                        "stopped",
+                    ),
                     None if recipient.channels.is_empty() => {
                         (format!("{who} has no channels to be told through"), "failed")
                     }
@@ -346,6 +482,19 @@ impl Escalator {
                 };
                 let details = details(page, &[("who", who), ("via", &recipient.via), ("outcome", outcome)]);
                 entries.push(entry(now, message, details));
+            }
+            last_unreached = (!reached).then(|| format!("nobody at {} could be told", page.name));
+        }
+        if let Some(why) = last_unreached {
+            self.metrics.levels_unreached.inc();
+            if let Some(next) = policy.levels.get(progress.told as usize) {
+                entries.push(TimelineEntry {
+                    at: now,
+                    kind: EntryKind::Escalated,
+                    message: format!("{why}: {} is told now", next.name),
+                    details: BTreeMap::from([("policy".to_owned(), policy.id.clone())]),
+                });
+                progress.unreached = Some(why);
             }
         }
     }
@@ -381,10 +530,13 @@ impl Escalator {
         let title = format!("{} {what}", incident.id);
         let phrase = format!("the incident is {what}");
         if follow_up == FollowUp::Resolved {
-            // A conversation a runbook step began (a public status page
-            // incident) ends with the incident even if no page went there.
+            // A conversation a runbook step began on an internal channel
+            // ends with the incident even if no page went there (a public
+            // one ends with the public story).
             for channel in incident.conversations.keys() {
-                progress.channels.entry(channel.clone()).or_default();
+                if self.channels.audience(channel) != Some(Audience::Customers) {
+                    progress.channels.entry(channel.clone()).or_default();
+                }
             }
         }
         self.tell_told(incident, event, &title, &phrase, progress, entries, now).await;
@@ -404,9 +556,12 @@ impl Escalator {
         entries: &mut Vec<TimelineEntry>,
         now: Timestamp,
     ) {
+        // Customers hear the public story instead: never who acknowledged,
+        // never the incident's id.
         let sends: Vec<(String, Message)> = progress
             .channels
             .keys()
+            .filter(|channel| self.channels.audience(channel) != Some(Audience::Customers))
             .map(|channel| {
                 let reference = conversation(incident, progress, channel);
                 (channel.clone(), self.message(incident, event, title, title, reference))
@@ -422,6 +577,9 @@ impl Escalator {
         }
     }
 
+    /// A periodic update to the policy's update channels, in the words of
+    /// where the incident stands. A customer channel it reaches joins the
+    /// public story at that state.
     async fn update(
         &self,
         incident: &Incident,
@@ -431,30 +589,26 @@ impl Escalator {
         entries: &mut Vec<TimelineEntry>,
         now: Timestamp,
     ) {
-        let (title, body) = self.written(Some(&updates.template), incident, timeline, progress, now);
-        let over = incident.state.is_closed();
-        let status = StatusUpdate {
-            component_status: if over { "operational" } else { "major_outage" }.to_owned(),
-            incident_status: match incident.state {
-                IncidentState::Resolved => "resolved",
-                IncidentState::Mitigating | IncidentState::Acknowledged => "identified",
-                IncidentState::Triggered | IncidentState::Escalated => "investigating",
-            }
-            .to_owned(),
-        };
-        let event = if over { Event::Resolve } else { Event::Update };
+        let state = PublicState::of(incident.state);
+        let (title, body, audience) =
+            self.written_for(Some(&updates.template), Some(state), incident, timeline, progress, now);
+        let event = if incident.state.is_closed() { Event::Resolve } else { Event::Update };
         let sends: Vec<(String, Message)> = updates
             .channels
             .iter()
             .map(|channel| {
                 let reference = conversation(incident, progress, channel);
-                let message =
-                    Message { status: Some(status.clone()), ..self.message(incident, event, &title, &body, reference) };
+                let base = self.message(incident, event, &title, &body, reference);
+                let links = if audience == Audience::Customers { self.public_links() } else { base.links.clone() };
+                let message = Message { status: Some(status_update(state, incident)), audience, links, ..base };
                 (channel.clone(), message)
             })
             .collect();
         for ((channel, _), delivery) in sends.iter().zip(self.send_each(&sends).await) {
             self.record(std::slice::from_ref(&delivery), progress);
+            if delivery.ok && self.channels.audience(channel) == Some(Audience::Customers) {
+                progress.public.insert(channel.clone(), state.as_str().to_owned());
+            }
             let how = describe(std::slice::from_ref(&delivery));
             let sent = if delivery.ok { "sent" } else { "not sent" };
             entries.push(entry(
@@ -481,6 +635,22 @@ impl Escalator {
         progress: &Progress,
         now: Timestamp,
     ) -> (String, String) {
+        let (title, body, _) = self.written_for(template, None, incident, timeline, progress, now);
+        (title, body)
+    }
+
+    /// [`Escalator::written`] at a state of the public story (the
+    /// template's words for it), with who the words are for: the
+    /// template's audience, or internal for plain words.
+    fn written_for(
+        &self,
+        template: Option<&str>,
+        state: Option<PublicState>,
+        incident: &Incident,
+        timeline: &[TimelineEntry],
+        progress: &Progress,
+        now: Timestamp,
+    ) -> (String, String, Audience) {
         let plain = || {
             let priority = incident.priority.map(|p| format!("[{p}] ")).unwrap_or_default();
             let runbook = incident.runbook.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
@@ -494,6 +664,7 @@ impl Escalator {
                     incident.state.as_str(),
                     incident.opened_at
                 ),
+                Audience::Internal,
             )
         };
         let Some(id) = template else { return plain() };
@@ -503,10 +674,15 @@ impl Escalator {
         };
         let next_update = progress.next_update_at;
         let context = CommsContext::from_incident(incident, timeline, &self.directory.links, None, next_update, now);
-        match template.render(&context) {
-            Ok(rendered) => (rendered.subject, rendered.body),
+        let rendered = match state {
+            Some(state) => template.render_for(state, &context),
+            None => template.render(&context),
+        };
+        match rendered {
+            Ok(rendered) => (rendered.subject, rendered.body, template.audience),
             Err(e) => {
                 tracing::error!(template = id, error = %e, "the communication template failed; writing plainly");
+                // Plain words are internal: a customer channel refuses them.
                 plain()
             }
         }
@@ -525,6 +701,12 @@ impl Escalator {
         Message { reference, links, ..Message::new(id, event, incident.severity.as_str(), title, body) }
     }
 
+    /// The links customers may follow: the public status page, never the
+    /// incident's internal page.
+    fn public_links(&self) -> BTreeMap<String, String> {
+        self.directory.links.status_page.iter().map(|l| ("status_page".to_owned(), l.clone())).collect()
+    }
+
     /// Keeps what the channels returned and counts the deliveries; the
     /// channel that delivered, if one did.
     fn record(&self, deliveries: &[Delivery], progress: &mut Progress) -> Option<String> {
@@ -534,6 +716,8 @@ impl Escalator {
                 "delivered"
             } else if d.skipped_by_breaker {
                 "breaker_open"
+            } else if d.stopped {
+                "stopped"
             } else {
                 "failed"
             };
@@ -552,6 +736,40 @@ impl Escalator {
         }
         told
     }
+}
+
+/// How long a customer channel that could not be told where the story
+/// stands is tried again after the incident's last change, and how often.
+const PUBLIC_RETRY_FOR: Duration = Duration::from_secs(60 * 60);
+const PUBLIC_RETRY_EVERY: Duration = Duration::from_secs(60);
+
+/// What a status page shows at `state`: the incident's status, and its
+/// components by severity until it is over.
+fn status_update(state: PublicState, incident: &Incident) -> StatusUpdate {
+    let component_status = match (state, incident.severity.as_str()) {
+        (PublicState::Resolved, _) => "operational",
+        (_, "critical") => "major_outage",
+        (_, "warning") => "partial_outage",
+        _ => "degraded_performance",
+    };
+    StatusUpdate { component_status: component_status.to_owned(), incident_status: state.as_str().to_owned() }
+}
+
+/// Words for customers when the policy has no customer template: nothing
+/// of the incident but where it stands.
+fn plain_public(state: PublicState) -> (String, String) {
+    let (title, body) = match state {
+        PublicState::Investigating => {
+            ("Service disruption", "We are investigating a problem affecting our service. Updates will follow.")
+        }
+        PublicState::Identified => {
+            ("Service disruption: cause identified", "We have identified the problem and are working on a fix.")
+        }
+        PublicState::Resolved => {
+            ("Service disruption resolved", "The problem has been resolved and the service is operating normally.")
+        }
+    };
+    (title.to_owned(), body.to_owned())
 }
 
 /// What continues `channel`'s conversation about the incident: the one
@@ -591,6 +809,54 @@ fn outcome_details(pairs: &[(&str, &str)], ok: bool) -> BTreeMap<String, String>
 
 fn entry(at: Timestamp, message: String, details: BTreeMap<String, String>) -> TimelineEntry {
     TimelineEntry { at, kind: EntryKind::Notified, message, details }
+}
+
+/// Every place where words written for the people handling an incident
+/// would go to a customer channel: a policy's `updates` whose template is
+/// internal (or missing, so written plainly) but whose channels include a
+/// customer one, and a level that pages a customer channel. (field,
+/// message), for the coordinator to refuse at start: internal text never
+/// reaches a customer channel.
+pub fn audience_conflicts(directory: &Directory, channels: &Channels) -> Vec<(String, String)> {
+    let mut conflicts = Vec::new();
+    let customers = |c: &str| channels.audience(c) == Some(Audience::Customers);
+    for (id, policy) in &directory.policies {
+        if let Some(u) = &policy.updates {
+            let audience = directory.templates.get(&u.template).map(|t| t.audience);
+            for c in u.channels.iter().filter(|c| customers(c)) {
+                if audience != Some(Audience::Customers) {
+                    conflicts.push((
+                        format!("{id}: updates.template"),
+                        format!(
+                            "`{c}` reaches customers but template `{}` is not written for them (`audience: customers`)",
+                            u.template
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, level) in policy.levels.iter().enumerate() {
+            for target in &level.notify {
+                if let escalation::Target::Channel(c) = target
+                    && customers(c)
+                {
+                    conflicts.push((
+                        format!("{id}: levels[{i}].notify"),
+                        format!("`{c}` reaches customers; pages are for the people handling the incident"),
+                    ));
+                }
+            }
+        }
+    }
+    for (name, person) in &directory.people {
+        for c in person.notify.iter().filter(|c| customers(c)) {
+            conflicts.push((
+                format!("people.{name}.notify"),
+                format!("`{c}` reaches customers; a person is paged through an internal channel"),
+            ));
+        }
+    }
+    conflicts
 }
 
 /// Every channel and template a directory names that is not there, and

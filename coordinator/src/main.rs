@@ -192,6 +192,9 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     for (field, problem) in escalator::missing_references(&directory, &channel_names) {
         tracing::warn!(field = %field, "{problem}: pages to it will say nobody was told");
     }
+    if let Some((field, problem)) = escalator::audience_conflicts(&directory, &config.channels).into_iter().next() {
+        return Err(bad_config(&field, format!("{problem}: internal words would reach customers")));
+    }
     if let Some((elector, _)) = &election {
         engine = engine.fenced_by(elector.clone());
     }

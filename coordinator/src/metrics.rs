@@ -44,6 +44,8 @@ pub struct Metrics {
     pub admin_refusals_unrecorded: Counter,
     /// Deliveries to people's channels, by channel and outcome.
     pub notifications: Family<NotificationLabels, Counter>,
+    /// Escalation levels whose pages reached nobody (each escalates at once).
+    pub levels_unreached: Counter,
     /// Mean time to recovery over the report window, in seconds.
     pub mttr_seconds: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     /// Mean time to acknowledge over the report window, in seconds.
@@ -112,6 +114,7 @@ impl Metrics {
             directive_results_unmatched: Counter::default(),
             admin_refusals_unrecorded: Counter::default(),
             notifications: Family::default(),
+            levels_unreached: Counter::default(),
             mttr_seconds: Family::default(),
             mtta_seconds: Family::default(),
             availability_percent: Family::default(),
@@ -155,6 +158,11 @@ impl Metrics {
             "notifications",
             "Deliveries to people's channels (pages, follow-ups, updates) by channel and outcome",
             m.notifications.clone(),
+        );
+        registry.register(
+            "escalation_levels_unreached",
+            "Escalation levels whose pages reached nobody after every channel's retries; the next level is told at once",
+            m.levels_unreached.clone(),
         );
         registry.register(
             "mttr_seconds",

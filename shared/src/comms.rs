@@ -13,6 +13,21 @@
 //!   ...
 //! ```
 //!
+//! A template may give other words for later states of the incident's
+//! public story (what a status page and customers see), each a `body` and
+//! optionally a `subject`; the top-level pair is for `investigating` and
+//! any state without its own:
+//!
+//! ```yaml
+//! states:
+//!   identified: {body: "We have identified the cause ..."}
+//!   resolved: {subject: "Resolved: ...", body: "... has been resolved."}
+//! ```
+//!
+//! A template for `customers` may not name what is for the people handling
+//! the incident only ([`INTERNAL_ONLY`]: its id, links, runbook, actions,
+//! title and summary): internal words never reach a customer channel.
+//!
 //! `subject` (one line) and `body` are minijinja templates rendered with
 //! the same rules as runbook templates (`runbook::Renderer`): an undefined
 //! variable is an error, never a blank; nothing is HTML-escaped; a template
@@ -49,7 +64,7 @@
 //! refuses a template that names any other variable (on any branch, taken
 //! or not), then renders it against [`CommsContext::sample`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -62,12 +77,14 @@ use crate::runbook::{Renderer, TemplateError};
 use crate::time::Timestamp;
 
 /// Who a template is written for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Audience {
     /// The people handling the incident, and the company around them.
+    #[default]
     Internal,
-    /// Customers.
+    /// Customers (`customer` is read too).
+    #[serde(alias = "customer")]
     Customers,
 }
 
@@ -78,6 +95,67 @@ impl Audience {
             Audience::Internal => "internal",
             Audience::Customers => "customers",
         }
+    }
+}
+
+/// The variables a template for customers may not name: what only the
+/// people handling the incident should read.
+pub const INTERNAL_ONLY: &[&str] = &[
+    "INCIDENT_ID",
+    "INCIDENT_LINK",
+    "WAR_ROOM_LINK",
+    "RUNBOOK",
+    "TITLE",
+    "SUMMARY",
+    "IMPACT",
+    "ACTIONS",
+    "ACTIONS_TEXT",
+    "ACTION_1",
+    "ACTION_2",
+    "ACTION_3",
+    "ACTION_4",
+    "ACTION_5",
+];
+
+/// Where an incident's public story stands: what a status page and
+/// customers are told, each once. Statuspage's own incident statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublicState {
+    /// Open, and nobody has taken it yet (or automation alone is on it).
+    Investigating,
+    /// A person acknowledged it: the cause is being worked on.
+    Identified,
+    /// Over.
+    Resolved,
+}
+
+impl PublicState {
+    /// The public state of an incident in `state`.
+    pub fn of(state: IncidentState) -> PublicState {
+        match state {
+            IncidentState::Triggered | IncidentState::Escalated | IncidentState::Mitigating => {
+                PublicState::Investigating
+            }
+            IncidentState::Acknowledged => PublicState::Identified,
+            IncidentState::Resolved => PublicState::Resolved,
+        }
+    }
+
+    /// The lowercase name, as files and Statuspage write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublicState::Investigating => "investigating",
+            PublicState::Identified => "identified",
+            PublicState::Resolved => "resolved",
+        }
+    }
+
+    /// Reads [`PublicState::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<PublicState> {
+        [PublicState::Investigating, PublicState::Identified, PublicState::Resolved]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 
@@ -92,6 +170,9 @@ pub struct CommunicationTemplate {
     pub audience: Audience,
     subject: String,
     body: String,
+    /// Other words for later public states: (subject, body), the subject
+    /// `None` when the top-level one stands.
+    states: BTreeMap<PublicState, (Option<String>, String)>,
 }
 
 /// A rendered message.
@@ -109,10 +190,28 @@ impl CommunicationTemplate {
     /// body ends without the final line break of a `body: |` block, as
     /// minijinja renders it.
     pub fn render(&self, context: &CommsContext) -> Result<Rendered, TemplateError> {
+        self.render_pair(&self.subject, &self.body, context)
+    }
+
+    /// The message for `context` at `state` of the public story: that
+    /// state's words if the template has them, else the top-level ones.
+    pub fn render_for(&self, state: PublicState, context: &CommsContext) -> Result<Rendered, TemplateError> {
+        match self.states.get(&state) {
+            Some((subject, body)) => self.render_pair(subject.as_deref().unwrap_or(&self.subject), body, context),
+            None => self.render(context),
+        }
+    }
+
+    /// Whether the template has words of its own for `state`.
+    pub fn has_state(&self, state: PublicState) -> bool {
+        self.states.contains_key(&state)
+    }
+
+    fn render_pair(&self, subject: &str, body: &str, context: &CommsContext) -> Result<Rendered, TemplateError> {
         let renderer = Renderer::new();
         let value = context.to_value();
-        let subject = renderer.render_str(&self.subject, &value)?;
-        let body = renderer.render_str(&self.body, &value)?;
+        let subject = renderer.render_str(subject, &value)?;
+        let body = renderer.render_str(body, &value)?;
         Ok(Rendered { subject: subject.split_whitespace().collect::<Vec<_>>().join(" "), body })
     }
 }
@@ -399,6 +498,16 @@ struct File {
     audience: Audience,
     subject: String,
     body: String,
+    #[serde(default)]
+    states: BTreeMap<PublicState, StateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    #[serde(default)]
+    subject: Option<String>,
+    body: String,
 }
 
 /// Parses and checks one template file's text.
@@ -426,20 +535,43 @@ pub fn load_template(source: &str, text: &str) -> Result<CommunicationTemplate, 
     {
         return Err(fail(field, None, message));
     }
-    if file.subject.trim().is_empty() {
-        return Err(fail("subject", None, "a message needs a subject".to_owned()));
+    // (field, template text): every text the file holds.
+    let mut texts: Vec<(String, &String)> = vec![("subject".to_owned(), &file.subject), ("body".to_owned(), &file.body)];
+    for (state, words) in &file.states {
+        if let Some(subject) = &words.subject {
+            texts.push((format!("states.{}.subject", state.as_str()), subject));
+        }
+        texts.push((format!("states.{}.body", state.as_str()), &words.body));
     }
-    if file.subject.contains('\n') {
-        return Err(fail("subject", None, "a subject is one line".to_owned()));
-    }
-    if file.body.trim().is_empty() {
-        return Err(fail("body", None, "a message needs a body".to_owned()));
+    for (field, text) in &texts {
+        if field.ends_with("subject") {
+            if text.trim().is_empty() {
+                return Err(fail(field, None, "a message needs a subject".to_owned()));
+            }
+            if text.contains('\n') {
+                return Err(fail(field, None, "a subject is one line".to_owned()));
+            }
+        } else if text.trim().is_empty() {
+            return Err(fail(field, None, "a message needs a body".to_owned()));
+        }
     }
 
     let renderer = Renderer::new();
     let names = CommsContext::names();
     let sample = CommsContext::sample().to_value();
-    for (field, template) in [("subject", &file.subject), ("body", &file.body)] {
+    for (field, template) in &texts {
+        let field = field.as_str();
+        let used = renderer.undeclared_names(template);
+        if file.audience == Audience::Customers
+            && let Some(internal) = used.iter().find(|n| INTERNAL_ONLY.contains(&n.as_str()))
+        {
+            let message = format!(
+                "`{internal}` is for the people handling the incident and may not be shown to customers \
+                 (a template for customers may not name {})",
+                INTERNAL_ONLY.join(", ")
+            );
+            return Err(fail(field, line_of_name(template, internal), message));
+        }
         if let Some(unknown) = renderer.undeclared_names(template).into_iter().find(|n| !names.contains(n)) {
             let hint = match closest(&unknown, &names) {
                 Some(near) => format!("did you mean `{near}`?"),
@@ -459,6 +591,7 @@ pub fn load_template(source: &str, text: &str) -> Result<CommunicationTemplate, 
         audience: file.audience,
         subject: file.subject,
         body: file.body,
+        states: file.states.into_iter().map(|(state, words)| (state, (words.subject, words.body))).collect(),
     })
 }
 
@@ -742,6 +875,47 @@ mod tests {
         }
         // Nothing internal reaches customers.
         assert!(!out.body.contains("INC-000042") && !out.body.contains("scale_api"), "{}", out.body);
+    }
+
+    #[test]
+    fn the_seed_customer_notification_has_words_for_each_state_of_the_public_story() {
+        let t = seed("comms-customer-notification.yaml");
+        let c = context(&timeline());
+        let said = |state| t.render_for(state, &c).unwrap_or_else(|e| panic!("{e}"));
+        let investigating = said(PublicState::Investigating);
+        assert_eq!(investigating, t.render(&c).expect("renders"), "the top-level words are the first state's");
+        let identified = said(PublicState::Identified);
+        assert!(identified.subject.ends_with("cause identified"), "{}", identified.subject);
+        let resolved = said(PublicState::Resolved);
+        assert_eq!(resolved.subject, "Resolved: Service Disruption - SaaS IDP Platform");
+        assert!(resolved.body.contains(&format!("has been resolved after {}.", c.duration)), "{}", resolved.body);
+        assert!(!resolved.body.contains("currently experiencing"), "a resolution says it is over: {}", resolved.body);
+        for words in [&investigating, &identified, &resolved] {
+            assert!(!words.body.contains("INC-000042") && !words.subject.contains("INC-"), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn a_template_for_customers_may_not_name_what_is_internal() {
+        let customers = "subject: Outage\n";
+        let refused = |rest: &str| {
+            let text = HEADER.replace("audience: internal", "audience: customers");
+            load_template("t.yaml", &format!("{text}{rest}")).expect_err(rest)
+        };
+        for (body, field) in [
+            ("body: 'Incident {{INCIDENT_ID}}'", "body"),
+            ("body: ok\nstates: {resolved: {body: 'done: {{ACTIONS_TEXT}}'}}", "states.resolved.body"),
+            ("body: ok\nstates: {identified: {subject: '{{SUMMARY}}', body: x}}", "states.identified.subject"),
+        ] {
+            let e = refused(&format!("{customers}{body}\n"));
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains("may not be shown to customers"), "{e}");
+        }
+        // The same words are fine for the people handling the incident.
+        assert!(template("subject: Outage\nbody: 'Incident {{INCIDENT_ID}}'\n").is_ok());
+        // A state that is not one of the story's is refused.
+        let e = refused("subject: s\nbody: b\nstates: {monitoring: {body: x}}\n");
+        assert!(e.field.starts_with("states") && e.message.contains("unknown variant `monitoring`"), "{e}");
     }
 
     #[test]

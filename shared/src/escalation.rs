@@ -267,6 +267,15 @@ pub struct Progress {
     /// yet sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub news: Option<String>,
+    /// Why the last level told reached nobody: the next level is then told
+    /// at once rather than when its time comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreached: Option<String>,
+    /// What each customer-facing channel last told of the incident (its
+    /// public state: `investigating`, `identified`, `resolved`), so each
+    /// hears each state once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub public: BTreeMap<String, String>,
 }
 
 impl Progress {
@@ -289,9 +298,15 @@ impl Progress {
             updates_sent: 0,
             resolution_told: false,
             news: None,
+            unreached: None,
+            public: BTreeMap::new(),
         }
     }
 }
+
+/// How long the last level's pages keep trying when nothing follows it (no
+/// `repeat`): long enough to outlast a pager's short outage.
+pub const LAST_LEVEL_PATIENCE: Duration = Duration::from_secs(10 * 60);
 
 /// A level due now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +319,10 @@ pub struct Page {
     pub targets: Vec<Target>,
     /// Why now (`2m after the climb started`, `time to recovery at risk`).
     pub why: String,
+    /// Until when its deliveries keep trying: when the next level is due
+    /// (the next pass's start after the last level; [`LAST_LEVEL_PATIENCE`]
+    /// when none follows). Never before the moment it is told.
+    pub deadline: Timestamp,
 }
 
 /// Something the channels already told must now hear.
@@ -375,9 +394,9 @@ pub fn advance(policy: &EscalationPolicy, incident: &Incident, progress: &Progre
     if incident.state.is_closed() {
         if !p.resolution_told {
             p.resolution_told = true;
+            // Customer-facing channels hear the resolution as their story's
+            // last state (once), not as another periodic update.
             out.follow_up = Some(FollowUp::Resolved);
-            // The last update goes out with the resolution.
-            out.update_due = policy.updates.is_some();
         }
         return out;
     }
@@ -427,6 +446,13 @@ pub fn advance(policy: &EscalationPolicy, incident: &Incident, progress: &Progre
             forced = Some(format!("time to recovery {}", mark.replace('_', " ")));
         }
     }
+    // Nobody at the last level could be told: the next one is, at once.
+    if let Some(why) = p.unreached.take()
+        && forced.is_none()
+        && (p.told as usize) < levels.len()
+    {
+        forced = Some(why);
+    }
     loop {
         while let Some(level) = levels.get(p.told as usize) {
             let index = p.told as usize;
@@ -453,7 +479,13 @@ pub fn advance(policy: &EscalationPolicy, incident: &Incident, progress: &Progre
                 out.wake_at = Some(due);
                 break;
             };
-            out.pages.push(Page { level: index, name: level.name.clone(), targets: level.notify.clone(), why });
+            let deadline = match (levels.get(index + 1), policy.repeat) {
+                (Some(next), _) => p.pass_started_at.plus(next.after),
+                (None, Some(repeat)) if p.pass < repeat.times => now.plus(repeat.after),
+                (None, _) => now.plus(LAST_LEVEL_PATIENCE),
+            }
+            .max(now);
+            out.pages.push(Page { level: index, name: level.name.clone(), targets: level.notify.clone(), why, deadline });
             p.told += 1;
         }
         if (p.told as usize) < levels.len() {

@@ -68,6 +68,10 @@ struct Params {
     #[serde(default)]
     title: Option<String>,
     message: String,
+    /// Who the step's author wrote the text for; the channel's own
+    /// audience when not said (the author wrote it for that channel).
+    #[serde(default)]
+    audience: Option<remedy_shared::comms::Audience>,
 }
 
 #[tonic::async_trait]
@@ -94,8 +98,12 @@ impl Actuator for NotifyActuator {
         let title = p.title.unwrap_or_else(|| format!("{} {}", call.incident_id, call.step_id));
         let incident = call.incident_id.parse::<IncidentId>().ok();
         let reference = self.conversation(incident, &p.channel).await;
-        let message =
-            Message { reference, ..Message::new(&call.incident_id, Event::Trigger, "critical", title, p.message) };
+        let audience = p.audience.or_else(|| self.channels.audience(&p.channel)).unwrap_or_default();
+        let message = Message {
+            reference,
+            audience,
+            ..Message::new(&call.incident_id, Event::Trigger, "critical", title, p.message)
+        };
         let delivery = self.channels.send(&p.channel, &message).await;
         if delivery.ok
             && let Some(reference) = &delivery.reference

@@ -16,6 +16,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use remedy_shared::config::duration;
+use remedy_shared::comms::Audience;
 
 /// What a channel is and where it delivers, as written under `type:`.
 /// Secrets are never written here, only the files that hold them: files
@@ -205,12 +206,34 @@ pub struct ChannelConfig {
     pub timeout: Duration,
     /// The channel's breaker.
     pub breaker: BreakerConfig,
+    /// Who reads what it carries: `customers` for a status page (the
+    /// default there) or a channel to customers, `internal` otherwise.
+    /// Text written for the people handling an incident is never sent to
+    /// a customer channel.
+    pub audience: Audience,
 }
 
 impl ChannelConfig {
-    /// A channel of `kind` with the default retries, timeout and breaker.
+    /// A channel of `kind` with the default retries, timeout, breaker and
+    /// audience.
     pub fn new(kind: ChannelKind) -> Self {
-        ChannelConfig { kind, retries: Retries::default(), timeout: DEFAULT_TIMEOUT, breaker: BreakerConfig::default() }
+        let audience = default_audience(&kind);
+        ChannelConfig {
+            kind,
+            retries: Retries::default(),
+            timeout: DEFAULT_TIMEOUT,
+            breaker: BreakerConfig::default(),
+            audience,
+        }
+    }
+}
+
+/// A status page is public; every other kind reaches the people handling
+/// the incident unless it says otherwise.
+fn default_audience(kind: &ChannelKind) -> Audience {
+    match kind {
+        ChannelKind::Statuspage { .. } => Audience::Customers,
+        _ => Audience::Internal,
     }
 }
 
@@ -248,13 +271,14 @@ impl TypeName {
     }
 }
 
-const COMMON_FIELDS: &[&str] = &["type", "retries", "timeout", "breaker"];
+const COMMON_FIELDS: &[&str] = &["type", "retries", "timeout", "breaker", "audience"];
 
 const ALL_FIELDS: &[&str] = &[
     "type",
     "retries",
     "timeout",
     "breaker",
+    "audience",
     "webhook_url_file",
     "routing_key_file",
     "events_url",
@@ -346,7 +370,7 @@ impl Fields {
 
 fn not_a_field<E: de::Error>(field: &str, ty: TypeName) -> E {
     E::custom(format_args!(
-        "`{field}` is not a field of a {} channel; its fields are {}, and every channel has retries, timeout and breaker",
+        "`{field}` is not a field of a {} channel; its fields are {}, and every channel has retries, timeout, breaker and audience",
         ty.name(),
         ty.fields().iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
     ))
@@ -385,6 +409,7 @@ impl<'de> Visitor<'de> for ChannelVisitor {
         let mut retries: Option<Retries> = None;
         let mut timeout: Option<Duration> = None;
         let mut breaker: Option<BreakerConfig> = None;
+        let mut audience: Option<Audience> = None;
         let mut f = Fields::default();
 
         // Reads a field's value once; a second occurrence is an error at
@@ -421,6 +446,7 @@ impl<'de> Visitor<'de> for ChannelVisitor {
                     }
                 }
                 "breaker" => once!(breaker, key),
+                "audience" => once!(audience, key),
                 "webhook_url_file" => once!(f.webhook_url_file, key),
                 "routing_key_file" => once!(f.routing_key_file, key),
                 "events_url" => once!(f.events_url, key),
@@ -446,8 +472,10 @@ impl<'de> Visitor<'de> for ChannelVisitor {
         let ty = ty.ok_or_else(|| {
             de::Error::custom("missing field `type` (one of `slack`, `pagerduty`, `webhook`, `email`, `statuspage`)")
         })?;
+        let kind = f.into_kind(ty)?;
         Ok(ChannelConfig {
-            kind: f.into_kind(ty)?,
+            audience: audience.unwrap_or_else(|| default_audience(&kind)),
+            kind,
             retries: retries.unwrap_or_default(),
             timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
             breaker: breaker.unwrap_or_default(),

@@ -11,7 +11,10 @@
 //!   attempts (`Retry-After` honoured on a 429, capped at `retries.max`).
 //!   Connection failures, timeouts, 408, 429 and 5xx are retried; any other
 //!   refusal is final at once, and a 401/403 says the credential was
-//!   refused;
+//!   refused. A page is more patient ([`Patience`]): it keeps retrying past
+//!   `retries.attempts` until its level's time is up, so a pager that is
+//!   down for a minute still delivers the page once it is back, and it
+//!   stops as soon as the incident is acknowledged or resolved;
 //! - each channel has a breaker ([`remedy_shared::breaker`]): after
 //!   `breaker.failure_threshold` consecutive failed deliveries it refuses
 //!   sends at once for `breaker.recovery`, then lets one trial through;
@@ -19,7 +22,8 @@
 //!   detail: answers quoted in details are scrubbed of them.
 //!
 //! A delivery never panics and never takes longer than
-//! `attempts × (timeout + retries.max)`.
+//! `attempts × (timeout + retries.max)`, or, for a patient one, than its
+//! deadline plus one attempt and one delay.
 //!
 //! # Configuration
 //!
@@ -47,6 +51,11 @@
 //!     api_key_file: /etc/remedy/secrets/statuspage
 //!     components: {api: cmp123}                               # name: component id
 //! ```
+//!
+//! Every channel also takes `audience: internal | customers` (a status page
+//! defaults to `customers`, every other kind to `internal`): a message
+//! written for the people handling an incident ([`Message::audience`]) is
+//! refused by a customer channel, unsent, whoever sends it.
 //!
 //! Secrets are only ever named by file (surrounding whitespace dropped).
 //! Credentials over `tls: none` are refused unless the relay is on
@@ -107,6 +116,7 @@ use serde::{Deserialize, Serialize};
 use remedy_shared::Timestamp;
 use remedy_shared::backoff::Backoff;
 use remedy_shared::breaker::{Admission, Breaker, Transition};
+use remedy_shared::comms::Audience;
 use remedy_shared::config::{ConfigError, format_duration};
 use remedy_shared::sync::lock;
 
@@ -123,6 +133,47 @@ pub use webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, signature as webhook_signa
 /// Most attempts one delivery may be configured to make: retries are for
 /// blips, and a delivery must stay short enough for a fallback to matter.
 pub const MAX_ATTEMPTS: u32 = 20;
+
+/// Most attempts a patient delivery makes, whatever its deadline: a bound
+/// on the loop if a channel answers "try again" at once forever.
+pub const MAX_PATIENT_ATTEMPTS: u32 = 1_000;
+
+/// How long one delivery keeps trying. The default is the channel's
+/// configured `retries.attempts`.
+#[derive(Debug, Clone, Default)]
+pub struct Patience {
+    /// Keep retrying past `retries.attempts` while the next attempt would
+    /// start before this moment (tokio's clock): a page's level deadline.
+    pub until: Option<tokio::time::Instant>,
+    /// Stop retrying once this turns `true` (the incident was acknowledged
+    /// or resolved meanwhile): the attempt under way finishes, no other
+    /// starts.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Patience {
+    /// Keeps trying until `until`, stopping early when `stop` says so.
+    pub fn until(until: tokio::time::Instant, stop: Option<tokio::sync::watch::Receiver<bool>>) -> Patience {
+        Patience { until: Some(until), stop }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// Waits `delay`; false when told to stop first.
+    async fn wait(&self, delay: Duration) -> bool {
+        let Some(mut stop) = self.stop.clone() else {
+            tokio::time::sleep(delay).await;
+            return true;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            // A dropped sender (the escalator stopping) is not a stop.
+            Ok(_) = stop.wait_for(|s| *s) => false,
+        }
+    }
+}
 
 /// What happened to an incident, as a channel tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -193,6 +244,10 @@ pub struct Message {
     pub links: BTreeMap<String, String>,
     /// Who reports: PagerDuty's `payload.source`; empty means `remedy`.
     pub source: String,
+    /// Who the text was written for. Text for the people handling the
+    /// incident ([`Audience::Internal`], the default) is refused by a
+    /// customer channel.
+    pub audience: Audience,
 }
 
 impl Message {
@@ -216,6 +271,7 @@ impl Message {
             reference: None,
             links: BTreeMap::new(),
             source: "remedy".to_owned(),
+            audience: Audience::Internal,
         }
     }
 }
@@ -238,6 +294,9 @@ pub struct Delivery {
     pub reference: Option<String>,
     /// The channel's breaker was open: nothing was sent.
     pub skipped_by_breaker: bool,
+    /// Retrying stopped because [`Patience::stop`] said so: not delivered,
+    /// and not a failure of the channel either.
+    pub stopped: bool,
 }
 
 /// One attempt's result, as the channel modules report it.
@@ -273,6 +332,7 @@ struct Inner {
 
 struct Channel {
     transport: Transport,
+    audience: Audience,
     retries: Retries,
     timeout: Duration,
     breaker: Mutex<Breaker>,
@@ -303,6 +363,7 @@ impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
             .field("transport", &self.transport)
+            .field("audience", &self.audience)
             .field("retries", &self.retries)
             .field("timeout", &self.timeout)
             .field("breaker", &*lock(&self.breaker))
@@ -418,10 +479,20 @@ impl Channels {
         self.inner.channels.contains_key(name)
     }
 
+    /// Who reads what the channel of this name carries.
+    pub fn audience(&self, name: &str) -> Option<Audience> {
+        self.inner.channels.get(name).map(|c| c.audience)
+    }
+
     /// Sends `message` to `channel`, with retries and backoff, through the
     /// channel's breaker. Never panics, never takes longer than
     /// `attempts × (timeout + retries.max)`.
     pub async fn send(&self, channel: &str, message: &Message) -> Delivery {
+        self.send_with(channel, message, &Patience::default()).await
+    }
+
+    /// [`Channels::send`], trying for as long as `patience` says.
+    pub async fn send_with(&self, channel: &str, message: &Message, patience: &Patience) -> Delivery {
         let Some(ch) = self.inner.channels.get(channel) else {
             return Delivery {
                 channel: channel.to_owned(),
@@ -430,8 +501,24 @@ impl Channels {
                 detail: format!("no channel named `{channel}` is configured"),
                 reference: None,
                 skipped_by_breaker: false,
+                stopped: false,
             };
         };
+        if ch.audience == Audience::Customers && message.audience == Audience::Internal {
+            // Never a retry, never a breaker failure: the text is wrong for
+            // the channel, not the channel for the text.
+            return Delivery {
+                channel: channel.to_owned(),
+                ok: false,
+                attempts: 0,
+                detail: format!(
+                    "not sent: `{channel}` reaches customers and this text was written for the people handling the incident"
+                ),
+                reference: None,
+                skipped_by_breaker: false,
+                stopped: false,
+            };
+        }
         let admission = lock(&ch.breaker).admit(self.now());
         if let Admission::Refused { until } = admission {
             let detail = self.refusal(ch, until);
@@ -443,12 +530,17 @@ impl Channels {
                 detail,
                 reference: None,
                 skipped_by_breaker: true,
+                stopped: false,
             };
         }
         if admission == Admission::Trial {
             tracing::info!(channel, "breaker half-open: trying one delivery");
         }
-        let delivery = self.deliver(channel, ch, message).await;
+        let delivery = self.deliver(channel, ch, message, patience).await;
+        if delivery.stopped {
+            // Nothing about the channel was learnt: its breaker is left as it was.
+            return delivery;
+        }
         let transition = lock(&ch.breaker).record(delivery.ok, self.now());
         match transition {
             Some(Transition::Opened { until }) => tracing::warn!(
@@ -466,13 +558,27 @@ impl Channels {
     /// Tries `channels` in order until one delivers. Returns every
     /// attempt's delivery in order, the failed ones too, so the caller can
     /// record them; empty when `channels` is.
-    pub async fn send_first(&self, channels: &[String], message: &Message) -> Vec<Delivery> {
+    ///
+    /// With a deadline, the channels share the time left to it in order:
+    /// of `n` channels, the first keeps retrying until a `1/n` share of it
+    /// has passed, the second until `2/n`, and the last until the
+    /// deadline, each making at least its configured attempts. A person
+    /// whose pager is down for a minute is paged there when it is back;
+    /// one whose pager stays down hears through their next channel before
+    /// the level's time is up.
+    pub async fn send_first(&self, channels: &[String], message: &Message, patience: &Patience) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
-        for channel in channels {
-            let delivery = self.send(channel, message).await;
-            let ok = delivery.ok;
+        let start = tokio::time::Instant::now();
+        let n = u32::try_from(channels.len()).unwrap_or(u32::MAX).max(1);
+        for (i, channel) in (1u32..).zip(channels) {
+            let share = Patience {
+                until: patience.until.map(|until| start + until.saturating_duration_since(start) * i / n),
+                stop: patience.stop.clone(),
+            };
+            let delivery = self.send_with(channel, message, &share).await;
+            let (ok, stopped) = (delivery.ok, delivery.stopped);
             deliveries.push(delivery);
-            if ok {
+            if ok || stopped {
                 break;
             }
         }
@@ -494,11 +600,12 @@ impl Channels {
         )
     }
 
-    async fn deliver(&self, name: &str, ch: &Channel, message: &Message) -> Delivery {
+    async fn deliver(&self, name: &str, ch: &Channel, message: &Message, patience: &Patience) -> Delivery {
         let secrets = ch.transport.secrets();
         let clean = |text: &str| secret::scrub(text, &secrets);
         let mut backoff = Backoff::new(ch.retries.initial, ch.retries.max);
         let mut attempts = 0;
+        let started = tokio::time::Instant::now();
         loop {
             attempts += 1;
             // The transports set their own timeouts too (lettre's per
@@ -519,6 +626,7 @@ impl Channels {
                 detail: clean(&detail),
                 reference,
                 skipped_by_breaker: false,
+                stopped: false,
             };
             match outcome {
                 Outcome::Delivered { detail, reference } => {
@@ -531,14 +639,23 @@ impl Channels {
                     return d;
                 }
                 Outcome::Retry { detail, after } => {
-                    if attempts >= ch.retries.attempts {
-                        let d = delivery(false, format!("{detail} (gave up after {attempts} attempts)"), None);
-                        tracing::warn!(channel = name, incident = %message.incident_id, attempts, "not delivered: {}", d.detail);
-                        return d;
-                    }
                     let jitter: f64 = rand::random();
                     let backoff_delay = backoff.next_delay(jitter);
                     let delay = after.map_or(backoff_delay, |d| d.min(ch.retries.max));
+                    let time_left = patience.until.is_some_and(|until| tokio::time::Instant::now() + delay < until);
+                    if (attempts >= ch.retries.attempts && !time_left) || attempts >= MAX_PATIENT_ATTEMPTS {
+                        let why = if patience.until.is_some() && attempts >= ch.retries.attempts {
+                            format!(
+                                "gave up after {attempts} attempts over {}: its time was up",
+                                format_duration(round_to_seconds(started.elapsed()))
+                            )
+                        } else {
+                            format!("gave up after {attempts} attempts")
+                        };
+                        let d = delivery(false, format!("{detail} ({why})"), None);
+                        tracing::warn!(channel = name, incident = %message.incident_id, attempts, "not delivered: {}", d.detail);
+                        return d;
+                    }
                     tracing::debug!(
                         channel = name,
                         incident = %message.incident_id,
@@ -547,7 +664,12 @@ impl Channels {
                         format_duration(round_to_millis(delay)),
                         clean(&detail)
                     );
-                    tokio::time::sleep(delay).await;
+                    if patience.stopped() || !patience.wait(delay).await {
+                        let mut d = delivery(false, format!("{detail} (stopped retrying after {attempts} attempts: no longer needed)"), None);
+                        d.stopped = true;
+                        tracing::info!(channel = name, incident = %message.incident_id, attempts, "retrying stopped: no longer needed");
+                        return d;
+                    }
                 }
             }
         }
@@ -587,6 +709,7 @@ fn build_channel(setup: &Setup<'_>, cfg: &ChannelConfig) -> Result<Channel, Conf
     };
     Ok(Channel {
         transport,
+        audience: cfg.audience,
         retries: cfg.retries,
         timeout: cfg.timeout,
         breaker: Mutex::new(Breaker::new(cfg.breaker.failure_threshold, cfg.breaker.recovery)),
@@ -596,6 +719,10 @@ fn build_channel(setup: &Setup<'_>, cfg: &ChannelConfig) -> Result<Channel, Conf
 /// Text on one line: line breaks and tabs become single spaces.
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn round_to_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
 }
 
 fn round_to_millis(d: Duration) -> Duration {
@@ -619,6 +746,6 @@ mod tests {
         let d = rt.block_on(channels.send("nope", &m));
         assert!(!d.ok && d.attempts == 0 && !d.skipped_by_breaker);
         assert!(d.detail.contains("no channel named `nope`"), "{}", d.detail);
-        assert!(rt.block_on(channels.send_first(&[], &m)).is_empty());
+        assert!(rt.block_on(channels.send_first(&[], &m, &Patience::default())).is_empty());
     }
 }

@@ -18,7 +18,9 @@
 //!
 //! The body is a JSON object: `incident_id`, `event` (`trigger`,
 //! `acknowledge`, `resolve`, `update`), `severity`, `title`, `body`,
-//! `links` (name to URL), `source`, `sent_at` (RFC 3339), and `status`
+//! `links` (name to URL), `source`, `sent_at` (RFC 3339), `audience`
+//! (`internal`, or `customers` for words written for customers: only
+//! those reach a channel configured `audience: customers`), and `status`
 //! (`component_status`, `incident_status`) when the message has one.
 
 use std::fmt;
@@ -58,6 +60,7 @@ struct Payload<'a> {
     links: &'a std::collections::BTreeMap<String, String>,
     source: &'a str,
     sent_at: String,
+    audience: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'a StatusUpdate>,
 }
@@ -87,6 +90,7 @@ impl Webhook {
             links: &message.links,
             source: &message.source,
             sent_at: now.to_string(),
+            audience: message.audience.as_str(),
             status: message.status.as_ref(),
         };
         // Serialized once: the bytes signed are the bytes sent.

@@ -175,7 +175,7 @@ fn a_policy_with_repeats_climbs_again_after_the_last_level() {
 }
 
 #[test]
-fn periodic_updates_come_due_every_interval_and_once_more_at_resolution() {
+fn periodic_updates_come_due_every_interval_and_the_resolution_is_a_follow_up_not_another_update() {
     let text = "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: p0}\n\
                 levels: [{name: oncall, after: 0m, notify: [{channel: ops}]}]\n\
                 updates: {template: customer-notification, channels: [status], every: 30m}\n";
@@ -193,7 +193,57 @@ fn periodic_updates_come_due_every_interval_and_once_more_at_resolution() {
     assert_eq!(due, [1800, 3600], "the first notice is the runbook's; updates follow every 30m");
     i.state = IncidentState::Resolved;
     let last = advance(&p, &i, &progress, at(3700));
-    assert!(last.update_due && last.follow_up == Some(FollowUp::Resolved));
+    // Customer channels hear the resolution once, as their story's last
+    // state; a periodic update beside it would tell them twice.
+    assert!(!last.update_due && last.follow_up == Some(FollowUp::Resolved));
+}
+
+#[test]
+fn each_level_keeps_trying_until_the_next_one_is_due() {
+    let text = "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: p0}\n\
+                levels: [{name: primary, after: 0m, notify: [{channel: a}]}, \
+                         {name: secondary, after: 2m, notify: [{channel: b}]}, \
+                         {name: lead, after: 5m, notify: [{channel: c}]}]\n";
+    let p = policy(text);
+    let i = incident(&[]);
+    let start = Progress::start(&p.id, "opened", at(0));
+    let first = advance(&p, &i, &start, at(0));
+    assert_eq!(first.pages.len(), 1);
+    assert_eq!(first.pages[0].deadline, at(120), "the primary's pages try until the secondary is due");
+    let second = advance(&p, &i, &first.progress, at(120));
+    assert_eq!(second.pages[0].deadline, at(300));
+    let last = advance(&p, &i, &second.progress, at(300));
+    assert_eq!(last.pages[0].deadline, at(300).plus(LAST_LEVEL_PATIENCE), "nothing follows the last level");
+    // A coordinator down for ten minutes tells every level it missed at
+    // once: their deadlines have passed, so each tries its configured
+    // attempts and no more.
+    let late = advance(&p, &i, &start, at(600));
+    let deadlines: Vec<Timestamp> = late.pages.iter().map(|p| p.deadline).collect();
+    assert_eq!(deadlines, [at(600), at(600), at(600).plus(LAST_LEVEL_PATIENCE)]);
+}
+
+#[test]
+fn a_level_that_reached_nobody_makes_the_next_one_due_at_once() {
+    let text = "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: p0}\n\
+                levels: [{name: primary, after: 0m, notify: [{channel: a}]}, \
+                         {name: secondary, after: 10m, notify: [{channel: b}]}, \
+                         {name: lead, after: 20m, notify: [{channel: c}]}]\n";
+    let p = policy(text);
+    let i = incident(&[]);
+    let first = advance(&p, &i, &Progress::start(&p.id, "opened", at(0)), at(0));
+    let mut unreached = first.progress.clone();
+    unreached.unreached = Some("nobody at primary could be told".into());
+    // Three minutes on, long before the secondary's time.
+    let next = advance(&p, &i, &unreached, at(180));
+    assert_eq!(next.pages.len(), 1, "{next:?}");
+    assert_eq!(next.pages[0].name, "secondary");
+    assert_eq!(next.pages[0].why, "nobody at primary could be told");
+    assert_eq!(next.progress.unreached, None, "acted on once");
+    // The levels after it keep their spacing from this moment.
+    assert_eq!(next.pages[0].deadline, at(180 + 600));
+    assert_eq!(next.wake_at, Some(at(180 + 600)));
+    // Without the mark, nothing is due then.
+    assert!(advance(&p, &i, &first.progress, at(180)).pages.is_empty());
 }
 
 #[test]
