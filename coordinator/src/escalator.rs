@@ -242,7 +242,7 @@ impl Escalator {
         let now = self.clock.now();
         let advance = escalation::advance(policy, &incident, &progress, now);
         let mut wake_at = advance.wake_at;
-        let public_due = !self.public_due(&incident, &timeline, &advance.progress).is_empty();
+        let public_due = !self.public_due(&incident, &advance.progress).is_empty();
         if advance.is_empty() && advance.progress == progress && !public_due {
             return wake_at;
         }
@@ -251,8 +251,7 @@ impl Escalator {
         // tried again each minute, for an hour after the incident's last
         // change: a status page never stays "investigating" for want of a
         // second try.
-        if !self.public_due(&incident, &timeline, &update.progress).is_empty()
-            && now < incident.updated_at.plus(PUBLIC_RETRY_FOR)
+        if !self.public_due(&incident, &update.progress).is_empty() && now < incident.updated_at.plus(PUBLIC_RETRY_FOR)
         {
             let again = now.plus(PUBLIC_RETRY_EVERY);
             wake_at = Some(wake_at.map_or(again, |w| w.min(again)));
@@ -271,14 +270,10 @@ impl Escalator {
     /// told anything of it: by a runbook step (a status page opened, a
     /// customer notice) or by a periodic update. Internal channels are
     /// told through follow-ups instead.
-    fn public_due(&self, incident: &Incident, timeline: &[TimelineEntry], progress: &Progress) -> Vec<String> {
+    fn public_due(&self, incident: &Incident, progress: &Progress) -> Vec<String> {
         let now_state = PublicState::of(incident.state);
         let mut story: BTreeMap<String, Option<PublicState>> = BTreeMap::new();
-        let stepped = timeline
-            .iter()
-            .filter(|e| e.kind == EntryKind::Result && e.details.get("status").is_some_and(|s| s == "succeeded"))
-            .filter_map(|e| e.details.get("evidence.channel"));
-        for channel in incident.conversations.keys().chain(stepped) {
+        for channel in incident.conversations.keys() {
             // A step's message opened the story: it told of an open incident.
             story.insert(channel.clone(), Some(PublicState::Investigating));
         }
@@ -308,7 +303,7 @@ impl Escalator {
         entries: &mut Vec<TimelineEntry>,
         now: Timestamp,
     ) {
-        let due = self.public_due(incident, timeline, progress);
+        let due = self.public_due(incident, progress);
         if due.is_empty() {
             return;
         }
@@ -443,14 +438,15 @@ impl Escalator {
                 .collect();
             planned.push((page, known, sends));
         }
-        let patience = |page: &Page| {
-            Patience::until(tokio::time::Instant::now() + page.deadline.since(now), Some(stop.clone()))
-        };
+        let patience =
+            |page: &Page| Patience::until(tokio::time::Instant::now() + page.deadline.since(now), Some(stop.clone()));
         let delivered = futures::future::join_all(planned.iter().map(|(page, _, sends)| {
             let patience = patience(page);
             async move {
-                futures::future::join_all(sends.iter().map(|(r, m)| self.channels.send_first(&r.channels, m, &patience)))
-                    .await
+                futures::future::join_all(
+                    sends.iter().map(|(r, m)| self.channels.send_first(&r.channels, m, &patience)),
+                )
+                .await
             }
         }))
         .await;

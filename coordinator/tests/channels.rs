@@ -21,9 +21,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use remedy_coordinator::channels::{
-    ChannelConfig, Channels, Delivery, Event, Message, SIGNATURE_HEADER, StatusUpdate, TIMESTAMP_HEADER,
+    ChannelConfig, Channels, Delivery, Event, Message, Patience, SIGNATURE_HEADER, StatusUpdate, TIMESTAMP_HEADER,
 };
 use remedy_shared::Timestamp;
+use remedy_shared::comms::Audience;
 use remedy_shared::config::{ConfigError, parse_yaml};
 
 // ---------------------------------------------------------------------------
@@ -317,7 +318,8 @@ async fn slack_posts_the_text_to_the_webhook_url_read_from_its_file() {
             attempts: 1,
             detail: "HTTP 200".into(),
             reference: None,
-            skipped_by_breaker: false
+            skipped_by_breaker: false,
+            stopped: false,
         }
     );
     let [req] = server.requests().try_into().unwrap();
@@ -439,6 +441,7 @@ async fn webhook_payload_is_signed_with_hmac_sha256_over_timestamp_and_body() {
             "links": {"runbook": "https://runbooks.example.com/p0-001"},
             "source": "remedy",
             "sent_at": body["sent_at"],
+            "audience": "internal",
             "status": {"component_status": "major_outage", "incident_status": "investigating"},
         })
     );
@@ -513,6 +516,11 @@ async fn email_credentials_refused_fail_at_once_without_the_password_in_the_deta
     assert!(smtp.mails().is_empty());
 }
 
+/// A message written for customers, as a status page takes.
+fn public(event: Event) -> Message {
+    Message { audience: Audience::Customers, ..message(event) }
+}
+
 #[tokio::test]
 async fn statuspage_opens_an_incident_then_patches_the_same_one_by_reference() {
     let server = Server::start(Reply::Status(201, r#"{"id":"p31zjtct2jer","name":"API down"}"#.into())).await;
@@ -524,11 +532,11 @@ async fn statuspage_opens_an_incident_then_patches_the_same_one_by_reference() {
         key_file.display()
     ));
 
-    let created = channels.send("status", &message(Event::Trigger)).await;
+    let created = channels.send("status", &public(Event::Trigger)).await;
     assert!(created.ok, "{created:?}");
     assert_eq!(created.reference.as_deref(), Some("p31zjtct2jer"));
 
-    let mut update = message(Event::Update);
+    let mut update = public(Event::Update);
     update.body = "A fix is rolling out.".into();
     update.status =
         Some(StatusUpdate { component_status: "partial_outage".into(), incident_status: "identified".into() });
@@ -537,7 +545,7 @@ async fn statuspage_opens_an_incident_then_patches_the_same_one_by_reference() {
     assert!(updated.ok, "{updated:?}");
     assert_eq!(updated.reference.as_deref(), Some("p31zjtct2jer"));
 
-    let mut resolve = message(Event::Resolve);
+    let mut resolve = public(Event::Resolve);
     resolve.body = "Resolved.".into();
     resolve.reference = created.reference.clone();
     assert!(channels.send("status", &resolve).await.ok);
@@ -687,12 +695,51 @@ async fn send_first_falls_back_to_the_next_channel() {
         working_file.display()
     ));
     let order = ["broken".to_owned(), "working".to_owned(), "never-tried".to_owned()];
-    let deliveries = channels.send_first(&order, &message(Event::Trigger)).await;
+    let deliveries = channels.send_first(&order, &message(Event::Trigger), &Patience::default()).await;
     assert_eq!(deliveries.len(), 2, "{deliveries:?}");
     assert_eq!((deliveries[0].channel.as_str(), deliveries[0].ok, deliveries[0].attempts), ("broken", false, 2));
     assert_eq!((deliveries[1].channel.as_str(), deliveries[1].ok, deliveries[1].attempts), ("working", true, 1));
     assert_eq!(broken.count(), 2);
     assert_eq!(working.count(), 1);
+}
+
+#[tokio::test]
+async fn a_customer_channel_refuses_words_written_for_the_people_handling_the_incident() {
+    let server = Server::start(ok(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret(dir.path(), "customers", &server.url("/hooks/customers"));
+    let channels = channels(&format!(
+        "channels:\n  customers: {{type: slack, webhook_url_file: {}, audience: customers}}\n",
+        file.display()
+    ));
+    assert_eq!(channels.audience("customers"), Some(Audience::Customers));
+    let internal = message(Event::Acknowledge);
+    let d = channels.send("customers", &internal).await;
+    assert!(!d.ok && d.attempts == 0 && !d.skipped_by_breaker, "{d:?}");
+    assert!(d.detail.contains("reaches customers"), "{}", d.detail);
+    assert_eq!(server.count(), 0, "nothing left");
+    let public = Message { audience: Audience::Customers, ..message(Event::Update) };
+    assert!(channels.send("customers", &public).await.ok);
+    assert_eq!(server.count(), 1);
+    // Refusals are the text's fault, not the channel's: the breaker is untouched.
+    for _ in 0..20 {
+        channels.send("customers", &internal).await;
+    }
+    assert!(channels.send("customers", &public).await.ok, "the breaker did not open");
+}
+
+#[tokio::test]
+async fn a_status_page_reaches_customers_unless_it_says_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = secret(dir.path(), "key", "k");
+    let channels = channels(&format!(
+        "channels:\n  public: {{type: statuspage, page_id: p, api_key_file: {k}}}\n  \
+         internal-page: {{type: statuspage, page_id: q, api_key_file: {k}, audience: internal}}\n",
+        k = key.display()
+    ));
+    assert_eq!(channels.audience("public"), Some(Audience::Customers));
+    assert_eq!(channels.audience("internal-page"), Some(Audience::Internal));
+    assert_eq!(channels.audience("nope"), None);
 }
 
 #[tokio::test]

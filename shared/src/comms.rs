@@ -536,7 +536,8 @@ pub fn load_template(source: &str, text: &str) -> Result<CommunicationTemplate, 
         return Err(fail(field, None, message));
     }
     // (field, template text): every text the file holds.
-    let mut texts: Vec<(String, &String)> = vec![("subject".to_owned(), &file.subject), ("body".to_owned(), &file.body)];
+    let mut texts: Vec<(String, &String)> =
+        vec![("subject".to_owned(), &file.subject), ("body".to_owned(), &file.body)];
     for (state, words) in &file.states {
         if let Some(subject) = &words.subject {
             texts.push((format!("states.{}.subject", state.as_str()), subject));

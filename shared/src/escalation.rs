@@ -485,7 +485,13 @@ pub fn advance(policy: &EscalationPolicy, incident: &Incident, progress: &Progre
                 (None, _) => now.plus(LAST_LEVEL_PATIENCE),
             }
             .max(now);
-            out.pages.push(Page { level: index, name: level.name.clone(), targets: level.notify.clone(), why, deadline });
+            out.pages.push(Page {
+                level: index,
+                name: level.name.clone(),
+                targets: level.notify.clone(),
+                why,
+                deadline,
+            });
             p.told += 1;
         }
         if (p.told as usize) < levels.len() {

@@ -205,6 +205,12 @@ pub struct Incident {
     pub conversations: BTreeMap<String, String>,
 }
 
+/// What [`Incident::conversations`] keeps for a channel that was told of
+/// the incident but returned nothing to continue with (a webhook): the
+/// channel is in the incident's story all the same. A real reference
+/// later replaces it.
+pub const NO_REFERENCE: &str = "-";
+
 impl Incident {
     /// When the condition began: the first report's own start, or the
     /// opening when no report said.
@@ -215,7 +221,7 @@ impl Incident {
     /// The reference `channel` returned when it was first told of this
     /// incident, if it returned one.
     pub fn conversation(&self, channel: &str) -> Option<&str> {
-        self.conversations.get(channel).map(String::as_str).filter(|r| !r.trim().is_empty())
+        self.conversations.get(channel).map(String::as_str).filter(|r| !r.trim().is_empty() && *r != NO_REFERENCE)
     }
 
     /// Keeps `reference` as `channel`'s conversation unless one is kept

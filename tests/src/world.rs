@@ -7,7 +7,8 @@
 //! the middle of an action. Paths with `/firewall/access_rules/rules` play
 //! Cloudflare's IP access rules API, answering with a rule id; a POST to
 //! a path ending `/incidents` plays Statuspage's incident creation,
-//! answering with a new incident id (`sp-<n>`).
+//! answering with a new incident id (`sp-<n>`). Paths under `/outage/`
+//! play a service that is down (500) until the moment the test sets.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ struct Shared {
     release: Notify,
     /// Status answered by every path under `/fail/`.
     fail_status: AtomicU16,
+    /// Until when paths under `/outage/` answer 500 (always, when unset).
+    outage_ends: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// The running server; stops when dropped.
@@ -76,6 +79,11 @@ impl World {
     /// Makes `/health` answer `status`.
     pub fn set_health(&self, status: u16) {
         self.shared.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes paths under `/outage/` answer 500 until `ends`, then 200.
+    pub fn outage_until(&self, ends: tokio::time::Instant) {
+        *self.shared.outage_ends.lock().unwrap_or_else(|p| p.into_inner()) = Some(ends);
     }
 
     /// Lets every request held under `/hang/` finish (with 200).
@@ -146,6 +154,13 @@ async fn answer(
     if method == Method::POST && path.ends_with("/incidents") {
         let n = shared.received.lock().unwrap_or_else(|p| p.into_inner()).len();
         return (StatusCode::CREATED, format!("{{\"id\":\"sp-{n}\",\"status\":\"investigating\"}}"));
+    }
+    if path.starts_with("/outage/") {
+        let ends = *shared.outage_ends.lock().unwrap_or_else(|p| p.into_inner());
+        if ends.is_none_or(|ends| tokio::time::Instant::now() < ends) {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "down for now".into());
+        }
+        return (StatusCode::ACCEPTED, "back".into());
     }
     if path.starts_with("/fail/") {
         return (status(shared.fail_status.load(Ordering::SeqCst)), "failing on purpose".into());

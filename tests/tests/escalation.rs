@@ -58,7 +58,10 @@ fn catalog_dir(dir: &Path) -> PathBuf {
             "FANOUT-TEST",
             FANOUT_ALERT,
             "fanout",
-            "[{name: both, after: 0m, notify: [{person: hung-person}, {person: flaky-person}]}]",
+            // The next level 2 s on: the flaky-person's failing channel
+            // gets half of that before their fallback is tried.
+            "[{name: both, after: 0m, notify: [{person: hung-person}, {person: flaky-person}]}, \
+              {name: next, after: 2s, notify: [{person: ceo}]}]",
         ),
         (
             "OTHER-TEST",
@@ -71,7 +74,24 @@ fn catalog_dir(dir: &Path) -> PathBuf {
             PUBLIC_ALERT,
             "public",
             "[{name: third, after: 0m, notify: [{person: third-person}]}]\n\
-             updates: {template: customer-notification, channels: [public-page], every: 30m}",
+             updates: {template: customer-notification, channels: [public-page, customer-notifications], every: 30m}",
+        ),
+        // A pager that is down for a while, and a person whose first
+        // channel stays down: the next level is two minutes on.
+        (
+            "OUTAGE-TEST",
+            OUTAGE_ALERT,
+            "outage",
+            "[{name: first, after: 0m, notify: [{person: outage-person}, {person: fallback-person}]}, \
+              {name: second, after: 2m, notify: [{person: cto}]}]",
+        ),
+        // A person nobody can reach; the next level is 20 s on.
+        (
+            "UNREACHED-TEST",
+            UNREACHED_ALERT,
+            "unreached",
+            "[{name: first, after: 0m, notify: [{person: unreachable-person}]}, \
+              {name: second, after: 20s, notify: [{person: engineering-manager}]}]",
         ),
     ] {
         let runbook = format!(
@@ -94,6 +114,12 @@ const FANOUT_ALERT: &str = "TestFanoutDown";
 const OTHER_ALERT: &str = "TestOtherDown";
 /// The alert whose policy keeps the public status page updated.
 const PUBLIC_ALERT: &str = "TestPublicDown";
+/// The alerts whose pages meet a pager outage, and nobody reachable.
+const OUTAGE_ALERT: &str = "TestOutageDown";
+const UNREACHED_ALERT: &str = "TestUnreachedDown";
+
+/// How long the `outage-pager` channel's service answers 500.
+const PAGER_OUTAGE: Duration = Duration::from_secs(60);
 
 /// Where the `public-page` Statuspage channel's incidents are, on the world.
 const PUBLIC_INCIDENTS: &str = "/statuspage/pages/page1/incidents";
@@ -117,9 +143,29 @@ fn channels(world: &World, dir: &Path) -> (Channels, BTreeMap<String, remedy_sha
             remedy_shared::escalation::Person { email: None, notify: vec![format!("page-{person}")] },
         );
     }
-    for channel in ["status-page", "customer-notifications", "security-slack"] {
-        text.push_str(&format!("{channel}: {{type: webhook, url: '{}/hooks/{channel}', {retries}}}\n", world.url()));
+    // The site's customer notification service reads only what is
+    // written for customers.
+    for (channel, audience) in
+        [("status-page", "internal"), ("customer-notifications", "customers"), ("security-slack", "internal")]
+    {
+        text.push_str(&format!(
+            "{channel}: {{type: webhook, url: '{}/hooks/{channel}', audience: {audience}, {retries}}}\n",
+            world.url()
+        ));
     }
+    // A pager down for a while (PagerDuty answering 500), retried with
+    // the defaults' shape but faster; and one down for good.
+    let patient = "retries: {attempts: 3, initial: 1s, max: 4s}";
+    text.push_str(&format!(
+        "outage-pager: {{type: webhook, url: '{}/outage/outage-person', secret_file: '{}', {patient}}}\n",
+        world.url(),
+        secret.display()
+    ));
+    text.push_str(&format!(
+        "down-pager: {{type: webhook, url: '{}/fail/down', secret_file: '{}', {patient}}}\n",
+        world.url(),
+        secret.display()
+    ));
     // Channels that fail: one the world holds open without ever answering
     // (`/hang/`), one it answers with 500 (`/fail/`). The hung-person has
     // only the first; the flaky-person falls back from the second to a
@@ -131,13 +177,16 @@ fn channels(world: &World, dir: &Path) -> (Channels, BTreeMap<String, remedy_sha
         secret.display()
     ));
     text.push_str(&format!("fails: {{type: webhook, url: '{}/fail/flaky-person', {retries}}}\n", world.url()));
-    for person in ["flaky-person", "third-person"] {
+    for person in ["flaky-person", "third-person", "fallback-person"] {
         text.push_str(&format!("page-{person}: {{type: webhook, url: '{}/hooks/{person}', {retries}}}\n", world.url()));
     }
     for (person, notify) in [
         ("hung-person", &["hangs"][..]),
         ("flaky-person", &["fails", "page-flaky-person"]),
         ("third-person", &["page-third-person"]),
+        ("outage-person", &["outage-pager"]),
+        ("fallback-person", &["down-pager", "page-fallback-person"]),
+        ("unreachable-person", &["down-pager"]),
     ] {
         let notify = notify.iter().map(|c| (*c).to_owned()).collect();
         people.insert(person.to_owned(), remedy_shared::escalation::Person { email: None, notify });
@@ -482,7 +531,7 @@ async fn a_hung_channel_holds_up_no_other_page_and_failed_deliveries_are_recorde
         assert_eq!(page["incident_id"], incident.to_string(), "{page}");
     }
     // Both failing channels were really tried.
-    assert_eq!(rig.world.requests("POST", "/fail/flaky-person").len(), 2, "the 500 was retried once");
+    assert!(rig.world.requests("POST", "/fail/flaky-person").len() >= 2, "the 500 was retried");
     rig.world.wait_for("POST", "/hang/hung-person", 1).await;
     // The other incident's level was committed meanwhile, and its next
     // level goes out when the clock reaches it, hung channel or not.
@@ -499,9 +548,11 @@ async fn a_hung_channel_holds_up_no_other_page_and_failed_deliveries_are_recorde
 
     // Once the hung delivery gives up, the level is committed with every
     // delivery: the failed ones as failed, never as told.
+    // (The minute that passed made the fan-out's next level due too: it is
+    // told once this level is recorded.)
     let timeline = eventually("the fan-out's level to be recorded", HUNG_FOR * 4, || async {
         let (incident, timeline) = running.incident(fanout);
-        (incident.escalation.as_ref().map(|p| p.told) == Some(1)).then_some(timeline)
+        incident.escalation.as_ref().is_some_and(|p| p.told >= 1).then_some(timeline)
     })
     .await;
     let notified: Vec<&TimelineEntry> = timeline.iter().filter(|e| e.kind.as_str() == "notified").collect();
@@ -604,5 +655,227 @@ async fn one_status_page_incident_per_incident_from_the_first_step_to_the_resolu
     let last: serde_json::Value = serde_json::from_str(&patches[patches.len() - 1].body).expect("a JSON update");
     assert_eq!(last["incident"]["status"], "resolved", "{last}");
     assert_eq!(last["incident"]["components"]["cmp1"], "operational", "{last}");
+    running.stop().await;
+}
+
+/// PagerDuty answering 500 for a minute: the page is retried past the
+/// channel's three attempts and arrives once when the service is back,
+/// before the next level is due; a person whose first channel stays down
+/// hears through their next one within the level's time, and the
+/// timeline says so. The manual clock stands still: a level's time is
+/// spent on tokio's clock, as the deliveries' own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pager_down_for_a_minute_still_gets_the_page_and_a_pager_down_for_good_falls_back_within_the_level() {
+    let rig = Rig::new().await;
+    let running = rig.start();
+    rig.world.outage_until(tokio::time::Instant::now() + PAGER_OUTAGE);
+    let opened = tokio::time::Instant::now();
+    let id = running.open(OUTAGE_ALERT, "OUTAGE-TEST").await;
+    // The second level is due two minutes after the first.
+    let level_deadline = opened + MINUTE * 2;
+
+    let fell_back =
+        tokio::time::timeout_at(level_deadline, rig.world.wait_for("POST", "/hooks/fallback-person", 1)).await;
+    assert!(fell_back.is_ok(), "the fallback-person was not told through their next channel within the level's time");
+    let timeline = tokio::time::timeout_at(
+        level_deadline,
+        eventually("the first level to be recorded", MINUTE * 3, || async {
+            let (incident, timeline) = running.incident(id);
+            (incident.escalation.as_ref().map(|p| p.told) == Some(1)).then_some(timeline)
+        }),
+    )
+    .await
+    .expect("the first level was recorded before the second came due");
+    let about = |who: &str| {
+        let found: Vec<&TimelineEntry> =
+            timeline.iter().filter(|e| e.details.get("who").map(String::as_str) == Some(who)).collect();
+        assert_eq!(found.len(), 1, "one entry for {who}: {timeline:#?}");
+        found[0].clone()
+    };
+
+    // The pager came back: one page through it, none through the fallback.
+    let outage = about("outage-person");
+    assert_eq!(outage.details.get("outcome").map(String::as_str), Some("told"), "{outage:?}");
+    assert!(outage.message.contains("through outage-pager: outage-pager: HTTP 202"), "{}", outage.message);
+    assert_eq!(outage.details.get("via").map(String::as_str), Some("person outage-person"), "{outage:?}");
+    let tries = rig.world.requests("POST", "/outage/outage-person").len();
+    assert!(tries > 3, "retried past the configured 3 attempts while the level had time: {tries}");
+    assert!(outage.message.contains(&format!("({tries} attempts)")), "each attempt counted: {}", outage.message);
+    assert_eq!(running.deliveries("outage-pager", "delivered"), 1, "delivered once");
+
+    // The pager that stayed down: given up when its share of the level's
+    // time was spent, then the next channel.
+    let fallback = about("fallback-person");
+    assert_eq!(fallback.details.get("outcome").map(String::as_str), Some("told"), "{fallback:?}");
+    assert!(fallback.message.contains("through page-fallback-person"), "{}", fallback.message);
+    assert!(fallback.message.contains("down-pager failed: HTTP 500"), "{}", fallback.message);
+    assert!(fallback.message.contains("its time was up"), "{}", fallback.message);
+    assert!(rig.world.requests("POST", "/fail/down").len() > 3, "retried past the configured attempts");
+    assert!(rig.pages("cto").is_empty(), "the second level waits for its time");
+    running.stop().await;
+}
+
+/// A level whose every delivery failed is never recorded as told, and
+/// the next level is told at once rather than when its time comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_that_reaches_nobody_is_a_failure_on_the_record_and_escalates_at_once() {
+    let rig = Rig::new().await;
+    let running = rig.start();
+    let id = running.open(UNREACHED_ALERT, "UNREACHED-TEST").await;
+    // The clock never moves: only the failure can bring the second level.
+    rig.wait_pages("engineering-manager", 1).await;
+    let timeline = eventually("the second level to be recorded", MINUTE, || async {
+        let (incident, timeline) = running.incident(id);
+        (incident.escalation.as_ref().map(|p| p.told) == Some(2)).then_some(timeline)
+    })
+    .await;
+    let failed = timeline
+        .iter()
+        .find(|e| e.details.get("who").map(String::as_str) == Some("unreachable-person"))
+        .expect("an entry for the unreachable person");
+    assert_eq!(failed.details.get("outcome").map(String::as_str), Some("failed"), "{failed:?}");
+    assert!(failed.message.starts_with("could not tell unreachable-person (first)"), "{}", failed.message);
+    assert!(failed.message.contains("its time was up"), "{}", failed.message);
+    let escalated = timeline
+        .iter()
+        .find(|e| e.message == "nobody at first could be told: second is told now")
+        .unwrap_or_else(|| panic!("the escalation is on the timeline: {timeline:#?}"));
+    assert_eq!(escalated.kind.as_str(), "escalated");
+    let em = timeline
+        .iter()
+        .find(|e| e.details.get("who").map(String::as_str) == Some("engineering-manager"))
+        .expect("the second level's entry");
+    assert!(em.message.contains("nobody at first could be told"), "why it came early: {}", em.message);
+    assert_eq!(running.deliveries("down-pager", "failed"), 1);
+    assert_eq!(running.metrics.levels_unreached.get(), 1);
+    running.stop().await;
+}
+
+/// P0-001's public story: the runbook's steps open the status page
+/// incident and tell customers; an acknowledgement and the resolution
+/// each reach both once, in words written for customers, while the
+/// people's channel hears who acknowledged. Internal words sent to a
+/// customer channel are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_hear_one_public_story_once_per_state_and_never_internal_words() {
+    let rig = Rig::new().await;
+    let running = rig.start();
+    let id = running.open(PUBLIC_ALERT, "PUBLIC-TEST").await;
+    rig.wait_pages("third-person", 1).await;
+    let step = NotifyActuator::new(rig.channels.clone()).with_recorder(running.recorder.clone());
+    let call = |step_id: &str, params: serde_json::Value| ActionCall {
+        incident_id: id.to_string(),
+        step_id: step_id.into(),
+        kind: "notify".into(),
+        params,
+        dry_run: false,
+        deadline: Duration::from_secs(30),
+        accepted_risk: None,
+    };
+    let opened = step
+        .execute(&call(
+            "status_page",
+            serde_json::json!({"channel": "public-page", "title": "Major Outage", "message": "We are on it."}),
+        ))
+        .await;
+    assert_eq!(opened.status, ActionStatus::Succeeded, "{opened:?}");
+    let notice = serde_json::json!({"channel": "customer-notifications", "title": "Service Disruption",
+                                    "message": "We are currently experiencing a service disruption."});
+    assert_eq!(step.execute(&call("customer_notice", notice)).await.status, ActionStatus::Succeeded);
+    // A step that says its words are internal cannot send them to customers.
+    let internal = serde_json::json!({"channel": "customer-notifications", "title": "INC details",
+                                      "message": "db-1 lag 30s", "audience": "internal"});
+    let refused = step.execute(&call("leak", internal)).await;
+    assert_eq!(refused.status, ActionStatus::Failed, "{refused:?}");
+    assert!(refused.message.contains("reaches customers"), "{}", refused.message);
+    assert_eq!(rig.world.requests("POST", "/hooks/customer-notifications").len(), 1, "the refused text never left");
+    eventually("the steps' results to be on the timeline", Duration::from_secs(10), || async {
+        running.incident(id).0.conversation("public-page").map(|_| ())
+    })
+    .await;
+
+    running.recorder.acknowledge(id, "user:alice".into()).await.expect("acknowledge");
+    rig.world.wait_for("POST", "/hooks/customer-notifications", 2).await;
+    rig.world.wait_for("PATCH", PUBLIC_INCIDENTS, 1).await;
+    running.recorder.resolve(id, "user:alice".into(), "fixed".into()).await.expect("resolve");
+    rig.world.wait_for("POST", "/hooks/customer-notifications", 3).await;
+    rig.world.wait_for("PATCH", PUBLIC_INCIDENTS, 2).await;
+    eventually("the resolution to be told", Duration::from_secs(10), || async {
+        running.incident(id).0.escalation.as_ref().is_some_and(|p| p.resolution_told).then_some(())
+    })
+    .await;
+
+    // The status page: one incident, opened once, then identified and
+    // resolved, each once.
+    assert_eq!(rig.world.requests("POST", PUBLIC_INCIDENTS).len(), 1, "never a second public incident");
+    let patches = rig.world.requests("PATCH", PUBLIC_INCIDENTS);
+    let states: Vec<String> = patches
+        .iter()
+        .map(|p| serde_json::from_str::<serde_json::Value>(&p.body).expect("JSON")["incident"]["status"].to_string())
+        .collect();
+    assert_eq!(states, ["\"identified\"", "\"resolved\""], "{patches:?}");
+
+    // The customers: the step's notice, then one message per state, in
+    // their words: no incident id, nobody's name, no internal link.
+    let told: Vec<serde_json::Value> = rig
+        .world
+        .requests("POST", "/hooks/customer-notifications")
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).expect("JSON"))
+        .collect();
+    assert_eq!(told.len(), 3, "{told:#?}");
+    let public_states: Vec<&str> =
+        told[1..].iter().map(|m| m["status"]["incident_status"].as_str().unwrap_or("")).collect();
+    assert_eq!(public_states, ["identified", "resolved"]);
+    for m in &told {
+        assert_eq!(m["audience"], "customers", "{m}");
+        let words = format!("{} {} {}", m["title"], m["body"], m["links"]);
+        assert!(!words.contains("INC-") && !words.contains("alice"), "internal words reached customers: {words}");
+    }
+    assert!(told[2]["body"].as_str().unwrap_or("").contains("has been resolved"), "{}", told[2]);
+    assert!(!told[2]["body"].as_str().unwrap_or("").contains("currently experiencing"), "{}", told[2]);
+
+    // The people: the page, who acknowledged, and the resolution.
+    let pages = rig.wait_pages("third-person", 3).await;
+    let events: Vec<&str> = pages.iter().map(|p| p["event"].as_str().unwrap_or("")).collect();
+    assert_eq!(events, ["trigger", "acknowledge", "resolve"]);
+    assert!(pages[1]["title"].as_str().unwrap_or("").contains("acknowledged by user:alice"), "{}", pages[1]);
+    running.stop().await;
+}
+
+/// A page still retrying a pager that is down stops as soon as someone
+/// acknowledges the incident: the record says it stopped, not that it
+/// failed or told, and the acknowledgement's follow-up is not held up
+/// for the rest of the level's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_stops_the_pages_still_retrying() {
+    let rig = Rig::new().await;
+    let running = rig.start();
+    // Never set to end: the pager stays down.
+    let id = running.open(OUTAGE_ALERT, "OUTAGE-TEST").await;
+    rig.world.wait_for("POST", "/outage/outage-person", 2).await;
+    running.recorder.acknowledge(id, "user:alice".into()).await.expect("acknowledge");
+    // Well inside the level's two minutes: only a stop ends it this soon.
+    let timeline = eventually("the stopped level to be recorded", Duration::from_secs(30), || async {
+        let (incident, timeline) = running.incident(id);
+        (incident.escalation.as_ref().map(|p| p.told) == Some(1)).then_some(timeline)
+    })
+    .await;
+    let entry = timeline
+        .iter()
+        .find(|e| e.details.get("who").map(String::as_str) == Some("outage-person"))
+        .expect("an entry for the outage-person");
+    assert_eq!(entry.details.get("outcome").map(String::as_str), Some("stopped"), "{entry:?}");
+    assert!(entry.message.starts_with("stopped paging outage-person (first)"), "{}", entry.message);
+    let tries = rig.world.requests("POST", "/outage/outage-person").len();
+    assert_eq!(running.deliveries("outage-pager", "stopped"), 1);
+    assert_eq!(running.metrics.levels_unreached.get(), 0, "a stopped page is no reason to escalate");
+    // No attempt starts after the stop.
+    let later = eventually("the incident's next look", Duration::from_secs(10), || async {
+        let (incident, _) = running.incident(id);
+        incident.escalation.as_ref().is_some_and(|p| p.hold_told).then_some(())
+    });
+    later.await;
+    assert_eq!(rig.world.requests("POST", "/outage/outage-person").len(), tries, "no attempt after the stop");
     running.stop().await;
 }

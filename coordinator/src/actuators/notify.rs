@@ -9,7 +9,8 @@
 //! escalation policy, continues it rather than beginning another.
 
 use crate::actuators::{ActionCall, ActionReport, ActionStatus, Actuator};
-use remedy_shared::incident::IncidentId;
+use remedy_shared::comms::Audience;
+use remedy_shared::incident::{IncidentId, NO_REFERENCE};
 
 use crate::channels::{Channels, Event, Message};
 use crate::recorder::{Recorder, RunUpdate};
@@ -105,10 +106,13 @@ impl Actuator for NotifyActuator {
             ..Message::new(&call.incident_id, Event::Trigger, "critical", title, p.message)
         };
         let delivery = self.channels.send(&p.channel, &message).await;
-        if delivery.ok
-            && let Some(reference) = &delivery.reference
-        {
-            self.remember(incident, &p.channel, reference).await;
+        // A customer channel joins the incident's public story even when it
+        // returns nothing to continue with: it hears every later state.
+        let public = self.channels.audience(&p.channel) == Some(Audience::Customers);
+        match &delivery.reference {
+            Some(reference) if delivery.ok => self.remember(incident, &p.channel, reference).await,
+            None if delivery.ok && public => self.remember(incident, &p.channel, NO_REFERENCE).await,
+            _ => {}
         }
         let status = if delivery.ok { ActionStatus::Succeeded } else { ActionStatus::Failed };
         let verb = if delivery.ok { "told" } else { "could not tell" };

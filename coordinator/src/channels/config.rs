@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use remedy_shared::config::duration;
 use remedy_shared::comms::Audience;
+use remedy_shared::config::duration;
 
 /// What a channel is and where it delivers, as written under `type:`.
 /// Secrets are never written here, only the files that hold them: files

@@ -665,7 +665,11 @@ impl Channels {
                         clean(&detail)
                     );
                     if patience.stopped() || !patience.wait(delay).await {
-                        let mut d = delivery(false, format!("{detail} (stopped retrying after {attempts} attempts: no longer needed)"), None);
+                        let mut d = delivery(
+                            false,
+                            format!("{detail} (stopped retrying after {attempts} attempts: no longer needed)"),
+                            None,
+                        );
                         d.stopped = true;
                         tracing::info!(channel = name, incident = %message.incident_id, attempts, "retrying stopped: no longer needed");
                         return d;
