@@ -284,7 +284,7 @@ pub async fn run(ctx: &mut Ctx, args: RunArgs) -> anyhow::Result<()> {
     let human = matches!(ctx.fmt, Format::Table | Format::Wide);
     if human {
         let how = if outcome.dry_run { " (dry run: nothing is changed)" } else { "" };
-        println!("{} opened: runbook {} started{how}", outcome.incident_id, outcome.runbook_id);
+        outln!("{} opened: runbook {} started{how}", outcome.incident_id, outcome.runbook_id);
     }
     if !args.wait {
         if !human {
@@ -298,12 +298,12 @@ pub async fn run(ctx: &mut Ctx, args: RunArgs) -> anyhow::Result<()> {
     let detail = views::IncidentDetail::from(incident);
     if human {
         if let Some(how) = &ended {
-            println!("Run ended: {how}");
+            outln!("Run ended: {how}");
         }
         if let Some(o) = &outcome.outcome {
-            println!("Outcome: {} (steps: {}); verification: {}", o.verdict, o.steps_line(), o.verification);
+            outln!("Outcome: {} (steps: {}); verification: {}", o.verdict, o.steps_line(), o.verification);
         }
-        println!("{}", output::timeline_table(&detail.timeline, ctx.fmt == Format::Wide));
+        outln!("{}", output::timeline_table(&detail.timeline, ctx.fmt == Format::Wide));
     } else {
         outcome.incident = Some(detail);
         output::print_one(ctx.fmt, &outcome, |_| String::new())?;

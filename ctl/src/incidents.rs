@@ -61,7 +61,7 @@ pub async fn timeline(ctx: &mut Ctx, id: &str) -> anyhow::Result<()> {
     let entries: Vec<views::Entry> = incident.timeline.into_iter().map(views::Entry::from).collect();
     match ctx.fmt {
         Format::Table | Format::Wide => {
-            println!("{}", output::timeline_table(&entries, ctx.fmt == Format::Wide));
+            outln!("{}", output::timeline_table(&entries, ctx.fmt == Format::Wide));
             Ok(())
         }
         fmt => output::print_list(fmt, &entries),

@@ -2,6 +2,19 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` that ends remedyctl quietly when its reader went away
+/// (`remedyctl audit | head -1`), as other Unix tools do, instead of
+/// panicking on the broken pipe.
+macro_rules! outln {
+    () => { $crate::output::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!`, likewise.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!($($arg)*)) };
+}
+
 mod blocks;
 mod client;
 mod connection;
@@ -312,10 +325,10 @@ fn pki_init(
     flags: &connection::ConnectionFlags,
 ) -> anyhow::Result<()> {
     let pki = remedy_proto::pki::init_local(dir, node, user).map_err(anyhow::Error::msg)?;
-    println!("CA           {}", pki.ca.display());
-    println!("coordinator  {} {}", pki.coordinator.0.display(), pki.coordinator.1.display());
-    println!("agent {node:<6} {} {}", pki.agent.0.display(), pki.agent.1.display());
-    println!("user {user:<7} {} {}", pki.user.0.display(), pki.user.1.display());
+    outln!("CA           {}", pki.ca.display());
+    outln!("coordinator  {} {}", pki.coordinator.0.display(), pki.coordinator.1.display());
+    outln!("agent {node:<6} {} {}", pki.agent.0.display(), pki.agent.1.display());
+    outln!("user {user:<7} {} {}", pki.user.0.display(), pki.user.1.display());
     if let Some(path) = write_config {
         let url = flags.coordinator.clone().unwrap_or_else(|| "https://127.0.0.1:7070".into());
         let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -327,7 +340,7 @@ fn pki_init(
         };
         connection::write_context(path, "local", &url, &pki)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-        println!("context local in {}", path.display());
+        outln!("context local in {}", path.display());
     }
     Ok(())
 }
@@ -356,7 +369,7 @@ async fn audit(ctx: &mut Ctx, after: u64, page: PageArgs) -> anyhow::Result<()> 
                 "arguments": e.arguments.iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "outcome": e.outcome,
             });
-            println!("{line}");
+            outln!("{line}");
         }
     }
     Ok(())

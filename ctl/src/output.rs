@@ -1,10 +1,26 @@
 //! Output formats, as kubectl users expect them: `-o table|wide|json|yaml`.
 
+use std::io::Write;
+
 use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::views::{Agent, Approval, Automation, Entry, Finding, Incident, IncidentDetail, Runbook};
+
+/// Writes to standard output. A reader that went away ends remedyctl at
+/// once with success: what it wanted was read. Any other failure to write
+/// ends it with a message and exit 1.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("remedyctl: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// How to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -217,8 +233,8 @@ fn structured<T: Serialize>(fmt: Format, value: &T) -> anyhow::Result<String> {
 pub fn print_list<R: Row + Serialize>(fmt: Format, rows: &[R]) -> anyhow::Result<()> {
     match fmt {
         Format::Table | Format::Wide if rows.is_empty() => eprintln!("No resources found."),
-        Format::Table | Format::Wide => println!("{}", table(rows, fmt == Format::Wide, true)),
-        _ => println!("{}", structured(fmt, &rows)?),
+        Format::Table | Format::Wide => outln!("{}", table(rows, fmt == Format::Wide, true)),
+        _ => outln!("{}", structured(fmt, &rows)?),
     }
     Ok(())
 }
@@ -226,9 +242,9 @@ pub fn print_list<R: Row + Serialize>(fmt: Format, rows: &[R]) -> anyhow::Result
 /// Prints one item of a watch: a row, or one JSON object per line.
 pub fn print_watch_item<R: Row + Serialize>(fmt: Format, row: &R, header: bool) -> anyhow::Result<()> {
     match fmt {
-        Format::Table | Format::Wide => println!("{}", table(std::slice::from_ref(row), fmt == Format::Wide, header)),
-        Format::Json => println!("{}", serde_json::to_string(row)?),
-        Format::Yaml => println!("---\n{}", structured(fmt, row)?),
+        Format::Table | Format::Wide => outln!("{}", table(std::slice::from_ref(row), fmt == Format::Wide, header)),
+        Format::Json => outln!("{}", serde_json::to_string(row)?),
+        Format::Yaml => outln!("---\n{}", structured(fmt, row)?),
     }
     Ok(())
 }
@@ -236,8 +252,8 @@ pub fn print_watch_item<R: Row + Serialize>(fmt: Format, row: &R, header: bool) 
 /// Prints one object: structured as asked, else as `human` writes it.
 pub fn print_one<T: Serialize>(fmt: Format, value: &T, human: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
     match fmt {
-        Format::Json | Format::Yaml => println!("{}", structured(fmt, value)?),
-        Format::Table | Format::Wide => println!("{}", human(value)),
+        Format::Json | Format::Yaml => outln!("{}", structured(fmt, value)?),
+        Format::Table | Format::Wide => outln!("{}", human(value)),
     }
     Ok(())
 }

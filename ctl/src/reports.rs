@@ -22,7 +22,7 @@ pub async fn review(ctx: &mut Ctx, id: &str, out: Option<&Path>) -> anyhow::Resu
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             eprintln!("review of {} written to {}", review.id, path.display());
         }
-        None => print!("{}", review.markdown),
+        None => out!("{}", review.markdown),
     }
     Ok(())
 }

@@ -30,11 +30,17 @@ impl fmt::Display for IncidentId {
 impl FromStr for IncidentId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let digits = s.strip_prefix("INC-").unwrap_or(s);
+        // `INC-000042`, `inc-000042`, `INC-42` and `42` all name incident 42:
+        // people type what they read, in any case.
+        let trimmed = s.trim();
+        let digits = match trimmed.get(..4) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("INC-") => &trimmed[4..],
+            _ => trimmed,
+        };
         digits
             .parse::<u64>()
             .map(IncidentId)
-            .map_err(|_| format!("`{s}` is not an incident id (expected INC-<number>)"))
+            .map_err(|_| format!("`{s}` is not an incident id (expected INC-<number>, or the number)"))
     }
 }
 
@@ -653,7 +659,11 @@ mod tests {
     fn incident_ids_parse_with_or_without_prefix() {
         assert_eq!("INC-000042".parse::<IncidentId>(), Ok(IncidentId(42)));
         assert_eq!("42".parse::<IncidentId>(), Ok(IncidentId(42)));
+        assert_eq!("inc-000042".parse::<IncidentId>(), Ok(IncidentId(42)), "what the cluster's objects are named");
+        assert_eq!(" Inc-42 ".parse::<IncidentId>(), Ok(IncidentId(42)));
         assert!("INC-x".parse::<IncidentId>().is_err());
+        assert!("INC-".parse::<IncidentId>().is_err());
+        assert!("é".parse::<IncidentId>().is_err(), "no panic on a multi-byte first character");
     }
 }
 

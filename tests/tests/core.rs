@@ -569,6 +569,28 @@ fn remedyctl_validates_runbooks_offline_and_names_what_waits_for_an_actuator() {
     assert!(err.contains("field `escalation.policy`") && err.contains("no escalation policy `p0-chain`"), "{err}");
 }
 
+/// `remedyctl ... | head -1`: a reader that goes away ends remedyctl
+/// quietly and successfully, never with a panic about a broken pipe. The
+/// pipe's read end is closed before remedyctl starts, so its first write
+/// meets the broken pipe whatever the timing.
+#[test]
+fn remedyctl_ends_quietly_when_its_reader_goes_away() {
+    let catalog = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/runbooks");
+    for format in ["table", "json", "yaml", "wide"] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = std::process::Command::new(remedy_e2e::procs::bin("remedyctl"))
+            .args(["runbooks", "validate", catalog.to_str().expect("utf-8 path"), "-o", format])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run remedyctl");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "-o {format}: {:?} {err}", output.status);
+        assert!(err.is_empty(), "-o {format}: nothing on stderr: {err}");
+    }
+}
+
 #[test]
 fn remedyctl_explains_an_unreachable_coordinator_without_a_trace() {
     let addr = remedy_e2e::procs::free_addr();
