@@ -6,7 +6,8 @@
 //! mail stores and responders treat right, and follow-ups thread under
 //! it; a refused password fails at once and is never quoted; a relay that
 //! does not offer STARTTLS gets no credentials and no mail; a certificate
-//! signed by another CA than the configured one is refused.
+//! signed by another CA than the configured one is refused; a `ca_file`
+//! that cannot be used stops the coordinator with exit 64.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -203,4 +204,27 @@ async fn a_certificate_another_ca_signed_is_refused() {
     assert!(!relay.log().contains("authenticator"), "{}", relay.log());
     assert!(!relay.log().contains(" <= "), "{}", relay.log());
     assert!(relay.mails().is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_ca_file_stops_the_coordinator_with_exit_64_naming_the_field() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let junk = write(dir.path(), "junk.pem", "not a certificate\n");
+    for (ca, why) in [(dir.path().join("absent.pem"), "cannot read"), (junk, "no PEM certificate")] {
+        let config = format!(
+            "channels:\n  mail:\n    type: email\n    smtp: {{host: smtp.example.test, ca_file: '{}'}}\n    \
+             from: remedy@{FROM_DOMAIN}\n",
+            ca.display()
+        );
+        let path = write(dir.path(), "coordinator.yaml", &config);
+        let out = std::process::Command::new(remedy_e2e::procs::bin("remedy-coordinator"))
+            .args(["--insecure", "--config", path.to_str().expect("a UTF-8 path")])
+            .args(["--data-dir", dir.path().join("data").to_str().expect("a UTF-8 path")])
+            .output()
+            .expect("run the coordinator");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{config}: {err}");
+        assert!(err.contains("channels.mail.smtp.ca_file"), "{config}: {err}");
+        assert!(err.contains(why), "{config}: {err}");
+    }
 }
