@@ -14,6 +14,9 @@ missing() {
 	# and a streaming replica) and Redis servers; any packaged major version.
 	compgen -G '/usr/lib/postgresql/*/bin/pg_basebackup' >/dev/null || out+=(postgresql)
 	[[ -x /usr/bin/redis-server ]] || out+=(redis-server)
+	# The email channel is tested against a real SMTP relay (Exim), which
+	# the tests start as a plain process with a configuration of their own.
+	[[ -x /usr/sbin/exim4 ]] || out+=(exim4-daemon-light)
 	echo "${out[@]}"
 }
 

@@ -470,10 +470,13 @@ async fn email_reaches_the_smtp_server_with_envelope_headers_and_body() {
     assert!(headers.contains(&"From: Remedy <remedy@example.com>"), "{headers:?}");
     assert!(headers.contains(&"To: ops@example.com"), "{headers:?}");
     assert!(headers.contains(&"Subject: API down: 5xx above 50%"), "{headers:?}");
-    assert!(headers.iter().any(|h| h.starts_with("Content-Type: text/plain")), "{headers:?}");
+    assert!(headers.contains(&"Content-Type: text/plain; charset=utf-8"), "{headers:?}");
+    assert!(headers.contains(&"MIME-Version: 1.0"), "{headers:?}");
+    assert!(headers.contains(&"Auto-Submitted: auto-generated"), "{headers:?}");
+    // lettre ends a MIME part with a line break of its own.
     assert_eq!(
         body.replace('\r', ""),
-        "The API answers 503 to most requests since 10:02.\n\nrunbook: https://runbooks.example.com/p0-001\n"
+        "The API answers 503 to most requests since 10:02.\n\nrunbook: https://runbooks.example.com/p0-001\n\n"
     );
 
     // The message's own recipients replace the channel's.

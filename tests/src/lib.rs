@@ -12,4 +12,5 @@ pub mod in_process;
 pub mod net_tools;
 pub mod procs;
 pub mod runs;
+pub mod smtp;
 pub mod world;

@@ -104,6 +104,11 @@ pub struct SmtpConfig {
     /// File holding the password; with `username_file`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for the relay's certificate, in
+    /// addition to the public roots: for a relay whose certificate a
+    /// private CA signed. Read when the configuration is.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Transport security towards the SMTP relay.

@@ -41,7 +41,8 @@
 //!   mail:
 //!     type: email
 //!     smtp: {host: smtp.example.com, port: 587, tls: starttls,   # tls: none | starttls (default) | tls
-//!            username_file: /etc/remedy/secrets/smtp-user, password_file: /etc/remedy/secrets/smtp-pass}
+//!            username_file: /etc/remedy/secrets/smtp-user, password_file: /etc/remedy/secrets/smtp-pass,
+//!            ca_file: /etc/remedy/smtp-ca.pem}   # optional: PEM CAs trusted besides the public roots
 //!     from: "Remedy <remedy@example.com>"
 //!     to: [ops@example.com]
 //!   status:
@@ -59,7 +60,12 @@
 //!
 //! Secrets are only ever named by file (surrounding whitespace dropped).
 //! Credentials over `tls: none` are refused unless the relay is on
-//! loopback.
+//! loopback. An email channel's `smtp.ca_file` is for a relay whose
+//! certificate a private CA signed: its certificates are trusted in
+//! addition to the public roots, and it is read with the configuration (an
+//! unreadable file or one without a certificate is a configuration error).
+//! `tls: starttls` never falls back to clear text: a relay that does not
+//! offer STARTTLS gets neither the credentials nor the mail.
 //!
 //! # On the wire
 //!
@@ -84,7 +90,20 @@
 //!   signed anew.
 //! - **Email**: one plain-text message per delivery, subject the title,
 //!   body then links; recipients are [`Message::email_to`], or the
-//!   channel's `to` when that is empty.
+//!   channel's `to` when that is empty. A MIME message (`MIME-Version:
+//!   1.0`, `Content-Type: text/plain; charset=utf-8`, 7bit,
+//!   quoted-printable or base64 as the text needs) with `Date`,
+//!   `Auto-Submitted: auto-generated` (RFC 3834: no vacation replies) and
+//!   `X-Auto-Response-Suppress: All`. Mails of one incident thread: its
+//!   root id is `<remedy.<incident_id>@<from domain>>` (bytes other than
+//!   letters, digits, `-` and `_` written `=XX`). The first trigger of an
+//!   incident a channel delivers is the root (that is its `Message-ID`);
+//!   every other mail (acknowledgements, updates, resolves, later triggers
+//!   such as the next escalation level's page) has a `Message-ID` of its
+//!   own, `<remedy.<incident_id>.<event>.<random>@<from domain>>`, and
+//!   names the root in `In-Reply-To` and `References`. Which incidents'
+//!   roots were sent is kept in memory (the latest 4096): after a restart
+//!   the next trigger of an older incident is the root again.
 //! - **Statuspage**: without [`Message::reference`], `POST
 //!   {api_base}/pages/{page_id}/incidents` with `{"incident": {"name",
 //!   "status", "body", "components", "component_ids"}}`, the new id becoming
