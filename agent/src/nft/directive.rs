@@ -262,7 +262,7 @@ impl Blocker {
                 evidence,
             };
         }
-        let pass = self.pass(&mut inner).await;
+        let pass = self.enforce_one(&mut inner, ip).await;
         let state = inner.bans.get(&ip).map(|t| t.state);
         evidence.insert("state".into(), state.map(state_name).unwrap_or("expired").to_owned());
         match pass {
@@ -317,7 +317,7 @@ impl Blocker {
             };
         }
         inner.removals.insert(ip);
-        match self.pass(&mut inner).await {
+        match self.lift_one(&mut inner, ip).await {
             Ok(_) => Reply {
                 outcome: Outcome::Succeeded,
                 message: format!("unblocked {ip} in table {}", self.table()),

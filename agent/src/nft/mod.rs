@@ -289,6 +289,58 @@ impl Blocker {
         self.pass(&mut inner).await
     }
 
+    /// Puts one new or renewed ban in force without reading the table:
+    /// one `nft` batch whose cost does not grow with the bans the table
+    /// already holds, so a block takes effect in milliseconds under a
+    /// large ban list. It relies on the table a pass put in place; if
+    /// anything is not as expected (the table deleted, a renewed element
+    /// already gone), nft refuses the batch and a full pass runs instead,
+    /// which finds and reports the drift.
+    async fn enforce_one(&self, inner: &mut Inner, ip: Cidr) -> Result<Pass, BlockingError> {
+        let at = now();
+        let Some(t) = inner.bans.get(&ip) else { return Ok(Pass::default()) };
+        let left = t.ban.expires_at.since(at);
+        if !inner.established || left < EXPIRING {
+            return self.pass(inner).await;
+        }
+        let mut batch = Batch::new();
+        if t.applied && t.refresh {
+            // A new end: the element is replaced.
+            ruleset::delete_bans(&mut batch, &self.config.table, &[ip]);
+        }
+        ruleset::add_bans(&mut batch, &self.config.table, &[(ip, left.as_millis().div_ceil(1000) as u64)]);
+        if let Err(e) = self.apply(batch, false).await {
+            tracing::debug!(error = %e, %ip, "the one-element change was refused; enforcing by a full pass");
+            return self.pass(inner).await;
+        }
+        if let Some(t) = inner.bans.get_mut(&ip) {
+            t.applied = true;
+            t.refresh = false;
+            t.state = Enforcement::Enforced;
+        }
+        let mut b = self.status.lock();
+        self.describe(inner, &mut b);
+        Ok(Pass::default())
+    }
+
+    /// Lifts one ban without reading the table; a full pass when nft
+    /// refuses (the element was already gone: someone else removed it).
+    async fn lift_one(&self, inner: &mut Inner, ip: Cidr) -> Result<Pass, BlockingError> {
+        if !inner.established {
+            return self.pass(inner).await;
+        }
+        let mut batch = Batch::new();
+        ruleset::delete_bans(&mut batch, &self.config.table, &[ip]);
+        if let Err(e) = self.apply(batch, false).await {
+            tracing::debug!(error = %e, %ip, "the one-element removal was refused; a full pass settles it");
+            return self.pass(inner).await;
+        }
+        inner.removals.remove(&ip);
+        let mut b = self.status.lock();
+        self.describe(inner, &mut b);
+        Ok(Pass::default())
+    }
+
     async fn pass(&self, inner: &mut Inner) -> Result<Pass, BlockingError> {
         let result = self.pass_inner(inner).await;
         let mut b = self.status.lock();
