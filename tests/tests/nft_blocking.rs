@@ -366,6 +366,40 @@ async fn the_agent_puts_back_a_deleted_table_or_ban_and_reports_the_drift() {
     assert!((3000..3600).contains(&left), "the ban keeps its end: {state:#}");
 }
 
+/// A block changes one element and never reads the table; when that is
+/// not enough (someone deleted the element being renewed, or the whole
+/// table), the agent falls back to a full pass within the same directive,
+/// so the ban is in force when the answer comes, whichever of the agent's
+/// own passes (every 300 ms here) got there first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_meets_a_changed_table_is_enforced_by_a_full_pass_at_once() {
+    let lab = Lab::start().await;
+    let v4 = lab.cli_v4.to_string();
+    let report = lab.directive("block_ip", json!({ "ip": v4, "duration": "1h" }), false).await;
+    assert_eq!(report.status, ActionStatus::Succeeded, "{report:?}");
+    assert_eq!(lab.evidence(&report, "state"), "enforced", "{report:?}");
+
+    // Renewing a ban whose element someone deleted: the one-element
+    // replacement is refused by nft, the full pass puts it back.
+    lab.srv.nft(&["delete", "element", "inet", "remedy", "banned_v4", &format!("{{ {v4} }}")], None);
+    assert!(lab.connects(lab.srv_v4), "the deletion let the client through");
+    let report = lab.directive("block_ip", json!({ "ip": v4, "duration": "2h" }), false).await;
+    assert_eq!(report.status, ActionStatus::Succeeded, "{report:?}");
+    assert_eq!(lab.evidence(&report, "state"), "enforced", "{report:?}");
+    assert!(!lab.connects(lab.srv_v4), "in force when the directive answered");
+
+    // Unblocking an element that is already gone: still unblocked, no error.
+    lab.srv.nft(&["delete", "element", "inet", "remedy", "banned_v4", &format!("{{ {v4} }}")], None);
+    let report = lab.directive("unblock_ip", json!({ "ip": v4 }), false).await;
+    assert_eq!(report.status, ActionStatus::Succeeded, "{report:?}");
+
+    // Blocking with the whole table gone: rebuilt and enforced at once.
+    lab.srv.nft(&["delete", "table", "inet", "remedy"], None);
+    let report = lab.directive("block_ip", json!({ "ip": v4, "duration": "1h" }), false).await;
+    assert_eq!(report.status, ActionStatus::Succeeded, "{report:?}");
+    assert!(!lab.connects(lab.srv_v4), "the table was rebuilt with the ban before the answer");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_addresses_are_refused_with_their_reason_and_nothing_changes() {
     let lab = Lab::start().await;
