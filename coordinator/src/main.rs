@@ -265,6 +265,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         config.authorization.bindings.clone(),
         config.chatops.clone(),
     );
+    tokio::spawn(chatops.clone().announce_approvals(stopped()));
     let admin_service = admin_service::AdminService::new(admin, auth.clone(), metrics.clone());
     tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));

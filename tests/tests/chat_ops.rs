@@ -76,7 +76,8 @@ async fn coordinator(dir: &Path, world: &World) -> Coordinator {
          people:\n  alice: {{notify: [pager]}}\n  bob: {{notify: [bob-hook]}}\n\
          authorization:\n  two_person_approvals: true\n  roles: {{operator: ['user:ada', 'user:otto'], viewer: ['user:viola']}}\n\
          pagerduty_webhook: {{secret_file: '{}'}}\n\
-         slack:\n  signing_secret_file: '{}'\n  users: {{UADA: ada, UOTTO: otto, UVIOLA: viola}}\n",
+         slack:\n  signing_secret_file: '{}'\n  users: {{UADA: ada, UOTTO: otto, UVIOLA: viola}}\n\
+         \x20 approvals_webhook_url_file: '{}'\n",
         write(dir, "pd-routing-key", "routing-key-0123456789"),
         world.url(),
         write(dir, "slack-url", &format!("{}/slack/ops", world.url())),
@@ -84,6 +85,7 @@ async fn coordinator(dir: &Path, world: &World) -> Coordinator {
         write(dir, "hook-secret", "hook-secret-for-tests"),
         write(dir, "pd-webhook-secrets", &format!("an-older-secret\n{PD_SECRET}\n")),
         write(dir, "slack-signing", SLACK_SECRET),
+        write(dir, "slack-approvals-url", &format!("{}/slack/approvals", world.url())),
     );
     let config = write(dir, "coordinator.yaml", &config);
     Coordinator::start_with(&dir.join("c"), &["--config", &config, "--runbooks-dir", runbooks.to_str().unwrap()]).await
@@ -322,7 +324,17 @@ async fn a_slack_button_approves_as_the_mapped_person_under_the_two_person_rule(
     let request =
         eventually("the approval request", WAIT, || async { pending(&c, &id).await.filter(|a| a.status == "pending") })
             .await;
-    let key = format!("{}/{}#{}", request.incident_id, request.step_id, request.attempt);
+    // The request is announced in Slack once, its buttons carrying its key.
+    let announced = world.wait_for("POST", "/slack/approvals", 1).await;
+    let message: Value = serde_json::from_str(&announced[0].body).unwrap();
+    let buttons = message["blocks"][1]["elements"].as_array().unwrap();
+    assert_eq!(
+        (buttons[0]["action_id"].as_str(), buttons[1]["action_id"].as_str()),
+        (Some("remedy_approve"), Some("remedy_deny"))
+    );
+    let key = buttons[0]["value"].as_str().unwrap().to_owned();
+    assert_eq!(key, format!("{}/{}#{}", request.incident_id, request.step_id, request.attempt));
+    assert!(message["text"].as_str().unwrap().contains("Approval needed"), "{message}");
 
     // The run's starter may not approve it, even from Slack.
     let (code, body) = slack_press(&c, "UADA", "remedy_approve", &key, unix_now(), SLACK_SECRET).await;
@@ -357,6 +369,7 @@ async fn a_slack_button_approves_as_the_mapped_person_under_the_two_person_rule(
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("granted by user:otto"), "{body}");
     world.wait_for("POST", "/gated", 1).await;
+    assert_eq!(world.requests("POST", "/slack/approvals").len(), 1, "announced once");
 
     // The same press again does nothing and is not an error to Slack.
     let (code, body) = slack_post(&c, &press, at, SLACK_SECRET).await;

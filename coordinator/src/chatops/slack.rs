@@ -76,6 +76,19 @@ pub struct SlackConfig {
     pub signing_secrets: Vec<SigningSecret>,
     /// Slack user id -> the Remedy identity they act as.
     pub users: BTreeMap<String, Identity>,
+    /// The incoming webhook approval requests are announced to, if any.
+    pub approvals_webhook: Option<WebhookUrl>,
+}
+
+/// An incoming webhook's URL: it carries the credential, so `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl std::fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// `slack:` in the file.
@@ -87,6 +100,9 @@ pub struct SlackFile {
     /// Slack user id -> Remedy user name.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
+    /// A file holding the incoming webhook URL approval requests are
+    /// announced to, with Approve and Deny buttons.
+    pub approvals_webhook_url_file: Option<PathBuf>,
 }
 
 impl SlackFile {
@@ -105,7 +121,22 @@ impl SlackFile {
             let identity = Identity::parse(&format!("user:{name}")).map_err(|e| ConfigError::new(source, field, e))?;
             users.insert(slack_id, identity);
         }
-        Ok(SlackConfig { signing_secrets, users })
+        let approvals_webhook = match self.approvals_webhook_url_file {
+            None => None,
+            Some(path) => {
+                let field = "slack.approvals_webhook_url_file";
+                let url = super::read_secrets(&path).map_err(|e| ConfigError::new(source, field, e))?;
+                let url = String::from_utf8_lossy(&url[0].0).into_owned();
+                // Checked now so a typo fails at start; the message never
+                // quotes the file, which is the credential.
+                if reqwest::Url::parse(&url).ok().filter(|u| matches!(u.scheme(), "http" | "https")).is_none() {
+                    let why = format!("`{}` does not hold an http or https URL", path.display());
+                    return Err(ConfigError::new(source, field, why));
+                }
+                Some(WebhookUrl(url))
+            }
+        };
+        Ok(SlackConfig { signing_secrets, users, approvals_webhook })
     }
 }
 
@@ -205,6 +236,103 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secrets: &[SigningSecret], now: 
         return Err("X-Slack-Signature does not match the signing secret");
     }
     Ok(())
+}
+
+/// How often pending approval requests are looked for.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Tries to announce one request before giving up on it.
+const ANNOUNCE_ATTEMPTS: u32 = 5;
+
+/// The announcement of a pending approval request: what it would do and
+/// why, and Approve and Deny buttons carrying its key.
+pub fn announcement(approval: &remedy_proto::v1::Approval) -> serde_json::Value {
+    let key = format!("{}/{}#{}", approval.incident_id, approval.step_id, approval.attempt);
+    let expires = Timestamp::from_millis(approval.expires_at_ms);
+    let escape = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let text = format!(
+        "*Approval needed: {}* step `{}` (attempt {}) of {}\n{}\n{}\nAnswer by {expires}.",
+        escape(&approval.incident_id),
+        escape(&approval.step_id),
+        approval.attempt,
+        escape(&approval.runbook_id),
+        escape(&approval.action),
+        escape(&approval.reason),
+    );
+    let shown = remedy_shared::text::prefix(&text, 3_000, remedy_shared::text::Unit::Chars);
+    let button = |id: &str, label: &str, style: &str| {
+        json!({ "type": "button", "action_id": id, "text": { "type": "plain_text", "text": label },
+                "style": style, "value": key })
+    };
+    json!({
+        "text": text,
+        "blocks": [
+            { "type": "section", "text": { "type": "mrkdwn", "text": shown } },
+            { "type": "actions", "block_id": "remedy_approval",
+              "elements": [button(APPROVE, "Approve", "primary"), button(DENY, "Deny", "danger")] },
+        ],
+    })
+}
+
+impl ChatOps {
+    /// Announces each pending approval request once to
+    /// `slack.approvals_webhook_url_file`, until `stop` resolves; does
+    /// nothing without one. A request whose post fails is tried again at
+    /// the next look, [`ANNOUNCE_ATTEMPTS`] times at most. What was
+    /// announced is kept in memory: after a restart, requests still
+    /// pending are announced again.
+    pub async fn announce_approvals(self, stop: impl std::future::Future<Output = ()>) {
+        let Some(url) = self.slack.as_ref().and_then(|s| s.approvals_webhook.clone()) else { return };
+        let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make the HTTP client; approval requests are not announced in Slack");
+                return;
+            }
+        };
+        let mut tried: BTreeMap<String, u32> = BTreeMap::new();
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.now();
+            let pending: Vec<remedy_proto::v1::Approval> = {
+                let guard = self.admin.engine.guard();
+                guard
+                    .approvals()
+                    .iter()
+                    .filter(|a| a.is_pending(now))
+                    .map(|a| remedy_proto::convert::approval_to_proto(a, now))
+                    .collect()
+            };
+            let keys: Vec<String> =
+                pending.iter().map(|a| format!("{}/{}#{}", a.incident_id, a.step_id, a.attempt)).collect();
+            // Forget what is no longer pending: the memory stays as small
+            // as the rails' own.
+            tried.retain(|k, _| keys.contains(k));
+            for (approval, key) in pending.iter().zip(keys) {
+                let attempts = tried.entry(key.clone()).or_insert(0);
+                if *attempts >= ANNOUNCE_ATTEMPTS {
+                    continue;
+                }
+                *attempts += 1;
+                let sent = client.post(&url.0).json(&announcement(approval)).send().await;
+                match sent.map(|r| r.status()) {
+                    Ok(status) if status.is_success() => {
+                        *attempts = ANNOUNCE_ATTEMPTS;
+                        tracing::info!(%key, "approval request announced in Slack");
+                    }
+                    Ok(status) => tracing::warn!(%key, %status, "Slack refused an approval request's announcement"),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e.without_url(), "cannot announce an approval request in Slack")
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn ephemeral(text: impl Into<String>) -> Response {
@@ -367,6 +495,30 @@ mod tests {
         assert_eq!(parse(other.as_bytes()).unwrap(), None);
         assert!(parse(b"payload=%7B").unwrap_err().contains("not a Slack interaction"));
         assert!(parse(b"text=hi").unwrap_err().contains("no `payload`"));
+    }
+
+    #[test]
+    fn an_approval_request_is_announced_with_buttons_carrying_its_key() {
+        let a = remedy_proto::v1::Approval {
+            incident_id: "INC-000042".into(),
+            step_id: "fail<over>".into(),
+            attempt: 2,
+            runbook_id: "P0-002".into(),
+            action: "failover".into(),
+            reason: "a failover needs a person".into(),
+            status: "pending".into(),
+            expires_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
+        let m = announcement(&a);
+        assert!(m["text"].as_str().unwrap().contains("fail&lt;over&gt;"), "{m}");
+        let buttons = m["blocks"][1]["elements"].as_array().unwrap();
+        assert_eq!(buttons[0]["action_id"], APPROVE);
+        assert_eq!(buttons[1]["action_id"], DENY);
+        for b in buttons {
+            let key = inbound::approval_key(b["value"].as_str().unwrap()).unwrap();
+            assert_eq!((key.step_id.as_str(), key.attempt), ("fail<over>", 2));
+        }
     }
 
     fn url_encode(text: &str) -> String {
