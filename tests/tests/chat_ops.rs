@@ -50,9 +50,11 @@ fn manual_runbook(catalog: &Path, world: &World) {
         world.url()
     );
     std::fs::write(catalog.join("gate.yaml"), text).unwrap();
+    // The second level comes 15 s on: time enough for the test to
+    // acknowledge one incident before it, however slow the machine.
     let policy = "apiVersion: remedy.dev/v1\nkind: EscalationPolicy\nmetadata: {id: chatops}\n\
                   levels: [{name: first, after: 0m, notify: [{person: alice}, {channel: ops-slack}]},\n\
-                  \x20        {name: second, after: 8s, notify: [{person: bob}]}]\n";
+                  \x20        {name: second, after: 15s, notify: [{person: bob}]}]\n";
     std::fs::write(catalog.join("chatops.policy.yaml"), policy).unwrap();
 }
 
