@@ -65,7 +65,7 @@ fn store_status(e: StoreError) -> Status {
 
 impl Admin {
     /// The time now, by the writer's clock.
-    fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         self.recorder.clock().now()
     }
 
@@ -260,6 +260,107 @@ impl Admin {
     }
 }
 
+/// What a person may do to an incident, whichever way they ask: the admin
+/// API, PagerDuty's webhook and Slack's buttons all call these, so each
+/// rule (an open incident, a bounded reason, the two-person rule) is
+/// checked in one place. `details` go on the timeline entry the command
+/// writes: how it came (`via`) and what the sender calls it.
+impl Admin {
+    /// `by` acknowledges incident `id`: the climb of its escalation holds.
+    /// FAILED_PRECONDITION when it is acknowledged already or resolved,
+    /// NOT_FOUND when there never was one.
+    pub async fn acknowledge(
+        &self,
+        id: IncidentId,
+        by: String,
+        details: BTreeMap<String, String>,
+    ) -> Result<remedy_shared::incident::Incident, Status> {
+        match self.recorder.acknowledge_with(id, by, details).await {
+            Err(RecordError::NoOpenIncident(id)) => Err(self.closed_or_missing(id).await),
+            other => other.map_err(record_status),
+        }
+    }
+
+    /// `by` resolves incident `id` because of `reason`.
+    pub async fn resolve(
+        &self,
+        id: IncidentId,
+        by: String,
+        reason: String,
+        details: BTreeMap<String, String>,
+    ) -> Result<remedy_shared::incident::Incident, Status> {
+        bounded("reason", &reason, limits::MAX_NOTE_BYTES)?;
+        match self.recorder.resolve_with(id, by, reason, details).await {
+            Err(RecordError::NoOpenIncident(id)) => Err(self.closed_or_missing(id).await),
+            other => other.map_err(record_status),
+        }
+    }
+
+    /// `by` grants (`approve`) or denies, because of `reason`, the approval
+    /// request `key`. A denial needs a reason; with the two-person rule,
+    /// whoever started the run may not grant it (PERMISSION_DENIED).
+    pub async fn answer(
+        &self,
+        key: &remedy_shared::guard::ApprovalKey,
+        by: &str,
+        approve: bool,
+        reason: &str,
+        details: BTreeMap<String, String>,
+    ) -> Result<pb::Approval, Status> {
+        bounded("reason", reason, limits::MAX_NOTE_BYTES)?;
+        bounded("step_id", &key.step_id, limits::MAX_KEY_BYTES)?;
+        if !approve && reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a denial needs a reason: it is written on the incident's timeline"));
+        }
+        if approve && self.two_person_approvals {
+            let id = key.incident_id;
+            if let Some(starter) = self.read(move |s| s.get_run(id)).await?.and_then(|run| run.requested_by) {
+                remedy_shared::auth::may_approve(by, &starter).map_err(crate::auth::denied_status)?;
+            }
+        }
+        let deny = (!approve).then_some(reason);
+        self.engine.answer_with(key, by, deny, details).await.map_err(engine_status)?;
+        let guard = self.engine.guard();
+        let approval = guard.approval(key).ok_or_else(|| Status::not_found(format!("no approval request {key}")))?;
+        Ok(convert::approval_to_proto(approval, self.now()))
+    }
+
+    /// Appends the audit entry of a command that came other than through
+    /// the admin API (a webhook): `actor` gave `call` on `target`, with
+    /// `arguments`, and `outcome` is how it ended.
+    pub async fn audit_command<T>(
+        &self,
+        actor: &str,
+        call: AdminCall,
+        target: &str,
+        arguments: BTreeMap<String, String>,
+        outcome: &Result<T, Status>,
+    ) -> Result<(), Status> {
+        let entry = AuditEntry {
+            seq: 0,
+            at: self.now(),
+            actor: actor.to_owned(),
+            kind: AuditKind::AdminCall,
+            operation: call.method().to_owned(),
+            target: target.to_owned(),
+            arguments,
+            outcome: match outcome {
+                Ok(_) => "ok".to_owned(),
+                Err(status) => format!("{:?}: {}", status.code(), status.message()),
+            },
+        };
+        self.recorder.audit(entry).await.map_err(record_status)
+    }
+
+    /// The incident and its timeline, if there is one.
+    pub async fn incident(
+        &self,
+        id: IncidentId,
+    ) -> Result<Option<(remedy_shared::incident::Incident, Vec<remedy_shared::incident::TimelineEntry>)>, Status> {
+        self.read(move |s| s.get_incident(id)).await
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::IncidentEvent, Status>> + Send>>;
 
 impl Admin {
@@ -416,10 +517,7 @@ impl Admin {
         let req = request.into_inner();
         let id = parse_incident_id(&req.id)?;
         let by = required_by(&req.requested_by)?;
-        let incident = match self.recorder.acknowledge(id, by).await {
-            Err(RecordError::NoOpenIncident(id)) => return Err(self.closed_or_missing(id).await),
-            other => other.map_err(record_status)?,
-        };
+        let incident = self.acknowledge(id, by, BTreeMap::new()).await?;
         Ok(Response::new(convert::incident_to_proto(&incident, &[])))
     }
 
@@ -427,11 +525,7 @@ impl Admin {
         let req = request.into_inner();
         let id = parse_incident_id(&req.id)?;
         let by = required_by(&req.requested_by)?;
-        bounded("reason", &req.reason, limits::MAX_NOTE_BYTES)?;
-        let incident = match self.recorder.resolve(id, by, req.reason).await {
-            Err(RecordError::NoOpenIncident(id)) => return Err(self.closed_or_missing(id).await),
-            other => other.map_err(record_status)?,
-        };
+        let incident = self.resolve(id, by, req.reason, BTreeMap::new()).await?;
         Ok(Response::new(convert::incident_to_proto(&incident, &[])))
     }
 
@@ -526,27 +620,13 @@ impl Admin {
     ) -> Result<Response<pb::Approval>, Status> {
         let req = request.into_inner();
         let by = required_by(&req.requested_by)?;
-        bounded("reason", &req.reason, limits::MAX_NOTE_BYTES)?;
-        bounded("step_id", &req.step_id, limits::MAX_KEY_BYTES)?;
-        if !req.approve && req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument("a denial needs a reason: it is written on the incident's timeline"));
-        }
         let key = remedy_shared::guard::ApprovalKey {
             incident_id: parse_incident_id(&req.incident_id)?,
             step_id: req.step_id,
             attempt: req.attempt,
         };
-        if req.approve && self.two_person_approvals {
-            let id = key.incident_id;
-            if let Some(starter) = self.read(move |s| s.get_run(id)).await?.and_then(|run| run.requested_by) {
-                remedy_shared::auth::may_approve(&by, &starter).map_err(crate::auth::denied_status)?;
-            }
-        }
-        let deny = (!req.approve).then_some(req.reason.as_str());
-        self.engine.answer(&key, &by, deny).await.map_err(engine_status)?;
-        let guard = self.engine.guard();
-        let approval = guard.approval(&key).ok_or_else(|| Status::not_found(format!("no approval request {key}")))?;
-        Ok(Response::new(convert::approval_to_proto(approval, self.now())))
+        let approval = self.answer(&key, &by, req.approve, &req.reason, BTreeMap::new()).await?;
+        Ok(Response::new(approval))
     }
 
     async fn get_automation(&self, _: Request<pb::GetAutomationRequest>) -> Result<Response<pb::Automation>, Status> {

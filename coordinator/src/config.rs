@@ -103,6 +103,10 @@ struct FileConfig {
     #[serde(default)]
     alertmanager: Option<AlertmanagerFile>,
     #[serde(default)]
+    pagerduty_webhook: Option<crate::chatops::pagerduty::PagerDutyFile>,
+    #[serde(default)]
+    slack: Option<crate::chatops::slack::SlackFile>,
+    #[serde(default)]
     databases: BTreeMap<String, crate::actuators::postgres::DatabaseConfig>,
     #[serde(default)]
     caches: BTreeMap<String, crate::actuators::redis::CacheConfig>,
@@ -307,6 +311,8 @@ pub struct Config {
     pub retention: crate::store::Retention,
     /// Deadlines and caps on the gRPC and HTTP listeners' connections.
     pub connections: ConnectionLimits,
+    /// PagerDuty's webhook and Slack's buttons, where configured.
+    pub chatops: crate::chatops::ChatOpsConfig,
 }
 
 impl Config {
@@ -392,6 +398,10 @@ impl Config {
         let retention = file.retention.unwrap_or_default().resolve(source)?;
         let connections = file.connections.unwrap_or_default();
         connections.validate(source, "connections")?;
+        let chatops = crate::chatops::ChatOpsConfig {
+            pagerduty: file.pagerduty_webhook.map(|p| p.resolve(source)).transpose()?,
+            slack: file.slack.map(|s| s.resolve(source)).transpose()?,
+        };
         Ok(Config {
             id,
             data_dir: absolute(&data_dir),
@@ -416,6 +426,7 @@ impl Config {
             caches: file.caches,
             retention,
             connections,
+            chatops,
         })
     }
 }
@@ -644,6 +655,32 @@ mod tests {
         );
         let both = Cli::parse_from(["remedy-coordinator", "--insecure", "--tls-cert", "/a.crt"]);
         assert_eq!(Config::resolve(&both, "defaults", FileConfig::default()).unwrap_err().field, "insecure");
+    }
+
+    #[test]
+    fn the_pagerduty_and_slack_doors_name_the_field_that_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let resolve = |text: &str| {
+            let file: FileConfig = config::parse_yaml("c.yaml", text).unwrap();
+            Config::resolve(&cli(), "c.yaml", file)
+        };
+        let s = secret.display();
+        let c = resolve(&format!(
+            "pagerduty_webhook: {{secret_file: '{s}'}}\nslack: {{signing_secret_file: '{s}', users: {{U024BE7LH: alice}}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.chatops.pagerduty.unwrap().secrets.len(), 1);
+        let slack = c.chatops.slack.unwrap();
+        assert_eq!(slack.users["U024BE7LH"].to_string(), "user:alice");
+        assert!(resolve("").unwrap().chatops.slack.is_none(), "absent: the door is closed");
+        let missing = resolve("pagerduty_webhook: {secret_file: /nonexistent/pd}\n").unwrap_err();
+        assert_eq!(missing.field, "pagerduty_webhook.secret_file", "{missing}");
+        let bad_user =
+            resolve(&format!("slack: {{signing_secret_file: '{s}', users: {{U1: 'not a name'}}}}\n")).unwrap_err();
+        assert_eq!(bad_user.field, "slack.users.U1", "{bad_user}");
+        assert_eq!(resolve("slack: {users: {}}\n").unwrap_err().field, "slack.signing_secret_file");
     }
 
     #[test]

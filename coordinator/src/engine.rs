@@ -259,6 +259,18 @@ impl Engine {
 
     /// A person answers an approval request: `Some(reason)` denies it.
     pub async fn answer(&self, key: &ApprovalKey, by: &str, deny: Option<&str>) -> Result<(), EngineError> {
+        self.answer_with(key, by, deny, BTreeMap::new()).await
+    }
+
+    /// As [`Engine::answer`], with `details` on the timeline entry (how
+    /// the answer came: `via`).
+    pub async fn answer_with(
+        &self,
+        key: &ApprovalKey,
+        by: &str,
+        deny: Option<&str>,
+        details: BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
         let at = self.now();
         let (snapshot, message) = {
             let mut g = lock(&self.inner.guard);
@@ -278,7 +290,10 @@ impl Engine {
             at,
             kind: EntryKind::Approval,
             message,
-            details: BTreeMap::from([("by".to_owned(), by.to_owned()), ("key".to_owned(), key.to_string())]),
+            details: details
+                .into_iter()
+                .chain([("by".to_owned(), by.to_owned()), ("key".to_owned(), key.to_string())])
+                .collect(),
         };
         self.inner
             .recorder

@@ -1,4 +1,6 @@
-//! The coordinator's HTTP side: health, metrics and the Alertmanager webhook.
+//! The coordinator's HTTP side: health, metrics, the Alertmanager webhook,
+//! and the doors people act through from PagerDuty and Slack
+//! ([`crate::chatops`]).
 
 use std::sync::Arc;
 
@@ -10,25 +12,32 @@ use axum::routing::{get, post};
 use remedy_proto::listen::Gate;
 
 use crate::alertmanager;
+use crate::chatops;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 
-/// Serves `/healthz`, `/readyz`, `/metrics` and the Alertmanager webhook
-/// until `shutdown` resolves, under `gate`'s deadlines and caps.
+/// Serves `/healthz`, `/readyz`, `/metrics`, the Alertmanager webhook,
+/// `/api/v1/pagerduty/webhook` and `/api/v1/slack/actions` until `shutdown` resolves, under `gate`'s deadlines and caps.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gate: Arc<Gate>,
     metrics: Metrics,
     webhook: alertmanager::Webhook,
+    chatops: chatops::ChatOps,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let alerts = Router::new().route("/api/v1/alertmanager", post(alertmanager::receive)).with_state(webhook.clone());
+    let doors = Router::new()
+        .route("/api/v1/pagerduty/webhook", post(chatops::pagerduty::receive))
+        .route("/api/v1/slack/actions", post(chatops::slack::receive))
+        .with_state(chatops);
     let ready = Router::new().route("/readyz", get(readyz)).with_state(webhook.recorder);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
         .with_state(metrics)
         .merge(alerts)
+        .merge(doors)
         .merge(ready);
     remedy_proto::listen::serve_http(listener, gate, app, shutdown).await
 }

@@ -11,6 +11,7 @@ pub mod alertmanager;
 pub mod auth;
 pub mod bans;
 pub mod channels;
+pub mod chatops;
 pub mod clock;
 pub mod config;
 pub mod directives;

@@ -263,6 +263,12 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         two_person_approvals: auth.two_person_approvals(),
         catalog: catalog.clone(),
     };
+    let chatops = remedy_coordinator::chatops::ChatOps::new(
+        admin.clone(),
+        config.authorization.bindings.clone(),
+        config.chatops.clone(),
+    );
+    tokio::spawn(chatops.clone().announce_approvals(stopped()));
     let admin_service = admin_service::AdminService::new(admin, auth.clone(), metrics.clone());
     tokio::spawn(auth.clone().keep_reloading_tokens(std::time::Duration::from_secs(30), stopped()));
     tokio::spawn(bans.keep_reasserting(stopped()));
@@ -341,7 +347,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         scopes: config.alertmanager_scopes.clone(),
         catalog: catalog.clone(),
     };
-    let http = http::serve(http_listener, http_gate, metrics.clone(), webhook, stopped());
+    let http = http::serve(http_listener, http_gate, metrics.clone(), webhook, chatops, stopped());
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(http);

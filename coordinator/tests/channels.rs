@@ -325,10 +325,15 @@ async fn slack_posts_the_text_to_the_webhook_url_read_from_its_file() {
     let [req] = server.requests().try_into().unwrap();
     assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/services/T000/B000/XXXX"));
     assert_eq!(req.header("content-type"), "application/json");
-    assert_eq!(
-        req.json(),
-        json!({"text": "*API down: 5xx above 50%*\nThe API answers 503 to most requests since 10:02.\n<https://runbooks.example.com/p0-001|runbook>"})
-    );
+    let body = req.json();
+    let text = "*API down: 5xx above 50%*\nThe API answers 503 to most requests since 10:02.\n<https://runbooks.example.com/p0-001|runbook>";
+    assert_eq!(body["text"], text);
+    // The same text in blocks, and on a page a button to acknowledge it.
+    assert_eq!(body["blocks"][0]["text"], json!({"type": "mrkdwn", "text": text}));
+    let button = &body["blocks"][1]["elements"][0];
+    assert_eq!(button["action_id"], "remedy_ack");
+    assert_eq!(button["value"], "INC-000042");
+    assert_eq!(button["text"]["text"], "Acknowledge");
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub mod escalation;
 pub mod failover;
 pub mod finding;
 pub mod guard;
+pub mod inbound;
 pub mod incident;
 pub mod limits;
 pub mod logs;

@@ -1,4 +1,8 @@
-//! Slack incoming webhooks: `POST {"text": ...}` to the webhook's URL.
+//! Slack incoming webhooks: `POST {"text": ..., "blocks": [...]}` to the
+//! webhook's URL. `text` is the whole message (notifications and clients
+//! without blocks show it); `blocks` show the same text and, on a page, an
+//! Acknowledge button that Slack's interactivity sends back to the
+//! coordinator (`crate::chatops::slack`).
 //!
 //! The URL carries the credential, so it lives in a file and is never
 //! shown: not in errors, not in details, not in `Debug`.
@@ -47,13 +51,38 @@ impl Slack {
     }
 
     pub(super) async fn attempt(&self, client: &reqwest::Client, message: &Message) -> Outcome {
-        let payload = serde_json::json!({ "text": text(message) });
+        let payload = payload(message);
         match exchange(client.post(self.url.expose()).json(&payload)).await {
             Ok(a) if a.success() => Outcome::Delivered { detail: format!("HTTP {}", a.status), reference: None },
             Ok(a) => failure(&a, "webhook_url_file"),
             Err(outcome) => outcome,
         }
     }
+}
+
+/// Slack refuses a section's text past 3,000 characters.
+const MAX_SECTION: usize = 3_000;
+
+/// The webhook's JSON: the text, and blocks showing it with, on a page
+/// (a trigger), an Acknowledge button carrying the incident id.
+pub(super) fn payload(message: &Message) -> serde_json::Value {
+    let text = text(message);
+    let shown = remedy_shared::text::prefix(&text, MAX_SECTION, Unit::Chars);
+    let mut blocks = vec![serde_json::json!({ "type": "section", "text": { "type": "mrkdwn", "text": shown } })];
+    if message.event == super::Event::Trigger {
+        blocks.push(serde_json::json!({
+            "type": "actions",
+            "block_id": "remedy_incident",
+            "elements": [{
+                "type": "button",
+                "action_id": crate::chatops::slack::ACK,
+                "text": { "type": "plain_text", "text": "Acknowledge" },
+                "style": "primary",
+                "value": message.incident_id,
+            }],
+        }));
+    }
+    serde_json::json!({ "text": text, "blocks": blocks })
 }
 
 /// The message as Slack `mrkdwn`: the title in bold on the first line, the
@@ -91,5 +120,17 @@ mod tests {
         let mut m = Message::new("INC-000001", Event::Trigger, "critical", "API <down>\n& out", "5xx > 50%");
         m.links.insert("runbook".into(), "https://r.example/p0|1".into());
         assert_eq!(text(&m), "*API &lt;down&gt; &amp; out*\n5xx &gt; 50%\n<https://r.example/p0%7C1|runbook>");
+    }
+
+    #[test]
+    fn a_page_carries_an_acknowledge_button_and_the_text_stays_as_the_fallback() {
+        let mut m = Message::new("INC-000042", Event::Trigger, "critical", "API down", "x".repeat(5_000));
+        let p = payload(&m);
+        assert_eq!(p["text"], text(&m));
+        assert_eq!(p["blocks"][0]["text"]["text"].as_str().unwrap().chars().count(), MAX_SECTION);
+        let button = &p["blocks"][1]["elements"][0];
+        assert_eq!((button["action_id"].as_str(), button["value"].as_str()), (Some("remedy_ack"), Some("INC-000042")));
+        m.event = Event::Resolve;
+        assert_eq!(payload(&m)["blocks"].as_array().unwrap().len(), 1, "nothing to press once it is over");
     }
 }

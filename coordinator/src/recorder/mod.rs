@@ -17,6 +17,7 @@
 
 mod staging;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use remedy_shared::Timestamp;
@@ -201,12 +202,14 @@ enum Command {
     Acknowledge {
         id: IncidentId,
         by: String,
+        details: BTreeMap<String, String>,
         reply: oneshot::Sender<Result<Incident, RecordError>>,
     },
     Resolve {
         id: IncidentId,
         by: String,
         reason: String,
+        details: BTreeMap<String, String>,
         reply: oneshot::Sender<Result<Incident, RecordError>>,
     },
     Open {
@@ -264,6 +267,14 @@ impl Command {
             _ => 1,
         }
     }
+}
+
+/// `entry` with `details` added; what the transition wrote (`by`) stays.
+fn with_details(mut entry: TimelineEntry, details: BTreeMap<String, String>) -> TimelineEntry {
+    for (key, value) in details {
+        entry.details.entry(key).or_insert(value);
+    }
+    entry
 }
 
 impl Recorder {
@@ -335,12 +346,34 @@ impl Recorder {
 
     /// A person acknowledges an open incident.
     pub async fn acknowledge(&self, id: IncidentId, by: String) -> Result<Incident, RecordError> {
-        self.ask(|reply| Command::Acknowledge { id, by, reply }).await?
+        self.acknowledge_with(id, by, BTreeMap::new()).await
+    }
+
+    /// As [`Recorder::acknowledge`], with `details` on the timeline entry
+    /// (how the acknowledgement came: `via`, the sender's event id).
+    pub async fn acknowledge_with(
+        &self,
+        id: IncidentId,
+        by: String,
+        details: BTreeMap<String, String>,
+    ) -> Result<Incident, RecordError> {
+        self.ask(|reply| Command::Acknowledge { id, by, details, reply }).await?
     }
 
     /// A person resolves an open incident.
     pub async fn resolve(&self, id: IncidentId, by: String, reason: String) -> Result<Incident, RecordError> {
-        self.ask(|reply| Command::Resolve { id, by, reason, reply }).await?
+        self.resolve_with(id, by, reason, BTreeMap::new()).await
+    }
+
+    /// As [`Recorder::resolve`], with `details` on the timeline entry.
+    pub async fn resolve_with(
+        &self,
+        id: IncidentId,
+        by: String,
+        reason: String,
+        details: BTreeMap<String, String>,
+    ) -> Result<Incident, RecordError> {
+        self.ask(|reply| Command::Resolve { id, by, reason, details, reply }).await?
     }
 
     /// Commits what the escalator did; returns once it is durable.
@@ -519,12 +552,16 @@ impl Writer {
                         let _ = reply.send(Err(e));
                     }
                 },
-                Command::Acknowledge { id, by, reply } => {
-                    let staged = state.stage_transition(&mut stage, id, |i| incident::acknowledge(i, &by, now));
+                Command::Acknowledge { id, by, details, reply } => {
+                    let staged = state.stage_transition(&mut stage, id, |i| {
+                        incident::acknowledge(i, &by, now).map(|(i, e)| (i, with_details(e, details)))
+                    });
                     Self::reply_incident(&mut replies, reply, staged);
                 }
-                Command::Resolve { id, by, reason, reply } => {
-                    let staged = state.stage_transition(&mut stage, id, |i| incident::resolve(i, &by, &reason, now));
+                Command::Resolve { id, by, reason, details, reply } => {
+                    let staged = state.stage_transition(&mut stage, id, |i| {
+                        incident::resolve(i, &by, &reason, now).map(|(i, e)| (i, with_details(e, details)))
+                    });
                     Self::reply_incident(&mut replies, reply, staged);
                 }
                 Command::Open { id, reply } => {
