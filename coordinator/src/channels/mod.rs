@@ -69,8 +69,11 @@
 //!
 //! # On the wire
 //!
-//! - **Slack**: `POST {"text": "*<title>*\n<body>\n<links>"}` (mrkdwn,
-//!   `&<>` escaped) to the webhook URL.
+//! - **Slack**: `POST {"text": "*<title>*\n<body>\n<links>", "blocks":
+//!   [...]}` (mrkdwn, `&<>` escaped) to the webhook URL; the blocks show
+//!   the same text and, on a page to the people on call (a trigger written
+//!   for internal readers), an Acknowledge button (`remedy_ack`, answered
+//!   at `/api/v1/slack/actions`; see `slack.rs`).
 //! - **PagerDuty** (Events API v2): `POST {events_url}` with `routing_key`,
 //!   `event_action`, `dedup_key` = `remedy-<incident_id>` (see
 //!   [`pagerduty_dedup_key`]), and on a trigger `payload` (`summary` cut at

@@ -69,7 +69,8 @@ pub(super) fn payload(message: &Message) -> serde_json::Value {
     let text = text(message);
     let shown = remedy_shared::text::prefix(&text, MAX_SECTION, Unit::Chars);
     let mut blocks = vec![serde_json::json!({ "type": "section", "text": { "type": "mrkdwn", "text": shown } })];
-    if message.event == super::Event::Trigger {
+    // Customers have nothing to press: the button is for the people on call.
+    if message.event == super::Event::Trigger && message.audience == remedy_shared::comms::Audience::Internal {
         blocks.push(serde_json::json!({
             "type": "actions",
             "block_id": "remedy_incident",
@@ -132,5 +133,8 @@ mod tests {
         assert_eq!((button["action_id"].as_str(), button["value"].as_str()), (Some("remedy_ack"), Some("INC-000042")));
         m.event = Event::Resolve;
         assert_eq!(payload(&m)["blocks"].as_array().unwrap().len(), 1, "nothing to press once it is over");
+        m.event = Event::Trigger;
+        m.audience = remedy_shared::comms::Audience::Customers;
+        assert_eq!(payload(&m)["blocks"].as_array().unwrap().len(), 1, "customers get no button");
     }
 }
