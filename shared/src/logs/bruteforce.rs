@@ -885,7 +885,7 @@ impl BruteForceDetector {
             }
         };
         if !self.ips.contains(&failure.source) {
-            while self.ips.len() >= self.config.max_ips {
+            if self.ips.len() >= self.config.max_ips {
                 self.evict_oldest();
             }
             let state = IpState {

@@ -392,7 +392,7 @@ impl ErrorClassifier {
             }
         };
         if !self.keys.contains(self.scratch.as_str()) {
-            while self.keys.len() >= self.config.max_keys {
+            if self.keys.len() >= self.config.max_keys {
                 self.evict_oldest();
             }
             let state = KeyState {
