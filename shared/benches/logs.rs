@@ -484,7 +484,7 @@ fn brute_force(path: &Path, opts: &Options) -> Result<()> {
     println!("### Brute-force detection (SEC-001), single thread\n");
     println!(
         "Generated sshd auth log (syslog lines): {:.1} MB, {} lines, {} attacking addresses ({} IPv6) with {} \
-         failures each in 12 s bursts, {} failures from people mistyping (one per address), the rest accepted \
+         failures each in 12 s bursts, {} failures from people mistyping (each from the next of {} addresses, in turn), the rest accepted \
          logins, sessions and disconnects. remedy: `BruteForceDetector::observe` with the default configuration \
          (raise at {raise_at} failures in {}), the simulated clock following the lines (10 ms apart).\n",
         mb,
@@ -493,6 +493,7 @@ fn brute_force(path: &Path, opts: &Options) -> Result<()> {
         expected.iter().filter(|ip| ip.is_ipv6()).count(),
         log.attackers.values().next().copied().unwrap_or(0),
         stats.failures - log.attackers.values().sum::<u64>(),
+        log.addresses - log.attackers.len() as u64,
         remedy_shared::config::format_duration(window),
     );
 
