@@ -381,9 +381,12 @@ pub struct BruteForceStats {
     /// Failures counted at their line's own time (see
     /// [`super::linetime`]).
     pub at_line_time: u64,
-    /// Failures whose line's time was out of bounds, counted at the read
-    /// time.
+    /// Failures whose line's time was too far ahead of the node's clock,
+    /// counted at the read time.
     pub time_out_of_bounds: u64,
+    /// Failures written more than `max_age` before they were read
+    /// (counted at their own time all the same).
+    pub too_old: u64,
     /// Failures older than the window ending at their address's newest
     /// failure (read out of order): not counted.
     pub late: u64,
@@ -872,7 +875,6 @@ impl BruteForceDetector {
             let reason = "the same attempt as PAM's line before it, counted there".to_owned();
             return (Verdict::NotCounted { rule: failure.rule, reason }, None);
         }
-        self.stats.failures += 1;
         let at = match self.line_clock.judge(line, now) {
             LineJudged::Written(at) => {
                 self.stats.at_line_time += 1;
@@ -883,7 +885,12 @@ impl BruteForceDetector {
                 self.stats.time_out_of_bounds += 1;
                 at
             }
+            LineJudged::TooOld(at) => {
+                self.stats.too_old += 1;
+                at
+            }
         };
+        self.stats.failures += 1;
         if !self.ips.contains(&failure.source) {
             if self.ips.len() >= self.config.max_ips {
                 self.evict_oldest();

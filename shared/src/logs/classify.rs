@@ -243,8 +243,12 @@ pub struct ClassifierStats {
     pub evicted: u64,
     /// Error lines counted at their own time (see [`super::linetime`]).
     pub at_line_time: u64,
-    /// Error lines whose time was out of bounds, counted at the read time.
+    /// Error lines whose time was too far ahead of the node's clock,
+    /// counted at the read time.
     pub time_out_of_bounds: u64,
+    /// Error lines written more than `max_age` before they were read
+    /// (counted at their own time all the same).
+    pub too_old: u64,
     /// Error lines older than the window ending at their key's newest
     /// (read out of order): not counted.
     pub late: u64,
@@ -388,6 +392,10 @@ impl ErrorClassifier {
             LineJudged::Read(at) => at,
             LineJudged::OutOfBounds(at) => {
                 self.stats.time_out_of_bounds += 1;
+                at
+            }
+            LineJudged::TooOld(at) => {
+                self.stats.too_old += 1;
                 at
             }
         };
@@ -717,6 +725,37 @@ mod tests {
         let f = c.observe(&LineRef::plain("ERROR from a plain file"), at(0)).expect("raised");
         assert_eq!(f.target, "log/unattributed");
         assert!(!f.labels.contains_key("app"));
+    }
+
+    #[test]
+    fn the_least_recently_updated_key_is_evicted_and_a_backlog_is_judged_on_its_cri_times() {
+        let config = ClassifierConfig { max_keys: 2, ..ClassifierConfig::default() };
+        let mut c = ErrorClassifier::new(config).unwrap_or_else(|e| panic!("{e}"));
+        for (i, pod) in ["a-0", "b-0", "a-0", "c-0"].iter().enumerate() {
+            c.observe(&line(pod, "ERROR x"), at(i as i64));
+        }
+        let names: Vec<String> = c.counts(None, at(4)).into_iter().map(|w| w.name).collect();
+        assert_eq!(names, vec!["a-0".to_owned(), "c-0".to_owned()], "b-0, updated least recently, went");
+
+        // A day of one error an hour, read at once: never five in a minute.
+        let mut c = classifier();
+        let t0 = Timestamp::parse_rfc3339("2026-11-26T00:00:00Z").unwrap_or_else(|| panic!("t0"));
+        let read = t0.plus(Duration::from_secs(24 * 3600 + 30));
+        for hour in 0..24u64 {
+            let written = t0.plus(Duration::from_secs(hour * 3600));
+            let l = LineRef { timestamp: Some(written), ..line("api-0", "ERROR database down") };
+            assert!(c.observe(&l, read).is_none(), "hour {hour}");
+        }
+        // Hour 0 was written more than a day before it was read: flagged.
+        assert_eq!((c.stats().at_line_time, c.stats().too_old), (23, 1));
+        // Five in a minute, read late, are found.
+        let found: Vec<Finding> = (0..5u64)
+            .filter_map(|i| {
+                let written = t0.plus(Duration::from_secs(3600 * 23 + 30 + i * 5));
+                c.observe(&LineRef { timestamp: Some(written), ..line("api-0", "ERROR database down") }, read)
+            })
+            .collect();
+        assert_eq!(found.iter().map(|f| f.state).collect::<Vec<_>>(), vec![FindingState::Active]);
     }
 
     #[test]

@@ -28,11 +28,14 @@
 //!
 //! Only positions the writer fills are read, never a field a client writes
 //! (nginx's time is taken after the user field, which holds no space), and
-//! a time is believed only within bounds of the node's clock: one more than
-//! `max_age` before it, or more than `max_ahead` after it (a node or a
-//! container with a wrong clock, a line replayed from an old file), is not,
-//! and the line is judged at its read time, counted in the detectors'
-//! `time_out_of_bounds`. Parsing allocates nothing.
+//! a time is checked against the node's clock: a line written more than
+//! `max_age` before it is read is still judged at its own time, in its own
+//! window, and flagged (`too_old` in the detectors' counters: judged at the
+//! read time instead, a backlog of several days would again pile into one
+//! window); one more than `max_ahead` after it (a wrong clock or zone) is
+//! not believed, as it would hold its key's window ahead of every later
+//! line, and the line is judged at its read time (`time_out_of_bounds`).
+//! Parsing allocates nothing.
 
 use std::time::Duration;
 
@@ -50,8 +53,8 @@ pub struct LineTimeConfig {
     /// Judge lines on their own time where they carry one; off, every line
     /// is judged at its read time.
     pub enabled: bool,
-    /// A line's time further back than this from the node's clock is not
-    /// believed.
+    /// A line written further back than this from the node's clock is
+    /// flagged (`too_old`), still judged at its own time.
     #[serde(with = "duration")]
     pub max_age: Duration,
     /// A line's time further ahead than this of the node's clock is not
@@ -100,15 +103,18 @@ pub enum Judged {
     Written(Timestamp),
     /// It carries none (or line times are off): its read time.
     Read(Timestamp),
-    /// Its own was out of bounds: its read time.
+    /// Its own was further ahead than `max_ahead`: its read time.
     OutOfBounds(Timestamp),
+    /// Its own, written more than `max_age` before it was read: judged
+    /// at it, and flagged.
+    TooOld(Timestamp),
 }
 
 impl Judged {
     /// The time.
     pub fn at(self) -> Timestamp {
         match self {
-            Judged::Written(t) | Judged::Read(t) | Judged::OutOfBounds(t) => t,
+            Judged::Written(t) | Judged::Read(t) | Judged::OutOfBounds(t) | Judged::TooOld(t) => t,
         }
     }
 }
@@ -158,7 +164,9 @@ impl LineClock {
             return Judged::Read(now);
         };
         let (t, n) = (t.as_millis(), now.as_millis());
-        if t < n.saturating_sub(self.max_age_ms) || t > n.saturating_add(self.max_ahead_ms) {
+        if t < n.saturating_sub(self.max_age_ms) {
+            Judged::TooOld(Timestamp::from_millis(t))
+        } else if t > n.saturating_add(self.max_ahead_ms) {
             Judged::OutOfBounds(now)
         } else {
             Judged::Written(Timestamp::from_millis(t))
@@ -537,7 +545,10 @@ mod tests {
         let now = t("2026-11-26T12:00:00Z");
         let line = |m| LineRef::plain(m);
         assert_eq!(clock.judge(&line("Nov 26 10:00:00 h sshd[1]: x"), now), Judged::Written(t("2026-11-26T10:00:00Z")));
-        assert_eq!(clock.judge(&line("2026-11-25T11:00:00Z h sshd[1]: x"), now), Judged::OutOfBounds(now));
+        assert_eq!(
+            clock.judge(&line("2026-11-25T11:00:00Z h sshd[1]: x"), now),
+            Judged::TooOld(t("2026-11-25T11:00:00Z"))
+        );
         assert_eq!(clock.judge(&line("2026-11-26T12:06:00Z h sshd[1]: x"), now), Judged::OutOfBounds(now));
         assert_eq!(
             clock.judge(&line("2026-11-26T12:04:00Z h sshd[1]: x"), now),
