@@ -601,6 +601,10 @@ mod tests {
         assert_eq!(field("logs: {checkpoint_interval: 0s}\n"), "logs.checkpoint_interval");
         assert_eq!(field("logs: {checkpoint_interval: soon}\n"), "logs.checkpoint_interval");
         assert_eq!(field("logs: {first_start: middle}\n"), "logs.first_start");
+        assert_eq!(field("logs: {line_time: {syslog_zone: Mars/Olympus}}\n"), "logs.line_time.syslog_zone");
+        assert_eq!(field("logs: {line_time: {max_age: 10s}}\n"), "logs.line_time.max_age");
+        assert_eq!(field("logs: {line_time: {max_ahead: 2d}}\n"), "logs.line_time.max_ahead");
+        assert_eq!(field("logs: {line_time: {zone: UTC}}\n"), "logs.line_time.zone");
         assert_eq!(field("logs: {root: \"\"}\n"), "logs.root");
         assert_eq!(field("logs: {files: [/var/log/a.log, \"/var/log/*.log\"]}\n"), "logs.files[1]");
         assert_eq!(field("logs: {files: [\"\"]}\n"), "logs.files[0]");

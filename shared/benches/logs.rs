@@ -11,7 +11,14 @@
 //! under the temp dir and are removed on the way out. Content is
 //! deterministic (a fixed-seed generator), so runs are comparable.
 //!
-//! `cargo bench -p remedy-shared --bench logs -- [--size-mib N] [--auth-lines N] [--quick] [--keep]`
+//! `cargo bench -p remedy-shared --bench logs -- [--size-mib N] [--auth-lines N] [--auth-addresses N]
+//! [--auth-fail-percent P] [--no-peers] [--quick] [--keep]`
+//!
+//! `--auth-addresses` bounds the addresses people mistype from (64,000 by
+//! default: one new address per mistyping failure up to 64,000 of them,
+//! then again from the first); with more failing addresses than the
+//! detector's `max_ips` (10,000), it evicts. `--no-peers` skips grep and
+//! fail2ban (which takes minutes on millions of lines).
 #![allow(clippy::disallowed_methods, reason = "a benchmark measures elapsed time with the real clock")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,16 +55,34 @@ impl Rng {
 struct Options {
     size_mib: u64,
     auth_lines: u64,
+    auth_addresses: u64,
+    auth_fail_percent: u64,
+    peers: bool,
     keep: bool,
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options { size_mib: 1024, auth_lines: 400_000, keep: false };
+    let mut opts = Options {
+        size_mib: 1024,
+        auth_lines: 400_000,
+        auth_addresses: 64_000,
+        auth_fail_percent: 1,
+        peers: true,
+        keep: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--size-mib" => opts.size_mib = args.next().ok_or("--size-mib needs a value")?.parse()?,
             "--auth-lines" => opts.auth_lines = args.next().ok_or("--auth-lines needs a value")?.parse()?,
+            "--auth-addresses" => {
+                opts.auth_addresses = args.next().ok_or("--auth-addresses needs a value")?.parse::<u64>()?.max(1);
+            }
+            "--auth-fail-percent" => {
+                opts.auth_fail_percent =
+                    args.next().ok_or("--auth-fail-percent needs a value")?.parse::<u64>()?.min(50);
+            }
+            "--no-peers" => opts.peers = false,
             "--quick" => {
                 opts.size_mib = 128;
                 opts.auth_lines = 50_000;
@@ -66,7 +91,10 @@ fn options() -> Result<Options> {
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             "--help" | "-h" => {
-                println!("logs bench: [--size-mib N (1024)] [--auth-lines N (400000)] [--quick] [--keep]");
+                println!(
+                    "logs bench: [--size-mib N (1024)] [--auth-lines N (400000)] [--auth-addresses N (64000)] \
+                     [--auth-fail-percent P (1)] [--no-peers] [--quick] [--keep]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}`").into()),
@@ -97,8 +125,8 @@ fn main() -> Result<()> {
     let _cleanup = TempFiles(vec![cri.clone(), auth.clone()], opts.keep);
 
     println!("## Log detectors\n");
-    classification(&cri, opts.size_mib << 20)?;
-    brute_force(&auth, opts.auth_lines)?;
+    classification(&cri, opts.size_mib << 20, opts.peers)?;
+    brute_force(&auth, &opts)?;
     Ok(())
 }
 
@@ -229,7 +257,7 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn classification(path: &Path, bytes: u64) -> Result<()> {
+fn classification(path: &Path, bytes: u64, peers: bool) -> Result<()> {
     eprintln!("logs bench: generating {} MiB of CRI log at {}", bytes >> 20, path.display());
     let started = Instant::now();
     let (size, lines) = generate_cri(path, bytes)?;
@@ -270,12 +298,15 @@ fn classification(path: &Path, bytes: u64) -> Result<()> {
     let ours_cpu = cpu_seconds() - cpu0;
     let stats = classifier.stats();
 
-    eprintln!("logs bench: grep -E -c");
-    let t1 = Instant::now();
-    let out =
-        Command::new("grep").env("LC_ALL", "C").arg("-E").arg("-c").arg("-e").arg(&patterns).arg(path).output()?;
-    let grep = t1.elapsed().as_secs_f64();
-    let grep_count: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let (grep, grep_count) = if peers {
+        eprintln!("logs bench: grep -E -c");
+        let t1 = Instant::now();
+        let out =
+            Command::new("grep").env("LC_ALL", "C").arg("-E").arg("-c").arg("-e").arg(&patterns).arg(path).output()?;
+        (t1.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0))
+    } else {
+        (f64::NAN, 0)
+    };
 
     let mb = size as f64 / 1e6;
     println!("### Error classification (P1-002), single thread\n");
@@ -296,11 +327,13 @@ fn classification(path: &Path, bytes: u64) -> Result<()> {
         lines as f64 / ours,
         stats.errors
     );
-    println!(
-        "| `LC_ALL=C grep -E -c` (same patterns) | {grep:.2} | - | {:.0} | {:.0} | {grep_count} |",
-        mb / grep,
-        lines as f64 / grep
-    );
+    if peers {
+        println!(
+            "| `LC_ALL=C grep -E -c` (same patterns) | {grep:.2} | - | {:.0} | {:.0} | {grep_count} |",
+            mb / grep,
+            lines as f64 / grep
+        );
+    }
     let cats: Vec<String> =
         classifier.categories().iter().zip(&stats.by_category).map(|(c, n)| format!("{c} {n}")).collect();
     println!(
@@ -317,6 +350,8 @@ fn classification(path: &Path, bytes: u64) -> Result<()> {
 
 struct AuthLog {
     attackers: BTreeMap<IpAddr, u64>,
+    /// Distinct addresses that failed, attackers included.
+    addresses: u64,
     lines: u64,
     bytes: u64,
 }
@@ -325,12 +360,35 @@ struct AuthLog {
 /// (2026-11-26T10:00:00Z).
 const AUTH_T0_MS: i64 = 1_795_687_200_000;
 
+/// The RFC 3164 timestamp of `ms` (UTC), as rsyslog writes it: the day
+/// padded with a space, days and months rolling over.
 fn syslog_time(ms: i64) -> String {
-    let secs = (ms - AUTH_T0_MS) / 1000;
-    format!("Nov 26 {:02}:{:02}:{:02}", 10 + secs / 3600, secs / 60 % 60, secs % 60)
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let t = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let dt = jiff::tz::TimeZone::UTC.to_datetime(t);
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MONTHS[(dt.month() - 1) as usize],
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    )
 }
 
-fn generate_auth(path: &Path, lines: u64) -> Result<AuthLog> {
+/// The `n`th address people mistype from, of `addresses`: 192.0.X.Y for
+/// the first 64,000 (as the bench always wrote them), then 10.X.Y.Z.
+fn mistyping_address(n: u64, addresses: u64) -> String {
+    let i = n % addresses;
+    if i < 64_000 {
+        format!("192.0.{}.{}", i / 250, i % 250)
+    } else {
+        let j = i - 64_000;
+        format!("10.{}.{}.{}", j / 62_500 % 256, j / 250 % 250, j % 250)
+    }
+}
+
+fn generate_auth(path: &Path, lines: u64, addresses: u64, fail_percent: u64) -> Result<AuthLog> {
     let mut rng = Rng(0x5EED_0002);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let attackers: Vec<IpAddr> = (0..24u32)
@@ -362,13 +420,13 @@ fn generate_auth(path: &Path, lines: u64) -> Result<AuthLog> {
             let r = rng.next();
             let client = format!("198.51.{}.{}", (r >> 8) % 100, r % 250);
             match r % 100 {
-                // People mistyping, each from an address of its own.
-                0 => {
+                // People mistyping, each from an address of its own (up
+                // to `addresses` of them).
+                p if p < fail_percent => {
                     legit += 1;
                     format!(
-                        "Failed password for deploy from 192.0.{}.{} port {} ssh2",
-                        legit / 250 % 256,
-                        legit % 250,
+                        "Failed password for deploy from {} port {} ssh2",
+                        mistyping_address(legit, addresses),
                         40_000 + r % 20_000
                     )
                 }
@@ -389,12 +447,14 @@ fn generate_auth(path: &Path, lines: u64) -> Result<AuthLog> {
         bytes += line.len() as u64;
     }
     out.flush()?;
-    Ok(AuthLog { attackers: counts, lines, bytes })
+    let addresses = counts.len() as u64 + legit.min(addresses);
+    Ok(AuthLog { attackers: counts, addresses, lines, bytes })
 }
 
-fn brute_force(path: &Path, lines: u64) -> Result<()> {
+fn brute_force(path: &Path, opts: &Options) -> Result<()> {
+    let lines = opts.auth_lines;
     eprintln!("logs bench: generating {lines} sshd lines at {}", path.display());
-    let log = generate_auth(path, lines)?;
+    let log = generate_auth(path, lines, opts.auth_addresses, opts.auth_fail_percent)?;
     let config = BruteForceConfig::default();
     let (raise_at, window) = (config.raise_at, config.window);
     let mut detector = BruteForceDetector::new(config)?;
@@ -424,7 +484,7 @@ fn brute_force(path: &Path, lines: u64) -> Result<()> {
     println!("### Brute-force detection (SEC-001), single thread\n");
     println!(
         "Generated sshd auth log (syslog lines): {:.1} MB, {} lines, {} attacking addresses ({} IPv6) with {} \
-         failures each in 12 s bursts, {} failures from people mistyping (one per address), the rest accepted \
+         failures each in 12 s bursts, {} failures from people mistyping (each from the next of {} addresses, in turn), the rest accepted \
          logins, sessions and disconnects. remedy: `BruteForceDetector::observe` with the default configuration \
          (raise at {raise_at} failures in {}), the simulated clock following the lines (10 ms apart).\n",
         mb,
@@ -433,6 +493,7 @@ fn brute_force(path: &Path, lines: u64) -> Result<()> {
         expected.iter().filter(|ip| ip.is_ipv6()).count(),
         log.attackers.values().next().copied().unwrap_or(0),
         stats.failures - log.attackers.values().sum::<u64>(),
+        log.addresses - log.attackers.len() as u64,
         remedy_shared::config::format_duration(window),
     );
 
@@ -449,8 +510,17 @@ fn brute_force(path: &Path, lines: u64) -> Result<()> {
         if ours_ips == expected { "yes" } else { "NO" }
     );
 
+    println!(
+        "\nremedy: {} distinct addresses failed; {} addresses tracked at the end (max_ips {}), {} evicted.",
+        log.addresses,
+        stats.tracked,
+        BruteForceConfig::default().max_ips,
+        stats.evicted
+    );
     let f2b = Command::new("fail2ban-regex").arg("--version").output();
-    if f2b.map(|o| o.status.success()).unwrap_or(false) {
+    if !opts.peers {
+        println!("\nPeers skipped (`--no-peers`).\n");
+    } else if f2b.map(|o| o.status.success()).unwrap_or(false) {
         eprintln!("logs bench: fail2ban-regex -o ip {} sshd", path.display());
         let t1 = Instant::now();
         let out = Command::new("fail2ban-regex").arg("-o").arg("ip").arg(path).arg("sshd").output()?;

@@ -100,6 +100,11 @@ finding_kinds! {
     HighErrorRate => "high_error_rate",
     /// Authentication failures from one source above their rate.
     BruteForce => "brute_force",
+    /// A log detector tracking as many keys as it may, evicting the least
+    /// recently updated to take new ones (`evicted` in the last `interval`):
+    /// failures from more sources than it can follow, itself a sign of an
+    /// attack (a botnet), and one in which the slowest sources go unjudged.
+    LogTrackingCapped => "log_tracking_capped",
     /// A container restarting in a crash loop.
     PodCrashLoop => "pod_crash_loop",
     /// A container killed for exceeding its memory.
@@ -139,6 +144,7 @@ impl FindingKind {
             | FindingKind::ProbeFailed
             | FindingKind::HighErrorRate
             | FindingKind::BruteForce
+            | FindingKind::LogTrackingCapped
             | FindingKind::PodCrashLoop
             | FindingKind::PodOomKilled
             | FindingKind::PodFailed

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use remedy_shared::config::{ConfigError, opt_duration};
-use remedy_shared::logs::{BruteForceConfig, BruteForceDetector, ClassifierConfig, ErrorClassifier};
+use remedy_shared::logs::{
+    BruteForceConfig, BruteForceDetector, ClassifierConfig, ErrorClassifier, LineClock, LineTimeConfig,
+};
 use serde::Deserialize;
 
 use super::StartAt;
@@ -38,6 +40,8 @@ pub struct LogsConfig {
     pub errors: ClassifierConfig,
     /// Failed logins per source address (SEC-001's `brute_force`).
     pub brute_force: BruteForceConfig,
+    /// How lines' own times are used by both detectors.
+    pub line_time: LineTimeConfig,
 }
 
 /// `logs:` in the file.
@@ -60,6 +64,8 @@ pub struct LogsFile {
     errors: ClassifierConfig,
     #[serde(default)]
     brute_force: BruteForceConfig,
+    #[serde(default)]
+    line_time: LineTimeConfig,
 }
 
 /// Smallest and largest `logs.max_line_bytes`.
@@ -115,6 +121,7 @@ pub fn resolve(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> 
     // Compiled once here so a bad pattern stops the start naming its field.
     ErrorClassifier::new(file.errors.clone()).map_err(|e| e.in_file(source, "logs.errors"))?;
     BruteForceDetector::new(file.brute_force.clone()).map_err(|e| e.in_file(source, "logs.brute_force"))?;
+    LineClock::new(&file.line_time, None).map_err(|e| e.in_file(source, "logs.line_time"))?;
     Ok(LogsConfig {
         enabled: file.enabled.unwrap_or(true),
         root,
@@ -126,5 +133,6 @@ pub fn resolve(source: &str, file: LogsFile) -> Result<LogsConfig, ConfigError> 
         first_start,
         errors: file.errors,
         brute_force: file.brute_force,
+        line_time: file.line_time,
     })
 }

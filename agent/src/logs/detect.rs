@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use remedy_shared::finding::{Finding, FindingKind};
 use remedy_shared::logs::bruteforce::{BruteForceConfig, BruteForceDetector, BruteForceStats};
 use remedy_shared::logs::classify::{ClassifierConfig, ClassifierStats, ErrorClassifier};
-use remedy_shared::logs::{InvalidLogConfig, LineRef};
+use remedy_shared::logs::{InvalidLogConfig, LineClock, LineRef};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -129,6 +129,13 @@ impl LogDetectors {
             raised: Arc::new(Notify::new()),
             own: OwnInfrastructure::default(),
         })
+    }
+
+    /// Both detectors read lines' times with `clock`.
+    pub fn set_line_clock(&self, clock: LineClock) {
+        let mut d = self.lock();
+        d.errors.set_line_clock(clock.clone());
+        d.brute_force.set_line_clock(clock);
     }
 
     /// The same detectors, never reporting an address of `own`.

@@ -24,6 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use remedy_shared::Timestamp;
+use remedy_shared::logs::LineClock;
 use serde::Serialize;
 
 pub use config::LogsConfig;
@@ -349,6 +350,10 @@ pub fn start(
     };
     // Validated with the configuration; a failure here is a bug, not input.
     let detectors = LogDetectors::new(c.errors.clone(), c.brute_force.clone())?.protecting(own);
+    // RFC 3164 times are in the zone syslog writes them in: the node's,
+    // when the DaemonSet mounts its /etc/localtime (UTC without it).
+    let localtime = std::fs::read("/etc/localtime").ok();
+    detectors.set_line_clock(LineClock::new(&c.line_time, localtime.as_deref())?);
     let detectors_status = Published::default();
     let (stop_flush, flush_stopped) = tokio::sync::oneshot::channel::<()>();
     let flush = tokio::spawn(detectors.clone().flush(outbox, detectors_status.clone(), metrics.clone(), async move {

@@ -11,7 +11,7 @@
 //! address from where the server writes it, and a client's forwarding
 //! header only from a trusted proxy ([`super::net::client_addr`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -21,7 +21,9 @@ use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::linetime::{Judged as LineJudged, LineClock};
 use super::net::{Cidr, any_contains, client_addr, parse_addr};
+use super::recency::RecencyMap;
 use super::rules::{self, Read, Rule, RuleSpec};
 use super::sshd::{self, Shape, Sshd};
 use super::syslog;
@@ -155,7 +157,9 @@ pub struct BruteForceConfig {
     pub infrastructure: Vec<Cidr>,
     /// JSON field names.
     pub json: JsonAuthFields,
-    /// Most addresses tracked; the least recently updated is dropped beyond.
+    /// Most addresses tracked; the least recently updated is dropped beyond
+    /// (in constant time), and a `log_tracking_capped` finding says so at
+    /// most once per `window`.
     pub max_ips: usize,
     /// Most account names kept per address.
     pub max_users: usize,
@@ -374,6 +378,18 @@ pub struct BruteForceStats {
     pub tracked: usize,
     /// Addresses dropped to stay within `max_ips`.
     pub evicted: u64,
+    /// Failures counted at their line's own time (see
+    /// [`super::linetime`]).
+    pub at_line_time: u64,
+    /// Failures whose line's time was too far ahead of the node's clock,
+    /// counted at the read time.
+    pub time_out_of_bounds: u64,
+    /// Failures written more than `max_age` before they were read
+    /// (counted at their own time all the same).
+    pub too_old: u64,
+    /// Failures older than the window ending at their address's newest
+    /// failure (read out of order): not counted.
+    pub late: u64,
     /// Findings raised (not counting refreshes).
     pub raised: u64,
     /// Findings cleared.
@@ -389,7 +405,31 @@ struct IpState {
     samples: VecDeque<String>,
     last_source: Option<String>,
     raised: Hysteresis,
-    last_update: Timestamp,
+    /// The newest time a failure of this address was written at.
+    seen: Timestamp,
+    /// The node's clock when its last failure was read.
+    read_at: Timestamp,
+}
+
+impl IpState {
+    /// Where this address's window ends when the node's clock says `now`:
+    /// its newest failure's time, moved on by the time since it was read.
+    /// Live, that is `now`; while a backlog is read, the backlog's time, so
+    /// a tick in the middle of it judges no window of it early.
+    fn clock(&self, now: Timestamp) -> Timestamp {
+        self.seen.plus(now.since(self.read_at))
+    }
+}
+
+/// Whether the detector is shedding addresses, for `log_tracking_capped`.
+#[derive(Debug, Default)]
+struct Shedding {
+    /// Evictions since the last finding about them.
+    evicted: u64,
+    /// When the last finding was sent; `None` while not raised.
+    last_sent: Option<Timestamp>,
+    /// When it was raised.
+    since: Option<Timestamp>,
 }
 
 /// A failed login read from a line.
@@ -459,7 +499,12 @@ pub struct BruteForceDetector {
     access_rules: Vec<(AuthFormat, Regex)>,
     rules: Vec<Rule>,
     width: i64,
-    ips: HashMap<IpAddr, IpState>,
+    /// The addresses, least recently updated first.
+    ips: RecencyMap<IpAddr, IpState>,
+    /// The addresses with a raised finding, judged at every tick.
+    raised: HashSet<IpAddr>,
+    line_clock: LineClock,
+    shedding: Shedding,
     /// sshd connections whose current attempt PAM already reported, with
     /// the address and when.
     attempts: HashMap<u64, (IpAddr, Timestamp)>,
@@ -527,10 +572,19 @@ impl BruteForceDetector {
             access,
             access_rules,
             rules,
-            ips: HashMap::new(),
+            ips: RecencyMap::default(),
+            raised: HashSet::new(),
+            line_clock: LineClock::default(),
+            shedding: Shedding::default(),
             attempts: HashMap::new(),
             stats: BruteForceStats::default(),
         })
+    }
+
+    /// Reads lines' times with `clock` from now on (the default reads
+    /// RFC 3164 times as UTC).
+    pub fn set_line_clock(&mut self, clock: LineClock) {
+        self.line_clock = clock;
     }
 
     /// Counters so far.
@@ -542,8 +596,12 @@ impl BruteForceDetector {
     /// highest first.
     pub fn failures_by_source(&mut self, now: Timestamp) -> Vec<(IpAddr, u64)> {
         let width = self.width;
-        let mut out: Vec<(IpAddr, u64)> =
-            self.ips.iter_mut().map(|(ip, s)| (*ip, s.counts.total(now, width))).filter(|(_, n)| *n > 0).collect();
+        let mut out: Vec<(IpAddr, u64)> = self
+            .ips
+            .iter_mut()
+            .map(|(ip, s)| (*ip, s.counts.total(s.clock(now), width)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         out
     }
@@ -817,22 +875,45 @@ impl BruteForceDetector {
             let reason = "the same attempt as PAM's line before it, counted there".to_owned();
             return (Verdict::NotCounted { rule: failure.rule, reason }, None);
         }
+        let at = match self.line_clock.judge(line, now) {
+            LineJudged::Written(at) => {
+                self.stats.at_line_time += 1;
+                at
+            }
+            LineJudged::Read(at) => at,
+            LineJudged::OutOfBounds(at) => {
+                self.stats.time_out_of_bounds += 1;
+                at
+            }
+            LineJudged::TooOld(at) => {
+                self.stats.too_old += 1;
+                at
+            }
+        };
         self.stats.failures += 1;
-        if !self.ips.contains_key(&failure.source) && self.ips.len() >= self.config.max_ips {
-            self.evict_oldest();
+        if !self.ips.contains(&failure.source) {
+            if self.ips.len() >= self.config.max_ips {
+                self.evict_oldest();
+            }
+            let state = IpState {
+                counts: WindowCounter::default(),
+                users: BTreeSet::new(),
+                users_dropped: 0,
+                rules: BTreeSet::new(),
+                samples: VecDeque::new(),
+                last_source: None,
+                raised: Hysteresis::new(now),
+                seen: at,
+                read_at: now,
+            };
+            self.ips.insert(failure.source, state);
         }
-        let state = self.ips.entry(failure.source).or_insert_with(|| IpState {
-            counts: WindowCounter::default(),
-            users: BTreeSet::new(),
-            users_dropped: 0,
-            rules: BTreeSet::new(),
-            samples: VecDeque::new(),
-            last_source: None,
-            raised: Hysteresis::new(now),
-            last_update: now,
-        });
-        state.counts.add(1, now, self.width);
-        state.last_update = now;
+        let Some(state) = self.ips.touch(&failure.source) else { return (Verdict::NotRead, None) };
+        if !state.counts.add(1, at, self.width) {
+            self.stats.late += 1;
+        }
+        state.seen = state.seen.max(at);
+        state.read_at = now;
         if !state.rules.contains(&failure.rule) && state.rules.len() < 8 {
             state.rules.insert(failure.rule.clone());
         }
@@ -856,29 +937,97 @@ impl BruteForceDetector {
             state.samples.push_back(truncate(line.message, self.config.max_sample_len, Unit::Bytes).into_owned());
         }
         let verdict = Verdict::Counted { rule: failure.rule, source: failure.source, user: failure.user };
-        (verdict, judge(&self.config, self.width, &mut self.stats, failure.source, state, now))
+        let found = judge(&self.config, self.width, &mut self.stats, failure.source, state, now);
+        if found.as_ref().is_some_and(|f| f.state == FindingState::Active) {
+            self.raised.insert(failure.source);
+        }
+        (verdict, found)
     }
 
-    /// Re-judges every address at `now` (windows slide without lines):
-    /// clears findings whose counts fell, refreshes the others, forgets idle
-    /// addresses. Call it every second or so.
+    /// Re-judges at `now` (windows slide without lines): clears the
+    /// raised findings whose counts fell and refreshes the others, forgets
+    /// the addresses whose windows emptied, and reports shedding (see
+    /// [`Self::shedding`]). Call it every second or so. Costs the raised
+    /// addresses plus those forgotten: idle addresses leave oldest first,
+    /// and the scan stops at the first that is not idle.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Finding> {
         let mut out = Vec::new();
         let (config, width, stats) = (&self.config, self.width, &mut self.stats);
-        self.ips.retain(|ip, state| {
+        let ips = &mut self.ips;
+        self.raised.retain(|ip| {
+            let Some(state) = ips.get_mut(ip) else { return false };
             if let Some(f) = judge(config, width, stats, *ip, state, now) {
                 out.push(f);
             }
-            state.raised.active_since.is_some() || state.counts.total(now, width) > 0
+            state.raised.active_since.is_some()
         });
+        while let Some((ip, state)) = self.ips.oldest() {
+            if self.raised.contains(ip) || state.counts.total(state.clock(now), width) > 0 {
+                break;
+            }
+            self.ips.pop_oldest();
+        }
+        out.extend(self.shedding(now));
         out
     }
 
+    /// `log_tracking_capped`: while addresses are evicted to stay within
+    /// `max_ips` (a botnet, or a scan from many addresses: itself a sign of
+    /// an attack, and one whose slowest sources go unjudged), one finding
+    /// per `window` at most, saying how many were evicted since the last;
+    /// cleared after a `window` without evictions.
+    fn shedding(&mut self, now: Timestamp) -> Option<Finding> {
+        let interval = self.config.window;
+        let sh = &mut self.shedding;
+        let due = sh.last_sent.is_none_or(|last| now.since(last) >= interval);
+        let state = match (sh.evicted, sh.last_sent) {
+            (0, None) => return None,
+            (0, Some(_)) if due => FindingState::Cleared,
+            (_, _) if due => FindingState::Active,
+            _ => return None,
+        };
+        let evicted = std::mem::take(&mut sh.evicted);
+        let since = *sh.since.get_or_insert(now);
+        if state == FindingState::Cleared {
+            (sh.last_sent, sh.since) = (None, None);
+        } else {
+            sh.last_sent = Some(now);
+        }
+        let (cap, window) = (self.config.max_ips, format_duration(interval));
+        let summary = match state {
+            FindingState::Active => format!(
+                "brute-force tracking capped at {cap} addresses; {evicted} evicted in the last {window}: failures from \
+                 more addresses than that, slow attackers among them go unjudged"
+            ),
+            FindingState::Cleared => format!("brute-force tracking no longer capped: no address evicted in {window}"),
+        };
+        Some(Finding {
+            kind: FindingKind::LogTrackingCapped,
+            severity: Severity::Warning,
+            state,
+            target: "detector/brute_force".to_owned(),
+            labels: BTreeMap::from([("detector".to_owned(), "brute_force".to_owned())]),
+            evidence: BTreeMap::from([
+                ("max_ips".to_owned(), cap.to_string()),
+                ("evicted".to_owned(), evicted.to_string()),
+                ("interval".to_owned(), window),
+                ("tracked".to_owned(), self.ips.len().to_string()),
+                ("evicted_total".to_owned(), self.stats.evicted.to_string()),
+            ]),
+            summary,
+            first_seen: since,
+            last_seen: now,
+            expires_at: (state == FindingState::Active)
+                .then(|| now.plus((interval * 2).min(std::time::Duration::from_secs(12 * 3600)))),
+        })
+    }
+
+    /// Drops the least recently updated address.
     fn evict_oldest(&mut self) {
-        let oldest = self.ips.iter().min_by_key(|(_, s)| s.last_update).map(|(ip, _)| *ip);
-        if let Some(ip) = oldest {
-            self.ips.remove(&ip);
+        if let Some((ip, _)) = self.ips.pop_oldest() {
+            self.raised.remove(&ip);
             self.stats.evicted += 1;
+            self.shedding.evicted += 1;
         }
     }
 }
@@ -891,7 +1040,8 @@ fn judge(
     state: &mut IpState,
     now: Timestamp,
 ) -> Option<Finding> {
-    let failures = state.counts.total(now, width);
+    let window_end = state.clock(now);
+    let failures = state.counts.total(window_end, width);
     let (judged, since) =
         state.raised.judge(failures, config.raise_at, config.clear_below, config.refresh_every, now)?;
     let finding_state = match judged {
@@ -919,6 +1069,11 @@ fn judge(
     ]);
     if let Some(source) = &state.last_source {
         evidence.insert("last_pod".to_owned(), source.clone());
+    }
+    // Judged on the lines' own times, behind the node's clock (a backlog):
+    // where in the log the window ends.
+    if now.as_millis() - window_end.as_millis() > width {
+        evidence.insert("window_end".to_owned(), window_end.to_string());
     }
     for (i, s) in state.samples.iter().enumerate() {
         evidence.insert(format!("sample_{}", i + 1), s.clone());
@@ -1429,6 +1584,194 @@ mod tests {
         // Raised at the fourth failure (root, a, b, c): two names kept.
         let f = last.expect("raised");
         assert_eq!((f.evidence["users"].as_str(), f.evidence["users_dropped"].as_str()), ("a,root", "2"));
+    }
+
+    fn sshd_at(t: Timestamp, peer: &str) -> String {
+        // rsyslog's default file format, in UTC (the detector's default zone).
+        let dt = jiff::tz::TimeZone::UTC
+            .to_datetime(jiff::Timestamp::from_millisecond(t.as_millis()).unwrap_or_else(|e| panic!("{e}")));
+        let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+            [dt.month() as usize - 1];
+        format!(
+            "{month} {:>2} {:02}:{:02}:{:02} node-1 sshd[77]: Failed password for root from {peer} port 50122 ssh2",
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second()
+        )
+    }
+
+    #[test]
+    fn the_least_recently_updated_address_is_evicted_first() {
+        let mut d = detector(BruteForceConfig { max_ips: 3, ..BruteForceConfig::default() });
+        let fail = |d: &mut BruteForceDetector, peer: &str, t: i64| {
+            let l = format!("sshd[1]: Failed password for root from {peer} port 22 ssh2");
+            d.observe(&LineRef::plain(&l), at(t));
+        };
+        for (t, peer) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
+            fail(&mut d, peer, t as i64);
+        }
+        fail(&mut d, "192.0.2.1", 3);
+        fail(&mut d, "192.0.2.4", 4);
+        let kept: BTreeSet<IpAddr> = d.failures_by_source(at(5)).into_iter().map(|(ip, _)| ip).collect();
+        assert_eq!(kept, BTreeSet::from([ip("192.0.2.1"), ip("192.0.2.3"), ip("192.0.2.4")]));
+        fail(&mut d, "192.0.2.5", 5);
+        assert!(!d.ips.contains(&ip("192.0.2.3")), "then the next oldest");
+        assert_eq!(d.stats().evicted, 2);
+    }
+
+    #[test]
+    fn a_million_addresses_never_hold_more_than_the_cap() {
+        let cap = 10_000;
+        let mut d = detector(BruteForceConfig { max_ips: cap, ..BruteForceConfig::default() });
+        let mut most = 0;
+        for i in 0..1_000_000u32 {
+            let peer = IpAddr::from([10 + (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            let l = format!("sshd[1]: Failed password for root from {peer} port 22 ssh2");
+            // 10,000 failures a second, each from a new address.
+            d.observe(&LineRef::plain(&l), Timestamp::from_millis(1_000_000 + i64::from(i) / 10));
+            most = most.max(d.ips.len());
+            assert!(d.ips.queued() <= 2 * cap + 65, "{} queued", d.ips.queued());
+            if i % 10_000 == 0 {
+                d.tick(Timestamp::from_millis(1_000_000 + i64::from(i) / 10));
+            }
+        }
+        assert_eq!(most, cap);
+        let stats = d.stats();
+        assert_eq!((stats.tracked, stats.evicted, stats.failures), (cap, 1_000_000 - cap as u64, 1_000_000));
+    }
+
+    #[test]
+    fn shedding_is_reported_at_most_once_per_window_then_cleared() {
+        let mut d = detector(BruteForceConfig { max_ips: 2, ..BruteForceConfig::default() });
+        let mut n = 0u32;
+        let mut feed = |d: &mut BruteForceDetector, count: u32, t: i64| {
+            for _ in 0..count {
+                n += 1;
+                let l = format!("sshd[1]: Failed password for root from 198.51.{}.{} port 22 ssh2", n / 250, n % 250);
+                d.observe(&LineRef::plain(&l), at(t));
+            }
+        };
+        let capped = |found: &[Finding]| -> Vec<(FindingState, String)> {
+            found
+                .iter()
+                .filter(|f| f.kind == FindingKind::LogTrackingCapped)
+                .map(|f| (f.state, f.evidence["evicted"].clone()))
+                .collect()
+        };
+        assert!(capped(&d.tick(at(1))).is_empty(), "nothing evicted, nothing said");
+        feed(&mut d, 5, 2);
+        let first = d.tick(at(3));
+        assert_eq!(capped(&first), vec![(FindingState::Active, "3".to_owned())]);
+        let f = &first[0];
+        assert_eq!(
+            (f.target.as_str(), f.evidence["max_ips"].as_str(), f.evidence["interval"].as_str()),
+            ("detector/brute_force", "2", "5m")
+        );
+        assert!(f.summary.contains("capped at 2 addresses; 3 evicted in the last 5m"), "{}", f.summary);
+        assert_eq!((f.validate(), f.check_from_node()), (Ok(()), Ok(())));
+        // More evictions within the window: nothing until it has passed.
+        for t in 4..300 {
+            feed(&mut d, 10, t);
+            assert!(capped(&d.tick(at(t))).is_empty(), "at {t}");
+        }
+        assert_eq!(capped(&d.tick(at(303))), vec![(FindingState::Active, "2960".to_owned())]);
+        // A window without evictions clears it, once.
+        assert!(capped(&d.tick(at(500))).is_empty());
+        assert_eq!(capped(&d.tick(at(603))), vec![(FindingState::Cleared, "0".to_owned())]);
+        assert!(capped(&d.tick(at(1000))).is_empty());
+    }
+
+    #[test]
+    fn windows_slide_on_the_lines_time_and_a_tick_mid_backlog_forgets_nothing() {
+        let mut d =
+            detector(BruteForceConfig { window: Duration::from_secs(60), raise_at: 3, ..BruteForceConfig::default() });
+        let t0 = Timestamp::parse_rfc3339("2026-11-26T10:00:00Z").unwrap_or_else(|| panic!("t0"));
+        let read = t0.plus(Duration::from_secs(6 * 3600));
+        // Read six hours late: two failures 20 s apart, a tick, a third
+        // 20 s later in the log: three in a minute, raised.
+        assert!(d.observe(&LineRef::plain(&sshd_at(t0, "203.0.113.7")), read).is_none());
+        assert!(d.observe(&LineRef::plain(&sshd_at(t0.plus(Duration::from_secs(20)), "203.0.113.7")), read).is_none());
+        assert!(d.tick(read.plus(Duration::from_millis(500))).is_empty());
+        assert_eq!(d.stats().tracked, 1, "the backlog's window has not passed");
+        let third = sshd_at(t0.plus(Duration::from_secs(40)), "203.0.113.7");
+        let f = d.observe(&LineRef::plain(&third), read.plus(Duration::from_secs(1))).expect("raised");
+        assert_eq!((f.evidence["failures"].as_str(), f.state), ("3", FindingState::Active));
+        assert_eq!(f.evidence["window_end"], "2026-11-26T10:00:40.000Z");
+        // The node's times: raised now, live for the coordinator.
+        assert!(f.expires_at.is_some_and(|e| e > read) && f.first_seen == read.plus(Duration::from_secs(1)));
+        assert_eq!(d.stats().at_line_time, 3);
+        // Once read, the window slides on the node's clock and clears.
+        let cleared = d.tick(read.plus(Duration::from_secs(90)));
+        assert_eq!(cleared.iter().map(|f| f.state).collect::<Vec<_>>(), vec![FindingState::Cleared]);
+        assert_eq!(d.stats().tracked, 0);
+    }
+
+    /// `lines` (time written, line) fed live (read as written) and read
+    /// late (all at `read`, ticking every 100 lines): the addresses raised.
+    fn raised_live_and_late(
+        config: &BruteForceConfig,
+        lines: &[(Timestamp, String)],
+        read: Timestamp,
+    ) -> [BTreeSet<String>; 2] {
+        let mut out = [BTreeSet::new(), BTreeSet::new()];
+        for (late, raised) in out.iter_mut().enumerate() {
+            let mut d = detector(config.clone());
+            for (i, (written, line)) in lines.iter().enumerate() {
+                let now = if late == 1 { read.plus(Duration::from_millis(i as u64)) } else { *written };
+                if let Some(f) = d.observe(&LineRef::plain(line), now)
+                    && f.state == FindingState::Active
+                {
+                    raised.insert(f.labels["source_ip"].clone());
+                }
+                if i % 100 == 0 {
+                    d.tick(now);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_backlog_is_judged_as_it_was_written() {
+        let t0 = Timestamp::parse_rfc3339("2026-11-26T00:00:00Z").unwrap_or_else(|| panic!("t0"));
+        let read = t0.plus(Duration::from_secs(24 * 3600 + 60));
+        let config = BruteForceConfig::default();
+        // A day of people mistyping: 200 addresses, each failing once an
+        // hour, all day.
+        let mut lines = Vec::new();
+        for hour in 0..24u64 {
+            for k in 0..200u64 {
+                let t = t0.plus(Duration::from_secs(hour * 3600 + k * 17));
+                lines.push((t, sshd_at(t, &format!("192.0.2.{k}"))));
+            }
+        }
+        assert_eq!(raised_live_and_late(&config, &lines, read), [BTreeSet::new(), BTreeSet::new()]);
+        // Judged on the read time, the same day is 24 failures from each.
+        let blind = {
+            let mut d = detector(BruteForceConfig { max_ips: 1000, ..config.clone() });
+            let off = super::super::LineTimeConfig { enabled: false, ..Default::default() };
+            d.set_line_clock(LineClock::new(&off, None).unwrap_or_else(|e| panic!("{e}")));
+            lines.iter().filter_map(|(_, l)| d.observe(&LineRef::plain(l), read)).count()
+        };
+        assert_eq!(blind, 200, "read-time windows would take every one of them for an attacker");
+
+        // Attacks in the same backlog: one slow (a failure every 40 s: at
+        // most 8 in any 5 minutes), one fast (10 in 90 s), one fast but
+        // only after the slow one's pace (a failure every 31 s: 10 in 279 s).
+        let mut attacks = lines.clone();
+        for i in 0..30u64 {
+            let slow = t0.plus(Duration::from_secs(3 * 3600 + i * 40));
+            attacks.push((slow, sshd_at(slow, "203.0.113.1")));
+            let fast = t0.plus(Duration::from_secs(7 * 3600 + i * 9));
+            attacks.push((fast, sshd_at(fast, "203.0.113.2")));
+            let edge = t0.plus(Duration::from_secs(11 * 3600 + i * 31));
+            attacks.push((edge, sshd_at(edge, "203.0.113.3")));
+        }
+        attacks.sort_by_key(|(t, _)| *t);
+        let [live, late] = raised_live_and_late(&config, &attacks, read);
+        assert_eq!(live, BTreeSet::from(["203.0.113.2".to_owned(), "203.0.113.3".to_owned()]));
+        assert_eq!(late, live, "found late iff found live");
     }
 
     #[test]

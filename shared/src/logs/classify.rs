@@ -4,12 +4,14 @@
 //! prefilter rejects most lines in one vectorised scan); only error lines
 //! go through the categories' `RegexSet`, and only they touch any state.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::linetime::{Judged as LineJudged, LineClock};
+use super::recency::RecencyMap;
 use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
 use super::{InvalidLogConfig, LineRef, deployment_of};
 use crate::config::{duration, format_duration};
@@ -73,7 +75,8 @@ pub struct ClassifierConfig {
     pub refresh_every: Duration,
     /// What counts are kept per.
     pub key_by: KeyBy,
-    /// Most keys tracked; the least recently updated is dropped beyond.
+    /// Most keys tracked; the least recently updated is dropped beyond (in
+    /// constant time).
     pub max_keys: usize,
     /// Sample lines kept per key (the newest).
     pub max_samples: usize,
@@ -238,6 +241,17 @@ pub struct ClassifierStats {
     pub keys: usize,
     /// Keys dropped to stay within `max_keys`.
     pub evicted: u64,
+    /// Error lines counted at their own time (see [`super::linetime`]).
+    pub at_line_time: u64,
+    /// Error lines whose time was too far ahead of the node's clock,
+    /// counted at the read time.
+    pub time_out_of_bounds: u64,
+    /// Error lines written more than `max_age` before they were read
+    /// (counted at their own time all the same).
+    pub too_old: u64,
+    /// Error lines older than the window ending at their key's newest
+    /// (read out of order): not counted.
+    pub late: u64,
     /// Findings raised (not counting refreshes).
     pub raised: u64,
     /// Findings cleared.
@@ -270,7 +284,18 @@ struct KeyState {
     counts: Vec<WindowCounter>,
     samples: VecDeque<String>,
     raised: Hysteresis,
-    last_update: Timestamp,
+    /// The newest time an error line of this key was written at.
+    seen: Timestamp,
+    /// The node's clock when its last error line was read.
+    read_at: Timestamp,
+}
+
+impl KeyState {
+    /// Where this key's window ends when the node's clock says `now` (see
+    /// the brute-force detector's `IpState::clock`).
+    fn clock(&self, now: Timestamp) -> Timestamp {
+        self.seen.plus(now.since(self.read_at))
+    }
 }
 
 /// Classifies error lines and raises `high_error_rate` per workload.
@@ -283,7 +308,11 @@ pub struct ErrorClassifier {
     owner: Vec<usize>,
     names: Vec<String>,
     width: i64,
-    keys: HashMap<String, KeyState>,
+    /// The keys, least recently updated first.
+    keys: RecencyMap<String, KeyState>,
+    /// The keys with a raised finding, judged at every tick.
+    raised: HashSet<String>,
+    line_clock: LineClock,
     scratch: String,
     stats: ClassifierStats,
 }
@@ -302,10 +331,18 @@ impl ErrorClassifier {
             categories,
             owner,
             names,
-            keys: HashMap::new(),
+            keys: RecencyMap::default(),
+            raised: HashSet::new(),
+            line_clock: LineClock::default(),
             scratch: String::new(),
             stats,
         })
+    }
+
+    /// Reads lines' times with `clock` from now on (the default reads
+    /// RFC 3164 times as UTC).
+    pub fn set_line_clock(&mut self, clock: LineClock) {
+        self.line_clock = clock;
     }
 
     /// Category names, the fallback last.
@@ -347,7 +384,22 @@ impl ErrorClassifier {
         for part in [namespace, "\0", kind, "\0", name] {
             self.scratch.push_str(part);
         }
-        if !self.keys.contains_key(self.scratch.as_str()) {
+        let at = match self.line_clock.judge(line, now) {
+            LineJudged::Written(at) => {
+                self.stats.at_line_time += 1;
+                at
+            }
+            LineJudged::Read(at) => at,
+            LineJudged::OutOfBounds(at) => {
+                self.stats.time_out_of_bounds += 1;
+                at
+            }
+            LineJudged::TooOld(at) => {
+                self.stats.too_old += 1;
+                at
+            }
+        };
+        if !self.keys.contains(self.scratch.as_str()) {
             if self.keys.len() >= self.config.max_keys {
                 self.evict_oldest();
             }
@@ -360,13 +412,17 @@ impl ErrorClassifier {
                 counts: vec![WindowCounter::default(); self.names.len()],
                 samples: VecDeque::new(),
                 raised: Hysteresis::new(now),
-                last_update: now,
+                seen: at,
+                read_at: now,
             };
             self.keys.insert(self.scratch.clone(), state);
         }
-        let key = self.keys.get_mut(self.scratch.as_str())?;
-        key.counts[category].add(1, now, self.width);
-        key.last_update = now;
+        let key = self.keys.touch(self.scratch.as_str())?;
+        if !key.counts[category].add(1, at, self.width) {
+            self.stats.late += 1;
+        }
+        key.seen = key.seen.max(at);
+        key.read_at = now;
         if let Some(pod) = line.pod
             && key.last_pod != pod
         {
@@ -378,7 +434,11 @@ impl ErrorClassifier {
             }
             key.samples.push_back(truncate(line.message, self.config.max_sample_len, Unit::Bytes).into_owned());
         }
-        judge(&self.config, &self.names, self.width, &mut self.stats, key, now)
+        let found = judge(&self.config, &self.names, self.width, &mut self.stats, key, now);
+        if found.as_ref().is_some_and(|f| f.state == FindingState::Active) && !self.raised.contains(&self.scratch) {
+            self.raised.insert(self.scratch.clone());
+        }
+        found
     }
 
     /// Error counts per category in the window ending at `now`, for every
@@ -387,13 +447,17 @@ impl ErrorClassifier {
         let width = self.width;
         let mut out: Vec<WorkloadErrors> = self
             .keys
-            .values_mut()
+            .iter_mut()
+            .map(|(_, k)| k)
             .filter(|k| name.is_none_or(|n| n == k.name))
-            .map(|k| WorkloadErrors {
-                namespace: k.namespace.clone(),
-                kind: k.kind,
-                name: k.name.clone(),
-                by_category: k.counts.iter_mut().map(|c| c.total(now, width)).collect(),
+            .map(|k| {
+                let end = k.clock(now);
+                WorkloadErrors {
+                    namespace: k.namespace.clone(),
+                    kind: k.kind,
+                    name: k.name.clone(),
+                    by_category: k.counts.iter_mut().map(|c| c.total(end, width)).collect(),
+                }
             })
             .filter(|w| w.by_category.iter().any(|n| *n > 0))
             .collect();
@@ -406,25 +470,35 @@ impl ErrorClassifier {
         self.config.window
     }
 
-    /// Re-judges every key at `now` (windows slide without lines): clears
-    /// findings whose counts fell, refreshes the others, forgets idle keys.
-    /// Call it every second or so.
+    /// Re-judges at `now` (windows slide without lines): clears the raised
+    /// findings whose counts fell and refreshes the others, and forgets the
+    /// keys whose windows emptied, oldest first, stopping at the first
+    /// that is not idle. Call it every second or so.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Finding> {
         let mut out = Vec::new();
         let (config, names, width, stats) = (&self.config, &self.names, self.width, &mut self.stats);
-        self.keys.retain(|_, key| {
+        let keys = &mut self.keys;
+        self.raised.retain(|id| {
+            let Some(key) = keys.get_mut(id.as_str()) else { return false };
             if let Some(f) = judge(config, names, width, stats, key, now) {
                 out.push(f);
             }
-            key.raised.active_since.is_some() || key.counts.iter_mut().any(|c| c.total(now, width) > 0)
+            key.raised.active_since.is_some()
         });
+        while let Some((id, key)) = self.keys.oldest() {
+            let end = key.clock(now);
+            if self.raised.contains(id) || key.counts.iter_mut().any(|c| c.total(end, width) > 0) {
+                break;
+            }
+            self.keys.pop_oldest();
+        }
         out
     }
 
+    /// Drops the least recently updated key.
     fn evict_oldest(&mut self) {
-        let oldest = self.keys.iter().min_by_key(|(_, k)| k.last_update).map(|(id, _)| id.clone());
-        if let Some(id) = oldest {
-            self.keys.remove(&id);
+        if let Some((id, _)) = self.keys.pop_oldest() {
+            self.raised.remove(&id);
             self.stats.evicted += 1;
         }
     }
@@ -438,7 +512,8 @@ fn judge(
     key: &mut KeyState,
     now: Timestamp,
 ) -> Option<Finding> {
-    let counts: Vec<u64> = key.counts.iter_mut().map(|c| c.total(now, width)).collect();
+    let end = key.clock(now);
+    let counts: Vec<u64> = key.counts.iter_mut().map(|c| c.total(end, width)).collect();
     let total: u64 = counts.iter().sum();
     let (judged, since) = key.raised.judge(total, config.raise_at, config.clear_below, config.refresh_every, now)?;
     let state = match judged {
@@ -650,6 +725,37 @@ mod tests {
         let f = c.observe(&LineRef::plain("ERROR from a plain file"), at(0)).expect("raised");
         assert_eq!(f.target, "log/unattributed");
         assert!(!f.labels.contains_key("app"));
+    }
+
+    #[test]
+    fn the_least_recently_updated_key_is_evicted_and_a_backlog_is_judged_on_its_cri_times() {
+        let config = ClassifierConfig { max_keys: 2, ..ClassifierConfig::default() };
+        let mut c = ErrorClassifier::new(config).unwrap_or_else(|e| panic!("{e}"));
+        for (i, pod) in ["a-0", "b-0", "a-0", "c-0"].iter().enumerate() {
+            c.observe(&line(pod, "ERROR x"), at(i as i64));
+        }
+        let names: Vec<String> = c.counts(None, at(4)).into_iter().map(|w| w.name).collect();
+        assert_eq!(names, vec!["a-0".to_owned(), "c-0".to_owned()], "b-0, updated least recently, went");
+
+        // A day of one error an hour, read at once: never five in a minute.
+        let mut c = classifier();
+        let t0 = Timestamp::parse_rfc3339("2026-11-26T00:00:00Z").unwrap_or_else(|| panic!("t0"));
+        let read = t0.plus(Duration::from_secs(24 * 3600 + 30));
+        for hour in 0..24u64 {
+            let written = t0.plus(Duration::from_secs(hour * 3600));
+            let l = LineRef { timestamp: Some(written), ..line("api-0", "ERROR database down") };
+            assert!(c.observe(&l, read).is_none(), "hour {hour}");
+        }
+        // Hour 0 was written more than a day before it was read: flagged.
+        assert_eq!((c.stats().at_line_time, c.stats().too_old), (23, 1));
+        // Five in a minute, read late, are found.
+        let found: Vec<Finding> = (0..5u64)
+            .filter_map(|i| {
+                let written = t0.plus(Duration::from_secs(3600 * 23 + 30 + i * 5));
+                c.observe(&LineRef { timestamp: Some(written), ..line("api-0", "ERROR database down") }, read)
+            })
+            .collect();
+        assert_eq!(found.iter().map(|f| f.state).collect::<Vec<_>>(), vec![FindingState::Active]);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 pub mod bruteforce;
 pub mod classify;
 pub mod cri;
+pub mod linetime;
 pub mod net;
+pub mod recency;
 pub mod rules;
 pub mod scope;
 pub mod sshd;
@@ -23,6 +25,7 @@ use crate::time::Timestamp;
 
 pub use bruteforce::{BruteForceConfig, BruteForceDetector, BruteForceStats, JsonAuthFields};
 pub use classify::{CategoryRule, ClassifierConfig, ClassifierStats, ErrorClassifier, KeyBy, WorkloadErrors};
+pub use linetime::{LineClock, LineTimeConfig};
 pub use net::Cidr;
 pub use scope::Scope;
 

@@ -3,6 +3,11 @@
 //! A bucketed counter bounds memory whatever the rate: an attacker sending
 //! a million lines costs the same few bytes as one sending ten. The price is
 //! resolution: an event leaves the window up to one bucket late.
+//!
+//! Events are counted at the time they happened (a line's own time, see
+//! [`super::linetime`]), which may come out of order: one older than the
+//! newest so far still counts in its own bucket while that bucket is in
+//! the window, and not at all once it has left it.
 
 use std::time::Duration;
 
@@ -32,7 +37,7 @@ pub fn bucket_width(window: Duration) -> i64 {
 
 impl WindowCounter {
     /// Moves the window to `now`, dropping buckets that left it. Time never
-    /// runs backwards here: an earlier `now` counts in the newest bucket.
+    /// runs backwards here: an earlier `now` leaves the window where it is.
     fn advance(&mut self, now: Timestamp, width: i64) {
         let slot = now.as_millis().div_euclid(width);
         if self.head == i64::MIN {
@@ -53,11 +58,22 @@ impl WindowCounter {
         self.head = slot;
     }
 
-    /// Adds `n` events at `now`.
-    pub fn add(&mut self, n: u32, now: Timestamp, width: i64) {
-        self.advance(now, width);
-        let i = self.head.rem_euclid(BUCKETS as i64) as usize;
+    /// Adds `n` events that happened at `at`; `false` (nothing counted)
+    /// when `at` is older than the window ending at the newest event.
+    pub fn add(&mut self, n: u32, at: Timestamp, width: i64) -> bool {
+        self.advance(at, width);
+        let slot = at.as_millis().div_euclid(width);
+        if self.head - slot >= BUCKETS as i64 {
+            return false;
+        }
+        let i = slot.rem_euclid(BUCKETS as i64) as usize;
         self.buckets[i] = self.buckets[i].saturating_add(n);
+        true
+    }
+
+    /// The start of the newest bucket, `None` before the first event.
+    pub fn newest(&self, width: i64) -> Option<Timestamp> {
+        (self.head != i64::MIN).then(|| Timestamp::from_millis(self.head.saturating_mul(width)))
     }
 
     /// Events in the window ending at `now`.
@@ -139,8 +155,12 @@ mod tests {
         assert_eq!(w.total(Timestamp::from_millis(59_999), width), 5);
         assert_eq!(w.total(Timestamp::from_millis(60_000), width), 2);
         assert_eq!(w.total(Timestamp::from_millis(90_000), width), 0);
-        // A late timestamp counts as the newest bucket.
-        w.add(1, Timestamp::from_millis(10), width);
+        // A late event counts in its own bucket while that is in the
+        // window, and not at all once it has left.
+        assert!(w.add(1, Timestamp::from_millis(40_000), width));
         assert_eq!(w.total(Timestamp::from_millis(90_000), width), 1);
+        assert_eq!(w.total(Timestamp::from_millis(100_000), width), 0, "the 40 s event left");
+        assert!(!w.add(1, Timestamp::from_millis(10), width));
+        assert_eq!(w.total(Timestamp::from_millis(100_000), width), 0);
     }
 }
