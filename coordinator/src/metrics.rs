@@ -52,8 +52,11 @@ pub struct Metrics {
     pub mtta_seconds: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     /// Availability over the report window, from total-outage incidents.
     pub availability_percent: Family<WindowLabels, Gauge<f64, AtomicU64>>,
-    /// Incidents opened in the report window, by priority.
+    /// Incidents opened in the report window, by priority: the rows add
+    /// up to the total.
     pub window_incidents: Family<PriorityLabels, Gauge>,
+    /// Incidents opened in the report window and tagged security.
+    pub window_security_incidents: Family<WindowLabels, Gauge>,
     /// Connections the server closed by a deadline or a cap.
     pub connections_closed: Family<ClosedLabels, Counter>,
 }
@@ -89,15 +92,16 @@ pub struct WindowLabels {
 pub struct PriorityLabels {
     /// `30d`.
     pub window: String,
-    /// `P0`..`P3`, `security`, `none`; `security_tagged` counts the
-    /// incidents tagged security whatever their priority.
+    /// `P0`..`P3`, `security`, `none`.
     pub priority: String,
 }
 
 impl Metrics {
     /// Registers every metric under the `remedy_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("remedy");
+        let mut root = Registry::default();
+        remedy_proto::selfmetrics::register(&mut root, "coordinator", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("remedy");
         let m = Metrics {
             registry: Arc::new(Registry::default()),
             findings_persisted: Counter::default(),
@@ -119,6 +123,7 @@ impl Metrics {
             mtta_seconds: Family::default(),
             availability_percent: Family::default(),
             window_incidents: Family::default(),
+            window_security_incidents: Family::default(),
             connections_closed: Family::default(),
         };
         registry.register("findings_persisted", "Findings persisted, each counted once", m.findings_persisted.clone());
@@ -181,7 +186,7 @@ impl Metrics {
         );
         registry.register(
             "window_incidents",
-            "Incidents opened in the window, by priority",
+            "Incidents opened in the window, by priority; sum them for the total",
             m.window_incidents.clone(),
         );
         registry.register(
@@ -190,7 +195,12 @@ impl Metrics {
              (per peer address, per listener), by listener and reason",
             m.connections_closed.clone(),
         );
-        Metrics { registry: Arc::new(registry), ..m }
+        registry.register(
+            "window_security_incidents",
+            "Incidents opened in the window and tagged security, whatever their priority",
+            m.window_security_incidents.clone(),
+        );
+        Metrics { registry: Arc::new(root), ..m }
     }
 
     /// What a listener's gate calls for each connection it closes.
@@ -201,7 +211,7 @@ impl Metrics {
         })
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
