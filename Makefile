@@ -20,7 +20,7 @@ test: toolchain deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --lib --bins --tests --exclude remedy-e2e
-	$(CARGO) test -p remedy-e2e --test core --test alertmanager --test engine --test ctl_engine --test directives --test log_tailer --test log_signals --test nft_blocking --test process_signals --test local_actions --test cluster_blocking --test own_infrastructure --test trust --test faults --test data_plane --test escalation --test listings --test secrets --test database_tls --test connections --test mail --test chat_ops
+	$(CARGO) test -p remedy-e2e --test core --test alertmanager --test engine --test ctl_engine --test directives --test log_tailer --test log_signals --test nft_blocking --test process_signals --test local_actions --test cluster_blocking --test own_infrastructure --test trust --test faults --test data_plane --test escalation --test listings --test secrets --test database_tls --test connections --test mail --test chat_ops --test self_metrics
 
 lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -7,6 +7,8 @@ set -euo pipefail
 missing() {
 	local out=()
 	[[ -x /usr/bin/prometheus-alertmanager ]] || out+=(prometheus-alertmanager)
+	# promtool checks the metrics both binaries serve and the self-alerts.
+	[[ -x /usr/bin/promtool ]] || out+=(prometheus)
 	# IP blocking is tested with real nftables in network namespaces.
 	[[ -x /usr/sbin/nft ]] || out+=(nftables)
 	[[ -x /usr/sbin/ip ]] || out+=(iproute2)

@@ -142,9 +142,16 @@ async fn readyz(State(board): State<Arc<Board>>) -> Response {
     }
 }
 
-async fn metrics(State(board): State<Arc<Board>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], board.metrics.render())
-        .into_response()
+/// OpenMetrics to a scraper that asks for it, the classic text format
+/// otherwise.
+async fn metrics(State(board): State<Arc<Board>>, headers: axum::http::HeaderMap) -> Response {
+    use remedy_proto::selfmetrics::{CLASSIC, OPENMETRICS, to_classic, wants_openmetrics};
+    let text = board.metrics.render();
+    if wants_openmetrics(headers.get(header::ACCEPT).and_then(|a| a.to_str().ok())) {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, CLASSIC)], to_classic(&text)).into_response()
+    }
 }
 
 /// `/debug/state`: every feature's status at one moment.

@@ -54,23 +54,25 @@ pub struct ReasonLabels {
 impl Metrics {
     /// Registers every metric under the `remedy_agent_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("remedy_agent");
+        let mut root = Registry::default();
+        remedy_proto::selfmetrics::register(&mut root, "agent", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("remedy_agent");
         let outbox = OutboxMetrics::default();
-        outbox.register(&mut registry);
+        outbox.register(registry);
         let stream = StreamMetrics::default();
-        stream.register(&mut registry);
+        stream.register(registry);
         let samples = Counter::default();
         registry.register("samples", "Resource samples taken", samples.clone());
         let pods = PodMetrics::default();
-        pods.register(&mut registry);
+        pods.register(registry);
         let logs = LogMetrics::default();
-        logs.register(&mut registry);
+        logs.register(registry);
         let blocks = BlockMetrics::default();
-        blocks.register(&mut registry);
+        blocks.register(registry);
         let processes = ProcessMetrics::default();
-        processes.register(&mut registry);
+        processes.register(registry);
         let local = LocalMetrics::default();
-        local.register(&mut registry);
+        local.register(registry);
         let diagnostics_connections_closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "diagnostics_connections_closed",
@@ -78,7 +80,7 @@ impl Metrics {
             diagnostics_connections_closed.clone(),
         );
         Metrics {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             outbox,
             stream,
             samples,

@@ -214,40 +214,57 @@ pub fn out_of_scope(scopes: &SenderScopes, catalog: &Catalog, sender: &str, aler
 /// The webhook handler. The body is read only once the sender is admitted:
 /// an anonymous caller cannot make the coordinator buffer anything.
 pub async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let metrics = webhook.recorder.metrics().clone();
+    let (outcome, response) = handle(webhook, headers, body).await;
+    let labels = crate::metrics::OutcomeLabels { outcome: outcome.to_owned() };
+    metrics.webhook_requests.get_or_create(&labels).inc();
+    response
+}
+
+/// The request's outcome, for the metrics, and the answer.
+async fn handle(webhook: Webhook, headers: HeaderMap, body: axum::body::Body) -> (&'static str, Response) {
     let sender = match admit(&headers, &webhook.senders) {
         Ok(sender) => sender,
         Err(refused) => {
             tracing::warn!(?refused, "refused an Alertmanager notification");
-            return refused.response();
+            let outcome = match refused {
+                Refused::Unauthenticated(_) => "unauthenticated",
+                Refused::NotJson => "not_json",
+            };
+            return (outcome, refused.response());
         }
     };
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            serde_json::json!({ "error": format!("a notification is at most {MAX_BODY} bytes") }),
-        );
+        let body = serde_json::json!({ "error": format!("a notification is at most {MAX_BODY} bytes") });
+        return ("too_large", answer(StatusCode::PAYLOAD_TOO_LARGE, body));
     };
     let recorder = webhook.recorder;
     let alerts: Vec<Alert> = match parse(&body) {
         Ok(alerts) => alerts.into_iter().map(|a| Alert { sent_by: sender.clone(), ..a }).collect(),
         Err(reason) => {
             tracing::warn!(%reason, "refused an Alertmanager notification");
-            return answer(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }));
+            return ("invalid", answer(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason })));
         }
     };
     if let Some(why) = out_of_scope(&webhook.scopes, &webhook.catalog, &sender, &alerts) {
         tracing::warn!(%sender, %why, "refused an Alertmanager notification");
-        return answer(StatusCode::FORBIDDEN, serde_json::json!({ "error": why }));
+        return ("forbidden", answer(StatusCode::FORBIDDEN, serde_json::json!({ "error": why })));
     }
     match recorder.alerts(alerts).await {
-        Ok(receipt) => {
-            answer(StatusCode::OK, serde_json::json!({ "accepted": receipt.new, "duplicates": receipt.duplicates }))
-        }
-        Err(RecordError::QueueFull) => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "error": "the coordinator's queue is full; retry later" }),
+        Ok(receipt) => (
+            "accepted",
+            answer(StatusCode::OK, serde_json::json!({ "accepted": receipt.new, "duplicates": receipt.duplicates })),
         ),
-        Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": e.to_string() })),
+        Err(RecordError::QueueFull) => (
+            "unavailable",
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "error": "the coordinator's queue is full; retry later" }),
+            ),
+        ),
+        Err(e) => {
+            ("unavailable", answer(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": e.to_string() })))
+        }
     }
 }
 

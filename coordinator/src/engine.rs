@@ -181,6 +181,27 @@ impl Engine {
         lock(&self.inner.guard).clone()
     }
 
+    /// Shows the rails' state (pause, breakers, approvals) on `/metrics`,
+    /// read at each scrape; the metrics hold no strong reference to the
+    /// engine.
+    pub fn report_rails(&self) {
+        let engine = Arc::downgrade(&self.inner);
+        self.inner.recorder.metrics().watch_rails(Box::new(move || {
+            let inner = engine.upgrade()?;
+            let now = inner.recorder.clock().now();
+            let g = lock(&inner.guard).clone();
+            let pending: Vec<_> = g.pending_approvals(now).map(|a| a.requested_at).collect();
+            let oldest =
+                pending.iter().min().map_or(0.0, |at| (now.as_millis() - at.as_millis()).max(0) as f64 / 1000.0);
+            Some(crate::metrics::RailsState {
+                paused: g.paused().is_some(),
+                breakers_open: g.open_breakers().count(),
+                approvals_pending: pending.len(),
+                approvals_oldest_seconds: oldest,
+            })
+        }));
+    }
+
     /// The policy in force, runbook settings included.
     pub fn policy(&self) -> &GuardPolicy {
         &self.inner.policy
@@ -643,6 +664,9 @@ impl Driver {
             result.insert(format!("evidence.{k}"), v.clone());
         }
         entries.push(self.entry(EntryKind::Result, format!("{}: {}", report.status.as_str(), report.message), result));
+        let labels =
+            crate::metrics::ActionLabels { kind: kind.as_str().to_owned(), outcome: report.status.as_str().to_owned() };
+        self.inner.recorder.metrics().actions.get_or_create(&labels).inc();
         let mut arguments = remedy_shared::audit::redact(&audited_params);
         arguments.insert("mode".into(), mode.to_string());
         arguments.insert("step".into(), step_id.to_owned());
@@ -750,6 +774,11 @@ impl Driver {
                 Decision::Allow => return Ok(Ok(accepted)),
                 Decision::WouldAllow | Decision::WouldNeedApproval { .. } => return Ok(Ok(None)),
                 Decision::Refuse(refusal) => {
+                    let labels = crate::metrics::RefusalLabels {
+                        kind: request.action_kind.clone(),
+                        reason: refusal.rail().to_owned(),
+                    };
+                    self.inner.recorder.metrics().refusals.get_or_create(&labels).inc();
                     return Ok(Err(StepEnd::Refused(format!("step {}: refused: {refusal}", request.step_id))));
                 }
                 Decision::Escalate(why) => return Ok(Err(StepEnd::Escalate(why.to_string()))),

@@ -67,6 +67,14 @@ async fn readyz(State(recorder): State<Recorder>) -> impl IntoResponse {
     }
 }
 
-async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+/// OpenMetrics to a scraper that asks for it, the classic text format
+/// otherwise.
+async fn render_metrics(State(metrics): State<Metrics>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    use remedy_proto::selfmetrics::{CLASSIC, OPENMETRICS, to_classic, wants_openmetrics};
+    let text = metrics.render();
+    if wants_openmetrics(headers.get(header::ACCEPT).and_then(|a| a.to_str().ok())) {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text)
+    } else {
+        ([(header::CONTENT_TYPE, CLASSIC)], to_classic(&text))
+    }
 }

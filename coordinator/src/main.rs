@@ -198,6 +198,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
     if let Some((elector, _)) = &election {
         engine = engine.fenced_by(elector.clone());
     }
+    engine.report_rails();
     if kube.is_none() {
         tracing::warn!(
             kinds = %actuators::kube::KINDS.join(", "),

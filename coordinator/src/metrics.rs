@@ -52,10 +52,81 @@ pub struct Metrics {
     pub mtta_seconds: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     /// Availability over the report window, from total-outage incidents.
     pub availability_percent: Family<WindowLabels, Gauge<f64, AtomicU64>>,
-    /// Incidents opened in the report window, by priority.
+    /// Incidents opened in the report window, by priority: the rows add
+    /// up to the total.
     pub window_incidents: Family<PriorityLabels, Gauge>,
+    /// Incidents opened in the report window and tagged security.
+    pub window_security_incidents: Family<WindowLabels, Gauge>,
     /// Connections the server closed by a deadline or a cap.
     pub connections_closed: Family<ClosedLabels, Counter>,
+    /// Actions the engine ran, by kind and outcome.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Actions the rails refused, by kind and rail.
+    pub refusals: Family<RefusalLabels, Counter>,
+    /// Alertmanager webhook requests, by outcome.
+    pub webhook_requests: Family<OutcomeLabels, Counter>,
+    /// 1 while automation is paused.
+    pub paused: Gauge,
+    /// Circuit breakers open now.
+    pub breakers_open: Gauge,
+    /// Approval requests waiting for an answer now.
+    pub approvals_pending: Gauge,
+    /// How long the oldest waiting approval request has waited.
+    pub approvals_oldest_seconds: Gauge<f64, AtomicU64>,
+    /// Reads the rails' state at each scrape; unset on a standby.
+    rails: Arc<std::sync::OnceLock<Rails>>,
+}
+
+/// The rails' source, opaque to `Debug`.
+struct Rails(RailsSource);
+
+impl std::fmt::Debug for Rails {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rails")
+    }
+}
+
+/// What the rails say at a scrape: `None` once the engine is gone.
+pub type RailsSource = Box<dyn Fn() -> Option<RailsState> + Send + Sync>;
+
+/// The rails' state as the metrics show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RailsState {
+    /// Automation is paused.
+    pub paused: bool,
+    /// Circuit breakers open.
+    pub breakers_open: usize,
+    /// Approval requests waiting.
+    pub approvals_pending: usize,
+    /// The oldest waiting one's age, in seconds (0 when none waits).
+    pub approvals_oldest_seconds: f64,
+}
+
+/// Labels of an action the engine ran.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The action's kind (`restart_pod`, `scale`, `block_ip`...).
+    pub kind: String,
+    /// The actuator's status (`succeeded`, `failed`, `rehearsed`...).
+    pub outcome: String,
+}
+
+/// Labels of an action the rails refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The action's kind.
+    pub kind: String,
+    /// The rail that refused it (`global_pause`, `breaker_open`,
+    /// `cooldown`, `budget_exhausted`...).
+    pub reason: String,
+}
+
+/// Labels of a request by how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `accepted`, `unauthenticated`, `not_json`, `too_large`,
+    /// `invalid`, `forbidden` or `unavailable`.
+    pub outcome: String,
 }
 
 /// Labels of a connection the server closed.
@@ -89,15 +160,16 @@ pub struct WindowLabels {
 pub struct PriorityLabels {
     /// `30d`.
     pub window: String,
-    /// `P0`..`P3`, `security`, `none`; `security_tagged` counts the
-    /// incidents tagged security whatever their priority.
+    /// `P0`..`P3`, `security`, `none`.
     pub priority: String,
 }
 
 impl Metrics {
     /// Registers every metric under the `remedy_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("remedy");
+        let mut root = Registry::default();
+        remedy_proto::selfmetrics::register(&mut root, "coordinator", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("remedy");
         let m = Metrics {
             registry: Arc::new(Registry::default()),
             findings_persisted: Counter::default(),
@@ -119,7 +191,16 @@ impl Metrics {
             mtta_seconds: Family::default(),
             availability_percent: Family::default(),
             window_incidents: Family::default(),
+            window_security_incidents: Family::default(),
             connections_closed: Family::default(),
+            actions: Family::default(),
+            refusals: Family::default(),
+            webhook_requests: Family::default(),
+            paused: Gauge::default(),
+            breakers_open: Gauge::default(),
+            approvals_pending: Gauge::default(),
+            approvals_oldest_seconds: Gauge::default(),
+            rails: Arc::default(),
         };
         registry.register("findings_persisted", "Findings persisted, each counted once", m.findings_persisted.clone());
         registry.register(
@@ -181,7 +262,7 @@ impl Metrics {
         );
         registry.register(
             "window_incidents",
-            "Incidents opened in the window, by priority",
+            "Incidents opened in the window, by priority; sum them for the total",
             m.window_incidents.clone(),
         );
         registry.register(
@@ -190,7 +271,39 @@ impl Metrics {
              (per peer address, per listener), by listener and reason",
             m.connections_closed.clone(),
         );
-        Metrics { registry: Arc::new(registry), ..m }
+        registry.register("actions", "Actions the engine ran, by kind and the actuator's outcome", m.actions.clone());
+        registry.register(
+            "refusals",
+            "Actions the rails refused, by kind and the rail that refused (reason)",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "alertmanager_webhook_requests",
+            "Alertmanager webhook requests, by outcome",
+            m.webhook_requests.clone(),
+        );
+        registry.register("automation_paused", "1 while a person has paused automation", m.paused.clone());
+        registry.register(
+            "breakers_open",
+            "Circuit breakers open now (actions in their scope are refused)",
+            m.breakers_open.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Approval requests waiting for a person's answer",
+            m.approvals_pending.clone(),
+        );
+        registry.register(
+            "approvals_oldest_pending_seconds",
+            "How long the oldest approval request still waiting has waited; 0 when none waits",
+            m.approvals_oldest_seconds.clone(),
+        );
+        registry.register(
+            "window_security_incidents",
+            "Incidents opened in the window and tagged security, whatever their priority",
+            m.window_security_incidents.clone(),
+        );
+        Metrics { registry: Arc::new(root), ..m }
     }
 
     /// What a listener's gate calls for each connection it closes.
@@ -201,8 +314,19 @@ impl Metrics {
         })
     }
 
-    /// The text exposition format.
+    /// Reads the rails' gauges from `source` at each scrape. Set once.
+    pub fn watch_rails(&self, source: RailsSource) {
+        let _ = self.rails.set(Rails(source));
+    }
+
+    /// The OpenMetrics text format.
     pub fn render(&self) -> String {
+        if let Some(rails) = self.rails.get().and_then(|source| (source.0)()) {
+            self.paused.set(i64::from(rails.paused));
+            self.breakers_open.set(i64::try_from(rails.breakers_open).unwrap_or(i64::MAX));
+            self.approvals_pending.set(i64::try_from(rails.approvals_pending).unwrap_or(i64::MAX));
+            self.approvals_oldest_seconds.set(rails.approvals_oldest_seconds);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

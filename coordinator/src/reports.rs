@@ -110,16 +110,22 @@ fn publish(metrics: &Metrics, r: &Report) {
             }
         }
     }
+    // The rows partition the window's incidents: they sum to the total.
+    let prioritised = r.p0_incidents + r.p1_incidents + r.p2_incidents + r.p3_incidents + r.unprioritised_incidents;
     let counts = [
         ("P0", r.p0_incidents),
         ("P1", r.p1_incidents),
         ("P2", r.p2_incidents),
         ("P3", r.p3_incidents),
-        ("security_tagged", r.security_incidents),
-        ("all", r.total_incidents),
+        ("security", r.total_incidents.saturating_sub(prioritised)),
+        ("none", r.unprioritised_incidents),
     ];
     for (priority, n) in counts {
         let labels = PriorityLabels { window: window.window.clone(), priority: priority.to_owned() };
         metrics.window_incidents.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    metrics
+        .window_security_incidents
+        .get_or_create(&window)
+        .set(i64::try_from(r.security_incidents).unwrap_or(i64::MAX));
 }

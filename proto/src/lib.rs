@@ -18,6 +18,7 @@ pub mod listen;
 pub mod logging;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod selfmetrics;
 pub mod shutdown;
 pub mod tls;
 pub mod tokens;

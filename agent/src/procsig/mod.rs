@@ -67,7 +67,11 @@ impl ProcessMetrics {
     /// Registers them.
     pub fn register(&self, registry: &mut Registry) {
         registry.register("process_samples", "Reads of the node's process table", self.samples.clone());
-        registry.register("process_count", "Processes in the last read of the process table", self.processes.clone());
+        registry.register(
+            "processes",
+            "Processes in the last read of the node's process table",
+            self.processes.clone(),
+        );
         registry.register(
             "process_tracked",
             "Processes (per resource) at or above a threshold being judged",

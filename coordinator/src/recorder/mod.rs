@@ -230,6 +230,8 @@ pub struct Recorder {
     store_failure: StoreFailure,
     /// The writer's clock, which stamps every commit.
     clock: Clock,
+    /// The metrics the writer and the engine count into.
+    metrics: Metrics,
 }
 
 /// Why the last store commit failed; `None` once a commit succeeds again.
@@ -283,6 +285,11 @@ impl Recorder {
         &self.clock
     }
 
+    /// The metrics the writer counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Loads the state from `store` and starts the writer thread, matching
     /// signals against `catalog`. Returns the feed of runs to execute: the
     /// unfinished runs found in the store first, then each new run once it
@@ -313,13 +320,13 @@ impl Recorder {
         let store_failure = StoreFailure::default();
         let writer = Writer {
             clock: clock.clone(),
-            ..Writer::new(store, loaded, events.clone(), metrics, catalog, runs_tx, store_failure.clone())
+            ..Writer::new(store, loaded, events.clone(), metrics.clone(), catalog, runs_tx, store_failure.clone())
         };
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok((Recorder { tx, events, store_failure, clock }, runs_rx, guard))
+        Ok((Recorder { tx, events, store_failure, clock, metrics }, runs_rx, guard))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RecordError> {
