@@ -558,11 +558,8 @@ impl Admin {
 
     async fn get_runbook(&self, request: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
         let id = request.into_inner().id;
-        let runbook = self
-            .engine
-            .catalog()
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("no runbook `{id}` in the catalog")))?;
+        let catalog = self.engine.catalog();
+        let runbook = catalog.get(&id).ok_or_else(|| Status::not_found(catalog.not_found(&id)))?;
         Ok(Response::new(convert::runbook_to_proto(runbook, self.engine.rehearsed_steps(runbook), true)))
     }
 
@@ -575,10 +572,13 @@ impl Admin {
         bounded("runbook_id", &req.runbook_id, limits::MAX_KEY_BYTES)?;
         let params: BTreeMap<String, String> = req.params.into_iter().collect();
         limits::check_map("params", &params).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if self.engine.catalog().get(&req.runbook_id).is_none() {
-            return Err(Status::not_found(format!("no runbook `{}` in the catalog", req.runbook_id)));
-        }
-        let run = ManualRun { runbook_id: req.runbook_id, params, dry_run: req.dry_run, drill: req.drill, by };
+        // Any case finds the runbook; the run records the catalog's id.
+        let catalog = self.engine.catalog();
+        let runbook_id = match catalog.get(&req.runbook_id) {
+            Some(runbook) => runbook.id().to_owned(),
+            None => return Err(Status::not_found(catalog.not_found(&req.runbook_id))),
+        };
+        let run = ManualRun { runbook_id, params, dry_run: req.dry_run, drill: req.drill, by };
         let id = self.engine.run_manual(run).await.map_err(record_status)?;
         Ok(Response::new(pb::RunRunbookResponse { incident_id: id.to_string() }))
     }

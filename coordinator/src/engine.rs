@@ -67,6 +67,21 @@ struct Inner {
 }
 
 impl Inner {
+    /// Why `action` can only be rehearsed here (no actuator performs its
+    /// kind, a channel that is not configured); `None` when it can act.
+    fn rehearsal_reason(&self, action: &Action) -> Option<String> {
+        let kind = action.kind().as_str();
+        if !self.actuators.available(kind) {
+            return Some(unavailable_reason(kind));
+        }
+        match action {
+            Action::Notify(n) if !self.channels.contains(&n.channel) => {
+                Some(format!("channel `{}` is not configured", n.channel))
+            }
+            _ => None,
+        }
+    }
+
     /// The policy as the rails weigh it now: the configured one, with
     /// Remedy's own infrastructure as it is known at this moment.
     fn policy_now(&self) -> GuardPolicy {
@@ -266,15 +281,22 @@ impl Engine {
         Ok(())
     }
 
-    /// The steps and checks of `runbook` that have no actuator here and so
-    /// run as rehearsals.
-    pub fn rehearsed_steps(&self, runbook: &Runbook) -> Vec<String> {
-        let steps = runbook.steps.iter().map(|s| (&s.id, s.kind()));
-        let checks = runbook.verification.iter().flat_map(|v| v.checks.iter().map(|c| (&c.id, c.action.kind())));
+    /// The steps and checks of `runbook` that run as rehearsals here, each
+    /// with why: all of them when its mode is not live, else those whose
+    /// action has no actuator here or names a channel not configured.
+    pub fn rehearsed_steps(&self, runbook: &Runbook) -> Vec<(String, String)> {
+        let steps = runbook.steps.iter().map(|s| (&s.id, &s.action));
+        let checks = runbook.verification.iter().flat_map(|v| v.checks.iter().map(|c| (&c.id, &c.action)));
+        let mode = runbook.guard_rails.mode;
         steps
             .chain(checks)
-            .filter(|(_, k)| !self.inner.actuators.available(k.as_str()))
-            .map(|(id, _)| id.clone())
+            .filter_map(|(id, action)| {
+                let why = match mode {
+                    Mode::Live => self.inner.rehearsal_reason(action)?,
+                    other => format!("the runbook's mode is {}: every step rehearses", other.as_str()),
+                };
+                Some((id.clone(), why))
+            })
             .collect()
     }
 
@@ -804,19 +826,12 @@ impl Driver {
     /// The parameters an actuator receives, and why the action cannot run
     /// for real here (no actuator, an unconfigured webhook).
     fn call_params(&self, action: &Action) -> (serde_json::Value, Option<String>) {
+        if let Some(why) = self.inner.rehearsal_reason(action) {
+            return (serde_json::Value::Null, Some(why));
+        }
         let kind = action.kind().as_str();
-        if !self.inner.actuators.available(kind) {
-            return (serde_json::Value::Null, Some(format!("no actuator performs `{kind}` in this release")));
-        }
-        match action {
-            Action::Notify(n) if !self.inner.channels.contains(&n.channel) => {
-                (serde_json::Value::Null, Some(format!("channel `{}` is not configured", n.channel)))
-            }
-            other => {
-                let json = serde_json::to_value(other).unwrap_or_default();
-                (json.get(kind).cloned().unwrap_or_default(), None)
-            }
-        }
+        let json = serde_json::to_value(action).unwrap_or_default();
+        (json.get(kind).cloned().unwrap_or_default(), None)
     }
 
     async fn call(
@@ -1115,4 +1130,28 @@ fn evidence_json(report: &ActionReport) -> serde_json::Value {
     }
     map.insert("status_text".into(), serde_json::Value::String(report.status.as_str().to_owned()));
     serde_json::Value::Object(map)
+}
+
+/// Why a step of `kind` rehearses when no actuator here performs it: the
+/// Kubernetes kinds need a cluster configured; any other kind has no
+/// actuator in this release.
+fn unavailable_reason(kind: &str) -> String {
+    if crate::actuators::kube::KINDS.contains(&kind) {
+        format!(
+            "no Kubernetes cluster is configured, so `{kind}` is only rehearsed (set `kubernetes` in the configuration or --kubeconfig)"
+        )
+    } else {
+        format!("no actuator performs `{kind}` in this release")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_kubernetes_step_rehearses_because_no_cluster_is_configured() {
+        let why = super::unavailable_reason("list_pods");
+        assert!(why.contains("no Kubernetes cluster is configured") && why.contains("list_pods"), "{why}");
+        assert!(!why.contains("in this release"), "{why}");
+        assert!(super::unavailable_reason("teleport").contains("no actuator performs `teleport`"));
+    }
 }

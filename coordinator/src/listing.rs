@@ -128,6 +128,7 @@ impl Listed for pb::Runbook {
         cut_map(&mut self.params, note);
         self.steps.clear();
         self.dry_run_steps.clear();
+        self.rehearsal_reasons.clear();
         self.definition.clear();
         self
     }

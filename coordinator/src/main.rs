@@ -209,7 +209,7 @@ async fn run(config: Config, catalog: Arc<Catalog>, directory: Arc<Directory>) -
         tracing::info!(
             runbook = runbook.id(),
             priority = %runbook.priority,
-            rehearsed = %engine.rehearsed_steps(runbook).join(", "),
+            rehearsed = %engine.rehearsed_steps(runbook).into_iter().map(|(id, _)| id).collect::<Vec<_>>().join(", "),
             "runbook loaded"
         );
     }

@@ -103,13 +103,49 @@ pub async fn command(ctx: &mut Ctx, verb: Verb, id: &str, reason: Option<String>
         }
         Err(status) => return Err(ctx.explain(status)),
     };
+    // Say who the coordinator recorded, not the name sent: an authenticated
+    // caller's identity (`user:alice`) replaces what the request says.
+    let recorded = match get(ctx, &incident.id).await {
+        Ok(full) => recorded_by(&full.timeline, verb_done(verb)),
+        Err(_) => None,
+    };
+    let by = recorded.or_else(|| (verb == Verb::Acknowledge).then(|| incident.acknowledged_by.clone())).unwrap_or(by);
+    let by = if by.is_empty() { "(unknown)".to_owned() } else { by };
     let view = views::Incident::from(incident);
     output::print_one(ctx.fmt, &view, |i| format!("{} {} by {by} (state: {})", i.id, verb_done(verb), i.state))
+}
+
+/// Who the coordinator recorded for the latest timeline entry of `kind`
+/// ("acknowledged", "resolved"): its `by` detail.
+fn recorded_by(timeline: &[pb::TimelineEntry], kind: &str) -> Option<String> {
+    timeline.iter().rev().find(|e| e.kind == kind).and_then(|e| e.details.get("by")).filter(|b| !b.is_empty()).cloned()
 }
 
 fn verb_done(verb: Verb) -> &'static str {
     match verb {
         Verb::Acknowledge => "acknowledged",
         Verb::Resolve => "resolved",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, by: &str) -> pb::TimelineEntry {
+        pb::TimelineEntry {
+            kind: kind.to_owned(),
+            details: [("by".to_owned(), by.to_owned())].into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_name_shown_is_the_one_the_coordinator_recorded() {
+        let timeline =
+            vec![entry("acknowledged", "user:first"), entry("finding", "x"), entry("acknowledged", "user:admin")];
+        assert_eq!(recorded_by(&timeline, "acknowledged").as_deref(), Some("user:admin"), "the latest one");
+        assert_eq!(recorded_by(&timeline, "resolved"), None);
+        assert_eq!(recorded_by(&[entry("resolved", "")], "resolved"), None, "never an empty name");
     }
 }

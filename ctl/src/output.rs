@@ -80,7 +80,7 @@ impl Row for Agent {
 
 impl Row for Finding {
     fn header(wide: bool) -> Vec<&'static str> {
-        let mut h = vec!["AGENT", "SEQ", "KIND", "SEVERITY", "STATE", "TARGET", "INCIDENT"];
+        let mut h = vec!["AGENT", "SEQ", "KIND", "SEVERITY", "STATE", "TARGET", "INCIDENT", "AGE"];
         if wide {
             h.extend(["NODE", "RECEIVED", "SUMMARY"]);
         }
@@ -95,6 +95,7 @@ impl Row for Finding {
             self.state.clone(),
             self.target.clone(),
             self.incident_id.clone(),
+            crate::views::age(self.received_ms, crate::views::now_ms()),
         ];
         if wide {
             c.extend([self.node_name.clone(), or_dash(&self.received_at), self.summary.clone()]);
@@ -105,9 +106,9 @@ impl Row for Finding {
 
 impl Row for Incident {
     fn header(wide: bool) -> Vec<&'static str> {
-        let mut h = vec!["ID", "STATE", "SEVERITY", "KIND", "TARGET", "OPENED"];
+        let mut h = vec!["ID", "STATE", "SEVERITY", "KIND", "TARGET", "AGE"];
         if wide {
-            h.extend(["FINDINGS", "RESOLVED", "SUMMARY"]);
+            h.extend(["OPENED", "FINDINGS", "RESOLVED", "SUMMARY"]);
         }
         h
     }
@@ -118,10 +119,15 @@ impl Row for Incident {
             self.severity.clone(),
             self.kind.clone(),
             self.target.clone(),
-            or_dash(&self.opened_at),
+            crate::views::age(self.opened_ms, crate::views::now_ms()),
         ];
         if wide {
-            c.extend([self.finding_count.to_string(), or_dash(&self.resolved_at), self.summary.clone()]);
+            c.extend([
+                or_dash(&self.opened_at),
+                self.finding_count.to_string(),
+                or_dash(&self.resolved_at),
+                self.summary.clone(),
+            ]);
         }
         c
     }
@@ -319,11 +325,21 @@ pub fn runbook_text(r: &Runbook) -> String {
     let width = r.steps.iter().map(|s| s.chars().count()).max().unwrap_or(0);
     for (n, step) in r.steps.iter().enumerate() {
         let line = if r.dry_run_steps.contains(step) {
-            format!("  {:>2}. {step:<width$}   rehearsal: no actuator for its action here", n + 1)
+            let why = r.rehearsal_reasons.get(step).map_or("no actuator for its action here", String::as_str);
+            format!("  {:>2}. {step:<width$}   rehearsal: {why}", n + 1)
         } else {
             format!("  {:>2}. {step}", n + 1)
         };
         out.push(line);
+    }
+    // Verification checks that rehearse prove nothing: name them too.
+    let checks: Vec<&String> = r.dry_run_steps.iter().filter(|s| !r.steps.contains(s)).collect();
+    if !checks.is_empty() {
+        out.push("Checks that rehearse:".to_owned());
+        for check in checks {
+            let why = r.rehearsal_reasons.get(check).map_or("no actuator for its action here", String::as_str);
+            out.push(format!("  {check}: {why}"));
+        }
     }
     if r.params.is_empty() {
         out.push("Params:      none".to_owned());
@@ -418,6 +434,10 @@ mod tests {
             manual: true,
             steps: vec!["health".into(), "scale_api".into()],
             dry_run_steps: vec!["scale_api".into()],
+            rehearsal_reasons: BTreeMap::from([(
+                "scale_api".to_owned(),
+                "no Kubernetes cluster is configured, so `scale` is only rehearsed".to_owned(),
+            )]),
             params: BTreeMap::from([("api_base".to_owned(), "http://api".to_owned())]),
             source: "/r/p0.yaml".into(),
             definition: Some("apiVersion: remedy.dev/v1\nkind: Runbook\n".into()),
@@ -425,7 +445,7 @@ mod tests {
         let text = runbook_text(&runbook);
         assert!(text.contains("MTTR target: 5m"), "{text}");
         assert!(text.contains("   1. health\n"), "{text}");
-        assert!(text.contains("2. scale_api   rehearsal"), "{text}");
+        assert!(text.contains("2. scale_api   rehearsal: no Kubernetes cluster is configured"), "{text}");
         assert!(text.contains("  api_base = http://api"), "{text}");
         assert!(text.ends_with("Definition:\n  apiVersion: remedy.dev/v1\n  kind: Runbook"), "{text}");
     }

@@ -57,9 +57,9 @@ fn instant(text: &str, relative_to: i64) -> anyhow::Result<i64> {
 }
 
 /// The wall clock, read in one place in remedyctl: the start of a report's
-/// default period.
+/// default period, and tables' ages.
 #[allow(clippy::disallowed_methods, reason = "remedyctl reads the wall clock here only")]
-fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 

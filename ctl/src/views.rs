@@ -12,6 +12,25 @@ fn time(ms: i64) -> Option<String> {
     (ms != 0).then(|| Timestamp::from_millis(ms).to_string())
 }
 
+/// How long before `now_ms` the moment `ms` was, as kubectl's AGE column
+/// says it: `45s`, `5m`, `2h`, `3d`; `-` for no moment (0).
+pub fn age(ms: i64, now_ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    match (now_ms - ms).max(0) / 1000 {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Now, Unix milliseconds, for ages: the one wall-clock reading.
+pub fn now_ms() -> i64 {
+    crate::reports::now_millis()
+}
+
 /// A duration the way runbooks write it: `5m`, `1h`, `90s`.
 pub fn short_duration(d: Duration) -> String {
     if d.subsec_nanos() != 0 {
@@ -102,6 +121,9 @@ pub struct Finding {
     pub summary: String,
     pub incident_id: String,
     pub received_at: Option<String>,
+    /// `received_at`, Unix milliseconds, for the AGE column.
+    #[serde(skip)]
+    pub received_ms: i64,
     pub labels: BTreeMap<String, String>,
     pub evidence: BTreeMap<String, String>,
 }
@@ -120,6 +142,7 @@ impl From<pb::StoredFinding> for Finding {
             summary: body.summary,
             incident_id: f.incident_id,
             received_at: time(f.received_at_ms),
+            received_ms: f.received_at_ms,
             labels: body.labels.into_iter().collect(),
             evidence: body.evidence.into_iter().collect(),
         }
@@ -136,6 +159,9 @@ pub struct Incident {
     pub target: String,
     pub summary: String,
     pub opened_at: Option<String>,
+    /// `opened_at`, Unix milliseconds, for the AGE column.
+    #[serde(skip)]
+    pub opened_ms: i64,
     pub updated_at: Option<String>,
     pub resolved_at: Option<String>,
     pub finding_count: u64,
@@ -164,6 +190,7 @@ impl From<pb::Incident> for Incident {
             target: i.target,
             summary: i.summary,
             opened_at: time(i.opened_at_ms),
+            opened_ms: i.opened_at_ms,
             updated_at: time(i.updated_at_ms),
             resolved_at: time(i.resolved_at_ms),
             finding_count: i.finding_count,
@@ -218,8 +245,10 @@ pub struct Runbook {
     pub mode: String,
     pub manual: bool,
     pub steps: Vec<String>,
-    /// Steps whose action has no actuator here: they run as rehearsals.
+    /// Steps and checks that run as rehearsals here.
     pub dry_run_steps: Vec<String>,
+    /// Why each of them rehearses, by step or check id.
+    pub rehearsal_reasons: BTreeMap<String, String>,
     pub params: BTreeMap<String, String>,
     pub source: String,
     /// The YAML definition (`runbooks show` only).
@@ -238,6 +267,7 @@ impl From<pb::Runbook> for Runbook {
             manual: r.manual,
             steps: r.steps,
             dry_run_steps: r.dry_run_steps,
+            rehearsal_reasons: r.rehearsal_reasons.into_iter().collect(),
             params: r.params.into_iter().collect(),
             source: r.source,
             definition: non_empty(r.definition),
@@ -302,5 +332,21 @@ impl From<pb::Automation> for Automation {
             paused_since: time(a.paused_since_ms),
             open_breakers: a.open_breakers.into_iter().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = 1_700_000_000_000;
+        assert_eq!(age(0, now), "-", "no moment");
+        assert_eq!(age(now - 45_000, now), "45s");
+        assert_eq!(age(now - 5 * 60_000, now), "5m");
+        assert_eq!(age(now - 2 * 3_600_000, now), "2h");
+        assert_eq!(age(now - 3 * 86_400_000, now), "3d");
+        assert_eq!(age(now + 5_000, now), "0s", "a clock ahead is not a negative age");
     }
 }

@@ -208,11 +208,12 @@ fn entry_to_proto(e: &TimelineEntry) -> pb::TimelineEntry {
     }
 }
 
-/// A runbook to the wire: `dry_run_steps` names the steps and checks that
-/// rehearse here because no actuator performs their kind; the YAML
-/// definition only when asked for.
-pub fn runbook_to_proto(r: &Runbook, dry_run_steps: Vec<String>, with_definition: bool) -> pb::Runbook {
+/// A runbook to the wire: `rehearsals` names the steps and checks that
+/// rehearse here, each with why; the YAML definition only when asked for.
+pub fn runbook_to_proto(r: &Runbook, rehearsals: Vec<(String, String)>, with_definition: bool) -> pb::Runbook {
+    let dry_run_steps = rehearsals.iter().map(|(id, _)| id.clone()).collect();
     pb::Runbook {
+        rehearsal_reasons: rehearsals.into_iter().collect(),
         id: r.id().to_owned(),
         title: r.metadata.title.clone(),
         priority: r.priority.to_string(),

@@ -52,6 +52,29 @@ guard_rails:
         base = world.url()
     );
     std::fs::write(runbooks.join("ctl-001.yaml"), text).unwrap();
+    // Steps that rehearse for different reasons: no cluster is configured,
+    // and a channel this coordinator does not have.
+    let rehearsing = r#"apiVersion: remedy.dev/v1
+kind: Runbook
+metadata:
+  id: CTL-002
+  title: steps that rehearse here
+priority: P2
+mttr_target: 10m
+triggers:
+  manual: true
+steps:
+  - id: pods
+    list_pods:
+      namespace: shop
+  - id: tell
+    notify:
+      channel: nowhere
+      message: hi
+escalation:
+  policy: test-chain
+"#;
+    std::fs::write(runbooks.join("ctl-002.yaml"), rehearsing).unwrap();
     remedy_e2e::runs::policy(&runbooks, "test-chain");
     runbooks
 }
@@ -139,6 +162,14 @@ async fn remedyctl_drives_the_runbook_engine() {
     let (status, out, err) = ctl(url, &["runbooks", "show", RUNBOOK]).await;
     assert!(status.success(), "{err}");
     assert!(out.contains("MTTR target: 10m") && out.contains("Definition:") && out.contains("probe_http"), "{out}");
+    assert!(!out.contains("rehearsal"), "every step of {RUNBOOK} can act here: {out}");
+    // Every step that would rehearse is marked, with why.
+    let (status, out, err) = ctl(url, &["runbooks", "show", "CTL-002"]).await;
+    assert!(status.success(), "{err}");
+    assert!(out.contains("pods   rehearsal: no Kubernetes cluster is configured"), "{out}");
+    assert!(out.contains("tell   rehearsal: channel `nowhere` is not configured"), "{out}");
+    let shown = ctl_json(url, &["runbooks", "show", "CTL-002"]).await;
+    assert_eq!(shown["dry_run_steps"], serde_json::json!(["pods", "tell"]), "{shown}");
 
     // A rehearsal: decisions are recorded as "would have", the probe looks
     // (looking changes nothing), the POST is not sent.
@@ -197,6 +228,7 @@ async fn remedyctl_drives_the_runbook_engine() {
     let (status, out, err) = ctl(url, &["--as", "tester", "resolve", &refused, "--reason", "done by hand"]).await;
     assert!(status.success(), "{err}");
     assert!(out.contains(&refused) && out.contains("resolved"), "{out}");
+    assert!(out.contains("resolved by tester"), "the name the coordinator recorded: {out}");
     for verb in ["ack", "resolve"] {
         let (_, err) = ctl_fails(url, &["--as", "tester", verb, &refused]).await;
         assert!(err.contains(&refused) && err.contains("resolved"), "{verb} on a resolved incident: {err}");
@@ -226,4 +258,30 @@ async fn remedyctl_drives_the_runbook_engine() {
     let (_, err) = ctl_fails(url, &["--as", "tester", "approvals", "approve", &refused, "poke"]).await;
     assert!(err.contains("no approval request"), "{err}");
     assert_eq!(ctl_json(url, &["approvals", "--all"]).await, serde_json::json!([]));
+
+    // Tables give ages, as kubectl does; JSON keeps the moment in RFC 3339.
+    let (status, out, err) = ctl(url, &["incidents", "-A"]).await;
+    assert!(status.success(), "{err}");
+    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header.last(), Some(&"AGE"), "{out}");
+    let row = out.lines().find(|l| l.starts_with(refused.as_str())).unwrap_or_else(|| panic!("{out}"));
+    let age = row.split_whitespace().last().unwrap();
+    assert!(age.ends_with('s') || age.ends_with('m'), "a young incident's age: {row}");
+    let listed = ctl_json(url, &["incidents", "-A"]).await;
+    let opened = listed[0]["opened_at"].as_str().unwrap();
+    assert!(opened.contains('T') && opened.ends_with('Z'), "RFC 3339: {opened}");
+
+    // Runbook ids in any case; a near miss is answered with a suggestion.
+    let shown = ctl_json(url, &["runbooks", "show", &RUNBOOK.to_lowercase()]).await;
+    assert_eq!(shown["id"], RUNBOOK, "{shown}");
+    let (_, err) = ctl_fails(url, &["runbooks", "show", "ctl-01"]).await;
+    assert!(err.contains("no runbook `ctl-01`") && err.contains("did you mean CTL-001?"), "{err}");
+    let (_, err) = ctl_fails(url, &["--as", "tester", "run", "CTL-0001", "--dry-run"]).await;
+    assert!(err.contains("did you mean CTL-001?"), "{err}");
+    let out = ctl_json(url, &["--as", "tester", "run", &RUNBOOK.to_lowercase(), "--dry-run"]).await;
+    let lower = out["incident_id"].as_str().unwrap().to_owned();
+    let incident = ctl_json(url, &["incident", "show", &lower]).await;
+    assert_eq!(incident["runbook_id"], RUNBOOK, "the run records the catalog's id: {incident}");
+    // A P3 runbook's manual run opens a warning (P0, P1 and security: critical).
+    assert_eq!(incident["severity"], "warning", "{incident}");
 }

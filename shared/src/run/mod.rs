@@ -49,9 +49,34 @@ impl Catalog {
         &self.runbooks
     }
 
-    /// A runbook by id.
+    /// A runbook by id, in any case (`p0-001` finds `P0-001`); an exact
+    /// match wins over one that differs only in case.
     pub fn get(&self, id: &str) -> Option<&Runbook> {
-        self.runbooks.iter().find(|r| r.id() == id)
+        self.runbooks
+            .iter()
+            .find(|r| r.id() == id)
+            .or_else(|| self.runbooks.iter().find(|r| r.id().eq_ignore_ascii_case(id)))
+    }
+
+    /// The id of the runbook `id` most likely meant, for a near miss (a
+    /// character or two off, in any case): `P0-01` suggests `P0-001`.
+    pub fn suggestion(&self, id: &str) -> Option<&str> {
+        let wanted = id.to_ascii_lowercase();
+        let most = (wanted.chars().count() / 3).clamp(1, 2);
+        self.runbooks
+            .iter()
+            .map(|r| (edit_distance(&wanted, &r.id().to_ascii_lowercase()), r.id()))
+            .filter(|(d, _)| *d <= most)
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    /// Why `id` names no runbook, with a suggestion for a near miss.
+    pub fn not_found(&self, id: &str) -> String {
+        match self.suggestion(id) {
+            Some(near) => format!("no runbook `{id}` in the catalog; did you mean {near}?"),
+            None => format!("no runbook `{id}` in the catalog"),
+        }
     }
 
     /// The runbook a firing alert starts, if any.
@@ -523,11 +548,34 @@ pub fn params_for(
     runbook.resolve_params(overrides)
 }
 
+/// Levenshtein distance between two strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::incident::Outcome;
     use crate::runbook::parse_runbook;
+
+    #[test]
+    fn edit_distance_counts_characters_changed() {
+        assert_eq!(edit_distance("p0-01", "p0-001"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+        assert_eq!(edit_distance("p1-002", "p0-001"), 2);
+    }
 
     fn runbook(id: &str, priority: &str, alert: &str) -> Runbook {
         let text = format!(
@@ -540,6 +588,19 @@ mod tests {
             Ok(r) => r,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn runbook_ids_are_found_in_any_case_and_near_misses_are_named() {
+        let catalog = Catalog::new(vec![runbook("P0-001", "P0", "Down"), runbook("P1-001", "P1", "Slow")]);
+        assert_eq!(catalog.get("p0-001").map(Runbook::id), Some("P0-001"));
+        assert_eq!(catalog.get("P0-001").map(Runbook::id), Some("P0-001"));
+        assert!(catalog.get("P0-01").is_none());
+        assert_eq!(catalog.not_found("P0-01"), "no runbook `P0-01` in the catalog; did you mean P0-001?");
+        assert_eq!(catalog.suggestion("p1-01"), Some("P1-001"));
+        assert_eq!(catalog.not_found("NOPE"), "no runbook `NOPE` in the catalog", "nothing near: no guess");
+        let exact = Catalog::new(vec![runbook("a", "P0", "Down"), runbook("A", "P1", "Down")]);
+        assert_eq!(exact.get("A").map(|r| r.priority), Some(runbook::Priority::P1), "an exact match wins");
     }
 
     #[test]

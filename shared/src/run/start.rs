@@ -13,7 +13,9 @@ use crate::escalation::Progress;
 use crate::finding::{ConditionKey, ConditionKind, Finding, Severity};
 use crate::guard;
 use crate::incident::{self, EntryKind, Incident, IncidentId, Outcome, Signal, TimelineEntry};
-use crate::runbook::{AlertContext, FindingContext, IncidentContext, Runbook, TemplateContext, UndeclaredParam};
+use crate::runbook::{
+    AlertContext, FindingContext, IncidentContext, Priority, Runbook, TemplateContext, UndeclaredParam,
+};
 use crate::time::Timestamp;
 
 use super::{Catalog, RunRecord};
@@ -149,7 +151,7 @@ pub fn manual_run(
     let signal = Signal {
         source: format!("remedyctl:{}", request.by),
         key: ConditionKey { kind: ConditionKind::Runbook(runbook.id().to_owned()), target: format!("manual/{id}") },
-        severity: Severity::Warning,
+        severity: manual_severity(runbook.priority),
         holds: true,
         summary: format!("manual run of {} by {}", runbook.id(), request.by),
         expires_at: None,
@@ -188,6 +190,18 @@ pub fn manual_run(
         ]),
     });
     Ok(Started { incident, entries, run })
+}
+
+/// The severity of the incident a person's run opens, from its runbook's
+/// priority, as an on-call person reads them: P0, P1 and security runbooks
+/// are for impaired service, so `critical`; P2 and P3 `warning`. Nothing
+/// else reports on a manual run's condition, so the priority is the only
+/// word on how bad it is.
+pub fn manual_severity(priority: Priority) -> Severity {
+    match priority {
+        Priority::P0 | Priority::P1 | Priority::Security => Severity::Critical,
+        Priority::P2 | Priority::P3 => Severity::Warning,
+    }
 }
 
 /// A run's params split into what its record keeps and the secret values
@@ -388,6 +402,30 @@ mod tests {
         assert_eq!(kinds.last(), Some(&EntryKind::Runbook));
         assert_eq!(started.entries.last().map(|e| e.message.as_str()), Some("runbook A run by user:ada (dry_run)"));
         assert_eq!(started.entries[0].details["param.namespace"], "billing");
+        assert_eq!(started.incident.severity, Severity::Critical, "a P1 runbook's run is critical");
+    }
+
+    #[test]
+    fn a_manual_run_takes_its_severity_from_the_runbook_priority() {
+        assert_eq!(manual_severity(Priority::P0), Severity::Critical);
+        assert_eq!(manual_severity(Priority::P1), Severity::Critical);
+        assert_eq!(manual_severity(Priority::Security), Severity::Critical);
+        assert_eq!(manual_severity(Priority::P2), Severity::Warning);
+        assert_eq!(manual_severity(Priority::P3), Severity::Warning);
+    }
+
+    #[test]
+    fn a_manual_run_finds_its_runbook_in_any_case_and_records_the_catalog_id() {
+        let request = ManualRun {
+            runbook_id: "a".into(),
+            params: BTreeMap::new(),
+            dry_run: true,
+            drill: false,
+            by: "user:ada".into(),
+        };
+        let started = manual_run(&catalog(), &request, IncidentId(9), at(3)).expect("a run");
+        assert_eq!(started.incident.runbook.as_deref(), Some("A"));
+        assert_eq!(started.run.runbook_id, "A");
     }
 
     #[test]
