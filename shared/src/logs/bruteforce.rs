@@ -21,7 +21,7 @@ use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::linetime::{Judged as LineJudged, LineClock};
+use super::linetime::LineClock;
 use super::net::{Cidr, any_contains, client_addr, parse_addr};
 use super::recency::RecencyMap;
 use super::rules::{self, Read, Rule, RuleSpec};
@@ -875,21 +875,9 @@ impl BruteForceDetector {
             let reason = "the same attempt as PAM's line before it, counted there".to_owned();
             return (Verdict::NotCounted { rule: failure.rule, reason }, None);
         }
-        let at = match self.line_clock.judge(line, now) {
-            LineJudged::Written(at) => {
-                self.stats.at_line_time += 1;
-                at
-            }
-            LineJudged::Read(at) => at,
-            LineJudged::OutOfBounds(at) => {
-                self.stats.time_out_of_bounds += 1;
-                at
-            }
-            LineJudged::TooOld(at) => {
-                self.stats.too_old += 1;
-                at
-            }
-        };
+        let judged = self.line_clock.judge(line, now);
+        let stats = &mut self.stats;
+        let at = judged.counted(&mut stats.at_line_time, &mut stats.time_out_of_bounds, &mut stats.too_old);
         self.stats.failures += 1;
         if !self.ips.contains(&failure.source) {
             if self.ips.len() >= self.config.max_ips {

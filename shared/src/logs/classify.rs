@@ -10,7 +10,7 @@ use std::time::Duration;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::linetime::{Judged as LineJudged, LineClock};
+use super::linetime::LineClock;
 use super::recency::RecencyMap;
 use super::window::{Hysteresis, Judged, WindowCounter, bucket_width};
 use super::{InvalidLogConfig, LineRef, deployment_of};
@@ -384,21 +384,9 @@ impl ErrorClassifier {
         for part in [namespace, "\0", kind, "\0", name] {
             self.scratch.push_str(part);
         }
-        let at = match self.line_clock.judge(line, now) {
-            LineJudged::Written(at) => {
-                self.stats.at_line_time += 1;
-                at
-            }
-            LineJudged::Read(at) => at,
-            LineJudged::OutOfBounds(at) => {
-                self.stats.time_out_of_bounds += 1;
-                at
-            }
-            LineJudged::TooOld(at) => {
-                self.stats.too_old += 1;
-                at
-            }
-        };
+        let judged = self.line_clock.judge(line, now);
+        let stats = &mut self.stats;
+        let at = judged.counted(&mut stats.at_line_time, &mut stats.time_out_of_bounds, &mut stats.too_old);
         if !self.keys.contains(self.scratch.as_str()) {
             if self.keys.len() >= self.config.max_keys {
                 self.evict_oldest();

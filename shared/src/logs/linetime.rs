@@ -111,6 +111,19 @@ pub enum Judged {
 }
 
 impl Judged {
+    /// The time, after counting how it was chosen into a detector's
+    /// stats: lines at their own time, own times out of bounds, lines too
+    /// old.
+    pub fn counted(self, at_line_time: &mut u64, out_of_bounds: &mut u64, too_old: &mut u64) -> Timestamp {
+        match self {
+            Judged::Written(_) => *at_line_time += 1,
+            Judged::Read(_) => {}
+            Judged::OutOfBounds(_) => *out_of_bounds += 1,
+            Judged::TooOld(_) => *too_old += 1,
+        }
+        self.at()
+    }
+
     /// The time.
     pub fn at(self) -> Timestamp {
         match self {
